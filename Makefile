@@ -1,0 +1,95 @@
+# pq: build the static library, the tools, and run the tests.
+# make            release build into bin/ (CPU backend)
+# make CUDA=1     the same tools against the CUDA backend
+# make check      unit + CLI tests, then again under ASan/UBSan
+# make install PREFIX=/usr/local
+
+PREFIX  ?= /usr/local
+CUDA    ?= 0
+SAN     ?= 0
+CC      ?= cc
+NVCC    ?= /usr/local/cuda/bin/nvcc
+PKGS    := libcjson libcurl libpcre2-8 libutf8proc openblas
+
+# Build flavours live in their own directories so a sanitizer build never
+# mixes objects with a release one.
+ifeq ($(SAN),1)
+  B      := build/san
+  OPT    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+else ifeq ($(CUDA),1)
+  B      := build/cuda
+  OPT    := -O3 -g -march=native
+else
+  B      := build/rel
+  OPT    := -O3 -g -march=native
+endif
+BIN      := $(B)/bin
+
+CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+            -fopenmp -Ilib $(OPT) $(shell pkg-config --cflags $(PKGS)) $(EXTRA_CFLAGS)
+LDLIBS   := $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+LDFLAGS  := -fopenmp $(filter -fsanitize=%,$(OPT))
+
+LIB_SRC  := $(wildcard lib/*.c)
+CU_SRC   := $(wildcard lib/cuda/*.cu)
+TOOL_SRC := $(wildcard tools/*.c)
+TEST_SRC := $(wildcard tests/unit/*.c)
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
+# The backend is chosen here, not with #ifdef in tools: ops_cpu.c is the
+# default implementation of lib/ops.h, lib/cuda/ the CUDA one.
+ifeq ($(CUDA),1)
+  LIB_OBJ := $(filter-out $(B)/lib/backend_cpu.o,$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o)
+  LDLIBS  += -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++
+  NVFLAGS := -O3 -std=c++17 -Ilib -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_80,code=[sm_80,compute_80] -Xcompiler -Wall,-Werror
+endif
+LIBA     := $(B)/libpqcore.a
+TOOLS    := $(TOOL_SRC:tools/%.c=$(BIN)/%)
+TESTS    := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
+SCRIPTS  := $(filter-out %.md,$(wildcard scripts/pq-*))
+
+all: $(TOOLS) $(TESTS) bin
+
+# bin/ is the user-facing release build.
+bin: $(TOOLS)
+	@mkdir -p bin && for t in $(TOOLS); do ln -sf ../$$t bin/; done
+
+$(B)/%.o: %.c $(wildcard lib/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/%.o: %.cu $(wildcard lib/*.h lib/cuda/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(LIBA): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/%: $(B)/tools/%.o $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
+
+$(B)/tests/%: $(B)/tests/unit/%.o $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
+
+# make check: every test under the release build, then under ASan/UBSan.
+check: all
+	$(MAKE) SAN=1 tools-and-tests
+	sh tests/run build/rel build/san
+
+tools-and-tests: $(TOOLS) $(TESTS)
+
+install: $(TOOLS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7
+	install -m 755 $(TOOLS) $(SCRIPTS) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 man/*.7 $(DESTDIR)$(PREFIX)/share/man/man7
+
+clean:
+	rm -rf build bin
+
+.PHONY: all bin check tools-and-tests install clean
+.SECONDARY:

@@ -1,0 +1,95 @@
+// llm.h: one client for OpenAI-compatible /v1/chat/completions, driven from
+// one thread with the libcurl multi interface: many requests in flight,
+// retries with backoff, rate limits, token accounting.
+#ifndef PQ_LLM_H
+#define PQ_LLM_H
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+
+#include "tool.h"
+#include "util.h"
+
+typedef struct PqLlmConfig {
+    const char *base_url;    // default $OPENAI_BASE_URL, else https://api.openai.com/v1
+    const char *model;       // required
+    const char *api_key_env; // default OPENAI_API_KEY
+    double temperature;      // < 0: not sent
+    double top_p;            // < 0: not sent
+    int max_tokens;          // <= 0: not sent
+    cJSON *extra;            // -o KEY=JSON fields merged into every body (owned)
+    int jobs;                // -j: requests in flight (default 8)
+    int retries;             // default 6
+    double timeout_s;        // per request (default 120)
+    double rpm, tpm;         // 0 = unlimited
+    int n_client;            // --n-mode client: n separate requests with seeds seed+k
+    int unordered;           // --unordered (used by tools)
+} PqLlmConfig;
+
+typedef struct PqLlmResult {
+    int ok;             // 1: texts hold n completions
+    int fatal;          // auth/config error: no point sending more
+    char **texts;       // n strings (content of each choice)
+    int n_texts;
+    long http_status;   // of the last attempt
+    int attempts;
+    char error[512];    // when !ok: what went wrong, with the server's message
+} PqLlmResult;
+
+// Called once per submitted request, from pq_llm_run; res is freed after.
+typedef void (*PqLlmDone)(void *user, const PqLlmResult *res);
+
+typedef struct PqLlm PqLlm;
+
+void pq_llm_config_init(PqLlmConfig *c);
+// Long options of the client; tools add them to their option table.
+enum { PQ_OPT_LLM_BASE = 1050 };
+#define PQ_LLM_LONGOPTS                                        \
+    {"base-url", required_argument, 0, PQ_OPT_LLM_BASE + 0},    \
+    {"model", required_argument, 0, PQ_OPT_LLM_BASE + 1},       \
+    {"api-key-env", required_argument, 0, PQ_OPT_LLM_BASE + 2}, \
+    {"temperature", required_argument, 0, PQ_OPT_LLM_BASE + 3}, \
+    {"top-p", required_argument, 0, PQ_OPT_LLM_BASE + 4},       \
+    {"max-tokens", required_argument, 0, PQ_OPT_LLM_BASE + 5},  \
+    {"retries", required_argument, 0, PQ_OPT_LLM_BASE + 6},     \
+    {"timeout", required_argument, 0, PQ_OPT_LLM_BASE + 7},     \
+    {"rpm", required_argument, 0, PQ_OPT_LLM_BASE + 8},         \
+    {"tpm", required_argument, 0, PQ_OPT_LLM_BASE + 9},         \
+    {"n-mode", required_argument, 0, PQ_OPT_LLM_BASE + 10},     \
+    {"unordered", no_argument, 0, PQ_OPT_LLM_BASE + 11},        \
+    {"jobs", required_argument, 0, 'j'},                        \
+    {"option", required_argument, 0, 'O'}
+// Short options the client owns: -j N, -o KEY=JSON (tools map 'o' to 'O'
+// for the body field; --output has no short form in LLM tools).
+#define PQ_LLM_HELP                                                                         \
+    "LLM client options:\n"                                                                 \
+    "      --base-url URL      endpoint (default $OPENAI_BASE_URL, else https://api.openai.com/v1)\n" \
+    "      --model NAME        model name sent to the server (required)\n"                 \
+    "      --api-key-env NAME  variable holding the API key (default OPENAI_API_KEY)\n"    \
+    "      --temperature T, --top-p P, --max-tokens N\n"                                   \
+    "  -o, --option KEY=JSON   any other body field, e.g. -o max_completion_tokens=512\n"  \
+    "  -j, --jobs N            requests in flight (default 8)\n"                           \
+    "      --retries N         retries on network errors, 408/409/429/5xx (default 6)\n"   \
+    "      --timeout SEC       per request (default 120)\n"                                \
+    "      --rpm N, --tpm N    requests / tokens per minute limits\n"                      \
+    "      --n-mode server|client  ask n choices in one request, or n requests\n"         \
+    "      --unordered         write results as they finish, not in input order\n"
+
+// 1 handled, 0 not ours, -1 bad value (message in e).
+int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e);
+
+PqLlm *pq_llm_new(PqLlmConfig *c, PqErr *e); // takes over c->extra
+void pq_llm_free(PqLlm *l);
+// Queues one chat request for n completions (messages: a cJSON array of
+// {role, content}, copied). seed < 0: none sent. cb is called exactly once.
+void pq_llm_submit(PqLlm *l, const cJSON *messages, int n, int64_t seed, PqLlmDone cb, void *user);
+// Requests queued or in flight.
+int pq_llm_pending(const PqLlm *l);
+// Drives transfers (and calls callbacks) until fewer than `below` requests
+// are pending; below = 1 drains everything. Returns early when
+// pq_interrupted is set.
+void pq_llm_run(PqLlm *l, int below);
+// Adds the client's counters (requests, retries, tokens) to the tool's.
+void pq_llm_account(const PqLlm *l, PqTool *t);
+
+#endif

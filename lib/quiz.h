@@ -1,0 +1,59 @@
+// quiz.h: the judge's side of the method (method.md §1, §3): prompts, the
+// quiz reply parser, seeded shuffling, quiz answers, word and OOD counts.
+// Pure functions, no I/O: unit-tested on real-shaped judge replies.
+#ifndef PQ_QUIZ_H
+#define PQ_QUIZ_H
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define PQ_QUIZ_QUESTIONS 5
+#define PQ_QUIZ_CHOICES 5
+
+typedef struct PqQuestion {
+    char *question;
+    char *choices[PQ_QUIZ_CHOICES]; // A..E
+    char answer;                    // 'A'..'E'
+} PqQuestion;
+
+typedef struct PqQuiz {
+    PqQuestion q[PQ_QUIZ_QUESTIONS];
+    int n;
+} PqQuiz;
+
+// Built-in prompts. Placeholders: {article}; {summary} and {questions}.
+extern const char *const pq_prompt_questions;
+extern const char *const pq_prompt_summary;
+extern const char *const pq_prompt_quiz;
+
+// Replaces every {key} of tmpl by the matching value (n pairs); unknown
+// {...} are left as they are. Returns a malloc'd string.
+char *pq_prompt_fill(const char *tmpl, int n, const char *const *keys, const char *const *values);
+
+// Parses a judge's quiz reply (method.md §1). Valid only with exactly 5
+// questions, each with options A-E and an answer letter; 0 ok, -1 with a
+// message saying what is wrong.
+int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e);
+// Shuffles question order and option order (remapping answers), seeded.
+void pq_quiz_shuffle(PqQuiz *q, uint64_t seed);
+// The "questions" field of the schema, and back (validated).
+cJSON *pq_quiz_to_json(const PqQuiz *q);
+int pq_quiz_from_json(const cJSON *questions, PqQuiz *out, PqErr *e);
+// The questions as shown to the judge in the quiz prompt ("Q1) ...\nA. ...").
+char *pq_quiz_render(const PqQuiz *q);
+void pq_quiz_free(PqQuiz *q);
+
+// Parses the judge's answers ("Q3) B", "Q3) Unsure."): answers[k] is
+// 'A'..'E', or 'U' for Unsure / missing / unparsable. Returns how many
+// questions got a letter.
+int pq_answers_parse(const char *reply, int n_questions, char *answers);
+
+// Words by whitespace split (method.md §3).
+int pq_count_words(const char *s);
+// Out-of-distribution characters after NFD with combining marks removed
+// (method.md §3), via utf8proc. Invalid UTF-8 bytes count as bad.
+int pq_count_bad_chars(const char *s);
+
+#endif

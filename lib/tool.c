@@ -1,0 +1,471 @@
+// tool.c: the behaviour every pq tool shares (see tool.h).
+#include "tool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+volatile sig_atomic_t pq_interrupted = 0;
+
+// ---- a set of strings (resume keys): open addressing, linear probing ----
+
+struct PqKeySet {
+    char **slot;
+    size_t cap, n;
+};
+
+static PqKeySet *keyset_new(void) {
+    PqKeySet *s = pq_xcalloc(1, sizeof *s);
+    s->cap = 1024;
+    s->slot = pq_xcalloc(s->cap, sizeof *s->slot);
+    return s;
+}
+
+static void keyset_free(PqKeySet *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->cap; i++) free(s->slot[i]);
+    free(s->slot);
+    free(s);
+}
+
+static int keyset_has(const PqKeySet *s, const char *k) {
+    size_t i = pq_hash_str(k) & (s->cap - 1);
+    for (; s->slot[i]; i = (i + 1) & (s->cap - 1))
+        if (strcmp(s->slot[i], k) == 0) return 1;
+    return 0;
+}
+
+static void keyset_add(PqKeySet *s, const char *k) {
+    if (keyset_has(s, k)) return;
+    if (2 * (s->n + 1) > s->cap) {
+        PqKeySet big = {pq_xcalloc(s->cap * 2, sizeof(char *)), s->cap * 2, 0};
+        for (size_t i = 0; i < s->cap; i++) {
+            if (!s->slot[i]) continue;
+            size_t j = pq_hash_str(s->slot[i]) & (big.cap - 1);
+            while (big.slot[j]) j = (j + 1) & (big.cap - 1);
+            big.slot[j] = s->slot[i];
+        }
+        free(s->slot);
+        s->slot = big.slot;
+        s->cap = big.cap;
+    }
+    size_t i = pq_hash_str(k) & (s->cap - 1);
+    while (s->slot[i]) i = (i + 1) & (s->cap - 1);
+    s->slot[i] = pq_xstrdup(k);
+    s->n++;
+}
+
+// ---- options, errors ----
+
+static void on_signal(int sig) {
+    (void)sig;
+    if (pq_interrupted) _exit(PQ_EXIT_INTERRUPTED); // second Ctrl-C: leave now
+    pq_interrupted = 1;
+}
+
+void pq_tool_init(PqTool *t, const char *name, const char *usage) {
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->usage = usage;
+    t->progress = -1;
+    t->out_fd = STDOUT_FILENO;
+    t->total_lines = -1;
+    t->t0 = pq_now();
+}
+
+void pq_tool_usage_error(PqTool *t, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: ", t->name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help'.\n", t->name);
+    exit(PQ_EXIT_USAGE);
+}
+
+void pq_tool_die(PqTool *t, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: ", t->name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(PQ_EXIT_FATAL);
+}
+
+int pq_tool_option(PqTool *t, int opt, const char *arg) {
+    char *end;
+    switch (opt) {
+    case 'h':
+        fputs(t->usage, stdout);
+        fputs(PQ_TOOL_COMMON_HELP, stdout);
+        exit(0);
+    case PQ_OPT_VERSION:
+        printf("%s %s\n", t->name, PQ_VERSION);
+        exit(0);
+    case PQ_OPT_REJECTS: t->rejects_path = arg; return 1;
+    case PQ_OPT_RESUME: t->resume_path = arg; return 1;
+    case PQ_OPT_OUTPUT: t->output_path = arg; return 1;
+    case PQ_OPT_PROGRESS: t->progress = 1; return 1;
+    case PQ_OPT_NO_PROGRESS: t->progress = 0; return 1;
+    case PQ_OPT_SEED:
+        errno = 0;
+        t->seed = strtoull(arg, &end, 10);
+        if (errno || *end || !*arg) pq_tool_usage_error(t, "--seed: not a number: '%s'", arg);
+        return 1;
+    case '?': pq_tool_usage_error(t, "bad option");
+    default: return 0;
+    }
+}
+
+// ---- resume ----
+
+void pq_record_key(const cJSON *obj, PqBuf *key) {
+    pq_buf_clear(key);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    if (cJSON_IsString(id)) pq_buf_puts(key, id->valuestring);
+    else if (cJSON_IsNumber(id)) pq_buf_printf(key, "%.17g", id->valuedouble);
+    static const char *const extra[] = {"sample", "pair"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, extra[i]);
+        if (cJSON_IsNumber(v)) pq_buf_printf(key, "\x1f%s=%.17g", extra[i], v->valuedouble);
+    }
+}
+
+// Reads the keys already in the resume file; drops a partial last line left
+// by a crash, so that appending starts on a clean line.
+static void load_resume(PqTool *t) {
+    t->done = keyset_new();
+    PqErr e;
+    size_t n;
+    char *data = pq_read_file(t->resume_path, &n, &e);
+    if (!data) {
+        if (errno == ENOENT) return; // first run: nothing done yet
+        pq_tool_die(t, "--resume %s", e.msg);
+    }
+    size_t good = 0;
+    PqBuf key = {0};
+    long lineno = 0;
+    for (size_t i = 0; i < n;) {
+        char *nl = memchr(data + i, '\n', n - i);
+        if (!nl) break; // partial line: not finished work
+        *nl = 0;
+        lineno++;
+        cJSON *obj = cJSON_ParseWithLength(data + i, (size_t)(nl - (data + i)));
+        if (obj) {
+            pq_record_key(obj, &key);
+            keyset_add(t->done, key.data);
+            cJSON_Delete(obj);
+        } else if (nl > data + i) {
+            fprintf(stderr, "%s: %s line %ld: not JSON, ignored for resume\n", t->name, t->resume_path, lineno);
+        }
+        i = (size_t)(nl - data) + 1;
+        good = i;
+    }
+    if (good < n) {
+        fprintf(stderr, "%s: %s: dropping a partial last line (%zu bytes) left by an interrupted run\n", t->name,
+                t->resume_path, n - good);
+        if (truncate(t->resume_path, (off_t)good) != 0)
+            pq_tool_die(t, "--resume %s: %s", t->resume_path, strerror(errno));
+    }
+    pq_buf_free(&key);
+    free(data);
+}
+
+int pq_tool_is_done(PqTool *t, const char *key) { return t->done && keyset_has(t->done, key); }
+
+// ---- inputs ----
+
+static long count_lines(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    long n = 0;
+    char buf[1 << 16];
+    size_t k;
+    int last = '\n';
+    while ((k = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (size_t i = 0; i < k; i++) n += buf[i] == '\n';
+        last = buf[k - 1];
+    }
+    fclose(f);
+    return n + (last != '\n');
+}
+
+void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
+    static char *stdin_name[] = {"-"};
+    if (optind < argc) {
+        t->inputs = argv + optind;
+        t->n_inputs = argc - optind;
+    } else {
+        t->inputs = stdin_name;
+        t->n_inputs = 1;
+    }
+    if (t->progress < 0) t->progress = isatty(STDERR_FILENO);
+    if (t->progress) {
+        long total = 0;
+        for (int i = 0; i < t->n_inputs && total >= 0; i++) {
+            struct stat st;
+            if (strcmp(t->inputs[i], "-") == 0 || stat(t->inputs[i], &st) != 0 || !S_ISREG(st.st_mode)) total = -1;
+            else {
+                long c = count_lines(t->inputs[i]);
+                total = c < 0 ? -1 : total + c;
+            }
+        }
+        t->total_lines = total;
+    }
+    if (t->resume_path) {
+        load_resume(t);
+        if (t->output_path && strcmp(t->output_path, t->resume_path) != 0)
+            pq_tool_usage_error(t, "--resume appends to its file; do not also give a different --output");
+        t->output_path = t->resume_path;
+    }
+    if (t->output_path && strcmp(t->output_path, "-") != 0) {
+        int flags = O_WRONLY | O_CREAT | (t->resume_path ? O_APPEND : O_TRUNC);
+        t->out_fd = open(t->output_path, flags, 0644);
+        if (t->out_fd < 0) pq_tool_die(t, "%s: %s", t->output_path, strerror(errno));
+    }
+    if (t->rejects_path) {
+        t->rejects = fopen(t->rejects_path, t->resume_path ? "a" : "w");
+        if (!t->rejects) pq_tool_die(t, "--rejects %s: %s", t->rejects_path, strerror(errno));
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    t->cur_input = -1;
+}
+
+int pq_tool_next(PqTool *t) {
+    for (;;) {
+        if (pq_interrupted) return 0;
+        if (!t->in) {
+            if (++t->cur_input >= t->n_inputs) return 0;
+            const char *path = t->inputs[t->cur_input];
+            t->in = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+            if (!t->in) pq_tool_die(t, "%s: %s", path, strerror(errno));
+            t->line.file = path;
+            t->line.lineno = 0;
+        }
+        errno = 0;
+        ssize_t n = getline(&t->line.text, &t->line_cap, t->in);
+        if (n < 0) {
+            if (ferror(t->in) && errno != EINTR) pq_tool_die(t, "%s: read error: %s", t->line.file, strerror(errno));
+            if (errno == EINTR && pq_interrupted) return 0;
+            if (t->in != stdin) fclose(t->in);
+            t->in = NULL;
+            continue;
+        }
+        t->line.lineno++;
+        while (n > 0 && (t->line.text[n - 1] == '\n' || t->line.text[n - 1] == '\r')) t->line.text[--n] = 0;
+        t->line.len = (size_t)n;
+        size_t i = 0;
+        while (i < t->line.len && (t->line.text[i] == ' ' || t->line.text[i] == '\t')) i++;
+        if (i == t->line.len) continue; // blank line
+        t->n_read++;
+        return 1;
+    }
+}
+
+static void line_col(const char *s, const char *at, long *line, long *col) {
+    *line = 1;
+    *col = 1;
+    for (const char *p = s; p < at; p++) {
+        if (*p == '\n') (*line)++, *col = 1;
+        else (*col)++;
+    }
+}
+
+cJSON *pq_tool_parse(PqTool *t) {
+    const char *end = NULL;
+    cJSON *obj = cJSON_ParseWithLengthOpts(t->line.text, t->line.len, &end, 0);
+    if (!obj) {
+        const char *at = end ? end : cJSON_GetErrorPtr();
+        long l = 1, c = 1;
+        if (at && at >= t->line.text && at <= t->line.text + t->line.len) line_col(t->line.text, at, &l, &c);
+        pq_tool_reject(t, &t->line, NULL, "not JSON (error at column %ld)", c);
+        return NULL;
+    }
+    if (!cJSON_IsObject(obj)) {
+        pq_tool_reject(t, &t->line, NULL, "not a JSON object");
+        cJSON_Delete(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, const char *id,
+                         const char *reason) {
+    if (t->n_inputs > 1) fprintf(stderr, "%s: %s: line %ld", t->name, file, lineno);
+    else fprintf(stderr, "%s: line %ld", t->name, lineno);
+    if (id) fprintf(stderr, " (id %s)", id);
+    fprintf(stderr, ": %s\n", reason);
+    if (t->rejects) {
+        fputs(text, t->rejects);
+        fputc('\n', t->rejects);
+        fflush(t->rejects);
+    }
+    t->n_rejected++;
+}
+
+void pq_tool_reject(PqTool *t, const PqLine *line, const char *id, const char *fmt, ...) {
+    char reason[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    pq_tool_reject_text(t, line->file, line->lineno, line->text, id, reason);
+}
+
+// ---- output ----
+
+static void write_all(PqTool *t, const char *s, size_t n) {
+    while (n > 0) {
+        ssize_t k = write(t->out_fd, s, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            pq_tool_die(t, "write error: %s", strerror(errno));
+        }
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+void pq_tool_emit_text(PqTool *t, const char *json_line) {
+    // One write per line, so a line is never interleaved or half-written by
+    // a well-behaved kill, and resume can trust every complete line.
+    pq_buf_clear(&t->outbuf);
+    pq_buf_puts(&t->outbuf, json_line);
+    pq_buf_append(&t->outbuf, "\n", 1);
+    write_all(t, t->outbuf.data, t->outbuf.len);
+    t->n_out++;
+}
+
+void pq_tool_emit(PqTool *t, const cJSON *obj) {
+    char *s = cJSON_PrintUnformatted(obj);
+    if (!s) pq_tool_die(t, "out of memory printing JSON");
+    pq_tool_emit_text(t, s);
+    cJSON_free(s);
+}
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+void pq_tool_progress(PqTool *t, int force) {
+    if (t->progress <= 0) return;
+    double now = pq_now();
+    if (!force && now - t->t_last_progress < 0.5) return;
+    t->t_last_progress = now;
+    double dt = now - t->t0 > 1e-9 ? now - t->t0 : 1e-9;
+    long finished = t->n_done + t->n_rejected;
+    char eta[32] = "?";
+    if (t->total_lines > 0 && finished > 0) {
+        long left = t->total_lines - finished - t->n_skipped;
+        fmt_duration(eta, sizeof eta, left > 0 ? left * dt / finished : 0);
+    }
+    fprintf(stderr, "\r%s: %ld done, %ld rejected", t->name, t->n_done, t->n_rejected);
+    if (t->n_skipped) fprintf(stderr, ", %ld resumed", t->n_skipped);
+    if (t->n_requests) fprintf(stderr, ", %.1f req/s, %lld tok", t->n_requests / dt, t->tokens_prompt + t->tokens_completion);
+    if (t->total_lines > 0) fprintf(stderr, ", ETA %s", eta);
+    fputs("   ", stderr);
+}
+
+int pq_tool_finish(PqTool *t) {
+    if (t->progress > 0) {
+        pq_tool_progress(t, 1);
+        fputc('\n', stderr);
+    }
+    double dt = pq_now() - t->t0;
+    fprintf(stderr, "%s: %ld in, %ld done, %ld rejected", t->name, t->n_read, t->n_done, t->n_rejected);
+    if (t->n_skipped) fprintf(stderr, ", %ld skipped (already in %s)", t->n_skipped, t->resume_path);
+    fprintf(stderr, ", %ld out, %.2fs", t->n_out, dt);
+    if (t->n_requests)
+        fprintf(stderr, ", %ld requests (%.1f/s, %ld retries), tokens %lld prompt + %lld completion", t->n_requests,
+                dt > 0 ? t->n_requests / dt : 0.0, t->n_retries, t->tokens_prompt, t->tokens_completion);
+    if (t->summary_extra[0]) fprintf(stderr, ", %s", t->summary_extra);
+    if (pq_interrupted) fprintf(stderr, "; interrupted: rerun with --resume to continue");
+    fputc('\n', stderr);
+    if (t->rejects) fclose(t->rejects);
+    if (t->out_fd != STDOUT_FILENO) close(t->out_fd);
+    if (t->in && t->in != stdin) fclose(t->in);
+    free(t->line.text);
+    pq_buf_free(&t->outbuf);
+    keyset_free(t->done);
+    if (pq_interrupted) return PQ_EXIT_INTERRUPTED;
+    if (t->fatal) return PQ_EXIT_FATAL;
+    return t->n_rejected ? PQ_EXIT_REJECTS : PQ_EXIT_OK;
+}
+
+// ---- JSON helpers ----
+
+const char *pq_json_str(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int pq_json_num(const cJSON *obj, const char *key, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) return 0;
+    *out = v->valuedouble;
+    return 1;
+}
+
+void pq_json_set(cJSON *obj, const char *key, cJSON *item) {
+    if (cJSON_GetObjectItemCaseSensitive(obj, key)) cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item);
+    else cJSON_AddItemToObject(obj, key, item);
+}
+
+void pq_json_add_float(cJSON *obj, const char *key, double v) {
+    if (!isfinite(v)) {
+        pq_json_set(obj, key, cJSON_CreateNull());
+        return;
+    }
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.9g", v);
+    pq_json_set(obj, key, cJSON_CreateRaw(buf));
+}
+
+const char *pq_json_id(const cJSON *obj) {
+    const char *id = pq_json_str(obj, "id");
+    return id ? id : "?";
+}
+
+// ---- reorder buffer ----
+
+void pq_reorder_init(PqReorder *r, long cap) {
+    r->next = 0;
+    r->cap = cap;
+    r->text = pq_xcalloc((size_t)cap, sizeof *r->text);
+    r->ready = pq_xcalloc((size_t)cap, 1);
+}
+
+void pq_reorder_put(PqReorder *r, PqTool *t, long seq, char *text) {
+    long i = seq % r->cap;
+    r->text[i] = text;
+    r->ready[i] = 1;
+    for (;;) {
+        long j = r->next % r->cap;
+        if (!r->ready[j]) break;
+        if (r->text[j]) pq_tool_emit_text(t, r->text[j]);
+        free(r->text[j]);
+        r->text[j] = NULL;
+        r->ready[j] = 0;
+        r->next++;
+    }
+}
+
+void pq_reorder_free(PqReorder *r) {
+    for (long i = 0; i < r->cap; i++) free(r->text[i]);
+    free(r->text);
+    free(r->ready);
+}

@@ -1,0 +1,179 @@
+// util.c: small shared helpers of pq (see util.h).
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+void pq_err(PqErr *e, const char *fmt, ...) {
+    if (!e) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+}
+
+static void oom(size_t n) {
+    fprintf(stderr, "pq: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *pq_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n);
+    return p;
+}
+
+void *pq_xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) oom(n * size);
+    return p;
+}
+
+void *pq_xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) oom(n);
+    return q;
+}
+
+char *pq_xstrdup(const char *s) { return pq_xstrndup(s, strlen(s)); }
+
+char *pq_xstrndup(const char *s, size_t n) {
+    char *p = pq_xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = 0;
+    return p;
+}
+
+void pq_buf_reserve(PqBuf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + extra + 1) cap *= 2;
+    b->data = pq_xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+void pq_buf_append(PqBuf *b, const void *data, size_t n) {
+    pq_buf_reserve(b, n);
+    if (n) memcpy(b->data + b->len, data, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+void pq_buf_puts(PqBuf *b, const char *s) { pq_buf_append(b, s, strlen(s)); }
+
+void pq_buf_printf(PqBuf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    pq_buf_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void pq_buf_clear(PqBuf *b) {
+    b->len = 0;
+    if (b->data) b->data[0] = 0;
+}
+
+void pq_buf_free(PqBuf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+char *pq_read_file(const char *path, size_t *len, PqErr *e) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        pq_err(e, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    PqBuf b = {0};
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) pq_buf_append(&b, chunk, n);
+    if (ferror(f)) {
+        pq_err(e, "%s: read error: %s", path, strerror(errno));
+        fclose(f);
+        pq_buf_free(&b);
+        return NULL;
+    }
+    fclose(f);
+    if (!b.data) pq_buf_append(&b, "", 0);
+    if (len) *len = b.len;
+    return b.data;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void pq_rng_seed(PqRng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t pq_rng_next(PqRng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double pq_rng_uniform(PqRng *r) { return (double)(pq_rng_next(r) >> 11) * 0x1.0p-53; }
+
+uint64_t pq_rng_below(PqRng *r, uint64_t n) {
+    if (n <= 1) return 0;
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    uint64_t x;
+    do x = pq_rng_next(r);
+    while (x >= limit);
+    return x % n;
+}
+
+void pq_rng_shuffle_int(PqRng *r, int *a, int n) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)pq_rng_below(r, (uint64_t)i + 1);
+        int t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+uint64_t pq_hash_bytes(const void *p, size_t n) {
+    const unsigned char *s = p;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+uint64_t pq_hash_str(const char *s) { return pq_hash_bytes(s, strlen(s)); }
+
+double pq_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+long pq_peak_rss_kb(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return ru.ru_maxrss;
+}
