@@ -1,0 +1,18 @@
+#!/bin/sh
+# man-lint.sh: every tool has a man page, and every page passes mandoc's lint.
+set -eu
+command -v mandoc >/dev/null || { echo "mandoc not installed"; exit 77; }
+status=0
+for t in "$PQ_BIN"/pq-*; do
+  name=$(basename "$t")
+  [ -f "$PQ_TOP/man/$name.1" ] || { echo "no man page for $name"; status=1; }
+done
+for page in "$PQ_TOP"/man/*.[17]; do
+  [ -f "$page" ] || continue
+  if ! mandoc -T lint -W warning "$page" >/dev/null 2>&1; then
+    mandoc -T lint -W warning "$page" || true
+    status=1
+  fi
+  grep -q '^\.Sh EXAMPLES' "$page" || { echo "$page: no EXAMPLES section"; status=1; }
+done
+exit $status
