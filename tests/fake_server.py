@@ -18,8 +18,9 @@
 #       method.md shape, built from the article's sentences;
 #   anything else                            -> a summary: 1 or 2 sentences of
 #       the article, picked by the seed and the choice index.
-# The article is the longest blank-line-separated block of the prompt that is
-# not a quiz-format example (a leading "Text:"/"Article:" label is dropped).
+# The article is what follows a "Text:"/"Article:" label, else the prompt's
+# blank-line-separated blocks after the first (the instruction), quiz-format
+# examples left out. In a quiz prompt the summary is what follows "Summary:".
 #
 # Faults, by markers anywhere in the messages (attempts are counted per
 # distinct request body; [[fake:malformed1]] per distinct messages, so a
@@ -73,13 +74,17 @@ def is_format_example(block):
 
 
 def article_of(prompt):
+    lines = prompt.splitlines()
+    for i, l in enumerate(lines):  # a "Text:" label: the article follows it
+        m = LABEL.match(l)
+        if m and m.group(1).lower() != "summary":
+            rest = "\n".join([l[m.end():]] + lines[i + 1:]).strip()
+            if rest:
+                return rest
     blocks = [b.strip() for b in re.split(r"\n\s*\n", prompt) if b.strip()]
-    cands = [b for b in blocks if not is_format_example(b)] or blocks or [prompt]
-    best = max(cands, key=len)
-    lines = best.splitlines()
-    if len(lines) > 1 and len(lines[0]) < 40 and lines[0].rstrip().endswith(":"):
-        best = "\n".join(lines[1:])
-    return LABEL.sub("", best.strip().strip("`\"").strip())
+    blocks = [b for b in blocks if not is_format_example(b)] or blocks or [prompt]
+    # "instructions\n\n{article}": the first block is the instruction
+    return "\n\n".join(blocks[1:] if len(blocks) > 1 else blocks)
 
 
 def h64(*parts):
@@ -120,22 +125,35 @@ def make_quiz(article):
 
 def answer_quiz(prompt):
     questions = []  # [(number, {letter: text})]
-    rest = []
+    rest, in_summary, saw_summary = [], False, False
     for line in prompt.splitlines():
         m = QLINE.match(line)
         if m:
             questions.append((int(m.group(1)), {}))
+            in_summary = False
             continue
         m = OLINE.match(line)
         if m and questions:
             questions[-1][1][m.group(1)] = m.group(2).strip()
             continue
-        rest.append(line)
-    swords = WORD.findall(" ".join(rest).lower())
+        m = LABEL.match(line)
+        if m:
+            in_summary = m.group(1).lower() == "summary"
+            saw_summary |= in_summary
+            line = line[m.end():]
+        elif re.match(r"^\s*questions\s*:", line, re.I):
+            in_summary = False
+            continue
+        rest.append((in_summary, line))
+    # With a "Summary:" label, the summary is what follows it; else every
+    # line that is not part of a question.
+    swords = WORD.findall(" ".join(l for s, l in rest if s or not saw_summary).lower())
     summary = " %s " % " ".join(swords)
     words = set(swords)
     lines = []
     for num, opts in questions:
+        if len(opts) < 2:  # a format example ("Q1) X"), not a question
+            continue
         best, best_score = "Unsure", 0.0
         for letter in "ABCDE":
             ow = WORD.findall(opts.get(letter, "").lower())
