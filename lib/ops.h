@@ -1,0 +1,92 @@
+// ops.h: the operations of the transformer engine, shared by the CPU and the
+// CUDA backends. The model code (model.c, logp.c, the trainer) calls only
+// these; the Makefile decides which implementation is linked.
+//
+// Conventions (llm.c): activations are float32, row-major, token-major;
+// N = number of tokens in a (packed) batch, C channels, NH query heads, KVH
+// key/value heads, HS head size, H the MLP hidden size, V vocab, OC output
+// channels. Pointers to activations are device pointers (host memory on the
+// CPU backend; allocate them with pq_dev_alloc). Weights are PqWeight
+// (f32, f16 or bf16, never converted whole).
+//
+// Packing: several records share one batch of N tokens. pos[i] is the
+// position of token i inside its own record (0 at a record's first token),
+// so token i's record starts at i - pos[i]; attention never crosses a
+// record boundary, and RoPE uses pos. A (B,T) batch with padding is the
+// same thing with pos restarting at 0 every T tokens.
+//
+// pq_cpu_* are the plain-C implementations (lib/ops_cpu.c, the oracle, always
+// linked so the CUDA build can test against them); pq_* without the prefix
+// are the backend's (lib/backend_cpu.c binds them to pq_cpu_*).
+#ifndef PQ_OPS_H
+#define PQ_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum PqDtype { PQ_F32 = 0, PQ_F16, PQ_BF16 } PqDtype;
+
+// A weight matrix (rows, cols) row-major (a linear layer's (OC,C)), or a
+// vector when rows == 1. data is memory-mapped (CPU) or on the device.
+typedef struct PqWeight {
+    const void *data;
+    PqDtype dtype;
+    int rows, cols;
+} PqWeight;
+
+size_t pq_dtype_size(PqDtype t);
+const char *pq_dtype_name(PqDtype t);
+float pq_bf16_to_f32(uint16_t h);
+uint16_t pq_f32_to_bf16(float f); // round to nearest even
+float pq_f16_to_f32(uint16_t h);
+uint16_t pq_f32_to_f16(float f);
+// Row r of w as float32: out (cols)
+void pq_weight_row(const PqWeight *w, int r, float *out);
+
+// ---- memory and threads of the backend ----
+void pq_ops_set_threads(int n); // <= 0: all cores (CPU); ignored by CUDA
+int pq_ops_threads(void);
+void *pq_dev_alloc(size_t bytes); // zeroed; aborts on out-of-memory like pq_xmalloc
+void pq_dev_free(void *p);
+void pq_dev_upload(void *dst, const void *host_src, size_t bytes);
+void pq_dev_download(void *host_dst, const void *src, size_t bytes);
+// A weight as the backend uses it: the CPU returns w unchanged (mmap'd), the
+// CUDA backend copies it to the device. Free with pq_dev_weight_free.
+PqWeight pq_dev_weight(PqWeight w);
+void pq_dev_weight_free(PqWeight *w);
+
+// ---- forward operations ----
+#define PQ_OPS_DECLARE(P)                                                                                      \
+    /* ids (N), wte (V,C) -> out (N,C) */                                                                      \
+    void P##embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C);              \
+    /* inp (N,C), weight (C) -> out (N,C), rstd (N) (may be NULL; kept for backward) */                        \
+    void P##rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,       \
+                            float eps);                                                                        \
+    /* inp (N,C), weight (OC,C), bias (OC) or NULL -> out (N,OC) = inp weight^T + bias */                      \
+    void P##linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,     \
+                           int C, int OC);                                                                     \
+    /* LoRA: inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T (kept for backward),                          \
+       out (N,OC) += scale * xa B^T */                                                                         \
+    void P##lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale, \
+                         int N, int C, int OC, int r);                                                         \
+    /* in place: x (N,NH,HS) rotated by pos (N) with inv_freq (HS/2), HF's rotate_half pairing (i, i+HS/2) */  \
+    void P##rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);          \
+    /* causal GQA attention inside each record (see pos above), only keys j with i - j < window when          \
+       window > 0: q (N,NH,HS), k (N,KVH,HS), v (N,KVH,HS) -> out (N,NH,HS),                                   \
+       lse (N,NH) log-sum-exp of the scaled scores (may be NULL; kept for backward) */                         \
+    void P##attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,          \
+                              const int32_t *pos, int N, int NH, int KVH, int HS, int window);                 \
+    /* gate (N,H), up (N,H) -> out (N,H) = silu(gate) * up */                                                  \
+    void P##swiglu_forward(float *out, const float *gate, const float *up, int N, int H);                      \
+    /* in place: x (n) += y (n) (the residual stream) */                                                       \
+    void P##residual_forward(float *x, const float *y, size_t n);                                              \
+    /* h (N,C) (after the final norm), lm_head (V,C), targets (N) (-1: none) ->                                \
+       logp (N) = log softmax(h lm_head^T)[target] (0 where no target), lse (N) log-sum-exp of the logits    \
+       (may be NULL; kept for backward). Never holds more than a chunk of vocab rows' logits. */               \
+    void P##logp_forward(float *logp, float *lse, const float *h, const PqWeight *lm_head,                     \
+                         const int32_t *targets, int N, int C, int V);
+
+PQ_OPS_DECLARE(pq_)
+PQ_OPS_DECLARE(pq_cpu_)
+
+#endif
