@@ -37,9 +37,8 @@ typedef struct PqWeight {
 size_t pq_dtype_size(PqDtype t);
 const char *pq_dtype_name(PqDtype t);
 float pq_bf16_to_f32(uint16_t h);
-uint16_t pq_f32_to_bf16(float f); // round to nearest even
 float pq_f16_to_f32(uint16_t h);
-uint16_t pq_f32_to_f16(float f);
+// (pq_f32_to_bf16 and pq_f32_to_f16 are in st_write.h)
 // Row r of w as float32: out (cols)
 void pq_weight_row(const PqWeight *w, int r, float *out);
 

@@ -41,15 +41,6 @@ const PqTensorInfo *pq_safetensors_find(const PqSafetensors *st, const char *nam
 // with one of the dtypes pq handles; fills w. -1 with a message otherwise.
 int pq_safetensors_weight(const PqSafetensors *st, const char *name, int rows, int cols, PqWeight *w, PqErr *e);
 
-// Writes tensors to path (f32, f16 or bf16 data given as is), atomically
-// (path.tmp then rename). metadata may be NULL.
-typedef struct PqTensorOut {
-    const char *name;
-    PqDtype dtype;
-    int ndim;
-    int64_t shape[4];
-    const void *data;
-} PqTensorOut;
-int pq_safetensors_write(const char *path, const PqTensorOut *t, int n, PqErr *e);
+// (Writing: st_write.h.)
 
 #endif
