@@ -5,6 +5,7 @@
 # make install PREFIX=/usr/local
 
 PREFIX  ?= /usr/local
+MAKEFLAGS += -j$(shell nproc)
 CUDA    ?= 0
 SAN     ?= 0
 CC      ?= cc
