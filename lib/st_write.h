@@ -1,0 +1,42 @@
+// st_write.h: writes safetensors files (f32, bf16, f16 tensors) for LoRA
+// adapters and merged models; the file is written under a temporary name
+// and renamed into place, so a reader never sees half a file.
+#ifndef PQ_ST_WRITE_H
+#define PQ_ST_WRITE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ops.h"
+#include "util.h"
+
+// dtypes: PqDtype of ops.h (PQ_F32, PQ_F16, PQ_BF16)
+
+
+typedef struct PqStTensor {
+    char *name;
+    PqDtype dtype;      // as stored in the file
+    int ndim;
+    int64_t shape[4];
+    const void *data;   // already in dtype, not owned
+    void *owned;        // data the writer converted and frees
+} PqStTensor;
+
+typedef struct PqStWriter {
+    PqStTensor *t;
+    int n, cap;
+} PqStWriter;
+
+// Adds a tensor whose data (in dtype) stays valid until pq_st_write.
+void pq_st_add(PqStWriter *w, const char *name, PqDtype dtype, int ndim, const int64_t *shape, const void *data);
+// Adds f32 data converted to dtype (copied).
+void pq_st_add_f32(PqStWriter *w, const char *name, PqDtype dtype, int ndim, const int64_t *shape, const float *data);
+// Writes path (tensors sorted by name, header padded to 8 bytes, metadata
+// {"format":"pt"}) via path.tmp + rename. 0 or -1 with a message.
+int pq_st_write(PqStWriter *w, const char *path, PqErr *e);
+void pq_st_writer_free(PqStWriter *w);
+
+uint16_t pq_f32_to_bf16(float f); // round to nearest even, NaN stays NaN
+uint16_t pq_f32_to_f16(float f);
+
+#endif
