@@ -1,0 +1,34 @@
+// backend_grad_cpu.c: binds the backward operations of ops_grad.h (pq_*) to
+// the plain-C ones (pq_cpu_*); the CUDA build links its own instead.
+#include "ops_grad.h"
+
+void pq_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight, const float *rstd,
+                         int N, int C) {
+    pq_cpu_rmsnorm_backward(dinp, dout, inp, weight, rstd, N, C);
+}
+void pq_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
+    pq_cpu_linear_backward(dinp, dout, weight, N, C, OC);
+}
+void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
+                      const float *xa, const float *A, const float *B, float scale, int N, int C, int OC, int r) {
+    pq_cpu_lora_backward(dinp, dA, dB, dxa, dout, inp, xa, A, B, scale, N, C, OC, r);
+}
+void pq_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
+    pq_cpu_rope_backward(dx, pos, inv_freq, N, NH, HS);
+}
+void pq_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                           const float *v, const float *out, const float *lse, const int32_t *pos, int N, int NH,
+                           int KVH, int HS, int window) {
+    pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, N, NH, KVH, HS, window);
+}
+void pq_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N,
+                        int H) {
+    pq_cpu_swiglu_backward(dgate, dup, dout, gate, up, N, H);
+}
+void pq_logp_backward(float *dh, const float *dlogp, const float *h, const PqWeight *lm_head, const int32_t *targets,
+                      const float *lse, int N, int C, int V) {
+    pq_cpu_logp_backward(dh, dlogp, h, lm_head, targets, lse, N, C, V);
+}
+void pq_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
+    pq_cpu_dropout_forward(out, inp, p, seed, n);
+}

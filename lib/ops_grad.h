@@ -1,0 +1,43 @@
+// ops_grad.h: the backward twins of the forward operations of ops.h, for
+// training LoRA adapters through a frozen base model. Same conventions as
+// ops.h (N tokens of a packed batch, pos (N) restarts at each record, f32
+// activations, PqWeight frozen weights). Gradients named d<x>; "+=" means the
+// op accumulates into its output, "=" that it overwrites it.
+#ifndef PQ_OPS_GRAD_H
+#define PQ_OPS_GRAD_H
+
+#include "ops.h"
+
+#define PQ_OPS_GRAD_DECLARE(P)                                                                                 \
+    /* dout (N,C), inp (N,C), weight (C), rstd (N) -> dinp (N,C) += (the weight is frozen) */                  \
+    void P##rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight,            \
+                             const float *rstd, int N, int C);                                                 \
+    /* dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight (the weight and bias are frozen) */             \
+    void P##linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC);     \
+    /* LoRA: dout (N,OC), inp (N,C), xa (N,r) = inp A^T, A (r,C), B (OC,r) ->                                  \
+       dA (r,C) +=, dB (OC,r) +=, dinp (N,C) += (skipped when NULL); dxa (N,r) scratch */                      \
+    void P##lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,  \
+                          const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,  \
+                          int r);                                                                              \
+    /* in place: dx (N,NH,HS), the gradient w.r.t. rope_forward's output, becomes that w.r.t. its input */     \
+    void P##rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);        \
+    /* dout (N,NH,HS), q (N,NH,HS), k, v (N,KVH,HS), out (N,NH,HS), lse (N,NH) of attention_forward ->         \
+       dq (N,NH,HS) =, dk (N,KVH,HS) =, dv (N,KVH,HS) = */                                                     \
+    void P##attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,             \
+                               const float *k, const float *v, const float *out, const float *lse,             \
+                               const int32_t *pos, int N, int NH, int KVH, int HS, int window);                \
+    /* dout (N,H), gate (N,H), up (N,H) -> dgate (N,H) =, dup (N,H) = */                                       \
+    void P##swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,  \
+                            int N, int H);                                                                     \
+    /* dlogp (N), h (N,C), lm_head (V,C), targets (N) (-1: none), lse (N) of logp_forward -> dh (N,C) +=.      \
+       Rows without a target or with dlogp 0 are skipped; a chunk of vocab rows at a time. */                  \
+    void P##logp_backward(float *dh, const float *dlogp, const float *h, const PqWeight *lm_head,              \
+                          const int32_t *targets, const float *lse, int N, int C, int V);                      \
+    /* LoRA dropout as PEFT's nn.Dropout on the adapter's input: out (N,C) = inp * mask / (1 - p), the mask    \
+       drawn from a counter-based generator keyed by seed, so a recomputation draws the same mask */          \
+    void P##dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n);
+
+PQ_OPS_GRAD_DECLARE(pq_)
+PQ_OPS_GRAD_DECLARE(pq_cpu_)
+
+#endif
