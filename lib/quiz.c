@@ -177,12 +177,16 @@ static const char *const rx_answer_src =
     "^(?:" RX_QNUM "\\s*[).:\\-]?\\s*|(\\d{1,3})\\s*[).:]\\s*)?"
     "(?:the\\s+)?(?:correct\\s+)?answer(?:\\s+(?:to|for)\\s+" RX_QNUM ")?"
     "\\s*(?:is\\b)?\\s*[:=\\-]?\\s*(?:is\\b)?\\s*" RX_LETTER;
+// What starts like an answer line but gives no letter ("Q2 Answer: F",
+// "Answer: Both"): never a question.
+static const char *const rx_near_answer_src =
+    "^(?:" RX_QNUM "\\s*[).:\\-]?\\s*|(\\d{1,3})\\s*[).:]\\s*)?(?:the\\s+)?(?:correct\\s+)?answer\\b";
 // Question lines: "Q1) text", "Q1: text", "Q1. text", "Question 1 - text", "Q1 text",
 // "1. text", "1) text"; the text may be empty (it is then on the next line).
 static const char *const rx_question_src =
     "^(?:" RX_QNUM "\\s*[).:\\-]?|(\\d{1,3})\\s*[.)])(?:\\s+(.*))?$";
 // Option lines: "A. text", "A) text", "(A) text", "a. text", "A: text", "A - text".
-static const char *const rx_option_src = "^(?:\\(([a-e])\\)|([a-e])\\s*[.):]|([a-e])\\s+-)\\s+(.*)$";
+static const char *const rx_option_src = "^(?:\\(([a-e])\\)|([a-e])\\s*[.):]|([a-e])\\s+-)(?:\\s+(.*))?$";
 // An option marked correct inline: "C. Paris (correct)", "C. Paris [correct answer]".
 static const char *const rx_marked_src = "\\s*[(\\[]\\s*correct(?:\\s+answer)?\\s*[)\\]]\\s*$";
 // The text of a question line that is really an answer in a key at the end:
@@ -200,7 +204,7 @@ typedef struct ParseQ {
 } ParseQ;
 
 typedef struct QuizRx {
-    Rx answer, question, option, marked, letter;
+    Rx answer, near_answer, question, option, marked, letter;
 } QuizRx;
 
 static ParseQ *find_q(ParseQ *qs, int n, int num) {
@@ -218,6 +222,7 @@ int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e) {
     memset(out, 0, sizeof *out);
     QuizRx rx;
     int bad_rx = rx_init(&rx.answer, rx_answer_src);
+    bad_rx |= rx_init(&rx.near_answer, rx_near_answer_src);
     bad_rx |= rx_init(&rx.question, rx_question_src);
     bad_rx |= rx_init(&rx.option, rx_option_src);
     bad_rx |= rx_init(&rx.marked, rx_marked_src);
@@ -242,6 +247,8 @@ int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e) {
             ParseQ *q = num >= 0 ? find_q(qs, nq, num) : cur;
             if (q) set_answer(q, a);
             else if (num >= 0 && !bad_answer_num) bad_answer_num = num;
+        } else if (rx_match(&rx.near_answer, line)) {
+            // an answer line without a usable letter: the question stays unanswered
         } else if (rx_match(&rx.question, line)) {
             int num = rx_int(&rx.question, line, 1);
             if (num < 0) num = rx_int(&rx.question, line, 2);
@@ -339,6 +346,7 @@ done:
     }
     free(qs);
     rx_free(&rx.answer);
+    rx_free(&rx.near_answer);
     rx_free(&rx.question);
     rx_free(&rx.option);
     rx_free(&rx.marked);
