@@ -1,0 +1,304 @@
+// train.c: forward with kept (or checkpointed) activations, backward to the
+// LoRA parameters, and DPO micro-batches of packed pairs (see train.h).
+#include "train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_grad.h"
+
+// One block's activations for N tokens (QD = NH*HS, KD = KVH*HS).
+struct PqTrainActs {
+    float *ln1, *rstd1;       // (N,C), (N)
+    float *q, *k, *v;         // (N,QD), (N,KD), (N,KD) after RoPE
+    float *att, *lse;         // (N,QD), (N,NH)
+    float *x_mid;             // (N,C)
+    float *ln2, *rstd2;       // (N,C), (N)
+    float *gate, *up, *mlp;   // (N,H) each
+    float *xa[PQ_NLIN];       // (N,r) x A^T of each adapted linear
+    float *tmp;               // (N, max(C,QD,H)) LoRA input after dropout, o/down outputs
+};
+
+static int max3(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+static PqTrainActs *acts_build(const PqConfig *c, const PqLora *lora, int N) {
+    PqTrainActs *a = pq_xcalloc(1, sizeof *a);
+    size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
+    a->ln1 = pq_dev_alloc(n * c->C * 4);
+    a->rstd1 = pq_dev_alloc(n * 4);
+    a->q = pq_dev_alloc(n * QD * 4);
+    a->k = pq_dev_alloc(n * KD * 4);
+    a->v = pq_dev_alloc(n * KD * 4);
+    a->att = pq_dev_alloc(n * QD * 4);
+    a->lse = pq_dev_alloc(n * c->NH * 4);
+    a->x_mid = pq_dev_alloc(n * c->C * 4);
+    a->ln2 = pq_dev_alloc(n * c->C * 4);
+    a->rstd2 = pq_dev_alloc(n * 4);
+    a->gate = pq_dev_alloc(n * c->H * 4);
+    a->up = pq_dev_alloc(n * c->H * 4);
+    a->mlp = pq_dev_alloc(n * c->H * 4);
+    for (int j = 0; j < PQ_NLIN; j++)
+        if (lora->targets >> j & 1) a->xa[j] = pq_dev_alloc(n * lora->r * 4);
+    a->tmp = pq_dev_alloc(n * W * 4);
+    return a;
+}
+
+static void acts_free(PqTrainActs *a) {
+    if (!a) return;
+    float *p[] = {a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->x_mid, a->ln2, a->rstd2, a->gate, a->up,
+                  a->mlp, a->tmp};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    for (int j = 0; j < PQ_NLIN; j++) pq_dev_free(a->xa[j]);
+    free(a);
+}
+
+static void bufs_free(PqTrainer *t) {
+    int na = t->checkpoint ? 1 : t->m->cfg.L;
+    if (t->acts)
+        for (int i = 0; i < na; i++) acts_free(t->acts[i]);
+    free(t->acts);
+    t->acts = NULL;
+    float *p[] = {t->xs, t->hf, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv, t->dxa, t->dgate, t->dup};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    t->xs = t->hf = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv = t->dxa = t->dgate = t->dup =
+        NULL;
+    t->cap = 0;
+}
+
+static void bufs_reserve(PqTrainer *t, int N) {
+    if (N <= t->cap) return;
+    bufs_free(t);
+    const PqConfig *c = &t->m->cfg;
+    size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
+    int na = t->checkpoint ? 1 : c->L;
+    t->acts = pq_xcalloc((size_t)na, sizeof *t->acts);
+    for (int i = 0; i < na; i++) t->acts[i] = acts_build(c, t->lora, N);
+    t->xs = pq_dev_alloc((size_t)(c->L + 1) * n * c->C * 4);
+    t->hf = pq_dev_alloc(n * c->C * 4);
+    t->rstdf = pq_dev_alloc(n * 4);
+    t->lse = pq_dev_alloc(n * 4);
+    t->dx = pq_dev_alloc(n * c->C * 4);
+    t->dh = pq_dev_alloc(n * W * 4);
+    t->dscr = pq_dev_alloc(n * W * 4);
+    t->dq = pq_dev_alloc(n * QD * 4);
+    t->dk = pq_dev_alloc(n * KD * 4);
+    t->dv = pq_dev_alloc(n * KD * 4);
+    t->dxa = pq_dev_alloc(n * (t->lora->r > 0 ? t->lora->r : 1) * 4);
+    t->dgate = pq_dev_alloc(n * c->H * 4);
+    t->dup = pq_dev_alloc(n * c->H * 4);
+    t->cap = N;
+}
+
+PqTrainer *pq_trainer_build(const PqModel *m, PqLora *lora, int checkpoint, float dropout) {
+    PqTrainer *t = pq_xcalloc(1, sizeof *t);
+    t->m = m;
+    t->lora = lora;
+    t->checkpoint = checkpoint;
+    t->dropout = dropout;
+    t->grads = pq_dev_alloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
+    int n = m->cfg.L * PQ_NLIN;
+    t->gab = pq_xcalloc((size_t)n, sizeof *t->gab);
+    for (int i = 0; i < n; i++) {
+        if (!lora->ab[i].A) continue;
+        t->gab[i].A = t->grads + (lora->ab[i].A - lora->params);
+        t->gab[i].B = t->grads + (lora->ab[i].B - lora->params);
+    }
+    return t;
+}
+
+void pq_trainer_free(PqTrainer *t) {
+    if (!t) return;
+    bufs_free(t);
+    pq_dev_free(t->grads);
+    free(t->gab);
+    free(t);
+}
+
+void pq_trainer_zero_grad(PqTrainer *t) { memset(t->grads, 0, t->lora->n_params * sizeof(float)); }
+
+// The seed of linear j's dropout mask in layer l.
+static uint64_t drop_key(uint64_t seed, int l, int j) {
+    return pq_hash_bytes(&(uint64_t[2]){seed, (uint64_t)(l * PQ_NLIN + j)}, 16);
+}
+
+static int dropping(const PqTrainer *t) { return t->dropout > 0 && t->drop_seed != 0; }
+
+// out (N,OC) = x W^T + b + scale * (drop(x) A^T) B^T, keeping xa.
+static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
+    pq_linear_forward(out, x, &w->w[j], w->b[j], N, in, oc);
+    const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
+    if (!ab->A) return;
+    const float *xd = x;
+    if (dropping(t)) {
+        pq_dropout_forward(scr, x, t->dropout, drop_key(t->drop_seed, l, j), (size_t)N * in);
+        xd = scr;
+    }
+    pq_lora_forward(out, xa, xd, ab->A, ab->B, t->lora->scale, N, in, oc, t->lora->r);
+}
+
+// dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
+static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                         float *scr, float *scr2, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
+    pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
+    const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
+    if (!ab->A) return;
+    const PqLoraAB *g = &t->gab[l * PQ_NLIN + j];
+    int r = t->lora->r;
+    float sc = t->lora->scale;
+    if (!dropping(t)) {
+        pq_lora_backward(dx, g->A, g->B, t->dxa, dout, x, xa, ab->A, ab->B, sc, N, in, oc, r);
+        return;
+    }
+    uint64_t key = drop_key(t->drop_seed, l, j);
+    size_t n = (size_t)N * in;
+    pq_dropout_forward(scr, x, t->dropout, key, n); // the dropped input again
+    memset(scr2, 0, n * sizeof(float));
+    pq_lora_backward(scr2, g->A, g->B, t->dxa, dout, scr, xa, ab->A, ab->B, sc, N, in, oc, r);
+    pq_dropout_forward(scr, scr2, t->dropout, key, n); // the same mask on the gradient
+    pq_residual_forward(dx, scr, n);
+}
+
+// One block: xin (N,C) -> xout (N,C), activations into a.
+static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, PqTrainActs *a, int N) {
+    const PqConfig *c = &t->m->cfg;
+    const PqLayerW *w = &t->m->layers[l];
+    int C = c->C, QD = c->NH * c->HS;
+    pq_rmsnorm_forward(a->ln1, a->rstd1, xin, w->ln1, N, C, c->eps);
+    lin_forward(t, l, PQ_Q, a->q, a->ln1, a->xa[PQ_Q], a->tmp, N);
+    lin_forward(t, l, PQ_K, a->k, a->ln1, a->xa[PQ_K], a->tmp, N);
+    lin_forward(t, l, PQ_V, a->v, a->ln1, a->xa[PQ_V], a->tmp, N);
+    pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
+    pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
+    pq_attention_forward(a->att, a->lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
+    lin_forward(t, l, PQ_O, a->x_mid, a->att, a->xa[PQ_O], a->tmp, N);
+    pq_residual_forward(a->x_mid, xin, (size_t)N * C);
+    pq_rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ln2, N, C, c->eps);
+    lin_forward(t, l, PQ_GATE, a->gate, a->ln2, a->xa[PQ_GATE], a->tmp, N);
+    lin_forward(t, l, PQ_UP, a->up, a->ln2, a->xa[PQ_UP], a->tmp, N);
+    pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
+    lin_forward(t, l, PQ_DOWN, xout, a->mlp, a->xa[PQ_DOWN], a->tmp, N);
+    pq_residual_forward(xout, a->x_mid, (size_t)N * C);
+    (void)QD;
+}
+
+void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, const int32_t *targets, int N,
+                      uint64_t drop_seed, int train, float *logp) {
+    const PqConfig *c = &t->m->cfg;
+    bufs_reserve(t, N);
+    t->N = N;
+    t->pos = pos;
+    t->targets = targets;
+    t->drop_seed = train && t->dropout > 0 ? (drop_seed ? drop_seed : 1) : 0;
+    size_t NC = (size_t)N * c->C;
+    pq_embedding_forward(t->xs, ids, &t->m->wte, N, c->C);
+    for (int l = 0; l < c->L; l++)
+        layer_forward(t, l, t->xs + l * NC, t->xs + (l + 1) * NC, t->acts[t->checkpoint ? 0 : l], N);
+    pq_rmsnorm_forward(t->hf, t->rstdf, t->xs + c->L * NC, t->m->ln_f, N, c->C, c->eps);
+    pq_logp_forward(logp, t->lse, t->hf, &t->m->lm_head, targets, N, c->C, c->V);
+}
+
+void pq_train_backward(PqTrainer *t, const float *dlogp) {
+    const PqConfig *c = &t->m->cfg;
+    int N = t->N, C = c->C;
+    size_t NC = (size_t)N * C;
+    float *dx = t->dx, *dh = t->dh, *s1 = t->dscr;
+    memset(dh, 0, NC * sizeof(float));
+    pq_logp_backward(dh, dlogp, t->hf, &t->m->lm_head, t->targets, t->lse, N, C, c->V);
+    memset(dx, 0, NC * sizeof(float));
+    pq_rmsnorm_backward(dx, dh, t->xs + c->L * NC, t->m->ln_f, t->rstdf, N, C);
+    int wide = max3(C, c->NH * c->HS, c->H);
+    float *s3 = pq_dev_alloc((size_t)N * wide * sizeof(float)); // dropout gradient scratch
+    for (int l = c->L - 1; l >= 0; l--) {
+        const PqLayerW *w = &t->m->layers[l];
+        PqTrainActs *a = t->acts[t->checkpoint ? 0 : l];
+        const float *xin = t->xs + l * NC;
+        if (t->checkpoint) layer_forward(t, l, xin, dh, a, N); // recompute; output unused (dh is scratch)
+        // MLP: xout = x_mid + down(mlp); dx is d xout
+        memset(dh, 0, (size_t)N * c->H * sizeof(float));
+        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->xa[PQ_DOWN], s1, s3, N);
+        pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
+        memset(dh, 0, NC * sizeof(float));
+        lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->xa[PQ_GATE], s1, s3, N);
+        lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->xa[PQ_UP], s1, s3, N);
+        pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->rstd2, N, C); // dx = d x_mid
+        // attention: x_mid = xin + o(att)
+        memset(dh, 0, (size_t)N * c->NH * c->HS * sizeof(float));
+        lin_backward(t, l, PQ_O, dh, dx, a->att, a->xa[PQ_O], s1, s3, N);
+        pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, N, c->NH, c->KVH,
+                              c->HS, c->window);
+        pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
+        pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
+        memset(dh, 0, NC * sizeof(float));
+        lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->xa[PQ_Q], s1, s3, N);
+        lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->xa[PQ_K], s1, s3, N);
+        lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->xa[PQ_V], s1, s3, N);
+        pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->rstd1, N, C); // dx = d xin
+    }
+    pq_dev_free(s3);
+}
+
+void pq_train_pair_free(PqTrainPair *p) {
+    if (!p) return;
+    free(p->ids[0]);
+    free(p->ids[1]);
+    memset(p, 0, sizeof *p);
+}
+
+int pq_train_dpo_micro(PqTrainer *t, const PqDpoCfg *cfg, PqTrainPair *const *pairs, int n, double grad_scale,
+                       uint64_t drop_seed, int backward, PqDpoMetrics *met, long *tokens) {
+    int N = 0;
+    for (int i = 0; i < n; i++) N += pairs[i]->len[0] + pairs[i]->len[1];
+    int32_t *ids = pq_xmalloc((size_t)N * 3 * sizeof(int32_t)), *pos = ids + N, *tg = pos + N;
+    float *logp = pq_xmalloc((size_t)N * 2 * sizeof(float)), *dlogp = logp + N;
+    int o = 0;
+    for (int i = 0; i < n; i++)
+        for (int s = 0; s < 2; s++) {
+            const PqTrainPair *p = pairs[i];
+            for (int k = 0; k < p->len[s]; k++) {
+                ids[o + k] = p->ids[s][k];
+                pos[o + k] = k;
+                // position k predicts token k+1: a target when that token is in the response
+                tg[o + k] = k + 1 < p->len[s] && k + 1 >= p->prompt_len[s] ? p->ids[s][k + 1] : -1;
+            }
+            o += p->len[s];
+        }
+    pq_train_forward(t, ids, pos, tg, N, drop_seed, backward, logp);
+    PqDpoMetrics m = {0};
+    int rc = 0;
+    o = 0;
+    for (int i = 0; i < n; i++) {
+        const PqTrainPair *p = pairs[i];
+        double sum[2] = {0, 0};
+        int off[2];
+        for (int s = 0; s < 2; s++) {
+            off[s] = o;
+            for (int k = 0; k < p->len[s]; k++) sum[s] += logp[o + k];
+            o += p->len[s];
+        }
+        PqDpoPair dp = {sum[0], sum[1], p->ref[0], p->ref[1], p->len[0] - p->prompt_len[0],
+                        p->len[1] - p->prompt_len[1]};
+        double g[2];
+        double loss = pq_dpo_loss(cfg, &dp, &g[0], &g[1]);
+        if (!isfinite(loss)) rc = -1;
+        pq_dpo_metrics_add(&m, cfg, &dp, loss);
+        for (int s = 0; s < 2; s++)
+            for (int k = 0; k < p->len[s]; k++) dlogp[off[s] + k] = tg[off[s] + k] >= 0 ? (float)(g[s] * grad_scale) : 0;
+    }
+    if (rc == 0 && backward) pq_train_backward(t, dlogp);
+    if (rc == 0) {
+        met->n += m.n, met->loss += m.loss, met->chosen += m.chosen, met->rejected += m.rejected;
+        met->margins += m.margins, met->accuracies += m.accuracies;
+        met->logps_chosen += m.logps_chosen, met->logps_rejected += m.logps_rejected;
+        *tokens += N;
+    }
+    free(logp);
+    free(ids);
+    return rc;
+}

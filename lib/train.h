@@ -1,0 +1,64 @@
+// train.h: LoRA training through a frozen base model: the forward pass that
+// keeps what the backward needs (every layer's activations, or with
+// activation checkpointing only each layer's input, recomputing one layer at
+// a time), the backward to the LoRA parameters, and one DPO micro-batch of
+// packed pairs (chosen and rejected of every pair in one batch of tokens).
+#ifndef PQ_TRAIN_H
+#define PQ_TRAIN_H
+
+#include <stdint.h>
+
+#include "dpo.h"
+#include "model.h"
+
+typedef struct PqTrainActs PqTrainActs;
+
+typedef struct PqTrainer {
+    const PqModel *m;
+    PqLora *lora;      // trained in place (not owned)
+    float *grads;      // (lora->n_params) gradients, same layout as lora->params
+    PqLoraAB *gab;     // [L * PQ_NLIN] pointers into grads
+    int checkpoint;    // 1: keep only layer inputs, recompute in the backward
+    float dropout;     // LoRA dropout on the adapter's input (PEFT's lora_dropout)
+    uint64_t drop_seed; // seed of the current forward's dropout masks
+    // what the forward keeps, sized for cap tokens
+    int cap, N;
+    const int32_t *pos, *targets; // of the current batch (caller's memory)
+    float *xs;         // (L+1, N, C) residual stream at each layer's input, and the last
+    PqTrainActs **acts; // [1] with checkpointing, else [L]
+    float *hf, *rstdf, *lse; // (N,C), (N), (N) final norm and log-sum-exp
+    float *dx, *dh, *dscr;   // (N,C), (N, max(C,QD,H)) x3 backward scratch
+    float *dq, *dk, *dv, *dxa, *dgate, *dup;
+} PqTrainer;
+
+// m: the frozen base; lora: the adapter trained (with its targets and scale).
+PqTrainer *pq_trainer_build(const PqModel *m, PqLora *lora, int checkpoint, float dropout);
+void pq_trainer_free(PqTrainer *t);
+void pq_trainer_zero_grad(PqTrainer *t);
+
+// Packed batch: ids (N), pos (N) as in ops.h, targets (N) (-1: none) ->
+// logp (N) (0 where no target). drop_seed keys the dropout masks (ignored
+// when dropout is 0 or train is 0); train 0: no dropout (evaluation).
+void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, const int32_t *targets, int N,
+                      uint64_t drop_seed, int train, float *logp);
+// dlogp (N) -> t->grads += d (sum_i dlogp_i logp_i) / d LoRA params, for the
+// batch of the last pq_train_forward.
+void pq_train_backward(PqTrainer *t, const float *dlogp);
+
+// A pair as training keeps it: the two tokenised sequences and the
+// reference log-probs.
+typedef struct PqTrainPair {
+    int32_t *ids[2]; // chosen, rejected (prompt + response)
+    int len[2], prompt_len[2];
+    double ref[2];   // reference logps (0 when reference-free)
+} PqTrainPair;
+void pq_train_pair_free(PqTrainPair *p);
+
+// One micro-batch of n pairs packed into one batch: forward, the DPO loss of
+// each pair, and (when backward) the backward of sum(loss) * grad_scale.
+// Adds every pair's metrics to *met and the tokens counted to *tokens.
+// Returns 0, or -1 when a loss is not finite (nothing accumulated then).
+int pq_train_dpo_micro(PqTrainer *t, const PqDpoCfg *cfg, PqTrainPair *const *pairs, int n, double grad_scale,
+                       uint64_t drop_seed, int backward, PqDpoMetrics *met, long *tokens);
+
+#endif
