@@ -34,9 +34,13 @@ typedef struct PqLlmResult {
     long http_status;   // of the last attempt
     int attempts;
     char error[512];    // when !ok: what went wrong, with the server's message
+    int cancelled;      // not finished: pq_llm_free ran first (Ctrl-C, a fatal
+                        // error); free what the request holds, reject nothing
 } PqLlmResult;
 
-// Called once per submitted request, from pq_llm_run; res is freed after.
+// Called once per submitted request, from pq_llm_run (or, with
+// res->cancelled, from pq_llm_free for requests that never finished); res and
+// its texts are freed after: copy or steal (set texts[k] = NULL) what you keep.
 typedef void (*PqLlmDone)(void *user, const PqLlmResult *res);
 
 typedef struct PqLlm PqLlm;
@@ -87,7 +91,10 @@ void pq_llm_submit(PqLlm *l, const cJSON *messages, int n, int64_t seed, PqLlmDo
 int pq_llm_pending(const PqLlm *l);
 // Drives transfers (and calls callbacks) until fewer than `below` requests
 // are pending; below = 1 drains everything. Returns early when
-// pq_interrupted is set.
+// pq_interrupted is set. It always makes one pass without waiting, so a
+// tool's loop is: submit; pq_llm_run(l, limit) (e.g. limit = 2 * jobs); and
+// at the end pq_llm_run(l, 1). Callbacks may submit; they must not call
+// pq_llm_run or pq_llm_free.
 void pq_llm_run(PqLlm *l, int below);
 // Adds the client's counters (requests, retries, tokens) to the tool's.
 void pq_llm_account(const PqLlm *l, PqTool *t);
