@@ -1,0 +1,251 @@
+// pq-summarize: the policy writes n short summaries of each article
+// (method.md §2) through an OpenAI-compatible endpoint; one line per sample.
+#include <stdlib.h>
+#include <string.h>
+
+#include "llm.h"
+#include "quiz.h"
+#include "tool.h"
+
+static const char usage[] =
+    "Usage: pq-summarize --model NAME [OPTIONS] [FILE...]\n"
+    "Asks the policy model for short summaries of each article (JSONL with \"id\" and\n"
+    "\"article\") and writes one line per sample: the input plus \"sample\", \"prompt\",\n"
+    "\"summary\" and \"policy\".\n"
+    "  -n, --samples N         summaries per article (default 1)\n"
+    "      --prompt-file FILE  the prompt, with {article} where the text goes\n"
+    "                          (default: the built-in one of method.md §2)\n"
+    "Temperature is the server's unless --temperature is given (0.8 for\n"
+    "training data, 0 for evaluation). Each article's seed is derived from\n"
+    "--seed and its id; sample k of n is asked with seed+k in --n-mode client.\n" PQ_LLM_HELP;
+
+enum { OPT_PROMPT_FILE = PQ_OPT_TOOL_BASE };
+
+static PqTool T;
+static PqLlm *L;
+static PqReorder R;
+static const char *policy;
+static int unordered;
+
+typedef struct Article {
+    cJSON *obj;     // the input record
+    cJSON *prompt;  // the messages sent
+    PqLine line;    // a copy, for the rejects
+    int n;          // samples asked for (the missing ones when resuming)
+    int *sample;    // their numbers
+    char **text;    // their summaries, as they come
+    long seq0;      // reorder slots seq0 .. seq0+n-1
+    int jobs_left;  // requests outstanding
+    int failed, cancelled;
+    char error[512];
+} Article;
+
+typedef struct JobCtx {
+    Article *a;
+    int first; // texts[0] of the reply is a->text[first]
+} JobCtx;
+
+static void article_free(Article *a) {
+    cJSON_Delete(a->obj);
+    cJSON_Delete(a->prompt);
+    free(a->line.text);
+    for (int k = 0; k < a->n; k++) free(a->text[k]);
+    free(a->text);
+    free(a->sample);
+    free(a);
+}
+
+static void put(long seq, char *text) {
+    if (unordered) {
+        if (text) pq_tool_emit_text(&T, text);
+        free(text);
+    } else pq_reorder_put(&R, &T, seq, text);
+}
+
+// Every request of an article is over: emit its samples, or reject it.
+static void article_done(Article *a) {
+    if (a->cancelled) { // interrupted: nothing written, --resume redoes it
+    } else if (a->failed) {
+        if (!T.fatal) pq_tool_reject(&T, &a->line, pq_json_id(a->obj), "%s", a->error);
+        for (int k = 0; k < a->n; k++) put(a->seq0 + k, NULL);
+    } else {
+        for (int k = 0; k < a->n; k++) {
+            cJSON *o = cJSON_Duplicate(a->obj, 1);
+            pq_json_set(o, "sample", cJSON_CreateNumber(a->sample[k]));
+            pq_json_set(o, "prompt", cJSON_Duplicate(a->prompt, 1));
+            pq_json_set(o, "summary", cJSON_CreateString(a->text[k]));
+            pq_json_set(o, "policy", cJSON_CreateString(policy));
+            char *s = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (!s) pq_tool_die(&T, "out of memory printing JSON");
+            put(a->seq0 + k, s);
+        }
+        T.n_done++;
+    }
+    article_free(a);
+}
+
+static void on_reply(void *user, const PqLlmResult *res) {
+    JobCtx *j = user;
+    Article *a = j->a;
+    if (res->cancelled) a->cancelled = 1;
+    else if (!res->ok) {
+        if (!a->failed) snprintf(a->error, sizeof a->error, "%s", res->error);
+        a->failed = 1;
+        if (res->fatal && !T.fatal) {
+            T.fatal = 1;
+            fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", T.name, res->error);
+        }
+    } else
+        for (int k = 0; k < res->n_texts; k++) {
+            a->text[j->first + k] = res->texts[k];
+            res->texts[k] = NULL;
+        }
+    free(j);
+    if (--a->jobs_left == 0) article_done(a);
+}
+
+static void submit(Article *a, int first, int n, int64_t seed) {
+    JobCtx *j = pq_xmalloc(sizeof *j);
+    j->a = a;
+    j->first = first;
+    a->jobs_left++;
+    pq_llm_submit(L, a->prompt, n, seed, on_reply, j);
+}
+
+// After Ctrl-C or a fatal error: what finished is written, in order, even
+// where an earlier line never will be.
+static void reorder_flush(void) {
+    for (long s = R.next; s < R.next + R.cap; s++) {
+        long i = s % R.cap;
+        if (!R.ready[i]) continue;
+        if (R.text[i]) pq_tool_emit_text(&T, R.text[i]);
+        free(R.text[i]);
+        R.text[i] = NULL;
+        R.ready[i] = 0;
+    }
+}
+
+int main(int argc, char **argv) {
+    static const struct option longopts[] = {
+        PQ_TOOL_LONGOPTS,
+        PQ_LLM_LONGOPTS,
+        {"samples", required_argument, 0, 'n'},
+        {"prompt-file", required_argument, 0, OPT_PROMPT_FILE},
+        {0, 0, 0, 0},
+    };
+    PqLlmConfig cfg;
+    pq_llm_config_init(&cfg);
+    pq_tool_init(&T, "pq-summarize", usage);
+    int n = 1, opt;
+    char *prompt_file = NULL;
+    PqErr e;
+    while ((opt = getopt_long(argc, argv, "hn:j:o:", longopts, NULL)) != -1) {
+        if (pq_tool_option(&T, opt, optarg)) continue;
+        int r = pq_llm_option(&cfg, opt, optarg, &e);
+        if (r < 0) pq_tool_usage_error(&T, "%s", e.msg);
+        if (r > 0) continue;
+        switch (opt) {
+        case 'n': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 10000) pq_tool_usage_error(&T, "-n: expected 1..10000, not '%s'", optarg);
+            n = (int)v;
+            break;
+        }
+        case OPT_PROMPT_FILE:
+            free(prompt_file);
+            if (!(prompt_file = pq_read_file(optarg, NULL, &e))) pq_tool_usage_error(&T, "--prompt-file %s", e.msg);
+            if (!strstr(prompt_file, "{article}")) pq_tool_usage_error(&T, "--prompt-file %s: no {article} in it", optarg);
+            break;
+        default: pq_tool_usage_error(&T, "bad option");
+        }
+    }
+    if (!cfg.model) pq_tool_usage_error(&T, "--model NAME is required");
+    policy = cfg.model;
+    unordered = cfg.unordered;
+    int jobs = cfg.jobs;
+    pq_tool_open(&T, argc, argv, optind);
+    if (!(L = pq_llm_new(&cfg, &e))) pq_tool_die(&T, "%s", e.msg);
+    const char *tmpl = prompt_file ? prompt_file : pq_prompt_summary;
+    // In-flight articles are bounded by `limit`; finished ones wait in the
+    // reorder ring (bounded too) until the lines before them are written.
+    int limit = 2 * jobs;
+    pq_reorder_init(&R, (long)(4 * jobs > 64 ? 4 * jobs : 64) * n);
+    long seq = 0;
+    PqBuf key = {0};
+    static const char *const keys[] = {"article"};
+
+    while (!T.fatal && pq_tool_next(&T)) {
+        cJSON *obj = pq_tool_parse(&T);
+        if (!obj) continue;
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+        const char *text = pq_json_str(obj, "article");
+        if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) {
+            pq_tool_reject(&T, &T.line, NULL, "no \"id\" field");
+            cJSON_Delete(obj);
+            continue;
+        }
+        if (!text) {
+            pq_tool_reject(&T, &T.line, pq_json_id(obj), "no \"article\" string");
+            cJSON_Delete(obj);
+            continue;
+        }
+        // Which samples are still to do (all of them unless resuming).
+        int *missing = pq_xmalloc((size_t)n * sizeof *missing), m = 0;
+        for (int k = 0; k < n; k++) {
+            pq_json_set(obj, "sample", cJSON_CreateNumber(k));
+            pq_record_key(obj, &key);
+            if (!pq_tool_is_done(&T, key.data)) missing[m++] = k;
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(obj, "sample");
+        if (m == 0) {
+            T.n_skipped++;
+            free(missing);
+            cJSON_Delete(obj);
+            continue;
+        }
+        // The article's seed: from --seed and its id, so reruns ask the same.
+        pq_record_key(obj, &key);
+        int64_t seed = (int64_t)((pq_hash_str(key.data) ^ (T.seed * 0x9E3779B97F4A7C15ull)) & 0x3fffffff);
+
+        Article *a = pq_xcalloc(1, sizeof *a);
+        a->obj = obj;
+        a->line = T.line;
+        a->line.text = pq_xstrndup(T.line.text, T.line.len);
+        a->n = m;
+        a->sample = missing;
+        a->text = pq_xcalloc((size_t)m, sizeof *a->text);
+        char *content = pq_prompt_fill(tmpl, 1, keys, &text);
+        a->prompt = cJSON_CreateArray();
+        cJSON *msg = cJSON_CreateObject();
+        cJSON_AddStringToObject(msg, "role", "user");
+        cJSON_AddStringToObject(msg, "content", content);
+        cJSON_AddItemToArray(a->prompt, msg);
+        free(content);
+        // Ordered output: wait until the ring has room for this article's lines.
+        while (!unordered && seq + m > R.next + R.cap && pq_llm_pending(L) > 0 && !pq_interrupted)
+            pq_llm_run(L, pq_llm_pending(L));
+        a->seq0 = seq;
+        seq += m;
+        if (m == n) submit(a, 0, n, seed);
+        else if (cfg.n_client) // resuming: sample k is asked with seed+k, as the first run did
+            for (int k = 0; k < m; k++) submit(a, k, 1, seed + missing[k]);
+        else submit(a, 0, m, seed);
+        pq_llm_run(L, limit);
+        pq_llm_account(L, &T);
+        pq_tool_progress(&T, 0);
+    }
+    while (pq_llm_pending(L) > 0 && !pq_interrupted) {
+        pq_llm_run(L, pq_llm_pending(L));
+        pq_llm_account(L, &T);
+        pq_tool_progress(&T, 0);
+    }
+    pq_llm_account(L, &T);
+    pq_llm_free(L); // after Ctrl-C: the unfinished articles are dropped
+    reorder_flush();
+    pq_reorder_free(&R);
+    pq_buf_free(&key);
+    free(prompt_file);
+    return pq_tool_finish(&T);
+}
