@@ -30,6 +30,7 @@ typedef struct Job {
     cJSON *messages;
     char *id;      // resume key / shuffle key
     int attempt;   // 0-based
+    int64_t seed;  // of the first attempt
 } Job;
 
 typedef struct Ctx {
@@ -71,8 +72,7 @@ static void on_done(void *user, const PqLlmResult *res);
 // Sends (or resends) the article; a different seed per attempt, so a
 // retried judge does not repeat its unparsable reply.
 static void submit(Job *j) {
-    Ctx *c = j->ctx;
-    pq_llm_submit(c->llm, j->messages, 1, (int64_t)((c->tool.seed + (uint64_t)j->attempt) & INT64_MAX), on_done, j);
+    pq_llm_submit(j->ctx->llm, j->messages, 1, j->seed + j->attempt, on_done, j);
 }
 
 static void on_done(void *user, const PqLlmResult *res) {
@@ -89,7 +89,7 @@ static void on_done(void *user, const PqLlmResult *res) {
             // Not this line's fault (auth, configuration): stop reading; the
             // line is neither output nor rejected, so a rerun with --resume
             // picks it up.
-            if (!c->stop) fprintf(stderr, "%s: %s\n", t->name, res->error);
+            if (!c->stop) fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, res->error);
             c->stop = 1;
             t->fatal = 1;
         } else {
@@ -186,9 +186,9 @@ int main(int argc, char **argv) {
     }
     c->unordered = cfg.unordered;
     int jobs = cfg.jobs > 0 ? cfg.jobs : 1;
-    c->llm = pq_llm_new(&cfg, &e);
-    if (!c->llm) pq_tool_usage_error(t, "%s", e.msg);
+    if (!cfg.model) pq_tool_usage_error(t, "--model NAME is required");
     pq_tool_open(t, argc, argv, optind);
+    if (!(c->llm = pq_llm_new(&cfg, &e))) pq_tool_die(t, "%s", e.msg);
     // The reorder buffer bounds memory: a slow line holds back at most this
     // many finished ones before reading pauses.
     long cap = 4L * jobs + 64;
@@ -203,12 +203,12 @@ int main(int argc, char **argv) {
         const char *article = pq_json_str(obj, "article");
         pq_record_key(obj, &key);
         if (key.len == 0) {
-            pq_tool_reject(t, &t->line, NULL, "no \"id\" field (a string or a number)");
+            pq_tool_reject(t, &t->line, NULL, "no \"id\" field");
             cJSON_Delete(obj);
             continue;
         }
         if (!article) {
-            pq_tool_reject(t, &t->line, key.data, "no \"article\" field (a string)");
+            pq_tool_reject(t, &t->line, key.data, "no \"article\" string");
             cJSON_Delete(obj);
             continue;
         }
@@ -224,6 +224,9 @@ int main(int argc, char **argv) {
         j->line.text = pq_xstrndup(t->line.text, t->line.len);
         j->obj = obj;
         j->id = pq_xstrdup(key.data);
+        // The request seed, from --seed and the id (as pq-summarize does), so
+        // reruns ask the same.
+        j->seed = (int64_t)((pq_hash_str(key.data) ^ (t->seed * 0x9E3779B97F4A7C15ull)) & 0x3fffffff);
         j->next = c->jobs;
         if (c->jobs) c->jobs->prev = j;
         c->jobs = j;
@@ -246,7 +249,11 @@ int main(int argc, char **argv) {
         // Keep `jobs` requests in flight and as many queued.
         pq_llm_run(c->llm, 2 * jobs);
     }
-    pq_llm_run(c->llm, 1);
+    while (pq_llm_pending(c->llm) > 0 && !pq_interrupted) {
+        pq_llm_run(c->llm, pq_llm_pending(c->llm));
+        pq_llm_account(c->llm, t);
+        pq_tool_progress(t, 0);
+    }
     pq_llm_account(c->llm, t);
     // Requests that never finished come back cancelled and leave their
     // slots empty, so what finished behind them goes out, still in order.

@@ -78,7 +78,7 @@ static void on_done(void *user, const PqLlmResult *res) {
             // Not this line's fault (auth, configuration): stop reading; the
             // line is neither output nor rejected, so a rerun with --resume
             // picks it up.
-            if (!c->stop) fprintf(stderr, "%s: %s\n", t->name, res->error);
+            if (!c->stop) fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, res->error);
             c->stop = 1;
             t->fatal = 1;
         } else {
@@ -165,9 +165,9 @@ int main(int argc, char **argv) {
     if (cfg.temperature < 0) cfg.temperature = 0;
     c->unordered = cfg.unordered;
     int jobs = cfg.jobs > 0 ? cfg.jobs : 1;
-    c->llm = pq_llm_new(&cfg, &e);
-    if (!c->llm) pq_tool_usage_error(t, "%s", e.msg);
+    if (!cfg.model) pq_tool_usage_error(t, "--model NAME is required");
     pq_tool_open(t, argc, argv, optind);
+    if (!(c->llm = pq_llm_new(&cfg, &e))) pq_tool_die(t, "%s", e.msg);
     // The reorder buffer bounds memory: a slow line holds back at most this
     // many finished ones before reading pauses.
     long cap = 4L * jobs + 64;
@@ -186,9 +186,9 @@ int main(int argc, char **argv) {
         PqQuiz quiz;
         memset(&quiz, 0, sizeof quiz);
         if (key.len == 0) {
-            pq_tool_reject(t, &t->line, NULL, "no \"id\" field (a string or a number)");
+            pq_tool_reject(t, &t->line, NULL, "no \"id\" field");
         } else if (!summary) {
-            pq_tool_reject(t, &t->line, id, "no \"summary\" field (a string)");
+            pq_tool_reject(t, &t->line, id, "no \"summary\" string");
         } else if (!questions) {
             pq_tool_reject(t, &t->line, id, "no \"questions\" field");
         } else if (pq_quiz_from_json(questions, &quiz, &e) != 0) {
@@ -227,7 +227,10 @@ int main(int argc, char **argv) {
                 job_free(j);
                 break;
             }
-            pq_llm_submit(c->llm, messages, 1, (int64_t)(t->seed & INT64_MAX), on_done, j);
+            // The request seed, from --seed and the key (as pq-summarize
+            // does), so reruns ask the same.
+            int64_t rseed = (int64_t)((pq_hash_str(key.data) ^ (t->seed * 0x9E3779B97F4A7C15ull)) & 0x3fffffff);
+            pq_llm_submit(c->llm, messages, 1, rseed, on_done, j);
             // Keep `jobs` requests in flight and as many queued.
             pq_llm_run(c->llm, 2 * jobs);
             cJSON_Delete(messages);
@@ -236,7 +239,11 @@ int main(int argc, char **argv) {
         pq_quiz_free(&quiz);
         cJSON_Delete(obj);
     }
-    pq_llm_run(c->llm, 1);
+    while (pq_llm_pending(c->llm) > 0 && !pq_interrupted) {
+        pq_llm_run(c->llm, pq_llm_pending(c->llm));
+        pq_llm_account(c->llm, t);
+        pq_tool_progress(t, 0);
+    }
     pq_llm_account(c->llm, t);
     // Requests that never finished come back cancelled and leave their
     // slots empty, so what finished behind them goes out, still in order.
