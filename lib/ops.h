@@ -49,6 +49,7 @@ void *pq_dev_alloc(size_t bytes); // zeroed; aborts on out-of-memory like pq_xma
 void pq_dev_free(void *p);
 void pq_dev_upload(void *dst, const void *host_src, size_t bytes);
 void pq_dev_download(void *host_dst, const void *src, size_t bytes);
+void pq_dev_copy(void *dst, const void *src, size_t bytes); // device to device
 // A weight as the backend uses it: the CPU returns w unchanged (mmap'd), the
 // CUDA backend copies it to the device. Free with pq_dev_weight_free.
 PqWeight pq_dev_weight(PqWeight w);
@@ -87,5 +88,7 @@ void pq_dev_weight_free(PqWeight *w);
 
 PQ_OPS_DECLARE(pq_)
 PQ_OPS_DECLARE(pq_cpu_)
+void pq_cpu_set_threads(int n); // the CPU implementations' threads (<= 0: all cores)
+int pq_cpu_threads(void);
 
 #endif

@@ -1,0 +1,48 @@
+// backend_cpu.c: binds the backend-neutral operations of ops.h to the CPU
+// implementations (ops_cpu.c) and host memory. Left out of CUDA=1 builds,
+// where lib/cuda/ provides the same symbols.
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "util.h"
+
+void pq_ops_set_threads(int n) { pq_cpu_set_threads(n); }
+int pq_ops_threads(void) { return pq_cpu_threads(); }
+
+void *pq_dev_alloc(size_t bytes) { return pq_xcalloc(1, bytes ? bytes : 1); }
+void pq_dev_free(void *p) { free(p); }
+void pq_dev_upload(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+void pq_dev_download(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+void pq_dev_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+PqWeight pq_dev_weight(PqWeight w) { return w; }
+void pq_dev_weight_free(PqWeight *w) { (void)w; }
+
+void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C) {
+    pq_cpu_embedding_forward(out, ids, wte, N, C);
+}
+void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps) {
+    pq_cpu_rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+}
+void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C, int OC) {
+    pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);
+}
+void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale, int N, int C,
+                     int OC, int r) {
+    pq_cpu_lora_forward(out, xa, inp, A, B, scale, N, C, OC, r);
+}
+void pq_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
+    pq_cpu_rope_forward(x, pos, inv_freq, N, NH, HS);
+}
+void pq_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                          int N, int NH, int KVH, int HS, int window) {
+    pq_cpu_attention_forward(out, lse, q, k, v, pos, N, NH, KVH, HS, window);
+}
+void pq_swiglu_forward(float *out, const float *gate, const float *up, int N, int H) {
+    pq_cpu_swiglu_forward(out, gate, up, N, H);
+}
+void pq_residual_forward(float *x, const float *y, size_t n) { pq_cpu_residual_forward(x, y, n); }
+void pq_logp_forward(float *logp, float *lse, const float *h, const PqWeight *lm_head, const int32_t *targets, int N,
+                     int C, int V) {
+    pq_cpu_logp_forward(logp, lse, h, lm_head, targets, N, C, V);
+}
