@@ -13,7 +13,7 @@
 // y = x * rstd * w  =>  dx = rstd * (w*dy) - x * rstd^3 / C * sum(w*dy*x)
 void pq_cpu_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight,
                              const float *rstd, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
     for (int i = 0; i < N; i++) {
         const float *dy = dout + (size_t)i * C, *x = inp + (size_t)i * C;
         float *dx = dinp + (size_t)i * C;
@@ -25,13 +25,39 @@ void pq_cpu_rmsnorm_backward(float *dinp, const float *dout, const float *inp, c
     }
 }
 
+// C (M,N) = alpha op(A) op(B) + beta C, row-major, split over the threads
+// by blocks of rows of C (or of columns when M is small); each block is a
+// single-threaded sgemm (the backend keeps OpenBLAS on one thread).
+static void psgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *C, int ldc) {
+    int nt = pq_cpu_threads();
+    CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+    if (nt <= 1 || (size_t)M * N * K < 32768) {
+        cblas_sgemm(CblasRowMajor, TA, TB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int byrow = M >= N || M >= 8 * nt;
+    int D = byrow ? M : N, blk = (D + nt - 1) / nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        int d0 = t * blk, n = D - d0 < blk ? D - d0 : blk;
+        if (n <= 0) continue;
+        if (byrow)
+            cblas_sgemm(CblasRowMajor, TA, TB, n, N, K, alpha, ta ? A + d0 : A + (size_t)d0 * lda, lda, B, ldb, beta,
+                        C + (size_t)d0 * ldc, ldc);
+        else
+            cblas_sgemm(CblasRowMajor, TA, TB, M, n, K, alpha, A, lda, tb ? B + (size_t)d0 * ldb : B + d0, ldb, beta,
+                        C + d0, ldc);
+    }
+}
+
 // Rows [r0, r0+n) of w as f32 into buf (n, cols).
 static void weight_rows(const PqWeight *w, int r0, int n, float *buf) {
     if (w->dtype == PQ_F32) {
         memcpy(buf, (const float *)w->data + (size_t)r0 * w->cols, (size_t)n * w->cols * sizeof(float));
         return;
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
     for (int i = 0; i < n; i++) pq_weight_row(w, r0 + i, buf + (size_t)i * w->cols);
 }
 
@@ -40,8 +66,7 @@ enum { ROW_CHUNK = 512 };
 // dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight
 void pq_cpu_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
     if (weight->dtype == PQ_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight->data, C, 1.0f,
-                    dinp, C);
+        psgemm(0, 0, N, C, OC, 1.0f, dout, OC, weight->data, C, 1.0f, dinp, C);
         return;
     }
     // bf16/f16: convert a chunk of output rows at a time, never the whole matrix
@@ -49,8 +74,7 @@ void pq_cpu_linear_backward(float *dinp, const float *dout, const PqWeight *weig
     for (int r0 = 0; r0 < OC; r0 += ROW_CHUNK) {
         int n = OC - r0 < ROW_CHUNK ? OC - r0 : ROW_CHUNK;
         weight_rows(weight, r0, n, buf);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, n, 1.0f, dout + r0, OC, buf, C, 1.0f, dinp,
-                    C);
+        psgemm(0, 0, N, C, n, 1.0f, dout + r0, OC, buf, C, 1.0f, dinp, C);
     }
     free(buf);
 }
@@ -61,17 +85,17 @@ void pq_cpu_linear_backward(float *dinp, const float *dout, const PqWeight *weig
 void pq_cpu_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
                           const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                           int r) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, OC, scale, dout, OC, B, r, 0.0f, dxa, r);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, C, N, 1.0f, dxa, r, inp, C, 1.0f, dA, C);
-    if (dinp) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, r, 1.0f, dxa, r, A, C, 1.0f, dinp, C);
+    psgemm(1, 0, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
+    psgemm(0, 0, N, r, OC, scale, dout, OC, B, r, 0.0f, dxa, r);
+    psgemm(1, 0, r, C, N, 1.0f, dxa, r, inp, C, 1.0f, dA, C);
+    if (dinp) psgemm(0, 0, N, C, r, 1.0f, dxa, r, A, C, 1.0f, dinp, C);
 }
 
 // Forward: (x1, x2) = (x[i], x[i+HS/2]) -> (x1 cos - x2 sin, x2 cos + x1 sin);
 // backward rotates the gradient by the opposite angle.
 void pq_cpu_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
     int half = HS / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
     for (int i = 0; i < N; i++) {
         for (int f = 0; f < half; f++) {
             float ang = (float)pos[i] * inv_freq[f];
@@ -87,7 +111,7 @@ void pq_cpu_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, 
 }
 
 // Per query row i of head h (record start s = i - pos[i], keys j in
-// [max(s, i-window+1), i]): p_j = exp(scale q_i.k_j - lse), D = do_i.o_i,
+// [max(s, i-window), i], as attention_forward and HF's sliding window): p_j = exp(scale q_i.k_j - lse), D = do_i.o_i,
 // ds_j = p_j (do_i.v_j - D); dq_i = scale sum ds_j k_j; dk_j += scale ds_j q_i;
 // dv_j += p_j do_i. Heads run in parallel, each into its own dk/dv slice,
 // summed over the heads of a KV group at the end.
@@ -99,13 +123,13 @@ void pq_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
     size_t hsz = (size_t)N * HS;
     float *dkh = pq_xcalloc((size_t)NH * hsz * 2, sizeof(float)); // (NH, N, HS) twice
     float *dvh = dkh + (size_t)NH * hsz;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(dynamic, 1)
         for (int h = 0; h < NH; h++) {
             int kh = h / grp;
             float *dkk = dkh + h * hsz, *dvv = dvh + h * hsz;
             for (int i = 0; i < N; i++) {
                 int s = i - pos[i], j0 = s;
-                if (window > 0 && i - window + 1 > j0) j0 = i - window + 1;
+                if (window > 0 && i - window > j0) j0 = i - window;
                 const float *qi = q + ((size_t)i * NH + h) * HS;
                 const float *doi = dout + ((size_t)i * NH + h) * HS;
                 const float *oi = out + ((size_t)i * NH + h) * HS;
@@ -130,7 +154,7 @@ void pq_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
                 }
             }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
     for (int i = 0; i < N; i++) {
         for (int kh = 0; kh < KVH; kh++) {
             float *dki = dk + ((size_t)i * KVH + kh) * HS, *dvi = dv + ((size_t)i * KVH + kh) * HS;
@@ -148,7 +172,7 @@ void pq_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
 void pq_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N,
                             int H) {
     size_t n = (size_t)N * H;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], s = 1.0f / (1.0f + expf(-g));
         dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
@@ -183,8 +207,8 @@ void pq_cpu_logp_backward(float *dh, const float *dlogp, const float *h, const P
         } else {
             w = (const float *)lm_head->data + (size_t)v0 * C;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nv, C, 1.0f, ha, C, w, C, 0.0f, z, nv);
-#pragma omp parallel for schedule(static)
+        psgemm(0, 1, M, nv, C, 1.0f, ha, C, w, C, 0.0f, z, nv);
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
         for (int m = 0; m < M; m++) {
             int i = rows[m];
             float g = dlogp[i], l = lse[i];
@@ -193,7 +217,7 @@ void pq_cpu_logp_backward(float *dh, const float *dlogp, const float *h, const P
             int t = targets[i] - v0;
             if (t >= 0 && t < nv) zr[t] += g;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, C, nv, 1.0f, z, nv, w, C, 1.0f, dha, C);
+        psgemm(0, 0, M, C, nv, 1.0f, z, nv, w, C, 1.0f, dha, C);
     }
     for (int m = 0; m < M; m++) {
         float *d = dh + (size_t)rows[m] * C, *s = dha + (size_t)m * C;
@@ -218,6 +242,6 @@ void pq_cpu_dropout_forward(float *out, const float *inp, float p, uint64_t seed
     float keep = 1.0f / (1.0f - p);
     uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64
     if (p >= 1) thr = UINT64_MAX;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = mix64(seed ^ mix64(i)) < thr ? 0.0f : inp[i] * keep;
 }

@@ -59,9 +59,11 @@ static void bufs_free(PqTrainer *t) {
         for (int i = 0; i < na; i++) acts_free(t->acts[i]);
     free(t->acts);
     t->acts = NULL;
-    float *p[] = {t->xs, t->hf, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv, t->dxa, t->dgate, t->dup};
+    free(t->rows);
+    t->rows = t->tgc = NULL;
+    float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv, t->dxa, t->dgate, t->dup};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
-    t->xs = t->hf = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv = t->dxa = t->dgate = t->dup =
+    t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv = t->dxa = t->dgate = t->dup =
         NULL;
     t->cap = 0;
 }
@@ -78,6 +80,10 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->hf = pq_dev_alloc(n * c->C * 4);
     t->rstdf = pq_dev_alloc(n * 4);
     t->lse = pq_dev_alloc(n * 4);
+    t->hc = pq_dev_alloc(n * c->C * 4);
+    t->logpc = pq_dev_alloc(n * 4);
+    t->rows = pq_xmalloc(2 * n * sizeof(int32_t));
+    t->tgc = t->rows + n;
     t->dx = pq_dev_alloc(n * c->C * 4);
     t->dh = pq_dev_alloc(n * W * 4);
     t->dscr = pq_dev_alloc(n * W * 4);
@@ -201,7 +207,20 @@ void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, cons
     for (int l = 0; l < c->L; l++)
         layer_forward(t, l, t->xs + l * NC, t->xs + (l + 1) * NC, t->acts[t->checkpoint ? 0 : l], N);
     pq_rmsnorm_forward(t->hf, t->rstdf, t->xs + c->L * NC, t->m->ln_f, N, c->C, c->eps);
-    pq_logp_forward(logp, t->lse, t->hf, &t->m->lm_head, targets, N, c->C, c->V);
+    // the LM head only for the rows that predict a response token
+    int M = 0;
+    for (int i = 0; i < N; i++)
+        if (targets[i] >= 0) {
+            t->rows[M] = i;
+            t->tgc[M] = targets[i];
+            memcpy(t->hc + (size_t)M * c->C, t->hf + (size_t)i * c->C, (size_t)c->C * sizeof(float));
+            M++;
+        }
+    t->M = M;
+    memset(logp, 0, (size_t)N * sizeof(float));
+    if (M == 0) return;
+    pq_logp_forward(t->logpc, t->lse, t->hc, &t->m->lm_head, t->tgc, M, c->C, c->V);
+    for (int i = 0; i < M; i++) logp[t->rows[i]] = t->logpc[i];
 }
 
 void pq_train_backward(PqTrainer *t, const float *dlogp) {
@@ -209,8 +228,12 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
     int N = t->N, C = c->C;
     size_t NC = (size_t)N * C;
     float *dx = t->dx, *dh = t->dh, *s1 = t->dscr;
+    float *dlc = t->logpc, *dhc = t->dscr; // the compact rows of the LM head
+    for (int i = 0; i < t->M; i++) dlc[i] = dlogp[t->rows[i]];
+    memset(dhc, 0, (size_t)t->M * C * sizeof(float));
+    pq_logp_backward(dhc, dlc, t->hc, &t->m->lm_head, t->tgc, t->lse, t->M, C, c->V);
     memset(dh, 0, NC * sizeof(float));
-    pq_logp_backward(dh, dlogp, t->hf, &t->m->lm_head, t->targets, t->lse, N, C, c->V);
+    for (int i = 0; i < t->M; i++) memcpy(dh + (size_t)t->rows[i] * C, dhc + (size_t)i * C, (size_t)C * sizeof(float));
     memset(dx, 0, NC * sizeof(float));
     pq_rmsnorm_backward(dx, dh, t->xs + c->L * NC, t->m->ln_f, t->rstdf, N, C);
     int wide = max3(C, c->NH * c->HS, c->H);

@@ -26,7 +26,10 @@ typedef struct PqTrainer {
     const int32_t *pos, *targets; // of the current batch (caller's memory)
     float *xs;         // (L+1, N, C) residual stream at each layer's input, and the last
     PqTrainActs **acts; // [1] with checkpointing, else [L]
-    float *hf, *rstdf, *lse; // (N,C), (N), (N) final norm and log-sum-exp
+    float *hf, *rstdf;       // (N,C), (N) final norm
+    int M;                   // rows with a target: only they go through the LM head
+    int32_t *rows, *tgc;     // (M) their indices and targets
+    float *hc, *lse, *logpc; // (M,C), (M), (M) their hidden states, log-sum-exp, logps
     float *dx, *dh, *dscr;   // (N,C), (N, max(C,QD,H)) x3 backward scratch
     float *dq, *dk, *dv, *dxa, *dgate, *dup;
 } PqTrainer;
