@@ -3,7 +3,7 @@
 # pq's tests and benchmarks: deterministic replies, fault injection by markers.
 #
 #   fake_server.py [--latency SEC] [--refuse-n] [--log FILE] [--port-file FILE]
-#                  [--die-with PID]
+#                  [--key KEY] [--die-with PID]
 #
 # Binds 127.0.0.1 on a free port, prints the port (and writes it to
 # --port-file, atomically), serves POST /v1/chat/completions (and
@@ -37,13 +37,14 @@
 #   [[fake:badjson]]    first attempt: a 200 whose body is not JSON
 # Markers are removed from the text before replies are built from it.
 # --refuse-n: n > 1 gets a 400 like llama.cpp's ("only n = 1 is supported").
-# --log FILE: one JSON line per request: t, key, attempt, status, n, seed.
+# --log FILE: one JSON line per request: t, key, attempt, status, n, seed, and
+#   params (the body's other fields but messages and model).
+# --key KEY: requests without "Authorization: Bearer KEY" get a 401.
 import argparse
 import asyncio
 import hashlib
 import json
 import os
-import random
 import re
 import signal
 import sys
@@ -62,7 +63,7 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 
 def sentences_of(text):
     text = " ".join(text.split())
-    sents = [s for s in SENT_SPLIT.split(text) if len(s.split()) >= 3]
+    sents = [s for s in SENT_SPLIT.split(text) if s.count(" ") >= 2]
     if len(sents) < 6:  # too few real sentences: windows of 12 words
         words = text.split()
         sents = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)] or ["(empty text)"]
@@ -172,14 +173,13 @@ def answer_quiz(prompt):
     return "\n".join(lines)
 
 
-def make_summary(article, seed, index):
-    sents = sentences_of(article)
-    r = random.Random(h64(seed, index, article[:200]))
+def make_summary(sents, seed, index):
+    x = h64(seed, index, sents[0][:100])
     lead = min(4, len(sents))
-    first = r.randrange(lead)
-    if r.random() < 0.5 or lead < 2:
+    first = x % lead
+    if (x >> 8) & 1 or lead < 2:
         return sents[first]
-    second = r.randrange(lead)
+    second = (x >> 16) % lead
     if second == first:
         second = (first + 1) % lead
     a, b = sorted((first, second))
@@ -190,6 +190,7 @@ class State:
     def __init__(self, args):
         self.latency = args.latency
         self.refuse_n = args.refuse_n
+        self.key = ("Bearer " + args.key) if args.key else None
         self.log = open(args.log, "a", buffering=1) if args.log else None
         self.attempts = {}
         self.cache = {}
@@ -199,13 +200,13 @@ def error_body(msg, typ="invalid_request_error", code=None):
     return json.dumps({"error": {"message": msg, "type": typ, "code": code}}).encode()
 
 
-def handle(state, body):
+def handle(state, body, auth=None):
     """Returns (status, extra_headers, body bytes or None to drop, delay)."""
     key = hashlib.blake2b(body, digest_size=8).hexdigest()
     attempt = state.attempts.get(key, 0) + 1
     state.attempts[key] = attempt
     delay = state.latency
-    n, seed, status, headers, out = 1, None, 200, (), b""
+    n, seed, status, headers, out, params = 1, None, 200, (), b"", None
     try:
         req = json.loads(body)
         msgs = req["messages"]
@@ -213,6 +214,7 @@ def handle(state, body):
         seed = req.get("seed")
         if not isinstance(n, int) or n < 1 or not isinstance(msgs, list):
             raise ValueError("bad n or messages")
+        params = {k: v for k, v in req.items() if k not in ("messages", "model", "n", "seed")}
         texts = [m.get("content") if isinstance(m.get("content"), str) else "" for m in msgs]
     except (ValueError, KeyError, TypeError, AttributeError) as ex:
         status, out = 400, error_body("fake: bad request body: %s" % ex)
@@ -230,7 +232,7 @@ def handle(state, body):
         if "slow" in marks:
             delay += float(marks["slow"] or 1)
         k500 = next((int(k[4:]) for k in marks if re.fullmatch(r"500x\d+", k)), 0)
-        if "401" in marks:
+        if "401" in marks or (state.key and auth != state.key):
             status, out = 401, error_body("Incorrect API key provided: test.", code="invalid_api_key")
         elif "400" in marks:
             status, out = 400, error_body("fake: this request is invalid ([[fake:400]])")
@@ -265,8 +267,10 @@ def handle(state, body):
                     q = state.cache[("q", art)] = make_quiz(art)
                 choices = [q] * n
             else:
-                art = article_of(prompt)
-                choices = [make_summary(art, seed if seed is not None else 0, i) for i in range(n)]
+                sents = state.cache.get(("s", prompt))
+                if sents is None:
+                    sents = state.cache[("s", prompt)] = sentences_of(article_of(prompt))
+                choices = [make_summary(sents, seed if seed is not None else 0, i) for i in range(n)]
             out = json.dumps({
                 "id": "chatcmpl-fake-%s-%d" % (key, attempt), "object": "chat.completion",
                 "created": int(time.time()), "model": req.get("model", "fake"),
@@ -280,7 +284,7 @@ def handle(state, body):
             state.cache.clear()
     if state.log:
         state.log.write(json.dumps({"t": time.time(), "key": key, "attempt": attempt, "status": status,
-                                    "n": n, "seed": seed}) + "\n")
+                                    "n": n, "seed": seed, "params": params}) + "\n")
     return status, headers, out, delay
 
 
@@ -314,12 +318,14 @@ class Conn(asyncio.Protocol):
                 self.transport.close()
                 return
             method, path = parts[0], parts[1]
-            clen, close = 0, parts[-1] == "HTTP/1.0"
+            clen, close, auth = 0, parts[-1] == "HTTP/1.0", None
             for h in head[1:]:
                 name, _, value = h.partition(":")
                 name = name.strip().lower()
                 if name == "content-length":
                     clen = int(value)
+                elif name == "authorization":
+                    auth = value.strip()
                 elif name == "connection":
                     close = value.strip().lower() == "close"
                 elif name == "expect" and "100" in value:
@@ -331,7 +337,7 @@ class Conn(asyncio.Protocol):
             if method != "POST" or path.split("?")[0] not in ("/v1/chat/completions", "/chat/completions"):
                 self.reply(404, (), error_body("fake: no route %s %s" % (method, path)), close)
                 continue
-            status, headers, out, delay = handle(self.state, body)
+            status, headers, out, delay = handle(self.state, body, auth)
             if delay > 0:
                 self.busy = True
                 asyncio.get_running_loop().call_later(delay, self.delayed, status, headers, out, close)
@@ -377,6 +383,7 @@ async def main():
     ap.add_argument("--refuse-n", action="store_true", help="400 on n > 1, like llama.cpp")
     ap.add_argument("--log", help="append one JSON line per request to FILE")
     ap.add_argument("--port-file", help="write the port to FILE (atomically)")
+    ap.add_argument("--key", help="require this bearer key (else 401)")
     ap.add_argument("--die-with", type=int, help="exit when process PID is gone")
     args = ap.parse_args()
     state = State(args)
