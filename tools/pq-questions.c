@@ -202,13 +202,14 @@ int main(int argc, char **argv) {
         if (!obj) continue;
         const char *article = pq_json_str(obj, "article");
         pq_record_key(obj, &key);
-        if (key.len == 0) {
+        const cJSON *idv = cJSON_GetObjectItemCaseSensitive(obj, "id");
+        if (!cJSON_IsString(idv) && !cJSON_IsNumber(idv)) {
             pq_tool_reject(t, &t->line, NULL, "no \"id\" field");
             cJSON_Delete(obj);
             continue;
         }
         if (!article) {
-            pq_tool_reject(t, &t->line, key.data, "no \"article\" string");
+            pq_tool_reject(t, &t->line, pq_json_id(obj), "no \"article\" string");
             cJSON_Delete(obj);
             continue;
         }

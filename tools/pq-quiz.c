@@ -180,12 +180,13 @@ int main(int argc, char **argv) {
         cJSON *obj = pq_tool_parse(t);
         if (!obj) continue;
         pq_record_key(obj, &key);
-        const char *id = key.len ? pq_json_id(obj) : NULL;
+        const cJSON *idv = cJSON_GetObjectItemCaseSensitive(obj, "id");
+        const char *id = cJSON_IsString(idv) || cJSON_IsNumber(idv) ? pq_json_id(obj) : NULL;
         const char *summary = pq_json_str(obj, "summary");
         const cJSON *questions = cJSON_GetObjectItemCaseSensitive(obj, "questions");
         PqQuiz quiz;
         memset(&quiz, 0, sizeof quiz);
-        if (key.len == 0) {
+        if (!id) {
             pq_tool_reject(t, &t->line, NULL, "no \"id\" field");
         } else if (!summary) {
             pq_tool_reject(t, &t->line, id, "no \"summary\" string");
