@@ -7,7 +7,7 @@ set -eu
 . "$PQ_TOP/tests/lib-fake.sh"
 d=$(mktemp -d)
 trap 'fake_stop; rm -rf "$d"' EXIT
-fake_start
+fake_start --log "$d/log"
 q=$PQ_BIN/pq-questions
 # Articles: those of the fixture (questions dropped), and variants of them.
 "$PQ_PY" - "$PQ_TOP/tests/fixtures/questions.jsonl" "$d" <<'EOF'
@@ -72,6 +72,18 @@ for o, w in zip(out, want):
         assert set(x) == {"question", "choices", "answer"}, x
         assert len(x["choices"]) == 5 and x["answer"] in "ABCDE"
         assert len(set(x["choices"])) == 5
+EOF
+
+# The retries of an unparsable reply are asked with seeds s, s+1, s+2;
+# -o fields reach the body.
+: >"$d/log"
+sed -n 5p "$d/in.jsonl" | "$q" --model judge -o max_completion_tokens=77 >/dev/null 2>&1 || :
+"$PQ_PY" - "$d/log" <<'EOF'
+import json, sys
+log = [json.loads(l) for l in open(sys.argv[1])]
+seeds = [x["seed"] for x in log]
+assert len(seeds) == 3 and seeds[1] == seeds[0] + 1 and seeds[2] == seeds[0] + 2, seeds
+assert all(x["params"].get("max_completion_tokens") == 77 for x in log), log
 EOF
 
 # 2. The shuffle: deterministic by --seed, different across seeds, and the

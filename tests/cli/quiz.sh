@@ -7,7 +7,7 @@ set -eu
 . "$PQ_TOP/tests/lib-fake.sh"
 d=$(mktemp -d)
 trap 'fake_stop; rm -rf "$d"' EXIT
-fake_start
+fake_start --log "$d/log"
 z=$PQ_BIN/pq-quiz
 "$PQ_PY" - "$PQ_TOP/tests/fixtures/questions.jsonl" "$d" <<'EOF'
 import json, sys
@@ -87,6 +87,19 @@ for o, g, w in zip(out, good, want):
     assert nw == len(g["summary"].split()), (nw, g["summary"])
     assert bc == bad_chars(g["summary"]), (bc, bad_chars(g["summary"]), g["summary"])
 EOF
+
+# The judge answers at temperature 0 unless told otherwise; a 0-score
+# reply (prose) is not asked again.
+"$PQ_PY" - "$d/log" <<'EOF'
+import collections, json, sys
+log = [json.loads(l) for l in open(sys.argv[1])]
+assert log and all(x["params"].get("temperature") == 0 for x in log), log
+per_key = collections.Counter(x["key"] for x in log)
+assert len(per_key) == 8, per_key  # one body per good line, retries resend the same body
+EOF
+: >"$d/log"
+head -n 1 "$d/in.jsonl" | "$z" --model judge --temperature 0.5 >/dev/null
+grep -q '"temperature": 0.5' "$d/log" || { echo "--temperature not sent: $(cat "$d/log")"; exit 1; }
 
 # Order kept with -j whatever finishes first; --unordered streams.
 "$z" --model judge -j 8 <"$d/slow.jsonl" >"$d/ord" 2>/dev/null
