@@ -37,8 +37,9 @@
 #   [[fake:badjson]]    first attempt: a 200 whose body is not JSON
 # Markers are removed from the text before replies are built from it.
 # --refuse-n: n > 1 gets a 400 like llama.cpp's ("only n = 1 is supported").
-# --log FILE: one JSON line per request: t, key, attempt, status, n, seed, and
-#   params (the body's other fields but messages and model).
+# --log FILE: one JSON line per request: t, key, attempt, status, n, seed,
+#   params (the body's other fields but messages and model), and conn (the
+#   connection's serial number: keep-alive shows as few of them).
 # --key KEY: requests without "Authorization: Bearer KEY" get a 401.
 import argparse
 import asyncio
@@ -194,13 +195,14 @@ class State:
         self.log = open(args.log, "a", buffering=1) if args.log else None
         self.attempts = {}
         self.cache = {}
+        self.conns = 0
 
 
 def error_body(msg, typ="invalid_request_error", code=None):
     return json.dumps({"error": {"message": msg, "type": typ, "code": code}}).encode()
 
 
-def handle(state, body, auth=None):
+def handle(state, body, auth=None, conn=0):
     """Returns (status, extra_headers, body bytes or None to drop, delay)."""
     key = hashlib.blake2b(body, digest_size=8).hexdigest()
     attempt = state.attempts.get(key, 0) + 1
@@ -284,7 +286,7 @@ def handle(state, body, auth=None):
             state.cache.clear()
     if state.log:
         state.log.write(json.dumps({"t": time.time(), "key": key, "attempt": attempt, "status": status,
-                                    "n": n, "seed": seed, "params": params}) + "\n")
+                                    "n": n, "seed": seed, "params": params, "conn": conn}) + "\n")
     return status, headers, out, delay
 
 
@@ -297,6 +299,8 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.state.conns += 1
+        self.serial = self.state.conns
 
     def connection_lost(self, exc):
         self.transport = None
@@ -337,7 +341,7 @@ class Conn(asyncio.Protocol):
             if method != "POST" or path.split("?")[0] not in ("/v1/chat/completions", "/chat/completions"):
                 self.reply(404, (), error_body("fake: no route %s %s" % (method, path)), close)
                 continue
-            status, headers, out, delay = handle(self.state, body, auth)
+            status, headers, out, delay = handle(self.state, body, auth, self.serial)
             if delay > 0:
                 self.busy = True
                 asyncio.get_running_loop().call_later(delay, self.delayed, status, headers, out, close)
