@@ -2,6 +2,7 @@
 #include "lora.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -165,6 +166,157 @@ out:
     pq_st_writer_free(&w);
     pq_buf_free(&p);
     pq_buf_free(&old);
+    pq_buf_free(&tmp);
+    return rc;
+}
+
+// ---- merging into the base model ----
+
+typedef struct MergeCtx {
+    const PqModel *m;
+    const PqLora *lora;
+} MergeCtx;
+
+// The tensor of st index t->id in t->dtype, with the LoRA product added when
+// it is an adapted linear (model.layers.<l>.<module>.weight).
+static int merge_fill(void *ctx, const PqStTensor *t, void *buf, PqErr *e) {
+    const MergeCtx *x = ctx;
+    const PqTensorInfo *ti = &x->m->st->t[t->id];
+    int rows = ti->ndim == 2 ? (int)ti->shape[0] : 1;
+    size_t cols = 1;
+    for (int d = ti->ndim == 2 ? 1 : 0; d < ti->ndim; d++) cols *= (size_t)ti->shape[d];
+    PqWeight w = {ti->data, ti->dtype, rows, (int)cols};
+    const PqLoraAB *ab = NULL;
+    int l, n = 0;
+    if (sscanf(ti->name, "model.layers.%d.%n", &l, &n) == 1 && n > 0 && l >= 0 && l < x->m->cfg.L)
+        for (int j = 0; j < PQ_NLIN; j++) {
+            size_t k = strlen(pq_lin_modules[j]);
+            if (strncmp(ti->name + n, pq_lin_modules[j], k) == 0 && strcmp(ti->name + n + k, ".weight") == 0 &&
+                x->lora->ab[l * PQ_NLIN + j].A)
+                ab = &x->lora->ab[l * PQ_NLIN + j];
+        }
+    int r = x->lora->r;
+    float sc = x->lora->scale;
+    if (ab && ti->ndim != 2) {
+        pq_err(e, "%s: not a matrix", ti->name);
+        return -1;
+    }
+#pragma omp parallel
+    {
+        float *row = pq_xmalloc(cols * sizeof(float));
+#pragma omp for schedule(static)
+        for (int i = 0; i < rows; i++) {
+            pq_weight_row(&w, i, row);
+            if (ab)
+                for (int k = 0; k < r; k++) {
+                    float b = sc * ab->B[(size_t)i * r + k];
+                    const float *a = ab->A + (size_t)k * cols;
+                    for (size_t c = 0; c < cols; c++) row[c] += b * a[c];
+                }
+            size_t o = (size_t)i * cols;
+            if (t->dtype == PQ_F32) memcpy((float *)buf + o, row, cols * sizeof(float));
+            else
+                for (size_t c = 0; c < cols; c++)
+                    ((uint16_t *)buf)[o + c] = t->dtype == PQ_BF16 ? pq_f32_to_bf16(row[c]) : pq_f32_to_f16(row[c]);
+        }
+        free(row);
+    }
+    return 0;
+}
+
+static int copy_file(const char *from, const char *to, PqErr *e) {
+    size_t len;
+    char *d = pq_read_file(from, &len, e);
+    if (!d) return -1;
+    int rc = write_file(to, d, len, e);
+    free(d);
+    return rc;
+}
+
+int pq_lora_merge(const PqModel *m, const PqLora *lora, PqDtype dtype, const char *out_dir, PqErr *e) {
+    PqBuf tmp = {0}, p = {0}, q = {0};
+    pq_buf_printf(&tmp, "%s.tmp%ld", out_dir, (long)getpid());
+    int rc = -1;
+    PqStWriter w = {0};
+    DIR *dir = NULL;
+    struct stat sb;
+    if (stat(out_dir, &sb) == 0) {
+        pq_err(e, "%s already exists", out_dir);
+        goto out;
+    }
+    if (mkdir(tmp.data, 0755) != 0) {
+        pq_err(e, "%s: %s", tmp.data, strerror(errno));
+        goto out;
+    }
+    for (int i = 0; i < m->st->n_tensors; i++) {
+        const PqTensorInfo *ti = &m->st->t[i];
+        pq_st_add(&w, ti->name, dtype, ti->ndim, ti->shape, NULL);
+        w.t[w.n - 1].id = i;
+    }
+    MergeCtx ctx = {m, lora};
+    pq_buf_printf(&p, "%s/model.safetensors", tmp.data);
+    if (pq_st_write_stream(&w, p.data, merge_fill, &ctx, e)) goto fail;
+    // the other files of the model directory: config (torch_dtype updated), tokenizer, ...
+    if (!(dir = opendir(m->dir))) {
+        pq_err(e, "%s: %s", m->dir, strerror(errno));
+        goto fail;
+    }
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        const char *nm = de->d_name;
+        size_t k = strlen(nm);
+        if (nm[0] == '.' || (k > 12 && strcmp(nm + k - 12, ".safetensors") == 0) ||
+            strcmp(nm, "model.safetensors.index.json") == 0)
+            continue;
+        pq_buf_clear(&p);
+        pq_buf_printf(&p, "%s/%s", m->dir, nm);
+        if (stat(p.data, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+        pq_buf_clear(&q);
+        pq_buf_printf(&q, "%s/%s", tmp.data, nm);
+        if (strcmp(nm, "config.json") == 0) {
+            char *text = pq_read_file(p.data, NULL, e);
+            if (!text) goto fail;
+            cJSON *o = cJSON_Parse(text);
+            free(text);
+            if (!o) {
+                pq_err(e, "%s: not JSON", p.data);
+                goto fail;
+            }
+            cJSON_DeleteItemFromObjectCaseSensitive(o, "torch_dtype");
+            cJSON_AddStringToObject(o, "torch_dtype",
+                                    dtype == PQ_BF16 ? "bfloat16" : dtype == PQ_F16 ? "float16" : "float32");
+            char *js = cJSON_Print(o);
+            cJSON_Delete(o);
+            int r2 = write_file(q.data, js, strlen(js), e);
+            free(js);
+            if (r2) goto fail;
+        } else if (copy_file(p.data, q.data, e)) {
+            goto fail;
+        }
+    }
+    if (rename(tmp.data, out_dir) != 0) {
+        pq_err(e, "rename %s: %s", out_dir, strerror(errno));
+        goto fail;
+    }
+    rc = 0;
+    goto out;
+fail: { // remove the temporary directory and what it holds
+    DIR *d2 = opendir(tmp.data);
+    struct dirent *de2;
+    while (d2 && (de2 = readdir(d2))) {
+        if (de2->d_name[0] == '.') continue;
+        pq_buf_clear(&q);
+        pq_buf_printf(&q, "%s/%s", tmp.data, de2->d_name);
+        unlink(q.data);
+    }
+    if (d2) closedir(d2);
+    rmdir(tmp.data);
+}
+out:
+    if (dir) closedir(dir);
+    pq_st_writer_free(&w);
+    pq_buf_free(&q);
+    pq_buf_free(&p);
     pq_buf_free(&tmp);
     return rc;
 }

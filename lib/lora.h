@@ -33,4 +33,11 @@ typedef struct PqLoraExtra {
 int pq_lora_save(const PqLora *lora, const PqConfig *cfg, const char *base, float dropout, const char *dir,
                  const PqLoraExtra *extras, int n_extras, PqErr *e);
 
+// Writes out_dir as a Hugging Face model directory: every tensor of m's
+// safetensors in dtype, the adapted linears replaced by W + scale * B A;
+// config.json (torch_dtype set), tokenizer and other non-weight files
+// copied from m's directory. Tensors are produced one at a time; the
+// directory appears atomically (temporary directory + rename).
+int pq_lora_merge(const PqModel *m, const PqLora *lora, PqDtype dtype, const char *out_dir, PqErr *e);
+
 #endif

@@ -65,7 +65,7 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp(((const PqStTensor *)a)->name, ((const PqStTensor *)b)->name);
 }
 
-int pq_st_write(PqStWriter *w, const char *path, PqErr *e) {
+int pq_st_write_stream(PqStWriter *w, const char *path, PqStFill fill, void *ctx, PqErr *e) {
     qsort(w->t, (size_t)w->n, sizeof *w->t, cmp_name);
     PqBuf h = {0};
     pq_buf_puts(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
@@ -92,10 +92,24 @@ int pq_st_write(PqStWriter *w, const char *path, PqErr *e) {
     unsigned char le[8];
     for (int i = 0; i < 8; i++) le[i] = (unsigned char)(hl >> (8 * i));
     int ok = fwrite(le, 1, 8, f) == 8 && fwrite(h.data, 1, h.len, f) == h.len;
+    void *buf = NULL;
     for (int i = 0; ok && i < w->n; i++) {
         size_t bytes = numel(&w->t[i]) * pq_dtype_size(w->t[i].dtype);
-        ok = fwrite(w->t[i].data, 1, bytes, f) == bytes;
+        const void *data = w->t[i].data;
+        if (!data) {
+            buf = pq_xrealloc(buf, bytes + 1);
+            if (!fill || fill(ctx, &w->t[i], buf, e) != 0) {
+                if (!fill) pq_err(e, "%s: tensor %s has no data", path, w->t[i].name);
+                free(buf);
+                fclose(f);
+                unlink(tmp.data);
+                goto out;
+            }
+            data = buf;
+        }
+        ok = fwrite(data, 1, bytes, f) == bytes;
     }
+    free(buf);
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) ok = 0;
     if (fclose(f) != 0) ok = 0;
     if (!ok) {
@@ -114,6 +128,8 @@ out:
     pq_buf_free(&h);
     return rc;
 }
+
+int pq_st_write(PqStWriter *w, const char *path, PqErr *e) { return pq_st_write_stream(w, path, NULL, NULL, e); }
 
 void pq_st_writer_free(PqStWriter *w) {
     for (int i = 0; i < w->n; i++) {

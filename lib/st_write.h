@@ -20,6 +20,7 @@ typedef struct PqStTensor {
     int64_t shape[4];
     const void *data;   // already in dtype, not owned
     void *owned;        // data the writer converted and frees
+    int id;             // the caller's, for pq_st_write_stream
 } PqStTensor;
 
 typedef struct PqStWriter {
@@ -34,6 +35,11 @@ void pq_st_add_f32(PqStWriter *w, const char *name, PqDtype dtype, int ndim, con
 // Writes path (tensors sorted by name, header padded to 8 bytes, metadata
 // {"format":"pt"}) via path.tmp + rename. 0 or -1 with a message.
 int pq_st_write(PqStWriter *w, const char *path, PqErr *e);
+// Streaming: tensors added with data NULL (and an id) are produced one at
+// a time by fill(ctx, tensor, buf) into buf (its size in bytes), so a whole
+// model is never held in memory. fill returns 0 or -1 with a message.
+typedef int (*PqStFill)(void *ctx, const PqStTensor *t, void *buf, PqErr *e);
+int pq_st_write_stream(PqStWriter *w, const char *path, PqStFill fill, void *ctx, PqErr *e);
 void pq_st_writer_free(PqStWriter *w);
 
 uint16_t pq_f32_to_bf16(float f); // round to nearest even, NaN stays NaN
