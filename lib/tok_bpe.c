@@ -10,10 +10,9 @@
 
 static void strmap_grow(TokStrMap *m) {
     size_t ncap = m->cap ? 2 * m->cap : 1024;
-    TokStrMap g = {pq_xcalloc(ncap, sizeof *g.key), pq_xcalloc(ncap, sizeof *g.klen), pq_xcalloc(ncap, sizeof *g.val),
-                   0, ncap};
+    TokStrMap g = {pq_xcalloc(ncap, sizeof *g.slot), 0, ncap};
     for (size_t i = 0; i < m->cap; i++)
-        if (m->key[i]) tok_strmap_put(&g, m->key[i], m->klen[i], m->val[i]);
+        if (m->slot[i].key) tok_strmap_put(&g, m->slot[i].key, m->slot[i].len, m->slot[i].val);
     tok_strmap_free(m);
     *m = g;
 }
@@ -21,31 +20,31 @@ static void strmap_grow(TokStrMap *m) {
 void tok_strmap_put(TokStrMap *m, const char *key, size_t len, int32_t val) {
     if (2 * (m->n + 1) > m->cap) strmap_grow(m);
     size_t i = pq_hash_bytes(key, len) & (m->cap - 1);
-    while (m->key[i]) {
-        if (m->klen[i] == len && !memcmp(m->key[i], key, len)) {
-            m->val[i] = val;
+    while (m->slot[i].key) {
+        TokStrSlot *s = &m->slot[i];
+        if (s->len == len && !memcmp(s->key, key, len)) {
+            s->val = val;
             return;
         }
         i = (i + 1) & (m->cap - 1);
     }
-    m->key[i] = key, m->klen[i] = (uint32_t)len, m->val[i] = val;
+    m->slot[i] = (TokStrSlot){key, (uint32_t)len, val};
     m->n++;
 }
 
 int32_t tok_strmap_get(const TokStrMap *m, const char *key, size_t len) {
     if (!m->cap) return -1;
     size_t i = pq_hash_bytes(key, len) & (m->cap - 1);
-    while (m->key[i]) {
-        if (m->klen[i] == len && !memcmp(m->key[i], key, len)) return m->val[i];
+    while (m->slot[i].key) {
+        const TokStrSlot *s = &m->slot[i];
+        if (s->len == len && !memcmp(s->key, key, len)) return s->val;
         i = (i + 1) & (m->cap - 1);
     }
     return -1;
 }
 
 void tok_strmap_free(TokStrMap *m) {
-    free(m->key);
-    free(m->klen);
-    free(m->val);
+    free(m->slot);
     memset(m, 0, sizeof *m);
 }
 
@@ -60,12 +59,12 @@ static uint64_t mix64(uint64_t x) {
 
 static void mergemap_grow(TokMergeMap *m) {
     size_t ncap = m->cap ? 2 * m->cap : 1024;
-    TokMergeMap g = {pq_xmalloc(ncap * sizeof *g.key), pq_xmalloc(ncap * sizeof *g.rank),
-                     pq_xmalloc(ncap * sizeof *g.new_id), 0, ncap};
-    memset(g.key, 0xff, ncap * sizeof *g.key);
-    for (size_t i = 0; i < m->cap; i++)
-        if (m->key[i] != UINT64_MAX)
-            tok_mergemap_put(&g, (int32_t)(m->key[i] >> 32), (int32_t)(uint32_t)m->key[i], m->rank[i], m->new_id[i]);
+    TokMergeMap g = {pq_xmalloc(ncap * sizeof *g.slot), 0, ncap};
+    for (size_t i = 0; i < ncap; i++) g.slot[i].key = UINT64_MAX;
+    for (size_t i = 0; i < m->cap; i++) {
+        TokMergeSlot s = m->slot[i];
+        if (s.key != UINT64_MAX) tok_mergemap_put(&g, (int32_t)(s.key >> 32), (int32_t)(uint32_t)s.key, s.rank, s.new_id);
+    }
     tok_mergemap_free(m);
     *m = g;
 }
@@ -74,14 +73,14 @@ void tok_mergemap_put(TokMergeMap *m, int32_t a, int32_t b, int32_t rank, int32_
     if (2 * (m->n + 1) > m->cap) mergemap_grow(m);
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     size_t i = mix64(k) & (m->cap - 1);
-    while (m->key[i] != UINT64_MAX) {
-        if (m->key[i] == k) {
-            m->rank[i] = rank, m->new_id[i] = new_id;
+    while (m->slot[i].key != UINT64_MAX) {
+        if (m->slot[i].key == k) {
+            m->slot[i].rank = rank, m->slot[i].new_id = new_id;
             return;
         }
         i = (i + 1) & (m->cap - 1);
     }
-    m->key[i] = k, m->rank[i] = rank, m->new_id[i] = new_id;
+    m->slot[i] = (TokMergeSlot){k, rank, new_id};
     m->n++;
 }
 
@@ -89,9 +88,9 @@ int tok_mergemap_get(const TokMergeMap *m, int32_t a, int32_t b, int32_t *rank, 
     if (!m->cap) return 0;
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     size_t i = mix64(k) & (m->cap - 1);
-    while (m->key[i] != UINT64_MAX) {
-        if (m->key[i] == k) {
-            *rank = m->rank[i], *new_id = m->new_id[i];
+    while (m->slot[i].key != UINT64_MAX) {
+        if (m->slot[i].key == k) {
+            *rank = m->slot[i].rank, *new_id = m->slot[i].new_id;
             return 1;
         }
         i = (i + 1) & (m->cap - 1);
@@ -100,9 +99,7 @@ int tok_mergemap_get(const TokMergeMap *m, int32_t a, int32_t b, int32_t *rank, 
 }
 
 void tok_mergemap_free(TokMergeMap *m) {
-    free(m->key);
-    free(m->rank);
-    free(m->new_id);
+    free(m->slot);
     memset(m, 0, sizeof *m);
 }
 

@@ -14,20 +14,26 @@
 #include "util.h"
 
 // String -> id hash map (open addressing; keys are owned by the caller).
+typedef struct TokStrSlot {
+    const char *key; // NULL: empty
+    uint32_t len;
+    int32_t val;
+} TokStrSlot;
 typedef struct TokStrMap {
-    const char **key;
-    uint32_t *klen;
-    int32_t *val;
+    TokStrSlot *slot;
     size_t n, cap; // cap is a power of two
 } TokStrMap;
 void tok_strmap_put(TokStrMap *m, const char *key, size_t len, int32_t val); // replaces
 int32_t tok_strmap_get(const TokStrMap *m, const char *key, size_t len); // -1 if absent
 void tok_strmap_free(TokStrMap *m);
 
-// (left id, right id) -> (rank, merged id).
+// (left id, right id) -> (rank, merged id); one slot per cache line quarter.
+typedef struct TokMergeSlot {
+    uint64_t key; // UINT64_MAX: empty
+    int32_t rank, new_id;
+} TokMergeSlot;
 typedef struct TokMergeMap {
-    uint64_t *key; // UINT64_MAX = empty
-    int32_t *rank, *new_id;
+    TokMergeSlot *slot;
     size_t n, cap;
 } TokMergeMap;
 void tok_mergemap_put(TokMergeMap *m, int32_t a, int32_t b, int32_t rank, int32_t new_id);
