@@ -11,8 +11,9 @@
 
 #include "util.h"
 
-// Rows of a weight converted at once (per thread): a tile of TILE x C floats.
-#define TILE 64
+// Rows of a weight converted at once (per thread): at most TILE x C floats.
+// Tiles are large because sgemm repacks the activations for every call.
+#define TILE 512
 // Query rows per attention block.
 #define QBLK 64
 
@@ -104,17 +105,26 @@ void pq_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
     }
 }
 
+// Splits rows into tiles of at most TILE rows, a multiple of the thread count
+// (so threads get equal work), each a multiple of 16 rows.
+static int tile_rows(int rows) {
+    int nt = pq_cpu_threads();
+    int per = (rows + nt * TILE - 1) / (nt * TILE); // tiles per thread
+    int t = (rows + nt * per - 1) / (nt * per);
+    return (t + 15) / 16 * 16;
+}
+
 // inp (N,C), weight (OC,C), bias (OC) -> out (N,OC). Threads split OC into
-// tiles of TILE rows; each converts its tile and multiplies all N rows.
+// tiles; each converts its tile and multiplies all N rows.
 void pq_cpu_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
                            int OC) {
-    int nt = (OC + TILE - 1) / TILE;
+    int ts = tile_rows(OC), nt = (OC + ts - 1) / ts;
 #pragma omp parallel num_threads(pq_cpu_threads())
     {
-        float *buf = weight->dtype == PQ_F32 ? NULL : pq_xmalloc((size_t)TILE * C * sizeof *buf);
+        float *buf = weight->dtype == PQ_F32 ? NULL : pq_xmalloc((size_t)ts * C * sizeof *buf);
 #pragma omp for schedule(static)
         for (int t = 0; t < nt; t++) {
-            int r0 = t * TILE, n = OC - r0 < TILE ? OC - r0 : TILE;
+            int r0 = t * ts, n = OC - r0 < ts ? OC - r0 : ts;
             const float *w = weight_rows(weight, r0, n, buf);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, n, C, 1.0f, inp, C, w, C, 0.0f, out + r0, OC);
             if (bias)
@@ -254,7 +264,7 @@ void pq_cpu_residual_forward(float *x, const float *y, size_t n) {
 }
 
 // Vocab rows per chunk of the LM head.
-#define VCHUNK 256
+#define VCHUNK 1024
 
 // h (N,C), lm_head (V,C), targets (N) -> logp (N), lse (N). Each thread
 // walks its own chunks of vocab rows (VCHUNK x C converted, N x VCHUNK

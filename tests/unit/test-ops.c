@@ -1,0 +1,270 @@
+// test-ops.c: every forward op of ops_cpu.c against a naive double-precision
+// reference written from the definitions (attention as softmax(QK^T/sqrt(HS))V
+// per query over the keys its record and window allow), on 1 and 3 threads.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "st_write.h"
+#include "util.h"
+
+static int fails;
+static PqRng rng;
+
+static float urand(void) { return (float)(pq_rng_uniform(&rng) * 2 - 1); }
+static float *rnd(size_t n, float s) {
+    float *p = pq_xmalloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = urand() * s;
+    return p;
+}
+
+static void close_to(const char *what, const float *got, const double *want, size_t n, double tol) {
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
+        if (!(d <= worst)) worst = d, at = i;
+    }
+    if (!(worst <= tol)) {
+        printf("FAIL %s: element %zu = %.9g, want %.9g (rel err %.3g > %.3g)\n", what, at, got[at], want[at], worst, tol);
+        fails++;
+    } else printf("ok   %s (max rel err %.2e)\n", what, worst);
+}
+
+// A weight (rows, cols) in dtype from f32 values; vals gets what the weight holds.
+static PqWeight weight(PqDtype t, int rows, int cols, float *vals, void **store) {
+    size_t n = (size_t)rows * cols;
+    PqWeight w = {NULL, t, rows, cols};
+    if (t == PQ_F32) {
+        *store = pq_xmalloc(n * 4);
+        memcpy(*store, vals, n * 4);
+    } else {
+        uint16_t *h = pq_xmalloc(n * 2);
+        for (size_t i = 0; i < n; i++) {
+            h[i] = t == PQ_BF16 ? pq_f32_to_bf16(vals[i]) : pq_f32_to_f16(vals[i]);
+            vals[i] = t == PQ_BF16 ? pq_bf16_to_f32(h[i]) : pq_f16_to_f32(h[i]);
+        }
+        *store = h;
+    }
+    w.data = *store;
+    return w;
+}
+
+static void test_convert(void) {
+    struct { float f; uint16_t bf, h; } c[] = {{1.0f, 0x3f80, 0x3c00}, {-2.5f, 0xc020, 0xc100}, {0.0f, 0, 0},
+                                               {65280.0f, 0x477f, 0x7bf8}, {5.9604645e-08f, 0x3380, 0x0001}};
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+        if (pq_bf16_to_f32(c[i].bf) != c[i].f || pq_f16_to_f32(c[i].h) != c[i].f) {
+            printf("FAIL convert %g: bf16 %g f16 %g\n", c[i].f, pq_bf16_to_f32(c[i].bf), pq_f16_to_f32(c[i].h));
+            fails++;
+        }
+    }
+    if (!isinf(pq_f16_to_f32(0x7c00)) || !isnan(pq_bf16_to_f32(0x7fc0))) {
+        printf("FAIL convert inf/nan\n");
+        fails++;
+    }
+}
+
+static void test_linear(PqDtype t, int N, int C, int OC, int bias) {
+    float *x = rnd((size_t)N * C, 1), *wv = rnd((size_t)OC * C, 0.5f), *b = bias ? rnd(OC, 1) : NULL;
+    void *store;
+    PqWeight w = weight(t, OC, C, wv, &store);
+    float *out = rnd((size_t)N * OC, 100);
+    double *want = pq_xmalloc((size_t)N * OC * sizeof *want);
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < OC; o++) {
+            double s = b ? b[o] : 0;
+            for (int c = 0; c < C; c++) s += (double)x[(size_t)i * C + c] * wv[(size_t)o * C + c];
+            want[(size_t)i * OC + o] = s;
+        }
+    pq_cpu_linear_forward(out, x, &w, b, N, C, OC);
+    char what[96];
+    snprintf(what, sizeof what, "linear %s N=%d C=%d OC=%d%s", pq_dtype_name(t), N, C, OC, bias ? " +bias" : "");
+    close_to(what, out, want, (size_t)N * OC, 1e-5);
+    // rows as f32
+    float *row = pq_xmalloc((size_t)C * sizeof *row);
+    pq_weight_row(&w, OC - 1, row);
+    for (int c = 0; c < C; c++) want[c] = wv[(size_t)(OC - 1) * C + c];
+    close_to("weight_row", row, want, (size_t)C, 0);
+    free(row), free(x), free(wv), free(b), free(store), free(out), free(want);
+}
+
+static void test_lora(int N, int C, int OC, int r) {
+    float *x = rnd((size_t)N * C, 1), *A = rnd((size_t)r * C, 1), *B = rnd((size_t)OC * r, 1);
+    float *out = rnd((size_t)N * OC, 1), *xa = pq_xmalloc((size_t)N * r * 4);
+    double *want = pq_xmalloc((size_t)N * OC * sizeof *want), *wxa = pq_xmalloc((size_t)N * r * sizeof *wxa);
+    float scale = 1.75f;
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < r; k++) {
+            double s = 0;
+            for (int c = 0; c < C; c++) s += (double)x[(size_t)i * C + c] * A[(size_t)k * C + c];
+            wxa[(size_t)i * r + k] = s;
+        }
+        for (int o = 0; o < OC; o++) {
+            double s = 0;
+            for (int k = 0; k < r; k++) s += wxa[(size_t)i * r + k] * B[(size_t)o * r + k];
+            want[(size_t)i * OC + o] = out[(size_t)i * OC + o] + scale * s;
+        }
+    }
+    pq_cpu_lora_forward(out, xa, x, A, B, scale, N, C, OC, r);
+    close_to("lora xa", xa, wxa, (size_t)N * r, 1e-5);
+    close_to("lora out", out, want, (size_t)N * OC, 1e-5);
+    free(x), free(A), free(B), free(out), free(xa), free(want), free(wxa);
+}
+
+static void test_rmsnorm(int N, int C) {
+    float *x = rnd((size_t)N * C, 3), *w = rnd(C, 1), *out = pq_xmalloc((size_t)N * C * 4), *rstd = pq_xmalloc(N * 4);
+    double *want = pq_xmalloc((size_t)N * C * sizeof *want), *wr = pq_xmalloc(N * sizeof *wr);
+    for (int i = 0; i < N; i++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)x[(size_t)i * C + c] * x[(size_t)i * C + c];
+        wr[i] = 1 / sqrt(ss / C + 1e-5);
+        for (int c = 0; c < C; c++) want[(size_t)i * C + c] = x[(size_t)i * C + c] * wr[i] * w[c];
+    }
+    pq_cpu_rmsnorm_forward(out, rstd, x, w, N, C, 1e-5f);
+    close_to("rmsnorm", out, want, (size_t)N * C, 1e-5);
+    close_to("rmsnorm rstd", rstd, wr, (size_t)N, 1e-5);
+    free(x), free(w), free(out), free(rstd), free(want), free(wr);
+}
+
+static void test_rope(int N, int NH, int HS) {
+    float *x = rnd((size_t)N * NH * HS, 1), *f = pq_xmalloc((size_t)HS / 2 * 4);
+    int32_t *pos = pq_xmalloc((size_t)N * 4);
+    for (int d = 0; d < HS / 2; d++) f[d] = (float)pow(10000.0, -2.0 * d / HS);
+    for (int i = 0; i < N; i++) pos[i] = i % 37 + (i > 50 ? 1000 : 0);
+    double *want = pq_xmalloc((size_t)N * NH * HS * sizeof *want);
+    for (int i = 0; i < N; i++)
+        for (int h = 0; h < NH; h++)
+            for (int d = 0; d < HS; d++) {
+                // x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
+                const float *v = x + ((size_t)i * NH + h) * HS;
+                double a = (double)((float)pos[i] * f[d % (HS / 2)]);
+                double rh = d < HS / 2 ? -v[d + HS / 2] : v[d - HS / 2];
+                want[((size_t)i * NH + h) * HS + d] = v[d] * cos(a) + rh * sin(a);
+            }
+    pq_cpu_rope_forward(x, pos, f, N, NH, HS);
+    close_to("rope", x, want, (size_t)N * NH * HS, 1e-5);
+    free(x), free(f), free(pos), free(want);
+}
+
+// records: lengths of the packed records; window 0 = none
+static void test_attention(const int *lens, int nrec, int NH, int KVH, int HS, int window) {
+    int N = 0;
+    for (int r = 0; r < nrec; r++) N += lens[r];
+    int32_t *pos = pq_xmalloc((size_t)N * 4);
+    for (int r = 0, i = 0; r < nrec; r++)
+        for (int p = 0; p < lens[r]; p++) pos[i++] = p;
+    size_t qd = (size_t)NH * HS, kd = (size_t)KVH * HS;
+    float *q = rnd(N * qd, 2), *k = rnd(N * kd, 2), *v = rnd(N * kd, 1);
+    float *out = rnd(N * qd, 9), *lse = pq_xmalloc((size_t)N * NH * 4);
+    double *want = pq_xcalloc(N * qd, sizeof *want), *wl = pq_xmalloc((size_t)N * NH * sizeof *wl);
+    double *p = pq_xmalloc((size_t)N * sizeof *p);
+    for (int i = 0; i < N; i++)
+        for (int h = 0; h < NH; h++) {
+            int kh = h / (NH / KVH);
+            double m = -INFINITY, s = 0;
+            for (int j = 0; j < N; j++) {
+                int same = j - pos[j] == i - pos[i], ok = same && j <= i && (!window || i - j <= window);
+                p[j] = -INFINITY;
+                if (!ok) continue;
+                double dot = 0;
+                for (int d = 0; d < HS; d++) dot += (double)q[i * qd + h * HS + d] * k[j * kd + kh * HS + d];
+                p[j] = dot / sqrt(HS);
+                if (p[j] > m) m = p[j];
+            }
+            for (int j = 0; j < N; j++) s += p[j] > -INFINITY ? exp(p[j] - m) : 0;
+            wl[(size_t)i * NH + h] = m + log(s);
+            for (int j = 0; j < N; j++) {
+                if (p[j] == -INFINITY) continue;
+                double a = exp(p[j] - m) / s;
+                for (int d = 0; d < HS; d++) want[i * qd + h * HS + d] += a * v[j * kd + kh * HS + d];
+            }
+        }
+    pq_cpu_attention_forward(out, lse, q, k, v, pos, N, NH, KVH, HS, window);
+    char what[96];
+    snprintf(what, sizeof what, "attention %d records N=%d NH=%d KVH=%d HS=%d window=%d", nrec, N, NH, KVH, HS, window);
+    close_to(what, out, want, N * qd, 1e-5);
+    close_to("attention lse", lse, wl, (size_t)N * NH, 1e-5);
+    free(pos), free(q), free(k), free(v), free(out), free(lse), free(want), free(wl), free(p);
+}
+
+static void test_swiglu_residual_embedding(void) {
+    int N = 7, H = 33, V = 11, C = 5;
+    float *g = rnd((size_t)N * H, 6), *u = rnd((size_t)N * H, 2), *out = pq_xmalloc((size_t)N * H * 4);
+    double *want = pq_xmalloc((size_t)N * H * sizeof *want);
+    for (int i = 0; i < N * H; i++) want[i] = g[i] / (1 + exp(-(double)g[i])) * u[i];
+    pq_cpu_swiglu_forward(out, g, u, N, H);
+    close_to("swiglu", out, want, (size_t)N * H, 1e-6);
+    for (int i = 0; i < N * H; i++) want[i] = (double)out[i] + g[i];
+    pq_cpu_residual_forward(out, g, (size_t)N * H);
+    close_to("residual", out, want, (size_t)N * H, 1e-6);
+    float *wv = rnd((size_t)V * C, 1);
+    void *store;
+    PqWeight w = weight(PQ_BF16, V, C, wv, &store);
+    int32_t ids[7] = {3, 0, 10, 3, 7, 1, 9};
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) want[i * C + c] = wv[ids[i] * C + c];
+    pq_cpu_embedding_forward(out, ids, &w, N, C);
+    close_to("embedding bf16", out, want, (size_t)N * C, 0);
+    free(g), free(u), free(out), free(want), free(wv), free(store);
+}
+
+static void test_logp(PqDtype t, int N, int C, int V) {
+    float *h = rnd((size_t)N * C, 2), *wv = rnd((size_t)V * C, 1);
+    void *store;
+    PqWeight w = weight(t, V, C, wv, &store);
+    int32_t *tg = pq_xmalloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tg[i] = i % 4 == 3 ? -1 : (int32_t)pq_rng_below(&rng, (uint64_t)V);
+    tg[0] = V - 1;
+    double *want = pq_xmalloc((size_t)N * sizeof *want), *wl = pq_xmalloc((size_t)N * sizeof *wl);
+    double *lg = pq_xmalloc((size_t)V * sizeof *lg);
+    for (int i = 0; i < N; i++) {
+        double m = -INFINITY, s = 0;
+        for (int v = 0; v < V; v++) {
+            double d = 0;
+            for (int c = 0; c < C; c++) d += (double)h[(size_t)i * C + c] * wv[(size_t)v * C + c];
+            lg[v] = d;
+            if (d > m) m = d;
+        }
+        for (int v = 0; v < V; v++) s += exp(lg[v] - m);
+        wl[i] = m + log(s);
+        want[i] = tg[i] >= 0 ? lg[tg[i]] - wl[i] : 0;
+    }
+    float *lp = rnd(N, 5), *lse = pq_xmalloc((size_t)N * 4);
+    pq_cpu_logp_forward(lp, lse, h, &w, tg, N, C, V);
+    char what[96];
+    snprintf(what, sizeof what, "logp %s N=%d C=%d V=%d", pq_dtype_name(t), N, C, V);
+    close_to(what, lp, want, (size_t)N, 2e-6);
+    close_to("logp lse", lse, wl, (size_t)N, 2e-6);
+    free(h), free(wv), free(store), free(tg), free(want), free(wl), free(lg), free(lp), free(lse);
+}
+
+int main(void) {
+    pq_rng_seed(&rng, 1);
+    test_convert();
+    int threads[] = {1, 3};
+    for (int ti = 0; ti < 2; ti++) {
+        pq_cpu_set_threads(threads[ti]);
+        printf("-- %d threads\n", threads[ti]);
+        test_linear(PQ_F32, 5, 24, 40, 0);
+        test_linear(PQ_BF16, 33, 64, 1100, 1); // several tiles, the last one partial
+        test_linear(PQ_F16, 4, 16, 7, 1);
+        test_lora(9, 20, 13, 4);
+        test_rmsnorm(6, 50);
+        test_rope(60, 3, 16);
+        int l1[] = {5}, l2[] = {70, 3, 140, 1}, l3[] = {100, 30};
+        test_attention(l1, 1, 2, 2, 8, 0);
+        test_attention(l2, 4, 4, 2, 8, 0);
+        test_attention(l2, 4, 6, 2, 4, 16);   // window shorter than the records, GQA 3:1
+        test_attention(l3, 2, 2, 1, 8, 64);   // window of one query block
+        test_swiglu_residual_embedding();
+        test_logp(PQ_F32, 6, 8, 3000);  // several vocab chunks, the last partial
+        test_logp(PQ_BF16, 13, 16, 1024);
+        test_logp(PQ_F16, 1, 4, 5);
+    }
+    if (fails) printf("%d FAILED\n", fails);
+    else printf("all ops ok\n");
+    return fails != 0;
+}
