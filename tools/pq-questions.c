@@ -9,7 +9,7 @@
 #include "tool.h"
 
 static const char usage[] =
-    "usage: pq-questions --model NAME [options] [articles.jsonl ...] > questions.jsonl\n"
+    "Usage: pq-questions --model NAME [options] [articles.jsonl ...] > questions.jsonl\n"
     "Asks the judge for 5 multiple-choice questions (options A-E) about each\n"
     "article {id, article, ...}, retries unparsable replies, shuffles questions and\n"
     "options (seed ^ hash(id)) and adds \"questions\"; other fields pass through.\n"

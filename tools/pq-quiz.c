@@ -8,7 +8,7 @@
 #include "tool.h"
 
 static const char usage[] =
-    "usage: pq-quiz --model NAME [options] [summaries.jsonl ...] > quiz.jsonl\n"
+    "Usage: pq-quiz --model NAME [options] [summaries.jsonl ...] > quiz.jsonl\n"
     "Shows the judge each summary {id, summary, questions, ...} with the article's\n"
     "questions and asks for an answer per question (\"Unsure\" where the summary does\n"
     "not say); adds \"judge_answers\", \"correct\" (answers equal to the key),\n"
