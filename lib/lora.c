@@ -32,6 +32,25 @@ void pq_lora_tensor_name(int l, int j, int ab, char *out, size_t n) {
     snprintf(out, n, "base_model.model.model.layers.%d.%s.lora_%c.weight", l, pq_lin_modules[j], ab ? 'B' : 'A');
 }
 
+int pq_lora_write_tensors(const PqLora *lora, const PqConfig *cfg, const float *values, const char *path, PqErr *e) {
+    PqStWriter w = {0};
+    for (int l = 0; l < cfg->L; l++)
+        for (int j = 0; j < PQ_NLIN; j++) {
+            const PqLoraAB *ab = &lora->ab[l * PQ_NLIN + j];
+            if (!ab->A) continue;
+            int in, o;
+            pq_lin_shape(cfg, j, &in, &o);
+            char name[128];
+            pq_lora_tensor_name(l, j, 0, name, sizeof name);
+            pq_st_add(&w, name, PQ_F32, 2, (int64_t[]){lora->r, in}, values + (ab->A - lora->params));
+            pq_lora_tensor_name(l, j, 1, name, sizeof name);
+            pq_st_add(&w, name, PQ_F32, 2, (int64_t[]){o, lora->r}, values + (ab->B - lora->params));
+        }
+    int rc = pq_st_write(&w, path, e);
+    pq_st_writer_free(&w);
+    return rc;
+}
+
 static int write_file(const char *path, const void *data, size_t len, PqErr *e) {
     FILE *f = fopen(path, "wb");
     if (!f) {
@@ -97,7 +116,6 @@ int pq_lora_save(const PqLora *lora, const PqConfig *cfg, const char *base, floa
     pq_buf_printf(&tmp, "%s.tmp%ld", dir, (long)getpid());
     pq_buf_printf(&old, "%s.old%ld", dir, (long)getpid());
     int rc = -1;
-    PqStWriter w = {0};
     char *js = NULL;
     for (int i = 0; i < n_extras; i++) { // leftovers of an interrupted save
         pq_buf_clear(&p);
@@ -109,20 +127,9 @@ int pq_lora_save(const PqLora *lora, const PqConfig *cfg, const char *base, floa
         pq_err(e, "%s: %s", tmp.data, strerror(errno));
         goto out;
     }
-    for (int l = 0; l < cfg->L; l++)
-        for (int j = 0; j < PQ_NLIN; j++) {
-            const PqLoraAB *ab = &lora->ab[l * PQ_NLIN + j];
-            if (!ab->A) continue;
-            int in, o;
-            pq_lin_shape(cfg, j, &in, &o);
-            char name[128];
-            pq_lora_tensor_name(l, j, 0, name, sizeof name);
-            pq_st_add(&w, name, PQ_F32, 2, (int64_t[]){lora->r, in}, ab->A);
-            pq_lora_tensor_name(l, j, 1, name, sizeof name);
-            pq_st_add(&w, name, PQ_F32, 2, (int64_t[]){o, lora->r}, ab->B);
-        }
+    pq_buf_clear(&p);
     pq_buf_printf(&p, "%s/adapter_model.safetensors", tmp.data);
-    if (pq_st_write(&w, p.data, e) != 0) goto fail;
+    if (pq_lora_write_tensors(lora, cfg, lora->params, p.data, e) != 0) goto fail;
     js = config_json(lora, base, dropout);
     pq_buf_clear(&p);
     pq_buf_printf(&p, "%s/adapter_config.json", tmp.data);
@@ -163,7 +170,6 @@ fail:
     rm_dir(tmp.data);
 out:
     free(js);
-    pq_st_writer_free(&w);
     pq_buf_free(&p);
     pq_buf_free(&old);
     pq_buf_free(&tmp);

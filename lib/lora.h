@@ -19,6 +19,10 @@ void pq_lora_init_peft(PqLora *lora, const PqConfig *cfg, uint64_t seed);
 // base_model.model.model.layers.<l>.self_attn.q_proj.lora_A.weight
 void pq_lora_tensor_name(int l, int j, int ab, char *out, size_t n);
 
+// Writes values laid out as lora->params (the parameters themselves, their
+// gradients, ...) to path as safetensors (f32) under PEFT's tensor names.
+int pq_lora_write_tensors(const PqLora *lora, const PqConfig *cfg, const float *values, const char *path, PqErr *e);
+
 // An extra file written into the adapter directory with it.
 typedef struct PqLoraExtra {
     const char *name;
