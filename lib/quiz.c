@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -123,20 +124,21 @@ typedef struct Rx {
     pcre2_match_data *md;
 } Rx;
 
-static int rx_init(Rx *r, const char *pattern) {
-    int err;
-    r->md = NULL;
-    PCRE2_SIZE off;
-    r->code = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &err, &off, NULL);
-    if (!r->code) return -1; // a bug in the patterns below; reported by the callers' tests
-    r->md = pcre2_match_data_create_from_pattern(r->code, NULL);
-    return 0;
+// The patterns are compiled once per process (pthread_once) and shared;
+// match data is per call, so the parsers are thread-safe.
+enum { PAT_ANSWER, PAT_NEAR_ANSWER, PAT_QUESTION, PAT_OPTION, PAT_MARKED, PAT_LETTER, PAT_REPLY, PAT_UNSURE, PAT_N };
+static pcre2_code *rx_code[PAT_N];
+static pthread_once_t rx_once = PTHREAD_ONCE_INIT;
+static void rx_compile_all(void);
+
+static int rx_init(Rx *r, int which) {
+    pthread_once(&rx_once, rx_compile_all);
+    r->code = rx_code[which];
+    r->md = r->code ? pcre2_match_data_create_from_pattern(r->code, NULL) : NULL;
+    return r->code ? 0 : -1; // a bug in the patterns below; the unit tests would fail
 }
 
-static void rx_free(Rx *r) {
-    pcre2_match_data_free(r->md);
-    pcre2_code_free(r->code);
-}
+static void rx_free(Rx *r) { pcre2_match_data_free(r->md); }
 
 static int rx_match(Rx *r, const char *s) {
     return r->code && pcre2_match(r->code, (PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0, 0, r->md, NULL) > 0;
@@ -221,12 +223,12 @@ static void set_answer(ParseQ *q, char a) {
 int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e) {
     memset(out, 0, sizeof *out);
     QuizRx rx;
-    int bad_rx = rx_init(&rx.answer, rx_answer_src);
-    bad_rx |= rx_init(&rx.near_answer, rx_near_answer_src);
-    bad_rx |= rx_init(&rx.question, rx_question_src);
-    bad_rx |= rx_init(&rx.option, rx_option_src);
-    bad_rx |= rx_init(&rx.marked, rx_marked_src);
-    bad_rx |= rx_init(&rx.letter, rx_letter_src);
+    int bad_rx = rx_init(&rx.answer, PAT_ANSWER);
+    bad_rx |= rx_init(&rx.near_answer, PAT_NEAR_ANSWER);
+    bad_rx |= rx_init(&rx.question, PAT_QUESTION);
+    bad_rx |= rx_init(&rx.option, PAT_OPTION);
+    bad_rx |= rx_init(&rx.marked, PAT_MARKED);
+    bad_rx |= rx_init(&rx.letter, PAT_LETTER);
     ParseQ *qs = pq_xcalloc(MAX_Q, sizeof *qs);
     int nq = 0, too_many = 0, bad_answer_num = 0;
     ParseQ *cur = NULL;
@@ -308,7 +310,8 @@ int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e) {
             goto done;
         }
         if (q->n_options != PQ_QUIZ_CHOICES) {
-            pq_err(e, "question %d has %d options, need %d (A-E)", i + 1, q->n_options, PQ_QUIZ_CHOICES);
+            pq_err(e, "question %d has %d option%s, need %d (A-E)", i + 1, q->n_options, q->n_options == 1 ? "" : "s",
+                   PQ_QUIZ_CHOICES);
             goto done;
         }
         for (int k = 0; k < PQ_QUIZ_CHOICES; k++)
@@ -471,12 +474,25 @@ static const char *const rx_reply_src =
     "^(?:(?:the\\s+)?answer\\s+(?:to|for)\\s+" RX_QNUM "|" RX_QNUM "(?:\\s+answer)?|(\\d{1,3})(?=\\s*[).:]))"
     "\\s*[).:=\\-]?\\s*(?:answer\\s*(?:is\\b)?\\s*[:=\\-]?)?\\s*(.*)$";
 
+// "Unsure" as the first word of an answer.
+static const char *const rx_unsure_src = "^unsure(?![a-z0-9])";
+
+static void rx_compile_all(void) {
+    const char *src[PAT_N] = {rx_answer_src, rx_near_answer_src, rx_question_src, rx_option_src,
+                             rx_marked_src, rx_letter_src, rx_reply_src, rx_unsure_src};
+    for (int i = 0; i < PAT_N; i++) {
+        int err;
+        PCRE2_SIZE off;
+        rx_code[i] = pcre2_compile((PCRE2_SPTR)src[i], PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &err, &off, NULL);
+    }
+}
+
 int pq_answers_parse(const char *reply, int n_questions, char *answers) {
     for (int i = 0; i < n_questions; i++) answers[i] = 'U';
     Rx line_rx, letter_rx, unsure_rx;
-    int ok = rx_init(&line_rx, rx_reply_src) == 0;
-    ok &= rx_init(&letter_rx, rx_letter_src) == 0;
-    ok &= rx_init(&unsure_rx, "^unsure(?![a-z0-9])") == 0;
+    int ok = rx_init(&line_rx, PAT_REPLY) == 0;
+    ok &= rx_init(&letter_rx, PAT_LETTER) == 0;
+    ok &= rx_init(&unsure_rx, PAT_UNSURE) == 0;
     const char *p = reply ? reply : "";
     while (ok && *p) {
         const char *nl = strchr(p, '\n');
