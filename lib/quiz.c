@@ -126,7 +126,10 @@ typedef struct Rx {
 
 // The patterns are compiled once per process (pthread_once) and shared;
 // match data is per call, so the parsers are thread-safe.
-enum { PAT_ANSWER, PAT_NEAR_ANSWER, PAT_QUESTION, PAT_OPTION, PAT_MARKED, PAT_LETTER, PAT_REPLY, PAT_UNSURE, PAT_N };
+enum {
+    PAT_ANSWER, PAT_NEAR_ANSWER, PAT_KEY_LINE, PAT_KEY_PAIR, PAT_QUESTION, PAT_OPTION, PAT_MARKED, PAT_LETTER,
+    PAT_REPLY, PAT_UNSURE, PAT_N
+};
 static pcre2_code *rx_code[PAT_N];
 static pthread_once_t rx_once = PTHREAD_ONCE_INIT;
 static void rx_compile_all(void);
@@ -183,6 +186,10 @@ static const char *const rx_answer_src =
 // "Answer: Both"): never a question.
 static const char *const rx_near_answer_src =
     "^(?:" RX_QNUM "\\s*[).:\\-]?\\s*|(\\d{1,3})\\s*[).:]\\s*)?(?:the\\s+)?(?:correct\\s+)?answer\\b";
+// An answer key on one line: "Answers: 1-C, 2-A, 3-B, 4-E, 5-D",
+// "Answer key: Q1) C Q2) A ...": the line's start, then each pair.
+static const char *const rx_key_line_src = "^(?:the\\s+)?(?:correct\\s+)?answers?(?:\\s+key)?\\s*[:\\-]?\\s*";
+static const char *const rx_key_pair_src = "(?:q(?:uestion)?\\s*)?(\\d{1,3})\\s*[-:.)=]\\s*" RX_LETTER;
 // Question lines: "Q1) text", "Q1: text", "Q1. text", "Question 1 - text", "Q1 text",
 // "1. text", "1) text"; the text may be empty (it is then on the next line).
 static const char *const rx_question_src =
@@ -206,7 +213,7 @@ typedef struct ParseQ {
 } ParseQ;
 
 typedef struct QuizRx {
-    Rx answer, near_answer, question, option, marked, letter;
+    Rx answer, near_answer, key_line, key_pair, question, option, marked, letter;
 } QuizRx;
 
 static ParseQ *find_q(ParseQ *qs, int n, int num) {
@@ -220,11 +227,35 @@ static void set_answer(ParseQ *q, char a) {
     else if (q->answer != a) q->answer2 = a;
 }
 
+// The "N-X" pairs of a one-line answer key after its start (rx.key_line
+// matched): applies them when there are at least two, returns how many.
+static int key_pairs(QuizRx *rx, const char *line, ParseQ *qs, int nq, int *bad_answer_num) {
+    PCRE2_SIZE at = pcre2_get_ovector_pointer(rx->key_line.md)[1];
+    int num[64], n = 0;
+    char letter[64];
+    size_t len = strlen(line);
+    while (n < 64 && at < len &&
+           pcre2_match(rx->key_pair.code, (PCRE2_SPTR)line, len, at, 0, rx->key_pair.md, NULL) > 0) {
+        num[n] = rx_int(&rx->key_pair, line, 1);
+        letter[n++] = rx_letter(&rx->key_pair, line, 2);
+        at = pcre2_get_ovector_pointer(rx->key_pair.md)[1];
+    }
+    if (n < 2) return n;
+    for (int i = 0; i < n; i++) {
+        ParseQ *q = find_q(qs, nq, num[i]);
+        if (q) set_answer(q, letter[i]);
+        else if (!*bad_answer_num) *bad_answer_num = num[i];
+    }
+    return n;
+}
+
 int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e) {
     memset(out, 0, sizeof *out);
     QuizRx rx;
     int bad_rx = rx_init(&rx.answer, PAT_ANSWER);
     bad_rx |= rx_init(&rx.near_answer, PAT_NEAR_ANSWER);
+    bad_rx |= rx_init(&rx.key_line, PAT_KEY_LINE);
+    bad_rx |= rx_init(&rx.key_pair, PAT_KEY_PAIR);
     bad_rx |= rx_init(&rx.question, PAT_QUESTION);
     bad_rx |= rx_init(&rx.option, PAT_OPTION);
     bad_rx |= rx_init(&rx.marked, PAT_MARKED);
@@ -249,6 +280,8 @@ int pq_quiz_parse_reply(const char *reply, PqQuiz *out, PqErr *e) {
             ParseQ *q = num >= 0 ? find_q(qs, nq, num) : cur;
             if (q) set_answer(q, a);
             else if (num >= 0 && !bad_answer_num) bad_answer_num = num;
+        } else if (rx_match(&rx.key_line, line) && key_pairs(&rx, line, qs, nq, &bad_answer_num) >= 2) {
+            // an answer key on one line: applied by key_pairs
         } else if (rx_match(&rx.near_answer, line)) {
             // an answer line without a usable letter: the question stays unanswered
         } else if (rx_match(&rx.question, line)) {
@@ -350,6 +383,8 @@ done:
     free(qs);
     rx_free(&rx.answer);
     rx_free(&rx.near_answer);
+    rx_free(&rx.key_line);
+    rx_free(&rx.key_pair);
     rx_free(&rx.question);
     rx_free(&rx.option);
     rx_free(&rx.marked);
@@ -478,8 +513,8 @@ static const char *const rx_reply_src =
 static const char *const rx_unsure_src = "^unsure(?![a-z0-9])";
 
 static void rx_compile_all(void) {
-    const char *src[PAT_N] = {rx_answer_src, rx_near_answer_src, rx_question_src, rx_option_src,
-                             rx_marked_src, rx_letter_src, rx_reply_src, rx_unsure_src};
+    const char *src[PAT_N] = {rx_answer_src, rx_near_answer_src, rx_key_line_src, rx_key_pair_src, rx_question_src,
+                              rx_option_src, rx_marked_src, rx_letter_src, rx_reply_src, rx_unsure_src};
     for (int i = 0; i < PAT_N; i++) {
         int err;
         PCRE2_SIZE off;

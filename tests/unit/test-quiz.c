@@ -155,6 +155,39 @@ static const QuizCase quiz_cases[] = {
      "Answer key:\nQ1) B\nQ2) C\nQ3) C\nQ4) E\nQ5) C\n",
      "BCCEC", Q3TEXT, "Peter Illfield", NULL},
 
+    {"answer key on one line, dashes",
+     "Here is the quiz.\n\n"
+     "Q1. Who was arrested?\nA. The mayor\nB. A teacher\nC. The driver\nD. A nurse\nE. The coach\n\n"
+     "Q2. Where did it happen?\nA. Ohio\nB. Texas\nC. Utah\nD. Maine\nE. Iowa\n\n"
+     "Q3. What was seized?\nA. Cash\nB. Guns\nC. Cocaine\nD. Cars\nE. Jewels\n\n"
+     "Q4. How many were hurt?\nA. None\nB. One\nC. Two\nD. Three\nE. Four\n\n"
+     "Q5. What is the charge?\nA. Theft\nB. Fraud\nC. Assault\nD. Trafficking\nE. Arson\n\n"
+     "**Answers:** 1-C, 2-B, 3-C, 4-A, 5-D\n",
+     "CBCAD", "What was seized?", "Cocaine", NULL},
+
+    {"answer key on one line, Qn) X",
+     "**Question 1:** Who was arrested?\nA. The mayor\nB. A teacher\nC. The driver\nD. A nurse\nE. The coach\n\n"
+     "**Question 2:** Where did it happen?\nA. Ohio\nB. Texas\nC. Utah\nD. Maine\nE. Iowa\n\n"
+     "**Question 3:** What was seized?\nA. Cash\nB. Guns\nC. Cocaine\nD. Cars\nE. Jewels\n\n"
+     "**Question 4:** How many were hurt?\nA. None\nB. One\nC. Two\nD. Three\nE. Four\n\n"
+     "**Question 5:** What is the charge?\nA. Theft\nB. Fraud\nC. Assault\nD. Trafficking\nE. Arson\n\n"
+     "Answer key: Q1) C Q2) B Q3) C Q4) A Q5) (D)\n",
+     "CBCAD", "What was seized?", "Cocaine", NULL},
+
+    {"Llama-style: bold question heading, text below, answer with option text in bold",
+     "Here are 5 multiple-choice questions based on the text:\n\n"
+     "**Question 1**\nWho was arrested?\nA) The mayor\nB) A teacher\nC) The driver\nD) A nurse\nE) The coach\n"
+     "**Answer: C) The driver**\n\n"
+     "**Question 2**\nWhere did it happen?\nA) Ohio\nB) Texas\nC) Utah\nD) Maine\nE) Iowa\n"
+     "**Answer: B) Texas**\n\n"
+     "**Question 3**\nWhat was seized?\nA) Cash\nB) Guns\nC) Cocaine\nD) Cars\nE) Jewels\n"
+     "**Answer: C) Cocaine**\n\n"
+     "**Question 4**\nHow many were hurt?\nA) None\nB) One\nC) Two\nD) Three\nE) Four\n"
+     "**Answer: A) None**\n\n"
+     "**Question 5**\nWhat is the charge?\nA) Theft\nB) Fraud\nC) Assault\nD) Trafficking\nE) Arson\n"
+     "**Answer: D) Trafficking**\n",
+     "CBCAD", "What was seized?", "Cocaine", NULL},
+
     {"markdown headings, question text on its own line, bullet options",
      "### Question 1\nWho was arrested?\n- A. The mayor\n- B. A teacher\n- C. The driver\n- D. A nurse\n- E. The coach\n"
      "*Answer: C*\n\n"
@@ -284,6 +317,9 @@ static const QuizCase quiz_cases[] = {
      "Q5) Who was thanked?\nA. Coach\nB. Mother\nC. Crowd\nD. Rival\nE. Umpire\n"
      "Q1 Answer: B\nQ2 Answer: C\nQ3 Answer: C\nQ4 Answer: B\nQ5 Answer: A\nQ3 Answer: D\n",
      NULL, NULL, NULL, "question 3 has two answers (C and D)"},
+
+    {"a one-line key naming a question that does not exist",
+     CANON "Answers: 1-B, 6-A\n", NULL, NULL, NULL, "answer for question 6, which does not exist"},
 
     {"an empty option",
      "Q1) Who won?\nA. Federer\nB. Nadal\nC. Djokovic\nD. Murray\nE. Wawrinka\nQ1 Answer: B\n"
