@@ -503,11 +503,11 @@ void pq_quiz_free(PqQuiz *q) {
 // ---- answer replies ----
 
 // "Q3) B", "Q3: b", "Q3 - B", "3) B", "3. B", "Question 3: B", "Q3) Answer: B",
-// "Answer to Q3: B", "Q3 answer: B"; the rest of the line is judged by
-// rx_letter / "unsure".
+// "Answer to Q3: B", "Q3 answer: B", "Q3) The answer is B", "Q3) Option B";
+// the rest of the line is judged by rx_letter / "unsure".
 static const char *const rx_reply_src =
     "^(?:(?:the\\s+)?answer\\s+(?:to|for)\\s+" RX_QNUM "|" RX_QNUM "(?:\\s+answer)?|(\\d{1,3})(?=\\s*[).:]))"
-    "\\s*[).:=\\-]?\\s*(?:answer\\s*(?:is\\b)?\\s*[:=\\-]?)?\\s*(.*)$";
+    "\\s*[).:=\\-]?\\s*(?:(?:the\\s+)?(?:correct\\s+)?answer\\s*(?:is\\b)?\\s*[:=\\-]?)?\\s*(?:option\\s+)?(.*)$";
 
 // "Unsure" as the first word of an answer.
 static const char *const rx_unsure_src = "^unsure(?![a-z0-9])";

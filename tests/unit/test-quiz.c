@@ -411,6 +411,13 @@ static const AnswerCase answer_cases[] = {
     {"dash and equals separators", "Q1 - B\nQ2 = C\nQ3 - Unsure\nQ4 -A\nQ5) E\n", "BCUAE", 4},
     {"Qn) Answer: X", "Q1) Answer: B\nQ2) Answer: C\nQ3) Answer: Unsure\nQ4) Answer: A\nQ5) Answer: E\n", "BCUAE",
      4},
+    {"'The answer is X' and 'Option X'", "Q1) The answer is B\nQ2) Option C\nQ3) The correct answer is: Unsure\n"
+                                         "Q4) option a\nQ5) Answer is E.\n",
+     "BCUAE", 4},
+    // A known ambiguity, decided for the letter: the prompt asks for "Q1) X",
+    // so a line starting with a lone A-E is read as that answer.
+    {"a sentence starting with the article A reads as the letter A", "Q1) A summary would need more detail\nQ2) C\n",
+     "ACUUU", 2},
     {"CRLF and list bullets", "- Q1) B\r\n- Q2) C\r\n- Q3) Unsure\r\n- Q4) A\r\n- Q5) E\r\n", "BCUAE", 4},
     {"no space after the parenthesis", "Q1)B\nQ2)C\nQ3)Unsure\nQ4)A\nQ5)E\n", "BCUAE", 4},
 };
