@@ -368,24 +368,47 @@ int pq_model_logp(const PqModel *m, const int32_t *ids, const int32_t *pos, cons
         }
     }
     size_t ni = (size_t)N * sizeof(int32_t);
-    int32_t *d_ids = pq_dev_alloc(ni), *d_pos = pq_dev_alloc(ni), *d_tg = pq_dev_alloc(ni);
+    int32_t *d_ids = pq_dev_alloc(ni), *d_pos = pq_dev_alloc(ni);
     pq_dev_upload(d_ids, ids, ni);
     pq_dev_upload(d_pos, pos, ni);
-    pq_dev_upload(d_tg, targets, ni);
     float *x = pq_dev_alloc((size_t)N * c->C * 4);
-    float *d_logp = pq_dev_alloc((size_t)N * 4);
     PqLayerActs *a = pq_layer_acts_build(c, m->lora, N);
     pq_embedding_forward(x, d_ids, &m->wte, N, c->C);
     for (int l = 0; l < c->L; l++) pq_model_layer_forward(m, l, x, d_pos, N, a);
-    pq_rmsnorm_forward(a->ln1, NULL, x, m->ln_f, N, c->C, c->eps);
-    pq_logp_forward(d_logp, NULL, a->ln1, &m->lm_head, d_tg, N, c->C, c->V);
-    pq_dev_download(logp, d_logp, (size_t)N * 4);
+    // The LM head only on the rows with a target (the responses: runs of
+    // consecutive rows), gathered into a->ln2 (M,C).
+    int M = 0;
+    int32_t *tg = pq_xmalloc(ni);
+    for (int i = 0; i < N;) {
+        if (targets[i] < 0) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < N && targets[j] >= 0) tg[M + j - i] = targets[j], j++;
+        pq_dev_copy(a->ln2 + (size_t)M * c->C, x + (size_t)i * c->C, (size_t)(j - i) * c->C * 4);
+        M += j - i;
+        i = j;
+    }
+    for (int i = 0; i < N; i++) logp[i] = 0;
+    if (M > 0) {
+        int32_t *d_tg = pq_dev_alloc((size_t)M * 4);
+        float *d_logp = pq_dev_alloc((size_t)M * 4), *lp = pq_xmalloc((size_t)M * 4);
+        pq_dev_upload(d_tg, tg, (size_t)M * 4);
+        pq_rmsnorm_forward(a->ln1, NULL, a->ln2, m->ln_f, M, c->C, c->eps);
+        pq_logp_forward(d_logp, NULL, a->ln1, &m->lm_head, d_tg, M, c->C, c->V);
+        pq_dev_download(lp, d_logp, (size_t)M * 4);
+        for (int i = 0, k = 0; i < N; i++)
+            if (targets[i] >= 0) logp[i] = lp[k++];
+        pq_dev_free(d_tg);
+        pq_dev_free(d_logp);
+        free(lp);
+    }
+    free(tg);
     pq_layer_acts_free(a);
     pq_dev_free(x);
-    pq_dev_free(d_logp);
     pq_dev_free(d_ids);
     pq_dev_free(d_pos);
-    pq_dev_free(d_tg);
     return 0;
 }
 
