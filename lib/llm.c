@@ -519,8 +519,7 @@ static void server_message(const char *body, char *out, size_t n) {
 // supported", llama.cpp's "Only one completion choice is allowed")
 static int refuses_n(const char *msg) {
     for (const char *p = msg; *p; p++) {
-        if ((*p == 'n' || *p == 'N') && (p == msg || !isalnum((unsigned char)p[-1])) && !isalnum((unsigned char)p[1])
-            && p[1] != '\'')
+        if ((*p == 'n' || *p == 'N') && (p == msg || !isalnum((unsigned char)p[-1])) && !isalnum((unsigned char)p[1]))
             return 1;
         if (strncasecmp(p, "choice", 6) == 0) return 1;
     }
