@@ -25,6 +25,7 @@ static PqTool T;
 static PqLlm *L;
 static PqReorder R;
 static const char *policy;
+static char *policy_json; // "policy" printed once
 static int unordered;
 
 typedef struct Article {
@@ -62,12 +63,47 @@ static void put(long seq, char *text) {
     } else pq_reorder_put(&R, &T, seq, text);
 }
 
+// Does the input already hold a field we write (a rerun over our output)?
+static int has_our_fields(const cJSON *obj) {
+    static const char *const ours[] = {"sample", "prompt", "summary", "policy"};
+    for (int i = 0; i < 4; i++)
+        if (cJSON_GetObjectItemCaseSensitive(obj, ours[i])) return 1;
+    return 0;
+}
+
 // Every request of an article is over: emit its samples, or reject it.
 static void article_done(Article *a) {
     if (a->cancelled) { // interrupted: nothing written, --resume redoes it
     } else if (a->failed) {
         if (!T.fatal) pq_tool_reject(&T, &a->line, pq_json_id(a->obj), "%s", a->error);
         for (int k = 0; k < a->n; k++) put(a->seq0 + k, NULL);
+    } else if (!has_our_fields(a->obj)) {
+        // The usual case: the input line as it came, our fields appended;
+        // the article is not copied or printed again per sample.
+        char *prompt = cJSON_PrintUnformatted(a->prompt);
+        size_t len = a->line.len;
+        while (len > 0 && a->line.text[len - 1] != '}') len--;
+        PqBuf b = {0};
+        for (int k = 0; k < a->n; k++) {
+            cJSON *sum = cJSON_CreateString(a->text[k]);
+            char *sj = cJSON_PrintUnformatted(sum);
+            cJSON_Delete(sum);
+            if (!prompt || !sj || len == 0) pq_tool_die(&T, "out of memory printing JSON");
+            pq_buf_clear(&b);
+            pq_buf_append(&b, a->line.text, len - 1);
+            pq_buf_printf(&b, ",\"sample\":%d,\"prompt\":", a->sample[k]);
+            pq_buf_puts(&b, prompt); // not printf: slow on long strings
+            pq_buf_puts(&b, ",\"summary\":");
+            pq_buf_puts(&b, sj);
+            pq_buf_puts(&b, ",\"policy\":");
+            pq_buf_puts(&b, policy_json);
+            pq_buf_puts(&b, "}");
+            cJSON_free(sj);
+            put(a->seq0 + k, pq_xstrdup(b.data));
+        }
+        pq_buf_free(&b);
+        cJSON_free(prompt);
+        T.n_done++;
     } else {
         for (int k = 0; k < a->n; k++) {
             cJSON *o = cJSON_Duplicate(a->obj, 1);
@@ -163,6 +199,9 @@ int main(int argc, char **argv) {
     }
     if (!cfg.model) pq_tool_usage_error(&T, "--model NAME is required");
     policy = cfg.model;
+    cJSON *pj = cJSON_CreateString(policy);
+    policy_json = cJSON_PrintUnformatted(pj);
+    cJSON_Delete(pj);
     unordered = cfg.unordered;
     int jobs = cfg.jobs;
     pq_tool_open(&T, argc, argv, optind);
@@ -247,5 +286,6 @@ int main(int argc, char **argv) {
     pq_reorder_free(&R);
     pq_buf_free(&key);
     free(prompt_file);
+    cJSON_free(policy_json);
     return pq_tool_finish(&T);
 }

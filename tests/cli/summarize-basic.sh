@@ -19,6 +19,8 @@ printf '{"id": 42, "article": "A numeric id is fine. It is kept as a number. So 
 "$s" --model pol --prompt-file "$d/prompt.txt" "$d/num.jsonl" "$a" >"$d/file.jsonl" 2>>"$d/err"
 "$s" --model pol --temperature 0.8 --top-p 0.9 --max-tokens 100 -o max_completion_tokens=512 \
      -o 'stop=["\n\n"]' -o top_p=0.5 "$d/num.jsonl" >/dev/null 2>>"$d/err"
+# Over its own output: our fields are replaced, not repeated.
+"$s" --model pol2 "$d/builtin.jsonl" >"$d/rerun.jsonl" 2>>"$d/err"
 "$PQ_PY" - "$d" "$a" <<'EOF'
 import json, sys
 d, arts = sys.argv[1], [json.loads(l) for l in open(sys.argv[2])]
@@ -33,11 +35,16 @@ f = [json.loads(l) for l in open(d + "/file.jsonl")]
 assert f[0]["id"] == 42 and len(f) == 4
 for x in f:
     assert x["prompt"][0]["content"] == "Summarize this in one line:\n%s\nEnd of text. {other}\n" % x["article"]
+for x, y in zip(b, open(d + "/rerun.jsonl")):
+    assert y.count('"summary"') == 1 and y.count('"policy"') == 1, y
+    y = json.loads(y)
+    assert y["policy"] == "pol2" and y["sample"] == 0 and {k: v for k, v in y.items() if k not in ("policy", "prompt")} == \
+        {k: v for k, v in x.items() if k not in ("policy", "prompt")}, (x, y)
 log = [json.loads(l) for l in open(d + "/log")]
 s1, s2, s3 = [[r["seed"] for r in log[k:k + 3]] for k in (0, 3, 6)]
 assert s1 == s2 and s1 != s3 and len(set(s1)) == 3, (s1, s2, s3)
 assert all(r["params"] == {} for r in log[:10]), "nothing but model, messages, seed by default"
-assert log[-1]["params"] == {"temperature": 0.8, "top_p": 0.5, "max_tokens": 100,
-                             "max_completion_tokens": 512, "stop": ["\n\n"]}, log[-1]["params"]
+assert len(log) == 17 and log[13]["params"] == {"temperature": 0.8, "top_p": 0.5, "max_tokens": 100,
+                             "max_completion_tokens": 512, "stop": ["\n\n"]}, log[13]["params"]
 EOF
 echo ok
