@@ -132,7 +132,7 @@ def main():
             want = ref_logps(m, recs)
             check(name + " packed", pq_logp(d, recs), want)
             check(name + " single", pq_logp(d, recs, "--batch", "1"), want)
-            if not SAN:
+            if not SAN and arch == "mistral":  # forwards split mid-list, one thread
                 check(name + " -b 50", pq_logp(d, recs, "-b", "50", "-t", "1"), want)
 
         # A PEFT LoRA adapter (random A and B) on q,v,down of a llama and all targets of a qwen2.
