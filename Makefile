@@ -39,18 +39,29 @@ TEST_SRC := $(wildcard tests/unit/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
 # The backend is chosen here, not with #ifdef in tools: ops_cpu.c is the
 # default implementation of lib/ops.h, lib/cuda/ the CUDA one.
+# The CPU-only files of the backend (the pq_* bindings, the device stubs,
+# the world-size-1 collectives) are left out of CUDA builds.
+CPU_ONLY := backend_cpu backend_grad_cpu backend_gen_cpu device_cpu dist_cpu
 ifeq ($(CUDA),1)
-  LIB_OBJ := $(filter-out $(B)/lib/backend_cpu.o,$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o)
-  LDLIBS  += -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++
-  NVFLAGS := -O3 -std=c++17 -Ilib -gencode arch=compute_90,code=sm_90 \
-             -gencode arch=compute_80,code=[sm_80,compute_80] -Xcompiler -Wall,-Werror
+  LIB_OBJ := $(filter-out $(CPU_ONLY:%=$(B)/lib/%.o),$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o)
+  LDLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++
+  NVFLAGS := -O3 -std=c++17 -Ilib -I/usr/local/cuda/include -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_80,code=compute_80 -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter \
+             -Werror all-warnings
+  CFLAGS  += -I/usr/local/cuda/include
 endif
+# GPU parity tests (tests/gpu/*.c): CUDA builds only, run by scripts/gpu-check.
+GPU_TEST_SRC := $(wildcard tests/gpu/*.c)
+GPU_TESTS    := $(GPU_TEST_SRC:tests/gpu/%.c=$(B)/gpu-tests/%)
 LIBA     := $(B)/libpqcore.a
 TOOLS    := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 TESTS    := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
 SCRIPTS  := $(filter-out %.md,$(wildcard scripts/pq-*))
 
 all: $(TOOLS) $(TESTS) bin
+ifeq ($(CUDA),1)
+all: $(GPU_TESTS)
+endif
 
 # bin/ is the user-facing release build.
 bin: $(TOOLS)
@@ -76,9 +87,23 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
 
+$(B)/gpu-tests/%: $(B)/tests/gpu/%.o $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
+
+# Every CUDA source compiled and linked (no GPU needed; nothing is run).
+# Skipped with a message where nvcc is missing.
+cuda-build:
+	@if [ -x "$(NVCC)" ] || command -v "$(NVCC)" >/dev/null 2>&1; then \
+	  $(MAKE) CUDA=1 tools-and-tests cuda-gpu-tests; \
+	else echo "cuda-build: skipped ($(NVCC) not found)"; fi
+
+cuda-gpu-tests: $(GPU_TESTS)
+
 # make check: every test under the release build, then under ASan/UBSan.
 check: all
 	$(MAKE) SAN=1 tools-and-tests
+	$(MAKE) cuda-build
 	sh tests/run build/rel build/san
 
 tools-and-tests: $(TOOLS) $(TESTS)
@@ -92,5 +117,5 @@ install: $(TOOLS)
 clean:
 	rm -rf build bin
 
-.PHONY: all bin check tools-and-tests install clean
+.PHONY: all bin check tools-and-tests cuda-build cuda-gpu-tests install clean
 .SECONDARY:

@@ -91,4 +91,14 @@ PQ_OPS_DECLARE(pq_cpu_)
 void pq_cpu_set_threads(int n); // the CPU implementations' threads (<= 0: all cores)
 int pq_cpu_threads(void);
 
+// ---- the backend's device (lib/device_cpu.c on the CPU, lib/cuda/ on CUDA) ----
+const char *pq_ops_backend(void);  // "cpu" or "cuda"
+// Selects device n for everything allocated after (call before loading a
+// model): 0, or -1 when there is no such device (always -1 on the CPU).
+int pq_ops_set_device(int n);
+void pq_dev_zero(void *dst, size_t bytes); // memset 0 of backend memory
+// Peak memory so far: device memory in use (CUDA), the process's peak
+// resident set (CPU), in bytes.
+size_t pq_dev_peak_bytes(void);
+
 #endif

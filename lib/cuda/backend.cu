@@ -1,0 +1,521 @@
+// backend.cu: the CUDA backend of ops.h and ops_grad.h (all but attention,
+// in attention.cu): device memory, weights copied from the mmap'd
+// safetensors, cuBLAS products (bf16 x bf16 -> f32 on tensor cores), and the
+// elementwise, normalisation, RoPE, dropout and chunked log-prob kernels.
+// Each kernel's twin is in ops_cpu.c / ops_grad_cpu.c (tests/gpu/ checks them).
+#include <math.h>
+#include <string.h>
+
+#include "common.cuh"
+
+extern "C" {
+#include "util.h"
+}
+
+// ---- errors, device, handles, scratch ----
+
+void pq_cuda_fail(const char *what, const char *err, const char *file, int line) {
+    fprintf(stderr, "pq: CUDA error %s at %s:%d: %s\n", err, file, line, what);
+    abort();
+}
+
+static int dev_id = -1;           // selected device (-1: not yet chosen)
+static cublasHandle_t blas;       // created on first use
+static void *scr[PQ_SCR_N];       // scratch buffers
+static size_t scr_cap[PQ_SCR_N];
+static size_t mem_peak;           // highest device memory in use seen (bytes)
+
+static void note_usage(void) {
+    size_t fr, tot;
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > mem_peak) mem_peak = tot - fr;
+}
+
+static void ensure_device(void) {
+    if (dev_id >= 0) return;
+    dev_id = 0;
+    CU(cudaSetDevice(dev_id));
+}
+
+extern "C" int pq_ops_set_device(int n) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || n < 0 || n >= count) return -1;
+    if (dev_id >= 0 && dev_id != n) return -1; // memory already lives on another device
+    dev_id = n;
+    CU(cudaSetDevice(n));
+    return 0;
+}
+
+extern "C" size_t pq_dev_peak_bytes(void) {
+    note_usage();
+    return mem_peak;
+}
+
+cublasHandle_t pq_cuda_blas(void) {
+    if (!blas) {
+        ensure_device();
+        CUBLAS(cublasCreate(&blas));
+    }
+    return blas;
+}
+
+void *pq_cuda_scratch(int slot, size_t bytes) {
+    if (bytes > scr_cap[slot]) {
+        ensure_device();
+        if (scr[slot]) CU(cudaFree(scr[slot]));
+        size_t cap = bytes + bytes / 4; // some headroom for the next, larger request
+        CU(cudaMalloc(&scr[slot], cap));
+        scr_cap[slot] = cap;
+        note_usage();
+    }
+    return scr[slot];
+}
+
+extern "C" void pq_ops_set_threads(int n) { pq_cpu_set_threads(n); }
+extern "C" int pq_ops_threads(void) { return pq_cpu_threads(); }
+
+extern "C" void *pq_dev_alloc(size_t bytes) {
+    ensure_device();
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 16);
+    if (err != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        fprintf(stderr, "pq: out of device memory allocating %zu bytes (%zu of %zu free): %s\n", bytes, fr, tot,
+                cudaGetErrorString(err));
+        abort();
+    }
+    CU(cudaMemset(p, 0, bytes ? bytes : 16));
+    note_usage();
+    return p;
+}
+
+extern "C" void pq_dev_free(void *p) {
+    if (p) CU(cudaFree(p));
+}
+extern "C" void pq_dev_upload(void *dst, const void *src, size_t bytes) {
+    if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+extern "C" void pq_dev_download(void *dst, const void *src, size_t bytes) {
+    if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+extern "C" void pq_dev_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+extern "C" void pq_dev_zero(void *dst, size_t bytes) {
+    if (bytes) CU(cudaMemset(dst, 0, bytes));
+}
+
+// The weight copied as stored (no conversion): bf16 stays bf16.
+extern "C" PqWeight pq_dev_weight(PqWeight w) {
+    size_t bytes = (size_t)w.rows * w.cols * pq_dtype_size(w.dtype);
+    void *d = pq_dev_alloc(bytes);
+    pq_dev_upload(d, w.data, bytes);
+    w.data = d;
+    return w;
+}
+extern "C" void pq_dev_weight_free(PqWeight *w) {
+    pq_dev_free((void *)w->data);
+    w->data = NULL;
+}
+
+// ---- products ----
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+
+template <typename T> __global__ void convert_kernel(T *out, const float *inp, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f32<T>(inp[i]);
+}
+
+// inp (n) f32 -> the weight dtype adt in scratch slot (or inp itself for f32)
+static const void *to_dtype(int slot, const float *inp, size_t n, PqDtype adt) {
+    if (adt == PQ_F32) return inp;
+    void *o = pq_cuda_scratch(slot, n * 2);
+    if (adt == PQ_BF16) convert_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__nv_bfloat16 *)o, inp, n);
+    else convert_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__half *)o, inp, n);
+    CU_LAUNCHED();
+    return o;
+}
+
+// col-major C (M,N) = alpha op(A) op(B) + beta C, A and B both of dtype adt
+static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
+                     const void *B, PqDtype adt, int lda, int ldb, float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    cublasHandle_t h = pq_cuda_blas();
+    if (adt == PQ_F32) {
+        CUBLAS(cublasSgemm(h, ta, tb, M, N, K, &alpha, (const float *)A, lda, (const float *)B, ldb, &beta, C, ldc));
+        return;
+    }
+    cudaDataType dt = adt == PQ_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    CUBLAS(cublasGemmEx(h, ta, tb, M, N, K, &alpha, A, dt, lda, B, dt, ldb, &beta, C, CUDA_R_32F, ldc,
+                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
+                    PqDtype adt, int lda, const float *B, int ldb, int bcols, float beta, float *C, int ldc,
+                    int bslot) {
+    const void *b = to_dtype(bslot, B, (size_t)ldb * bcols, adt);
+    gemm_raw(ta, tb, M, N, K, alpha, A, b, adt, lda, ldb, beta, C, ldc);
+}
+
+// col-major f32 SGEMM (the LoRA products: r is small)
+static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    CUBLAS(cublasSgemm(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, lda, B, ldb, &beta, C, ldc));
+}
+
+// ---- reductions ----
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// Every thread of the block gets the sum (blockDim a multiple of 32, <= 1024).
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads(); // sh may still be read from a previous call
+    v = warp_sum(v);
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    v = warp_max(v);
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+// ---- forward operations ----
+
+template <typename T> __global__ void embedding_kernel(float *out, const int32_t *ids, const T *wte, int N, int C) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * C) return;
+    size_t i = idx / C, c = idx % C;
+    out[idx] = pq_ld(wte, (size_t)ids[i] * C + c);
+}
+
+// ids (N), wte (V,C) -> out (N,C)
+extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (wte->dtype == PQ_F32) embedding_kernel<<<g, PQ_EW_THREADS>>>(out, ids, (const float *)wte->data, N, C);
+    else if (wte->dtype == PQ_BF16)
+        embedding_kernel<<<g, PQ_EW_THREADS>>>(out, ids, (const __nv_bfloat16 *)wte->data, N, C);
+    else embedding_kernel<<<g, PQ_EW_THREADS>>>(out, ids, (const __half *)wte->data, N, C);
+    CU_LAUNCHED();
+}
+
+// one block per row
+__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *weight, int C,
+                                       float eps) {
+    size_t i = blockIdx.x;
+    const float *x = inp + i * C;
+    float *o = out + i * C;
+    float ss = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += x[c] * x[c];
+    ss = block_sum(ss);
+    float r = (float)(1.0 / sqrt((double)ss / C + eps));
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = x[c] * r * weight[c];
+    if (rstd && threadIdx.x == 0) rstd[i] = r;
+}
+
+extern "C" void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                                   float eps) {
+    if (N <= 0) return;
+    rmsnorm_forward_kernel<<<N, 256>>>(out, rstd, inp, weight, C, eps);
+    CU_LAUNCHED();
+}
+
+__global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < (size_t)N * OC) out[idx] += bias[idx % OC];
+}
+
+// inp (N,C), weight (OC,C), bias (OC) -> out (N,OC). Column-major view:
+// out^T (OC,N) = W (OC,C) inp^T (C,N), W being the stored (C,OC) transposed.
+extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
+                                  int C, int OC) {
+    if (N <= 0) return;
+    pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight->data, weight->dtype, C, inp, C, N, 0.0f, out,
+                   OC, PQ_SCR_ACT);
+    if (bias) {
+        add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, bias, N, OC);
+        CU_LAUNCHED();
+    }
+}
+
+// inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T; out (N,OC) += scale xa B^T
+extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
+                                int N, int C, int OC, int r) {
+    if (N <= 0) return;
+    sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
+    sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
+}
+
+// one thread per (token, head, d < HS/2); dir +1 forward, -1 backward
+__global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
+    int half = HS / 2;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * NH * half) return;
+    int d = (int)(idx % half);
+    size_t ih = idx / half; // token * NH + head
+    size_t i = ih / NH;
+    float a = (float)pos[i] * inv_freq[d];
+    float c = cosf(a), s = sinf(a);
+    float *v = x + ih * HS;
+    float x0 = v[d], x1 = v[d + half];
+    if (dir > 0) {
+        v[d] = x0 * c - x1 * s;
+        v[d + half] = x1 * c + x0 * s;
+    } else {
+        v[d] = x0 * c + x1 * s;
+        v[d + half] = x1 * c - x0 * s;
+    }
+}
+
+static void rope(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
+    size_t n = (size_t)N * NH * (HS / 2);
+    if (!n) return;
+    rope_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(x, pos, inv_freq, N, NH, HS, dir);
+    CU_LAUNCHED();
+}
+
+// in place: x (N,NH,HS) rotated by pos (N)
+extern "C" void pq_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
+    rope(x, pos, inv_freq, N, NH, HS, 1);
+}
+
+__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+// gate (N,H), up (N,H) -> out (N,H)
+extern "C" void pq_swiglu_forward(float *out, const float *gate, const float *up, int N, int H) {
+    size_t n = (size_t)N * H;
+    if (!n) return;
+    swiglu_forward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, gate, up, n);
+    CU_LAUNCHED();
+}
+
+__global__ void residual_kernel(float *x, const float *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+// x (n) += y (n)
+extern "C" void pq_residual_forward(float *x, const float *y, size_t n) {
+    if (!n) return;
+    residual_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(x, y, n);
+    CU_LAUNCHED();
+}
+
+// ---- log-probs over the LM head, a chunk of vocab rows at a time ----
+
+// Vocab rows per chunk: the chunk's logits (N x vc f32) stay under ~256 MB.
+static int vocab_chunk(int N, int V) {
+    long vc = (64L << 20) / (N > 0 ? N : 1);
+    if (vc < 256) vc = 256;
+    if (vc > V) vc = V;
+    return (int)vc;
+}
+
+__global__ void lse_init_kernel(float *m, float *s, float *tl, int N) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) m[i] = -INFINITY, s[i] = 0.0f, tl[i] = 0.0f;
+}
+
+// one block per token: fold the chunk's logits lg (vc per token) into the
+// running max m and sum s (of exp(x - m)), and pick the target's logit
+__global__ void lse_chunk_kernel(float *m, float *s, float *tl, const float *lg, const int32_t *targets, int v0,
+                                 int vc) {
+    size_t i = blockIdx.x;
+    const float *x = lg + i * vc;
+    float cm = -INFINITY;
+    for (int j = threadIdx.x; j < vc; j += blockDim.x) cm = fmaxf(cm, x[j]);
+    cm = block_max(cm);
+    float nm = fmaxf(cm, m[i]);
+    float acc = 0;
+    for (int j = threadIdx.x; j < vc; j += blockDim.x) acc += expf(x[j] - nm);
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) {
+        s[i] = s[i] * expf(m[i] - nm) + acc;
+        m[i] = nm;
+        int tg = targets[i];
+        if (tg >= v0 && tg < v0 + vc) tl[i] = x[tg - v0];
+    }
+}
+
+__global__ void logp_final_kernel(float *logp, float *lse, const float *m, const float *s, const float *tl,
+                                  const int32_t *targets, int N) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    float l = m[i] + logf(s[i]);
+    if (lse) lse[i] = l;
+    logp[i] = targets[i] >= 0 ? tl[i] - l : 0.0f;
+}
+
+// h (N,C), lm_head (V,C), targets (N) -> logp (N), lse (N)
+extern "C" void pq_logp_forward(float *logp, float *lse, const float *h, const PqWeight *lm_head,
+                                const int32_t *targets, int N, int C, int V) {
+    if (N <= 0) return;
+    int vc = vocab_chunk(N, V);
+    size_t wsz = pq_dtype_size(lm_head->dtype);
+    float *rows = (float *)pq_cuda_scratch(PQ_SCR_ROWS, (size_t)3 * N * sizeof(float));
+    float *m = rows, *s = rows + N, *tl = rows + 2 * N;
+    float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
+    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype);
+    lse_init_kernel<<<pq_blocks(N, 256), 256>>>(m, s, tl, N);
+    CU_LAUNCHED();
+    for (int v0 = 0; v0 < V; v0 += vc) {
+        int n = V - v0 < vc ? V - v0 : vc;
+        const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
+        // lg^T (n,N) col-major = W_chunk (n,C) h^T (C,N): lg row-major (N,n)
+        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, 1.0f, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
+        lse_chunk_kernel<<<N, 256>>>(m, s, tl, lg, targets, v0, n);
+        CU_LAUNCHED();
+    }
+    logp_final_kernel<<<pq_blocks(N, 256), 256>>>(logp, lse, m, s, tl, targets, N);
+    CU_LAUNCHED();
+}
+
+// ---- backward operations ----
+
+__global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp, const float *weight,
+                                        const float *rstd, int C) {
+    size_t i = blockIdx.x;
+    const float *dy = dout + i * C, *x = inp + i * C;
+    float *dx = dinp + i * C;
+    float dot = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += weight[c] * dy[c] * x[c];
+    dot = block_sum(dot);
+    float r = rstd[i];
+    float k = dot * r * r * r / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * dy[c] - x[c] * k;
+}
+
+// dout (N,C), inp (N,C), weight (C), rstd (N) -> dinp (N,C) +=
+extern "C" void pq_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight,
+                                    const float *rstd, int N, int C) {
+    if (N <= 0) return;
+    rmsnorm_backward_kernel<<<N, 256>>>(dinp, dout, inp, weight, rstd, C);
+    CU_LAUNCHED();
+}
+
+// dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight. Column-major:
+// dinp^T (C,N) += W^T (C,OC) dout^T (OC,N), W^T being the stored (C,OC).
+extern "C" void pq_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
+    if (N <= 0) return;
+    pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, weight->data, weight->dtype, C, dout, OC, N, 1.0f, dinp,
+                   C, PQ_SCR_ACT);
+}
+
+// dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;
+// dinp (N,C) += dxa A  (each written column-major as its transpose)
+extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
+                                 const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
+                                 int r) {
+    if (N <= 0) return;
+    sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
+    sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
+    sgemm(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, C, dxa, r, 1.0f, dA, C);
+    if (dinp) sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 1.0f, dinp, C);
+}
+
+extern "C" void pq_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
+    rope(dx, pos, inv_freq, N, NH, HS, -1);
+}
+
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                       size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i], s = 1.0f / (1.0f + expf(-g));
+    dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
+    dup[i] = dout[i] * g * s;
+}
+
+// dout (N,H), gate (N,H), up (N,H) -> dgate (N,H) =, dup (N,H) =
+extern "C" void pq_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                   int N, int H) {
+    size_t n = (size_t)N * H;
+    if (!n) return;
+    swiglu_backward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dgate, dup, dout, gate, up, n);
+    CU_LAUNCHED();
+}
+
+// one block per token: z (vc) -> dz = g (onehot(target) - exp(z - lse)), g = 0
+// for rows without a target
+__global__ void logp_dz_kernel(float *z, const float *dlogp, const int32_t *targets, const float *lse, int v0,
+                               int vc) {
+    size_t i = blockIdx.x;
+    int tg = targets[i];
+    float g = tg >= 0 ? dlogp[i] : 0.0f, l = lse[i];
+    float *zr = z + i * vc;
+    for (int j = threadIdx.x; j < vc; j += blockDim.x) {
+        float d = g == 0.0f ? 0.0f : -g * expf(zr[j] - l);
+        if (j == tg - v0) d += g;
+        zr[j] = d;
+    }
+}
+
+// dlogp (N), h (N,C), lm_head (V,C), targets (N), lse (N) -> dh (N,C) +=
+extern "C" void pq_logp_backward(float *dh, const float *dlogp, const float *h, const PqWeight *lm_head,
+                                 const int32_t *targets, const float *lse, int N, int C, int V) {
+    if (N <= 0) return;
+    int vc = vocab_chunk(N, V);
+    size_t wsz = pq_dtype_size(lm_head->dtype);
+    float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
+    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype);
+    for (int v0 = 0; v0 < V; v0 += vc) {
+        int n = V - v0 < vc ? V - v0 : vc;
+        const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
+        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, 1.0f, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
+        logp_dz_kernel<<<N, 256>>>(lg, dlogp, targets, lse, v0, n);
+        CU_LAUNCHED();
+        // dh^T (C,N) += W_chunk^T (C,n) dz^T (n,N)
+        pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, n, 1.0f, w, lm_head->dtype, C, lg, n, N, 1.0f, dh, C,
+                       PQ_SCR_ACT2);
+    }
+}
+
+// splitmix64, exactly as ops_grad_cpu.c: the same (seed, index) gives the same mask
+__device__ __forceinline__ uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+__global__ void dropout_kernel(float *out, const float *inp, float keep, uint64_t thr, uint64_t seed, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = mix64(seed ^ mix64(i)) < thr ? 0.0f : inp[i] * keep;
+}
+
+extern "C" void pq_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
+    if (!n) return;
+    float keep = 1.0f / (1.0f - p);
+    uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64, as the CPU
+    if (p >= 1) thr = UINT64_MAX;
+    dropout_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, inp, keep, thr, seed, n);
+    CU_LAUNCHED();
+}
+
+extern "C" const char *pq_ops_backend(void) { return "cuda"; }

@@ -1,0 +1,70 @@
+// common.cuh: what the CUDA backend's files share: error checks that abort
+// with the call and place, the cuBLAS handle, growable scratch buffers, and
+// the weight dtypes as device types.
+#ifndef PQ_CUDA_COMMON_CUH
+#define PQ_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "ops.h"
+#include "ops_grad.h"
+}
+
+// A failed CUDA or cuBLAS call is a bug or a lost device: report and abort
+// (as pq_xmalloc does on out-of-memory).
+void pq_cuda_fail(const char *what, const char *err, const char *file, int line);
+#define CU(call)                                                                                                    \
+    do {                                                                                                            \
+        cudaError_t err_ = (call);                                                                                  \
+        if (err_ != cudaSuccess) pq_cuda_fail(#call, cudaGetErrorString(err_), __FILE__, __LINE__);                 \
+    } while (0)
+#define CUBLAS(call)                                                                                                \
+    do {                                                                                                            \
+        cublasStatus_t st_ = (call);                                                                                \
+        if (st_ != CUBLAS_STATUS_SUCCESS) pq_cuda_fail(#call, cublasGetStatusString(st_), __FILE__, __LINE__);      \
+    } while (0)
+// After a kernel launch: launch errors now, execution errors at the next sync.
+#define CU_LAUNCHED() CU(cudaGetLastError())
+
+// The backend's single stream is the legacy default stream: every op is
+// ordered after the previous one and cudaMemcpy synchronises with the host.
+cublasHandle_t pq_cuda_blas(void);
+
+// Scratch buffers, one per purpose, grown on demand (never shrunk) and
+// reused by every op: device memory that is not an activation.
+enum {
+    PQ_SCR_ACT = 0, // an activation converted to the weight's dtype
+    PQ_SCR_ACT2,    // a second one
+    PQ_SCR_LOGITS,  // a chunk of vocab logits (f32)
+    PQ_SCR_ROWS,    // per-token running max / sum / target logit
+    PQ_SCR_ATT,     // attention backward: D = dout . out per row and head
+    PQ_SCR_N
+};
+void *pq_cuda_scratch(int slot, size_t bytes);
+
+// Elements per thread block for the 1-D elementwise kernels.
+#define PQ_EW_THREADS 256
+static inline unsigned pq_blocks(size_t n, unsigned t) { return (unsigned)((n + t - 1) / t); }
+
+// dtype conversions on the device
+__device__ __forceinline__ float pq_ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float pq_ld(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float pq_ld(const __half *p, size_t i) { return __half2float(p[i]); }
+
+// C (M,N) col-major = alpha op(A) op(B) + beta C, where A is a weight (its
+// dtype) and B an f32 activation: B is converted to A's dtype (bf16/f16) in
+// scratch and the product runs on tensor cores with f32 accumulation; f32
+// weights use plain SGEMM. ldb/B describe B as stored (f32); the converted
+// copy is packed with the same leading dimension. bslot: scratch slot for B.
+void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
+                    PqDtype adt, int lda, const float *B, int ldb, int bcols, float beta, float *C, int ldc,
+                    int bslot);
+
+#endif

@@ -1,0 +1,21 @@
+// device_cpu.c: the CPU backend's answers to the device calls of ops.h (no
+// devices to select; host memset; peak resident set). Left out of CUDA=1
+// builds, where lib/cuda/backend.cu provides them.
+#include <string.h>
+#include <sys/resource.h>
+
+#include "ops.h"
+
+const char *pq_ops_backend(void) { return "cpu"; }
+int pq_ops_set_device(int n) {
+    (void)n;
+    return -1;
+}
+void pq_dev_zero(void *dst, size_t bytes) {
+    if (bytes) memset(dst, 0, bytes);
+}
+size_t pq_dev_peak_bytes(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return 0;
+    return (size_t)ru.ru_maxrss * 1024; // kilobytes on Linux
+}
