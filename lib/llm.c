@@ -278,25 +278,29 @@ void pq_llm_free(PqLlm *l) {
     if (!l) return;
     // Unfinished work (an interrupt, a fatal error): the callbacks still run
     // once each, with cancelled set, so that callers free what they hold.
-    for (Call *c; (c = l->flying.head);) {
-        list_remove(&l->flying, c);
-        curl_multi_remove_handle(l->multi, c->easy);
-        curl_easy_cleanup(c->easy);
-        call_free(c);
-    }
-    for (Call *c; (c = l->queued.head);) list_remove(&l->queued, c), call_free(c);
-    for (Call *c; (c = l->waiting.head);) list_remove(&l->waiting, c), call_free(c);
-    while (l->jobs) {
-        Job *j = l->jobs;
-        job_unlink(l, j);
-        PqLlmResult r;
-        memset(&r, 0, sizeof r);
-        r.cancelled = 1;
-        r.http_status = j->http_status;
-        r.attempts = j->attempts;
-        snprintf(r.error, sizeof r.error, "cancelled before it finished");
-        if (j->cb) j->cb(j->user, &r);
-        job_free(j);
+    // (A callback that submits again only adds to what is cancelled next.)
+    while (l->jobs || l->queued.head || l->waiting.head || l->flying.head) {
+        for (Call *c; (c = l->flying.head);) {
+            list_remove(&l->flying, c);
+            curl_multi_remove_handle(l->multi, c->easy);
+            curl_easy_cleanup(c->easy);
+            call_free(c);
+        }
+        for (Call *c; (c = l->queued.head);) list_remove(&l->queued, c), call_free(c);
+        for (Call *c; (c = l->waiting.head);) list_remove(&l->waiting, c), call_free(c);
+        while (l->jobs) {
+            Job *j = l->jobs;
+            job_unlink(l, j);
+            l->pending--;
+            PqLlmResult r;
+            memset(&r, 0, sizeof r);
+            r.cancelled = 1;
+            r.http_status = j->http_status;
+            r.attempts = j->attempts;
+            snprintf(r.error, sizeof r.error, "cancelled before it finished");
+            if (j->cb) j->cb(j->user, &r);
+            job_free(j);
+        }
     }
     for (int i = 0; i < l->n_pool; i++) curl_easy_cleanup(l->pool[i]);
     free(l->pool);

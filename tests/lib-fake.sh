@@ -38,7 +38,9 @@ fake_start() {
     FAKE_URL=http://127.0.0.1:$FAKE_PORT/v1
     OPENAI_BASE_URL=$FAKE_URL
     OPENAI_API_KEY=test
-    export OPENAI_BASE_URL OPENAI_API_KEY
+    # A proxy set in the environment must not get between curl and 127.0.0.1.
+    no_proxy=127.0.0.1,localhost${no_proxy:+,$no_proxy}
+    export OPENAI_BASE_URL OPENAI_API_KEY no_proxy
     rm -f "$_fake_pf" "$_fake_pf.err"
 }
 
