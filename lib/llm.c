@@ -708,7 +708,7 @@ static double wake_waiting(PqLlm *l, double now) {
     double next = INFINITY;
     for (Call *c = l->waiting.head, *nx; c; c = nx) {
         nx = c->next;
-        if (c->wake <= now) {
+        if (c->wake <= now || l->fatal || c->job->failed) { // no point waiting on a lost cause
             list_remove(&l->waiting, c);
             list_push_front(&l->queued, c);
         } else if (c->wake < next) next = c->wake;
