@@ -6,7 +6,8 @@
 # Each has a few hundred merges; together they exercise what the real
 # Mistral and GPT-2 files do not: Llama-3's and Qwen2's split regexes,
 # ignore_merges, NFC/NFKC, the legacy Prepend+Replace normalizer, Digits,
-# Metaspace always/split, unknown tokens, lstrip/rstrip added tokens.
+# Metaspace always/split, unknown tokens, lstrip/rstrip added tokens, every
+# Split behaviour, single_word.
 import json
 import os
 import sys
@@ -143,6 +144,33 @@ def build(outdir):
     extend_vocab(j, [added(0, "<mask>", lstrip=True, rstrip=True), added(0, "<sep>", rstrip=True),
                      added(0, "ﬁx", special=False, normalized=True)])
     made["spm-meta"] = j
+
+    # every Split behaviour (and invert), contiguous Digits, ByteLevel with
+    # add_prefix_space, a Regex Replace and NFD, a suffix-only template,
+    # a single_word added token
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"[ \t]+\n"), "\n"), normalizers.NFD()])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern="-", behavior="removed"),
+        pre_tokenizers.Split(pattern=Regex(r"[,;:]"), behavior="merged_with_previous"),
+        pre_tokenizers.Split(pattern=Regex(r"[(\[]"), behavior="merged_with_next"),
+        pre_tokenizers.Split(pattern=Regex(r"\p{N}"), behavior="contiguous"),
+        pre_tokenizers.Split(pattern=Regex(r"\p{P}+"), behavior="merged_with_previous", invert=True),
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 1 + 300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=alphabet, show_progress=False)
+    tk.train_from_iterator(corpus(), trainer)
+    tk.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)])])
+    j = json.loads(tk.to_str())
+    j["added_tokens"][0]["normalized"] = True
+    extend_vocab(j, [dict(added(0, "hello", special=False), single_word=True)])
+    made["bl-splits"] = j
 
     for name, j in made.items():
         text = json.dumps(j, ensure_ascii=False, indent=1)

@@ -24,7 +24,7 @@ static char tmpdir[] = "/tmp/pq-test-tok-XXXXXX";
         }                                                  \
     } while (0)
 
-static const char *built[] = {"bl-llama3", "bl-qwen2", "spm-legacy", "spm-meta"};
+static const char *built[] = {"bl-llama3", "bl-qwen2", "spm-legacy", "spm-meta", "bl-splits"};
 
 static PqTokenizer *load_built(const char *name) {
     char path[4096];
