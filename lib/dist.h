@@ -1,0 +1,48 @@
+// dist.h: data parallelism over processes, one per GPU: rank and world size
+// from what launchers set (RANK/WORLD_SIZE as torchrun and scripts/launch-dpo,
+// Open MPI's mpirun, Slurm's srun), the communicator's unique id sent over
+// TCP from rank 0 (MASTER_ADDR:MASTER_PORT), and sums over all ranks (NCCL
+// all-reduce in CUDA builds; a CPU build runs world size 1 only).
+#ifndef PQ_DIST_H
+#define PQ_DIST_H
+
+#include <stddef.h>
+
+#include "util.h"
+
+typedef struct PqDist {
+    int rank, world;  // this process and how many
+    int local_rank;   // index on this host (which of the host's GPUs)
+    char addr[256];   // MASTER_ADDR (rank 0's host), default 127.0.0.1
+    int port;         // MASTER_PORT, default 29500
+    void *comm;       // the backend's communicator (NULL while world == 1)
+} PqDist;
+
+// Reads the environment: RANK/WORLD_SIZE/LOCAL_RANK, else
+// OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK, else SLURM_PROCID/NTASKS/LOCALID;
+// none set: rank 0 of 1. -1 with a message on inconsistent values.
+int pq_dist_from_env(PqDist *d, PqErr *e);
+// Joins the group when world > 1 (after the device is selected): rank 0
+// creates the id and serves it to the others, then every rank builds the
+// communicator. timeout_s bounds the wait for the others.
+int pq_dist_init(PqDist *d, int timeout_s, PqErr *e);
+void pq_dist_free(PqDist *d);
+// buf (n floats, backend memory): in place, the sum over ranks.
+void pq_dist_sum(PqDist *d, float *buf, size_t n);
+// buf (n doubles, host memory): in place, the sum over ranks.
+void pq_dist_sum_host(PqDist *d, double *buf, size_t n);
+
+// Rank 0 sends id (n bytes) to each of the world - 1 others over TCP on
+// port (listening on every address); the others connect to addr:port
+// (retrying until timeout_s) and receive it. 0 or -1 with a message.
+int pq_dist_exchange(int rank, int world, const char *addr, int port, void *id, size_t n, int timeout_s, PqErr *e);
+
+// The backend's communicator (lib/dist_cpu.c: world 1 only; lib/cuda/dist_nccl.cu: NCCL).
+size_t pq_comm_id_size(void);
+int pq_comm_new_id(void *id, PqErr *e);
+int pq_comm_init(void **comm, const void *id, int rank, int world, PqErr *e);
+void pq_comm_sum_f32(void *comm, float *buf, size_t n);  // backend memory
+void pq_comm_sum_f64(void *comm, double *buf, size_t n); // backend memory
+void pq_comm_free(void *comm);
+
+#endif
