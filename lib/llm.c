@@ -731,8 +731,16 @@ static int drain_done(PqLlm *l) {
 
 void pq_llm_run(PqLlm *l, int below) {
     if (below < 1) below = 1;
-    // Always one pass without waiting, so that requests start as soon as
-    // they are submitted even when the caller is not yet at its limit.
+    if (l->pending < below) {
+        // Below the caller's limit: only hand new requests to curl; they go
+        // out at the next curl_multi_perform. A perform costs O(jobs) (curl
+        // looks at every handle), so one per submitted request would be a
+        // large part of the client's time at -j 256.
+        int moved = 0;
+        wake_waiting(l, pq_now());
+        start_calls(l, pq_now(), &moved);
+        return;
+    }
     while (!pq_interrupted) {
         double now = pq_now();
         double next_wake = wake_waiting(l, now);

@@ -91,9 +91,9 @@ void pq_llm_submit(PqLlm *l, const cJSON *messages, int n, int64_t seed, PqLlmDo
 int pq_llm_pending(const PqLlm *l);
 // Drives transfers (and calls callbacks) until fewer than `below` requests
 // are pending; below = 1 drains everything. Returns early when
-// pq_interrupted is set. It always makes one pass without waiting, so a
-// tool's loop is: submit; pq_llm_run(l, limit) (e.g. limit = 2 * jobs); and
-// at the end pq_llm_run(l, 1). Callbacks may submit; they must not call
+// pq_interrupted is set. Below the limit it only queues new requests
+// for sending, so a tool's loop is: submit; pq_llm_run(l, limit) (e.g.
+// limit = 2 * jobs); and at the end pq_llm_run(l, 1). Callbacks may submit; they must not call
 // pq_llm_run or pq_llm_free.
 void pq_llm_run(PqLlm *l, int below);
 // Adds the client's counters (requests, retries, tokens) to the tool's.
