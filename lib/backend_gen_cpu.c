@@ -1,0 +1,12 @@
+// backend_gen_cpu.c: binds the generation operations of ops_gen.h to their
+// CPU implementations. Left out of CUDA=1 builds (lib/cuda/ops_gen.cu).
+#include "ops_gen.h"
+
+void pq_kv_append(float *kc, float *vc, const float *k, const float *v, const int32_t *slot, const int32_t *pos, int N,
+                  int KVH, int HS, int T) {
+    pq_cpu_kv_append(kc, vc, k, v, slot, pos, N, KVH, HS, T);
+}
+void pq_attention_kv_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot,
+                             const int32_t *pos, int N, int NH, int KVH, int HS, int T, int window) {
+    pq_cpu_attention_kv_forward(out, q, kc, vc, slot, pos, N, NH, KVH, HS, T, window);
+}

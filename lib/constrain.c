@@ -1,0 +1,270 @@
+// constrain.c: the grammars of constrained decoding (quiz, answers, ASCII)
+// as character state machines, the table of token texts, and the logit
+// mask that keeps only tokens whose text fits (see constrain.h).
+#include "constrain.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok_internal.h"
+
+int pq_constrain_mode(const char *name) {
+    static const char *const names[] = {"none", "quiz", "answers", "ascii"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
+}
+
+// ---- the grammars ----
+//
+// Quiz, per question q (1-based number n = q + 1), segments:
+//   0 "Qn) "  1 text  2 "\n"  then for each option o = A..E:
+//   3+3i "o. "  4+3i text  5+3i "\n"  (i = 0..4)
+//   18 "\nQn Answer: "  19 a letter A-E  20 "\n\n" (last question: an
+//   optional "\n", 21 the end).
+// Answers, per question: 0 "Qn) "  1 a letter A-E or "Unsure"  2 "\n"
+//   (last question: optional, 3 the end).
+
+enum { SEG_LIT, SEG_TEXT, SEG_LETTER, SEG_CHOICE, SEG_END };
+
+typedef struct Seg {
+    int type;
+    char lit[24];
+    int len; // literal length, or the text's maximum
+} Seg;
+
+static int last_q(const PqCState *s) { return s->q == s->nq - 1; }
+
+static Seg seg_of(const PqCState *s) {
+    Seg g = {SEG_LIT, "", 0};
+    int n = s->q + 1, k = s->seg;
+    if (s->mode == PQ_CONSTRAIN_QUIZ) {
+        if (k == 0) g.len = snprintf(g.lit, sizeof g.lit, "Q%d) ", n);
+        else if (k == 1) g.type = SEG_TEXT, g.len = PQ_CONSTRAIN_QUESTION_MAX;
+        else if (k == 2) g.len = snprintf(g.lit, sizeof g.lit, "\n");
+        else if (k < 18) {
+            int i = (k - 3) / 3;
+            if ((k - 3) % 3 == 0) g.len = snprintf(g.lit, sizeof g.lit, "%c. ", 'A' + i);
+            else if ((k - 3) % 3 == 1) g.type = SEG_TEXT, g.len = PQ_CONSTRAIN_OPTION_MAX;
+            else g.len = snprintf(g.lit, sizeof g.lit, "\n");
+        } else if (k == 18) g.len = snprintf(g.lit, sizeof g.lit, "\nQ%d Answer: ", n);
+        else if (k == 19) g.type = SEG_LETTER;
+        else if (k == 20) g.len = snprintf(g.lit, sizeof g.lit, last_q(s) ? "\n" : "\n\n");
+        else g.type = SEG_END;
+    } else {
+        if (k == 0) g.len = snprintf(g.lit, sizeof g.lit, "Q%d) ", n);
+        else if (k == 1) g.type = SEG_CHOICE;
+        else if (k == 2) g.len = snprintf(g.lit, sizeof g.lit, "\n");
+        else g.type = SEG_END;
+    }
+    return g;
+}
+
+static int n_segs(const PqCState *s) { return s->mode == PQ_CONSTRAIN_QUIZ ? 21 : 3; }
+
+static void next_seg(PqCState *s) {
+    s->off = 0;
+    s->seg++;
+    if (s->seg == n_segs(s) && !last_q(s)) s->q++, s->seg = 0;
+}
+
+static int is_alnum(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+
+// Characters of question and option text: no newline, no ')' or ':' (the
+// parser's markers), starting with a letter, digit or quote.
+static int text_char(int c, int at_start) {
+    if (is_alnum(c) || c == '"') return 1;
+    if (at_start) return 0;
+    return c == ' ' || strchr(",.'?!-%$&/;+", c) != NULL;
+}
+
+void pq_cstate_init(PqCState *s, int mode, int n_questions) {
+    memset(s, 0, sizeof *s);
+    s->mode = (int8_t)mode;
+    if (n_questions < 1) n_questions = 1;
+    if (n_questions > (mode == PQ_CONSTRAIN_QUIZ ? 9 : 99)) n_questions = mode == PQ_CONSTRAIN_QUIZ ? 9 : 99;
+    s->nq = (int8_t)n_questions;
+}
+
+static int feed_char(PqCState *s, int c) {
+    if (s->mode == PQ_CONSTRAIN_NONE) return 0;
+    if (s->mode == PQ_CONSTRAIN_ASCII) return (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t' ? 0 : -1;
+    for (;;) {
+        Seg g = seg_of(s);
+        switch (g.type) {
+        case SEG_LIT:
+            if (c != g.lit[s->off]) return -1;
+            if (++s->off == g.len) next_seg(s);
+            return 0;
+        case SEG_TEXT:
+            if (s->off < g.len && text_char(c, s->off == 0)) {
+                s->off++;
+                return 0;
+            }
+            if (s->off == 0) return -1;
+            next_seg(s); // the text ends here: c belongs to what follows
+            continue;
+        case SEG_LETTER:
+            if (c < 'A' || c > 'E') return -1;
+            next_seg(s);
+            return 0;
+        case SEG_CHOICE:
+            if (s->off == 0) {
+                if (c >= 'A' && c <= 'E') next_seg(s);
+                else if (c == 'U') s->off = 1;
+                else return -1;
+                return 0;
+            }
+            if (c != "Unsure"[s->off]) return -1;
+            if (++s->off == 6) next_seg(s);
+            return 0;
+        default: return -1;
+        }
+    }
+}
+
+int pq_cstate_feed(PqCState *s, const char *bytes, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (feed_char(s, (unsigned char)bytes[i])) return -1;
+    return 0;
+}
+
+int pq_cstate_done(const PqCState *s) {
+    if (s->mode == PQ_CONSTRAIN_NONE || s->mode == PQ_CONSTRAIN_ASCII) return 1;
+    if (!last_q(s)) return 0;
+    if (s->mode == PQ_CONSTRAIN_QUIZ) return s->seg >= 20 && (s->seg > 20 || s->off == 0);
+    return s->seg >= 2 && (s->seg > 2 || s->off == 0);
+}
+
+// Fewest characters from segment seg (off characters into it) to the end
+// of question q (the last question's optional newline not counted).
+static int question_left(const PqCState *s0, int q, int seg, int off) {
+    PqCState s = *s0;
+    s.q = (int8_t)q;
+    int sum = 0, end = n_segs(&s) - (q == s.nq - 1 ? 1 : 0);
+    for (int k = seg; k < end; k++) {
+        s.seg = (int8_t)k;
+        Seg g = seg_of(&s);
+        int o = k == seg ? off : 0;
+        if (g.type == SEG_LIT) sum += g.len - o;
+        else if (g.type == SEG_TEXT || g.type == SEG_LETTER) sum += o ? 0 : 1;
+        else if (g.type == SEG_CHOICE) sum += o ? 6 - o : 1;
+    }
+    return sum;
+}
+
+int pq_cstate_min_left(const PqCState *s) {
+    if (pq_cstate_done(s)) return 0;
+    int sum = question_left(s, s->q, s->seg, s->off);
+    for (int q = s->q + 1; q < s->nq; q++) sum += question_left(s, q, 0, 0);
+    return sum;
+}
+
+// ---- token texts ----
+
+static void set_text(char **dst, int *dlen, const char *p, size_t n) {
+    *dst = pq_xmalloc(n + 1);
+    memcpy(*dst, p, n);
+    (*dst)[n] = 0;
+    *dlen = (int)n;
+}
+
+PqTokText *pq_tok_text_build(const PqTokenizer *tok, int V) {
+    PqTokText *t = pq_xcalloc(1, sizeof *t);
+    t->V = V;
+    t->text = pq_xcalloc((size_t)V, sizeof *t->text);
+    t->first = pq_xcalloc((size_t)V, sizeof *t->first);
+    t->len = pq_xcalloc((size_t)V, sizeof *t->len);
+    t->first_len = pq_xcalloc((size_t)V, sizeof *t->first_len);
+    t->special = pq_xcalloc((size_t)V, 1);
+    // Leading spaces the decoder strips from a reply's first token.
+    int strip = 0;
+    for (int k = 0; k < tok->n_dec; k++) {
+        const TokDecOp *op = &tok->dec[k];
+        if (op->type == TOK_DEC_STRIP && op->strip_char == ' ') strip = op->start;
+        if (op->type == TOK_DEC_METASPACE && op->prepend) strip = 1;
+    }
+    int32_t inv[0x400];
+    for (int i = 0; i < 0x400; i++) inv[i] = -1;
+    for (int b = 0; b < 256; b++)
+        if (tok->byte_char[b] < 0x400) inv[tok->byte_char[b]] = b;
+    PqBuf b = {0};
+    for (int id = 0; id < V; id++) {
+        pq_buf_clear(&b);
+        const char *s = id < tok->n_vocab ? tok->tok_str[id] : NULL;
+        size_t n = s ? tok->tok_len[id] : 0;
+        if (s && tok->tok_special[id]) t->special[id] = 1;
+        else if (s && tok->byte_level) {
+            for (size_t i = 0; i < n;) {
+                uint32_t cp;
+                int l = tok_utf8_len(s, n, i) ? tok_utf8_decode(s, n, i, &cp) : 0;
+                if (!l) break;
+                if (cp < 0x400 && inv[cp] >= 0) {
+                    char c = (char)inv[cp];
+                    pq_buf_append(&b, &c, 1);
+                } else pq_buf_append(&b, s + i, (size_t)l); // an added token's plain text
+                i += (size_t)l;
+            }
+        } else if (s) {
+            unsigned v;
+            char tail;
+            if (tok->byte_fallback && n == 6 && sscanf(s, "<0x%2X>%c", &v, &tail) == 1) {
+                char c = (char)v;
+                pq_buf_append(&b, &c, 1);
+            } else
+                for (size_t i = 0; i < n;) {
+                    if (i + 3 <= n && !memcmp(s + i, "\xe2\x96\x81", 3)) pq_buf_append(&b, " ", 1), i += 3;
+                    else pq_buf_append(&b, s + i, 1), i++;
+                }
+        }
+        set_text(&t->text[id], &t->len[id], b.data ? b.data : "", b.len);
+        size_t skip = 0;
+        while ((int)skip < strip && skip < b.len && b.data[skip] == ' ') skip++;
+        set_text(&t->first[id], &t->first_len[id], b.data ? b.data + skip : "", b.len - skip);
+    }
+    pq_buf_free(&b);
+    return t;
+}
+
+void pq_tok_text_free(PqTokText *t) {
+    if (!t) return;
+    for (int i = 0; i < t->V; i++) free(t->text[i]), free(t->first[i]);
+    free(t->text);
+    free(t->first);
+    free(t->len);
+    free(t->first_len);
+    free(t->special);
+    free(t);
+}
+
+// ---- the mask ----
+
+int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
+                      float *logits) {
+    int done = pq_cstate_done(s), allowed = 0;
+    // Feeding a token raises the characters left by at most 5 ("U" of
+    // "Unsure"): far from the budget, no need to count.
+    int check = left - 1 < pq_cstate_min_left(s) + 8;
+    for (int v = 0; v < tt->V; v++) {
+        if (logits[v] == -INFINITY) continue;
+        int is_eos = 0;
+        for (int k = 0; k < n_eos; k++) is_eos |= eos[k] == v;
+        if (is_eos) {
+            if (done) allowed++;
+            else logits[v] = -INFINITY;
+            continue;
+        }
+        const char *p = first ? tt->first[v] : tt->text[v];
+        int n = first ? tt->first_len[v] : tt->len[v];
+        PqCState c = *s;
+        if (tt->special[v] || n == 0 || pq_cstate_feed(&c, p, (size_t)n) ||
+            (check && pq_cstate_min_left(&c) > left - 1)) {
+            logits[v] = -INFINITY;
+            continue;
+        }
+        allowed++;
+    }
+    return allowed;
+}

@@ -1,0 +1,712 @@
+// gen.c: generation (see gen.h). One step = admit queued samples into free
+// slots, one packed forward of every running slot's new tokens (prompts
+// being prefilled and one token per decoding slot) against the KV cache,
+// then sampling on the host, one RNG per sample.
+#include "gen.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_gen.h"
+#include "tool.h"
+
+// Prompt tokens prefilled in one step at most (a longer prompt goes alone).
+#define PREFILL_BUDGET 2048
+// Initial positions per slot of the cache (grown by doubling).
+#define T_INIT 256
+
+typedef struct Req Req;
+struct Req {
+    uint64_t id;
+    int32_t *prompt;
+    int P, n;
+    int started, finished; // samples
+    int prefilling, prefilled;
+    uint64_t seed;
+    PqGenParams p;
+    char **stop; // owned copies
+    int stop_max;
+    PqGenDone cb;
+    void *user;
+    PqGenOut *outs; // [n]
+    float *logits;  // (V) after the prompt's last token, once prefilled
+    Req *qnext;     // the queue of requests with samples to start
+    Req *prev, *next; // every live request
+};
+
+enum { SLOT_FREE = 0, SLOT_PREFILL, SLOT_FOLLOW, SLOT_RUN };
+
+typedef struct Slot {
+    int state;
+    Req *r;
+    int k;              // sample number
+    uint64_t prefix;    // id of the request whose prompt fills positions [0, P)
+    int len;            // positions of the cache in use
+    int32_t next_tok;   // sampled, to be fed in the next step
+    PqTokens gen;       // generated ids
+    PqBuf text;         // their text
+    PqRng rng;
+    PqCState cs;
+    float *work;        // (V) scratch for sampling
+    int32_t pick;       // token sampled this step (-1: none possible)
+} Slot;
+
+struct PqGen {
+    const PqModel *m;
+    const PqTokenizer *tok;
+    PqTokText *tt; // when tok
+    int S, T, Tmax; // slots, positions per slot, the model's context
+    float **kc, **vc; // [L] (S,T,KVH,HS)
+    Slot *slots;
+    int32_t *eos;
+    int n_eos;
+    Req *qhead, *qtail, *live;
+    int pending;
+    uint64_t next_id;
+    // step buffers (device) for up to cap tokens, rows for up to mcap logits
+    int cap, mcap;
+    float *x, *ln, *q, *k, *v, *att, *tmp, *gate, *up, *mlp, *xa, *h, *logits;
+    int32_t *d_ids, *d_pos, *d_slot;
+    int32_t *ids, *pos, *slot_of; // host
+    float *h_logits;              // host (mcap, V)
+    long long n_prefilled, n_generated, n_steps;
+};
+
+void pq_gen_params_init(PqGenParams *p) {
+    memset(p, 0, sizeof *p);
+    p->temperature = 1;
+    p->top_p = 1;
+    p->max_tokens = 256;
+    p->constrain_n = 5;
+}
+
+// ---- sampling ----
+
+static int cmp_desc(const void *a, const void *b, void *ctx) {
+    const float *p = ctx;
+    float x = p[*(const int *)a], y = p[*(const int *)b];
+    return x < y ? 1 : x > y ? -1 : (*(const int *)a - *(const int *)b);
+}
+
+// The k-th largest finite value of x (n), by selection on a copy.
+static float kth_largest(const float *x, int n, int k, float *tmp) {
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (x[i] != -INFINITY) tmp[m++] = x[i];
+    if (k >= m) return -INFINITY;
+    int lo = 0, hi = m - 1, want = k - 1;
+    while (lo < hi) { // quickselect for descending order
+        float piv = tmp[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (tmp[i] > piv) i++;
+            while (tmp[j] < piv) j--;
+            if (i <= j) {
+                float t = tmp[i];
+                tmp[i] = tmp[j], tmp[j] = t;
+                i++, j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return tmp[want];
+}
+
+void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float *probs) {
+    float mx = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        probs[v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / temperature;
+        mx = probs[v] > mx ? probs[v] : mx;
+    }
+    if (top_k > 0 && top_k < V) {
+        float *tmp = pq_xmalloc((size_t)V * sizeof *tmp);
+        float thr = kth_largest(probs, V, top_k, tmp);
+        free(tmp);
+        for (int v = 0; v < V; v++)
+            if (probs[v] < thr) probs[v] = -INFINITY;
+    }
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += probs[v] == -INFINITY ? 0 : exp((double)probs[v] - mx);
+    for (int v = 0; v < V; v++) probs[v] = probs[v] == -INFINITY ? 0.0f : (float)(exp((double)probs[v] - mx) / sum);
+    if (top_p < 1) {
+        int n = 0;
+        int *idx = pq_xmalloc((size_t)V * sizeof *idx);
+        for (int v = 0; v < V; v++)
+            if (probs[v] > 0) idx[n++] = v;
+        qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, probs);
+        // keep a token while the mass of the more likely ones is below p
+        double before = 0, kept = 0;
+        int i = 0;
+        for (; i < n && (i == 0 || before < top_p); i++) {
+            before += probs[idx[i]];
+            kept += probs[idx[i]];
+        }
+        for (; i < n; i++) probs[idx[i]] = 0;
+        for (int v = 0; v < V; v++) probs[v] = (float)(probs[v] / kept);
+        free(idx);
+    }
+}
+
+int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *rng, float *work) {
+    if (p->temperature <= 0) {
+        int best = -1;
+        for (int v = 0; v < V; v++)
+            if (logits[v] != -INFINITY && (best < 0 || logits[v] > logits[best])) best = v;
+        return best;
+    }
+    pq_gen_probs(logits, V, p->temperature, p->top_k, p->top_p, work);
+    double u = pq_rng_uniform(rng), c = 0;
+    int last = -1;
+    for (int v = 0; v < V; v++) {
+        if (work[v] <= 0) continue;
+        c += work[v];
+        last = v;
+        if (u < c) return v;
+    }
+    return last; // rounding: the last possible token
+}
+
+// ---- setup ----
+
+static void eos_add(int32_t *out, int *n, int max, double id) {
+    if (id < 0 || id != (int32_t)id) return;
+    for (int i = 0; i < *n; i++)
+        if (out[i] == (int32_t)id) return;
+    if (*n < max) out[(*n)++] = (int32_t)id;
+}
+
+int pq_gen_eos_ids(const char *dir, const PqTokenizer *tok, int32_t *out, int max) {
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer_config.json"};
+    int n = 0;
+    PqBuf p = {0};
+    for (int f = 0; f < 3; f++) {
+        pq_buf_clear(&p);
+        pq_buf_printf(&p, "%s/%s", dir, files[f]);
+        PqErr e;
+        char *text = pq_read_file(p.data, NULL, &e);
+        cJSON *o = text ? cJSON_Parse(text) : NULL;
+        free(text);
+        if (f < 2) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "eos_token_id"), *it;
+            if (cJSON_IsNumber(x)) eos_add(out, &n, max, x->valuedouble);
+            else if (cJSON_IsArray(x))
+                cJSON_ArrayForEach(it, x) if (cJSON_IsNumber(it)) eos_add(out, &n, max, it->valuedouble);
+        } else if (tok) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "eos_token");
+            const char *s = cJSON_IsString(x) ? x->valuestring : pq_json_str(x, "content");
+            if (s) eos_add(out, &n, max, pq_tokenizer_token_id(tok, s));
+        }
+        cJSON_Delete(o);
+    }
+    pq_buf_free(&p);
+    return n;
+}
+
+PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int32_t *eos, int n_eos) {
+    PqGen *g = pq_xcalloc(1, sizeof *g);
+    const PqConfig *c = &m->cfg;
+    g->m = m;
+    g->tok = tok;
+    if (tok) g->tt = pq_tok_text_build(tok, c->V);
+    g->S = slots < 1 ? 1 : slots;
+    g->Tmax = c->max_pos;
+    g->T = T_INIT < g->Tmax ? T_INIT : g->Tmax;
+    g->kc = pq_xcalloc((size_t)c->L, sizeof *g->kc);
+    g->vc = pq_xcalloc((size_t)c->L, sizeof *g->vc);
+    size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
+    for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(per), g->vc[l] = pq_dev_alloc(per);
+    g->slots = pq_xcalloc((size_t)g->S, sizeof *g->slots);
+    for (int s = 0; s < g->S; s++) g->slots[s].work = pq_xmalloc((size_t)c->V * sizeof(float));
+    g->eos = pq_xmalloc((size_t)(n_eos + 1) * sizeof *g->eos);
+    memcpy(g->eos, eos, (size_t)n_eos * sizeof *eos);
+    g->n_eos = n_eos;
+    g->next_id = 1;
+    return g;
+}
+
+static void free_bufs(PqGen *g) {
+    float *f[] = {g->x, g->ln, g->q, g->k, g->v, g->att, g->tmp, g->gate, g->up, g->mlp, g->xa, g->h, g->logits};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) pq_dev_free(f[i]);
+    pq_dev_free(g->d_ids);
+    pq_dev_free(g->d_pos);
+    pq_dev_free(g->d_slot);
+    free(g->ids);
+    free(g->pos);
+    free(g->slot_of);
+    free(g->h_logits);
+}
+
+static void req_free(Req *r) {
+    free(r->prompt);
+    for (int i = 0; i < r->p.n_stop; i++) free(r->stop[i]);
+    free(r->stop);
+    if (r->outs)
+        for (int k = 0; k < r->n; k++) free(r->outs[k].ids), free(r->outs[k].text);
+    free(r->outs);
+    free(r->logits);
+    free(r);
+}
+
+static void req_unlink(PqGen *g, Req *r) {
+    if (r->prev) r->prev->next = r->next;
+    else g->live = r->next;
+    if (r->next) r->next->prev = r->prev;
+    g->pending--;
+}
+
+void pq_gen_free(PqGen *g) {
+    if (!g) return;
+    while (g->live) {
+        Req *r = g->live;
+        req_unlink(g, r);
+        if (r->cb) r->cb(r->user, NULL, r->n, "cancelled", 1);
+        req_free(r);
+    }
+    for (int s = 0; s < g->S; s++) {
+        pq_tokens_free(&g->slots[s].gen);
+        pq_buf_free(&g->slots[s].text);
+        free(g->slots[s].work);
+    }
+    free(g->slots);
+    for (int l = 0; l < g->m->cfg.L; l++) pq_dev_free(g->kc[l]), pq_dev_free(g->vc[l]);
+    free(g->kc);
+    free(g->vc);
+    free_bufs(g);
+    free(g->eos);
+    pq_tok_text_free(g->tt);
+    free(g);
+}
+
+void pq_gen_submit(PqGen *g, const int32_t *prompt, int n_prompt, int n, uint64_t seed, const PqGenParams *p,
+                   PqGenDone cb, void *user) {
+    Req *r = pq_xcalloc(1, sizeof *r);
+    r->id = g->next_id++;
+    r->P = n_prompt;
+    r->prompt = pq_xmalloc((size_t)(n_prompt + 1) * sizeof *r->prompt);
+    memcpy(r->prompt, prompt, (size_t)n_prompt * sizeof *prompt);
+    r->n = n < 1 ? 1 : n;
+    r->seed = seed;
+    r->p = *p;
+    if (r->p.max_tokens < 1) r->p.max_tokens = 1;
+    r->stop = pq_xcalloc((size_t)p->n_stop + 1, sizeof *r->stop);
+    for (int i = 0; i < p->n_stop; i++) {
+        r->stop[i] = pq_xstrdup(p->stop[i]);
+        int l = (int)strlen(r->stop[i]);
+        r->stop_max = l > r->stop_max ? l : r->stop_max;
+    }
+    r->p.stop = (const char *const *)r->stop;
+    if (!g->tok) r->p.constrain = PQ_CONSTRAIN_NONE, r->p.n_stop = 0;
+    r->cb = cb;
+    r->user = user;
+    r->outs = pq_xcalloc((size_t)r->n, sizeof *r->outs);
+    if (g->qtail) g->qtail->qnext = r;
+    else g->qhead = r;
+    g->qtail = r;
+    r->next = g->live;
+    if (g->live) g->live->prev = r;
+    g->live = r;
+    g->pending++;
+}
+
+int pq_gen_pending(const PqGen *g) { return g->pending; }
+
+void pq_gen_counts(const PqGen *g, long long *prefilled, long long *generated, long long *steps) {
+    if (prefilled) *prefilled = g->n_prefilled;
+    if (generated) *generated = g->n_generated;
+    if (steps) *steps = g->n_steps;
+}
+
+// ---- the cache ----
+
+static size_t slot_floats(const PqGen *g, int T) { return (size_t)T * g->m->cfg.KVH * g->m->cfg.HS; }
+
+// Room for `need` positions per slot (<= Tmax): doubles T, moving every slot.
+static void grow(PqGen *g, int need) {
+    if (need <= g->T) return;
+    int T = g->T;
+    while (T < need) T *= 2;
+    if (T > g->Tmax) T = g->Tmax;
+    size_t o = slot_floats(g, g->T), n = slot_floats(g, T);
+    for (int l = 0; l < g->m->cfg.L; l++) {
+        float *kc = pq_dev_alloc((size_t)g->S * n * 4), *vc = pq_dev_alloc((size_t)g->S * n * 4);
+        for (int s = 0; s < g->S; s++) {
+            pq_dev_copy(kc + s * n, g->kc[l] + s * o, o * 4);
+            pq_dev_copy(vc + s * n, g->vc[l] + s * o, o * 4);
+        }
+        pq_dev_free(g->kc[l]);
+        pq_dev_free(g->vc[l]);
+        g->kc[l] = kc, g->vc[l] = vc;
+    }
+    g->T = T;
+}
+
+// Positions [0, P) of slot src to slot dst in every layer.
+static void copy_prefix(PqGen *g, int dst, int src, int P) {
+    size_t per = slot_floats(g, g->T), row = slot_floats(g, 1);
+    for (int l = 0; l < g->m->cfg.L; l++) {
+        pq_dev_copy(g->kc[l] + dst * per, g->kc[l] + src * per, (size_t)P * row * 4);
+        pq_dev_copy(g->vc[l] + dst * per, g->vc[l] + src * per, (size_t)P * row * 4);
+    }
+}
+
+// ---- samples ----
+
+typedef struct Done {
+    Req **r;
+    int n, cap;
+} Done;
+
+static void done_push(Done *d, Req *r) {
+    if (d->n == d->cap) {
+        d->cap = d->cap ? 2 * d->cap : 8;
+        d->r = pq_xrealloc(d->r, (size_t)d->cap * sizeof *d->r);
+    }
+    d->r[d->n++] = r;
+}
+
+static void finish(PqGen *g, Slot *sl, int why, int cut, Done *d) {
+    Req *r = sl->r;
+    PqGenOut *o = &r->outs[sl->k];
+    o->n = (int)sl->gen.len;
+    o->ids = pq_xmalloc((size_t)(o->n + 1) * sizeof *o->ids);
+    if (o->n) memcpy(o->ids, sl->gen.data, (size_t)o->n * sizeof *o->ids);
+    o->finish = why;
+    if (g->tok) {
+        if (cut >= 0) o->text = pq_xstrndup(sl->text.data ? sl->text.data : "", (size_t)cut);
+        else o->text = pq_tokenizer_decode(g->tok, o->ids, (size_t)o->n, 1);
+    }
+    sl->state = SLOT_FREE;
+    sl->r = NULL;
+    if (++r->finished == r->n) done_push(d, r);
+}
+
+// Takes token t as slot sl's next: the end, or appended (and fed next step).
+static void take(PqGen *g, Slot *sl, int32_t t, Done *d) {
+    Req *r = sl->r;
+    int first = sl->gen.len == 0;
+    if (t < 0) { // nothing fits the grammar
+        finish(g, sl, PQ_FINISH_STOP, -1, d);
+        return;
+    }
+    for (int k = 0; k < g->n_eos; k++)
+        if (t == g->eos[k]) {
+            finish(g, sl, PQ_FINISH_EOS, -1, d);
+            return;
+        }
+    pq_tokens_push(&sl->gen, t);
+    g->n_generated++;
+    if (g->tt) {
+        size_t from = sl->text.len;
+        const char *s = first ? g->tt->first[t] : g->tt->text[t];
+        size_t n = (size_t)(first ? g->tt->first_len[t] : g->tt->len[t]);
+        pq_buf_append(&sl->text, s, n);
+        if (r->p.constrain) pq_cstate_feed(&sl->cs, s, n);
+        // a stop string ending in the new bytes
+        size_t lo = from > (size_t)r->stop_max ? from - (size_t)r->stop_max : 0;
+        for (int i = 0; i < r->p.n_stop; i++) {
+            const char *hit = r->stop[i][0] ? memmem(sl->text.data + lo, sl->text.len - lo, r->stop[i],
+                                                     strlen(r->stop[i]))
+                                            : NULL;
+            if (hit) {
+                finish(g, sl, PQ_FINISH_STOP, (int)(hit - sl->text.data), d);
+                return;
+            }
+        }
+    }
+    if ((int)sl->gen.len >= r->p.max_tokens || sl->len + 1 > g->Tmax) {
+        finish(g, sl, PQ_FINISH_LENGTH, -1, d);
+        return;
+    }
+    sl->next_tok = t;
+    sl->state = SLOT_RUN;
+}
+
+// The next token of slot sl from logits (V) (overwritten: masked, scaled).
+static int32_t pick(PqGen *g, Slot *sl, float *logits) {
+    const Req *r = sl->r;
+    if (r->p.constrain) {
+        int left = r->p.max_tokens - (int)sl->gen.len;
+        if (pq_constrain_mask(g->tt, &sl->cs, sl->gen.len == 0, left, g->eos, g->n_eos, logits) == 0) return -1;
+    }
+    return pq_gen_sample(logits, g->m->cfg.V, &r->p, &sl->rng, sl->work);
+}
+
+static void start_sample(PqGen *g, Slot *sl, Req *r, int k) {
+    sl->r = r;
+    sl->k = k;
+    sl->prefix = r->id;
+    sl->len = r->P;
+    sl->gen.len = 0;
+    pq_buf_clear(&sl->text);
+    pq_rng_seed(&sl->rng, r->seed + (uint64_t)k);
+    pq_cstate_init(&sl->cs, r->p.constrain, r->p.constrain_n);
+}
+
+static void fail_req(PqGen *g, Req *r, Done *d, const char *msg) {
+    r->started = r->n;
+    r->finished = r->n;
+    free(r->logits);
+    r->logits = NULL;
+    // the message travels in the first output's text slot
+    free(r->outs[0].text);
+    r->outs[0].text = pq_xstrdup(msg);
+    r->outs[0].finish = -1;
+    done_push(d, r);
+    (void)g;
+}
+
+static Slot *free_slot(PqGen *g, uint64_t prefer) {
+    Slot *any = NULL;
+    for (int s = 0; s < g->S; s++) {
+        Slot *sl = &g->slots[s];
+        if (sl->state != SLOT_FREE) continue;
+        if (sl->prefix == prefer) return sl;
+        if (!any) any = sl;
+    }
+    return any;
+}
+
+static int slot_with_prefix(PqGen *g, uint64_t id, const Slot *not) {
+    for (int s = 0; s < g->S; s++)
+        if (&g->slots[s] != not && g->slots[s].prefix == id) return s;
+    return -1;
+}
+
+// Fills free slots from the queue, in order. Returns prompt tokens to prefill.
+static int admit(PqGen *g, Done *d) {
+    int budget = 0;
+    while (g->qhead) {
+        Req *r = g->qhead;
+        if (!r->prefilled && !r->prefilling) {
+            if (r->P < 1 || r->P >= g->Tmax) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "the prompt has %d tokens; the model's context is %d", r->P, g->Tmax);
+                g->qhead = r->qnext;
+                if (!g->qhead) g->qtail = NULL;
+                fail_req(g, r, d, msg);
+                continue;
+            }
+            if (budget > 0 && budget + r->P > PREFILL_BUDGET) break;
+            Slot *sl = free_slot(g, r->id);
+            if (!sl) break;
+            long need = (long)r->P + r->p.max_tokens;
+            grow(g, need < g->Tmax ? (int)need : g->Tmax);
+            start_sample(g, sl, r, r->started++);
+            sl->state = SLOT_PREFILL;
+            sl->len = 0;
+            r->prefilling = 1;
+            budget += r->P;
+        }
+        while (r->started < r->n) {
+            Slot *sl = free_slot(g, r->id);
+            if (!sl) break;
+            int had = sl->prefix == r->id;
+            start_sample(g, sl, r, r->started++);
+            if (r->prefilling) sl->state = SLOT_FOLLOW;
+            else {
+                if (!had) {
+                    // FIFO admission keeps the prompt in some slot until every sample has started
+                    int src = slot_with_prefix(g, r->id, sl);
+                    if (src < 0) abort();
+                    copy_prefix(g, (int)(sl - g->slots), src, r->P);
+                }
+                sl->state = SLOT_RUN; // for take()
+                float *row = pq_xmalloc((size_t)g->m->cfg.V * sizeof *row);
+                memcpy(row, r->logits, (size_t)g->m->cfg.V * sizeof *row);
+                take(g, sl, pick(g, sl, row), d);
+                free(row);
+            }
+        }
+        if (r->started < r->n) break;
+        g->qhead = r->qnext;
+        if (!g->qhead) g->qtail = NULL;
+        r->qnext = NULL;
+    }
+    return budget;
+}
+
+// ---- the forward ----
+
+static void ensure_bufs(PqGen *g, int N, int M) {
+    const PqConfig *c = &g->m->cfg;
+    if (N > g->cap) {
+        int cap = N > 2 * g->cap ? N : 2 * g->cap;
+        float *keep_logits = g->logits, *keep_h = g->h, *keep_hl = g->h_logits;
+        g->logits = g->h = g->h_logits = NULL;
+        free_bufs(g);
+        g->logits = keep_logits, g->h = keep_h, g->h_logits = keep_hl;
+        size_t n = (size_t)cap, qd = (size_t)c->NH * c->HS, kd = (size_t)c->KVH * c->HS;
+        size_t big = (size_t)c->C > qd ? (size_t)c->C : qd;
+        int r = g->m->lora ? g->m->lora->r : 1;
+        g->x = pq_dev_alloc(n * c->C * 4);
+        g->ln = pq_dev_alloc(n * c->C * 4);
+        g->q = pq_dev_alloc(n * qd * 4);
+        g->k = pq_dev_alloc(n * kd * 4);
+        g->v = pq_dev_alloc(n * kd * 4);
+        g->att = pq_dev_alloc(n * qd * 4);
+        g->tmp = pq_dev_alloc(n * big * 4);
+        g->gate = pq_dev_alloc(n * c->H * 4);
+        g->up = pq_dev_alloc(n * c->H * 4);
+        g->mlp = pq_dev_alloc(n * c->H * 4);
+        g->xa = pq_dev_alloc(n * (size_t)r * 4);
+        g->d_ids = pq_dev_alloc(n * 4);
+        g->d_pos = pq_dev_alloc(n * 4);
+        g->d_slot = pq_dev_alloc(n * 4);
+        g->ids = pq_xmalloc(n * 4);
+        g->pos = pq_xmalloc(n * 4);
+        g->slot_of = pq_xmalloc(n * 4);
+        g->cap = cap;
+    }
+    if (M > g->mcap) {
+        pq_dev_free(g->h);
+        pq_dev_free(g->logits);
+        free(g->h_logits);
+        g->mcap = M > 2 * g->mcap ? M : 2 * g->mcap;
+        g->h = pq_dev_alloc((size_t)g->mcap * c->C * 4);
+        g->logits = pq_dev_alloc((size_t)g->mcap * c->V * 4);
+        g->h_logits = pq_xmalloc((size_t)g->mcap * c->V * 4);
+    }
+}
+
+// out (N,oc) = inp (N,in) W_j^T + b_j + the LoRA term
+static void lin(PqGen *g, int l, int j, float *out, const float *inp, int N) {
+    const PqModel *m = g->m;
+    int in, oc;
+    pq_lin_shape(&m->cfg, j, &in, &oc);
+    const PqLayerW *w = &m->layers[l];
+    pq_linear_forward(out, inp, &w->w[j], w->b[j], N, in, oc);
+    const PqLora *lo = m->lora;
+    if (lo && lo->ab[l * PQ_NLIN + j].A)
+        pq_lora_forward(out, g->xa, inp, lo->ab[l * PQ_NLIN + j].A, lo->ab[l * PQ_NLIN + j].B, lo->scale, N, in, oc,
+                        lo->r);
+}
+
+// ids/pos/slot_of (N) -> logits of the M rows in rows (M) into h_logits.
+static void forward(PqGen *g, int N, const int *rows, int M) {
+    const PqModel *m = g->m;
+    const PqConfig *c = &m->cfg;
+    size_t nc = (size_t)N * c->C;
+    pq_dev_upload(g->d_ids, g->ids, (size_t)N * 4);
+    pq_dev_upload(g->d_pos, g->pos, (size_t)N * 4);
+    pq_dev_upload(g->d_slot, g->slot_of, (size_t)N * 4);
+    pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
+    for (int l = 0; l < c->L; l++) {
+        const PqLayerW *w = &m->layers[l];
+        pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln1, N, c->C, c->eps);
+        lin(g, l, PQ_Q, g->q, g->ln, N);
+        lin(g, l, PQ_K, g->k, g->ln, N);
+        lin(g, l, PQ_V, g->v, g->ln, N);
+        pq_rope_forward(g->q, g->d_pos, m->inv_freq, N, c->NH, c->HS);
+        pq_rope_forward(g->k, g->d_pos, m->inv_freq, N, c->KVH, c->HS);
+        pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
+        pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS, g->T,
+                                c->window);
+        lin(g, l, PQ_O, g->tmp, g->att, N);
+        pq_residual_forward(g->x, g->tmp, nc);
+        pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
+        lin(g, l, PQ_GATE, g->gate, g->ln, N);
+        lin(g, l, PQ_UP, g->up, g->ln, N);
+        pq_swiglu_forward(g->mlp, g->gate, g->up, N, c->H);
+        lin(g, l, PQ_DOWN, g->tmp, g->mlp, N);
+        pq_residual_forward(g->x, g->tmp, nc);
+    }
+    for (int i = 0; i < M; i++) pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
+    pq_rmsnorm_forward(g->h, NULL, g->tmp, m->ln_f, M, c->C, c->eps);
+    pq_linear_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
+    pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
+    g->n_steps++;
+}
+
+static void call_back(PqGen *g, Done *d) {
+    for (int i = 0; i < d->n; i++) {
+        Req *r = d->r[i];
+        req_unlink(g, r);
+        if (r->outs[0].finish < 0) r->cb(r->user, NULL, r->n, r->outs[0].text, 0);
+        else r->cb(r->user, r->outs, r->n, NULL, 0);
+        req_free(r);
+    }
+    free(d->r);
+}
+
+int pq_gen_step(PqGen *g) {
+    const PqConfig *c = &g->m->cfg;
+    Done d = {0};
+    long long gen0 = g->n_generated;
+    int budget = admit(g, &d);
+    int N = budget, M = 0;
+    for (int s = 0; s < g->S; s++) {
+        int st = g->slots[s].state;
+        if (st == SLOT_RUN) N++, M++;
+        else if (st == SLOT_PREFILL) M++;
+    }
+    if (N > 0) {
+        ensure_bufs(g, N, M);
+        int *rows = pq_xmalloc((size_t)M * sizeof *rows), *row_slot = pq_xmalloc((size_t)M * sizeof *row_slot);
+        int i = 0, mi = 0;
+        for (int s = 0; s < g->S; s++) {
+            Slot *sl = &g->slots[s];
+            if (sl->state == SLOT_PREFILL) {
+                for (int t = 0; t < sl->r->P; t++, i++) g->ids[i] = sl->r->prompt[t], g->pos[i] = t, g->slot_of[i] = s;
+                sl->len = sl->r->P;
+                rows[mi] = i - 1, row_slot[mi++] = s;
+                g->n_prefilled += sl->r->P;
+            } else if (sl->state == SLOT_RUN) {
+                g->ids[i] = sl->next_tok, g->pos[i] = sl->len, g->slot_of[i] = s;
+                sl->len++;
+                rows[mi] = i++, row_slot[mi++] = s;
+            }
+        }
+        forward(g, N, rows, M);
+        // prefilled prompts: keep their logits; followers copy the prompt
+        for (int r = 0; r < M; r++) {
+            Slot *sl = &g->slots[row_slot[r]];
+            if (sl->state != SLOT_PREFILL) continue;
+            Req *q = sl->r;
+            q->logits = pq_xmalloc((size_t)c->V * sizeof *q->logits);
+            memcpy(q->logits, g->h_logits + (size_t)r * c->V, (size_t)c->V * sizeof *q->logits);
+            q->prefilling = 0;
+            q->prefilled = 1;
+            sl->state = SLOT_RUN;
+            for (int s = 0; s < g->S; s++) {
+                Slot *f = &g->slots[s];
+                if (f->state == SLOT_FOLLOW && f->r == q) {
+                    copy_prefix(g, s, row_slot[r], q->P);
+                    f->state = SLOT_RUN;
+                }
+            }
+        }
+        // every running slot picks its next token (in parallel: own RNG each)
+        int *who = pq_xmalloc((size_t)g->S * sizeof *who), nw = 0;
+        float **lg = pq_xmalloc((size_t)g->S * sizeof *lg);
+        for (int r = 0; r < M; r++) who[nw] = row_slot[r], lg[nw++] = g->h_logits + (size_t)r * c->V;
+        for (int s = 0; s < g->S; s++) // followers: the shared prompt's logits, copied to their own row
+            if (g->slots[s].state == SLOT_RUN && g->slots[s].len == g->slots[s].r->P && g->slots[s].gen.len == 0) {
+                int seen = 0;
+                for (int k = 0; k < nw; k++) seen |= who[k] == s;
+                if (!seen) {
+                    float *row = pq_xmalloc((size_t)c->V * sizeof *row);
+                    memcpy(row, g->slots[s].r->logits, (size_t)c->V * sizeof *row);
+                    who[nw] = s, lg[nw++] = row;
+                }
+            }
+        int nrows = M;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(pq_ops_threads())
+        for (int k = 0; k < nw; k++) g->slots[who[k]].pick = pick(g, &g->slots[who[k]], lg[k]);
+        for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, &d);
+        for (int k = nrows; k < nw; k++) free(lg[k]);
+        free(who);
+        free(lg);
+        free(rows);
+        free(row_slot);
+    }
+    // requests whose every sample has started no longer need their logits
+    for (Req *r = g->live; r; r = r->next)
+        if (r->prefilled && r->started == r->n && r->logits) free(r->logits), r->logits = NULL;
+    call_back(g, &d);
+    return (int)(g->n_generated - gen0);
+}

@@ -1,0 +1,27 @@
+// ops_gen.h: the operations generation adds to ops.h: a KV cache per layer
+// and attention of new tokens against it. Same conventions as ops.h (f32,
+// token-major, device pointers); pq_cpu_* in ops_gen_cpu.c (the oracle),
+// pq_* bound by backend_gen_cpu.c or lib/cuda/ops_gen.cu.
+//
+// The cache of one layer holds S slots (sequences) of T positions:
+// kc, vc (S,T,KVH,HS). Token i of a step belongs to slot slot[i] at
+// position pos[i]; a slot's positions 0..pos[i] are its sequence so far.
+#ifndef PQ_OPS_GEN_H
+#define PQ_OPS_GEN_H
+
+#include <stdint.h>
+
+#define PQ_OPS_GEN_DECLARE(P)                                                                                      \
+    /* k (N,KVH,HS), v (N,KVH,HS) -> kc, vc (S,T,KVH,HS) at [slot[i], pos[i]] */                                 \
+    void P##kv_append(float *kc, float *vc, const float *k, const float *v, const int32_t *slot,                  \
+                      const int32_t *pos, int N, int KVH, int HS, int T);                                          \
+    /* q (N,NH,HS) against the cached keys of slot[i] at positions j <= pos[i] (and pos[i] - j <= window when    \
+       window > 0; the same bound as pq_attention_forward), kc, vc (S,T,KVH,HS) -> out (N,NH,HS).               \
+       The step's own keys must be appended first. */                                                            \
+    void P##attention_kv_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot, \
+                                 const int32_t *pos, int N, int NH, int KVH, int HS, int T, int window);
+
+PQ_OPS_GEN_DECLARE(pq_)
+PQ_OPS_GEN_DECLARE(pq_cpu_)
+
+#endif

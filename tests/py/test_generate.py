@@ -1,0 +1,124 @@
+# test_generate.py: pq's generation (lib/gen.c, through test-gen's driver)
+# against transformers' greedy generate with a KV cache, token for token, on
+# tiny random llama, mistral (sliding window shorter than prompt +
+# generation) and qwen2 models and a PEFT LoRA adapter; continuous batching
+# gives the same tokens as one sequence at a time; seeded samples do not
+# depend on the batch; n samples share one prefill of their prompt.
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+import safetensors.torch
+import torch
+import transformers
+
+TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("PQ_BUILD", os.path.join(TOP, "build", "rel"))
+DRIVER = os.path.join(BUILD, "tests", "test-gen")
+torch.set_num_threads(1)
+torch.set_default_dtype(torch.float64)  # the reference runs in float64
+transformers.logging.set_verbosity_error()
+failures = []
+
+
+def check(name, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + name)
+    if not ok:
+        failures.append(name + (": " + detail if detail else ""))
+
+
+def make(d, arch, *args):
+    subprocess.run([sys.executable, os.path.join(TOP, "tests", "make_tiny_model.py"), "--arch", arch, "--out", d,
+                    *args], check=True)
+
+
+def run(d, reqs, *args):
+    inp = "".join(json.dumps(r) + "\n" for r in reqs)
+    p = subprocess.run([DRIVER, d, *args], input=inp, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    return lines[:-1], lines[-1]
+
+
+def hf_greedy(m, prompt, n_new, eos):
+    with torch.no_grad():
+        out = m.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n_new, use_cache=True,
+                         eos_token_id=eos, pad_token_id=eos, attention_mask=torch.ones(1, len(prompt),
+                                                                                        dtype=torch.long))
+    ids = out[0, len(prompt):].tolist()
+    if eos in ids:
+        ids = ids[:ids.index(eos)]
+    return ids
+
+
+def main():
+    if not os.access(DRIVER, os.X_OK):
+        print("skip: no driver " + DRIVER)
+        sys.exit(77)
+    rnd = random.Random(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, extra in (("llama", []), ("mistral", ["--window", "8"]), ("qwen2", ["--tie"])):
+            d = os.path.join(tmp, arch)
+            make(d, arch, "--seed", "3", *extra)
+            m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64,
+                                                                  attn_implementation="eager")
+            m.eval()
+            eos = m.config.eos_token_id
+            hi = 30000 if arch != "qwen2" else 50000
+            prompts = [[rnd.randrange(3, hi) for _ in range(n)] for n in (3, 12, 20, 7, 1)]
+            n_new = 12
+            want = [hf_greedy(m, p, n_new, eos) for p in prompts]
+            reqs = [{"prompt": p, "temperature": 0, "max_tokens": n_new} for p in prompts]
+            one, _ = run(d, reqs, "--slots", "1")
+            got1 = [r["samples"][0]["ids"] for r in one]
+            check(arch + ": greedy = transformers, one at a time", got1 == want, "%s\nvs %s" % (got1, want))
+            # 2 slots for 5 requests: finished slots are refilled while others decode
+            two, _ = run(d, reqs, "--slots", "2", "--threads", "2")
+            check(arch + ": continuous batching (2 slots) = one at a time",
+                  [r["samples"][0]["ids"] for r in two] == want)
+            many, _ = run(d, reqs, "--slots", "8")
+            check(arch + ": all in one batch = one at a time", [r["samples"][0]["ids"] for r in many] == want)
+
+            # seeded sampling, 3 samples per prompt: the same whatever the batch
+            sreqs = [{"prompt": p, "n": 3, "seed": 11 + i, "temperature": 0.9, "top_p": 0.95, "top_k": 50,
+                      "max_tokens": 8} for i, p in enumerate(prompts)]
+            a, ca = run(d, sreqs, "--slots", "1")
+            b, cb = run(d, sreqs, "--slots", "6", "--threads", "2")
+            check(arch + ": seeded samples independent of the batch", a == b)
+            samples = [s["ids"] for r in a for s in r["samples"]]
+            check(arch + ": samples differ from each other", len(set(map(tuple, samples))) > len(prompts))
+            plen = sum(len(p) for p in prompts)
+            check(arch + ": n samples share one prefill of the prompt",
+                  ca["prefilled"] == plen and cb["prefilled"] == plen, "%s %s vs %d" % (ca, cb, plen))
+
+        # LoRA applied at generation time, against PEFT
+        import peft
+        d = os.path.join(tmp, "llama")
+        m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64, attn_implementation="eager")
+        cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj", "gate_proj"],
+                              lora_dropout=0.0)
+        pm = peft.get_peft_model(m, cfg)
+        g = torch.Generator().manual_seed(3)
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.data = (torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3).double()
+        ad = os.path.join(tmp, "adapter")
+        pm.save_pretrained(ad)
+        sf = os.path.join(ad, "adapter_model.safetensors")
+        safetensors.torch.save_file({k: v.float() for k, v in safetensors.torch.load_file(sf).items()}, sf,
+                                    metadata={"format": "pt"})
+        pm.eval()
+        prompts = [[rnd.randrange(3, 30000) for _ in range(n)] for n in (4, 9)]
+        want = [hf_greedy(pm, p, 10, m.config.eos_token_id) for p in prompts]
+        got, _ = run(d, [{"prompt": p, "temperature": 0, "max_tokens": 10} for p in prompts], "--adapter", ad)
+        check("llama + LoRA: greedy = PEFT", [r["samples"][0]["ids"] for r in got] == want)
+    if failures:
+        print("FAILED:", *failures, sep="\n  ")
+        sys.exit(1)
+
+
+main()

@@ -1,0 +1,235 @@
+// test-gen: sampling filters against a naive reference and by frequency,
+// seeded sampling reproducible; with a model directory as argument, a
+// driver for tests/py/test_generate.py: JSON requests in, generated ids out.
+//   test-gen                       unit tests
+//   test-gen MODEL_DIR [--slots S] [--threads T] [--adapter DIR] < requests.jsonl
+// A request: {"prompt": [ids], "n": 1, "seed": 0, "temperature": 0,
+// "top_k": 0, "top_p": 1, "max_tokens": 8, "stop": ["..."], "constrain":
+// "quiz"}; one line out per request, in input order: {"samples": [{"ids",
+// "text", "finish"}]}; then {"prefilled": P, "generated": G, "steps": S}.
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gen.h"
+#include "tool.h"
+
+static int fails;
+#define CHECK(c, ...)                                                                                                  \
+    do {                                                                                                               \
+        if (!(c)) {                                                                                                    \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                      \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fprintf(stderr, "\n");                                                                                     \
+            fails++;                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+// The filters written the slow, obvious way, in double: sort everything.
+static int by_desc(const void *a, const void *b) {
+    const double *x = a, *y = b;
+    return x[0] < y[0] ? 1 : x[0] > y[0] ? -1 : (x[1] > y[1]) - (x[1] < y[1]);
+}
+static void ref_probs(const float *logits, int V, double T, int k, double p, double *out) {
+    double *s = malloc(sizeof(double) * 2 * V);
+    for (int v = 0; v < V; v++) s[2 * v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / T, s[2 * v + 1] = v;
+    qsort(s, (size_t)V, 2 * sizeof(double), by_desc);
+    int keep = V;
+    if (k > 0 && k < V) {
+        double kth = s[2 * (k - 1)];
+        keep = 0;
+        while (keep < V && s[2 * keep] >= kth) keep++;
+    }
+    while (keep > 0 && s[2 * (keep - 1)] == -INFINITY) keep--;
+    double z = 0;
+    for (int i = 0; i < keep; i++) z += exp(s[2 * i] - s[0]);
+    int keep2 = keep;
+    if (p < 1) {
+        double before = 0;
+        keep2 = 0;
+        while (keep2 < keep && (keep2 == 0 || before < p)) before += exp(s[2 * keep2] - s[0]) / z, keep2++;
+    }
+    double z2 = 0;
+    for (int i = 0; i < keep2; i++) z2 += exp(s[2 * i] - s[0]);
+    for (int v = 0; v < V; v++) out[v] = 0;
+    for (int i = 0; i < keep2; i++) out[(int)s[2 * i + 1]] = exp(s[2 * i] - s[0]) / z2;
+    free(s);
+}
+
+static void test_filters(void) {
+    PqRng rng;
+    pq_rng_seed(&rng, 7);
+    const int V = 50;
+    float lg[50], pr[50];
+    double ref[50];
+    const double temps[] = {0.3, 1.0, 1.7};
+    const int ks[] = {0, 1, 5, 49, 50};
+    const double ps[] = {1.0, 0.9, 0.5, 0.05};
+    for (int trial = 0; trial < 20; trial++) {
+        for (int v = 0; v < V; v++) lg[v] = (float)(3 * (pq_rng_uniform(&rng) - 0.5));
+        if (trial % 3 == 0) lg[3] = lg[7] = lg[11]; // ties
+        if (trial % 4 == 1) lg[0] = lg[20] = -INFINITY; // masked
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 5; b++)
+                for (int c = 0; c < 4; c++) {
+                    pq_gen_probs(lg, V, (float)temps[a], ks[b], (float)ps[c], pr);
+                    ref_probs(lg, V, temps[a], ks[b], ps[c], ref);
+                    double err = 0, sum = 0;
+                    for (int v = 0; v < V; v++) err = fmax(err, fabs(pr[v] - ref[v])), sum += pr[v];
+                    CHECK(err < 1e-5 && fabs(sum - 1) < 1e-5, "filters T=%g k=%d p=%g trial %d: max error %g, sum %g",
+                          temps[a], ks[b], ps[c], trial, err, sum);
+                }
+    }
+}
+
+// Sampled frequencies match the filtered distribution (chi-square), and a
+// seed gives the same draws every time.
+static void test_sampling(void) {
+    const int V = 8, n = 40000;
+    float lg[8] = {1.0f, 0.5f, 0.2f, -0.3f, 2.0f, -1.0f, 0.0f, 1.5f}, work[8], pr[8];
+    PqGenParams p;
+    pq_gen_params_init(&p);
+    p.temperature = 0.8f;
+    p.top_k = 6;
+    p.top_p = 0.9f;
+    pq_gen_probs(lg, V, p.temperature, p.top_k, p.top_p, pr);
+    long cnt[8] = {0};
+    PqRng rng;
+    pq_rng_seed(&rng, 1);
+    for (int i = 0; i < n; i++) cnt[pq_gen_sample(lg, V, &p, &rng, work)]++;
+    double chi = 0;
+    int dof = -1;
+    for (int v = 0; v < V; v++) {
+        if (pr[v] == 0) {
+            CHECK(cnt[v] == 0, "token %d filtered out but sampled %ld times", v, cnt[v]);
+            continue;
+        }
+        double e = n * (double)pr[v];
+        chi += (cnt[v] - e) * (cnt[v] - e) / e;
+        dof++;
+    }
+    CHECK(dof >= 2 && chi < 25, "chi-square %g with %d degrees of freedom", chi, dof); // p < 1e-3 for dof <= 5
+    PqRng a, b;
+    pq_rng_seed(&a, 42), pq_rng_seed(&b, 42);
+    for (int i = 0; i < 100; i++) {
+        int x = pq_gen_sample(lg, V, &p, &a, work), y = pq_gen_sample(lg, V, &p, &b, work);
+        CHECK(x == y, "seeded draws differ at %d", i);
+    }
+    p.temperature = 0;
+    CHECK(pq_gen_sample(lg, V, &p, &a, work) == 4, "greedy is not the argmax");
+}
+
+// ---- the driver ----
+
+typedef struct Out {
+    char *line;
+} Out;
+static Out *outs;
+
+static void on_done(void *user, PqGenOut *o, int n, const char *error, int cancelled) {
+    long i = (long)(intptr_t)user;
+    cJSON *r = cJSON_CreateObject();
+    if (cancelled) cJSON_AddStringToObject(r, "error", "cancelled");
+    else if (error) cJSON_AddStringToObject(r, "error", error);
+    else {
+        cJSON *ss = cJSON_AddArrayToObject(r, "samples");
+        for (int k = 0; k < n; k++) {
+            cJSON *s = cJSON_CreateObject();
+            cJSON *ids = cJSON_AddArrayToObject(s, "ids");
+            for (int t = 0; t < o[k].n; t++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(o[k].ids[t]));
+            if (o[k].text) cJSON_AddStringToObject(s, "text", o[k].text);
+            static const char *const why[] = {"eos", "stop", "length"};
+            cJSON_AddStringToObject(s, "finish", why[o[k].finish]);
+            cJSON_AddItemToArray(ss, s);
+        }
+    }
+    outs[i].line = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+}
+
+static int drive(int argc, char **argv) {
+    const char *dir = argv[1], *adapter = NULL;
+    int slots = 4, threads = 1;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--slots")) slots = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--adapter")) adapter = argv[i + 1];
+    }
+    pq_ops_set_threads(threads);
+    PqErr e;
+    PqModel *m = pq_model_load(dir, &e);
+    if (!m) return fprintf(stderr, "test-gen: %s\n", e.msg), 3;
+    PqLora *lora = NULL;
+    if (adapter && !(lora = pq_lora_load(adapter, m, &e))) return fprintf(stderr, "test-gen: %s\n", e.msg), 3;
+    m->lora = lora;
+    PqBuf p = {0};
+    pq_buf_printf(&p, "%s/tokenizer.json", dir);
+    PqTokenizer *tok = pq_tokenizer_load(p.data, &e);
+    pq_buf_free(&p);
+    int32_t eos[8];
+    int n_eos = pq_gen_eos_ids(dir, tok, eos, 8);
+    PqGen *g = pq_gen_new(m, tok, slots, eos, n_eos);
+    char *line = NULL;
+    size_t cap = 0;
+    long n = 0;
+    cJSON **reqs = NULL;
+    while (getline(&line, &cap, stdin) > 0) {
+        reqs = realloc(reqs, sizeof *reqs * (size_t)(n + 1));
+        reqs[n++] = cJSON_Parse(line);
+    }
+    free(line);
+    outs = calloc((size_t)n + 1, sizeof *outs);
+    for (long i = 0; i < n; i++) {
+        const cJSON *o = reqs[i], *pr = cJSON_GetObjectItemCaseSensitive(o, "prompt"), *it;
+        int P = cJSON_GetArraySize(pr), k = 0;
+        int32_t *ids = malloc(sizeof *ids * (size_t)(P + 1));
+        cJSON_ArrayForEach(it, pr) ids[k++] = (int32_t)it->valuedouble;
+        PqGenParams gp;
+        pq_gen_params_init(&gp);
+        double x;
+        if (pq_json_num(o, "temperature", &x)) gp.temperature = (float)x;
+        if (pq_json_num(o, "top_p", &x)) gp.top_p = (float)x;
+        if (pq_json_num(o, "top_k", &x)) gp.top_k = (int)x;
+        if (pq_json_num(o, "max_tokens", &x)) gp.max_tokens = (int)x;
+        const char *cs = pq_json_str(o, "constrain");
+        if (cs) gp.constrain = pq_constrain_mode(cs);
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "stop");
+        const char *stops[8];
+        cJSON_ArrayForEach(it, st) if (gp.n_stop < 8) stops[gp.n_stop++] = it->valuestring;
+        gp.stop = stops;
+        int ns = pq_json_num(o, "n", &x) ? (int)x : 1;
+        uint64_t seed = pq_json_num(o, "seed", &x) ? (uint64_t)x : 0;
+        pq_gen_submit(g, ids, P, ns, seed, &gp, on_done, (void *)(intptr_t)i);
+        free(ids);
+    }
+    while (pq_gen_pending(g) > 0) pq_gen_step(g);
+    for (long i = 0; i < n; i++) {
+        printf("%s\n", outs[i].line);
+        free(outs[i].line);
+        cJSON_Delete(reqs[i]);
+    }
+    long long pf, gn, stp;
+    pq_gen_counts(g, &pf, &gn, &stp);
+    printf("{\"prefilled\":%lld,\"generated\":%lld,\"steps\":%lld}\n", pf, gn, stp);
+    free(outs);
+    free(reqs);
+    pq_gen_free(g);
+    pq_tokenizer_free(tok);
+    pq_lora_free(lora);
+    pq_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) return drive(argc, argv);
+    test_filters();
+    test_sampling();
+    if (fails) {
+        fprintf(stderr, "test-gen: %d failures\n", fails);
+        return 1;
+    }
+    printf("test-gen: ok\n");
+    return 0;
+}
