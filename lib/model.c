@@ -221,6 +221,7 @@ PqModel *pq_model_load(const char *dir, PqErr *e) {
     m->layers = pq_xcalloc((size_t)c->L, sizeof *m->layers);
     char name[256];
     if (pq_safetensors_weight(m->st, "model.embed_tokens.weight", c->V, c->C, &m->wte, e)) goto fail_t;
+    c->dtype = m->wte.dtype;
     if (c->tie) m->lm_head = m->wte;
     else if (pq_safetensors_weight(m->st, "lm_head.weight", c->V, c->C, &m->lm_head, e)) goto fail_t;
     if (small_vec(m->st, "model.norm.weight", c->C, &arena, &m->ln_f, e)) goto fail_t;

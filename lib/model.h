@@ -24,7 +24,7 @@ typedef struct PqConfig {
     int window;                  // sliding window (0 = none)
     int tie;                     // tie_word_embeddings
     int qkv_bias, o_bias;        // biases on q,k,v (Qwen2) / o (Llama attention_bias)
-    PqDtype dtype;               // of the linear weights as stored
+    PqDtype dtype;               // of the embedding as stored (set by pq_model_load)
 } PqConfig;
 
 // Parses config.json text; 0 or -1 with a message (unsupported architecture,
@@ -97,7 +97,8 @@ PqLayerActs *pq_layer_acts_build(const PqConfig *cfg, const PqLora *lora, int N)
 void pq_layer_acts_free(PqLayerActs *a);
 
 // One block: x (N,C) in place (the residual stream), pos (N) as in ops.h.
-// acts->N must be >= N.
+// acts->N must be >= N, and acts built with the model's lora (m->lora) for
+// the adapter to be applied.
 void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *pos, int N, PqLayerActs *acts);
 
 // The whole model on a packed batch: ids (N), pos (N), targets (N) (-1: no
