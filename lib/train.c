@@ -61,6 +61,11 @@ static void bufs_free(PqTrainer *t) {
     t->acts = NULL;
     free(t->rows);
     t->rows = t->tgc = NULL;
+    free(t->h_lp);
+    t->h_lp = NULL;
+    int32_t *ip[] = {t->d_ids, t->d_pos, t->d_tgc};
+    for (size_t i = 0; i < sizeof ip / sizeof *ip; i++) pq_dev_free(ip[i]);
+    t->d_ids = t->d_pos = t->d_tgc = NULL;
     float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv, t->dxa, t->dgate, t->dup};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
     t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv = t->dxa = t->dgate = t->dup =
@@ -84,6 +89,10 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->logpc = pq_dev_alloc(n * 4);
     t->rows = pq_xmalloc(2 * n * sizeof(int32_t));
     t->tgc = t->rows + n;
+    t->h_lp = pq_xmalloc(n * sizeof(float));
+    t->d_ids = pq_dev_alloc(n * sizeof(int32_t));
+    t->d_pos = pq_dev_alloc(n * sizeof(int32_t));
+    t->d_tgc = pq_dev_alloc(n * sizeof(int32_t));
     t->dx = pq_dev_alloc(n * c->C * 4);
     t->dh = pq_dev_alloc(n * W * 4);
     t->dscr = pq_dev_alloc(n * W * 4);
@@ -121,7 +130,20 @@ void pq_trainer_free(PqTrainer *t) {
     free(t);
 }
 
-void pq_trainer_zero_grad(PqTrainer *t) { memset(t->grads, 0, t->lora->n_params * sizeof(float)); }
+void pq_trainer_zero_grad(PqTrainer *t) { pq_dev_zero(t->grads, t->lora->n_params * sizeof(float)); }
+
+// Between the full rows (N,C) and the compact rows (M,C) of those with a
+// target (rows[] ascending): one device copy per run of consecutive rows.
+static void rows_copy(const int32_t *rows, int M, int C, float *full, float *compact, int to_compact) {
+    for (int a = 0; a < M;) {
+        int b = a + 1;
+        while (b < M && rows[b] == rows[b - 1] + 1) b++;
+        size_t bytes = (size_t)(b - a) * C * sizeof(float);
+        if (to_compact) pq_dev_copy(compact + (size_t)a * C, full + (size_t)rows[a] * C, bytes);
+        else pq_dev_copy(full + (size_t)rows[a] * C, compact + (size_t)a * C, bytes);
+        a = b;
+    }
+}
 
 // The seed of linear j's dropout mask in layer l.
 static uint64_t drop_key(uint64_t seed, int l, int j) {
@@ -165,7 +187,7 @@ static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dou
     uint64_t key = drop_key(t->drop_seed, l, j);
     size_t n = (size_t)N * in;
     pq_dropout_forward(scr, x, t->dropout, key, n); // the dropped input again
-    memset(scr2, 0, n * sizeof(float));
+    pq_dev_zero(scr2, n * sizeof(float));
     pq_lora_backward(scr2, g->A, g->B, t->dxa, dout, scr, xa, ab->A, ab->B, sc, N, in, oc, r);
     pq_dropout_forward(scr, scr2, t->dropout, key, n); // the same mask on the gradient
     pq_residual_forward(dx, scr, n);
@@ -199,11 +221,13 @@ void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, cons
     const PqConfig *c = &t->m->cfg;
     bufs_reserve(t, N);
     t->N = N;
-    t->pos = pos;
+    pq_dev_upload(t->d_ids, ids, (size_t)N * sizeof(int32_t));
+    pq_dev_upload(t->d_pos, pos, (size_t)N * sizeof(int32_t));
+    t->pos = t->d_pos;
     t->targets = targets;
     t->drop_seed = train && t->dropout > 0 ? (drop_seed ? drop_seed : 1) : 0;
     size_t NC = (size_t)N * c->C;
-    pq_embedding_forward(t->xs, ids, &t->m->wte, N, c->C);
+    pq_embedding_forward(t->xs, t->d_ids, &t->m->wte, N, c->C);
     for (int l = 0; l < c->L; l++)
         layer_forward(t, l, t->xs + l * NC, t->xs + (l + 1) * NC, t->acts[t->checkpoint ? 0 : l], N);
     pq_rmsnorm_forward(t->hf, t->rstdf, t->xs + c->L * NC, t->m->ln_f, N, c->C, c->eps);
@@ -213,14 +237,16 @@ void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, cons
         if (targets[i] >= 0) {
             t->rows[M] = i;
             t->tgc[M] = targets[i];
-            memcpy(t->hc + (size_t)M * c->C, t->hf + (size_t)i * c->C, (size_t)c->C * sizeof(float));
             M++;
         }
     t->M = M;
     memset(logp, 0, (size_t)N * sizeof(float));
     if (M == 0) return;
-    pq_logp_forward(t->logpc, t->lse, t->hc, &t->m->lm_head, t->tgc, M, c->C, c->V);
-    for (int i = 0; i < M; i++) logp[t->rows[i]] = t->logpc[i];
+    rows_copy(t->rows, M, c->C, t->hf, t->hc, 1);
+    pq_dev_upload(t->d_tgc, t->tgc, (size_t)M * sizeof(int32_t));
+    pq_logp_forward(t->logpc, t->lse, t->hc, &t->m->lm_head, t->d_tgc, M, c->C, c->V);
+    pq_dev_download(t->h_lp, t->logpc, (size_t)M * sizeof(float));
+    for (int i = 0; i < M; i++) logp[t->rows[i]] = t->h_lp[i];
 }
 
 void pq_train_backward(PqTrainer *t, const float *dlogp) {
@@ -229,12 +255,13 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
     size_t NC = (size_t)N * C;
     float *dx = t->dx, *dh = t->dh, *s1 = t->dscr;
     float *dlc = t->logpc, *dhc = t->dscr; // the compact rows of the LM head
-    for (int i = 0; i < t->M; i++) dlc[i] = dlogp[t->rows[i]];
-    memset(dhc, 0, (size_t)t->M * C * sizeof(float));
-    pq_logp_backward(dhc, dlc, t->hc, &t->m->lm_head, t->tgc, t->lse, t->M, C, c->V);
-    memset(dh, 0, NC * sizeof(float));
-    for (int i = 0; i < t->M; i++) memcpy(dh + (size_t)t->rows[i] * C, dhc + (size_t)i * C, (size_t)C * sizeof(float));
-    memset(dx, 0, NC * sizeof(float));
+    for (int i = 0; i < t->M; i++) t->h_lp[i] = dlogp[t->rows[i]];
+    pq_dev_upload(dlc, t->h_lp, (size_t)t->M * sizeof(float));
+    pq_dev_zero(dhc, (size_t)t->M * C * sizeof(float));
+    pq_logp_backward(dhc, dlc, t->hc, &t->m->lm_head, t->d_tgc, t->lse, t->M, C, c->V);
+    pq_dev_zero(dh, NC * sizeof(float));
+    rows_copy(t->rows, t->M, C, dh, dhc, 0);
+    pq_dev_zero(dx, NC * sizeof(float));
     pq_rmsnorm_backward(dx, dh, t->xs + c->L * NC, t->m->ln_f, t->rstdf, N, C);
     int wide = max3(C, c->NH * c->HS, c->H);
     float *s3 = pq_dev_alloc((size_t)N * wide * sizeof(float)); // dropout gradient scratch
@@ -244,21 +271,21 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         const float *xin = t->xs + l * NC;
         if (t->checkpoint) layer_forward(t, l, xin, dh, a, N); // recompute; output unused (dh is scratch)
         // MLP: xout = x_mid + down(mlp); dx is d xout
-        memset(dh, 0, (size_t)N * c->H * sizeof(float));
+        pq_dev_zero(dh, (size_t)N * c->H * sizeof(float));
         lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->xa[PQ_DOWN], s1, s3, N);
         pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
-        memset(dh, 0, NC * sizeof(float));
+        pq_dev_zero(dh, NC * sizeof(float));
         lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->xa[PQ_GATE], s1, s3, N);
         lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->xa[PQ_UP], s1, s3, N);
         pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->rstd2, N, C); // dx = d x_mid
         // attention: x_mid = xin + o(att)
-        memset(dh, 0, (size_t)N * c->NH * c->HS * sizeof(float));
+        pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));
         lin_backward(t, l, PQ_O, dh, dx, a->att, a->xa[PQ_O], s1, s3, N);
         pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, N, c->NH, c->KVH,
                               c->HS, c->window);
         pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
         pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
-        memset(dh, 0, NC * sizeof(float));
+        pq_dev_zero(dh, NC * sizeof(float));
         lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->xa[PQ_Q], s1, s3, N);
         lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->xa[PQ_K], s1, s3, N);
         lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->xa[PQ_V], s1, s3, N);

@@ -23,12 +23,14 @@ typedef struct PqTrainer {
     uint64_t drop_seed; // seed of the current forward's dropout masks
     // what the forward keeps, sized for cap tokens
     int cap, N;
-    const int32_t *pos, *targets; // of the current batch (caller's memory)
+    const int32_t *pos, *targets; // of the current batch: pos = d_pos (backend), targets (caller's host memory)
     float *xs;         // (L+1, N, C) residual stream at each layer's input, and the last
     PqTrainActs **acts; // [1] with checkpointing, else [L]
     float *hf, *rstdf;       // (N,C), (N) final norm
     int M;                   // rows with a target: only they go through the LM head
-    int32_t *rows, *tgc;     // (M) their indices and targets
+    int32_t *rows, *tgc;     // (M) their indices and targets (host)
+    int32_t *d_ids, *d_pos, *d_tgc; // (N), (N), (M) backend copies of ids, pos and tgc
+    float *h_lp;             // (M) host staging of the compact log-probs and their gradients
     float *hc, *lse, *logpc; // (M,C), (M), (M) their hidden states, log-sum-exp, logps
     float *dx, *dh, *dscr;   // (N,C), (N, max(C,QD,H)) x3 backward scratch
     float *dq, *dk, *dv, *dxa, *dgate, *dup;
