@@ -37,26 +37,40 @@ typedef struct Seg {
 
 static int last_q(const PqCState *s) { return s->q == s->nq - 1; }
 
+// Writes "<a><n><b>" into lit (no printf: this runs for every character of
+// every candidate token); returns its length.
+static int lit3(char *lit, const char *a, int n, const char *b) {
+    int k = 0;
+    while (*a) lit[k++] = *a++;
+    if (n >= 10) lit[k++] = (char)('0' + n / 10);
+    lit[k++] = (char)('0' + n % 10);
+    while (*b) lit[k++] = *b++;
+    lit[k] = 0;
+    return k;
+}
+
 static Seg seg_of(const PqCState *s) {
-    Seg g = {SEG_LIT, "", 0};
+    Seg g;
+    g.type = SEG_LIT;
+    g.len = 0;
     int n = s->q + 1, k = s->seg;
     if (s->mode == PQ_CONSTRAIN_QUIZ) {
-        if (k == 0) g.len = snprintf(g.lit, sizeof g.lit, "Q%d) ", n);
+        if (k == 0) g.len = lit3(g.lit, "Q", n, ") ");
         else if (k == 1) g.type = SEG_TEXT, g.len = PQ_CONSTRAIN_QUESTION_MAX;
-        else if (k == 2) g.len = snprintf(g.lit, sizeof g.lit, "\n");
+        else if (k == 2) g.lit[0] = '\n', g.len = 1;
         else if (k < 18) {
             int i = (k - 3) / 3;
-            if ((k - 3) % 3 == 0) g.len = snprintf(g.lit, sizeof g.lit, "%c. ", 'A' + i);
+            if ((k - 3) % 3 == 0) g.lit[0] = (char)('A' + i), g.lit[1] = '.', g.lit[2] = ' ', g.len = 3;
             else if ((k - 3) % 3 == 1) g.type = SEG_TEXT, g.len = PQ_CONSTRAIN_OPTION_MAX;
-            else g.len = snprintf(g.lit, sizeof g.lit, "\n");
-        } else if (k == 18) g.len = snprintf(g.lit, sizeof g.lit, "\nQ%d Answer: ", n);
+            else g.lit[0] = '\n', g.len = 1;
+        } else if (k == 18) g.len = lit3(g.lit, "\nQ", n, " Answer: ");
         else if (k == 19) g.type = SEG_LETTER;
-        else if (k == 20) g.len = snprintf(g.lit, sizeof g.lit, last_q(s) ? "\n" : "\n\n");
+        else if (k == 20) g.lit[0] = g.lit[1] = '\n', g.len = last_q(s) ? 1 : 2;
         else g.type = SEG_END;
     } else {
-        if (k == 0) g.len = snprintf(g.lit, sizeof g.lit, "Q%d) ", n);
+        if (k == 0) g.len = lit3(g.lit, "Q", n, ") ");
         else if (k == 1) g.type = SEG_CHOICE;
-        else if (k == 2) g.len = snprintf(g.lit, sizeof g.lit, "\n");
+        else if (k == 2) g.lit[0] = '\n', g.len = 1;
         else g.type = SEG_END;
     }
     return g;
@@ -92,6 +106,17 @@ static int feed_char(PqCState *s, int c) {
     if (s->mode == PQ_CONSTRAIN_NONE) return 0;
     if (s->mode == PQ_CONSTRAIN_ASCII) return (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t' ? 0 : -1;
     for (;;) {
+        int k = s->seg;
+        if (s->mode == PQ_CONSTRAIN_QUIZ && (k == 1 || (k >= 3 && k < 18 && (k - 3) % 3 == 1))) {
+            int max = k == 1 ? PQ_CONSTRAIN_QUESTION_MAX : PQ_CONSTRAIN_OPTION_MAX; // a text: the common case
+            if (s->off < max && text_char(c, s->off == 0)) {
+                s->off++;
+                return 0;
+            }
+            if (s->off == 0) return -1;
+            next_seg(s);
+            continue;
+        }
         Seg g = seg_of(s);
         switch (g.type) {
         case SEG_LIT:
@@ -138,31 +163,51 @@ int pq_cstate_done(const PqCState *s) {
     return s->seg >= 2 && (s->seg > 2 || s->off == 0);
 }
 
+// Fewest characters segment k of question number n needs from off.
+static int seg_min(int mode, int n, int last, int k, int off) {
+    int d = n >= 10;
+    if (mode == PQ_CONSTRAIN_QUIZ) {
+        if (k == 0) return 4 + d - off;
+        if (k == 18) return 12 + d - off;
+        if (k == 20) return last ? 0 : 2 - off;
+        if (k >= 3 && k < 18 && (k - 3) % 3 == 0) return 3 - off;
+        if (k == 2 || (k >= 3 && k < 18 && (k - 3) % 3 == 2)) return 1 - off;
+        return off ? 0 : 1; // a text or the letter
+    }
+    if (k == 0) return 4 + d - off;
+    if (k == 1) return off ? 6 - off : 1;
+    if (k == 2) return last ? 0 : 1 - off;
+    return 0;
+}
+
 // Fewest characters from segment seg (off characters into it) to the end
 // of question q (the last question's optional newline not counted).
-static int question_left(const PqCState *s0, int q, int seg, int off) {
-    PqCState s = *s0;
-    s.q = (int8_t)q;
-    int sum = 0, end = n_segs(&s) - (q == s.nq - 1 ? 1 : 0);
-    for (int k = seg; k < end; k++) {
-        s.seg = (int8_t)k;
-        Seg g = seg_of(&s);
-        int o = k == seg ? off : 0;
-        if (g.type == SEG_LIT) sum += g.len - o;
-        else if (g.type == SEG_TEXT || g.type == SEG_LETTER) sum += o ? 0 : 1;
-        else if (g.type == SEG_CHOICE) sum += o ? 6 - o : 1;
-    }
+static int question_left(const PqCState *s, int q, int seg, int off) {
+    int sum = 0, last = q == s->nq - 1, end = n_segs(s);
+    for (int k = seg; k < end; k++) sum += seg_min(s->mode, q + 1, last, k, k == seg ? off : 0);
     return sum;
 }
 
 int pq_cstate_min_left(const PqCState *s) {
     if (pq_cstate_done(s)) return 0;
     int sum = question_left(s, s->q, s->seg, s->off);
-    for (int q = s->q + 1; q < s->nq; q++) sum += question_left(s, q, 0, 0);
+    for (int q = s->q + 1; q < s->nq; q++) { // whole questions, in closed form
+        int d = q + 1 >= 10, last = q == s->nq - 1;
+        sum += s->mode == PQ_CONSTRAIN_QUIZ ? 4 + d + 2 + 5 * 5 + 12 + d + 1 + (last ? 0 : 2) : 4 + d + 1 + !last;
+    }
     return sum;
 }
 
 // ---- token texts ----
+
+// 1: every character may continue a question or option text; 2: and the
+// first may also start one.
+static unsigned char all_text(const char *p, int n) {
+    if (n == 0) return 0;
+    for (int i = 0; i < n; i++)
+        if (!text_char((unsigned char)p[i], 0)) return 0;
+    return text_char((unsigned char)p[0], 1) ? 2 : 1;
+}
 
 static void set_text(char **dst, int *dlen, const char *p, size_t n) {
     *dst = pq_xmalloc(n + 1);
@@ -179,6 +224,8 @@ PqTokText *pq_tok_text_build(const PqTokenizer *tok, int V) {
     t->len = pq_xcalloc((size_t)V, sizeof *t->len);
     t->first_len = pq_xcalloc((size_t)V, sizeof *t->first_len);
     t->special = pq_xcalloc((size_t)V, 1);
+    t->all_text = pq_xcalloc((size_t)V, 1);
+    t->first_all_text = pq_xcalloc((size_t)V, 1);
     // Leading spaces the decoder strips from a reply's first token.
     int strip = 0;
     for (int k = 0; k < tok->n_dec; k++) {
@@ -223,6 +270,8 @@ PqTokText *pq_tok_text_build(const PqTokenizer *tok, int V) {
         size_t skip = 0;
         while ((int)skip < strip && skip < b.len && b.data[skip] == ' ') skip++;
         set_text(&t->first[id], &t->first_len[id], b.data ? b.data + skip : "", b.len - skip);
+        t->all_text[id] = all_text(t->text[id], t->len[id]);
+        t->first_all_text[id] = all_text(t->first[id], t->first_len[id]);
     }
     pq_buf_free(&b);
     return t;
@@ -236,6 +285,8 @@ void pq_tok_text_free(PqTokText *t) {
     free(t->len);
     free(t->first_len);
     free(t->special);
+    free(t->all_text);
+    free(t->first_all_text);
     free(t);
 }
 
@@ -247,6 +298,11 @@ int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int lef
     // Feeding a token raises the characters left by at most 5 ("U" of
     // "Unsure"): far from the budget, no need to count.
     int check = left - 1 < pq_cstate_min_left(s) + 8;
+    int k = s->seg, text_max = 0;
+    if (s->mode == PQ_CONSTRAIN_QUIZ && (k == 1 || (k >= 3 && k < 18 && (k - 3) % 3 == 1)))
+        text_max = k == 1 ? PQ_CONSTRAIN_QUESTION_MAX : PQ_CONSTRAIN_OPTION_MAX;
+    // what a text token leaves to write: the text is no longer empty
+    int text_left = check ? pq_cstate_min_left(s) - (s->off == 0) : 0;
     for (int v = 0; v < tt->V; v++) {
         if (logits[v] == -INFINITY) continue;
         int is_eos = 0;
@@ -259,6 +315,12 @@ int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int lef
         const char *p = first ? tt->first[v] : tt->text[v];
         int n = first ? tt->first_len[v] : tt->len[v];
         PqCState c = *s;
+        if (text_max && (first ? tt->first_all_text[v] : tt->all_text[v]) > (s->off == 0) && s->off + n <= text_max) {
+            // inside a text, a token of text characters only: it fits (the common case, no feeding)
+            if (check && text_left > left - 1) logits[v] = -INFINITY;
+            else allowed++;
+            continue;
+        }
         if (tt->special[v] || n == 0 || pq_cstate_feed(&c, p, (size_t)n) ||
             (check && pq_cstate_min_left(&c) > left - 1)) {
             logits[v] = -INFINITY;

@@ -48,6 +48,7 @@ typedef struct PqTokText {
     char **text, **first; // [V] each, NUL-terminated (first[i] may equal text[i] + 1)
     int *len, *first_len;
     unsigned char *special; // [V]
+    unsigned char *all_text, *first_all_text; // [V] quiz text characters only (2: may start a text)
 } PqTokText;
 PqTokText *pq_tok_text_build(const PqTokenizer *tok, int V);
 void pq_tok_text_free(PqTokText *t);
