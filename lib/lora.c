@@ -13,9 +13,11 @@
 
 #include "st_write.h"
 
+// (lora->params is backend memory: the values are made on the host and uploaded.)
 void pq_lora_init_peft(PqLora *lora, const PqConfig *cfg, uint64_t seed) {
     PqRng rng;
     pq_rng_seed(&rng, seed);
+    float *host = pq_xcalloc(lora->n_params ? lora->n_params : 1, sizeof(float));
     for (int l = 0; l < cfg->L; l++)
         for (int j = 0; j < PQ_NLIN; j++) {
             PqLoraAB *ab = &lora->ab[l * PQ_NLIN + j];
@@ -23,9 +25,19 @@ void pq_lora_init_peft(PqLora *lora, const PqConfig *cfg, uint64_t seed) {
             int in, out;
             pq_lin_shape(cfg, j, &in, &out);
             double bound = 1.0 / sqrt((double)in);
-            for (size_t i = 0; i < (size_t)lora->r * in; i++) ab->A[i] = (float)((2 * pq_rng_uniform(&rng) - 1) * bound);
-            memset(ab->B, 0, (size_t)out * lora->r * sizeof(float));
+            float *A = host + (ab->A - lora->params); // B stays 0
+            for (size_t i = 0; i < (size_t)lora->r * in; i++) A[i] = (float)((2 * pq_rng_uniform(&rng) - 1) * bound);
+            (void)out;
         }
+    pq_dev_upload(lora->params, host, lora->n_params * sizeof(float));
+    free(host);
+}
+
+// A host copy of the parameters (backend memory); free it.
+static float *params_host(const PqLora *lora) {
+    float *h = pq_xmalloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
+    pq_dev_download(h, lora->params, lora->n_params * sizeof(float));
+    return h;
 }
 
 void pq_lora_tensor_name(int l, int j, int ab, char *out, size_t n) {
@@ -129,7 +141,10 @@ int pq_lora_save(const PqLora *lora, const PqConfig *cfg, const char *base, floa
     }
     pq_buf_clear(&p);
     pq_buf_printf(&p, "%s/adapter_model.safetensors", tmp.data);
-    if (pq_lora_write_tensors(lora, cfg, lora->params, p.data, e) != 0) goto fail;
+    float *hp = params_host(lora);
+    int wrc = pq_lora_write_tensors(lora, cfg, hp, p.data, e);
+    free(hp);
+    if (wrc != 0) goto fail;
     js = config_json(lora, base, dropout);
     pq_buf_clear(&p);
     pq_buf_printf(&p, "%s/adapter_config.json", tmp.data);
@@ -181,6 +196,7 @@ out:
 typedef struct MergeCtx {
     const PqModel *m;
     const PqLora *lora;
+    const float *hp; // host copy of lora->params
 } MergeCtx;
 
 // The tensor of st index t->id in t->dtype, with the LoRA product added when
@@ -215,8 +231,8 @@ static int merge_fill(void *ctx, const PqStTensor *t, void *buf, PqErr *e) {
             pq_weight_row(&w, i, row);
             if (ab)
                 for (int k = 0; k < r; k++) {
-                    float b = sc * ab->B[(size_t)i * r + k];
-                    const float *a = ab->A + (size_t)k * cols;
+                    float b = sc * x->hp[(ab->B - x->lora->params) + (size_t)i * r + k];
+                    const float *a = x->hp + (ab->A - x->lora->params) + (size_t)k * cols;
                     for (size_t c = 0; c < cols; c++) row[c] += b * a[c];
                 }
             size_t o = (size_t)i * cols;
@@ -245,6 +261,7 @@ int pq_lora_merge(const PqModel *m, const PqLora *lora, PqDtype dtype, const cha
     int rc = -1;
     PqStWriter w = {0};
     DIR *dir = NULL;
+    float *hp = NULL;
     struct stat sb;
     if (stat(out_dir, &sb) == 0) {
         pq_err(e, "%s already exists", out_dir);
@@ -259,7 +276,8 @@ int pq_lora_merge(const PqModel *m, const PqLora *lora, PqDtype dtype, const cha
         pq_st_add(&w, ti->name, dtype, ti->ndim, ti->shape, NULL);
         w.t[w.n - 1].id = i;
     }
-    MergeCtx ctx = {m, lora};
+    hp = params_host(lora);
+    MergeCtx ctx = {m, lora, hp};
     pq_buf_printf(&p, "%s/model.safetensors", tmp.data);
     if (pq_st_write_stream(&w, p.data, merge_fill, &ctx, e)) goto fail;
     // the other files of the model directory: config (torch_dtype updated), tokenizer, ...
@@ -320,6 +338,7 @@ fail: { // remove the temporary directory and what it holds
 }
 out:
     if (dir) closedir(dir);
+    free(hp);
     pq_st_writer_free(&w);
     pq_buf_free(&q);
     pq_buf_free(&p);
