@@ -1,0 +1,103 @@
+// ops_gen.cu: the CUDA versions of ops_gen.h (KV cache append, attention of
+// a step's tokens against the cache), checked against ops_gen_cpu.c.
+#include <math.h>
+
+#include "common.cuh"
+
+extern "C" {
+#include "ops_gen.h"
+}
+
+// k (N,KVH,HS), v (N,KVH,HS) -> kc, vc (S,T,KVH,HS) at [slot[i], pos[i]]
+__global__ void kv_append_kernel(float *kc, float *vc, const float *k, const float *v, const int32_t *slot,
+                                 const int32_t *pos, int N, int kd, int T) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * kd) return;
+    int i = (int)(idx / kd), e = (int)(idx % kd);
+    size_t at = ((size_t)slot[i] * T + pos[i]) * kd + e;
+    kc[at] = k[idx];
+    vc[at] = v[idx];
+}
+
+extern "C" void pq_kv_append(float *kc, float *vc, const float *k, const float *v, const int32_t *slot,
+                             const int32_t *pos, int N, int KVH, int HS, int T) {
+    if (N <= 0) return;
+    size_t n = (size_t)N * KVH * HS;
+    kv_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(kc, vc, k, v, slot, pos, N, KVH * HS, T);
+    CU_LAUNCHED();
+}
+
+#define KV_THREADS 128
+
+// One block per (token, head): keys in tiles of KV_THREADS, one score per
+// thread, online softmax; thread d accumulates output channels d, d+128, ...
+__global__ void __launch_bounds__(KV_THREADS) attn_kv_kernel(float *out, const float *q, const float *kc,
+                                                             const float *vc, const int32_t *slot, const int32_t *pos,
+                                                             int NH, int KVH, int HS, int T, int window, float scale) {
+    extern __shared__ float sm[]; // q (HS), p (KV_THREADS), red (KV_THREADS)
+    float *qs = sm, *p = sm + HS, *red = p + KV_THREADS;
+    int i = blockIdx.x, h = blockIdx.y, t = threadIdx.x, kh = h / (NH / KVH);
+    size_t ks = (size_t)KVH * HS;
+    const float *K = kc + (size_t)slot[i] * T * ks + (size_t)kh * HS;
+    const float *V = vc + (size_t)slot[i] * T * ks + (size_t)kh * HS;
+    for (int d = t; d < HS; d += KV_THREADS) qs[d] = q[((size_t)i * NH + h) * HS + d];
+    int hi = pos[i], lo = 0;
+    if (window > 0 && hi - window > lo) lo = hi - window;
+    float m = -INFINITY, l = 0;
+    float acc[4] = {0, 0, 0, 0}; // HS <= 4 * KV_THREADS
+    __syncthreads();
+    for (int j0 = lo; j0 <= hi; j0 += KV_THREADS) {
+        int j = j0 + t;
+        float s = -INFINITY;
+        if (j <= hi) {
+            const float *kr = K + (size_t)j * ks;
+            float dot = 0;
+            for (int d = 0; d < HS; d++) dot += qs[d] * kr[d];
+            s = dot * scale;
+        }
+        red[t] = s;
+        __syncthreads();
+        for (int w = KV_THREADS / 2; w > 0; w >>= 1) {
+            if (t < w) red[t] = fmaxf(red[t], red[t + w]);
+            __syncthreads();
+        }
+        float mn = fmaxf(m, red[0]);
+        __syncthreads();
+        float e = j <= hi ? expf(s - mn) : 0.0f;
+        p[t] = e;
+        red[t] = e;
+        __syncthreads();
+        for (int w = KV_THREADS / 2; w > 0; w >>= 1) {
+            if (t < w) red[t] += red[t + w];
+            __syncthreads();
+        }
+        float corr = expf(m - mn); // 0 on the first tile (m = -inf)
+        l = l * corr + red[0];
+        int nk = hi - j0 + 1 < KV_THREADS ? hi - j0 + 1 : KV_THREADS;
+        for (int c = 0; c < 4; c++) {
+            int d = t + c * KV_THREADS;
+            if (d >= HS) break;
+            float a = acc[c] * corr;
+            for (int jj = 0; jj < nk; jj++) a += p[jj] * V[(size_t)(j0 + jj) * ks + d];
+            acc[c] = a;
+        }
+        m = mn;
+        __syncthreads();
+    }
+    for (int c = 0; c < 4; c++) {
+        int d = t + c * KV_THREADS;
+        if (d < HS) out[((size_t)i * NH + h) * HS + d] = acc[c] / l;
+    }
+}
+
+extern "C" void pq_attention_kv_forward(float *out, const float *q, const float *kc, const float *vc,
+                                        const int32_t *slot, const int32_t *pos, int N, int NH, int KVH, int HS, int T,
+                                        int window) {
+    if (N <= 0) return;
+    if (HS > 4 * KV_THREADS) pq_cuda_fail("pq_attention_kv_forward", "head size over 512", __FILE__, __LINE__);
+    dim3 grid(N, NH);
+    size_t smem = (size_t)(HS + 2 * KV_THREADS) * sizeof(float);
+    attn_kv_kernel<<<grid, KV_THREADS, smem>>>(out, q, kc, vc, slot, pos, NH, KVH, HS, T, window,
+                                               1.0f / sqrtf((float)HS));
+    CU_LAUNCHED();
+}
