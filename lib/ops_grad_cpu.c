@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,62 +111,95 @@ void pq_cpu_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, 
     }
 }
 
-// Per query row i of head h (record start s = i - pos[i], keys j in
-// [max(s, i-window), i], as attention_forward and HF's sliding window): p_j = exp(scale q_i.k_j - lse), D = do_i.o_i,
-// ds_j = p_j (do_i.v_j - D); dq_i = scale sum ds_j k_j; dk_j += scale ds_j q_i;
-// dv_j += p_j do_i. Heads run in parallel, each into its own dk/dv slice,
-// summed over the heads of a KV group at the end.
+// Blocks of up to QB query rows of one record, per head, as the forward
+// does: with the keys [j0, i1) the block can see (record start, sliding
+// window: key j visible from row i when i - window <= j <= i),
+//   S = scale Q K^T, P = exp(S - lse) (masked), dP = dO V^T,
+//   dS = scale P (dP - rowsum(dO * O)), dQ = dS K, dK += dS^T Q, dV += P^T dO.
+// Work items (block, head) run in parallel; each thread accumulates dK and
+// dV in its own (N,KVH,HS) buffers, summed at the end.
+enum { QB = 64 };
 void pq_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, const float *out, const float *lse, const int32_t *pos, int N,
                                int NH, int KVH, int HS, int window) {
     const float scale = 1.0f / sqrtf((float)HS);
-    int grp = NH / KVH;
-    size_t hsz = (size_t)N * HS;
-    float *dkh = pq_xcalloc((size_t)NH * hsz * 2, sizeof(float)); // (NH, N, HS) twice
-    float *dvh = dkh + (size_t)NH * hsz;
-#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(dynamic, 1)
-        for (int h = 0; h < NH; h++) {
-            int kh = h / grp;
-            float *dkk = dkh + h * hsz, *dvv = dvh + h * hsz;
-            for (int i = 0; i < N; i++) {
-                int s = i - pos[i], j0 = s;
-                if (window > 0 && i - window > j0) j0 = i - window;
-                const float *qi = q + ((size_t)i * NH + h) * HS;
-                const float *doi = dout + ((size_t)i * NH + h) * HS;
-                const float *oi = out + ((size_t)i * NH + h) * HS;
-                float *dqi = dq + ((size_t)i * NH + h) * HS;
+    int G = NH / KVH, nt = pq_cpu_threads();
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, kn = (size_t)N * ks;
+    int *blk = pq_xmalloc((size_t)(N + 1) * sizeof *blk);
+    int nb = 0;
+    for (int i = 0; i < N;) {
+        int rs = i - pos[i], j = i + 1;
+        while (j < N && j - i < QB && j - pos[j] == rs) j++;
+        blk[nb++] = i;
+        i = j;
+    }
+    blk[nb] = N;
+    float *acc = pq_xcalloc((size_t)nt * kn * 2, sizeof(float)); // per thread: dK (N,KVH,HS), dV
+#pragma omp parallel num_threads(nt)
+    {
+        float *dkt = acc + (size_t)omp_get_thread_num() * kn * 2, *dvt = dkt + kn;
+        float *S = NULL, *dP = NULL, *Dr = pq_xmalloc(QB * sizeof(float));
+        size_t cap = 0;
+#pragma omp for schedule(dynamic, 1)
+        for (long w = 0; w < (long)nb * NH; w++) {
+            int b = (int)(w / NH), h = (int)(w % NH), kh = h / G;
+            int i0 = blk[b], i1 = blk[b + 1], rs = i0 - pos[i0], j0 = rs;
+            if (window > 0 && i0 - window > j0) j0 = i0 - window;
+            int nq = i1 - i0, nk = i1 - j0;
+            if ((size_t)nq * nk > cap) {
+                cap = (size_t)nq * nk;
+                free(S);
+                free(dP);
+                S = pq_xmalloc(cap * sizeof(float));
+                dP = pq_xmalloc(cap * sizeof(float));
+            }
+            const float *Q = q + (size_t)i0 * qs + (size_t)h * HS, *dO = dout + (size_t)i0 * qs + (size_t)h * HS;
+            const float *K = k + (size_t)j0 * ks + (size_t)kh * HS, *V = v + (size_t)j0 * ks + (size_t)kh * HS;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, HS, scale, Q, (int)qs, K, (int)ks, 0.0f, S, nk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, HS, 1.0f, dO, (int)qs, V, (int)ks, 0.0f, dP,
+                        nk);
+            for (int a = 0; a < nq; a++) {
+                int i = i0 + a, lo = rs;
+                if (window > 0 && i - window > lo) lo = i - window;
+                const float *o = out + (size_t)i * qs + (size_t)h * HS, *g = dO + (size_t)a * qs;
                 float D = 0;
-                for (int d = 0; d < HS; d++) D += doi[d] * oi[d];
+                for (int d = 0; d < HS; d++) D += g[d] * o[d];
+                Dr[a] = D;
                 float m = lse[(size_t)i * NH + h];
-                for (int d = 0; d < HS; d++) dqi[d] = 0;
-                for (int j = j0; j <= i; j++) {
-                    const float *kj = k + ((size_t)j * KVH + kh) * HS;
-                    const float *vj = v + ((size_t)j * KVH + kh) * HS;
-                    float sc = 0, dp = 0;
-                    for (int d = 0; d < HS; d++) sc += qi[d] * kj[d], dp += doi[d] * vj[d];
-                    float pj = expf(sc * scale - m);
-                    float ds = pj * (dp - D) * scale;
-                    float *dkj = dkk + (size_t)j * HS, *dvj = dvv + (size_t)j * HS;
-                    for (int d = 0; d < HS; d++) {
-                        dqi[d] += ds * kj[d];
-                        dkj[d] += ds * qi[d];
-                        dvj[d] += pj * doi[d];
+                float *sr = S + (size_t)a * nk, *pr = dP + (size_t)a * nk;
+                int c0 = lo - j0, c1 = i - j0;
+                for (int c = 0; c < nk; c++) {
+                    if (c < c0 || c > c1) {
+                        sr[c] = 0.0f; // P
+                        pr[c] = 0.0f; // dS
+                    } else {
+                        float pv = expf(sr[c] - m);
+                        sr[c] = pv;
+                        pr[c] = pv * (pr[c] - D) * scale;
                     }
                 }
             }
-    }
-#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
-    for (int i = 0; i < N; i++) {
-        for (int kh = 0; kh < KVH; kh++) {
-            float *dki = dk + ((size_t)i * KVH + kh) * HS, *dvi = dv + ((size_t)i * KVH + kh) * HS;
-            for (int d = 0; d < HS; d++) dki[d] = dvi[d] = 0;
-            for (int h = kh * grp; h < (kh + 1) * grp; h++) {
-                const float *a = dkh + h * hsz + (size_t)i * HS, *b = dvh + h * hsz + (size_t)i * HS;
-                for (int d = 0; d < HS; d++) dki[d] += a[d], dvi[d] += b[d];
-            }
+            // dQ (nq,HS) = dS K;  dK (nk,HS) += dS^T Q;  dV (nk,HS) += P^T dO
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nk, 1.0f, dP, nk, K, (int)ks, 0.0f,
+                        dq + (size_t)i0 * qs + (size_t)h * HS, (int)qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, HS, nq, 1.0f, dP, nk, Q, (int)qs, 1.0f,
+                        dkt + (size_t)j0 * ks + (size_t)kh * HS, (int)ks);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, HS, nq, 1.0f, S, nk, dO, (int)qs, 1.0f,
+                        dvt + (size_t)j0 * ks + (size_t)kh * HS, (int)ks);
         }
+        free(S);
+        free(dP);
+        free(Dr);
     }
-    free(dkh);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t x = 0; x < kn; x++) {
+        float a = 0, c = 0;
+        for (int t = 0; t < nt; t++) a += acc[(size_t)t * kn * 2 + x], c += acc[(size_t)t * kn * 2 + kn + x];
+        dk[x] = a;
+        dv[x] = c;
+    }
+    free(acc);
+    free(blk);
 }
 
 // out = silu(g) u, silu(g) = g s(g): dg = dout u s (1 + g (1 - s)), du = dout silu(g)
