@@ -35,13 +35,14 @@ def attempts(status_seq):
 def gaps(v):
     return [round(b[0] - a[0], 3) for a, b in zip(v, v[1:])]
 g = gaps(attempts([500, 500, 200]))
-assert 0.37 <= g[0] <= 0.7 and 0.74 <= g[1] <= 1.4 and g[1] > g[0], ("backoff 0.5 s then 1 s, with jitter", g)
+# 0.5 s then 1 s, each with +-25% jitter (upper bounds leave room for a loaded machine)
+assert 0.37 <= g[0] <= 0.9 and 0.74 <= g[1] <= 1.6 and g[1] > g[0], ("backoff 0.5 s then 1 s", g)
 g = gaps(attempts([500, 500, 500]))
-assert 0.37 <= g[0] <= 0.7 and 0.74 <= g[1] <= 1.4, g
+assert 0.37 <= g[0] <= 0.9 and 0.74 <= g[1] <= 1.6, g
 g = sorted(gaps(v)[0] for v in by.values() if [s for _, s, _ in v] == [429, 200])
 assert len(g) == 2, g
-assert 0.1 <= g[0] < 0.3, ("retry-after-ms: 100 is honoured, not the 0.5 s backoff", g)
-assert 1.0 <= g[1] < 1.5, ("Retry-After: 1 is honoured", g)
+assert 0.1 <= g[0] < 0.36, ("retry-after-ms: 100 is honoured, not the 0.5 s backoff", g)
+assert 1.0 <= g[1] < 1.7, ("Retry-After: 1 is honoured", g)
 # With -j 1, other requests run while one backs off.
 v = attempts([500, 500, 200])
 between = [r for r in log[v[0][2] + 1:v[1][2]] if r["status"] == 200]

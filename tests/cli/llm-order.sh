@@ -12,7 +12,7 @@ s=$PQ_BIN/pq-summarize
 i=0
 while [ $i -lt 30 ]; do
   m=''
-  [ $i -eq 1 ] && m='[[fake:slow=0.8]]'
+  [ $i -eq 1 ] && m='[[fake:slow=1.2]]'
   printf '{"id": "o%02d", "n": %d, "article": "Line %d starts here. The mayor opened a new park on Friday. Children played on the swings. The park cost two million dollars. %s"}\n' $i $i $i "$m"
   i=$((i + 1))
 done >"$d/in.jsonl"
