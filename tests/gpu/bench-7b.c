@@ -1,0 +1,267 @@
+// bench-7b.c: pq's forward log-probs and LoRA DPO step on a model of a given
+// config.json's shape (Mistral-7B for scripts/gpu-check) with RANDOM bf16
+// weights made on the device (no weight files are read: this measures speed
+// only). Prints tokens/s, MFU against a given peak and peak device memory,
+// and one "RESULT key value" line per figure for scripts/gpu-check.
+//   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
+//            [--no-checkpoint] [--peak-tflops 989] [--device N] [--what logp|dpo|both]
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dpo.h"
+#include "model.h"
+#include "optim.h"
+#include "train.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 0x243f6a8885a308d3ULL;
+static uint64_t rnd(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return rng;
+}
+
+// A device pool of random bf16 values ~ U(-a, a); weights are filled from it.
+enum { POOL = 1 << 25 };
+static uint16_t *pool;
+
+static void pool_build(float a) {
+    uint16_t *h = pq_xmalloc((size_t)POOL * 2);
+    for (size_t i = 0; i < POOL; i++) {
+        float f = a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        h[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    }
+    pool = pq_dev_alloc((size_t)POOL * 2);
+    pq_dev_upload(pool, h, (size_t)POOL * 2);
+    free(h);
+}
+
+static PqWeight rand_weight(int rows, int cols) {
+    size_t n = (size_t)rows * cols;
+    uint16_t *d = pq_dev_alloc(n * 2);
+    for (size_t o = 0; o < n; o += POOL) {
+        size_t k = n - o < POOL ? n - o : POOL;
+        // start at a varying offset so layers differ
+        size_t s = (size_t)(rnd() % (POOL - k + 1));
+        pq_dev_copy(d + o, pool + s, k * 2);
+    }
+    return (PqWeight){d, PQ_BF16, rows, cols};
+}
+
+static float *const_vec(int n, float v) {
+    float *h = pq_xmalloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) h[i] = v;
+    float *d = pq_dev_alloc((size_t)n * 4);
+    pq_dev_upload(d, h, (size_t)n * 4);
+    free(h);
+    return d;
+}
+
+static PqModel *random_model(const char *config, PqErr *e) {
+    char *text = pq_read_file(config, NULL, e);
+    if (!text) return NULL;
+    PqModel *m = pq_xcalloc(1, sizeof *m);
+    if (pq_config_parse(text, &m->cfg, e)) {
+        free(text);
+        free(m);
+        return NULL;
+    }
+    free(text);
+    PqConfig *c = &m->cfg;
+    c->dtype = PQ_BF16;
+    m->dir = pq_xstrdup("(random weights)");
+    pool_build(0.02f);
+    m->wte = rand_weight(c->V, c->C);
+    m->lm_head = c->tie ? m->wte : rand_weight(c->V, c->C);
+    m->ln_f = const_vec(c->C, 1.0f);
+    m->layers = pq_xcalloc((size_t)c->L, sizeof *m->layers);
+    for (int l = 0; l < c->L; l++) {
+        PqLayerW *L = &m->layers[l];
+        L->ln1 = const_vec(c->C, 1.0f);
+        L->ln2 = const_vec(c->C, 1.0f);
+        for (int j = 0; j < PQ_NLIN; j++) {
+            int in, out;
+            pq_lin_shape(c, j, &in, &out);
+            L->w[j] = rand_weight(out, in);
+            if ((j <= PQ_V && c->qkv_bias) || (j == PQ_O && c->o_bias)) L->b[j] = const_vec(out, 0.0f);
+        }
+    }
+    float *f = pq_xmalloc((size_t)(c->HS / 2) * 4);
+    for (int d = 0; d < c->HS / 2; d++) f[d] = 1.0f / powf(c->rope_theta, (float)(2 * d) / (float)c->HS);
+    m->inv_freq = pq_dev_alloc((size_t)(c->HS / 2) * 4);
+    pq_dev_upload(m->inv_freq, f, (size_t)(c->HS / 2) * 4);
+    free(f);
+    pq_dev_free(pool);
+    return m;
+}
+
+static void random_model_free(PqModel *m) {
+    const PqConfig *c = &m->cfg;
+    for (int l = 0; l < c->L; l++) {
+        PqLayerW *L = &m->layers[l];
+        pq_dev_free((void *)L->ln1), pq_dev_free((void *)L->ln2);
+        for (int j = 0; j < PQ_NLIN; j++) pq_dev_weight_free(&L->w[j]), pq_dev_free((void *)L->b[j]);
+    }
+    if (!c->tie) pq_dev_weight_free(&m->lm_head);
+    pq_dev_weight_free(&m->wte);
+    pq_dev_free((void *)m->ln_f), pq_dev_free(m->inv_freq);
+    free(m->layers), free(m->dir), free(m);
+}
+
+// Matmul parameters of the blocks (what 2 FLOPs per token multiply).
+static double block_params(const PqConfig *c) {
+    double p = 0;
+    for (int j = 0; j < PQ_NLIN; j++) {
+        int in, out;
+        pq_lin_shape(c, j, &in, &out);
+        p += (double)in * out;
+    }
+    return p * c->L;
+}
+// Causal attention FLOPs of the forward for sequences of T tokens (QK^T and
+// PV over the visible keys), window applied.
+static double attn_flops(const PqConfig *c, int T, int nseq) {
+    double pairs = 0;
+    for (int i = 0; i < T; i++) pairs += c->window > 0 && i + 1 > c->window + 1 ? c->window + 1 : i + 1;
+    return 4.0 * pairs * c->NH * c->HS * c->L * nseq;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--no-checkpoint] "
+                        "[--peak-tflops P] [--device N] [--what logp|dpo|both]\n");
+        return 2;
+    }
+    int T = 2048, S = 2, iters = 3, r = 16, ckpt = 1, dev = 0;
+    double peak = 989;
+    const char *what = "both";
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "0";
+        if (!strcmp(a, "--seq")) T = atoi(v), i++;
+        else if (!strcmp(a, "--seqs")) S = atoi(v), i++;
+        else if (!strcmp(a, "--iters")) iters = atoi(v), i++;
+        else if (!strcmp(a, "--rank")) r = atoi(v), i++;
+        else if (!strcmp(a, "--peak-tflops")) peak = atof(v), i++;
+        else if (!strcmp(a, "--device")) dev = atoi(v), i++;
+        else if (!strcmp(a, "--what")) what = v, i++;
+        else if (!strcmp(a, "--no-checkpoint")) ckpt = 0;
+        else {
+            fprintf(stderr, "bench-7b: unknown option %s\n", a);
+            return 2;
+        }
+    }
+    if (pq_ops_set_device(dev)) fprintf(stderr, "bench-7b: no device %d on backend %s\n", dev, pq_ops_backend());
+    PqErr e;
+    double t0 = now_s();
+    PqModel *m = random_model(argv[1], &e);
+    if (!m) {
+        fprintf(stderr, "bench-7b: %s\n", e.msg);
+        return 3;
+    }
+    const PqConfig *c = &m->cfg;
+    printf("model: %s shape, L=%d C=%d NH=%d KVH=%d H=%d V=%d, RANDOM bf16 weights made on the %s in %.1f s\n",
+           argv[1], c->L, c->C, c->NH, c->KVH, c->H, c->V, pq_ops_backend(), now_s() - t0);
+    int N = T * S;
+    int prompt = T / 2; // responses: the second half of each sequence
+    int32_t *ids = pq_xmalloc((size_t)N * 4), *pos = pq_xmalloc((size_t)N * 4), *tg = pq_xmalloc((size_t)N * 4);
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < T; i++) {
+            int k = s * T + i;
+            ids[k] = (int32_t)(rnd() % (uint64_t)c->V);
+            pos[k] = i;
+        }
+    for (int k = 0; k < N; k++) tg[k] = pos[k] + 1 >= prompt && pos[k] + 1 < T ? ids[k + 1] : -1;
+    int M = 0;
+    for (int k = 0; k < N; k++) M += tg[k] >= 0;
+    double P = block_params(c), fa = attn_flops(c, T, S);
+    float *lp = pq_xmalloc((size_t)N * 4);
+    int rc = 0;
+    if (strcmp(what, "dpo")) {
+        // forward log-probs as pq-logp runs them (LM head on the M response rows)
+        double flops = 2 * P * N + fa + 2.0 * M * c->V * c->C;
+        pq_model_logp(m, ids, pos, tg, N, lp, &e); // warm-up
+        double t = now_s();
+        for (int k = 0; k < iters; k++) pq_model_logp(m, ids, pos, tg, N, lp, &e);
+        double dt = (now_s() - t) / iters;
+        double sum = 0;
+        for (int k = 0; k < N; k++) sum += lp[k];
+        if (!isfinite(sum)) rc = 1;
+        printf("logp: %d sequences x %d tokens, %.3f s per forward, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% "
+               "(of %.0f TFLOP/s), mean logp %.3f\n",
+               S, T, dt, N / dt, flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), peak, sum / M);
+        printf("RESULT logp_tokens_per_s %.0f\nRESULT logp_mfu %.3f\nRESULT logp_peak_gb %.1f\n", N / dt,
+               flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
+    }
+    if (strcmp(what, "logp")) {
+        // one DPO step: S/2 pairs (chosen, rejected of T tokens each) in one micro-batch,
+        // forward + backward to LoRA r on all seven linears, the optimizer on the host
+        unsigned targets = (1u << PQ_NLIN) - 1;
+        PqLora *lora = pq_lora_build(c, r, 2.0f * r, targets);
+        float *hp = pq_xcalloc(lora->n_params, 4), *hg = pq_xmalloc(lora->n_params * 4);
+        for (size_t i = 0; i < lora->n_params; i++) hp[i] = 0.001f * (float)((int)(rnd() % 2001) - 1000) / 1000;
+        pq_dev_upload(lora->params, hp, lora->n_params * 4);
+        PqTrainer *tr = pq_trainer_build(m, lora, ckpt, 0.05f);
+        PqAdamW opt;
+        pq_adamw_build(&opt, lora->n_params, 1e-5, 0.9, 0.999, 1e-8, 0.0);
+        int np = S / 2 > 0 ? S / 2 : 1;
+        PqTrainPair *pairs = pq_xcalloc((size_t)np, sizeof *pairs);
+        PqTrainPair **pp = pq_xcalloc((size_t)np, sizeof *pp);
+        for (int k = 0; k < np; k++) {
+            for (int s = 0; s < 2; s++) {
+                pairs[k].ids[s] = pq_xmalloc((size_t)T * 4);
+                for (int i = 0; i < T; i++) pairs[k].ids[s][i] = (int32_t)(rnd() % (uint64_t)c->V);
+                pairs[k].len[s] = T, pairs[k].prompt_len[s] = prompt;
+                pairs[k].ref[s] = -1000.0 * (s + 1); // as scripts/gpu-bench-torch
+            }
+            pp[k] = &pairs[k];
+        }
+        PqDpoCfg dc = {0};
+        dc.loss = pq_dpo_loss_parse("sigmoid");
+        dc.beta = 0.1;
+        int Nd = 2 * np * T, Md = 2 * np * (T - prompt);
+        // model FLOPs: forward and input-gradient backward through the frozen
+        // base (2 x 2NP), attention forward + backward (3x), the LM head on
+        // the response rows forward + backward (3 x 2MVC); recomputation not counted
+        double flops = 4 * P * Nd + 3 * attn_flops(c, T, 2 * np) + 6.0 * Md * c->V * c->C;
+        double dt = 0, loss = 0;
+        for (int k = 0; k <= iters; k++) {
+            double t = now_s();
+            pq_trainer_zero_grad(tr);
+            PqDpoMetrics met = {0};
+            long tokens = 0;
+            if (pq_train_dpo_micro(tr, &dc, pp, np, 1.0 / np, 1234 + k, 1, &met, &tokens)) rc = 1;
+            pq_dev_download(hg, tr->grads, lora->n_params * 4);
+            pq_clip_grad_norm(hg, lora->n_params, 1.0);
+            pq_adamw_step(&opt, hp, hg, 1e-5);
+            pq_dev_upload(lora->params, hp, lora->n_params * 4);
+            if (k > 0) dt += now_s() - t; // the first step warms up
+            loss = met.loss / (met.n > 0 ? met.n : 1);
+        }
+        dt /= iters;
+        if (!isfinite(loss)) rc = 1;
+        printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s, %.3f s per step "
+               "(optimizer on the host included), %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, loss %.4f, "
+               "peak device memory %.1f GB\n",
+               np, T, r, ckpt ? "activation checkpointing" : "all activations kept", dt, Nd / dt,
+               flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), loss, pq_dev_peak_bytes() / 1e9);
+        printf("RESULT dpo_tokens_per_s %.0f\nRESULT dpo_mfu %.3f\nRESULT dpo_peak_gb %.1f\n", Nd / dt,
+               flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
+        for (int k = 0; k < np; k++) pq_train_pair_free(&pairs[k]);
+        free(pairs), free(pp), free(hp), free(hg);
+        pq_adamw_free(&opt);
+        pq_trainer_free(tr);
+        pq_lora_free(lora);
+    }
+    free(ids), free(pos), free(tg), free(lp);
+    random_model_free(m);
+    return rc;
+}

@@ -1,0 +1,392 @@
+// parity-ops.c: every op of the CUDA backend (pq_*) against the CPU oracle
+// (pq_cpu_*) on fresh random inputs, device outputs poisoned with NaN before
+// each run, with tolerances per precision (f32 and bf16/f16 products).
+// Built only with CUDA=1; run by scripts/gpu-check. Exits 1 on any mismatch.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_gen.h"
+#include "ops_grad.h"
+#include "st_write.h"
+#include "util.h"
+
+static int failures, checks;
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+
+static uint64_t rnd(void) { // splitmix64
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static float urand(float a) { return a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); }
+
+static float *hrand(size_t n, float a) {
+    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = urand(a);
+    return p;
+}
+static float *hnan(size_t n) {
+    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = NAN;
+    return p;
+}
+// a device copy of host data
+static void *dev(const void *h, size_t bytes) {
+    void *d = pq_dev_alloc(bytes);
+    pq_dev_upload(d, h, bytes);
+    return d;
+}
+// a device buffer of n floats filled with NaN (an output not yet written)
+static float *dnan(size_t n) {
+    float *h = hnan(n), *d = dev(h, n * sizeof(float));
+    free(h);
+    return d;
+}
+static float *down(const float *d, size_t n) {
+    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
+    pq_dev_download(h, d, n * sizeof *h);
+    return h;
+}
+
+// max |gpu - cpu| / max(max |cpu|, floor) <= tol, and no NaN where cpu has none
+static void cmp(const char *name, const float *cpu, const float *gpu_dev, size_t n, double tol) {
+    float *g = down(gpu_dev, n);
+    double mx = 0, err = 0;
+    size_t bad = (size_t)-1;
+    for (size_t i = 0; i < n; i++) mx = fabs(cpu[i]) > mx ? fabs(cpu[i]) : mx;
+    double den = mx > 1e-6 ? mx : 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)g[i] - cpu[i]) / den;
+        if (!(d <= tol) && bad == (size_t)-1) bad = i;
+        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
+    }
+    checks++;
+    if (bad != (size_t)-1) {
+        failures++;
+        printf("FAIL %-40s rel err %.3g > %.3g (first at %zu: cpu %.9g gpu %.9g, max|cpu| %.3g)\n", name, err, tol, bad,
+               cpu[bad], g[bad], mx);
+    } else {
+        printf("ok   %-40s rel err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
+    }
+    free(g);
+}
+
+// a host weight (rows, cols) of dtype dt with values in [-a, a]; vals gets
+// the exact f32 values it holds
+static PqWeight hweight(int rows, int cols, PqDtype dt, float a, float **vals) {
+    size_t n = (size_t)rows * cols;
+    float *v = hrand(n, a);
+    void *data;
+    if (dt == PQ_F32) {
+        data = pq_xmalloc(n * 4);
+        memcpy(data, v, n * 4);
+    } else {
+        uint16_t *u = pq_xmalloc(n * 2);
+        for (size_t i = 0; i < n; i++) u[i] = dt == PQ_BF16 ? pq_f32_to_bf16(v[i]) : pq_f32_to_f16(v[i]);
+        for (size_t i = 0; i < n; i++) v[i] = dt == PQ_BF16 ? pq_bf16_to_f32(u[i]) : pq_f16_to_f32(u[i]);
+        data = u;
+    }
+    if (vals) *vals = v;
+    else free(v);
+    return (PqWeight){data, dt, rows, cols};
+}
+
+// packed records of the given lengths: pos (N)
+static int32_t *packing(const int *lens, int nrec, int *N) {
+    int n = 0;
+    for (int r = 0; r < nrec; r++) n += lens[r];
+    int32_t *pos = pq_xmalloc((size_t)n * sizeof *pos);
+    int k = 0;
+    for (int r = 0; r < nrec; r++)
+        for (int i = 0; i < lens[r]; i++) pos[k++] = i;
+    *N = n;
+    return pos;
+}
+
+static double prod_tol(PqDtype dt) { return dt == PQ_F32 ? 2e-5 : 1.5e-2; }
+
+static void test_embedding(PqDtype dt) {
+    int V = 1000, C = 96, N = 77;
+    PqWeight hw = hweight(V, C, dt, 1, NULL), dw = pq_dev_weight(hw);
+    int32_t *ids = pq_xmalloc(N * sizeof *ids);
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)(rnd() % V);
+    ids[0] = 0, ids[N - 1] = V - 1;
+    float *cpu = hnan((size_t)N * C), *gout = dnan((size_t)N * C);
+    int32_t *dids = dev(ids, N * sizeof *ids);
+    pq_cpu_embedding_forward(cpu, ids, &hw, N, C);
+    pq_embedding_forward(gout, dids, &dw, N, C);
+    char name[64];
+    snprintf(name, sizeof name, "embedding %s", pq_dtype_name(dt));
+    cmp(name, cpu, gout, (size_t)N * C, 0);
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(ids), free(cpu), pq_dev_free(gout), pq_dev_free(dids);
+}
+
+static void test_rmsnorm(int N, int C) {
+    float *x = hrand((size_t)N * C, 2), *w = hrand(C, 1.5f), *dy = hrand((size_t)N * C, 1);
+    float *out = hnan((size_t)N * C), *rstd = hnan(N);
+    float *dx = hrand((size_t)N * C, 1);
+    float *dx0 = dev(dx, (size_t)N * C * 4);
+    float *dX = dev(x, (size_t)N * C * 4), *dW = dev(w, C * 4), *dDY = dev(dy, (size_t)N * C * 4);
+    float *gout = dnan((size_t)N * C), *grstd = dnan(N);
+    pq_cpu_rmsnorm_forward(out, rstd, x, w, N, C, 1e-5f);
+    pq_rmsnorm_forward(gout, grstd, dX, dW, N, C, 1e-5f);
+    char name[64];
+    snprintf(name, sizeof name, "rmsnorm_forward out C=%d", C);
+    cmp(name, out, gout, (size_t)N * C, 1e-5);
+    snprintf(name, sizeof name, "rmsnorm_forward rstd C=%d", C);
+    cmp(name, rstd, grstd, N, 1e-5);
+    pq_cpu_rmsnorm_backward(dx, dy, x, w, rstd, N, C);
+    pq_rmsnorm_backward(dx0, dDY, dX, dW, grstd, N, C);
+    snprintf(name, sizeof name, "rmsnorm_backward C=%d", C);
+    cmp(name, dx, dx0, (size_t)N * C, 1e-5);
+    free(x), free(w), free(dy), free(out), free(rstd), free(dx);
+    pq_dev_free(dx0), pq_dev_free(dX), pq_dev_free(dW), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(grstd);
+}
+
+static void test_linear(PqDtype dt, int bias) {
+    int N = 133, C = 256, OC = 320;
+    PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
+    float *x = hrand((size_t)N * C, 1), *b = hrand(OC, 1), *dy = hrand((size_t)N * OC, 1);
+    float *out = hnan((size_t)N * OC), *dx = hrand((size_t)N * C, 1);
+    float *dX = dev(x, (size_t)N * C * 4), *dB = dev(b, OC * 4), *dDY = dev(dy, (size_t)N * OC * 4);
+    float *gout = dnan((size_t)N * OC), *gdx = dev(dx, (size_t)N * C * 4);
+    pq_cpu_linear_forward(out, x, &hw, bias ? b : NULL, N, C, OC);
+    pq_linear_forward(gout, dX, &dw, bias ? dB : NULL, N, C, OC);
+    char name[64];
+    snprintf(name, sizeof name, "linear_forward %s%s", pq_dtype_name(dt), bias ? " bias" : "");
+    cmp(name, out, gout, (size_t)N * OC, prod_tol(dt));
+    pq_cpu_linear_backward(dx, dy, &hw, N, C, OC);
+    pq_linear_backward(gdx, dDY, &dw, N, C, OC);
+    snprintf(name, sizeof name, "linear_backward %s", pq_dtype_name(dt));
+    cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(x), free(b), free(dy), free(out), free(dx);
+    pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
+}
+
+static void test_lora(int with_dinp) {
+    int N = 97, C = 200, OC = 150, r = 8;
+    float sc = 2.0f;
+    float *x = hrand((size_t)N * C, 1), *A = hrand((size_t)r * C, 0.2f), *B = hrand((size_t)OC * r, 0.2f);
+    float *out = hrand((size_t)N * OC, 1), *xa = hnan((size_t)N * r), *dy = hrand((size_t)N * OC, 1);
+    float *dA = hrand((size_t)r * C, 1), *dB = hrand((size_t)OC * r, 1), *dx = hrand((size_t)N * C, 1);
+    float *dxa = hnan((size_t)N * r);
+    float *gx = dev(x, (size_t)N * C * 4), *gA = dev(A, (size_t)r * C * 4), *gB = dev(B, (size_t)OC * r * 4);
+    float *gout = dev(out, (size_t)N * OC * 4), *gxa = dnan((size_t)N * r), *gdy = dev(dy, (size_t)N * OC * 4);
+    float *gdA = dev(dA, (size_t)r * C * 4), *gdB = dev(dB, (size_t)OC * r * 4), *gdx = dev(dx, (size_t)N * C * 4);
+    float *gdxa = dnan((size_t)N * r);
+    pq_cpu_lora_forward(out, xa, x, A, B, sc, N, C, OC, r);
+    pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
+    if (with_dinp) {
+        cmp("lora_forward out", out, gout, (size_t)N * OC, 2e-5);
+        cmp("lora_forward xa", xa, gxa, (size_t)N * r, 2e-5);
+    }
+    pq_cpu_lora_backward(with_dinp ? dx : NULL, dA, dB, dxa, dy, x, xa, A, B, sc, N, C, OC, r);
+    pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa, gA, gB, sc, N, C, OC, r);
+    cmp(with_dinp ? "lora_backward dA" : "lora_backward dA (no dinp)", dA, gdA, (size_t)r * C, 2e-5);
+    cmp(with_dinp ? "lora_backward dB" : "lora_backward dB (no dinp)", dB, gdB, (size_t)OC * r, 2e-5);
+    cmp(with_dinp ? "lora_backward dinp" : "lora_backward dinp untouched", dx, gdx, (size_t)N * C, 2e-5);
+    free(x), free(A), free(B), free(out), free(xa), free(dy), free(dA), free(dB), free(dx), free(dxa);
+    float *p[] = {gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
+static void test_rope(void) {
+    int lens[] = {5, 300, 1, 60}, N, NH = 6, HS = 64;
+    int32_t *pos = packing(lens, 4, &N);
+    float *inv = pq_xmalloc(HS / 2 * sizeof *inv);
+    for (int d = 0; d < HS / 2; d++) inv[d] = 1.0f / powf(10000.0f, 2.0f * d / HS);
+    size_t n = (size_t)N * NH * HS;
+    float *x = hrand(n, 1);
+    float *gx = dev(x, n * 4), *gpos = dev(pos, N * 4), *ginv = dev(inv, HS / 2 * 4);
+    pq_cpu_rope_forward(x, pos, inv, N, NH, HS);
+    pq_rope_forward(gx, (int32_t *)gpos, ginv, N, NH, HS);
+    cmp("rope_forward", x, gx, n, 2e-6);
+    pq_cpu_rope_backward(x, pos, inv, N, NH, HS);
+    pq_rope_backward(gx, (int32_t *)gpos, ginv, N, NH, HS);
+    cmp("rope_backward", x, gx, n, 2e-6);
+    free(pos), free(inv), free(x), pq_dev_free(gx), pq_dev_free(gpos), pq_dev_free(ginv);
+}
+
+static void test_attention(const int *lens, int nrec, int NH, int KVH, int HS, int window) {
+    int N;
+    int32_t *pos = packing(lens, nrec, &N);
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    float *q = hrand(nq, 2), *k = hrand(nk, 2), *v = hrand(nk, 1), *dout = hrand(nq, 1);
+    float *out = hnan(nq), *lse = hnan(nl), *dq = hnan(nq), *dk = hnan(nk), *dv = hnan(nk);
+    float *gq = dev(q, nq * 4), *gk = dev(k, nk * 4), *gv = dev(v, nk * 4), *gdout = dev(dout, nq * 4);
+    int32_t *gpos = dev(pos, (size_t)N * 4);
+    float *gout = dnan(nq), *glse = dnan(nl), *gdq = dnan(nq), *gdk = dnan(nk), *gdv = dnan(nk);
+    pq_cpu_attention_forward(out, lse, q, k, v, pos, N, NH, KVH, HS, window);
+    pq_attention_forward(gout, glse, gq, gk, gv, gpos, N, NH, KVH, HS, window);
+    char name[96];
+    snprintf(name, sizeof name, "attention_forward out N=%d %d/%d HS=%d w=%d", N, NH, KVH, HS, window);
+    cmp(name, out, gout, nq, 1e-4);
+    snprintf(name, sizeof name, "attention_forward lse N=%d %d/%d HS=%d w=%d", N, NH, KVH, HS, window);
+    cmp(name, lse, glse, nl, 1e-5);
+    // the backward of both from the same (CPU) forward
+    float *gout_c = dev(out, nq * 4), *glse_c = dev(lse, nl * 4);
+    pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, N, NH, KVH, HS, window);
+    pq_attention_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, N, NH, KVH, HS, window);
+    snprintf(name, sizeof name, "attention_backward dq HS=%d w=%d", HS, window);
+    cmp(name, dq, gdq, nq, 1e-4);
+    snprintf(name, sizeof name, "attention_backward dk HS=%d w=%d", HS, window);
+    cmp(name, dk, gdk, nk, 1e-4);
+    snprintf(name, sizeof name, "attention_backward dv HS=%d w=%d", HS, window);
+    cmp(name, dv, gdv, nk, 1e-4);
+    free(pos), free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+    void *p[] = {gq, gk, gv, gdout, gpos, gout, glse, gdq, gdk, gdv, gout_c, glse_c};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
+static void test_elementwise(void) {
+    int N = 131, H = 517;
+    size_t n = (size_t)N * H;
+    float *g = hrand(n, 6), *u = hrand(n, 2), *dy = hrand(n, 1);
+    float *out = hnan(n), *dg = hnan(n), *du = hnan(n);
+    float *gg = dev(g, n * 4), *gu = dev(u, n * 4), *gdy = dev(dy, n * 4);
+    float *gout = dnan(n), *gdg = dnan(n), *gdu = dnan(n);
+    pq_cpu_swiglu_forward(out, g, u, N, H);
+    pq_swiglu_forward(gout, gg, gu, N, H);
+    cmp("swiglu_forward", out, gout, n, 1e-6);
+    pq_cpu_swiglu_backward(dg, du, dy, g, u, N, H);
+    pq_swiglu_backward(gdg, gdu, gdy, gg, gu, N, H);
+    cmp("swiglu_backward dgate", dg, gdg, n, 1e-6);
+    cmp("swiglu_backward dup", du, gdu, n, 1e-6);
+    pq_cpu_residual_forward(g, u, n);
+    pq_residual_forward(gg, gu, n);
+    cmp("residual_forward", g, gg, n, 0);
+    // dropout: the same mask bit for bit
+    pq_cpu_dropout_forward(out, u, 0.1f, 12345, n);
+    pq_dropout_forward(gout, gu, 0.1f, 12345, n);
+    cmp("dropout_forward p=0.1", out, gout, n, 0);
+    pq_cpu_dropout_forward(out, u, 0.5f, 0xdeadbeefcafeULL, n);
+    pq_dropout_forward(gout, gu, 0.5f, 0xdeadbeefcafeULL, n);
+    cmp("dropout_forward p=0.5", out, gout, n, 0);
+    free(g), free(u), free(dy), free(out), free(dg), free(du);
+    void *p[] = {gg, gu, gdy, gout, gdg, gdu};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
+static void test_logp(PqDtype dt, const char *chunk) {
+    if (chunk) setenv("PQ_CUDA_VOCAB_CHUNK", chunk, 1);
+    else unsetenv("PQ_CUDA_VOCAB_CHUNK");
+    int N = 150, C = 128, V = 5003;
+    PqWeight hw = hweight(V, C, dt, 0.5f, NULL), dw = pq_dev_weight(hw);
+    float *h = hrand((size_t)N * C, 1), *dl = hrand(N, 1), *dh = hrand((size_t)N * C, 1);
+    int32_t *tg = pq_xmalloc(N * sizeof *tg);
+    for (int i = 0; i < N; i++) tg[i] = i % 7 == 3 ? -1 : (int32_t)(rnd() % V);
+    tg[1] = 0, tg[2] = V - 1, dl[5] = 0;
+    float *lp = hnan(N), *lse = hnan(N);
+    float *gh = dev(h, (size_t)N * C * 4), *gdl = dev(dl, N * 4), *gdh = dev(dh, (size_t)N * C * 4);
+    int32_t *gtg = dev(tg, N * 4);
+    float *glp = dnan(N), *glse = dnan(N);
+    pq_cpu_logp_forward(lp, lse, h, &hw, tg, N, C, V);
+    pq_logp_forward(glp, glse, gh, &dw, gtg, N, C, V);
+    char name[64];
+    double tol = dt == PQ_F32 ? 2e-5 : 5e-3;
+    snprintf(name, sizeof name, "logp_forward logp %s chunk %s", pq_dtype_name(dt), chunk ? chunk : "auto");
+    cmp(name, lp, glp, N, tol);
+    snprintf(name, sizeof name, "logp_forward lse %s chunk %s", pq_dtype_name(dt), chunk ? chunk : "auto");
+    cmp(name, lse, glse, N, tol);
+    float *glse_c = dev(lse, N * 4);
+    pq_cpu_logp_backward(dh, dl, h, &hw, tg, lse, N, C, V);
+    pq_logp_backward(gdh, gdl, gh, &dw, gtg, glse_c, N, C, V);
+    snprintf(name, sizeof name, "logp_backward %s chunk %s", pq_dtype_name(dt), chunk ? chunk : "auto");
+    cmp(name, dh, gdh, (size_t)N * C, dt == PQ_F32 ? 2e-5 : 1.5e-2);
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(h), free(dl), free(dh), free(tg), free(lp), free(lse);
+    void *p[] = {gh, gdl, gdh, gtg, glp, glse, glse_c};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    unsetenv("PQ_CUDA_VOCAB_CHUNK");
+}
+
+static void test_memory(void) {
+    size_t n = 1000;
+    float *d = pq_dev_alloc(n * 4), *h = hrand(n, 1), zero[1000] = {0};
+    cmp("dev_alloc is zeroed", zero, d, n, 0);
+    pq_dev_upload(d, h, n * 4);
+    float *e = pq_dev_alloc(n * 4);
+    pq_dev_copy(e, d, n * 4);
+    cmp("dev_upload + dev_copy", h, e, n, 0);
+    pq_dev_zero(e, n * 4);
+    cmp("dev_zero", zero, e, n, 0);
+    free(h), pq_dev_free(d), pq_dev_free(e);
+}
+
+// KV cache: a prefill of three slots, then one decode step each, windowed or not
+static void test_gen(int window) {
+    int S = 3, T = 80, NH = 4, KVH = 2, HS = 64, lens[] = {40, 1, 63};
+    size_t kd = (size_t)KVH * HS, cache = (size_t)S * T * kd;
+    float *kc = pq_xcalloc(cache, 4), *vc = pq_xcalloc(cache, 4);
+    float *gkc = pq_dev_alloc(cache * 4), *gvc = pq_dev_alloc(cache * 4);
+    for (int step = 0; step < 2; step++) {
+        int N = 0;
+        for (int s = 0; s < S; s++) N += step ? 1 : lens[s];
+        int32_t *slot = pq_xmalloc(N * 4), *pos = pq_xmalloc(N * 4);
+        int k = 0;
+        for (int s = 0; s < S; s++)
+            for (int i = 0; i < (step ? 1 : lens[s]); i++, k++) slot[k] = s, pos[k] = step ? lens[s] : i;
+        size_t nq = (size_t)N * NH * HS, nk = (size_t)N * kd;
+        float *q = hrand(nq, 2), *kk = hrand(nk, 2), *vv = hrand(nk, 1), *out = hnan(nq);
+        float *gq = dev(q, nq * 4), *gk = dev(kk, nk * 4), *gv = dev(vv, nk * 4), *gout = dnan(nq);
+        int32_t *gslot = dev(slot, N * 4), *gpos = dev(pos, N * 4);
+        pq_cpu_kv_append(kc, vc, kk, vv, slot, pos, N, KVH, HS, T);
+        pq_kv_append(gkc, gvc, gk, gv, gslot, gpos, N, KVH, HS, T);
+        cmp(step ? "kv_append k (decode)" : "kv_append k (prefill)", kc, gkc, cache, 0);
+        cmp(step ? "kv_append v (decode)" : "kv_append v (prefill)", vc, gvc, cache, 0);
+        pq_cpu_attention_kv_forward(out, q, kc, vc, slot, pos, N, NH, KVH, HS, T, window);
+        pq_attention_kv_forward(gout, gq, gkc, gvc, gslot, gpos, N, NH, KVH, HS, T, window);
+        char name[64];
+        snprintf(name, sizeof name, "attention_kv_forward %s w=%d", step ? "decode" : "prefill", window);
+        cmp(name, out, gout, nq, 1e-4);
+        free(slot), free(pos), free(q), free(kk), free(vv), free(out);
+        void *p[] = {gq, gk, gv, gout, gslot, gpos};
+        for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    }
+    free(kc), free(vc), pq_dev_free(gkc), pq_dev_free(gvc);
+}
+
+int main(int argc, char **argv) {
+    int device = argc > 1 ? atoi(argv[1]) : 0;
+    if (pq_ops_set_device(device)) {
+        fprintf(stderr, "parity-ops: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
+        return 2;
+    }
+    pq_cpu_set_threads(0);
+    test_memory();
+    test_embedding(PQ_F32);
+    test_embedding(PQ_BF16);
+    test_embedding(PQ_F16);
+    test_rmsnorm(67, 4096);
+    test_rmsnorm(5, 100);
+    for (int b = 0; b < 2; b++) {
+        test_linear(PQ_F32, b);
+        test_linear(PQ_BF16, b);
+        test_linear(PQ_F16, b);
+    }
+    test_lora(1);
+    test_lora(0);
+    test_rope();
+    int lens1[] = {1, 37, 100, 64, 5}, lens2[] = {200}, lens3[] = {33, 31, 2, 90};
+    int hs[] = {16, 32, 64, 80, 128, 256};
+    for (size_t i = 0; i < sizeof hs / sizeof *hs; i++) test_attention(lens1, 5, 8, 2, hs[i], 0);
+    test_attention(lens1, 5, 4, 4, 64, 17);
+    test_attention(lens2, 1, 8, 1, 128, 40);
+    test_attention(lens3, 4, 6, 3, 48, 0);
+    test_attention(lens3, 4, 6, 2, 128, 32);
+    test_elementwise();
+    test_logp(PQ_F32, NULL);
+    test_logp(PQ_F32, "1000");
+    test_logp(PQ_BF16, NULL);
+    test_logp(PQ_BF16, "777");
+    test_logp(PQ_F16, "2048");
+    test_gen(0);
+    test_gen(9);
+    printf("%d of %d checks failed\n", failures, checks);
+    return failures ? 1 : 0;
+}
