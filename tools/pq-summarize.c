@@ -210,7 +210,9 @@ int main(int argc, char **argv) {
     // In-flight articles are bounded by `limit`; finished ones wait in the
     // reorder ring (bounded too) until the lines before them are written.
     int limit = 2 * jobs;
-    pq_reorder_init(&R, (long)(4 * jobs > 64 ? 4 * jobs : 64) * n);
+    long cap = (long)(4 * jobs > 64 ? 4 * jobs : 64) * n;
+    if (cap > (1L << 16)) cap = 2L * n > (1L << 16) ? 2L * n : 1L << 16;
+    pq_reorder_init(&R, cap);
     long seq = 0;
     PqBuf key = {0};
     static const char *const keys[] = {"article"};
@@ -265,6 +267,10 @@ int main(int argc, char **argv) {
         // Ordered output: wait until the ring has room for this article's lines.
         while (!unordered && seq + m > R.next + R.cap && pq_llm_pending(L) > 0 && !pq_interrupted)
             pq_llm_run(L, pq_llm_pending(L));
+        if (pq_interrupted) {
+            article_free(a);
+            break;
+        }
         a->seq0 = seq;
         seq += m;
         if (m == n) submit(a, 0, n, seed);
