@@ -200,9 +200,13 @@ int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
     }
     default: return 0;
     }
-bad:
-    pq_err(e, "bad value '%s' for an LLM client option", arg);
+bad: {
+    static const char *const names[] = {"--base-url", "--model", "--api-key-env", "--temperature", "--top-p",
+                                        "--max-tokens", "--retries", "--timeout", "--rpm", "--tpm"};
+    int i = opt - PQ_OPT_LLM_BASE;
+    pq_err(e, "%s: bad value '%s'", opt == 'j' ? "-j" : i >= 0 && i < 10 ? names[i] : "option", arg);
     return -1;
+}
 }
 
 // ---- setup ----
