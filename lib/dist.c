@@ -231,3 +231,28 @@ void pq_dist_sum_host(PqDist *d, double *buf, size_t n) {
     pq_dev_download(buf, db, n * sizeof *db);
     pq_dev_free(db);
 }
+
+int pq_device_select(const char *spec, PqErr *e) {
+    int cpu = !strcmp(pq_ops_backend(), "cpu");
+    if (!strcmp(spec, "cpu")) {
+        if (cpu) return 0;
+        pq_err(e, "--device cpu: this is the CUDA build (the CPU build is made by plain make)");
+        return -1;
+    }
+    const char *s = strncmp(spec, "cuda:", 5) ? spec : spec + 5;
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (!*s || *end || n < 0 || n > 1024) {
+        pq_err(e, "--device: cuda:N or cpu, not '%s'", spec);
+        return -1;
+    }
+    if (cpu) {
+        pq_err(e, "--device %s: this build has no CUDA backend (build it with make CUDA=1)", spec);
+        return -1;
+    }
+    if (pq_ops_set_device((int)n)) {
+        pq_err(e, "--device %s: no such CUDA device", spec);
+        return -1;
+    }
+    return 0;
+}

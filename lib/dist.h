@@ -37,6 +37,11 @@ void pq_dist_sum_host(PqDist *d, double *buf, size_t n);
 // (retrying until timeout_s) and receive it. 0 or -1 with a message.
 int pq_dist_exchange(int rank, int world, const char *addr, int port, void *id, size_t n, int timeout_s, PqErr *e);
 
+// --device SPEC: "cuda:N" (or "N") selects GPU N of the CUDA build, "cpu"
+// is the CPU build's only device. 0, or -1 with a message (no such device,
+// or a device of the other build).
+int pq_device_select(const char *spec, PqErr *e);
+
 // The backend's communicator (lib/dist_cpu.c: world 1 only; lib/cuda/dist_nccl.cu: NCCL).
 size_t pq_comm_id_size(void);
 int pq_comm_new_id(void *id, PqErr *e);
