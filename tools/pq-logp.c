@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist.h"
 #include "logp.h"
 #include "model.h"
 #include "seq.h"
@@ -20,11 +21,12 @@ static const char usage[] =
     "  -b, --batch-tokens N    tokens per forward pass (default 4096)\n"
     "      --batch N           at most N records per forward pass (default: as many as fit)\n"
     "  -t, --threads N         threads (default: all cores)\n"
+    "      --device DEV        cuda:N (CUDA build: GPU N, default cuda:0) or cpu\n"
     "      --per-token         also chosen_token_logps and rejected_token_logps arrays\n"
     "      --raw               records hold \"ids\" (token ids) and \"prompt_len\" instead of a pair;\n"
     "                          adds \"logp\" and \"tokens\" (and \"token_logps\")\n" PQ_TOOL_COMMON_HELP;
 
-enum { OPT_ADAPTER = PQ_OPT_TOOL_BASE, OPT_TEMPLATE, OPT_MAXLEN, OPT_TRUNC, OPT_BATCH, OPT_PER_TOKEN, OPT_RAW };
+enum { OPT_ADAPTER = PQ_OPT_TOOL_BASE, OPT_TEMPLATE, OPT_MAXLEN, OPT_TRUNC, OPT_BATCH, OPT_PER_TOKEN, OPT_RAW, OPT_DEVICE };
 
 // A record waiting for its batch: its JSON, its line (for rejects) and its
 // sequences (chosen, rejected; or one in --raw mode).
@@ -137,8 +139,9 @@ int main(int argc, char **argv) {
                                              {"threads", required_argument, 0, 't'},
                                              {"per-token", no_argument, 0, OPT_PER_TOKEN},
                                              {"raw", no_argument, 0, OPT_RAW},
+                                             {"device", required_argument, 0, OPT_DEVICE},
                                              {0, 0, 0, 0}};
-    const char *model_dir = NULL, *adapter_dir = NULL, *template_name = NULL;
+    const char *model_dir = NULL, *adapter_dir = NULL, *template_name = NULL, *device = NULL;
     int max_len = 4096, policy = PQ_TRUNC_ARTICLE, batch_recs = 0, threads = 0;
     pq_tool_init(&T, "pq-logp", usage);
     int opt;
@@ -152,6 +155,7 @@ int main(int argc, char **argv) {
         case OPT_TEMPLATE: template_name = optarg; break;
         case OPT_PER_TOKEN: per_token = 1; break;
         case OPT_RAW: raw = 1; break;
+        case OPT_DEVICE: device = optarg; break;
         case OPT_TRUNC:
             if (!strcmp(optarg, "article")) policy = PQ_TRUNC_ARTICLE;
             else if (!strcmp(optarg, "keep_start")) policy = PQ_TRUNC_KEEP_START;
@@ -181,6 +185,7 @@ int main(int argc, char **argv) {
     pq_ops_set_threads(threads);
 
     PqErr e;
+    if (device && pq_device_select(device, &e)) pq_tool_die(&T, "%s", e.msg);
     PqModel *model = pq_model_load(model_dir, &e);
     if (!model) pq_tool_die(&T, "%s", e.msg);
     M = model;
