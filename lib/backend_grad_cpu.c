@@ -32,3 +32,13 @@ void pq_logp_backward(float *dh, const float *dlogp, const float *h, const PqWei
 void pq_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
     pq_cpu_dropout_forward(out, inp, p, seed, n);
 }
+void pq_attention2_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                           const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
+                           int window) {
+    pq_cpu_attention2_forward(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
+}
+void pq_attention2_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                            const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
+                            const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
+    pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window);
+}

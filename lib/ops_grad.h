@@ -40,4 +40,23 @@
 PQ_OPS_GRAD_DECLARE(pq_)
 PQ_OPS_GRAD_DECLARE(pq_cpu_)
 
+// Optional operations: a backend may lack them (weak symbols, NULL then);
+// the trainer checks before using them.
+#define PQ_OPS_GRAD_OPT_DECLARE(P, ATTR)                                                                       \
+    /* attention over two key ranges, for a prompt shared by a pair's two responses: token i sees the keys     \
+       [a0[i], a1[i]) (empty when equal) and [b0[i], i], a key j only when pos[i] - pos[j] <= window          \
+       (window > 0). With a0 = a1 and b0[i] = i - pos[i] it is attention_forward. q (N,NH,HS),                \
+       k, v (N,KVH,HS) -> out (N,NH,HS), lse (N,NH) */                                                        \
+    void P##attention2_forward(float *out, float *lse, const float *q, const float *k, const float *v,         \
+                               const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0,   \
+                               int N, int NH, int KVH, int HS, int window) ATTR;                                      \
+    /* its backward: dout (N,NH,HS) and the forward's tensors -> dq (N,NH,HS) =, dk, dv (N,KVH,HS) = */       \
+    void P##attention2_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,            \
+                                const float *k, const float *v, const float *out, const float *lse,            \
+                                const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0,  \
+                                int N, int NH, int KVH, int HS, int window) ATTR;
+
+PQ_OPS_GRAD_OPT_DECLARE(pq_, __attribute__((weak)))
+PQ_OPS_GRAD_OPT_DECLARE(pq_cpu_, )
+
 #endif

@@ -202,6 +202,179 @@ void pq_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
     free(blk);
 }
 
+// ---- attention over two key ranges (a shared prompt + the token's own segment) ----
+
+// Query blocks: runs of up to QB rows with the same (a0, a1, b0); per block
+// the visible key ranges [A0, a1) and [B0, i1), trimmed by the window as
+// seen from the block's first row (rows are masked one by one after).
+typedef struct Att2Blk {
+    int i0, i1, A0, A1, B0;
+} Att2Blk;
+
+static Att2Blk *att2_blocks(const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N,
+                            int window, int *nb) {
+    Att2Blk *bl = pq_xmalloc((size_t)(N ? N : 1) * sizeof *bl);
+    int n = 0;
+    for (int i = 0; i < N;) {
+        int j = i + 1;
+        while (j < N && j - i < QB && a0[j] == a0[i] && a1[j] == a1[i] && b0[j] == b0[i]) j++;
+        Att2Blk b = {i, j, a0[i], a1[i], b0[i]};
+        if (window > 0) {
+            while (b.A0 < b.A1 && pos[i] - pos[b.A0] > window) b.A0++;
+            while (b.B0 < i && pos[i] - pos[b.B0] > window) b.B0++;
+        }
+        bl[n++] = b;
+        i = j;
+    }
+    *nb = n;
+    return bl;
+}
+
+// Is key column c of block b visible from row i?
+static inline int att2_vis(const Att2Blk *b, const int32_t *pos, int i, int c, int window) {
+    int nA = b->A1 - b->A0, j = c < nA ? b->A0 + c : b->B0 + (c - nA);
+    if (c >= nA && j > i) return 0;
+    return window <= 0 || pos[i] - pos[j] <= window;
+}
+
+// S (nq, nA+nB) = scale Q [K_A; K_B]^T
+static void att2_scores(float *S, const Att2Blk *b, const float *Q, const float *k, int kh, int nq, int HS,
+                        size_t qs, size_t ks, float alpha) {
+    int nA = b->A1 - b->A0, nB = b->i1 - b->B0, nk = nA + nB;
+    if (nA)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nA, HS, alpha, Q, (int)qs,
+                    k + (size_t)b->A0 * ks + (size_t)kh * HS, (int)ks, 0.0f, S, nk);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nB, HS, alpha, Q, (int)qs,
+                k + (size_t)b->B0 * ks + (size_t)kh * HS, (int)ks, 0.0f, S + nA, nk);
+}
+
+void pq_cpu_attention2_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                               const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N,
+                               int NH, int KVH, int HS, int window) {
+    const float scale = 1.0f / sqrtf((float)HS);
+    int G = NH / KVH, nb;
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
+    Att2Blk *bl = att2_blocks(pos, a0, a1, b0, N, window, &nb);
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *S = NULL;
+        size_t cap = 0;
+#pragma omp for schedule(dynamic, 1)
+        for (long w = 0; w < (long)nb * NH; w++) {
+            const Att2Blk *b = &bl[w / NH];
+            int h = (int)(w % NH), kh = h / G, nq = b->i1 - b->i0;
+            int nA = b->A1 - b->A0, nB = b->i1 - b->B0, nk = nA + nB;
+            if ((size_t)nq * nk > cap) {
+                free(S);
+                S = pq_xmalloc((cap = (size_t)nq * nk) * sizeof(float));
+            }
+            const float *Q = q + (size_t)b->i0 * qs + (size_t)h * HS;
+            att2_scores(S, b, Q, k, kh, nq, HS, qs, ks, scale);
+            for (int a = 0; a < nq; a++) {
+                int i = b->i0 + a;
+                float *s = S + (size_t)a * nk, m = -INFINITY;
+                for (int c = 0; c < nk; c++)
+                    if (att2_vis(b, pos, i, c, window) && s[c] > m) m = s[c];
+                double sum = 0;
+                for (int c = 0; c < nk; c++) {
+                    if (att2_vis(b, pos, i, c, window)) {
+                        s[c] = expf(s[c] - m);
+                        sum += s[c];
+                    } else
+                        s[c] = 0.0f;
+                }
+                float inv = (float)(1.0 / sum);
+                for (int c = 0; c < nk; c++) s[c] *= inv;
+                lse[(size_t)i * NH + h] = m + (float)log(sum);
+            }
+            float *O = out + (size_t)b->i0 * qs + (size_t)h * HS;
+            if (nA)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nA, 1.0f, S, nk,
+                            v + (size_t)b->A0 * ks + (size_t)kh * HS, (int)ks, 0.0f, O, (int)qs);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nB, 1.0f, S + nA, nk,
+                        v + (size_t)b->B0 * ks + (size_t)kh * HS, (int)ks, nA ? 1.0f : 0.0f, O, (int)qs);
+        }
+        free(S);
+    }
+    free(bl);
+}
+
+void pq_cpu_attention2_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                const float *v, const float *out, const float *lse, const int32_t *pos,
+                                const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH,
+                                int HS, int window) {
+    const float scale = 1.0f / sqrtf((float)HS);
+    int G = NH / KVH, nt = pq_cpu_threads(), nb;
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS, kn = (size_t)N * ks;
+    Att2Blk *bl = att2_blocks(pos, a0, a1, b0, N, window, &nb);
+    float *acc = pq_xcalloc((size_t)nt * kn * 2, sizeof(float)); // per thread: dK (N,KVH,HS), dV
+#pragma omp parallel num_threads(nt)
+    {
+        float *dkt = acc + (size_t)omp_get_thread_num() * kn * 2, *dvt = dkt + kn;
+        float *S = NULL, *dP = NULL;
+        size_t cap = 0;
+#pragma omp for schedule(dynamic, 1)
+        for (long w = 0; w < (long)nb * NH; w++) {
+            const Att2Blk *b = &bl[w / NH];
+            int h = (int)(w % NH), kh = h / G, nq = b->i1 - b->i0;
+            int nA = b->A1 - b->A0, nB = b->i1 - b->B0, nk = nA + nB;
+            if ((size_t)nq * nk > cap) {
+                free(S);
+                free(dP);
+                cap = (size_t)nq * nk;
+                S = pq_xmalloc(cap * sizeof(float));
+                dP = pq_xmalloc(cap * sizeof(float));
+            }
+            const float *Q = q + (size_t)b->i0 * qs + (size_t)h * HS, *dO = dout + (size_t)b->i0 * qs + (size_t)h * HS;
+            const float *KA = k + (size_t)b->A0 * ks + (size_t)kh * HS, *KB = k + (size_t)b->B0 * ks + (size_t)kh * HS;
+            att2_scores(S, b, Q, k, kh, nq, HS, qs, ks, scale);
+            att2_scores(dP, b, dO, v, kh, nq, HS, qs, ks, 1.0f); // dP = dO V^T
+            for (int a = 0; a < nq; a++) {
+                int i = b->i0 + a;
+                const float *o = out + (size_t)i * qs + (size_t)h * HS, *g = dO + (size_t)a * qs;
+                float D = 0;
+                for (int d = 0; d < HS; d++) D += g[d] * o[d];
+                float m = lse[(size_t)i * NH + h];
+                float *sr = S + (size_t)a * nk, *pr = dP + (size_t)a * nk;
+                for (int c = 0; c < nk; c++) {
+                    if (att2_vis(b, pos, i, c, window)) {
+                        float pv = expf(sr[c] - m);
+                        sr[c] = pv;
+                        pr[c] = pv * (pr[c] - D) * scale;
+                    } else
+                        sr[c] = pr[c] = 0.0f;
+                }
+            }
+            float *dQ = dq + (size_t)b->i0 * qs + (size_t)h * HS;
+            if (nA) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nA, 1.0f, dP, nk, KA, (int)ks, 0.0f, dQ,
+                            (int)qs);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nA, HS, nq, 1.0f, dP, nk, Q, (int)qs, 1.0f,
+                            dkt + (size_t)b->A0 * ks + (size_t)kh * HS, (int)ks);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nA, HS, nq, 1.0f, S, nk, dO, (int)qs, 1.0f,
+                            dvt + (size_t)b->A0 * ks + (size_t)kh * HS, (int)ks);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nB, 1.0f, dP + nA, nk, KB, (int)ks,
+                        nA ? 1.0f : 0.0f, dQ, (int)qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nB, HS, nq, 1.0f, dP + nA, nk, Q, (int)qs, 1.0f,
+                        dkt + (size_t)b->B0 * ks + (size_t)kh * HS, (int)ks);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nB, HS, nq, 1.0f, S + nA, nk, dO, (int)qs, 1.0f,
+                        dvt + (size_t)b->B0 * ks + (size_t)kh * HS, (int)ks);
+        }
+        free(S);
+        free(dP);
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t x = 0; x < kn; x++) {
+        float a = 0, c = 0;
+        for (int t = 0; t < nt; t++) a += acc[(size_t)t * kn * 2 + x], c += acc[(size_t)t * kn * 2 + kn + x];
+        dk[x] = a;
+        dv[x] = c;
+    }
+    free(acc);
+    free(bl);
+}
+
 // out = silu(g) u, silu(g) = g s(g): dg = dout u s (1 + g (1 - s)), du = dout silu(g)
 void pq_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N,
                             int H) {

@@ -63,9 +63,9 @@ static void bufs_free(PqTrainer *t) {
     t->rows = t->tgc = NULL;
     free(t->h_lp);
     t->h_lp = NULL;
-    int32_t *ip[] = {t->d_ids, t->d_pos, t->d_tgc};
+    int32_t *ip[] = {t->d_ids, t->d_pos, t->d_tgc, t->d_k};
     for (size_t i = 0; i < sizeof ip / sizeof *ip; i++) pq_dev_free(ip[i]);
-    t->d_ids = t->d_pos = t->d_tgc = NULL;
+    t->d_ids = t->d_pos = t->d_tgc = t->d_k = NULL;
     float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv, t->dxa, t->dgate, t->dup};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
     t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv = t->dxa = t->dgate = t->dup =
@@ -89,6 +89,7 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->logpc = pq_dev_alloc(n * 4);
     t->rows = pq_xmalloc(2 * n * sizeof(int32_t));
     t->tgc = t->rows + n;
+    t->d_k = pq_dev_alloc(3 * n * sizeof(int32_t));
     t->h_lp = pq_xmalloc(n * sizeof(float));
     t->d_ids = pq_dev_alloc(n * sizeof(int32_t));
     t->d_pos = pq_dev_alloc(n * sizeof(int32_t));
@@ -111,6 +112,7 @@ PqTrainer *pq_trainer_build(const PqModel *m, PqLora *lora, int checkpoint, floa
     t->lora = lora;
     t->checkpoint = checkpoint;
     t->dropout = dropout;
+    t->share_prompt = 1;
     t->grads = pq_dev_alloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
     int n = m->cfg.L * PQ_NLIN;
     t->gab = pq_xcalloc((size_t)n, sizeof *t->gab);
@@ -204,7 +206,11 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
     lin_forward(t, l, PQ_V, a->v, a->ln1, a->xa[PQ_V], a->tmp, N);
     pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
-    pq_attention_forward(a->att, a->lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
+    if (t->ka0)
+        pq_attention2_forward(a->att, a->lse, a->q, a->k, a->v, t->pos, t->ka0, t->ka1, t->kb0, N, c->NH, c->KVH,
+                              c->HS, c->window);
+    else
+        pq_attention_forward(a->att, a->lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
     lin_forward(t, l, PQ_O, a->x_mid, a->att, a->xa[PQ_O], a->tmp, N);
     pq_residual_forward(a->x_mid, xin, (size_t)N * C);
     pq_rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ln2, N, C, c->eps);
@@ -216,14 +222,25 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
     (void)QD;
 }
 
-void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, const int32_t *targets, int N,
-                      uint64_t drop_seed, int train, float *logp) {
+// The backend's attention over two key ranges, where it has one (the CPU
+// backend does; a backend without it trains with unshared prompts).
+int pq_train_can_share(void) { return pq_attention2_forward != NULL && pq_attention2_backward != NULL; }
+
+void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, const int32_t *a0, const int32_t *a1,
+                      const int32_t *b0, const int32_t *targets, int N, uint64_t drop_seed, int train, float *logp) {
     const PqConfig *c = &t->m->cfg;
     bufs_reserve(t, N);
     t->N = N;
     pq_dev_upload(t->d_ids, ids, (size_t)N * sizeof(int32_t));
     pq_dev_upload(t->d_pos, pos, (size_t)N * sizeof(int32_t));
     t->pos = t->d_pos;
+    t->ka0 = t->ka1 = t->kb0 = NULL;
+    if (a0 && a1 && b0 && pq_train_can_share()) {
+        pq_dev_upload(t->d_k, a0, (size_t)N * sizeof(int32_t));
+        pq_dev_upload(t->d_k + N, a1, (size_t)N * sizeof(int32_t));
+        pq_dev_upload(t->d_k + 2 * N, b0, (size_t)N * sizeof(int32_t));
+        t->ka0 = t->d_k, t->ka1 = t->d_k + N, t->kb0 = t->d_k + 2 * N;
+    }
     t->targets = targets;
     t->drop_seed = train && t->dropout > 0 ? (drop_seed ? drop_seed : 1) : 0;
     size_t NC = (size_t)N * c->C;
@@ -281,8 +298,12 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         // attention: x_mid = xin + o(att)
         pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));
         lin_backward(t, l, PQ_O, dh, dx, a->att, a->xa[PQ_O], s1, s3, N);
-        pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, N, c->NH, c->KVH,
-                              c->HS, c->window);
+        if (t->ka0)
+            pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, t->ka0, t->ka1,
+                                   t->kb0, N, c->NH, c->KVH, c->HS, c->window);
+        else
+            pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, N, c->NH, c->KVH,
+                                  c->HS, c->window);
         pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
         pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
         pq_dev_zero(dh, NC * sizeof(float));
@@ -301,36 +322,63 @@ void pq_train_pair_free(PqTrainPair *p) {
     memset(p, 0, sizeof *p);
 }
 
+// The prompt tokens a pair's two sequences share, as the prefix they can
+// share: at most each prompt's length minus one (the last prompt token's
+// position predicts the first response token, different on each side).
+static int shared_prefix(const PqTrainPair *p) {
+    int m = p->prompt_len[0] < p->prompt_len[1] ? p->prompt_len[0] : p->prompt_len[1], s = 0;
+    while (s < m - 1 && p->ids[0][s] == p->ids[1][s]) s++;
+    return s;
+}
+
 int pq_train_dpo_micro(PqTrainer *t, const PqDpoCfg *cfg, PqTrainPair *const *pairs, int n, double grad_scale,
                        uint64_t drop_seed, int backward, PqDpoMetrics *met, long *tokens) {
     int N = 0;
-    for (int i = 0; i < n; i++) N += pairs[i]->len[0] + pairs[i]->len[1];
-    int32_t *ids = pq_xmalloc((size_t)N * 3 * sizeof(int32_t)), *pos = ids + N, *tg = pos + N;
+    long logical = 0;
+    int *sh = pq_xmalloc((size_t)(n ? n : 1) * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        sh[i] = t->share_prompt && pq_train_can_share() ? shared_prefix(pairs[i]) : 0;
+        N += pairs[i]->len[0] + pairs[i]->len[1] - sh[i];
+        logical += pairs[i]->len[0] + pairs[i]->len[1];
+    }
+    int32_t *ids = pq_xmalloc((size_t)N * 6 * sizeof(int32_t)), *pos = ids + N, *tg = pos + N;
+    int32_t *a0 = tg + N, *a1 = a0 + N, *b0 = a1 + N;
     float *logp = pq_xmalloc((size_t)N * 2 * sizeof(float)), *dlogp = logp + N;
+    // per pair: [shared prefix][rest of chosen][rest of rejected]; the
+    // rejected tokens see the prefix through their first key range
     int o = 0;
-    for (int i = 0; i < n; i++)
-        for (int s = 0; s < 2; s++) {
-            const PqTrainPair *p = pairs[i];
-            for (int k = 0; k < p->len[s]; k++) {
-                ids[o + k] = p->ids[s][k];
-                pos[o + k] = k;
+    for (int i = 0; i < n; i++) {
+        const PqTrainPair *p = pairs[i];
+        int s = sh[i], x = o;
+        for (int side = 0; side < 2; side++) {
+            int b = side == 0 ? o : x; // start of this side's own segment
+            for (int k = side == 0 ? 0 : s; k < p->len[side]; k++, x++) {
+                ids[x] = p->ids[side][k];
+                pos[x] = k;
+                a0[x] = side == 0 ? 0 : o;
+                a1[x] = side == 0 ? 0 : o + s;
+                b0[x] = b;
                 // position k predicts token k+1: a target when that token is in the response
-                tg[o + k] = k + 1 < p->len[s] && k + 1 >= p->prompt_len[s] ? p->ids[s][k + 1] : -1;
+                tg[x] = k + 1 < p->len[side] && k + 1 >= p->prompt_len[side] ? p->ids[side][k + 1] : -1;
             }
-            o += p->len[s];
         }
-    pq_train_forward(t, ids, pos, tg, N, drop_seed, backward, logp);
+        o = x;
+    }
+    int shared = 0;
+    for (int i = 0; i < n; i++) shared |= sh[i] > 0;
+    if (shared) pq_train_forward(t, ids, pos, a0, a1, b0, tg, N, drop_seed, backward, logp);
+    else pq_train_forward(t, ids, pos, NULL, NULL, NULL, tg, N, drop_seed, backward, logp);
     PqDpoMetrics m = {0};
     int rc = 0;
     o = 0;
     for (int i = 0; i < n; i++) {
         const PqTrainPair *p = pairs[i];
+        int span[2] = {p->len[0], p->len[1] - sh[i]}, off[2];
         double sum[2] = {0, 0};
-        int off[2];
         for (int s = 0; s < 2; s++) {
             off[s] = o;
-            for (int k = 0; k < p->len[s]; k++) sum[s] += logp[o + k];
-            o += p->len[s];
+            for (int k = 0; k < span[s]; k++) sum[s] += logp[o + k];
+            o += span[s];
         }
         PqDpoPair dp = {sum[0], sum[1], p->ref[0], p->ref[1], p->len[0] - p->prompt_len[0],
                         p->len[1] - p->prompt_len[1]};
@@ -339,16 +387,18 @@ int pq_train_dpo_micro(PqTrainer *t, const PqDpoCfg *cfg, PqTrainPair *const *pa
         if (!isfinite(loss)) rc = -1;
         pq_dpo_metrics_add(&m, cfg, &dp, loss);
         for (int s = 0; s < 2; s++)
-            for (int k = 0; k < p->len[s]; k++) dlogp[off[s] + k] = tg[off[s] + k] >= 0 ? (float)(g[s] * grad_scale) : 0;
+            for (int k = 0; k < span[s]; k++)
+                dlogp[off[s] + k] = tg[off[s] + k] >= 0 ? (float)(g[s] * grad_scale) : 0;
     }
     if (rc == 0 && backward) pq_train_backward(t, dlogp);
     if (rc == 0) {
         met->n += m.n, met->loss += m.loss, met->chosen += m.chosen, met->rejected += m.rejected;
         met->margins += m.margins, met->accuracies += m.accuracies;
         met->logps_chosen += m.logps_chosen, met->logps_rejected += m.logps_rejected;
-        *tokens += N;
+        *tokens += logical;
     }
     free(logp);
     free(ids);
+    free(sh);
     return rc;
 }

@@ -20,10 +20,14 @@ typedef struct PqTrainer {
     PqLoraAB *gab;     // [L * PQ_NLIN] pointers into grads
     int checkpoint;    // 1: keep only layer inputs, recompute in the backward
     float dropout;     // LoRA dropout on the adapter's input (PEFT's lora_dropout)
+    int share_prompt;  // 1 (default): a pair's common prompt goes through the model once (where the
+                       // backend has attention2)
     uint64_t drop_seed; // seed of the current forward's dropout masks
     // what the forward keeps, sized for cap tokens
     int cap, N;
     const int32_t *pos, *targets; // of the current batch: pos = d_pos (backend), targets (caller's host memory)
+    const int32_t *ka0, *ka1, *kb0; // attention2's key ranges (backend) when pairs share prompts, else NULL
+    int32_t *d_k;                 // (3N) their backend copy
     float *xs;         // (L+1, N, C) residual stream at each layer's input, and the last
     PqTrainActs **acts; // [1] with checkpointing, else [L]
     float *hf, *rstdf;       // (N,C), (N) final norm
@@ -42,10 +46,14 @@ void pq_trainer_free(PqTrainer *t);
 void pq_trainer_zero_grad(PqTrainer *t);
 
 // Packed batch: ids (N), pos (N) as in ops.h, targets (N) (-1: none) ->
-// logp (N) (0 where no target). drop_seed keys the dropout masks (ignored
+// logp (N) (0 where no target). a0, a1, b0 (N): the key ranges of each
+// token as attention2 of ops_grad.h takes them (NULL: records packed one
+// after the other, as pos says). drop_seed keys the dropout masks (ignored
 // when dropout is 0 or train is 0); train 0: no dropout (evaluation).
-void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, const int32_t *targets, int N,
-                      uint64_t drop_seed, int train, float *logp);
+void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, const int32_t *a0, const int32_t *a1,
+                      const int32_t *b0, const int32_t *targets, int N, uint64_t drop_seed, int train, float *logp);
+// 1 when the backend has attention2 (prompts can be shared).
+int pq_train_can_share(void);
 // dlogp (N) -> t->grads += d (sum_i dlogp_i logp_i) / d LoRA params, for the
 // batch of the last pq_train_forward.
 void pq_train_backward(PqTrainer *t, const float *dlogp);
@@ -59,9 +67,12 @@ typedef struct PqTrainPair {
 } PqTrainPair;
 void pq_train_pair_free(PqTrainPair *p);
 
-// One micro-batch of n pairs packed into one batch: forward, the DPO loss of
+// One micro-batch of n pairs packed into one batch (with share_prompt, the
+// prompt tokens common to chosen and rejected once, both responses
+// attending to them): forward, the DPO loss of
 // each pair, and (when backward) the backward of sum(loss) * grad_scale.
-// Adds every pair's metrics to *met and the tokens counted to *tokens.
+// Adds every pair's metrics to *met and to *tokens the tokens of both
+// sequences of every pair (a shared prompt counted twice).
 // Returns 0, or -1 when a loss is not finite (nothing accumulated then).
 int pq_train_dpo_micro(PqTrainer *t, const PqDpoCfg *cfg, PqTrainPair *const *pairs, int n, double grad_scale,
                        uint64_t drop_seed, int backward, PqDpoMetrics *met, long *tokens);

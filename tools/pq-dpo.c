@@ -48,6 +48,7 @@ static const char usage[] =
     "      --valid FILE          held-out pairs (with their own ref logps), evaluated before training,\n"
     "                            every --eval-every N steps and at the end (\"split\":\"valid\" lines)\n"
     "      --no-checkpoint-activations  keep every layer's activations (more memory, less compute)\n"
+    "      --no-share-prompt     run each pair's common prompt through the model twice, not once\n"
     "      --chat-template NAME  override the template family of tokenizer_config.json\n"
     "      --max-length N        tokens per sequence (default 4096), as pq-logp's\n"
     "      --truncate POLICY     article (default), keep_start, keep_end, as pq-logp's\n"
@@ -59,7 +60,7 @@ enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
     O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_TEMPLATE, O_MAXLEN,
-    O_TRUNC, O_RAW, O_DUMPGRADS
+    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE
 };
 
 static PqTool T;
@@ -67,7 +68,7 @@ static PqTool T;
 // Options.
 static const char *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
-static int raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
+static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
 static double lora_alpha = 16, lora_dropout = 0.05, lr = 5e-6, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, wd = 0,
               warmup_ratio = 0, max_grad_norm = 1.0;
 static long warmup_steps = -1, max_steps = 0, train_pairs = 0, stop_after = 0, save_every = 0, eval_every = 0;
@@ -439,6 +440,7 @@ int main(int argc, char **argv) {
         {"truncate", required_argument, 0, O_TRUNC},
         {"threads", required_argument, 0, 't'},
         {"raw", no_argument, 0, O_RAW},
+        {"no-share-prompt", no_argument, 0, O_NOSHARE},
         {"dump-grads", required_argument, 0, O_DUMPGRADS}, // tests: the first step's gradients, then stop
         {0, 0, 0, 0}};
     pq_tool_init(&T, "pq-dpo", usage);
@@ -503,6 +505,7 @@ int main(int argc, char **argv) {
             break;
         case 't': threads = (int)parse_int("--threads", optarg, 1); break;
         case O_RAW: raw = 1; break;
+        case O_NOSHARE: share_prompt = 0; break;
         case O_DUMPGRADS: dump_grads = optarg; break;
         default: pq_tool_usage_error(&T, "bad option");
         }
@@ -537,6 +540,7 @@ int main(int argc, char **argv) {
         pq_adamw_build(&opt, lora->n_params, lr, beta1, beta2, adam_eps, wd);
     }
     tr = pq_trainer_build(M, lora, checkpoint, (float)lora_dropout);
+    tr->share_prompt = share_prompt;
 
     long n_est = train_pairs > 0 ? train_pairs : count_inputs();
     total_known = n_est > 0 || max_steps > 0;

@@ -170,7 +170,18 @@ static void check_case(int arch, int loss, float dropout, int longer) {
         printf("FAIL %s %s: 3 threads vs 1 differ by %g\n", arch_name[arch], pq_dpo_loss_name(loss), dmax);
         failures++;
     }
-    if (dropout == 0) {
+    if (dropout == 0) { // the shared prompt (default) gives the gradients of unshared sequences
+        t2->share_prompt = 0;
+        pq_trainer_zero_grad(t2);
+        loss_of(t2, &cfg, pairs, 2, ds);
+        t2->share_prompt = 1;
+        dmax = 0;
+        for (size_t i = 0; i < lora->n_params; i++) dmax = fmax(dmax, fabs(t2->grads[i] - g[i]));
+        if (!pq_train_can_share() || dmax > 1e-5 * fmax(gmax, 1)) {
+            printf("FAIL %s %s: shared vs unshared prompts differ by %g\n", arch_name[arch], pq_dpo_loss_name(loss),
+                   dmax);
+            failures++;
+        }
         pq_trainer_zero_grad(t2);
         loss_of(t2, &cfg, pairs, 1, ds);
         loss_of(t2, &cfg, pairs + 1, 1, ds);
