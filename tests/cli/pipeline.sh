@@ -117,6 +117,35 @@ grep -q 'base.summaries: done already' "$d/err" && ! grep -q 'tuned.summaries: d
 [ $(($(wc -l <"$d/log") - n1)) -eq 1 ] || { echo "new adapter: $(($(wc -l <"$d/log") - n1)) requests, want 1 (the summary; its quiz is the same)"; exit 1; }
 [ "$(wc -l <"$d/w/tuned.summaries.jsonl")" -eq 1 ] || { echo "new adapter: stale summaries kept"; exit 1; }
 
+# DPO killed after its first checkpoint (pq-dpo --stop-after 1, then the done
+# marker removed, as a kill leaves none, and a partial metrics line added):
+# the rerun resumes from the checkpoint and ends with the same steps as the
+# uninterrupted run.
+cp "$d/w/metrics.jsonl" "$d/metrics1"
+rm "$d/w/dpo.done"
+rm -rf "$d/w/adapter"
+rc=0
+"$PQ_TOP/scripts/pq-pipeline" -w "$d/w" --tiny --judge-url "$FAKE_URL" --judge-model judge \
+  --policy-url "$FAKE_URL" --policy-model policy --tuned-model tuned -n 4 --seed 6 \
+  --eval-frac 0.25 --valid-frac 0.25 -t 1 --max-length 384 --dpo-opt --lr --dpo-opt 1e-3 \
+  --dpo-opt --stop-after --dpo-opt 1 "$d/in.jsonl" >"$d/out" 2>"$d/err" || rc=$?
+grep -q '"step":[[:space:]]*1,' "$d/w/adapter/trainer_state.json" || { echo "--stop-after 1: exit $rc, no checkpoint"; cat "$d/err"; exit 1; }
+rm -f "$d/w/dpo.done"
+printf '{"step":2,"epoch":1,"lo' >>"$d/w/metrics.jsonl"
+pp
+[ $rc -eq 1 ] || { echo "DPO resume: exit $rc"; cat "$d/err"; exit 1; }
+grep -q 'dpo: resuming after step 1' "$d/err" || { echo "DPO did not resume"; cat "$d/err"; exit 1; }
+"$PQ_PY" - "$d/metrics1" "$d/w/metrics.jsonl" <<'EOF'
+import json, sys
+a, b = ([json.loads(l) for l in open(f)] for f in sys.argv[1:3])
+key = lambda o: (o.get("split", "train"), o["step"])
+ta = [o for o in a if "split" not in o]
+tb = [o for o in b if "split" not in o]
+assert [o["step"] for o in tb] == [o["step"] for o in ta], (tb, ta)
+for x, y in zip(ta, tb):
+    assert abs(x["loss"] - y["loss"]) < 1e-6 and abs(x["rewards/margins"] - y["rewards/margins"]) < 1e-6, (x, y)
+EOF
+
 # 4. Another input in the same work directory is refused; bad options are usage errors.
 rc=0; "$PQ_TOP/scripts/pq-pipeline" -w "$d/w" --tiny "$PQ_TOP/tests/fixtures/articles.jsonl" >/dev/null 2>&1 || rc=$?
 [ $rc -eq 2 ] || { echo "another input: exit $rc, want 2"; exit 1; }
