@@ -286,7 +286,8 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         const PqLayerW *w = &t->m->layers[l];
         PqTrainActs *a = t->acts[t->checkpoint ? 0 : l];
         const float *xin = t->xs + l * NC;
-        if (t->checkpoint) layer_forward(t, l, xin, dh, a, N); // recompute; output unused (dh is scratch)
+        // recompute (output unused, dh is scratch); the last layer's are still there from the forward
+        if (t->checkpoint && l < c->L - 1) layer_forward(t, l, xin, dh, a, N);
         // MLP: xout = x_mid + down(mlp); dx is d xout
         pq_dev_zero(dh, (size_t)N * c->H * sizeof(float));
         lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->xa[PQ_DOWN], s1, s3, N);
