@@ -71,7 +71,7 @@ void pq_dev_weight_free(PqWeight *w);
                          int N, int C, int OC, int r);                                                         \
     /* in place: x (N,NH,HS) rotated by pos (N) with inv_freq (HS/2), HF's rotate_half pairing (i, i+HS/2) */  \
     void P##rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);          \
-    /* causal GQA attention inside each record (see pos above), only keys j with i - j < window when          \
+    /* causal GQA attention inside each record (see pos above), only keys j with i - j <= window when         \
        window > 0: q (N,NH,HS), k (N,KVH,HS), v (N,KVH,HS) -> out (N,NH,HS),                                   \
        lse (N,NH) log-sum-exp of the scaled scores (may be NULL; kept for backward) */                         \
     void P##attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,          \
