@@ -90,4 +90,20 @@ for k in ("chosen", "rejected"):
     assert abs(sum(t) - a["ref_" + k + "_logp"]) < 1e-4, k
     assert all(x <= 0 for x in t), k
 EOF
+
+# truncation keeps the whole response; a response that cannot fit is rejected
+for pol in article keep_start keep_end; do
+  rc=0; logp -m "$d/m" --max-length 24 --truncate $pol "$d/pairs.jsonl" >"$d/tout" 2>"$d/err" || rc=$?
+  [ $rc -eq 1 ] || { cat "$d/err"; fail "--truncate $pol: exit $rc"; }
+  "$PQ_PY" - "$d/pout" "$d/tout" <<'EOF2'
+import json, sys
+full, cut = ([json.loads(l) for l in open(f)] for f in sys.argv[1:])
+assert len(cut) == 2, cut
+for a, b in zip(full, cut):
+    assert a["chosen_tokens"] == b["chosen_tokens"] and a["rejected_tokens"] == b["rejected_tokens"], (a, b)
+    assert a["ref_chosen_logp"] != b["ref_chosen_logp"]  # the prompt was cut, so the context changed
+EOF2
+done
+rc=0; logp -m "$d/m" --max-length 5 "$d/pairs.jsonl" >"$d/tout" 2>"$d/err" || rc=$?
+[ $rc -eq 1 ] && [ ! -s "$d/tout" ] && grep -q "line 1 (id p1)" "$d/err" || { cat "$d/err"; fail "--max-length 5: exit $rc"; }
 echo ok
