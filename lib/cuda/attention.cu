@@ -1,6 +1,8 @@
 // attention.cu: flash-attention-style causal GQA attention over packed
 // records (pos restarts at each record), with an optional sliding window:
-// forward with log-sum-exp, backward recomputing the probabilities from it.
+// forward with log-sum-exp, backward recomputing the probabilities from it;
+// and its two-range form (attention2_*: a pair's responses sharing one copy
+// of their prompt), the same kernels with keys [a0[i], a1[i]) and [b0[i], i].
 // Never holds T x T scores: a block walks tiles of 32 keys (or queries)
 // through shared memory with an online softmax. f32 throughout, as the CPU
 // twins in ops_cpu.c / ops_grad_cpu.c.
@@ -11,6 +13,7 @@
 // dot products, then own head dims lane, lane+32, ... for the accumulations.
 // Row-indexed tiles are read by broadcast; column-indexed ones are padded to
 // HS+1 floats per row so lanes hit distinct banks.
+#include <limits.h>
 #include <math.h>
 
 #include "common.cuh"
@@ -36,13 +39,57 @@ __device__ __forceinline__ int first_key(const int32_t *pos, int i, int window) 
     return lo;
 }
 
-// q (N,NH,HS), k, v (N,KVH,HS) -> out (N,NH,HS), lse (N,NH) (may be NULL)
+// The keys query i sees: [a0, a1) (empty when a0 >= a1) and [b0, i], and of
+// those only keys j with pos[i] - pos[j] <= window when window > 0. Plain
+// attention (ka0 == NULL): a0 = a1, b0 = the record's start. i >= N: none.
+struct Vis {
+    int a0, a1, b0, i, p; // p = pos[i]
+};
+__device__ __forceinline__ Vis row_vis(const int32_t *pos, const int32_t *ka0, const int32_t *ka1,
+                                       const int32_t *kb0, int i, int N) {
+    Vis v;
+    if (i >= N) {
+        v.a0 = v.a1 = 0, v.b0 = 1, v.i = 0, v.p = 0;
+        return v;
+    }
+    v.i = i, v.p = pos[i];
+    if (ka0) v.a0 = ka0[i], v.a1 = ka1[i], v.b0 = kb0[i];
+    else v.a0 = v.a1 = 0, v.b0 = i - v.p;
+    return v;
+}
+// may row v see some key of [k0, k1]? (ignoring the window)
+__device__ __forceinline__ bool vis_hits(const Vis &v, int k0, int k1) {
+    return (v.a0 < v.a1 && v.a0 <= k1 && v.a1 - 1 >= k0) || (v.b0 <= v.i && v.b0 <= k1 && v.i >= k0);
+}
+__device__ __forceinline__ bool vis_sees(const Vis &v, int j, int pj, int window) {
+    bool in = (j >= v.a0 && j < v.a1) || (j >= v.b0 && j <= v.i);
+    return in && (window <= 0 || v.p - pj <= window);
+}
+__device__ __forceinline__ int vis_first(const Vis &v) {
+    if (v.b0 > v.i) return INT_MAX;
+    return v.a0 < v.a1 && v.a0 < v.b0 ? v.a0 : v.b0;
+}
+// The first key any row of the block [q0, q0+BR) sees (all threads call it).
+__device__ int block_first_key(const int32_t *pos, const int32_t *ka0, const int32_t *ka1, const int32_t *kb0,
+                               int q0, int N, int window, int *sh) {
+    if (!ka0) return first_key(pos, q0, window); // first keys are non-decreasing in i
+    if (threadIdx.x == 0) *sh = INT_MAX;
+    __syncthreads();
+    if (threadIdx.x < BR) atomicMin(sh, vis_first(row_vis(pos, ka0, ka1, kb0, q0 + threadIdx.x, N)));
+    __syncthreads();
+    return *sh;
+}
+
+// q (N,NH,HS), k, v (N,KVH,HS) -> out (N,NH,HS), lse (N,NH) (may be NULL);
+// ka0/ka1/kb0 (N) the two key ranges of each query, or NULL (plain causal).
 // grid (ceil(N/BR), NH), block 32*NWARP; NV = ceil(HS/32)
 template <int NV>
 __global__ void __launch_bounds__(32 * NWARP) attn_fwd_kernel(float *out, float *lse, const float *q, const float *k,
-                                                              const float *v, const int32_t *pos, int N, int NH,
+                                                              const float *v, const int32_t *pos, const int32_t *ka0,
+                                                              const int32_t *ka1, const int32_t *kb0, int N, int NH,
                                                               int KVH, int HS, int window, float scale) {
     extern __shared__ float sm[];
+    __shared__ int skpos[BC], sfirst;
     const int SP = HS + 1;
     float *sq = sm;               // (BR, HS)
     float *sk = sq + BR * HS;     // (BC, SP)
@@ -55,18 +102,16 @@ __global__ void __launch_bounds__(32 * NWARP) attn_fwd_kernel(float *out, float 
         sq[idx] = i < N ? q[(size_t)i * qs + (size_t)h * HS + d] : 0.0f;
     }
     float o[RW][NV], m[RW], l[RW];
-    int lo[RW], hi[RW];
+    Vis vr[RW];
 #pragma unroll
     for (int r = 0; r < RW; r++) {
-        int i = q0 + w * RW + r;
-        if (i < N) lo[r] = first_key(pos, i, window), hi[r] = i;
-        else lo[r] = 1, hi[r] = 0; // sees nothing
+        vr[r] = row_vis(pos, ka0, ka1, kb0, q0 + w * RW + r, N);
         m[r] = -INFINITY, l[r] = 0.0f;
 #pragma unroll
         for (int t = 0; t < NV; t++) o[r][t] = 0.0f;
     }
     const int qlast = (q0 + BR < N ? q0 + BR : N) - 1;
-    const int kbeg = first_key(pos, q0, window); // first keys are non-decreasing in i
+    const int kbeg = block_first_key(pos, ka0, ka1, kb0, q0, N, window, &sfirst);
     for (int k0 = kbeg; k0 <= qlast; k0 += BC) {
         __syncthreads();
         for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
@@ -79,6 +124,7 @@ __global__ void __launch_bounds__(32 * NWARP) attn_fwd_kernel(float *out, float 
             sk[jj * SP + d] = kv;
             sv[jj * HS + d] = vv;
         }
+        if (threadIdx.x < BC) skpos[threadIdx.x] = k0 + (int)threadIdx.x <= qlast ? pos[k0 + threadIdx.x] : 0;
         __syncthreads();
         // scores of this lane's key against the warp's rows
         float s[RW];
@@ -91,12 +137,14 @@ __global__ void __launch_bounds__(32 * NWARP) attn_fwd_kernel(float *out, float 
 #pragma unroll
             for (int r = 0; r < RW; r++) s[r] += qw[r * HS + d] * kd;
         }
-        const int j = k0 + lane;
+        const int j = k0 + lane, pj = skpos[lane];
 #pragma unroll
         for (int r = 0; r < RW; r++) {
-            if (hi[r] < k0 || lo[r] > k0 + BC - 1 || lo[r] > hi[r]) continue; // no visible key in this tile
-            float sr = (j >= lo[r] && j <= hi[r]) ? s[r] * scale : -INFINITY;
-            float mn = fmaxf(m[r], warp_max32(sr)); // finite: the tile holds a visible key
+            if (!vis_hits(vr[r], k0, k0 + BC - 1)) continue; // warp-uniform
+            float sr = j <= qlast && vis_sees(vr[r], j, pj, window) ? s[r] * scale : -INFINITY;
+            float mt = warp_max32(sr);
+            if (mt == -INFINITY) continue; // the window hides the whole tile
+            float mn = fmaxf(m[r], mt);
             float corr = expf(m[r] - mn);
             float p = expf(sr - mn);
             l[r] = l[r] * corr + warp_sum32(p);
@@ -104,13 +152,13 @@ __global__ void __launch_bounds__(32 * NWARP) attn_fwd_kernel(float *out, float 
 #pragma unroll
             for (int t = 0; t < NV; t++) o[r][t] *= corr;
             for (int jj = 0; jj < BC; jj++) {
-                float pj = __shfl_sync(0xffffffffu, p, jj);
-                if (pj == 0.0f) continue;
-                const float *vr = sv + jj * HS;
+                float pjj = __shfl_sync(0xffffffffu, p, jj);
+                if (pjj == 0.0f) continue;
+                const float *vrow = sv + jj * HS;
 #pragma unroll
                 for (int t = 0; t < NV; t++) {
                     int d = lane + 32 * t;
-                    if (d < HS) o[r][t] += pj * vr[d];
+                    if (d < HS) o[r][t] += pjj * vrow[d];
                 }
             }
         }
@@ -146,9 +194,11 @@ __global__ void attn_dot_kernel(float *D, const float *dout, const float *out, i
 template <int NV>
 __global__ void __launch_bounds__(32 * NWARP) attn_dq_kernel(float *dq, const float *dout, const float *q,
                                                              const float *k, const float *v, const float *lse,
-                                                             const float *D, const int32_t *pos, int N, int NH,
+                                                             const float *D, const int32_t *pos, const int32_t *ka0,
+                                                             const int32_t *ka1, const int32_t *kb0, int N, int NH,
                                                              int KVH, int HS, int window, float scale) {
     extern __shared__ float sm[];
+    __shared__ int skpos[BC], sfirst;
     const int SP = HS + 1;
     float *sq = sm;                // (BR, HS)
     float *sdo = sq + BR * HS;     // (BR, HS)
@@ -164,21 +214,18 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dq_kernel(float *dq, const fl
         sdo[idx] = i < N ? dout[off] : 0.0f;
     }
     float acc[RW][NV], ls[RW], Dr[RW];
-    int lo[RW], hi[RW];
+    Vis vr[RW];
 #pragma unroll
     for (int r = 0; r < RW; r++) {
         int i = q0 + w * RW + r;
-        if (i < N) {
-            lo[r] = first_key(pos, i, window), hi[r] = i;
-            ls[r] = lse[(size_t)i * NH + h], Dr[r] = D[(size_t)i * NH + h];
-        } else {
-            lo[r] = 1, hi[r] = 0, ls[r] = 0.0f, Dr[r] = 0.0f;
-        }
+        vr[r] = row_vis(pos, ka0, ka1, kb0, i, N);
+        ls[r] = i < N ? lse[(size_t)i * NH + h] : 0.0f;
+        Dr[r] = i < N ? D[(size_t)i * NH + h] : 0.0f;
 #pragma unroll
         for (int t = 0; t < NV; t++) acc[r][t] = 0.0f;
     }
     const int qlast = (q0 + BR < N ? q0 + BR : N) - 1;
-    const int kbeg = first_key(pos, q0, window);
+    const int kbeg = block_first_key(pos, ka0, ka1, kb0, q0, N, window, &sfirst);
     for (int k0 = kbeg; k0 <= qlast; k0 += BC) {
         __syncthreads();
         for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
@@ -191,22 +238,23 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dq_kernel(float *dq, const fl
             sk[jj * SP + d] = kv;
             sv[jj * SP + d] = vv;
         }
+        if (threadIdx.x < BC) skpos[threadIdx.x] = k0 + (int)threadIdx.x <= qlast ? pos[k0 + threadIdx.x] : 0;
         __syncthreads();
         float s[RW], dp[RW];
 #pragma unroll
         for (int r = 0; r < RW; r++) s[r] = 0.0f, dp[r] = 0.0f;
-        const float *kr = sk + lane * SP, *vr = sv + lane * SP;
+        const float *kr = sk + lane * SP, *vrow = sv + lane * SP;
         const float *qw = sq + (w * RW) * HS, *dw = sdo + (w * RW) * HS;
         for (int d = 0; d < HS; d++) {
-            float kd = kr[d], vd = vr[d];
+            float kd = kr[d], vd = vrow[d];
 #pragma unroll
             for (int r = 0; r < RW; r++) s[r] += qw[r * HS + d] * kd, dp[r] += dw[r * HS + d] * vd;
         }
-        const int j = k0 + lane;
+        const int j = k0 + lane, pj = skpos[lane];
 #pragma unroll
         for (int r = 0; r < RW; r++) {
-            if (hi[r] < k0 || lo[r] > k0 + BC - 1 || lo[r] > hi[r]) continue;
-            float p = (j >= lo[r] && j <= hi[r]) ? expf(s[r] * scale - ls[r]) : 0.0f;
+            if (!vis_hits(vr[r], k0, k0 + BC - 1)) continue; // warp-uniform
+            float p = j <= qlast && vis_sees(vr[r], j, pj, window) ? expf(s[r] * scale - ls[r]) : 0.0f;
             float ds = p * (dp[r] - Dr[r]);
             for (int jj = 0; jj < BC; jj++) {
                 float dsj = __shfl_sync(0xffffffffu, ds, jj);
@@ -235,15 +283,20 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dq_kernel(float *dq, const fl
 
 // dk_j = scale sum_{h in group, i} ds_ij q_i, dv_j = sum p_ij dout_i over the
 // query heads sharing kv head kh. Rows are keys; the lanes walk tiles of 32
-// queries from the block's first key onwards, until the queries' first
-// visible key lies past the block's last key. grid (ceil(N/BR), KVH).
+// queries from the block's first key onwards (a key is never seen by an
+// earlier query), skipping tiles none of whose queries sees these keys (and
+// stopping, for plain attention, once the queries' first key lies past the
+// block). grid (ceil(N/BR), KVH).
 template <int NV>
 __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *dv, const float *dout,
                                                               const float *q, const float *k, const float *v,
                                                               const float *lse, const float *D, const int32_t *pos,
-                                                              int N, int NH, int KVH, int HS, int window,
-                                                              float scale) {
+                                                              const int32_t *ka0, const int32_t *ka1,
+                                                              const int32_t *kb0, int N, int NH, int KVH, int HS,
+                                                              int window, float scale) {
     extern __shared__ float sm[];
+    __shared__ Vis svis[BC];
+    __shared__ int skpos[BR];
     const int SP = HS + 1;
     float *sk = sm;                // (BR, HS)
     float *sv = sk + BR * HS;      // (BR, HS)
@@ -251,7 +304,6 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
     float *sdo = sq + BC * SP;     // (BC, SP)
     float *sls = sdo + BC * SP;    // (BC)
     float *sD = sls + BC;          // (BC)
-    int *slo = (int *)(sD + BC);   // (BC)
     const int kh = blockIdx.y, G = NH / KVH, k0 = blockIdx.x * BR;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
@@ -262,6 +314,7 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
         sk[idx] = j < N ? k[off] : 0.0f;
         sv[idx] = j < N ? v[off] : 0.0f;
     }
+    if (threadIdx.x < BR) skpos[threadIdx.x] = k0 + (int)threadIdx.x < N ? pos[k0 + threadIdx.x] : 0;
     float gk[RW][NV], gv[RW][NV];
 #pragma unroll
     for (int r = 0; r < RW; r++)
@@ -269,8 +322,15 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
         for (int t = 0; t < NV; t++) gk[r][t] = gv[r][t] = 0.0f;
     for (int h = kh * G; h < (kh + 1) * G; h++) {
         for (int i0 = k0; i0 < N; i0 += BC) {
-            if (first_key(pos, i0, window) > klast) break; // later queries see none of these keys
+            if (!ka0 && first_key(pos, i0, window) > klast) break; // later queries see none of these keys
             __syncthreads();
+            int hit = 0;
+            if (threadIdx.x < BC) {
+                Vis vi = row_vis(pos, ka0, ka1, kb0, i0 + threadIdx.x, N);
+                svis[threadIdx.x] = vi;
+                hit = vis_hits(vi, k0, klast);
+            }
+            if (!__syncthreads_or(hit)) continue; // no query of this tile sees these keys
             for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
                 int ii = idx / HS, d = idx % HS, i = i0 + ii;
                 size_t off = (size_t)i * qs + (size_t)h * HS + d;
@@ -281,7 +341,6 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
                 int i = i0 + ii;
                 sls[ii] = i < N ? lse[(size_t)i * NH + h] : 0.0f;
                 sD[ii] = i < N ? D[(size_t)i * NH + h] : 0.0f;
-                slo[ii] = i < N ? first_key(pos, i, window) : N; // past every key: sees nothing
             }
             __syncthreads();
             // this lane's query against the warp's keys
@@ -295,12 +354,12 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
 #pragma unroll
                 for (int r = 0; r < RW; r++) s[r] += kw[r * HS + d] * qd, dp[r] += vw[r * HS + d] * dd;
             }
-            const int i = i0 + lane, li = slo[lane];
+            const Vis vi = svis[lane];
             const float lsi = sls[lane], Di = sD[lane];
 #pragma unroll
             for (int r = 0; r < RW; r++) {
                 int j = k0 + w * RW + r;
-                bool vis = j <= klast && i < N && j >= li && j <= i;
+                bool vis = j <= klast && vis_sees(vi, j, skpos[w * RW + r], window);
                 float p = vis ? expf(s[r] * scale - lsi) : 0.0f;
                 float ds = p * (dp[r] - Di) * scale;
                 if (__all_sync(0xffffffffu, p == 0.0f)) continue;
@@ -355,46 +414,74 @@ static void check_hs(int HS) {
 
 template <int NV>
 static void fwd_launch(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
-                       int N, int NH, int KVH, int HS, int window, float scale) {
+                       const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
+                       int window, float scale) {
     size_t smem = (size_t)(BR * HS + BC * (HS + 1) + BC * HS) * sizeof(float);
     set_smem(attn_fwd_kernel<NV>, smem);
     dim3 grid((N + BR - 1) / BR, NH);
-    attn_fwd_kernel<NV><<<grid, 32 * NWARP, smem>>>(out, lse, q, k, v, pos, N, NH, KVH, HS, window, scale);
+    attn_fwd_kernel<NV><<<grid, 32 * NWARP, smem>>>(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window, scale);
     CU_LAUNCHED();
+}
+
+static void attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                          const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
+                          int window) {
+    if (N <= 0) return;
+    float scale = 1.0f / sqrtf((float)HS);
+    NV_DISPATCH(HS, fwd_launch<NV>(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window, scale));
 }
 
 extern "C" void pq_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                      const int32_t *pos, int N, int NH, int KVH, int HS, int window) {
-    if (N <= 0) return;
-    float scale = 1.0f / sqrtf((float)HS);
-    NV_DISPATCH(HS, fwd_launch<NV>(out, lse, q, k, v, pos, N, NH, KVH, HS, window, scale));
+    attention_fwd(out, lse, q, k, v, pos, NULL, NULL, NULL, N, NH, KVH, HS, window);
+}
+
+extern "C" void pq_attention2_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                                      const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0,
+                                      int N, int NH, int KVH, int HS, int window) {
+    attention_fwd(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
 }
 
 template <int NV>
 static void bwd_launch(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                       const float *v, const float *lse, const float *D, const int32_t *pos, int N, int NH, int KVH,
-                       int HS, int window, float scale) {
+                       const float *v, const float *lse, const float *D, const int32_t *pos, const int32_t *a0,
+                       const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window,
+                       float scale) {
     size_t smem_q = (size_t)(2 * BR * HS + 2 * BC * (HS + 1)) * sizeof(float);
     set_smem(attn_dq_kernel<NV>, smem_q);
     dim3 gq((N + BR - 1) / BR, NH);
-    attn_dq_kernel<NV><<<gq, 32 * NWARP, smem_q>>>(dq, dout, q, k, v, lse, D, pos, N, NH, KVH, HS, window, scale);
+    attn_dq_kernel<NV><<<gq, 32 * NWARP, smem_q>>>(dq, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS, window,
+                                                   scale);
     CU_LAUNCHED();
-    size_t smem_k = (size_t)(2 * BR * HS + 2 * BC * (HS + 1) + 3 * BC) * sizeof(float);
+    size_t smem_k = (size_t)(2 * BR * HS + 2 * BC * (HS + 1) + 2 * BC) * sizeof(float);
     set_smem(attn_dkv_kernel<NV>, smem_k);
     dim3 gk((N + BR - 1) / BR, KVH);
-    attn_dkv_kernel<NV><<<gk, 32 * NWARP, smem_k>>>(dk, dv, dout, q, k, v, lse, D, pos, N, NH, KVH, HS, window,
-                                                    scale);
+    attn_dkv_kernel<NV><<<gk, 32 * NWARP, smem_k>>>(dk, dv, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS,
+                                                    window, scale);
     CU_LAUNCHED();
 }
 
-extern "C" void pq_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                      const float *k, const float *v, const float *out, const float *lse,
-                                      const int32_t *pos, int N, int NH, int KVH, int HS, int window) {
+static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                          const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
+                          const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
     if (N <= 0) return;
     float scale = 1.0f / sqrtf((float)HS);
     float *D = (float *)pq_cuda_scratch(PQ_SCR_ATT, (size_t)N * NH * sizeof(float));
     size_t warps = (size_t)N * NH;
     attn_dot_kernel<<<pq_blocks(warps * 32, 256), 256>>>(D, dout, out, (int)warps, HS);
     CU_LAUNCHED();
-    NV_DISPATCH(HS, bwd_launch<NV>(dq, dk, dv, dout, q, k, v, lse, D, pos, N, NH, KVH, HS, window, scale));
+    NV_DISPATCH(HS, bwd_launch<NV>(dq, dk, dv, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS, window, scale));
+}
+
+extern "C" void pq_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                      const float *k, const float *v, const float *out, const float *lse,
+                                      const int32_t *pos, int N, int NH, int KVH, int HS, int window) {
+    attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, pos, NULL, NULL, NULL, N, NH, KVH, HS, window);
+}
+
+extern "C" void pq_attention2_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                       const float *k, const float *v, const float *out, const float *lse,
+                                       const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0,
+                                       int N, int NH, int KVH, int HS, int window) {
+    attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window);
 }

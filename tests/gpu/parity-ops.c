@@ -243,6 +243,45 @@ static void test_attention(const int *lens, int nrec, int NH, int KVH, int HS, i
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
 }
 
+// attention over two key ranges (a pair's two responses after one shared
+// prompt), a plain record after it; both forward and backward
+static void test_attention2(int NH, int KVH, int HS, int window) {
+    int P = 37, Cn = 21, R = 26, X = 40, N = P + Cn + R + X;
+    int32_t *pos = pq_xmalloc(N * 4), *a0 = pq_xmalloc(N * 4), *a1 = pq_xmalloc(N * 4), *b0 = pq_xmalloc(N * 4);
+    for (int i = 0; i < N; i++) {
+        if (i < P + Cn) pos[i] = i, a0[i] = a1[i] = 0, b0[i] = 0;                 // prompt, chosen
+        else if (i < P + Cn + R) pos[i] = i - Cn, a0[i] = 0, a1[i] = P, b0[i] = P + Cn; // rejected
+        else pos[i] = i - (P + Cn + R), a0[i] = a1[i] = P + Cn + R, b0[i] = P + Cn + R; // another record
+    }
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    float *q = hrand(nq, 2), *k = hrand(nk, 2), *v = hrand(nk, 1), *dout = hrand(nq, 1);
+    float *out = hnan(nq), *lse = hnan(nl), *dq = hnan(nq), *dk = hnan(nk), *dv = hnan(nk);
+    float *gq = dev(q, nq * 4), *gk = dev(k, nk * 4), *gv = dev(v, nk * 4), *gdout = dev(dout, nq * 4);
+    int32_t *gpos = dev(pos, N * 4), *ga0 = dev(a0, N * 4), *ga1 = dev(a1, N * 4), *gb0 = dev(b0, N * 4);
+    float *gout = dnan(nq), *glse = dnan(nl), *gdq = dnan(nq), *gdk = dnan(nk), *gdv = dnan(nk);
+    pq_cpu_attention2_forward(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
+    pq_attention2_forward(gout, glse, gq, gk, gv, gpos, ga0, ga1, gb0, N, NH, KVH, HS, window);
+    char name[96];
+    snprintf(name, sizeof name, "attention2_forward out %d/%d HS=%d w=%d", NH, KVH, HS, window);
+    cmp(name, out, gout, nq, 1e-4);
+    snprintf(name, sizeof name, "attention2_forward lse %d/%d HS=%d w=%d", NH, KVH, HS, window);
+    cmp(name, lse, glse, nl, 1e-5);
+    float *gout_c = dev(out, nq * 4), *glse_c = dev(lse, nl * 4);
+    pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window);
+    pq_attention2_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, ga0, ga1, gb0, N, NH, KVH, HS,
+                           window);
+    snprintf(name, sizeof name, "attention2_backward dq HS=%d w=%d", HS, window);
+    cmp(name, dq, gdq, nq, 1e-4);
+    snprintf(name, sizeof name, "attention2_backward dk HS=%d w=%d", HS, window);
+    cmp(name, dk, gdk, nk, 1e-4);
+    snprintf(name, sizeof name, "attention2_backward dv HS=%d w=%d", HS, window);
+    cmp(name, dv, gdv, nk, 1e-4);
+    free(pos), free(a0), free(a1), free(b0), free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq),
+        free(dk), free(dv);
+    void *p[] = {gq, gk, gv, gdout, gpos, ga0, ga1, gb0, gout, glse, gdq, gdk, gdv, gout_c, glse_c};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
 static void test_elementwise(void) {
     int N = 131, H = 517;
     size_t n = (size_t)N * H;
@@ -379,6 +418,14 @@ int main(int argc, char **argv) {
     test_attention(lens2, 1, 8, 1, 128, 40);
     test_attention(lens3, 4, 6, 3, 48, 0);
     test_attention(lens3, 4, 6, 2, 128, 32);
+    if (pq_attention2_forward && pq_attention2_backward) {
+        test_attention2(8, 2, 64, 0);
+        test_attention2(4, 4, 128, 0);
+        test_attention2(6, 3, 32, 30);
+    } else {
+        printf("FAIL attention2 missing from the CUDA backend\n");
+        failures++;
+    }
     test_elementwise();
     test_logp(PQ_F32, NULL);
     test_logp(PQ_F32, "1000");
