@@ -10,3 +10,7 @@ void pq_attention_kv_forward(float *out, const float *q, const float *kc, const 
                              const int32_t *pos, int N, int NH, int KVH, int HS, int T, int window) {
     pq_cpu_attention_kv_forward(out, q, kc, vc, slot, pos, N, NH, KVH, HS, T, window);
 }
+void pq_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
+                            int OC) {
+    pq_cpu_linear_rows_forward(out, inp, weight, bias, N, C, OC);
+}

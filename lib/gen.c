@@ -579,7 +579,7 @@ static void lin(PqGen *g, int l, int j, float *out, const float *inp, int N) {
     int in, oc;
     pq_lin_shape(&m->cfg, j, &in, &oc);
     const PqLayerW *w = &m->layers[l];
-    pq_linear_forward(out, inp, &w->w[j], w->b[j], N, in, oc);
+    pq_linear_rows_forward(out, inp, &w->w[j], w->b[j], N, in, oc);
     const PqLora *lo = m->lora;
     if (lo && lo->ab[l * PQ_NLIN + j].A)
         pq_lora_forward(out, g->xa, inp, lo->ab[l * PQ_NLIN + j].A, lo->ab[l * PQ_NLIN + j].B, lo->scale, N, in, oc,
@@ -617,7 +617,7 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     }
     for (int i = 0; i < M; i++) pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
     pq_rmsnorm_forward(g->h, NULL, g->tmp, m->ln_f, M, c->C, c->eps);
-    pq_linear_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
+    pq_linear_rows_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
     pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
     g->n_steps++;
 }

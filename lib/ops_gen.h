@@ -11,6 +11,8 @@
 
 #include <stdint.h>
 
+#include "ops.h"
+
 #define PQ_OPS_GEN_DECLARE(P)                                                                                      \
     /* k (N,KVH,HS), v (N,KVH,HS) -> kc, vc (S,T,KVH,HS) at [slot[i], pos[i]] */                                 \
     void P##kv_append(float *kc, float *vc, const float *k, const float *v, const int32_t *slot,                  \
@@ -19,7 +21,12 @@
        window > 0; the same bound as pq_attention_forward), kc, vc (S,T,KVH,HS) -> out (N,NH,HS).               \
        The step's own keys must be appended first. */                                                            \
     void P##attention_kv_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot, \
-                                 const int32_t *pos, int N, int NH, int KVH, int HS, int T, int window);
+                                 const int32_t *pos, int N, int NH, int KVH, int HS, int T, int window);        \
+    /* pq_linear_forward for the few rows of a decoding step: inp (N,C), weight (OC,C), bias (OC) or NULL ->    \
+       out (N,OC). The CPU reads bf16/f32 weights in place when N is small (no tile conversion: batch-1        \
+       decoding is bound by reading the weights once); otherwise, and on CUDA, pq_linear_forward. */            \
+    void P##linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,  \
+                                int C, int OC);
 
 PQ_OPS_GEN_DECLARE(pq_)
 PQ_OPS_GEN_DECLARE(pq_cpu_)

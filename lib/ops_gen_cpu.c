@@ -90,3 +90,40 @@ void pq_cpu_attention_kv_forward(float *out, const float *q, const float *kc, co
     }
     free(blk);
 }
+
+// Rows at most for which weights are read in place (each row re-reads them
+// from cache; beyond this the tiled sgemm of ops_cpu.c wins).
+#define ROWS_DIRECT 4
+
+// inp (N,C), weight (OC,C), bias (OC) -> out (N,OC)
+void pq_cpu_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
+                                int OC) {
+    if (N > ROWS_DIRECT || weight->dtype == PQ_F16) {
+        pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);
+        return;
+    }
+    int bf = weight->dtype == PQ_BF16;
+#pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
+    for (int o = 0; o < OC; o++) {
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (size_t)i * C;
+            float acc = 0;
+            if (bf) {
+                const uint16_t *w = (const uint16_t *)weight->data + (size_t)o * C;
+#pragma omp simd reduction(+ : acc)
+                for (int c = 0; c < C; c++) {
+                    union {
+                        uint32_t u;
+                        float f;
+                    } cv = {.u = (uint32_t)w[c] << 16};
+                    acc += x[c] * cv.f;
+                }
+            } else {
+                const float *w = (const float *)weight->data + (size_t)o * C;
+#pragma omp simd reduction(+ : acc)
+                for (int c = 0; c < C; c++) acc += x[c] * w[c];
+            }
+            out[(size_t)i * OC + o] = acc + (bias ? bias[o] : 0.0f);
+        }
+    }
+}

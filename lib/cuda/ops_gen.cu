@@ -101,3 +101,9 @@ extern "C" void pq_attention_kv_forward(float *out, const float *q, const float 
                                                1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
 }
+
+// On the device the tensor-core product of pq_linear_forward is used for any row count.
+extern "C" void pq_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
+                                       int C, int OC) {
+    pq_linear_forward(out, inp, weight, bias, N, C, OC);
+}

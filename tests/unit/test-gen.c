@@ -2,11 +2,13 @@
 // seeded sampling reproducible; with a model directory as argument, a
 // driver for tests/py/test_generate.py: JSON requests in, generated ids out.
 //   test-gen                       unit tests
-//   test-gen MODEL_DIR [--slots S] [--threads T] [--adapter DIR] < requests.jsonl
+//   test-gen MODEL_DIR [--slots S] [--threads T] [--adapter DIR] [--no-eos 1] < requests.jsonl
 // A request: {"prompt": [ids], "n": 1, "seed": 0, "temperature": 0,
 // "top_k": 0, "top_p": 1, "max_tokens": 8, "stop": ["..."], "constrain":
 // "quiz"}; one line out per request, in input order: {"samples": [{"ids",
-// "text", "finish"}]}; then {"prefilled": P, "generated": G, "steps": S}.
+// "text", "finish"}]}; then {"prefilled": P, "generated": G, "steps": S,
+// "seconds": generation time}. --no-eos 1: never stop at an end token
+// (benchmarks).
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -151,11 +153,12 @@ static void on_done(void *user, PqGenOut *o, int n, const char *error, int cance
 
 static int drive(int argc, char **argv) {
     const char *dir = argv[1], *adapter = NULL;
-    int slots = 4, threads = 1;
+    int slots = 4, threads = 1, no_eos = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--slots")) slots = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--adapter")) adapter = argv[i + 1];
+        else if (!strcmp(argv[i], "--no-eos")) no_eos = atoi(argv[i + 1]);
     }
     pq_ops_set_threads(threads);
     PqErr e;
@@ -170,7 +173,7 @@ static int drive(int argc, char **argv) {
     pq_buf_free(&p);
     int32_t eos[8];
     int n_eos = pq_gen_eos_ids(dir, tok, eos, 8);
-    PqGen *g = pq_gen_new(m, tok, slots, eos, n_eos);
+    PqGen *g = pq_gen_new(m, tok, slots, eos, no_eos ? 0 : n_eos);
     char *line = NULL;
     size_t cap = 0;
     long n = 0;
@@ -204,7 +207,9 @@ static int drive(int argc, char **argv) {
         pq_gen_submit(g, ids, P, ns, seed, &gp, on_done, (void *)(intptr_t)i);
         free(ids);
     }
+    double t0 = pq_now();
     while (pq_gen_pending(g) > 0) pq_gen_step(g);
+    double dt = pq_now() - t0;
     for (long i = 0; i < n; i++) {
         printf("%s\n", outs[i].line);
         free(outs[i].line);
@@ -212,7 +217,7 @@ static int drive(int argc, char **argv) {
     }
     long long pf, gn, stp;
     pq_gen_counts(g, &pf, &gn, &stp);
-    printf("{\"prefilled\":%lld,\"generated\":%lld,\"steps\":%lld}\n", pf, gn, stp);
+    printf("{\"prefilled\":%lld,\"generated\":%lld,\"steps\":%lld,\"seconds\":%.6f}\n", pf, gn, stp, dt);
     free(outs);
     free(reqs);
     pq_gen_free(g);
