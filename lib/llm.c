@@ -7,6 +7,7 @@
 // exactly one of three lists: queued (waiting for a slot), in flight (an easy
 // handle in the multi handle), or backing off (waiting for its wake time).
 #include "llm.h"
+#include "llm_local.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -62,6 +63,7 @@ typedef struct CallList {
 } CallList;
 
 struct PqLlm {
+    PqLlmLocal *local; // --model DIR: generation in this process, nothing below is used
     PqLlmConfig c;
     char *url;
     struct curl_slist *headers;
@@ -176,6 +178,7 @@ int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
         }
         return 1;
     case PQ_OPT_LLM_BASE + 11: c->unordered = 1; return 1;
+    case PQ_OPT_LLM_BASE + 12 ... PQ_OPT_LLM_BASE + 17: return pq_llm_local_option(c, opt, arg, e);
     case 'j':
         if (parse_int(arg, 1, 4096, &c->jobs)) goto bad;
         return 1;
@@ -218,6 +221,14 @@ PqLlm *pq_llm_new(PqLlmConfig *c, PqErr *e) {
         pq_err(e, "--model is required (the model name sent to the server)");
         cJSON_Delete(extra);
         return NULL;
+    }
+    if (pq_llm_local_is_dir(c->model)) {
+        cJSON_Delete(extra);
+        PqLlmLocal *loc = pq_llm_local_new(c, e);
+        if (!loc) return NULL;
+        PqLlm *l = pq_xcalloc(1, sizeof *l);
+        l->local = loc;
+        return l;
     }
     const char *base = c->base_url;
     if (!base || !*base) base = getenv("OPENAI_BASE_URL");
@@ -280,6 +291,11 @@ static void job_unlink(PqLlm *l, Job *j) {
 
 void pq_llm_free(PqLlm *l) {
     if (!l) return;
+    if (l->local) {
+        pq_llm_local_free(l->local);
+        free(l);
+        return;
+    }
     // Unfinished work (an interrupt, a fatal error): the callbacks still run
     // once each, with cancelled set, so that callers free what they hold.
     // (A callback that submits again only adds to what is cancelled next.)
@@ -333,6 +349,10 @@ static Call *call_new(Job *j, int first, int n, int64_t seed) {
 }
 
 void pq_llm_submit(PqLlm *l, const cJSON *messages, int n, int64_t seed, PqLlmDone cb, void *user) {
+    if (l->local) {
+        pq_llm_local_submit(l->local, messages, n, seed, cb, user);
+        return;
+    }
     if (n < 1) n = 1;
     Job *j = pq_xcalloc(1, sizeof *j);
     j->cb = cb;
@@ -350,9 +370,13 @@ void pq_llm_submit(PqLlm *l, const cJSON *messages, int n, int64_t seed, PqLlmDo
     else list_push_back(&l->queued, call_new(j, 0, n, seed));
 }
 
-int pq_llm_pending(const PqLlm *l) { return l->pending; }
+int pq_llm_pending(const PqLlm *l) { return l->local ? pq_llm_local_pending(l->local) : l->pending; }
 
 void pq_llm_account(const PqLlm *l, PqTool *t) {
+    if (l->local) {
+        pq_llm_local_account(l->local, t);
+        return;
+    }
     PqLlm *m = (PqLlm *)l; // the snapshot of what was handed over is bookkeeping only
     t->n_requests += l->n_requests - l->acc_requests;
     t->n_retries += l->n_retries - l->acc_retries;
@@ -734,6 +758,10 @@ static int drain_done(PqLlm *l) {
 }
 
 void pq_llm_run(PqLlm *l, int below) {
+    if (l->local) {
+        pq_llm_local_run(l->local, below);
+        return;
+    }
     if (below < 1) below = 1;
     if (l->pending < below) {
         // Below the caller's limit: only hand new requests to curl; they go

@@ -10,6 +10,8 @@
 #include "tool.h"
 #include "util.h"
 
+#define PQ_LLM_MAX_STOP 8
+
 typedef struct PqLlmConfig {
     const char *base_url;    // default $OPENAI_BASE_URL, else https://api.openai.com/v1
     const char *model;       // required
@@ -24,6 +26,14 @@ typedef struct PqLlmConfig {
     double rpm, tpm;         // 0 = unlimited
     int n_client;            // --n-mode client: n separate requests with seeds seed+k
     int unordered;           // --unordered (used by tools)
+    // A local model: --model DIR holding config.json (lib/llm_local.c).
+    const char *adapter;       // --adapter DIR, a PEFT LoRA adapter
+    const char *chat_template; // --chat-template NAME (default: the model's)
+    const char *constrain;     // --constrain quiz|answers|ascii|none|auto
+    int top_k;                 // --top-k K (0: off)
+    int threads;               // --threads N (0: all cores)
+    const char *stop[PQ_LLM_MAX_STOP]; // --stop STR, repeatable
+    int n_stop;
 } PqLlmConfig;
 
 typedef struct PqLlmResult {
@@ -61,6 +71,12 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     {"tpm", required_argument, 0, PQ_OPT_LLM_BASE + 9},         \
     {"n-mode", required_argument, 0, PQ_OPT_LLM_BASE + 10},     \
     {"unordered", no_argument, 0, PQ_OPT_LLM_BASE + 11},        \
+    {"adapter", required_argument, 0, PQ_OPT_LLM_BASE + 12},    \
+    {"chat-template", required_argument, 0, PQ_OPT_LLM_BASE + 13}, \
+    {"constrain", required_argument, 0, PQ_OPT_LLM_BASE + 14},  \
+    {"top-k", required_argument, 0, PQ_OPT_LLM_BASE + 15},      \
+    {"stop", required_argument, 0, PQ_OPT_LLM_BASE + 16},       \
+    {"threads", required_argument, 0, PQ_OPT_LLM_BASE + 17},    \
     {"jobs", required_argument, 0, 'j'},                        \
     {"option", required_argument, 0, 'O'}
 // Short options the client owns: -j N, -o KEY=JSON (tools map 'o' to 'O'
@@ -68,7 +84,7 @@ enum { PQ_OPT_LLM_BASE = 1050 };
 #define PQ_LLM_HELP                                                                         \
     "LLM client options:\n"                                                                 \
     "      --base-url URL      endpoint (default $OPENAI_BASE_URL, else https://api.openai.com/v1)\n" \
-    "      --model NAME        model name sent to the server (required)\n"                 \
+    "      --model NAME|DIR    model name sent to the server, or a local model directory\n" \
     "      --api-key-env NAME  variable holding the API key (default OPENAI_API_KEY)\n"    \
     "      --temperature T, --top-p P, --max-tokens N\n"                                   \
     "  -o, --option KEY=JSON   any other body field, e.g. -o max_completion_tokens=512\n"  \
@@ -77,7 +93,13 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     "      --timeout SEC       per request (default 120)\n"                                \
     "      --rpm N, --tpm N    requests / tokens per minute limits\n"                      \
     "      --n-mode server|client  ask n choices in one request, or n requests\n"         \
-    "      --unordered         write results as they finish, not in input order\n"
+    "      --unordered         write results as they finish, not in input order\n"          \
+    "Local models (--model DIR, a Hugging Face model directory; no server):\n"             \
+    "      --adapter DIR       apply a PEFT LoRA adapter\n"                                 \
+    "      --chat-template NAME  chatml, mistral, llama-2, llama-3, ... (default: the model's)\n" \
+    "      --constrain MODE    quiz, answers, ascii, none, or auto (this tool's reply format)\n" \
+    "      --top-k K, --stop STR (repeatable), --threads N (default all cores);\n"          \
+    "                          -j N sequences decoded together; --max-tokens default 512\n"
 
 // 1 handled, 0 not ours, -1 bad value (message in e).
 int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e);
