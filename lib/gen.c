@@ -491,6 +491,19 @@ static int admit(PqGen *g, Done *d) {
                 fail_req(g, r, d, msg);
                 continue;
             }
+            if (r->p.constrain) {
+                PqCState cs;
+                pq_cstate_init(&cs, r->p.constrain, r->p.constrain_n);
+                if (pq_cstate_min_left(&cs) > r->p.max_tokens) {
+                    char msg[160];
+                    snprintf(msg, sizeof msg, "the constrained reply needs at least %d tokens; max tokens is %d",
+                             pq_cstate_min_left(&cs), r->p.max_tokens);
+                    g->qhead = r->qnext;
+                    if (!g->qhead) g->qtail = NULL;
+                    fail_req(g, r, d, msg);
+                    continue;
+                }
+            }
             if (budget > 0 && budget + r->P > PREFILL_BUDGET) break;
             Slot *sl = free_slot(g, r->id);
             if (!sl) break;

@@ -1,0 +1,84 @@
+#!/bin/sh
+# local.sh: pq-summarize, pq-questions and pq-quiz on a local model
+# directory (--model DIR, a tiny random model) instead of a server: the same
+# output fields, seeded samples reproducible and independent of -j, every
+# line out or rejected, --constrain quiz/answers giving parsable quizzes and
+# answers from a random model (0 rejects), fatal errors for broken model
+# and adapter directories, per-line errors for prompts over the context.
+set -eu
+# Threads wait passively: on a loaded machine spinning OpenMP threads cost 10x.
+export OMP_WAIT_POLICY=passive
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+b=$PQ_BIN
+f=$PQ_TOP/tests/fixtures
+"$PQ_PY" "$PQ_TOP/tests/make_tiny_model.py" --arch llama --out "$d/m" --seed 2
+
+# summaries: 3 per article, sampled, reproducible, independent of the batch
+"$b/pq-summarize" --model "$d/m" -n 3 --temperature 0.8 --max-tokens 12 --seed 4 --no-progress \
+  <"$f/articles.jsonl" >"$d/s1.jsonl"
+"$b/pq-summarize" --model "$d/m" -n 3 --temperature 0.8 --max-tokens 12 --seed 4 -j 1 --threads 1 --no-progress \
+  <"$f/articles.jsonl" >"$d/s2.jsonl"
+diff -u "$d/s1.jsonl" "$d/s2.jsonl"
+"$b/pq-summarize" --model "$d/m" --temperature 0 --max-tokens 6 --stop . --no-progress <"$f/articles.jsonl" \
+  >"$d/greedy.jsonl"
+
+# the judge's tools, constrained
+"$b/pq-questions" --model "$d/m" --constrain quiz --max-tokens 300 --seed 1 --no-progress \
+  --rejects "$d/q.rej" <"$f/articles.jsonl" >"$d/q.jsonl"
+"$PQ_PY" - "$d" <<'PY'
+import json, sys
+d = sys.argv[1]
+qs = [json.loads(l) for l in open(d + "/q.jsonl")]
+with open(d + "/quizin.jsonl", "w") as f:
+    for s in (json.loads(l) for l in open(d + "/s1.jsonl")):
+        s["questions"] = next(q["questions"] for q in qs if q["id"] == s["id"])
+        f.write(json.dumps(s) + "\n")
+PY
+"$b/pq-quiz" --model "$d/m" --constrain auto --max-tokens 40 --no-progress --rejects "$d/z.rej" \
+  <"$d/quizin.jsonl" >"$d/z.jsonl"
+"$PQ_PY" - "$d" "$f/articles.jsonl" <<'PY'
+import json, os, sys
+d, arts = sys.argv[1], [json.loads(l) for l in open(sys.argv[2])]
+s = [json.loads(l) for l in open(d + "/s1.jsonl")]
+assert [(x["id"], x["sample"]) for x in s] == [(a["id"], k) for a in arts for k in range(3)], "one line per sample"
+for x in s:
+    assert x["policy"].endswith("/m") and isinstance(x["summary"], str)
+    assert x["prompt"][0]["role"] == "user" and x["article"] in x["prompt"][0]["content"]
+assert len({x["summary"] for x in s}) > 3, "samples differ"
+g = [json.loads(l) for l in open(d + "/greedy.jsonl")]
+assert len(g) == len(arts) and all("." not in x["summary"] for x in g), "cut before the stop string"
+q = [json.loads(l) for l in open(d + "/q.jsonl")]
+assert not os.path.getsize(d + "/q.rej"), "constrained quizzes never rejected"
+assert [x["id"] for x in q] == [a["id"] for a in arts]
+for x in q:
+    assert len(x["questions"]) == 5
+    for qq in x["questions"]:
+        assert len(qq["choices"]) == 5 and qq["answer"] in "ABCDE" and qq["question"]
+z = [json.loads(l) for l in open(d + "/z.jsonl")]
+assert not os.path.getsize(d + "/z.rej") and len(z) == len(s)
+for x in z:
+    assert len(x["judge_answers"]) == 5 and all(a in ("A", "B", "C", "D", "E", "Unsure") for a in x["judge_answers"])
+    assert x["correct"] == sum(a == qq["answer"] for a, qq in zip(x["judge_answers"], x["questions"]))
+assert sum(a != "Unsure" for x in z for a in x["judge_answers"]) > 5, "letters chosen, not only Unsure"
+PY
+# a budget the grammar cannot finish in: each line rejected with the reason
+rc=0; "$b/pq-quiz" --model "$d/m" --constrain answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \
+  >"$d/z2.jsonl" 2>"$d/err" || rc=$?
+[ "$rc" = 1 ] && [ ! -s "$d/z2.jsonl" ] && grep -q "needs at least 29 tokens" "$d/err"
+
+# fatal: a broken model directory, a missing adapter (exit 3, one line)
+mkdir "$d/bad" && echo '{"architectures": ["GPT2LMHeadModel"]}' >"$d/bad/config.json"
+rc=0; "$b/pq-summarize" --model "$d/bad" <"$f/articles.jsonl" >/dev/null 2>"$d/err" || rc=$?
+[ "$rc" = 3 ] && grep -q "^pq-summarize: .*unsupported architecture GPT2LMHeadModel" "$d/err"
+rc=0; "$b/pq-quiz" --model "$d/m" --adapter "$d/none" <"$d/quizin.jsonl" >/dev/null 2>"$d/err" || rc=$?
+[ "$rc" = 3 ] && grep -q "^pq-quiz: .*adapter_config.json" "$d/err"
+rc=0; "$b/pq-questions" --model "$d/m" --constrain json </dev/null >/dev/null 2>"$d/err" || rc=$?
+[ "$rc" = 2 ] && grep -q "constrain" "$d/err"
+# an article over the model's context: that line rejected, the others written
+"$PQ_PY" -c 'import json; print(json.dumps({"id": "long", "article": "word " * 9000}))' >"$d/long.jsonl"
+cat "$f/articles.jsonl" >>"$d/long.jsonl"
+rc=0; "$b/pq-summarize" --model "$d/m" --max-tokens 4 --no-progress --rejects "$d/l.rej" <"$d/long.jsonl" \
+  >"$d/l.jsonl" 2>"$d/err" || rc=$?
+[ "$rc" = 1 ] && [ "$(wc -l <"$d/l.jsonl")" = 3 ] && grep -q '"id": *"long"' "$d/l.rej" && grep -q "context" "$d/err"
+echo ok
