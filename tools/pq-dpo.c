@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dist.h"
 #include "dpo.h"
 #include "lora.h"
 #include "model.h"
@@ -54,19 +55,22 @@ static const char usage[] =
     "      --truncate POLICY     article (default), keep_start, keep_end, as pq-logp's\n"
     "      --raw                 records hold token ids: \"chosen_ids\", \"rejected_ids\" and \"prompt_len\"\n"
     "                            (or \"chosen_prompt_len\", \"rejected_prompt_len\"), as pq-logp --raw\n"
-    "  -t, --threads N           threads (default: all cores)\n" PQ_TOOL_COMMON_HELP;
+    "  -t, --threads N           threads (default: all cores)\n"
+    "      --device DEV          cuda:N (CUDA build; default cuda:0, or LOCAL_RANK's GPU) or cpu\n"
+    "Several GPUs: one process per GPU with RANK/WORLD_SIZE (or Slurm's, Open MPI's) and MASTER_ADDR/PORT\n"
+    "set, e.g. by scripts/launch-dpo -g 0,1,2 -- ARGS; gradients and metrics are summed over them (NCCL).\n" PQ_TOOL_COMMON_HELP;
 
 enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
     O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_TEMPLATE, O_MAXLEN,
-    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE
+    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE
 };
 
 static PqTool T;
 
 // Options.
-static const char *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
+static const char *device, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
 static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
 static double lora_alpha = 16, lora_dropout = 0.05, lr = 5e-6, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, wd = 0,
@@ -82,6 +86,13 @@ static PqChat *chat;
 static PqLora *lora;
 static PqTrainer *tr;
 static PqAdamW opt;
+// The optimizer runs on the host: hp, hg (n_params) mirror the adapter's
+// parameters and the step's gradients (backend memory).
+static float *hp, *hg;
+// Data parallelism: rank r of world trains on the pairs j of each batch with
+// j % world == r; gradients and metrics are summed over the ranks (NCCL), so
+// every rank steps identically and rank 0 alone writes.
+static PqDist dist;
 static PqTrainPair *recs, *valid;
 static long n_recs, cap_recs, n_valid;
 static long step, epoch, pos; // optimizer steps done; epoch (0-based) and pairs of it consumed
@@ -247,17 +258,32 @@ static void add_metrics(cJSON *o, const PqDpoMetrics *m) {
     pq_json_add_float(o, "logps/rejected", m->logps_rejected / n);
 }
 
+// The metrics (sums) and tokens of every rank, summed.
+static void sum_metrics(PqDpoMetrics *m, long *tokens) {
+    if (dist.world == 1) return;
+    double v[9] = {m->n, m->loss, m->chosen, m->rejected, m->margins, m->accuracies, m->logps_chosen,
+                   m->logps_rejected, (double)*tokens};
+    pq_dist_sum_host(&dist, v, 9);
+    m->n = v[0], m->loss = v[1], m->chosen = v[2], m->rejected = v[3], m->margins = v[4], m->accuracies = v[5];
+    m->logps_chosen = v[6], m->logps_rejected = v[7], *tokens = (long)v[8];
+}
+
 static void evaluate(void) {
     if (!n_valid) return;
     PqDpoMetrics m = {0};
     long tokens = 0;
-    for (long i = 0; i < n_valid; i += micro) {
+    long nv = 0, *own = pq_xmalloc((size_t)n_valid * sizeof *own);
+    for (long k = dist.rank; k < n_valid; k += dist.world) own[nv++] = k;
+    for (long i = 0; i < nv; i += micro) {
         PqTrainPair *ptr[64];
         int n = 0;
-        for (long k = i; k < n_valid && n < micro; k++) ptr[n++] = &valid[k];
+        for (long k = i; k < nv && n < micro; k++) ptr[n++] = &valid[own[k]];
         if (pq_train_dpo_micro(tr, &dcfg, ptr, n, 0, 0, 0, &m, &tokens))
             pq_tool_die(&T, "step %ld: evaluation loss is not finite", step);
     }
+    free(own);
+    sum_metrics(&m, &tokens);
+    if (dist.rank > 0) return;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "split", "valid");
     cJSON_AddNumberToObject(o, "step", (double)step);
@@ -270,7 +296,7 @@ static void evaluate(void) {
 
 // The training state stored next to the adapter.
 static void save(void) {
-    if (!out_dir) return;
+    if (!out_dir || dist.rank > 0) return;
     cJSON *s = cJSON_CreateObject();
     cJSON_AddNumberToObject(s, "step", (double)step);
     cJSON_AddNumberToObject(s, "epoch", (double)epoch);
@@ -341,22 +367,32 @@ static void train_step(const long *idx, int n) {
     pq_trainer_zero_grad(tr);
     PqDpoMetrics m = {0};
     long tokens = 0;
-    for (int i = 0, k = 0; i < n; i += micro, k++) {
+    // this rank's pairs of the batch (all of them in a single process); the
+    // micro-batch index k keys dropout as in a single process when micro is 1
+    int *own = pq_xmalloc((size_t)n * sizeof *own), no = 0;
+    for (int j = dist.rank; j < n; j += dist.world) own[no++] = j;
+    for (int i = 0; i < no; i += micro) {
         PqTrainPair *ptr[64];
         int c = 0;
-        for (int j = i; j < n && c < micro; j++) ptr[c++] = &recs[idx[j]];
-        uint64_t ds = pq_hash_bytes(&(uint64_t[3]){T.seed, (uint64_t)step, (uint64_t)k}, 24);
+        for (int j = i; j < no && c < micro; j++) ptr[c++] = &recs[idx[own[j]]];
+        uint64_t k = dist.world == 1 ? (uint64_t)(i / micro) : (uint64_t)own[i]; // as one process when micro is 1
+        uint64_t ds = pq_hash_bytes(&(uint64_t[3]){T.seed, (uint64_t)step, k}, 24);
         if (pq_train_dpo_micro(tr, &dcfg, ptr, c, 1.0 / n, ds, 1, &m, &tokens)) die_nonfinite("the loss");
     }
+    free(own);
+    pq_dist_sum(&dist, tr->grads, lora->n_params);
+    sum_metrics(&m, &tokens);
+    pq_dev_download(hg, tr->grads, lora->n_params * sizeof(float));
     if (dump_grads) {
         PqErr e;
-        if (pq_lora_write_tensors(lora, &M->cfg, tr->grads, dump_grads, &e)) pq_tool_die(&T, "%s", e.msg);
+        if (pq_lora_write_tensors(lora, &M->cfg, hg, dump_grads, &e)) pq_tool_die(&T, "%s", e.msg);
         stop_after = step + 1;
     }
-    double gn = pq_clip_grad_norm(tr->grads, lora->n_params, max_grad_norm);
+    double gn = pq_clip_grad_norm(hg, lora->n_params, max_grad_norm);
     if (!isfinite(gn)) die_nonfinite("the gradient norm");
     double cur_lr = pq_lr_at(sched, lr, step, warmup, total_steps);
-    pq_adamw_step(&opt, lora->params, tr->grads, cur_lr);
+    pq_adamw_step(&opt, hp, hg, cur_lr);
+    pq_dev_upload(lora->params, hp, lora->n_params * sizeof(float));
     step++;
     double dt = pq_now() - t0;
     cJSON *o = cJSON_CreateObject();
@@ -368,7 +404,9 @@ static void train_step(const long *idx, int n) {
     cJSON_AddNumberToObject(o, "tokens", (double)tokens);
     pq_json_add_float(o, "tokens_per_s", dt > 0 ? tokens / dt : 0);
     pq_json_add_float(o, "peak_mem_mb", pq_peak_rss_kb() / 1024.0);
-    pq_tool_emit(&T, o);
+    if (strcmp(pq_ops_backend(), "cpu")) pq_json_add_float(o, "peak_device_mem_mb", pq_dev_peak_bytes() / 1048576.0);
+    if (dist.world > 1) cJSON_AddNumberToObject(o, "world_size", dist.world);
+    if (dist.rank == 0) pq_tool_emit(&T, o);
     cJSON_Delete(o);
     T.n_done += n;
     if (save_every > 0 && step % save_every == 0) save();
@@ -441,6 +479,7 @@ int main(int argc, char **argv) {
         {"threads", required_argument, 0, 't'},
         {"raw", no_argument, 0, O_RAW},
         {"no-share-prompt", no_argument, 0, O_NOSHARE},
+        {"device", required_argument, 0, O_DEVICE},
         {"dump-grads", required_argument, 0, O_DUMPGRADS}, // tests: the first step's gradients, then stop
         {0, 0, 0, 0}};
     pq_tool_init(&T, "pq-dpo", usage);
@@ -506,6 +545,7 @@ int main(int argc, char **argv) {
         case 't': threads = (int)parse_int("--threads", optarg, 1); break;
         case O_RAW: raw = 1; break;
         case O_NOSHARE: share_prompt = 0; break;
+        case O_DEVICE: device = optarg; break;
         case O_DUMPGRADS: dump_grads = optarg; break;
         default: pq_tool_usage_error(&T, "bad option");
         }
@@ -518,6 +558,11 @@ int main(int argc, char **argv) {
         pq_tool_usage_error(&T, "--label-smoothing applies to the sigmoid loss only");
     pq_tool_open(&T, argc, argv, optind);
     pq_ops_set_threads(threads);
+    if (pq_dist_from_env(&dist, &e)) pq_tool_die(&T, "%s", e.msg);
+    if (device && pq_device_select(device, &e)) pq_tool_die(&T, "%s", e.msg);
+    if (!device && dist.world > 1 && strcmp(pq_ops_backend(), "cpu") && pq_ops_set_device(dist.local_rank))
+        pq_tool_die(&T, "rank %d: no CUDA device %d (LOCAL_RANK)", dist.rank, dist.local_rank);
+    if (pq_dist_init(&dist, 600, &e)) pq_tool_die(&T, "%s", e.msg);
 
     if (!(M = pq_model_load(model_dir, &e))) pq_tool_die(&T, "%s", e.msg);
     if (!raw) {
@@ -539,6 +584,9 @@ int main(int argc, char **argv) {
         }
         pq_adamw_build(&opt, lora->n_params, lr, beta1, beta2, adam_eps, wd);
     }
+    hp = pq_xmalloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
+    hg = pq_xmalloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
+    pq_dev_download(hp, lora->params, lora->n_params * sizeof(float));
     tr = pq_trainer_build(M, lora, checkpoint, (float)lora_dropout);
     tr->share_prompt = share_prompt;
 
@@ -617,6 +665,9 @@ int main(int argc, char **argv) {
     free(valid);
     pq_trainer_free(tr);
     pq_adamw_free(&opt);
+    free(hp);
+    free(hg);
+    pq_dist_free(&dist);
     pq_lora_free(lora);
     if (chat) pq_chat_free(chat);
     if (tok) pq_tokenizer_free(tok);
