@@ -592,10 +592,10 @@ int main(int argc, char **argv) {
 
     long n_est = train_pairs > 0 ? train_pairs : count_inputs();
     total_known = n_est > 0 || max_steps > 0;
-    if (!total_known && sched != PQ_SCHED_CONSTANT && warmup_ratio == 0)
-        pq_tool_usage_error(&T, "the input is a pipe: give --train-pairs N or --max-steps N for the %s schedule "
-                                "(or --lr-schedule constant)",
-                            sched == PQ_SCHED_LINEAR ? "linear" : "cosine");
+    if (!total_known && (sched != PQ_SCHED_CONSTANT || (warmup_ratio > 0 && warmup_steps < 0)))
+        pq_tool_usage_error(&T, "the input is a pipe: give --train-pairs N or --max-steps N for the %s "
+                                "(or --lr-schedule constant, --warmup-steps)",
+                            sched == PQ_SCHED_CONSTANT ? "--warmup-ratio" : "schedule");
     set_schedule(n_est > 0 ? n_est : 0);
     if (valid_path) load_valid();
     if (valid_path && step == 0) evaluate();
