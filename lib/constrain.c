@@ -11,8 +11,8 @@
 #include "tok_internal.h"
 
 int pq_constrain_mode(const char *name) {
-    static const char *const names[] = {"none", "quiz", "answers", "ascii"};
-    for (int i = 0; i < 4; i++)
+    static const char *const names[] = {"none", "quiz", "answers", "ascii", "summary"};
+    for (int i = 0; i < 5; i++)
         if (!strcmp(name, names[i])) return i;
     return -1;
 }
@@ -91,7 +91,7 @@ static int is_alnum(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 
 static int text_char(int c, int at_start) {
     if (is_alnum(c) || c == '"') return 1;
     if (at_start) return 0;
-    return c == ' ' || strchr(",.'?!-%$&/;+", c) != NULL;
+    return c == ' ' || (c && strchr(",.'?!-%$&/;+", c) != NULL);
 }
 
 void pq_cstate_init(PqCState *s, int mode, int n_questions) {
@@ -105,6 +105,17 @@ void pq_cstate_init(PqCState *s, int mode, int n_questions) {
 static int feed_char(PqCState *s, int c) {
     if (s->mode == PQ_CONSTRAIN_NONE) return 0;
     if (s->mode == PQ_CONSTRAIN_ASCII) return (c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t' ? 0 : -1;
+    if (s->mode == PQ_CONSTRAIN_SUMMARY) {
+        if (c == ' ') {
+            if (s->off == 0) return -1; // no leading or double space
+            if (s->q < 100) s->q++;
+            s->off = 0;
+            return 0;
+        }
+        if (c <= 0x20 || c >= 0x7f || s->off >= PQ_CONSTRAIN_WORD_MAX) return -1;
+        s->off++;
+        return 0;
+    }
     for (;;) {
         int k = s->seg;
         if (s->mode == PQ_CONSTRAIN_QUIZ && (k == 1 || (k >= 3 && k < 18 && (k - 3) % 3 == 1))) {
@@ -158,6 +169,7 @@ int pq_cstate_feed(PqCState *s, const char *bytes, size_t n) {
 
 int pq_cstate_done(const PqCState *s) {
     if (s->mode == PQ_CONSTRAIN_NONE || s->mode == PQ_CONSTRAIN_ASCII) return 1;
+    if (s->mode == PQ_CONSTRAIN_SUMMARY) return s->off > 0 && s->q + 1 >= PQ_CONSTRAIN_MIN_WORDS;
     if (!last_q(s)) return 0;
     if (s->mode == PQ_CONSTRAIN_QUIZ) return s->seg >= 20 && (s->seg > 20 || s->off == 0);
     return s->seg >= 2 && (s->seg > 2 || s->off == 0);
@@ -190,6 +202,11 @@ static int question_left(const PqCState *s, int q, int seg, int off) {
 
 int pq_cstate_min_left(const PqCState *s) {
     if (pq_cstate_done(s)) return 0;
+    if (s->mode == PQ_CONSTRAIN_SUMMARY) { // each missing word: a space and a character
+        int words = s->q + (s->off > 0), more = PQ_CONSTRAIN_MIN_WORDS - words;
+        if (s->off > 0) return 2 * more;
+        return more > 0 ? 2 * more - 1 : 1;
+    }
     int sum = question_left(s, s->q, s->seg, s->off);
     for (int q = s->q + 1; q < s->nq; q++) { // whole questions, in closed form
         int d = q + 1 >= 10, last = q == s->nq - 1;

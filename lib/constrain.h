@@ -13,8 +13,13 @@
 #include "tokenizer.h"
 #include "util.h"
 
-enum { PQ_CONSTRAIN_NONE = 0, PQ_CONSTRAIN_QUIZ, PQ_CONSTRAIN_ANSWERS, PQ_CONSTRAIN_ASCII };
-// "none", "quiz", "answers", "ascii" -> the mode; -1 if unknown.
+// summary: one line of at least PQ_CONSTRAIN_MIN_WORDS ASCII words (printable,
+// single spaces, at most PQ_CONSTRAIN_WORD_MAX characters each): what pq-pair
+// keeps (method.md §4), so that even a random model's summaries are data.
+enum { PQ_CONSTRAIN_NONE = 0, PQ_CONSTRAIN_QUIZ, PQ_CONSTRAIN_ANSWERS, PQ_CONSTRAIN_ASCII, PQ_CONSTRAIN_SUMMARY };
+#define PQ_CONSTRAIN_MIN_WORDS 5
+#define PQ_CONSTRAIN_WORD_MAX 16
+// "none", "quiz", "answers", "ascii", "summary" -> the mode; -1 if unknown.
 int pq_constrain_mode(const char *name);
 
 // Longest question and option text the quiz grammar lets through (characters).
@@ -25,9 +30,9 @@ int pq_constrain_mode(const char *name);
 typedef struct PqCState {
     int8_t mode;
     int8_t nq;   // questions (quiz: 1..9; answers: 1..99)
-    int8_t q;    // current question, 0-based
+    int8_t q;    // current question, 0-based (summary: words done)
     int8_t seg;  // segment of the question's layout
-    int16_t off; // characters into the segment
+    int16_t off; // characters into the segment (summary: into the word)
 } PqCState;
 
 void pq_cstate_init(PqCState *s, int mode, int n_questions);

@@ -41,6 +41,12 @@ static void check_reply(const char *what, int mode, int nq, const char *text) {
         int got = pq_answers_parse(text, nq, ans);
         CHECK(got == nq - count_unsure(text), "%s: %d letters parsed of %d:\n%s", what, got, nq - count_unsure(text),
               text);
+    } else if (mode == PQ_CONSTRAIN_SUMMARY) {
+        int words = pq_count_words(text), longest = 0, cur = 0;
+        for (const char *p = text; *p; p++) cur = *p == ' ' ? 0 : cur + 1, longest = cur > longest ? cur : longest;
+        CHECK(words >= PQ_CONSTRAIN_MIN_WORDS && longest <= PQ_CONSTRAIN_WORD_MAX && !pq_count_bad_chars(text) &&
+                  text[0] != ' ' && text[strlen(text) - 1] != ' ' && !strstr(text, "  ") && !strchr(text, '\n'),
+              "%s: not a summary of 5+ words: \"%s\"", what, text);
     } else {
         for (const char *p = text; *p; p++)
             CHECK((*p >= 0x20 && *p < 0x7f) || *p == '\n' || *p == '\t', "%s: byte %02x", what, (unsigned char)*p);
@@ -59,11 +65,12 @@ static void char_walks(int mode, int nq, int budget, int walks) {
         for (;;) {
             char ok[128];
             int k = 0;
-            for (int c = 9; c < 127; c++) {
+            for (int c = 1; c < 127; c++) {
                 PqCState t = s;
                 char ch = (char)c;
                 if (!pq_cstate_feed(&t, &ch, 1) && pq_cstate_min_left(&t) <= budget - n - 1) ok[k++] = ch;
             }
+            ok[k] = 0;
             // end when allowed (sometimes) or when nothing else fits
             if (pq_cstate_done(&s) && (k == 0 || pq_rng_below(&rng, 8) == 0)) break;
             CHECK(k > 0, "mode %d: stuck after %d characters", mode, n);
@@ -102,9 +109,19 @@ static void fixed_strings(void) {
     CHECK(pq_cstate_feed(&s, "Q1) F", 5), "answer F accepted");
     pq_cstate_init(&s, PQ_CONSTRAIN_ANSWERS, 3);
     CHECK(pq_cstate_min_left(&s) == 3 * 6 - 1 && !pq_cstate_done(&s), "answers min left %d", pq_cstate_min_left(&s));
+    for (int m = PQ_CONSTRAIN_QUIZ; m <= PQ_CONSTRAIN_SUMMARY; m++) { // a NUL byte (a byte-level token) never fits
+        static const char *const pre[] = {"", "Q1) Wh", "Q1) ", "ok", "ok"};
+        pq_cstate_init(&s, m, 5);
+        pq_cstate_feed(&s, pre[m], strlen(pre[m]));
+        CHECK(pq_cstate_feed(&s, "\0", 1), "mode %d accepts NUL", m);
+    }
     pq_cstate_init(&s, PQ_CONSTRAIN_ASCII, 0);
     CHECK(!pq_cstate_feed(&s, "ok\tfine\n", 8) && pq_cstate_feed(&s, "\xc3\xa9", 2), "ascii");
-    CHECK(pq_constrain_mode("quiz") == PQ_CONSTRAIN_QUIZ && pq_constrain_mode("answers") == PQ_CONSTRAIN_ANSWERS &&
+    pq_cstate_init(&s, PQ_CONSTRAIN_SUMMARY, 0);
+    CHECK(pq_cstate_min_left(&s) == 9 && pq_cstate_feed(&s, " a", 2), "summary: 9 characters, no leading space");
+    pq_cstate_init(&s, PQ_CONSTRAIN_SUMMARY, 0);
+    CHECK(!pq_cstate_feed(&s, "a b c d e", 9) && pq_cstate_done(&s) && pq_cstate_feed(&s, "\n", 1), "summary");
+    CHECK(pq_constrain_mode("summary") == PQ_CONSTRAIN_SUMMARY && pq_constrain_mode("quiz") == PQ_CONSTRAIN_QUIZ && pq_constrain_mode("answers") == PQ_CONSTRAIN_ANSWERS &&
               pq_constrain_mode("ascii") == PQ_CONSTRAIN_ASCII && pq_constrain_mode("none") == 0 &&
               pq_constrain_mode("json") == -1,
           "mode names");
@@ -173,6 +190,8 @@ int main(void) {
     char_walks(PQ_CONSTRAIN_ANSWERS, 5, 100, 30);
     char_walks(PQ_CONSTRAIN_ANSWERS, 12, 200, 10);
     char_walks(PQ_CONSTRAIN_ASCII, 0, 100, 10);
+    char_walks(PQ_CONSTRAIN_SUMMARY, 0, 9, 10); // the least that fits 5 words
+    char_walks(PQ_CONSTRAIN_SUMMARY, 0, 300, 10);
     const char *dirs[] = {getenv("PQ_MODELS"), "../shared/models", "/work/shared/models"};
     const char *top = getenv("PQ_TOP");
     char path[4096];
@@ -191,6 +210,7 @@ int main(void) {
             token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 2);
             token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 3);
             token_walks(path, PQ_CONSTRAIN_ASCII, 0, 30, 2);
+            token_walks(path, PQ_CONSTRAIN_SUMMARY, 0, 12, 3);
         }
     }
     if (!found) printf("test-constrain: no tokenizer files found; token walks skipped\n");
