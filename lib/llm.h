@@ -29,9 +29,9 @@ typedef struct PqLlmConfig {
     // A local model: --model DIR holding config.json (lib/llm_local.c).
     const char *adapter;       // --adapter DIR, a PEFT LoRA adapter
     const char *chat_template; // --chat-template NAME (default: the model's)
-    const char *constrain;     // --constrain quiz|answers|ascii|none|auto
+    const char *constrain;     // --grammar quiz|answers|summary|ascii|none, or "auto" (--constrain)
     int top_k;                 // --top-k K (0: off)
-    int threads;               // --threads N (0: all cores)
+    int threads;               // -t, --threads N (0: all cores)
     const char *stop[PQ_LLM_MAX_STOP]; // --stop STR, repeatable
     int n_stop;
 } PqLlmConfig;
@@ -73,14 +73,15 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     {"unordered", no_argument, 0, PQ_OPT_LLM_BASE + 11},        \
     {"adapter", required_argument, 0, PQ_OPT_LLM_BASE + 12},    \
     {"chat-template", required_argument, 0, PQ_OPT_LLM_BASE + 13}, \
-    {"constrain", required_argument, 0, PQ_OPT_LLM_BASE + 14},  \
+    {"constrain", no_argument, 0, PQ_OPT_LLM_BASE + 14},        \
     {"top-k", required_argument, 0, PQ_OPT_LLM_BASE + 15},      \
     {"stop", required_argument, 0, PQ_OPT_LLM_BASE + 16},       \
-    {"threads", required_argument, 0, PQ_OPT_LLM_BASE + 17},    \
+    {"grammar", required_argument, 0, PQ_OPT_LLM_BASE + 17},    \
+    {"threads", required_argument, 0, 't'},                     \
     {"jobs", required_argument, 0, 'j'},                        \
     {"option", required_argument, 0, 'O'}
 // Short options the client owns: -j N, -o KEY=JSON (tools map 'o' to 'O'
-// for the body field; --output has no short form in LLM tools).
+// for the body field; --output has no short form in LLM tools), -t N.
 #define PQ_LLM_HELP                                                                         \
     "LLM client options:\n"                                                                 \
     "      --base-url URL      endpoint (default $OPENAI_BASE_URL, else https://api.openai.com/v1)\n" \
@@ -97,8 +98,11 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     "Local models (--model DIR, a Hugging Face model directory; no server):\n"             \
     "      --adapter DIR       apply a PEFT LoRA adapter\n"                                 \
     "      --chat-template NAME  chatml, mistral, llama-2, llama-3, ... (default: the model's)\n" \
-    "      --constrain MODE    quiz, answers, ascii, none, or auto (this tool's reply format)\n" \
-    "      --top-k K, --stop STR (repeatable), --threads N (default all cores);\n"          \
+    "      --constrain         force this tool's reply format (pq-questions: the quiz,\n"  \
+    "                          pq-quiz: the answers, pq-summarize: 5+ ASCII words)\n"    \
+    "      --grammar NAME      force quiz, answers, summary, ascii or none instead\n"     \
+    "  -t, --threads N         CPU threads (default all cores)\n"                          \
+    "      --top-k K, --stop STR (repeatable);\n"                                          \
     "                          -j N sequences decoded together; --max-tokens default 512\n"
 
 // 1 handled, 0 not ours, -1 bad value (message in e).
