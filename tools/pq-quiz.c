@@ -144,7 +144,7 @@ int main(int argc, char **argv) {
         {0, 0, 0, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "hj:o:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hj:o:t:", longopts, NULL)) != -1) {
         if (opt == 'o') opt = 'O';
         int r = pq_llm_option(&cfg, opt, optarg, &e);
         if (r < 0) pq_tool_usage_error(t, "%s", e.msg);

@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
     int n = 1, opt;
     char *prompt_file = NULL;
     PqErr e;
-    while ((opt = getopt_long(argc, argv, "hn:j:o:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hn:j:o:t:", longopts, NULL)) != -1) {
         if (pq_tool_option(&T, opt, optarg)) continue;
         int r = pq_llm_option(&cfg, opt, optarg, &e);
         if (r < 0) pq_tool_usage_error(&T, "%s", e.msg);
