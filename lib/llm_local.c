@@ -63,9 +63,10 @@ int pq_llm_local_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
     switch (opt) {
     case PQ_OPT_LLM_BASE + 12: c->adapter = arg; return 1;
     case PQ_OPT_LLM_BASE + 13: c->chat_template = arg; return 1;
-    case PQ_OPT_LLM_BASE + 14:
-        if (strcmp(arg, "auto") && pq_constrain_mode(arg) < 0) {
-            pq_err(e, "--constrain: expected quiz, answers, ascii, none or auto, not '%s'", arg);
+    case PQ_OPT_LLM_BASE + 14: c->constrain = "auto"; return 1;
+    case PQ_OPT_LLM_BASE + 17:
+        if (pq_constrain_mode(arg) < 0) {
+            pq_err(e, "--grammar: expected quiz, answers, summary, ascii or none, not '%s'", arg);
             return -1;
         }
         c->constrain = arg;
@@ -84,7 +85,7 @@ int pq_llm_local_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
         if (!*arg) break;
         c->stop[c->n_stop++] = arg;
         return 1;
-    case PQ_OPT_LLM_BASE + 17:
+    case 't':
         errno = 0;
         v = strtol(arg, &end, 10);
         if (errno || end == arg || *end || v < 0 || v > 4096) break;
@@ -96,11 +97,12 @@ int pq_llm_local_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
     return -1;
 }
 
-// --constrain auto: the grammar of the tool's replies.
+// --constrain: the grammar of the tool's replies.
 static int auto_mode(void) {
     const char *me = program_invocation_short_name;
     if (!strcmp(me, "pq-questions")) return PQ_CONSTRAIN_QUIZ;
     if (!strcmp(me, "pq-quiz")) return PQ_CONSTRAIN_ANSWERS;
+    if (!strcmp(me, "pq-summarize")) return PQ_CONSTRAIN_SUMMARY;
     return PQ_CONSTRAIN_NONE;
 }
 

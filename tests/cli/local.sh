@@ -22,9 +22,12 @@ f=$PQ_TOP/tests/fixtures
 diff -u "$d/s1.jsonl" "$d/s2.jsonl"
 "$b/pq-summarize" --model "$d/m" --temperature 0 --max-tokens 6 --stop . --no-progress <"$f/articles.jsonl" \
   >"$d/greedy.jsonl"
+# --constrain on the policy: 5+ ASCII words, what pq-pair keeps
+"$b/pq-summarize" --model "$d/m" -n 2 --temperature 1 --max-tokens 16 --constrain -t 1 --no-progress \
+  <"$f/articles.jsonl" >"$d/ascii.jsonl"
 
 # the judge's tools, constrained
-"$b/pq-questions" --model "$d/m" --constrain quiz --max-tokens 300 --seed 1 --no-progress \
+"$b/pq-questions" --model "$d/m" --grammar quiz --max-tokens 300 --seed 1 --no-progress \
   --rejects "$d/q.rej" <"$f/articles.jsonl" >"$d/q.jsonl"
 "$PQ_PY" - "$d" <<'PY'
 import json, sys
@@ -35,7 +38,7 @@ with open(d + "/quizin.jsonl", "w") as f:
         s["questions"] = next(q["questions"] for q in qs if q["id"] == s["id"])
         f.write(json.dumps(s) + "\n")
 PY
-"$b/pq-quiz" --model "$d/m" --constrain auto --max-tokens 40 --no-progress --rejects "$d/z.rej" \
+"$b/pq-quiz" --model "$d/m" --constrain --max-tokens 40 --no-progress --rejects "$d/z.rej" \
   <"$d/quizin.jsonl" >"$d/z.jsonl"
 "$PQ_PY" - "$d" "$f/articles.jsonl" <<'PY'
 import json, os, sys
@@ -48,6 +51,12 @@ for x in s:
 assert len({x["summary"] for x in s}) > 3, "samples differ"
 g = [json.loads(l) for l in open(d + "/greedy.jsonl")]
 assert len(g) == len(arts) and all("." not in x["summary"] for x in g), "cut before the stop string"
+a = [json.loads(l) for l in open(d + "/ascii.jsonl")]
+assert len(a) == 2 * len(arts), "2 summaries per article"
+for x in a:
+    w = x["summary"].split(" ")
+    assert x["summary"].isascii() and len(w) >= 5 and all(0 < len(t) <= 16 for t in w), x["summary"]
+assert not all(x["summary"].isascii() for x in s), "the unconstrained random model writes non-ASCII"
 q = [json.loads(l) for l in open(d + "/q.jsonl")]
 assert not os.path.getsize(d + "/q.rej"), "constrained quizzes never rejected"
 assert [x["id"] for x in q] == [a["id"] for a in arts]
@@ -63,7 +72,7 @@ for x in z:
 assert sum(a != "Unsure" for x in z for a in x["judge_answers"]) > 5, "letters chosen, not only Unsure"
 PY
 # a budget the grammar cannot finish in: each line rejected with the reason
-rc=0; "$b/pq-quiz" --model "$d/m" --constrain answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \
+rc=0; "$b/pq-quiz" --model "$d/m" --grammar answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \
   >"$d/z2.jsonl" 2>"$d/err" || rc=$?
 [ "$rc" = 1 ] && [ ! -s "$d/z2.jsonl" ] && grep -q "needs at least 29 tokens" "$d/err"
 
@@ -73,8 +82,8 @@ rc=0; "$b/pq-summarize" --model "$d/bad" <"$f/articles.jsonl" >/dev/null 2>"$d/e
 [ "$rc" = 3 ] && grep -q "^pq-summarize: .*unsupported architecture GPT2LMHeadModel" "$d/err"
 rc=0; "$b/pq-quiz" --model "$d/m" --adapter "$d/none" <"$d/quizin.jsonl" >/dev/null 2>"$d/err" || rc=$?
 [ "$rc" = 3 ] && grep -q "^pq-quiz: .*adapter_config.json" "$d/err"
-rc=0; "$b/pq-questions" --model "$d/m" --constrain json </dev/null >/dev/null 2>"$d/err" || rc=$?
-[ "$rc" = 2 ] && grep -q "constrain" "$d/err"
+rc=0; "$b/pq-questions" --model "$d/m" --grammar json </dev/null >/dev/null 2>"$d/err" || rc=$?
+[ "$rc" = 2 ] && grep -q "grammar" "$d/err"
 # an article over the model's context: that line rejected, the others written
 "$PQ_PY" -c 'import json; print(json.dumps({"id": "long", "article": "word " * 9000}))' >"$d/long.jsonl"
 cat "$f/articles.jsonl" >>"$d/long.jsonl"
