@@ -185,7 +185,7 @@ static void token_walks(const char *path, int mode, int nq, int max_tokens, int 
 
 int main(void) {
     fixed_strings();
-    char_walks(PQ_CONSTRAIN_QUIZ, 5, 2000, 20);
+    char_walks(PQ_CONSTRAIN_QUIZ, 5, 2000, 8);
     char_walks(PQ_CONSTRAIN_QUIZ, 5, 240, 10); // budget near the minimum: texts squeezed
     char_walks(PQ_CONSTRAIN_ANSWERS, 5, 100, 30);
     char_walks(PQ_CONSTRAIN_ANSWERS, 12, 200, 10);
@@ -204,11 +204,11 @@ int main(void) {
         if (f) {
             fclose(f);
             found = 1;
-            token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 2);
-            token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 3);
+            token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 1);
+            token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
             snprintf(path + strlen(path) - strlen("gpt2/tokenizer.json"), 64, "mistral-7b-instruct-v0.1/tokenizer.json");
-            token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 2);
-            token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 3);
+            token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 1);
+            token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
             token_walks(path, PQ_CONSTRAIN_ASCII, 0, 30, 2);
             token_walks(path, PQ_CONSTRAIN_SUMMARY, 0, 12, 3);
         }
