@@ -13,11 +13,16 @@ HOME=$d # no model cache
 HF_ENDPOINT=http://127.0.0.1:1 # the hub is out of reach: fetch-model fails at once
 unset PQ_MODEL_CACHE XDG_CACHE_HOME PQ_OFFLINE
 export PATH HOME HF_ENDPOINT
-head -n 4 "$PQ_TOP/data/cnndm-sample.jsonl" >"$d/in.jsonl"
+# 4 articles cut to 1000 characters: the tiny model reads them a byte a token
+"$PQ_PY" - "$PQ_TOP/data/cnndm-sample.jsonl" "$d/in.jsonl" <<'EOF'
+import json, sys
+arts = [json.loads(l) for l in open(sys.argv[1])][:4]
+open(sys.argv[2], "w").write("".join(json.dumps(dict(a, article=a["article"][:1000])) + "\n" for a in arts))
+EOF
 
 rc=0
 "$PQ_TOP/scripts/pq-pipeline" -w "$d/w" -n 3 --seed 1 --eval-frac 0.25 --valid-frac 0.25 -t 1 --max-length 384 \
-  --summarize-opt --max-tokens --summarize-opt 48 --dpo-opt --lr --dpo-opt 1e-3 \
+  --judge-opt --max-tokens --judge-opt 256 --dpo-opt --lr --dpo-opt 1e-3 \
   "$d/in.jsonl" >"$d/out" 2>"$d/err" || rc=$?
 [ $rc -le 1 ] || { echo "exit $rc"; cat "$d/err"; exit 1; }
 grep -q 'tiny random-weight model' "$d/err" && grep -q 'numbers mean nothing' "$d/err" ||
