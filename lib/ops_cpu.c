@@ -42,6 +42,31 @@ float pq_f16_to_f32(uint16_t h) {
     return f;
 }
 
+// exp(x) to about 1 ulp, branch-free so loops over it vectorize (libm's
+// expf does not without -fno-math-errno): x = n ln2 + r (Cody-Waite),
+// exp(r) by its Taylor polynomial to r^7 (|r| <= ln2/2), times 2^n built
+// in the exponent bits. x is clamped to [-87, 88]: exp(-87) ~ 1.6e-38
+// stands for anything smaller.
+static inline float exp_fast(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    // n = round(x / ln2) by the 1.5 * 2^23 trick (floorf is a libm call here)
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, 4);
+    return p * sc;
+}
+
 // Rows [r0, r0+n) of w as f32 into out (n, cols); returns out, or the
 // weight itself when it is already f32 (no copy).
 static const float *weight_rows(const PqWeight *w, int r0, int n, float *out) {
@@ -222,20 +247,21 @@ void pq_cpu_attention_forward(float *out, float *lse, const float *q, const floa
                 int lo = rs;
                 if (window > 0 && i - window > lo) lo = i - window;
                 float *s = S + (size_t)a * nk;
-                int c0 = lo - j0, c1 = i - j0; // inclusive
-                float m = -INFINITY;
-                for (int c = c0; c <= c1; c++) m = s[c] > m ? s[c] : m;
-                double sum = 0;
-                for (int c = 0; c < nk; c++) {
-                    if (c < c0 || c > c1) s[c] = 0.0f;
-                    else {
-                        s[c] = expf(s[c] - m);
-                        sum += s[c];
-                    }
+                int c0 = lo - j0, c1 = i - j0 + 1; // visible columns [c0, c1)
+                float m = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : m)
+                for (int c = c0; c < c1; c++) m = s[c] > m ? s[c] : m;
+#pragma omp simd reduction(+ : sum)
+                for (int c = c0; c < c1; c++) {
+                    s[c] = exp_fast(s[c] - m);
+                    sum += s[c];
                 }
-                float inv = (float)(1.0 / sum);
-                for (int c = c0; c <= c1; c++) s[c] *= inv;
-                if (lse) lse[(size_t)i * NH + h] = m + (float)log(sum);
+                float inv = 1.0f / sum;
+#pragma omp simd
+                for (int c = c0; c < c1; c++) s[c] *= inv;
+                if (c0 > 0) memset(s, 0, (size_t)c0 * sizeof *s);
+                if (c1 < nk) memset(s + c1, 0, (size_t)(nk - c1) * sizeof *s);
+                if (lse) lse[(size_t)i * NH + h] = m + logf(sum);
             }
             // O (nq,HS) = P (nq,nk) V (nk,HS)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nk, 1.0f, S, nk,
@@ -250,10 +276,10 @@ void pq_cpu_attention_forward(float *out, float *lse, const float *q, const floa
 // gate (N,H), up (N,H) -> out (N,H) = silu(gate) * up
 void pq_cpu_swiglu_forward(float *out, const float *gate, const float *up, int N, int H) {
     size_t n = (size_t)N * H;
-#pragma omp parallel for num_threads(pq_cpu_threads())
+#pragma omp parallel for simd num_threads(pq_cpu_threads())
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + exp_fast(-g)) * up[i];
     }
 }
 
@@ -293,10 +319,12 @@ void pq_cpu_logp_forward(float *logp, float *lse, const float *h, const PqWeight
             for (int i = 0; i < N; i++) {
                 const float *x = lg + (size_t)i * n;
                 float cm = x[0];
+#pragma omp simd reduction(max : cm)
                 for (int j = 1; j < n; j++) cm = x[j] > cm ? x[j] : cm;
                 float nm = cm > m[i] ? cm : m[i];
                 float acc = 0;
-                for (int j = 0; j < n; j++) acc += expf(x[j] - nm);
+#pragma omp simd reduction(+ : acc)
+                for (int j = 0; j < n; j++) acc += exp_fast(x[j] - nm);
                 s[i] = s[i] * expf(m[i] - nm) + acc;
                 m[i] = nm;
                 int tg = targets[i];
