@@ -146,6 +146,24 @@ for x, y in zip(ta, tb):
     assert abs(x["loss"] - y["loss"]) < 1e-6 and abs(x["rewards/margins"] - y["rewards/margins"]) < 1e-6, (x, y)
 EOF
 
+# --eval-articles: those articles are held out, all the input trains.
+head -n 3 "$d/in.jsonl" >"$d/train3.jsonl"
+sed -n 4p "$d/in.jsonl" >"$d/eval1.jsonl"
+rc=0
+"$PQ_TOP/scripts/pq-pipeline" -w "$d/w3" --tiny --judge-url "$FAKE_URL" --judge-model judge \
+  --policy-url "$FAKE_URL" --policy-model policy --tuned-model tuned -n 3 --valid-frac 0 -t 1 \
+  --max-length 256 --eval-articles "$d/eval1.jsonl" "$d/train3.jsonl" >"$d/out" 2>"$d/err" || rc=$?
+[ $rc -le 1 ] || { echo "--eval-articles: exit $rc"; cat "$d/err"; exit 1; }
+"$PQ_PY" - "$d/w3" "$d/train3.jsonl" "$d/eval1.jsonl" <<'EOF'
+import json, sys
+w, tr, ev = sys.argv[1:4]
+ids = lambda f: [json.loads(l)["id"] for l in open(f)]
+q = set(ids(w + "/questions.jsonl"))
+assert ids(w + "/eval.questions.jsonl") == [i for i in ids(ev) if i in q] and ids(ev)[0] in q
+assert set(ids(w + "/train.questions.jsonl")) == set(ids(tr)) & q
+assert set(ids(w + "/base.quiz.jsonl")) == set(ids(ev))
+EOF
+
 # 4. Another input in the same work directory is refused; bad options are usage errors.
 rc=0; "$PQ_TOP/scripts/pq-pipeline" -w "$d/w" --tiny "$PQ_TOP/tests/fixtures/articles.jsonl" >/dev/null 2>&1 || rc=$?
 [ $rc -eq 2 ] || { echo "another input: exit $rc, want 2"; exit 1; }
