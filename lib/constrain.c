@@ -312,6 +312,13 @@ void pq_tok_text_free(PqTokText *t) {
 int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
                       float *logits) {
     int done = pq_cstate_done(s), allowed = 0;
+    // the characters that may come next: a token starting otherwise is out at once
+    unsigned char next[256];
+    for (int c = 0; c < 256; c++) {
+        PqCState t = *s;
+        char ch = (char)c;
+        next[c] = c > 0 && !feed_char(&t, (unsigned char)ch);
+    }
     // Feeding a token raises the characters left by at most 5 ("U" of
     // "Unsure"): far from the budget, no need to count.
     int check = left - 1 < pq_cstate_min_left(s) + 8;
@@ -338,7 +345,7 @@ int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int lef
             else allowed++;
             continue;
         }
-        if (tt->special[v] || n == 0 || pq_cstate_feed(&c, p, (size_t)n) ||
+        if (tt->special[v] || n == 0 || !next[(unsigned char)p[0]] || pq_cstate_feed(&c, p, (size_t)n) ||
             (check && pq_cstate_min_left(&c) > left - 1)) {
             logits[v] = -INFINITY;
             continue;

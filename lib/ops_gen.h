@@ -23,8 +23,8 @@
     void P##attention_kv_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot, \
                                  const int32_t *pos, int N, int NH, int KVH, int HS, int T, int window);        \
     /* pq_linear_forward for the few rows of a decoding step: inp (N,C), weight (OC,C), bias (OC) or NULL ->    \
-       out (N,OC). The CPU reads bf16/f32 weights in place when N is small (no tile conversion: batch-1        \
-       decoding is bound by reading the weights once); otherwise, and on CUDA, pq_linear_forward. */            \
+       out (N,OC). The CPU reads bf16 weights in place when N is small (no tile conversion: batch-1 decoding  \
+       is bound by reading the weights once), f32 through sgemv; otherwise, and on CUDA, pq_linear_forward. */ \
     void P##linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,  \
                                 int C, int OC);
 

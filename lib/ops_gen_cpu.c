@@ -91,37 +91,47 @@ void pq_cpu_attention_kv_forward(float *out, const float *q, const float *kc, co
     free(blk);
 }
 
-// Rows at most for which weights are read in place (each row re-reads them
-// from cache; beyond this the tiled sgemm of ops_cpu.c wins).
+// Rows at most for which bf16 weights are read in place (each row re-reads
+// them from cache; beyond this the tiled sgemm of ops_cpu.c wins).
 #define ROWS_DIRECT 4
 
-// inp (N,C), weight (OC,C), bias (OC) -> out (N,OC)
+// inp (N,C), weight (OC,C), bias (OC) -> out (N,OC). f32 weights need no
+// conversion: ops_cpu.c's sgemm on them directly.
 void pq_cpu_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
                                 int OC) {
     if (N > ROWS_DIRECT || weight->dtype == PQ_F16) {
         pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);
         return;
     }
-    int bf = weight->dtype == PQ_BF16;
+    if (weight->dtype == PQ_F32) { // sgemv on row blocks: no packing of the weights (sgemm's for one row)
+        int nt = pq_cpu_threads(), blk = (OC + nt - 1) / nt;
+#pragma omp parallel for num_threads(nt)
+        for (int t = 0; t < nt; t++) {
+            int r0 = t * blk, n = OC - r0 < blk ? OC - r0 : blk;
+            if (n <= 0) continue;
+            for (int i = 0; i < N; i++) {
+                float *o = out + (size_t)i * OC + r0;
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, n, C, 1.0f, (const float *)weight->data + (size_t)r0 * C, C,
+                            inp + (size_t)i * C, 1, 0.0f, o, 1);
+                if (bias)
+                    for (int j = 0; j < n; j++) o[j] += bias[r0 + j];
+            }
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
     for (int o = 0; o < OC; o++) {
+        const uint16_t *w = (const uint16_t *)weight->data + (size_t)o * C;
         for (int i = 0; i < N; i++) {
             const float *x = inp + (size_t)i * C;
             float acc = 0;
-            if (bf) {
-                const uint16_t *w = (const uint16_t *)weight->data + (size_t)o * C;
 #pragma omp simd reduction(+ : acc)
-                for (int c = 0; c < C; c++) {
-                    union {
-                        uint32_t u;
-                        float f;
-                    } cv = {.u = (uint32_t)w[c] << 16};
-                    acc += x[c] * cv.f;
-                }
-            } else {
-                const float *w = (const float *)weight->data + (size_t)o * C;
-#pragma omp simd reduction(+ : acc)
-                for (int c = 0; c < C; c++) acc += x[c] * w[c];
+            for (int c = 0; c < C; c++) {
+                union {
+                    uint32_t u;
+                    float f;
+                } cv = {.u = (uint32_t)w[c] << 16};
+                acc += x[c] * cv.f;
             }
             out[(size_t)i * OC + o] = acc + (bias ? bias[o] : 0.0f);
         }
