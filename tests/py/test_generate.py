@@ -80,8 +80,6 @@ def main():
             two, _ = run(d, reqs, "--slots", "2", "--threads", "2")
             check(arch + ": continuous batching (2 slots) = one at a time",
                   [r["samples"][0]["ids"] for r in two] == want)
-            many, _ = run(d, reqs, "--slots", "8")
-            check(arch + ": all in one batch = one at a time", [r["samples"][0]["ids"] for r in many] == want)
 
             # seeded sampling, 3 samples per prompt: the same whatever the batch
             sreqs = [{"prompt": p, "n": 3, "seed": 11 + i, "temperature": 0.9, "top_p": 0.95, "top_k": 50,
