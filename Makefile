@@ -56,7 +56,9 @@ GPU_TESTS    := $(GPU_TEST_SRC:tests/gpu/%.c=$(B)/gpu-tests/%)
 LIBA     := $(B)/libpqcore.a
 TOOLS    := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 TESTS    := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
-SCRIPTS  := $(filter-out %.md,$(wildcard scripts/pq-*))
+# Scripts a user runs (setup, benchmarks and GPU checks stay in the tree).
+SCRIPTS  := $(addprefix scripts/,pq-pipeline pq-iterate gen-prefs fetch-model fetch-cnndm \
+            plot-training plot-eval logp-parallel launch-dpo)
 
 all: $(TOOLS) $(TESTS) bin
 ifeq ($(CUDA),1)
