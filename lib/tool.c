@@ -464,6 +464,16 @@ void pq_reorder_put(PqReorder *r, PqTool *t, long seq, char *text) {
     }
 }
 
+void pq_reorder_flush(PqReorder *r, PqTool *t) {
+    for (long k = 0; k < r->cap; k++) {
+        long i = (r->next + k) % r->cap;
+        if (r->ready[i] && r->text[i]) pq_tool_emit_text(t, r->text[i]);
+        free(r->text[i]);
+        r->text[i] = NULL;
+        r->ready[i] = 0;
+    }
+}
+
 void pq_reorder_free(PqReorder *r) {
     for (long i = 0; i < r->cap; i++) free(r->text[i]);
     free(r->text);

@@ -144,6 +144,10 @@ void pq_reorder_init(PqReorder *r, long cap);
 // Stores result seq (text is taken over; may be NULL) and emits every ready
 // result from next on. seq must be < next + cap.
 void pq_reorder_put(PqReorder *r, PqTool *t, long seq, char *text);
+// After Ctrl-C or a fatal error: writes every finished result still held,
+// in sequence order, even where an earlier one never will be (finished work
+// is never lost), and empties the buffer.
+void pq_reorder_flush(PqReorder *r, PqTool *t);
 void pq_reorder_free(PqReorder *r);
 
 #endif

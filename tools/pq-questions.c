@@ -129,18 +129,6 @@ static void on_done(void *user, const PqLlmResult *res) {
     pq_tool_progress(t, 0);
 }
 
-// Emits, out of order, whatever finished but waits behind an unfinished
-// line (Ctrl-C, fatal error): finished work is never lost.
-static void reorder_flush(Ctx *c) {
-    PqReorder *r = &c->reorder;
-    for (long k = 0; k < r->cap; k++) {
-        long i = (r->next + k) % r->cap;
-        if (r->ready[i] && r->text[i]) pq_tool_emit_text(&c->tool, r->text[i]);
-        free(r->text[i]);
-        r->text[i] = NULL;
-        r->ready[i] = 0;
-    }
-}
 
 int main(int argc, char **argv) {
     static Ctx ctx;
@@ -260,7 +248,7 @@ int main(int argc, char **argv) {
     // slots empty, so what finished behind them goes out, still in order.
     pq_llm_free(c->llm);
     while (c->jobs) job_free(c->jobs);
-    if (!c->unordered) reorder_flush(c);
+    if (!c->unordered) pq_reorder_flush(&c->reorder, &c->tool);
     pq_reorder_free(&c->reorder);
     pq_buf_free(&key);
     free(prompt);

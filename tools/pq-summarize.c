@@ -149,18 +149,6 @@ static void submit(Article *a, int first, int n, int64_t seed) {
     pq_llm_submit(L, a->prompt, n, seed, on_reply, j);
 }
 
-// After Ctrl-C or a fatal error: what finished is written, in order, even
-// where an earlier line never will be.
-static void reorder_flush(void) {
-    for (long s = R.next; s < R.next + R.cap; s++) {
-        long i = s % R.cap;
-        if (!R.ready[i]) continue;
-        if (R.text[i]) pq_tool_emit_text(&T, R.text[i]);
-        free(R.text[i]);
-        R.text[i] = NULL;
-        R.ready[i] = 0;
-    }
-}
 
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
@@ -288,7 +276,7 @@ int main(int argc, char **argv) {
     }
     pq_llm_account(L, &T);
     pq_llm_free(L); // after Ctrl-C: the unfinished articles are dropped
-    reorder_flush();
+    pq_reorder_flush(&R, &T);
     pq_reorder_free(&R);
     pq_buf_free(&key);
     free(prompt_file);
