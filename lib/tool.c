@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,7 @@ void pq_tool_init(PqTool *t, const char *name, const char *usage) {
     t->progress = -1;
     t->out_fd = STDOUT_FILENO;
     t->total_lines = -1;
+    t->in_fd = -1;
     t->t0 = pq_now();
 }
 
@@ -243,34 +245,89 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
     t->cur_input = -1;
 }
 
-int pq_tool_next(PqTool *t) {
+// Input is read with read() into t->inbuf and cut into lines here (not
+// stdio), so that pq_tool_try_next can tell "no whole line yet" apart from
+// blocking: LLM tools drive their requests while upstream is slow.
+
+static int fd_readable(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0; // readable, at end or an error (read says which)
+}
+
+// Cuts the next line out of t->inbuf: 1 got one, 0 none whole yet (or,
+// at_end, nothing left).
+static int cut_line(PqTool *t, int at_end) {
+    char *s = t->inbuf.data + t->in_pos;
+    size_t left = t->inbuf.len - t->in_pos;
+    if (!left) return 0;
+    char *nl = memchr(s, '\n', left);
+    if (!nl && !at_end) return 0;
+    size_t n = nl ? (size_t)(nl - s) : left;
+    t->in_pos += nl ? n + 1 : n;
+    s[n] = 0; // over the newline, or the buffer's own NUL
+    t->line.text = s;
+    while (n > 0 && s[n - 1] == '\r') s[--n] = 0;
+    t->line.len = n;
+    t->line.lineno++;
+    return 1;
+}
+
+int pq_tool_try_next(PqTool *t) {
     for (;;) {
         if (pq_interrupted) return 0;
-        if (!t->in) {
+        if (t->in_fd < 0) {
             if (++t->cur_input >= t->n_inputs) return 0;
             const char *path = t->inputs[t->cur_input];
-            t->in = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-            if (!t->in) pq_tool_die(t, "%s: %s", path, strerror(errno));
+            t->in_fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY);
+            if (t->in_fd < 0) pq_tool_die(t, "%s: %s", path, strerror(errno));
             t->line.file = path;
             t->line.lineno = 0;
+            pq_buf_clear(&t->inbuf);
+            t->in_pos = 0;
         }
-        errno = 0;
-        ssize_t n = getline(&t->line.text, &t->line_cap, t->in);
-        if (n < 0) {
-            if (ferror(t->in) && errno != EINTR) pq_tool_die(t, "%s: read error: %s", t->line.file, strerror(errno));
-            if (errno == EINTR && pq_interrupted) return 0;
-            if (t->in != stdin) fclose(t->in);
-            t->in = NULL;
-            continue;
+        int got = cut_line(t, 0);
+        if (!got) {
+            // Keep what is left of a partial line at the front, read more.
+            if (t->in_pos) {
+                memmove(t->inbuf.data, t->inbuf.data + t->in_pos, t->inbuf.len - t->in_pos);
+                t->inbuf.len -= t->in_pos;
+                t->inbuf.data[t->inbuf.len] = 0;
+                t->in_pos = 0;
+            }
+            if (!fd_readable(t->in_fd)) return -1;
+            pq_buf_reserve(&t->inbuf, 65536);
+            ssize_t n = read(t->in_fd, t->inbuf.data + t->inbuf.len, t->inbuf.cap - t->inbuf.len - 1);
+            if (n < 0) {
+                if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+                pq_tool_die(t, "%s: read error: %s", t->line.file, strerror(errno));
+            }
+            t->inbuf.len += (size_t)n;
+            t->inbuf.data[t->inbuf.len] = 0;
+            if (n > 0) continue;
+            got = cut_line(t, 1); // end of this file: its last line may lack a newline
+            if (t->in_fd != STDIN_FILENO) close(t->in_fd);
+            t->in_fd = -1;
+            if (!got) continue;
         }
-        t->line.lineno++;
-        while (n > 0 && (t->line.text[n - 1] == '\n' || t->line.text[n - 1] == '\r')) t->line.text[--n] = 0;
-        t->line.len = (size_t)n;
         size_t i = 0;
         while (i < t->line.len && (t->line.text[i] == ' ' || t->line.text[i] == '\t')) i++;
         if (i == t->line.len) continue; // blank line
         t->n_read++;
         return 1;
+    }
+}
+
+int pq_tool_wait_fd(const PqTool *t) {
+    if (t->in_fd >= 0) return t->in_fd;
+    return -1;
+}
+
+int pq_tool_next(PqTool *t) {
+    for (;;) {
+        int r = pq_tool_try_next(t);
+        if (r >= 0) return r;
+        struct pollfd p = {.fd = t->in_fd, .events = POLLIN};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR) pq_tool_die(t, "%s: poll: %s", t->line.file, strerror(errno));
     }
 }
 
@@ -397,8 +454,8 @@ int pq_tool_finish(PqTool *t) {
     fputc('\n', stderr);
     if (t->rejects) fclose(t->rejects);
     if (t->out_fd != STDOUT_FILENO) close(t->out_fd);
-    if (t->in && t->in != stdin) fclose(t->in);
-    free(t->line.text);
+    if (t->in_fd > STDIN_FILENO) close(t->in_fd);
+    pq_buf_free(&t->inbuf);
     pq_buf_free(&t->outbuf);
     keyset_free(t->done);
     if (pq_interrupted) return PQ_EXIT_INTERRUPTED;

@@ -67,9 +67,10 @@ typedef struct PqTool {
     // inputs
     char **inputs;
     int n_inputs, cur_input;
-    FILE *in;
+    int in_fd;        // the current input, -1 before the first and between files
+    PqBuf inbuf;      // bytes read from in_fd; lines are cut from in_pos on
+    size_t in_pos;
     PqLine line;
-    size_t line_cap;
     long total_lines; // known when every input is a regular file and progress is on, else -1
     // outputs
     int out_fd;
@@ -101,6 +102,11 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind);
 // Next input line: 1 got one (t->line), 0 end of input or interrupted.
 // Blank lines are skipped. I/O errors are fatal.
 int pq_tool_next(PqTool *t);
+// Like pq_tool_next without blocking: 1 got one, 0 end of input or
+// interrupted, -1 no whole line can be read now (wait on pq_tool_wait_fd).
+int pq_tool_try_next(PqTool *t);
+// The descriptor to wait on for more input, -1 when none.
+int pq_tool_wait_fd(const PqTool *t);
 // Parses t->line as a JSON object; on failure rejects it ("not JSON at
 // 1:17") and returns NULL.
 cJSON *pq_tool_parse(PqTool *t);
