@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -790,5 +791,48 @@ void pq_llm_run(PqLlm *l, int below) {
         if (rw > 0 && rw < wait) wait = rw;
         if (wait < 0) wait = 0;
         curl_multi_poll(l->multi, NULL, 0, (int)(wait * 1000 + 0.999), NULL);
+    }
+}
+
+static int fd_ready(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return fd >= 0 && poll(&p, 1, 0) > 0;
+}
+
+void pq_llm_run_input(PqLlm *l, int input_fd) {
+    if (l->local) {
+        if (pq_llm_local_pending(l->local) > 0) pq_llm_local_run(l->local, pq_llm_local_pending(l->local) + 1);
+        else if (input_fd >= 0) { // nothing to decode: wait for input
+            struct pollfd p = {.fd = input_fd, .events = POLLIN};
+            poll(&p, 1, 250);
+        }
+        return;
+    }
+    for (int waited = 0; !pq_interrupted; waited = 1) {
+        double now = pq_now();
+        double next_wake = wake_waiting(l, now);
+        int started = 0;
+        double rw = start_calls(l, now, &started);
+        int running = 0;
+        curl_multi_perform(l->multi, &running);
+        if (drain_done(l) || waited || fd_ready(input_fd)) return;
+        double wait = 0.25; // look at pq_interrupted now and then
+        now = pq_now();
+        if (next_wake - now < wait) wait = next_wake - now;
+        if (rw > 0 && rw < wait) wait = rw;
+        if (wait < 0) wait = 0;
+        struct curl_waitfd w = {.fd = input_fd, .events = CURL_WAIT_POLLIN};
+        curl_multi_poll(l->multi, &w, input_fd >= 0 ? 1 : 0, (int)(wait * 1000 + 0.999), NULL);
+    }
+}
+
+int pq_llm_next_line(PqLlm *l, PqTool *t) {
+    for (;;) {
+        if (t->fatal) return 0;
+        int r = pq_tool_try_next(t);
+        if (r >= 0) return r;
+        pq_llm_run_input(l, pq_tool_wait_fd(t));
+        pq_llm_account(l, t);
+        pq_tool_progress(t, 0);
     }
 }

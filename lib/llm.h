@@ -122,6 +122,16 @@ int pq_llm_pending(const PqLlm *l);
 // limit = 2 * jobs); and at the end pq_llm_run(l, 1). Callbacks may submit; they must not call
 // pq_llm_run or pq_llm_free.
 void pq_llm_run(PqLlm *l, int below);
+// For input that arrives at its own pace: sends what is queued, calls the
+// callbacks of what finished, and waits (in the same poll as the transfers)
+// until a request finished, input_fd (-1: none) is readable, or 0.25 s
+// passed; it does not wait when input_fd is readable already. A local model
+// runs one decode step instead.
+void pq_llm_run_input(PqLlm *l, int input_fd);
+// pq_tool_next for LLM tools: while no whole input line is there, drives
+// the requests (pq_llm_run_input), so each goes out as its line arrives and
+// each reply is written as it finishes. Returns 0 also after t->fatal.
+int pq_llm_next_line(PqLlm *l, PqTool *t);
 // Adds the client's counters (requests, retries, tokens) to the tool's.
 void pq_llm_account(const PqLlm *l, PqTool *t);
 
