@@ -185,7 +185,7 @@ int main(int argc, char **argv) {
     const char *keys[] = {"article"};
     PqBuf key = {0};
     long seq = 0;
-    while (!c->stop && pq_tool_next(t)) {
+    while (!c->stop && pq_llm_next_line(c->llm, t)) {
         cJSON *obj = pq_tool_parse(t);
         if (!obj) continue;
         const char *article = pq_json_str(obj, "article");

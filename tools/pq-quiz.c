@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
     const char *keys[] = {"summary", "questions"};
     PqBuf key = {0};
     long seq = 0;
-    while (!c->stop && pq_tool_next(t)) {
+    while (!c->stop && pq_llm_next_line(c->llm, t)) {
         cJSON *obj = pq_tool_parse(t);
         if (!obj) continue;
         pq_record_key(obj, &key);

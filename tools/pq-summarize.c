@@ -205,7 +205,7 @@ int main(int argc, char **argv) {
     PqBuf key = {0};
     static const char *const keys[] = {"article"};
 
-    while (!T.fatal && pq_tool_next(&T)) {
+    while (!T.fatal && pq_llm_next_line(L, &T)) {
         cJSON *obj = pq_tool_parse(&T);
         if (!obj) continue;
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
