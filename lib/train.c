@@ -8,55 +8,15 @@
 
 #include "ops_grad.h"
 
-// One block's activations for N tokens (QD = NH*HS, KD = KVH*HS).
-struct PqTrainActs {
-    float *ln1, *rstd1;       // (N,C), (N)
-    float *q, *k, *v;         // (N,QD), (N,KD), (N,KD) after RoPE
-    float *att, *lse;         // (N,QD), (N,NH)
-    float *x_mid;             // (N,C)
-    float *ln2, *rstd2;       // (N,C), (N)
-    float *gate, *up, *mlp;   // (N,H) each
-    float *xa[PQ_NLIN];       // (N,r) x A^T of each adapted linear
-    float *tmp;               // (N, max(C,QD,H)) LoRA input after dropout, o/down outputs
-};
+// One block's activations are the model's PqLayerActs (model.h): the
+// trainer keeps them per layer, or one set when checkpointing.
 
 static int max3(int a, int b, int c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
-
-static PqTrainActs *acts_build(const PqConfig *c, const PqLora *lora, int N) {
-    PqTrainActs *a = pq_xcalloc(1, sizeof *a);
-    size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
-    a->ln1 = pq_dev_alloc(n * c->C * 4);
-    a->rstd1 = pq_dev_alloc(n * 4);
-    a->q = pq_dev_alloc(n * QD * 4);
-    a->k = pq_dev_alloc(n * KD * 4);
-    a->v = pq_dev_alloc(n * KD * 4);
-    a->att = pq_dev_alloc(n * QD * 4);
-    a->lse = pq_dev_alloc(n * c->NH * 4);
-    a->x_mid = pq_dev_alloc(n * c->C * 4);
-    a->ln2 = pq_dev_alloc(n * c->C * 4);
-    a->rstd2 = pq_dev_alloc(n * 4);
-    a->gate = pq_dev_alloc(n * c->H * 4);
-    a->up = pq_dev_alloc(n * c->H * 4);
-    a->mlp = pq_dev_alloc(n * c->H * 4);
-    for (int j = 0; j < PQ_NLIN; j++)
-        if (lora->targets >> j & 1) a->xa[j] = pq_dev_alloc(n * lora->r * 4);
-    a->tmp = pq_dev_alloc(n * W * 4);
-    return a;
-}
-
-static void acts_free(PqTrainActs *a) {
-    if (!a) return;
-    float *p[] = {a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->x_mid, a->ln2, a->rstd2, a->gate, a->up,
-                  a->mlp, a->tmp};
-    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
-    for (int j = 0; j < PQ_NLIN; j++) pq_dev_free(a->xa[j]);
-    free(a);
-}
 
 static void bufs_free(PqTrainer *t) {
     int na = t->checkpoint ? 1 : t->m->cfg.L;
     if (t->acts)
-        for (int i = 0; i < na; i++) acts_free(t->acts[i]);
+        for (int i = 0; i < na; i++) pq_layer_acts_free(t->acts[i]);
     free(t->acts);
     t->acts = NULL;
     free(t->rows);
@@ -80,7 +40,7 @@ static void bufs_reserve(PqTrainer *t, int N) {
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
     int na = t->checkpoint ? 1 : c->L;
     t->acts = pq_xcalloc((size_t)na, sizeof *t->acts);
-    for (int i = 0; i < na; i++) t->acts[i] = acts_build(c, t->lora, N);
+    for (int i = 0; i < na; i++) t->acts[i] = pq_layer_acts_build(c, t->lora, N);
     t->xs = pq_dev_alloc((size_t)(c->L + 1) * n * c->C * 4);
     t->hf = pq_dev_alloc(n * c->C * 4);
     t->rstdf = pq_dev_alloc(n * 4);
@@ -196,28 +156,28 @@ static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dou
 }
 
 // One block: xin (N,C) -> xout (N,C), activations into a.
-static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, PqTrainActs *a, int N) {
+static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, PqLayerActs *a, int N) {
     const PqConfig *c = &t->m->cfg;
     const PqLayerW *w = &t->m->layers[l];
     int C = c->C, QD = c->NH * c->HS;
-    pq_rmsnorm_forward(a->ln1, a->rstd1, xin, w->ln1, N, C, c->eps);
-    lin_forward(t, l, PQ_Q, a->q, a->ln1, a->xa[PQ_Q], a->tmp, N);
-    lin_forward(t, l, PQ_K, a->k, a->ln1, a->xa[PQ_K], a->tmp, N);
-    lin_forward(t, l, PQ_V, a->v, a->ln1, a->xa[PQ_V], a->tmp, N);
+    pq_rmsnorm_forward(a->ln1, a->ln1_rstd, xin, w->ln1, N, C, c->eps);
+    lin_forward(t, l, PQ_Q, a->q, a->ln1, a->lora_xa[PQ_Q], a->tmp, N);
+    lin_forward(t, l, PQ_K, a->k, a->ln1, a->lora_xa[PQ_K], a->tmp, N);
+    lin_forward(t, l, PQ_V, a->v, a->ln1, a->lora_xa[PQ_V], a->tmp, N);
     pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
     if (t->ka0)
-        pq_attention2_forward(a->att, a->lse, a->q, a->k, a->v, t->pos, t->ka0, t->ka1, t->kb0, N, c->NH, c->KVH,
+        pq_attention2_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, t->ka0, t->ka1, t->kb0, N, c->NH, c->KVH,
                               c->HS, c->window);
     else
-        pq_attention_forward(a->att, a->lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
-    lin_forward(t, l, PQ_O, a->x_mid, a->att, a->xa[PQ_O], a->tmp, N);
+        pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
+    lin_forward(t, l, PQ_O, a->x_mid, a->att, a->lora_xa[PQ_O], a->tmp, N);
     pq_residual_forward(a->x_mid, xin, (size_t)N * C);
-    pq_rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ln2, N, C, c->eps);
-    lin_forward(t, l, PQ_GATE, a->gate, a->ln2, a->xa[PQ_GATE], a->tmp, N);
-    lin_forward(t, l, PQ_UP, a->up, a->ln2, a->xa[PQ_UP], a->tmp, N);
+    pq_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, w->ln2, N, C, c->eps);
+    lin_forward(t, l, PQ_GATE, a->gate, a->ln2, a->lora_xa[PQ_GATE], a->tmp, N);
+    lin_forward(t, l, PQ_UP, a->up, a->ln2, a->lora_xa[PQ_UP], a->tmp, N);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
-    lin_forward(t, l, PQ_DOWN, xout, a->mlp, a->xa[PQ_DOWN], a->tmp, N);
+    lin_forward(t, l, PQ_DOWN, xout, a->mlp, a->lora_xa[PQ_DOWN], a->tmp, N);
     pq_residual_forward(xout, a->x_mid, (size_t)N * C);
     (void)QD;
 }
@@ -284,34 +244,34 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
     float *s3 = pq_dev_alloc((size_t)N * wide * sizeof(float)); // dropout gradient scratch
     for (int l = c->L - 1; l >= 0; l--) {
         const PqLayerW *w = &t->m->layers[l];
-        PqTrainActs *a = t->acts[t->checkpoint ? 0 : l];
+        PqLayerActs *a = t->acts[t->checkpoint ? 0 : l];
         const float *xin = t->xs + l * NC;
         // recompute (output unused, dh is scratch); the last layer's are still there from the forward
         if (t->checkpoint && l < c->L - 1) layer_forward(t, l, xin, dh, a, N);
         // MLP: xout = x_mid + down(mlp); dx is d xout
         pq_dev_zero(dh, (size_t)N * c->H * sizeof(float));
-        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->xa[PQ_DOWN], s1, s3, N);
+        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->lora_xa[PQ_DOWN], s1, s3, N);
         pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
         pq_dev_zero(dh, NC * sizeof(float));
-        lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->xa[PQ_GATE], s1, s3, N);
-        lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->xa[PQ_UP], s1, s3, N);
-        pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->rstd2, N, C); // dx = d x_mid
+        lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->lora_xa[PQ_GATE], s1, s3, N);
+        lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->lora_xa[PQ_UP], s1, s3, N);
+        pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->ln2_rstd, N, C); // dx = d x_mid
         // attention: x_mid = xin + o(att)
         pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));
-        lin_backward(t, l, PQ_O, dh, dx, a->att, a->xa[PQ_O], s1, s3, N);
+        lin_backward(t, l, PQ_O, dh, dx, a->att, a->lora_xa[PQ_O], s1, s3, N);
         if (t->ka0)
-            pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, t->ka0, t->ka1,
+            pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, t->ka0, t->ka1,
                                    t->kb0, N, c->NH, c->KVH, c->HS, c->window);
         else
-            pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->lse, t->pos, N, c->NH, c->KVH,
+            pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, N, c->NH, c->KVH,
                                   c->HS, c->window);
         pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
         pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
         pq_dev_zero(dh, NC * sizeof(float));
-        lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->xa[PQ_Q], s1, s3, N);
-        lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->xa[PQ_K], s1, s3, N);
-        lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->xa[PQ_V], s1, s3, N);
-        pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->rstd1, N, C); // dx = d xin
+        lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->lora_xa[PQ_Q], s1, s3, N);
+        lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->lora_xa[PQ_K], s1, s3, N);
+        lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->lora_xa[PQ_V], s1, s3, N);
+        pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->ln1_rstd, N, C); // dx = d xin
     }
     pq_dev_free(s3);
 }

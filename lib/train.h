@@ -11,7 +11,6 @@
 #include "dpo.h"
 #include "model.h"
 
-typedef struct PqTrainActs PqTrainActs;
 
 typedef struct PqTrainer {
     const PqModel *m;
@@ -29,7 +28,7 @@ typedef struct PqTrainer {
     const int32_t *ka0, *ka1, *kb0; // attention2's key ranges (backend) when pairs share prompts, else NULL
     int32_t *d_k;                 // (3N) their backend copy
     float *xs;         // (L+1, N, C) residual stream at each layer's input, and the last
-    PqTrainActs **acts; // [1] with checkpointing, else [L]
+    PqLayerActs **acts; // [1] with checkpointing, else [L]
     float *hf, *rstdf;       // (N,C), (N) final norm
     int M;                   // rows with a target: only they go through the LM head
     int32_t *rows, *tgc;     // (M) their indices and targets (host)
