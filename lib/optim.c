@@ -2,43 +2,33 @@
 #include "optim.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "ops.h"
+#include "ops_optim.h"
 
 void pq_adamw_build(PqAdamW *o, size_t n, double lr, double beta1, double beta2, double eps, double wd) {
     memset(o, 0, sizeof *o);
     o->lr = lr, o->beta1 = beta1, o->beta2 = beta2, o->eps = eps, o->weight_decay = wd;
     o->n = n;
-    o->m = pq_xcalloc(2 * (n ? n : 1), sizeof(float));
+    o->m = pq_dev_alloc(2 * (n ? n : 1) * sizeof(float)); // zeroed
     o->v = o->m + n;
 }
 
 void pq_adamw_free(PqAdamW *o) {
-    free(o->m);
+    pq_dev_free(o->m);
     o->m = o->v = NULL;
 }
 
 // torch.optim.AdamW: decoupled decay, then bias-corrected Adam update.
 void pq_adamw_step(PqAdamW *o, float *p, const float *g, double lr) {
     o->t++;
-    double b1 = o->beta1, b2 = o->beta2;
-    double bc1 = 1 - pow(b1, (double)o->t), bc2 = 1 - pow(b2, (double)o->t);
-    double step = lr / bc1, bc2s = sqrt(bc2), decay = 1 - lr * o->weight_decay;
-    float *m = o->m, *v = o->v;
-#pragma omp parallel for schedule(static) if (o->n > 65536)
-    for (size_t i = 0; i < o->n; i++) {
-        double gi = g[i];
-        double mi = b1 * m[i] + (1 - b1) * gi;
-        double vi = b2 * v[i] + (1 - b2) * gi * gi;
-        m[i] = (float)mi;
-        v[i] = (float)vi;
-        double pi = p[i] * decay;
-        pi -= step * mi / (sqrt(vi) / bc2s + o->eps);
-        p[i] = (float)pi;
-    }
+    pq_adamw_update(p, o->m, o->v, g, o->n, lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->t);
 }
+
+size_t pq_adamw_state_bytes(const PqAdamW *o) { return 2 * o->n * sizeof(float); }
+void pq_adamw_state_download(const PqAdamW *o, float *mv) { pq_dev_download(mv, o->m, pq_adamw_state_bytes(o)); }
+void pq_adamw_state_upload(PqAdamW *o, const float *mv) { pq_dev_upload(o->m, mv, pq_adamw_state_bytes(o)); }
 
 double pq_lr_at(int sched, double lr, long step, long warmup, long total) {
     if (warmup > 0 && step < warmup) return lr * (double)step / (double)warmup;
@@ -59,13 +49,7 @@ int pq_sched_parse(const char *name) {
 }
 
 double pq_clip_grad_norm(float *g, size_t n, double max_norm) {
-    double ss = 0;
-#pragma omp parallel for reduction(+ : ss) schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
-    double norm = sqrt(ss);
-    if (max_norm > 0 && norm > max_norm) {
-        float c = (float)(max_norm / (norm + 1e-6));
-        for (size_t i = 0; i < n; i++) g[i] *= c;
-    }
+    double norm = sqrt(pq_sumsq(g, n));
+    if (max_norm > 0 && norm > max_norm) pq_scale(g, (float)(max_norm / (norm + 1e-6)), n);
     return norm;
 }
