@@ -203,10 +203,11 @@ int main(int argc, char **argv) {
     }
     if (strcmp(what, "logp")) {
         // one DPO step: S/2 pairs (chosen, rejected of T tokens each) in one micro-batch,
-        // forward + backward to LoRA r on all seven linears, the optimizer on the host
+        // forward + backward to LoRA r on all seven linears, clipping and AdamW
+        // on the device (optim.h: parameters and gradients are backend memory)
         unsigned targets = (1u << PQ_NLIN) - 1;
         PqLora *lora = pq_lora_build(c, r, 2.0f * r, targets);
-        float *hp = pq_xcalloc(lora->n_params, 4), *hg = pq_xmalloc(lora->n_params * 4);
+        float *hp = pq_xcalloc(lora->n_params, 4);
         for (size_t i = 0; i < lora->n_params; i++) hp[i] = 0.001f * (float)((int)(rnd() % 2001) - 1000) / 1000;
         pq_dev_upload(lora->params, hp, lora->n_params * 4);
         PqTrainer *tr = pq_trainer_build(m, lora, ckpt, 0.05f);
@@ -239,24 +240,22 @@ int main(int argc, char **argv) {
             PqDpoMetrics met = {0};
             long tokens = 0;
             if (pq_train_dpo_micro(tr, &dc, pp, np, 1.0 / np, 1234 + k, 1, &met, &tokens)) rc = 1;
-            pq_dev_download(hg, tr->grads, lora->n_params * 4);
-            pq_clip_grad_norm(hg, lora->n_params, 1.0);
-            pq_adamw_step(&opt, hp, hg, 1e-5);
-            pq_dev_upload(lora->params, hp, lora->n_params * 4);
+            if (!isfinite(pq_clip_grad_norm(tr->grads, lora->n_params, 1.0))) rc = 1;
+            pq_adamw_step(&opt, lora->params, tr->grads, 1e-5);
             if (k > 0) dt += now_s() - t; // the first step warms up
             loss = met.loss / (met.n > 0 ? met.n : 1);
         }
         dt /= iters;
         if (!isfinite(loss)) rc = 1;
         printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s, %.3f s per step "
-               "(optimizer on the host included), %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, loss %.4f, "
+               "(clipping and AdamW included), %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, loss %.4f, "
                "peak device memory %.1f GB\n",
                np, T, r, ckpt ? "activation checkpointing" : "all activations kept", dt, Nd / dt,
                flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), loss, pq_dev_peak_bytes() / 1e9);
         printf("RESULT dpo_tokens_per_s %.0f\nRESULT dpo_mfu %.3f\nRESULT dpo_peak_gb %.1f\n", Nd / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
         for (int k = 0; k < np; k++) pq_train_pair_free(&pairs[k]);
-        free(pairs), free(pp), free(hp), free(hg);
+        free(pairs), free(pp), free(hp);
         pq_adamw_free(&opt);
         pq_trainer_free(tr);
         pq_lora_free(lora);
