@@ -1,10 +1,12 @@
 // dist.c: rank and world size from the launcher's environment, the
 // communicator's unique id over TCP from rank 0, and the sums over ranks
-// (see dist.h). The collectives themselves are the backend's (NCCL).
+// (see dist.h). The collectives themselves are the backend's (NCCL in CUDA
+// builds, lib/dist_cpu.c in CPU builds).
 #include "dist.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -73,7 +75,7 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int send_all(int fd, const void *buf, size_t n) {
+int pq_tcp_send(int fd, const void *buf, size_t n) {
     const char *p = buf;
     while (n) {
         ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
@@ -84,35 +86,38 @@ static int send_all(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-// Receives n bytes before the deadline.
-static int recv_all(int fd, void *buf, size_t n, double deadline) {
+int pq_tcp_recv(int fd, void *buf, size_t n, double timeout_s) {
     char *p = buf;
+    double deadline = now_s() + timeout_s;
     while (n) {
-        int ms = (int)((deadline - now_s()) * 1000);
-        if (ms <= 0) return -1;
+        int ms = -1;
+        if (timeout_s >= 0 && (ms = (int)((deadline - now_s()) * 1000)) <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
         struct pollfd pf = {fd, POLLIN, 0};
         int r = poll(&pf, 1, ms);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
+        if (r < 0) return -1;
+        if (r == 0) continue; // the deadline is checked above
         ssize_t k = recv(fd, p, n, 0);
-        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (k == 0) errno = 0; // closed by the peer
         if (k <= 0) return -1;
         p += k, n -= (size_t)k;
     }
     return 0;
 }
 
-// Each peer says its rank (4 bytes, network order) and gets the id.
-static int serve_id(int world, int port, const void *id, size_t n, int timeout_s, PqErr *e) {
-    int fd = socket(AF_INET6, SOCK_STREAM, 0), v6 = 1;
-    if (fd < 0) fd = socket(AF_INET, SOCK_STREAM, 0), v6 = 0;
+int pq_tcp_listen(int port, int backlog, int *bound, PqErr *e) {
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), v6 = 1;
+    if (fd < 0) fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), v6 = 0;
     if (fd < 0) {
         pq_err(e, "socket: %s", strerror(errno));
         return -1;
     }
-    int one = 1, zero = 0;
+    int one = 1, zero = 0, rc;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int rc = -1;
     if (v6) {
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
         struct sockaddr_in6 sa = {0};
@@ -127,9 +132,79 @@ static int serve_id(int world, int port, const void *id, size_t n, int timeout_s
         sa.sin_port = htons((uint16_t)port);
         rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
     }
-    if (rc || listen(fd, world)) {
-        pq_err(e, "rank 0: cannot listen on port %d: %s", port, strerror(errno));
+    if (rc || listen(fd, backlog)) {
+        pq_err(e, "cannot listen on port %d: %s", port, strerror(errno));
         close(fd);
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len)) {
+        pq_err(e, "getsockname: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    *bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                            : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+// One non-blocking connect, waiting at most ms: 0 connected, else errno.
+static int connect_within(int fd, const struct sockaddr *sa, socklen_t len, int ms) {
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    int err = 0;
+    if (connect(fd, sa, len)) {
+        err = errno;
+        if (err == EINPROGRESS) {
+            struct pollfd pf = {fd, POLLOUT, 0};
+            int r;
+            while ((r = poll(&pf, 1, ms)) < 0 && errno == EINTR) {}
+            socklen_t el = sizeof err;
+            if (r <= 0) err = ETIMEDOUT;
+            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el)) err = errno;
+        }
+    }
+    fcntl(fd, F_SETFL, fl);
+    return err;
+}
+
+int pq_tcp_connect(const char *addr, int port, int timeout_s, PqErr *e) {
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    double deadline = now_s() + timeout_s;
+    const char *why = "no answer";
+    for (;;) {
+        struct addrinfo hints = {0}, *res = NULL;
+        hints.ai_socktype = SOCK_STREAM;
+        int g = getaddrinfo(addr, ps, &hints, &res);
+        if (g) why = gai_strerror(g);
+        for (struct addrinfo *ai = g ? NULL : res; ai; ai = ai->ai_next) {
+            int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+            if (fd < 0) continue;
+            int ms = (int)((deadline - now_s()) * 1000), err = connect_within(fd, ai->ai_addr, ai->ai_addrlen, ms > 100 ? ms : 100);
+            if (!err) {
+                freeaddrinfo(res);
+                return fd;
+            }
+            why = strerror(err);
+            close(fd);
+        }
+        if (res) freeaddrinfo(res);
+        if (now_s() >= deadline) break;
+        usleep(100 * 1000);
+    }
+    pq_err(e, "cannot connect to %s:%d within %d s (%s)", addr, port, timeout_s, why);
+    return -1;
+}
+
+// Each peer says its rank (4 bytes, network order) and gets the id.
+static int serve_id(int world, int port, const void *id, size_t n, int timeout_s, PqErr *e) {
+    int bound, fd = pq_tcp_listen(port, world, &bound, e);
+    if (fd < 0) {
+        char msg[sizeof e->msg];
+        snprintf(msg, sizeof msg, "%s", e->msg);
+        pq_err(e, "rank 0: %s", msg);
         return -1;
     }
     double deadline = now_s() + timeout_s;
@@ -148,8 +223,8 @@ static int serve_id(int world, int port, const void *id, size_t n, int timeout_s
         int c = accept(fd, NULL, NULL);
         if (c < 0) continue;
         uint32_t peer;
-        if (recv_all(c, &peer, 4, deadline) == 0 && ntohl(peer) > 0 && (int)ntohl(peer) < world &&
-            send_all(c, id, n) == 0)
+        if (pq_tcp_recv(c, &peer, 4, deadline - now_s()) == 0 && ntohl(peer) > 0 && (int)ntohl(peer) < world &&
+            pq_tcp_send(c, id, n) == 0)
             served++;
         close(c);
     }
@@ -158,36 +233,21 @@ static int serve_id(int world, int port, const void *id, size_t n, int timeout_s
 }
 
 static int fetch_id(int rank, const char *addr, int port, void *id, size_t n, int timeout_s, PqErr *e) {
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", port);
     double deadline = now_s() + timeout_s;
-    const char *why = "no answer";
-    for (;;) {
-        struct addrinfo hints = {0}, *res = NULL;
-        hints.ai_socktype = SOCK_STREAM;
-        int g = getaddrinfo(addr, ps, &hints, &res);
-        if (g) why = gai_strerror(g);
-        for (struct addrinfo *ai = g ? NULL : res; ai; ai = ai->ai_next) {
-            int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-            if (fd < 0) continue;
-            if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-                uint32_t me = htonl((uint32_t)rank);
-                if (send_all(fd, &me, 4) == 0 && recv_all(fd, id, n, deadline) == 0) {
-                    close(fd);
-                    freeaddrinfo(res);
-                    return 0;
-                }
-                why = "connection closed before the id arrived";
-            } else {
-                why = strerror(errno);
-            }
+    const char *why = "connection closed before the id arrived";
+    int fd = pq_tcp_connect(addr, port, timeout_s, e);
+    if (fd < 0) why = e->msg;
+    else {
+        uint32_t me = htonl((uint32_t)rank);
+        if (pq_tcp_send(fd, &me, 4) == 0 && pq_tcp_recv(fd, id, n, deadline - now_s()) == 0) {
             close(fd);
+            return 0;
         }
-        if (res) freeaddrinfo(res);
-        if (now_s() >= deadline) break;
-        usleep(100 * 1000);
+        close(fd);
     }
-    pq_err(e, "rank %d: cannot get the group id from %s:%d within %d s (%s)", rank, addr, port, timeout_s, why);
+    char msg[sizeof e->msg];
+    snprintf(msg, sizeof msg, "%s", why);
+    pq_err(e, "rank %d: cannot get the group id from %s:%d within %d s (%s)", rank, addr, port, timeout_s, msg);
     return -1;
 }
 
@@ -200,15 +260,11 @@ int pq_dist_init(PqDist *d, int timeout_s, PqErr *e) {
     d->comm = NULL;
     if (d->world == 1) return 0;
     size_t n = pq_comm_id_size();
-    unsigned char *id = pq_xcalloc(1, n ? n : 1);
+    unsigned char *id = pq_xcalloc(1, n);
     int rc = -1;
-    if (d->rank == 0 && n && pq_comm_new_id(id, e)) goto out;
-    if (n == 0) { // this backend has no communicator: say why
-        rc = pq_comm_init(&d->comm, id, d->rank, d->world, e);
-        goto out;
-    }
+    if (d->rank == 0 && pq_comm_new_id(id, e)) goto out;
     if (pq_dist_exchange(d->rank, d->world, d->addr, d->port, id, n, timeout_s, e)) goto out;
-    rc = pq_comm_init(&d->comm, id, d->rank, d->world, e);
+    rc = pq_comm_init(&d->comm, id, d->rank, d->world, d->addr, timeout_s, e);
 out:
     free(id);
     return rc;
@@ -219,17 +275,18 @@ void pq_dist_free(PqDist *d) {
     d->comm = NULL;
 }
 
-void pq_dist_sum(PqDist *d, float *buf, size_t n) {
-    if (d->world > 1) pq_comm_sum_f32(d->comm, buf, n);
+int pq_dist_sum(PqDist *d, float *buf, size_t n, PqErr *e) {
+    return d->world > 1 ? pq_comm_sum_f32(d->comm, buf, n, e) : 0;
 }
 
-void pq_dist_sum_host(PqDist *d, double *buf, size_t n) {
-    if (d->world <= 1 || !n) return;
+int pq_dist_sum_host(PqDist *d, double *buf, size_t n, PqErr *e) {
+    if (d->world <= 1 || !n) return 0;
     double *db = pq_dev_alloc(n * sizeof *db);
     pq_dev_upload(db, buf, n * sizeof *db);
-    pq_comm_sum_f64(d->comm, db, n);
+    int rc = pq_comm_sum_f64(d->comm, db, n, e);
     pq_dev_download(buf, db, n * sizeof *db);
     pq_dev_free(db);
+    return rc;
 }
 
 int pq_device_select(const char *spec, PqErr *e) {

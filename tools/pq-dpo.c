@@ -58,7 +58,7 @@ static const char usage[] =
     "  -t, --threads N           threads (default: all cores)\n"
     "      --device DEV          cuda:N (CUDA build; default cuda:0, or LOCAL_RANK's GPU) or cpu\n"
     "Several GPUs: one process per GPU with RANK/WORLD_SIZE (or Slurm's, Open MPI's) and MASTER_ADDR/PORT\n"
-    "set, e.g. by scripts/launch-dpo -g 0,1,2 -- ARGS; gradients and metrics are summed over them (NCCL).\n" PQ_TOOL_COMMON_HELP;
+    "set, e.g. by scripts/launch-dpo -g 0,1,2 -- ARGS; gradients and metrics are summed over them (NCCL; TCP through rank 0 in the CPU build).\n" PQ_TOOL_COMMON_HELP;
 
 enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
@@ -90,9 +90,10 @@ static PqAdamW opt;
 // parameters and the step's gradients (backend memory).
 static float *hp, *hg;
 // Data parallelism: rank r of world trains on the pairs j of each batch with
-// j % world == r; gradients and metrics are summed over the ranks (NCCL), so
-// every rank steps identically and rank 0 alone writes.
+// j % world == r; gradients and metrics are summed over the ranks (NCCL, or
+// lib/dist_cpu.c), so every rank steps identically and rank 0 alone writes.
 static PqDist dist;
+static int dist_stopped; // the ranks agreed to stop (see go_on)
 static PqTrainPair *recs, *valid;
 static long n_recs, cap_recs, n_valid;
 static long step, epoch, pos; // optimizer steps done; epoch (0-based) and pairs of it consumed
@@ -258,12 +259,35 @@ static void add_metrics(cJSON *o, const PqDpoMetrics *m) {
     pq_json_add_float(o, "logps/rejected", m->logps_rejected / n);
 }
 
+// Sums over the ranks; a rank that left the group is fatal.
+static void dist_sum(float *buf, size_t n) {
+    PqErr e;
+    if (pq_dist_sum(&dist, buf, n, &e)) pq_tool_die(&T, "step %ld: summing the gradients over the ranks: %s", step + 1, e.msg);
+}
+
+static void dist_sum_host(double *v, size_t n) {
+    PqErr e;
+    if (pq_dist_sum_host(&dist, v, n, &e)) pq_tool_die(&T, "step %ld: summing over the ranks: %s", step + 1, e.msg);
+}
+
+// Whether to train on: every rank stops at the same step. Each rank calls
+// this before each step and once after the last, so the calls pair up
+// across ranks; an interrupted rank (SIGINT/SIGTERM) stops them all there,
+// none is left waiting in a sum for one that has gone.
+static int go_on(void) {
+    if (dist.world == 1 || dist_stopped) return !pq_interrupted && !dist_stopped;
+    double v = pq_interrupted;
+    dist_sum_host(&v, 1);
+    if (v > 0) pq_interrupted = 1, dist_stopped = 1;
+    return !dist_stopped;
+}
+
 // The metrics (sums) and tokens of every rank, summed.
 static void sum_metrics(PqDpoMetrics *m, long *tokens) {
     if (dist.world == 1) return;
     double v[9] = {m->n, m->loss, m->chosen, m->rejected, m->margins, m->accuracies, m->logps_chosen,
                    m->logps_rejected, (double)*tokens};
-    pq_dist_sum_host(&dist, v, 9);
+    dist_sum_host(v, 9);
     m->n = v[0], m->loss = v[1], m->chosen = v[2], m->rejected = v[3], m->margins = v[4], m->accuracies = v[5];
     m->logps_chosen = v[6], m->logps_rejected = v[7], *tokens = (long)v[8];
 }
@@ -380,7 +404,7 @@ static void train_step(const long *idx, int n) {
         if (pq_train_dpo_micro(tr, &dcfg, ptr, c, 1.0 / n, ds, 1, &m, &tokens)) die_nonfinite("the loss");
     }
     free(own);
-    pq_dist_sum(&dist, tr->grads, lora->n_params);
+    dist_sum(tr->grads, lora->n_params);
     sum_metrics(&m, &tokens);
     pq_dev_download(hg, tr->grads, lora->n_params * sizeof(float));
     if (dump_grads) {
@@ -556,9 +580,16 @@ int main(int argc, char **argv) {
     if (resume_dir && adapter_dir) pq_tool_usage_error(&T, "--resume and --adapter exclude each other");
     if (dcfg.label_smoothing > 0 && dcfg.loss != PQ_LOSS_SIGMOID)
         pq_tool_usage_error(&T, "--label-smoothing applies to the sigmoid loss only");
+    if (pq_dist_from_env(&dist, &e)) pq_tool_die(&T, "%s", e.msg);
+    static char rank_name[32];
+    if (dist.rank > 0) { // rank 0 alone writes: the others' messages say which rank they come from
+        snprintf(rank_name, sizeof rank_name, "pq-dpo rank %d", dist.rank);
+        T.name = rank_name;
+        T.output_path = T.rejects_path = NULL;
+        T.progress = 0;
+    }
     pq_tool_open(&T, argc, argv, optind);
     pq_ops_set_threads(threads);
-    if (pq_dist_from_env(&dist, &e)) pq_tool_die(&T, "%s", e.msg);
     if (device && pq_device_select(device, &e)) pq_tool_die(&T, "%s", e.msg);
     if (!device && dist.world > 1 && strcmp(pq_ops_backend(), "cpu") && pq_ops_set_device(dist.local_rank))
         pq_tool_die(&T, "rank %d: no CUDA device %d (LOCAL_RANK)", dist.rank, dist.local_rank);
@@ -621,12 +652,13 @@ int main(int argc, char **argv) {
         if (epoch > 0 || seen <= pos) continue; // resumed: trained before
         idx[nb++] = n_recs - 1;
         if (nb == batch) {
+            if (!go_on()) break;
             pos += nb;
             train_step(idx, nb);
             nb = 0;
         }
     }
-    if (!T.fatal && !pq_interrupted && epoch == 0 && nb > 0 && !stopping()) { // the last, partial batch
+    if (!T.fatal && !pq_interrupted && epoch == 0 && nb > 0 && !stopping() && go_on()) { // the last, partial batch
         pos += nb;
         train_step(idx, nb);
         nb = 0;
@@ -648,12 +680,14 @@ int main(int argc, char **argv) {
                 idx[nb] = order[pos + nb];
                 nb++;
             }
+            if (!go_on()) break;
             pos += nb;
             train_step(idx, nb);
         }
         if (stopping() && pos < n_recs) break;
     }
-    if (valid_path && !pq_interrupted && !(eval_every > 0 && step % eval_every == 0)) evaluate();
+    int go = go_on(); // the last agreement: every rank evaluates, or none
+    if (valid_path && go && !(eval_every > 0 && step % eval_every == 0)) evaluate();
     save();
     snprintf(T.summary_extra, sizeof T.summary_extra, "%ld steps", step);
 

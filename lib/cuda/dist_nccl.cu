@@ -21,7 +21,9 @@ extern "C" int pq_comm_new_id(void *id, PqErr *e) {
     return 0;
 }
 
-extern "C" int pq_comm_init(void **comm, const void *id, int rank, int world, PqErr *e) {
+extern "C" int pq_comm_init(void **comm, const void *id, int rank, int world, const char *addr, int timeout_s,
+                            PqErr *e) {
+    (void)addr, (void)timeout_s; // NCCL finds its peers through the id
     *comm = NULL;
     if (world == 1) return 0;
     ncclComm_t c;
@@ -37,14 +39,20 @@ extern "C" int pq_comm_init(void **comm, const void *id, int rank, int world, Pq
     return 0;
 }
 
-static void nccl_sum(void *comm, void *buf, size_t n, ncclDataType_t t) {
-    if (!comm || !n) return;
+static int nccl_sum(void *comm, void *buf, size_t n, ncclDataType_t t, PqErr *e) {
+    if (!comm || !n) return 0;
     ncclResult_t r = ncclAllReduce(buf, buf, n, t, ncclSum, (ncclComm_t)comm, 0);
-    if (r != ncclSuccess) pq_cuda_fail("ncclAllReduce", ncclGetErrorString(r), __FILE__, __LINE__);
+    if (r != ncclSuccess) {
+        pq_err(e, "ncclAllReduce: %s", ncclGetErrorString(r));
+        return -1;
+    }
+    return 0;
 }
 
-extern "C" void pq_comm_sum_f32(void *comm, float *buf, size_t n) { nccl_sum(comm, buf, n, ncclFloat); }
-extern "C" void pq_comm_sum_f64(void *comm, double *buf, size_t n) { nccl_sum(comm, buf, n, ncclDouble); }
+extern "C" int pq_comm_sum_f32(void *comm, float *buf, size_t n, PqErr *e) { return nccl_sum(comm, buf, n, ncclFloat, e); }
+extern "C" int pq_comm_sum_f64(void *comm, double *buf, size_t n, PqErr *e) {
+    return nccl_sum(comm, buf, n, ncclDouble, e);
+}
 
 extern "C" void pq_comm_free(void *comm) {
     if (comm) ncclCommDestroy((ncclComm_t)comm);
