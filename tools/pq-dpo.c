@@ -2,12 +2,15 @@
 // carry reference log-probs (pq-logp's output), streamed: the first epoch
 // trains as records arrive; one JSONL metrics line per optimizer step.
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "dist.h"
 #include "dpo.h"
+#include "launch.h"
 #include "lora.h"
 #include "model.h"
 #include "optim.h"
@@ -57,20 +60,22 @@ static const char usage[] =
     "                            (or \"chosen_prompt_len\", \"rejected_prompt_len\"), as pq-logp --raw\n"
     "  -t, --threads N           threads (default: all cores)\n"
     "      --device DEV          cuda:N (CUDA build; default cuda:0, or LOCAL_RANK's GPU) or cpu\n"
-    "Several GPUs: one process per GPU with RANK/WORLD_SIZE (or Slurm's, Open MPI's) and MASTER_ADDR/PORT\n"
-    "set, e.g. by scripts/launch-dpo -g 0,1,2 -- ARGS; gradients and metrics are summed over them (NCCL; TCP through rank 0 in the CPU build).\n" PQ_TOOL_COMMON_HELP;
+    "      --devices LIST        data-parallel on this host, one process per entry: GPUs (0,1,2) or,\n"
+    "                            in the CPU build, cpu,cpu,...; the input is streamed to every one\n"
+    "Several hosts: one process per GPU with RANK/WORLD_SIZE (or Slurm's, Open MPI's) and MASTER_ADDR/PORT\n"
+    "set; gradients and metrics are summed over them (NCCL; TCP through rank 0 in the CPU build).\n" PQ_TOOL_COMMON_HELP;
 
 enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
     O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_TEMPLATE, O_MAXLEN,
-    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE
+    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES
 };
 
 static PqTool T;
 
 // Options.
-static const char *device, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
+static const char *device, *devices, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
 static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
 static double lora_alpha = 16, lora_dropout = 0.05, lr = 5e-6, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, wd = 0,
@@ -461,6 +466,77 @@ static long count_inputs(void) {
     return n;
 }
 
+// --devices LIST -> the devices of its entries (cuda:N, or cpu in the CPU
+// build), checked; their number.
+static int parse_devices(const char *list, char ***out) {
+    int cpu = !strcmp(pq_ops_backend(), "cpu"), n = 0;
+    char *copy = pq_xstrdup(list), *save = NULL;
+    char **dev = pq_xmalloc((strlen(list) / 2 + 2) * sizeof *dev);
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "cpu")) {
+            if (!cpu) pq_tool_usage_error(&T, "--devices: cpu is not a device of the CUDA build (give GPUs: 0,1,2)");
+            dev[n++] = pq_xstrdup("cpu");
+            continue;
+        }
+        const char *g = strncmp(t, "cuda:", 5) ? t : t + 5;
+        char *end;
+        long k = strtol(g, &end, 10);
+        if (!*g || *end || k < 0 || k > 1024) pq_tool_usage_error(&T, "--devices: GPU numbers (0,1,2) or cpu, not '%s'", t);
+        if (cpu)
+            pq_tool_usage_error(&T, "--devices %s: this build has no CUDA backend (build it with make CUDA=1); the "
+                                    "CPU build runs several processes with --devices cpu,cpu",
+                                list);
+        dev[n] = pq_xmalloc(24);
+        snprintf(dev[n], 24, "cuda:%ld", k);
+        for (int i = 0; i < n; i++)
+            if (!strcmp(dev[i], dev[n])) pq_tool_usage_error(&T, "--devices: GPU %ld is given twice", k);
+        n++;
+    }
+    free(copy);
+    if (!n) pq_tool_usage_error(&T, "--devices: an empty list");
+    *out = dev;
+    return n;
+}
+
+// --devices with several entries: this process becomes the group's launcher
+// (lib/launch.c), one worker per entry, each this program again with the same
+// arguments less --devices (args[drop[i]] left out), plus --device and, in the
+// CPU build, its share of the cores unless --threads is given.
+static int run_devices(char **dev, int n, char **args, int argc, const char *drop, int threads, int feed) {
+    char tn[24] = "";
+    if (!threads && !strcmp(pq_ops_backend(), "cpu")) {
+        cpu_set_t cs;
+        long cores = sched_getaffinity(0, sizeof cs, &cs) == 0 ? CPU_COUNT(&cs) : sysconf(_SC_NPROCESSORS_ONLN);
+        snprintf(tn, sizeof tn, "%ld", cores / n > 1 ? cores / n : 1);
+    }
+    PqDist env;
+    PqErr e;
+    if (pq_dist_from_env(&env, &e)) pq_tool_usage_error(&T, "%s", e.msg);
+    int port = env.port;
+    if (!getenv("MASTER_PORT") || !*getenv("MASTER_PORT")) { // a free one
+        int fd = pq_tcp_listen(0, 1, &port, &e);
+        if (fd < 0) pq_tool_die(&T, "--devices: %s", e.msg);
+        close(fd);
+    }
+    char ***wargv = pq_xmalloc((size_t)n * sizeof *wargv);
+    for (int r = 0; r < n; r++) {
+        char **a = wargv[r] = pq_xmalloc((size_t)(argc + 6) * sizeof *a);
+        int k = 0;
+        a[k++] = args[0];
+        a[k++] = "--device", a[k++] = dev[r];
+        if (*tn) a[k++] = "--threads", a[k++] = tn;
+        for (int i = 1; i < argc; i++)
+            if (!drop[i]) a[k++] = args[i];
+        a[k] = NULL;
+    }
+    PqLaunch l = {T.name, "/proc/self/exe", n, wargv, port, feed};
+    int rc = pq_launch_run(&l, &e);
+    for (int r = 0; r < n; r++) free(wargv[r]);
+    free(wargv);
+    if (rc < 0) pq_tool_die(&T, "--devices: %s", e.msg);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
         PQ_TOOL_LONGOPTS,
@@ -504,11 +580,16 @@ int main(int argc, char **argv) {
         {"raw", no_argument, 0, O_RAW},
         {"no-share-prompt", no_argument, 0, O_NOSHARE},
         {"device", required_argument, 0, O_DEVICE},
+        {"devices", required_argument, 0, O_DEVICES},
         {"dump-grads", required_argument, 0, O_DUMPGRADS}, // tests: the first step's gradients, then stop
         {0, 0, 0, 0}};
     pq_tool_init(&T, "pq-dpo", usage);
     int o, threads = 0;
     PqErr e;
+    // the arguments as given (getopt_long permutes argv), and which of them
+    // are --devices and its value, for the workers' copies
+    char **args = pq_xmalloc((size_t)(argc + 1) * sizeof *args), *drop = pq_xcalloc((size_t)argc + 1, 1);
+    memcpy(args, argv, (size_t)(argc + 1) * sizeof *args);
     while ((o = getopt_long(argc, argv, "hm:o:t:", longopts, NULL)) != -1) {
         if (o == PQ_OPT_RESUME) { // a checkpoint directory here, not the common resume file
             resume_dir = optarg;
@@ -570,6 +651,14 @@ int main(int argc, char **argv) {
         case O_RAW: raw = 1; break;
         case O_NOSHARE: share_prompt = 0; break;
         case O_DEVICE: device = optarg; break;
+        case O_DEVICES:
+            devices = optarg;
+            for (int i = 1; i < argc; i++) {
+                char *eq = strchr(args[i], '=');
+                if (args[i] == optarg) drop[i] = drop[i - 1] = 1;         // --devices LIST
+                else if (eq && eq + 1 == optarg) drop[i] = 1;              // --devices=LIST
+            }
+            break;
         case O_DUMPGRADS: dump_grads = optarg; break;
         default: pq_tool_usage_error(&T, "bad option");
         }
@@ -580,6 +669,33 @@ int main(int argc, char **argv) {
     if (resume_dir && adapter_dir) pq_tool_usage_error(&T, "--resume and --adapter exclude each other");
     if (dcfg.label_smoothing > 0 && dcfg.loss != PQ_LOSS_SIGMOID)
         pq_tool_usage_error(&T, "--label-smoothing applies to the sigmoid loss only");
+    if (devices) {
+        if (device) pq_tool_usage_error(&T, "--device and --devices exclude each other");
+        if (getenv("RANK") || getenv("WORLD_SIZE"))
+            pq_tool_usage_error(&T, "--devices starts the ranks itself: RANK/WORLD_SIZE must not be set (a launcher "
+                                    "that sets them starts one pq-dpo per GPU, each with --device)");
+        char **dev;
+        int n = parse_devices(devices, &dev), rc = -1;
+        if (pq_dist_from_env(&dist, &e)) pq_tool_usage_error(&T, "%s", e.msg);
+        if (dist.world > 1)
+            pq_tool_usage_error(&T, "--devices starts the ranks itself, but this process is rank %d of %d already",
+                                dist.rank, dist.world);
+        if (n == 1) device = dev[0]; // as --device
+        else {
+            int feed = optind == argc;
+            for (int i = optind; i < argc; i++) feed |= !strcmp(argv[i], "-");
+            rc = run_devices(dev, n, args, argc, drop, threads, feed);
+        }
+        for (int i = n == 1; i < n; i++) free(dev[i]);
+        free(dev);
+        if (n > 1) {
+            free(args);
+            free(drop);
+            return rc;
+        }
+    }
+    free(args);
+    free(drop);
     if (pq_dist_from_env(&dist, &e)) pq_tool_die(&T, "%s", e.msg);
     static char rank_name[32];
     if (dist.rank > 0) { // rank 0 alone writes: the others' messages say which rank they come from
@@ -703,6 +819,7 @@ int main(int argc, char **argv) {
     free(hg);
     pq_dist_free(&dist);
     pq_lora_free(lora);
+    if (devices) free((char *)device);
     if (chat) pq_chat_free(chat);
     if (tok) pq_tokenizer_free(tok);
     pq_model_free(M);
