@@ -1,13 +1,20 @@
 #!/bin/sh
 # launch-dpo.sh: scripts/launch-dpo gives each rank its environment, device and
-# the whole input, passes rank 0's output and exit status, and stops the other
-# ranks when one fails (a stand-in pq-dpo records what it got).
+# the whole input, streamed (a rank sees the first line while the writer is
+# still open), passes rank 0's output and exit status, SIGTERM on to the ranks,
+# and stops the other ranks when one fails (a stand-in pq-dpo records what it
+# got).
 set -eu
 d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
+trap 'touch "$d/go"; rm -rf "$d"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 cat >"$d/fake" <<'FAKE'
 #!/bin/sh
+if [ -n "${FAKE_STREAM:-}" ]; then # each line logged as it comes; TERM: exit 130 as pq-dpo
+  trap 'echo "rank $RANK got TERM" >>"$FAKE_LOG.$RANK"; exit 130' TERM
+  while IFS= read -r l; do echo "rank $RANK got $l" >>"$FAKE_LOG.$RANK"; done
+  exit 0
+fi
 n=$(wc -l)
 echo "rank $RANK of $WORLD_SIZE local $LOCAL_RANK at $MASTER_ADDR:$MASTER_PORT $1 $2 args $3 lines $n" >>"$FAKE_LOG.$RANK"
 echo "out of rank $RANK"
@@ -28,6 +35,23 @@ FAKE_LOG=$d/log2 FAKE_FAIL=2 sh "$PQ_TOP/scripts/launch-dpo" -g 0,1,2 --pq-dpo "
 [ $rc -eq 5 ] || fail "failing rank: exit $rc, want 5"
 [ $(( $(date +%s) - start )) -lt 20 ] || fail "the other ranks were not stopped"
 grep -q "stopping the others" "$d/err" || fail "no message: $(cat "$d/err")"
+# streaming: both ranks get line a while the writer holds b back; SIGTERM to
+# the launcher reaches them, and their 130 is its status
+mkfifo "$d/in.fifo"
+{ echo a; i=0; while [ ! -e "$d/go" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done; echo b; } >"$d/in.fifo" &
+FAKE_STREAM=1 FAKE_LOG=$d/log3 sh "$PQ_TOP/scripts/launch-dpo" -g 0,1 --pq-dpo "$d/fake" -- -m <"$d/in.fifo" >/dev/null &
+pid=$!
+i=0
+while ! { grep -q "got a" "$d/log3.0" && grep -q "got a" "$d/log3.1"; } 2>/dev/null && [ $i -lt 300 ]; do
+  sleep 0.1; i=$((i + 1))
+done
+grep -q "got a" "$d/log3.1" || { touch "$d/go"; fail "the input is not streamed to the ranks"; }
+kill -TERM $pid
+sleep 0.5
+touch "$d/go"
+rc=0; wait $pid || rc=$?
+[ $rc -eq 130 ] || fail "SIGTERM: exit $rc, want 130"
+grep -q "got TERM" "$d/log3.0" && grep -q "got TERM" "$d/log3.1" || fail "SIGTERM not passed on: $(cat "$d"/log3.*)"
 rc=0; sh "$PQ_TOP/scripts/launch-dpo" -- x </dev/null 2>/dev/null || rc=$?
 [ $rc -eq 2 ] || fail "no -g: exit $rc"
 echo ok
