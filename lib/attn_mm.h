@@ -88,5 +88,8 @@ void pq_attn_mm_backward(const PqAttnEngine *E, float *dq, float *dk, float *dv,
 // size is global); pq_attn_mm_cpu_free releases its scratch.
 const PqAttnEngine *pq_attn_mm_cpu(int esz);
 void pq_attn_mm_cpu_free(void);
+// The CUDA backend's engine (lib/cuda/attention.cu; CUDA builds only): bf16
+// products on cuBLAS tensor cores, device memory.
+const PqAttnEngine *pq_attn_mm_cuda(void);
 
 #endif

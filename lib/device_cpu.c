@@ -1,5 +1,5 @@
 // device_cpu.c: the CPU backend's answers to the device calls of ops.h (no
-// devices to select; host memset; peak resident set). Left out of CUDA=1
+// devices to select; f32 attention; host memset; peak resident set). Left out of CUDA=1
 // builds, where lib/cuda/backend.cu provides them.
 #include <string.h>
 #include <sys/resource.h>
@@ -11,6 +11,7 @@ int pq_ops_set_device(int n) {
     (void)n;
     return -1;
 }
+void pq_ops_set_attention_dtype(PqDtype t) { (void)t; } // always f32
 void pq_dev_zero(void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }

@@ -242,7 +242,8 @@ PqModel *pq_model_load(const char *dir, PqErr *e) {
             }
         }
     }
-    // weights to the backend (no-op on the CPU)
+    // weights to the backend (no-op on the CPU), attention in their precision
+    pq_ops_set_attention_dtype(c->dtype);
     m->wte = pq_dev_weight(m->wte);
     m->lm_head = c->tie ? m->wte : pq_dev_weight(m->lm_head);
     for (int l = 0; l < c->L; l++)

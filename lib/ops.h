@@ -97,6 +97,12 @@ const char *pq_ops_backend(void);  // "cpu" or "cuda"
 // model): 0, or -1 when there is no such device (always -1 on the CPU).
 int pq_ops_set_device(int n);
 void pq_dev_zero(void *dst, size_t bytes); // memset 0 of backend memory
+// The precision of attention's products: CUDA runs bf16 and f16 models'
+// attention as bf16 products on tensor cores with f32 accumulation
+// (lib/attn_mm.c), f32 models' in exact f32; PQ_ATTENTION=f32 in the
+// environment forces f32. Model loading sets it to the weights' dtype. The
+// CPU always computes in f32.
+void pq_ops_set_attention_dtype(PqDtype t);
 // Peak memory so far: device memory in use (CUDA), the process's peak
 // resident set (CPU), in bytes.
 size_t pq_dev_peak_bytes(void);

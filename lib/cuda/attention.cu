@@ -3,9 +3,14 @@
 // forward with log-sum-exp, backward recomputing the probabilities from it;
 // and its two-range form (attention2_*: a pair's responses sharing one copy
 // of their prompt), the same kernels with keys [a0[i], a1[i]) and [b0[i], i].
-// Never holds T x T scores: a block walks tiles of 32 keys (or queries)
-// through shared memory with an online softmax. f32 throughout, as the CPU
-// twins in ops_cpu.c / ops_grad_cpu.c.
+// Two implementations, chosen by pq_ops_set_attention_dtype (the model's
+// weight dtype):
+// - bf16/f16 models: lib/attn_mm.c's blocked attention as batched products
+//   on cuBLAS tensor cores (bf16 inputs, f32 accumulation), with the small
+//   kernels of its engine below (their twins: attn_mm.c's plain-C engine);
+// - f32 models: exact f32 kernels that never hold T x T scores: a block
+//   walks tiles of 32 keys (or queries) through shared memory with an online
+//   softmax, as the CPU twins in ops_cpu.c / ops_grad_cpu.c.
 //
 // Tiles: a block of 4 warps owns 32 "rows" (queries in the forward and dq
 // kernels, keys in the dk/dv kernel), 8 per warp; the 32 lanes of a warp
@@ -15,8 +20,13 @@
 // HS+1 floats per row so lanes hit distinct banks.
 #include <limits.h>
 #include <math.h>
+#include <string.h>
 
 #include "common.cuh"
+
+extern "C" {
+#include "attn_mm.h"
+}
 
 #define RW 8          // rows per warp
 #define NWARP 4       // warps per block
@@ -390,6 +400,159 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
     }
 }
 
+// ---- tensor-core attention: the engine of lib/attn_mm.c on cuBLAS ----
+
+static PqDtype attn_dtype = PQ_F32; // until a model says otherwise
+
+extern "C" void pq_ops_set_attention_dtype(PqDtype t) {
+    const char *f = getenv("PQ_ATTENTION");
+    attn_dtype = f && !strcmp(f, "f32") ? PQ_F32 : t;
+}
+
+static void amm_gemm(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, long long sA,
+                     const void *B, int ldb, long long sB, float beta, float *C, int ldc, long long sC, int batch) {
+    CUBLAS(cublasGemmStridedBatchedEx(pq_cuda_blas(), ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                      m, n, k, &alpha, A, CUDA_R_16BF, lda, sA, B, CUDA_R_16BF, ldb, sB, &beta, C,
+                                      CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// src (N,SH,HS) f32 -> dst (N,NH,HS) bf16, dst head h = src head h / (NH / SH); n = N NH HS
+__global__ void amm_expand_kernel(__nv_bfloat16 *dst, const float *src, size_t n, int NH, int SH, int HS) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    int d = (int)(x % HS);
+    size_t r = x / HS;
+    int h = (int)(r % NH);
+    size_t i = r / NH;
+    dst[x] = __float2bfloat16(src[(i * SH + h / (NH / SH)) * HS + d]);
+}
+static void amm_expand(void *dst, const float *src, int N, int NH, int SH, int HS) {
+    size_t n = (size_t)N * NH * HS;
+    amm_expand_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__nv_bfloat16 *)dst, src, n, NH, SH, HS);
+    CU_LAUNCHED();
+}
+
+// src (N,NH,HS) -> dst (N,KVH,HS), the sum of each KV head's NH / KVH query heads; n = N KVH HS
+__global__ void amm_reduce_kernel(float *dst, const float *src, size_t n, int NH, int KVH, int HS) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    int d = (int)(x % HS), G = NH / KVH;
+    size_t r = x / HS;
+    int kh = (int)(r % KVH);
+    size_t i = r / KVH;
+    const float *s = src + (i * NH + (size_t)kh * G) * HS + d;
+    float acc = 0.0f;
+    for (int t = 0; t < G; t++) acc += s[(size_t)t * HS];
+    dst[x] = acc;
+}
+static void amm_reduce(float *dst, const float *src, int N, int NH, int KVH, int HS) {
+    size_t n = (size_t)N * KVH * HS;
+    amm_reduce_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dst, src, n, NH, KVH, HS);
+    CU_LAUNCHED();
+}
+
+static void amm_rowdot(float *D, const float *a, const float *b, size_t rows, int HS) {
+    attn_dot_kernel<<<pq_blocks(rows * 32, 256), 256>>>(D, a, b, (int)rows, HS);
+    CU_LAUNCHED();
+}
+
+// Is column c of block b visible from row i (position pi)? (attn_mm.h)
+__device__ __forceinline__ bool amm_vis(const PqAttnBlock &b, const int32_t *pos, int i, int pi, int c, int window) {
+    int j;
+    if (c < b.nA) {
+        j = b.A0 + c;
+    } else if (c >= b.nAp && c < b.nAp + b.nB) {
+        j = b.B0 + (c - b.nAp);
+        if (j > i) return false;
+    } else {
+        return false;
+    }
+    return window <= 0 || pi - pos[j] <= window;
+}
+
+#define AMM_THREADS 256
+// The max (op 1) or sum (op 0) over the block's threads; red has AMM_THREADS / 32 floats.
+__device__ float amm_block_reduce(float v, int op, float *red) {
+    v = op ? warp_max32(v) : warp_sum32(v);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    __syncthreads(); // red may still be read from the previous reduction
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = red[0];
+    for (int t = 1; t < AMM_THREADS / 32; t++) v = op ? fmaxf(v, red[t]) : v + red[t];
+    return v;
+}
+
+// grid (nq, NH): row a of head h of S (NH, nq, ld) -> P (masked softmax), lse
+__global__ void __launch_bounds__(AMM_THREADS) amm_softmax_kernel(__nv_bfloat16 *P, float *lse, const float *S,
+                                                                  PqAttnBlock b, const int32_t *pos, int NH,
+                                                                  int window) {
+    __shared__ float red[AMM_THREADS / 32];
+    int a = blockIdx.x, h = blockIdx.y, i = b.i0 + a, pi = pos[i];
+    size_t row = ((size_t)h * b.nq + a) * b.ld;
+    const float *s = S + row;
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < b.ld; c += AMM_THREADS)
+        if (amm_vis(b, pos, i, pi, c, window)) m = fmaxf(m, s[c]);
+    m = amm_block_reduce(m, 1, red);
+    float sum = 0.0f;
+    for (int c = threadIdx.x; c < b.ld; c += AMM_THREADS)
+        if (amm_vis(b, pos, i, pi, c, window)) sum += expf(s[c] - m);
+    sum = amm_block_reduce(sum, 0, red);
+    float inv = 1.0f / sum;
+    for (int c = threadIdx.x; c < b.ld; c += AMM_THREADS)
+        P[row + c] = __float2bfloat16(amm_vis(b, pos, i, pi, c, window) ? expf(s[c] - m) * inv : 0.0f);
+    if (threadIdx.x == 0) lse[(size_t)i * NH + h] = m + logf(sum);
+}
+static void amm_softmax(void *P, float *lse, const float *S, PqAttnBlock b, const int32_t *pos, int NH, int window) {
+    amm_softmax_kernel<<<dim3(b.nq, NH), AMM_THREADS>>>((__nv_bfloat16 *)P, lse, S, b, pos, NH, window);
+    CU_LAUNCHED();
+}
+
+// grid (nq, NH): P = exp(S - lse), dS = P (dP - D) scale, 0 where hidden
+__global__ void __launch_bounds__(AMM_THREADS) amm_softmax_bwd_kernel(__nv_bfloat16 *P, __nv_bfloat16 *dS,
+                                                                      const float *S, const float *dP,
+                                                                      const float *lse, const float *D, PqAttnBlock b,
+                                                                      const int32_t *pos, int NH, int window,
+                                                                      float scale) {
+    int a = blockIdx.x, h = blockIdx.y, i = b.i0 + a, pi = pos[i];
+    size_t row = ((size_t)h * b.nq + a) * b.ld;
+    float l = lse[(size_t)i * NH + h], Di = D[(size_t)i * NH + h];
+    for (int c = threadIdx.x; c < b.ld; c += AMM_THREADS) {
+        float p = amm_vis(b, pos, i, pi, c, window) ? expf(S[row + c] - l) : 0.0f;
+        P[row + c] = __float2bfloat16(p);
+        dS[row + c] = __float2bfloat16(p * (dP[row + c] - Di) * scale);
+    }
+}
+static void amm_softmax_bwd(void *P, void *dS, const float *S, const float *dP, const float *lse, const float *D,
+                            PqAttnBlock b, const int32_t *pos, int NH, int window, float scale) {
+    amm_softmax_bwd_kernel<<<dim3(b.nq, NH), AMM_THREADS>>>((__nv_bfloat16 *)P, (__nv_bfloat16 *)dS, S, dP, lse, D,
+                                                             b, pos, NH, window, scale);
+    CU_LAUNCHED();
+}
+
+static void *amm_slot[PQ_AMM_NSLOT];
+static size_t amm_cap[PQ_AMM_NSLOT];
+static void *amm_scratch(int slot, size_t bytes) {
+    if (bytes > amm_cap[slot]) {
+        pq_dev_free(amm_slot[slot]);
+        size_t cap = bytes + bytes / 4; // headroom for the next, larger batch
+        amm_slot[slot] = pq_dev_alloc(cap);
+        amm_cap[slot] = cap;
+    }
+    return amm_slot[slot];
+}
+static void amm_zero(void *p, size_t bytes) { pq_dev_zero(p, bytes); }
+static void amm_download(void *host, const void *src, size_t bytes) { pq_dev_download(host, src, bytes); }
+
+static const PqAttnEngine amm_engine = {2,           amm_gemm,    amm_expand, amm_reduce, amm_rowdot, amm_softmax,
+                                        amm_softmax_bwd, amm_scratch, amm_zero, amm_download, 0, 0};
+
+extern "C" const PqAttnEngine *pq_attn_mm_cuda(void) { return &amm_engine; }
+
+// The tensor-core path serves this call: a bf16/f16 model and a head size cuBLAS tiles well.
+static bool use_mm(int HS) { return attn_dtype != PQ_F32 && HS % 8 == 0; }
+
 // Launches kernel K<NV> with dynamic shared memory smem (raising the limit
 // above the default 48 KB where needed).
 template <typename F> static void set_smem(F *f, size_t smem) {
@@ -427,6 +590,10 @@ static void attention_fwd(float *out, float *lse, const float *q, const float *k
                           const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
                           int window) {
     if (N <= 0) return;
+    if (use_mm(HS)) {
+        pq_attn_mm_forward(&amm_engine, out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
+        return;
+    }
     float scale = 1.0f / sqrtf((float)HS);
     NV_DISPATCH(HS, fwd_launch<NV>(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window, scale));
 }
@@ -465,6 +632,11 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, co
                           const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
                           const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
     if (N <= 0) return;
+    if (use_mm(HS)) {
+        pq_attn_mm_backward(&amm_engine, dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS,
+                            window);
+        return;
+    }
     float scale = 1.0f / sqrtf((float)HS);
     float *D = (float *)pq_cuda_scratch(PQ_SCR_ATT, (size_t)N * NH * sizeof(float));
     size_t warps = (size_t)N * NH;

@@ -1,0 +1,300 @@
+// parity-attn.c: the tensor-core attention of bf16 models (lib/attn_mm.c on
+// the CUDA engine of lib/cuda/attention.cu) against its twins: each engine
+// kernel against the plain-C engine's (same bf16 rounding, so tight
+// tolerances), the whole forward and backward against the plain-C engine
+// and against the f32 CPU oracle (ops_cpu.c), on packed records, GQA,
+// windows, the two-range form and a Mistral-7B-shaped batch; device outputs
+// poisoned with NaN first. Last, the time of forward + backward at the 7B
+// shape on both CUDA paths (f32 kernels, tensor cores). Built only with
+// CUDA=1; run by scripts/gpu-check. Exits 1 on any mismatch.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "attn_mm.h"
+#include "ops_grad.h"
+#include "util.h"
+
+static int failures, checks;
+static PqRng rng;
+
+static float *hrand(size_t n, float a) {
+    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(pq_rng_uniform(&rng) * 2 - 1) * a;
+    return p;
+}
+static float *hnan(size_t n) {
+    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = NAN;
+    return p;
+}
+static void *dev(const void *h, size_t bytes) {
+    void *d = pq_dev_alloc(bytes);
+    pq_dev_upload(d, h, bytes);
+    return d;
+}
+static float *dnan(size_t n) {
+    float *h = hnan(n), *d = dev(h, n * sizeof(float));
+    free(h);
+    return d;
+}
+static float *down(const void *d, size_t n, int esz) { // n elements of esz bytes, as f32
+    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
+    if (esz == 4) {
+        pq_dev_download(h, d, n * 4);
+    } else {
+        uint16_t *b = pq_xmalloc((n ? n : 1) * 2);
+        pq_dev_download(b, d, n * 2);
+        for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(b[i]);
+        free(b);
+    }
+    return h;
+}
+static float *as_f32(const void *h, size_t n, int esz) {
+    float *o = pq_xmalloc((n ? n : 1) * sizeof *o);
+    for (size_t i = 0; i < n; i++) o[i] = esz == 4 ? ((const float *)h)[i] : pq_bf16_to_f32(((const uint16_t *)h)[i]);
+    return o;
+}
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// max |got - want| / max(max |want|, 1e-6) <= tol, no NaN
+static void cmp(const char *name, const float *want, const float *got, size_t n, double tol) {
+    double mx = 0, err = 0;
+    size_t bad = (size_t)-1;
+    for (size_t i = 0; i < n; i++) mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
+    double den = mx > 1e-6 ? mx : 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]) / den;
+        if (!(d <= tol) && bad == (size_t)-1) bad = i;
+        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
+    }
+    checks++;
+    if (bad != (size_t)-1) {
+        failures++;
+        printf("FAIL %-58s err %.3g > %.3g (first at %zu: want %.9g got %.9g)\n", name, err, tol, bad, want[bad],
+               got[bad]);
+    } else {
+        printf("ok   %-58s err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
+    }
+}
+static void cmp_dev(const char *name, const float *want, const void *got_dev, size_t n, int esz, double tol) {
+    float *g = down(got_dev, n, esz);
+    cmp(name, want, g, n, tol);
+    free(g);
+}
+
+typedef struct Case {
+    const char *name;
+    int N, NH, KVH, HS, window;
+    int32_t *pos, *a0, *a1, *b0; // a0 NULL: plain
+} Case;
+
+static Case plain(const char *name, const int *lens, int nrec, int NH, int KVH, int HS, int window) {
+    Case c = {name, 0, NH, KVH, HS, window, NULL, NULL, NULL, NULL};
+    for (int r = 0; r < nrec; r++) c.N += lens[r];
+    c.pos = pq_xmalloc((size_t)c.N * 4);
+    int n = 0;
+    for (int r = 0; r < nrec; r++)
+        for (int t = 0; t < lens[r]; t++) c.pos[n++] = t;
+    return c;
+}
+// prompt P, chosen Cn and rejected R sharing it, then a plain record of X
+static Case two_range(const char *name, int P, int Cn, int R, int X, int NH, int KVH, int HS, int window) {
+    Case c = {name, P + Cn + R + X, NH, KVH, HS, window, NULL, NULL, NULL, NULL};
+    int N = c.N;
+    c.pos = pq_xmalloc((size_t)N * 4), c.a0 = pq_xmalloc((size_t)N * 4);
+    c.a1 = pq_xmalloc((size_t)N * 4), c.b0 = pq_xmalloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) {
+        if (i < P + Cn) c.pos[i] = i, c.a0[i] = c.a1[i] = 0, c.b0[i] = 0;
+        else if (i < P + Cn + R) c.pos[i] = i - Cn, c.a0[i] = 0, c.a1[i] = P, c.b0[i] = P + Cn;
+        else c.pos[i] = i - (P + Cn + R), c.a0[i] = c.a1[i] = P + Cn + R, c.b0[i] = P + Cn + R;
+    }
+    return c;
+}
+static void case_free(Case *c) { free(c->pos), free(c->a0), free(c->a1), free(c->b0); }
+
+// Each kernel of the CUDA engine against the plain-C engine's, on the blocks of case c.
+static void kernels(const Case *c) {
+    const PqAttnEngine *G = pq_attn_mm_cuda(), *H = pq_attn_mm_cpu(2);
+    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    char name[128];
+    // expand: exact (the same round-to-nearest-even)
+    float *k = hrand(nk, 3);
+    float *gk = dev(k, nk * 4);
+    void *gx = pq_dev_alloc(nq * 2), *hx = pq_xmalloc(nq * 2);
+    G->expand(gx, gk, N, NH, KVH, HS);
+    H->expand(hx, k, N, NH, KVH, HS);
+    float *want = as_f32(hx, nq, 2);
+    snprintf(name, sizeof name, "%s: expand %d -> %d heads", c->name, KVH, NH);
+    cmp_dev(name, want, gx, nq, 2, 0.0);
+    free(want);
+    // reduce
+    float *src = hrand(nq, 1), *gsrc = dev(src, nq * 4), *gdst = dnan(nk), *hdst = pq_xmalloc(nk * 4);
+    G->reduce(gdst, gsrc, N, NH, KVH, HS);
+    H->reduce(hdst, src, N, NH, KVH, HS);
+    snprintf(name, sizeof name, "%s: reduce %d -> %d heads", c->name, NH, KVH);
+    cmp_dev(name, hdst, gdst, nk, 4, 1e-6);
+    // rowdot
+    float *a = hrand(nq, 1), *b = hrand(nq, 1), *ga = dev(a, nq * 4), *gb = dev(b, nq * 4);
+    float *gD = dnan(nl), *hD = pq_xmalloc(nl * 4);
+    G->rowdot(gD, ga, gb, nl, HS);
+    H->rowdot(hD, a, b, nl, HS);
+    snprintf(name, sizeof name, "%s: rowdot", c->name);
+    cmp_dev(name, hD, gD, nl, 4, 1e-5);
+    // softmax and its backward on every block, random scores
+    PqAttnBlock *bl;
+    size_t mx;
+    int nb = pq_attn_mm_blocks(&bl, &mx, c->pos, c->a0, c->a1, c->b0, N, NH, c->window, 64, (size_t)1 << 20);
+    int32_t *gpos = dev(c->pos, (size_t)N * 4);
+    float *lse = hnan(nl), *glse = dnan(nl);
+    for (int t = 0; t < nb; t++) {
+        PqAttnBlock B = bl[t];
+        size_t ne = (size_t)NH * B.nq * B.ld;
+        float *S = hrand(ne, 6), *dP = hrand(ne, 1), *gS = dev(S, ne * 4), *gdP = dev(dP, ne * 4);
+        void *hP = pq_xmalloc(ne * 2), *hdS = pq_xmalloc(ne * 2), *gP = pq_dev_alloc(ne * 2), *gdS = pq_dev_alloc(ne * 2);
+        H->softmax(hP, lse, S, B, c->pos, NH, c->window);
+        G->softmax(gP, glse, gS, B, gpos, NH, c->window);
+        float *wp = as_f32(hP, ne, 2);
+        if (t == 0 || t == nb - 1) {
+            snprintf(name, sizeof name, "%s: softmax block %d of %d", c->name, t + 1, nb);
+            cmp_dev(name, wp, gP, ne, 2, 8e-3);
+        }
+        free(wp);
+        float *gl2 = dev(lse, nl * 4); // the backward from the host's lse (rows of other blocks are NaN: unused)
+        H->softmax_bwd(hP, hdS, S, dP, lse, hD, B, c->pos, NH, c->window, 0.125f);
+        G->softmax_bwd(gP, gdS, gS, gdP, gl2, gD, B, gpos, NH, c->window, 0.125f);
+        if (t == 0 || t == nb - 1) {
+            float *w1 = as_f32(hP, ne, 2), *w2 = as_f32(hdS, ne, 2);
+            snprintf(name, sizeof name, "%s: softmax_bwd P block %d", c->name, t + 1);
+            cmp_dev(name, w1, gP, ne, 2, 8e-3);
+            snprintf(name, sizeof name, "%s: softmax_bwd dS block %d", c->name, t + 1);
+            cmp_dev(name, w2, gdS, ne, 2, 8e-3);
+            free(w1), free(w2);
+        }
+        pq_dev_free(gl2);
+        free(S), free(dP), free(hP), free(hdS);
+        pq_dev_free(gS), pq_dev_free(gdP), pq_dev_free(gP), pq_dev_free(gdS);
+    }
+    snprintf(name, sizeof name, "%s: softmax lse (all %d blocks)", c->name, nb);
+    cmp_dev(name, lse, glse, nl, 4, 1e-5);
+    free(bl), free(lse), free(k), free(hx), free(src), free(hdst), free(a), free(b), free(hD);
+    void *p[] = {gk, gx, gsrc, gdst, ga, gb, gD, gpos, glse};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
+// The whole forward and backward: CUDA tensor-core path vs the plain-C bf16 engine and vs the f32 oracle.
+static void whole(const Case *c) {
+    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS, w = c->window;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    float *q = hrand(nq, 2), *k = hrand(nk, 2), *v = hrand(nk, 1), *dout = hrand(nq, 1);
+    float *out = hnan(nq), *lse = hnan(nl), *dq = hnan(nq), *dk = hnan(nk), *dv = hnan(nk);
+    float *eo = hnan(nq), *el = hnan(nl), *edq = hnan(nq), *edk = hnan(nk), *edv = hnan(nk);
+    const PqAttnEngine *H = pq_attn_mm_cpu(2);
+    if (c->a0) {
+        pq_cpu_attention2_forward(out, lse, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
+        pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
+    } else {
+        pq_cpu_attention_forward(out, lse, q, k, v, c->pos, N, NH, KVH, HS, w);
+        pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, N, NH, KVH, HS, w);
+    }
+    pq_attn_mm_forward(H, eo, el, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
+    pq_attn_mm_backward(H, edq, edk, edv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
+    float *gq = dev(q, nq * 4), *gk = dev(k, nk * 4), *gv = dev(v, nk * 4), *gdout = dev(dout, nq * 4);
+    float *gout_c = dev(out, nq * 4), *glse_c = dev(lse, nl * 4);
+    int32_t *gpos = dev(c->pos, (size_t)N * 4), *ga0 = NULL, *ga1 = NULL, *gb0 = NULL;
+    if (c->a0) ga0 = dev(c->a0, (size_t)N * 4), ga1 = dev(c->a1, (size_t)N * 4), gb0 = dev(c->b0, (size_t)N * 4);
+    float *gout = dnan(nq), *glse = dnan(nl), *gdq = dnan(nq), *gdk = dnan(nk), *gdv = dnan(nk);
+    pq_ops_set_attention_dtype(PQ_BF16);
+    if (c->a0) {
+        pq_attention2_forward(gout, glse, gq, gk, gv, gpos, ga0, ga1, gb0, N, NH, KVH, HS, w);
+        pq_attention2_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, ga0, ga1, gb0, N, NH, KVH, HS,
+                               w);
+    } else {
+        pq_attention_forward(gout, glse, gq, gk, gv, gpos, N, NH, KVH, HS, w);
+        pq_attention_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, N, NH, KVH, HS, w);
+    }
+    pq_ops_set_attention_dtype(PQ_F32);
+    const char *what[] = {"out", "lse", "dq", "dk", "dv"};
+    const float *oracle[] = {out, lse, dq, dk, dv}, *twin[] = {eo, el, edq, edk, edv};
+    const float *got[] = {gout, glse, gdq, gdk, gdv};
+    size_t n[] = {nq, nl, nq, nk, nk};
+    char name[128];
+    for (int t = 0; t < 5; t++) {
+        snprintf(name, sizeof name, "%s: %s vs the C bf16 engine", c->name, what[t]);
+        cmp_dev(name, twin[t], got[t], n[t], 4, 5e-3);
+        snprintf(name, sizeof name, "%s: %s vs the f32 oracle", c->name, what[t]);
+        cmp_dev(name, oracle[t], got[t], n[t], 4, 3e-2);
+    }
+    float *hp[] = {q, k, v, dout, out, lse, dq, dk, dv, eo, el, edq, edk, edv};
+    for (size_t i = 0; i < sizeof hp / sizeof *hp; i++) free(hp[i]);
+    void *dp[] = {gq, gk, gv, gdout, gout_c, glse_c, gpos, ga0, ga1, gb0, gout, glse, gdq, gdk, gdv};
+    for (size_t i = 0; i < sizeof dp / sizeof *dp; i++) pq_dev_free(dp[i]);
+}
+
+// ms per forward + backward of one layer's attention at case c, on the path of dtype dt
+static double timed(const Case *c, PqDtype dt, int iters) {
+    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    float *hq = hrand(nq, 2), *hk = hrand(nk, 2);
+    float *q = dev(hq, nq * 4), *k = dev(hk, nk * 4), *v = dev(hk, nk * 4), *dout = dev(hq, nq * 4);
+    float *out = pq_dev_alloc(nq * 4), *lse = pq_dev_alloc(nl * 4), *dq = pq_dev_alloc(nq * 4);
+    float *dk = pq_dev_alloc(nk * 4), *dv = pq_dev_alloc(nk * 4);
+    int32_t *pos = dev(c->pos, (size_t)N * 4);
+    pq_ops_set_attention_dtype(dt);
+    float sync;
+    double best = INFINITY;
+    for (int it = 0; it <= iters; it++) { // the first is a warm-up
+        pq_dev_download(&sync, out, 4);
+        double t0 = now_s();
+        pq_attention_forward(out, lse, q, k, v, pos, N, NH, KVH, HS, c->window);
+        pq_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, N, NH, KVH, HS, c->window);
+        pq_dev_download(&sync, dk, 4);
+        double t = now_s() - t0;
+        if (it > 0 && t < best) best = t;
+    }
+    pq_ops_set_attention_dtype(PQ_F32);
+    free(hq), free(hk);
+    void *p[] = {q, k, v, dout, out, lse, dq, dk, dv, pos};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    return best * 1e3;
+}
+
+int main(void) {
+    pq_rng_seed(&rng, 7);
+    int l1[] = {1, 37, 100, 64, 5}, l2[] = {200}, l3[] = {33, 31, 2, 90}, l7[] = {1500, 548};
+    Case cs[] = {
+        plain("plain 8/2 HS 64", l1, 5, 8, 2, 64, 0),
+        plain("plain 4/4 HS 128 window 17", l1, 5, 4, 4, 128, 17),
+        plain("plain 8/1 HS 128 window 40", l2, 1, 8, 1, 128, 40),
+        plain("plain 6/3 HS 48", l3, 4, 6, 3, 48, 0),
+        two_range("two ranges 8/2 HS 64", 37, 21, 26, 40, 8, 2, 64, 0),
+        two_range("two ranges 6/3 HS 32 window 30", 37, 21, 26, 40, 6, 3, 32, 30),
+        two_range("two ranges 8/2 HS 128, 700-token prompt", 700, 90, 130, 0, 8, 2, 128, 0),
+        plain("Mistral-7B shape 32/8 HS 128, 2 records", l7, 2, 32, 8, 128, 4096),
+    };
+    int nc = (int)(sizeof cs / sizeof *cs);
+    for (int t = 0; t < nc; t++) kernels(&cs[t]);
+    for (int t = 0; t < nc; t++) whole(&cs[t]);
+    // time: one Mistral-7B layer's attention, 2 x 2048 tokens
+    int l8[] = {2048, 2048};
+    Case big = plain("7B", l8, 2, 32, 8, 128, 4096);
+    double f32 = timed(&big, PQ_F32, 3), tc = timed(&big, PQ_BF16, 3);
+    // 7 products (forward 2, backward 5) of 2 T^2/2 HS NH flops each (causal), per record
+    double flops = 2 * 7.0 * 2048.0 * 2048.0 * 128 * 32;
+    printf("attention fwd+bwd, one 7B layer, 2 x 2048 tokens: f32 kernels %.2f ms, tensor cores %.2f ms "
+           "(%.1fx; %.0f TFLOP/s causal)\n",
+           f32, tc, f32 / tc, flops / (tc * 1e-3) / 1e12);
+    printf("RESULT attn_f32_ms %.3f\nRESULT attn_tc_ms %.3f\n", f32, tc);
+    for (int t = 0; t < nc; t++) case_free(&cs[t]);
+    case_free(&big);
+    pq_attn_mm_cpu_free();
+    printf("%d of %d checks failed\n", failures, checks);
+    return failures ? 1 : 0;
+}
