@@ -78,6 +78,7 @@ static PqModel *random_model(const char *config, PqErr *e) {
     free(text);
     PqConfig *c = &m->cfg;
     c->dtype = PQ_BF16;
+    pq_ops_set_attention_dtype(c->dtype); // as pq_model_load: a bf16 model's attention on tensor cores
     m->dir = pq_xstrdup("(random weights)");
     pool_build(0.02f);
     m->wte = rand_weight(c->V, c->C);
