@@ -139,6 +139,11 @@ static void test_rmsnorm(int N, int C) {
     cmp(name, out, gout, (size_t)N * C, 1e-5);
     snprintf(name, sizeof name, "rmsnorm_forward rstd C=%d", C);
     cmp(name, rstd, grstd, N, 1e-5);
+    float *gout2 = dnan((size_t)N * C); // rstd NULL, as model.c's final norm and gen.c call it
+    pq_rmsnorm_forward(gout2, NULL, dX, dW, N, C, 1e-5f);
+    snprintf(name, sizeof name, "rmsnorm_forward rstd NULL C=%d", C);
+    cmp(name, out, gout2, (size_t)N * C, 1e-5);
+    pq_dev_free(gout2);
     pq_cpu_rmsnorm_backward(dx, dy, x, w, rstd, N, C);
     pq_rmsnorm_backward(dx0, dDY, dX, dW, grstd, N, C);
     snprintf(name, sizeof name, "rmsnorm_backward C=%d", C);
@@ -166,6 +171,22 @@ static void test_linear(PqDtype dt, int bias) {
     pq_dev_weight_free(&dw);
     free((void *)hw.data), free(x), free(b), free(dy), free(out), free(dx);
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
+}
+
+// the rows of a decoding step (ops_gen.h): N = 1 and 3, odd C and OC
+static void test_linear_rows(PqDtype dt, int N) {
+    int C = 200, OC = 333;
+    PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
+    float *x = hrand((size_t)N * C, 1), *b = hrand(OC, 1), *out = hnan((size_t)N * OC);
+    float *dX = dev(x, (size_t)N * C * 4), *dB = dev(b, OC * 4), *gout = dnan((size_t)N * OC);
+    pq_cpu_linear_rows_forward(out, x, &hw, b, N, C, OC);
+    pq_linear_rows_forward(gout, dX, &dw, dB, N, C, OC);
+    char name[64];
+    snprintf(name, sizeof name, "linear_rows_forward %s N=%d", pq_dtype_name(dt), N);
+    cmp(name, out, gout, (size_t)N * OC, prod_tol(dt));
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(x), free(b), free(out);
+    pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(gout);
 }
 
 static void test_lora(int with_dinp) {
@@ -320,6 +341,8 @@ static void test_logp(PqDtype dt, const char *chunk) {
     int32_t *tg = pq_xmalloc(N * sizeof *tg);
     for (int i = 0; i < N; i++) tg[i] = i % 7 == 3 ? -1 : (int32_t)(rnd() % V);
     tg[1] = 0, tg[2] = V - 1, dl[5] = 0;
+    int vc = chunk ? atoi(chunk) : 0; // targets on both sides of chunk boundaries
+    if (vc > 0 && vc < V) tg[4] = vc - 1, tg[6] = vc, tg[8] = (V - 1) / vc * vc, tg[9] = (V - 1) / vc * vc - 1;
     float *lp = hnan(N), *lse = hnan(N);
     float *gh = dev(h, (size_t)N * C * 4), *gdl = dev(dl, N * 4), *gdh = dev(dh, (size_t)N * C * 4);
     int32_t *gtg = dev(tg, N * 4);
@@ -332,6 +355,11 @@ static void test_logp(PqDtype dt, const char *chunk) {
     cmp(name, lp, glp, N, tol);
     snprintf(name, sizeof name, "logp_forward lse %s chunk %s", pq_dtype_name(dt), chunk ? chunk : "auto");
     cmp(name, lse, glse, N, tol);
+    float *glp2 = dnan(N); // lse NULL, as pq_model_logp calls it
+    pq_logp_forward(glp2, NULL, gh, &dw, gtg, N, C, V);
+    snprintf(name, sizeof name, "logp_forward lse NULL %s chunk %s", pq_dtype_name(dt), chunk ? chunk : "auto");
+    cmp(name, lp, glp2, N, tol);
+    pq_dev_free(glp2);
     float *glse_c = dev(lse, N * 4);
     pq_cpu_logp_backward(dh, dl, h, &hw, tg, lse, N, C, V);
     pq_logp_backward(gdh, gdl, gh, &dw, gtg, glse_c, N, C, V);
@@ -390,27 +418,36 @@ static void test_gen(int window) {
     free(kc), free(vc), pq_dev_free(gkc), pq_dev_free(gvc);
 }
 
-int main(int argc, char **argv) {
-    int device = argc > 1 ? atoi(argv[1]) : 0;
-    if (pq_ops_set_device(device)) {
-        fprintf(stderr, "parity-ops: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
-        return 2;
-    }
-    pq_cpu_set_threads(0);
-    test_memory();
+// Groups of checks, each runnable alone (scripts/gpu-check reruns them one
+// by one when a run dies, so one crash does not hide the others' results).
+static void g_memory(void) { test_memory(); }
+static void g_embedding(void) {
     test_embedding(PQ_F32);
     test_embedding(PQ_BF16);
     test_embedding(PQ_F16);
+}
+static void g_rmsnorm(void) {
     test_rmsnorm(67, 4096);
     test_rmsnorm(5, 100);
+}
+static void g_linear(void) {
     for (int b = 0; b < 2; b++) {
         test_linear(PQ_F32, b);
         test_linear(PQ_BF16, b);
         test_linear(PQ_F16, b);
     }
+    for (int n = 1; n <= 3; n += 2) {
+        test_linear_rows(PQ_F32, n);
+        test_linear_rows(PQ_BF16, n);
+        test_linear_rows(PQ_F16, n);
+    }
+}
+static void g_lora(void) {
     test_lora(1);
     test_lora(0);
-    test_rope();
+}
+static void g_rope(void) { test_rope(); }
+static void g_attention(void) {
     int lens1[] = {1, 37, 100, 64, 5}, lens2[] = {200}, lens3[] = {33, 31, 2, 90};
     int hs[] = {16, 32, 64, 80, 128, 256};
     for (size_t i = 0; i < sizeof hs / sizeof *hs; i++) test_attention(lens1, 5, 8, 2, hs[i], 0);
@@ -418,6 +455,8 @@ int main(int argc, char **argv) {
     test_attention(lens2, 1, 8, 1, 128, 40);
     test_attention(lens3, 4, 6, 3, 48, 0);
     test_attention(lens3, 4, 6, 2, 128, 32);
+}
+static void g_attention2(void) {
     if (pq_attention2_forward && pq_attention2_backward) {
         test_attention2(8, 2, 64, 0);
         test_attention2(4, 4, 128, 0);
@@ -426,14 +465,57 @@ int main(int argc, char **argv) {
         printf("FAIL attention2 missing from the CUDA backend\n");
         failures++;
     }
-    test_elementwise();
+}
+static void g_elementwise(void) { test_elementwise(); }
+static void g_logp(void) {
     test_logp(PQ_F32, NULL);
     test_logp(PQ_F32, "1000");
     test_logp(PQ_BF16, NULL);
     test_logp(PQ_BF16, "777");
     test_logp(PQ_F16, "2048");
+}
+static void g_gen(void) {
     test_gen(0);
     test_gen(9);
+}
+
+static const struct {
+    const char *name;
+    void (*run)(void);
+} groups[] = {
+    {"memory", g_memory}, {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"linear", g_linear},
+    {"lora", g_lora},     {"rope", g_rope},           {"attention", g_attention}, {"attention2", g_attention2},
+    {"elementwise", g_elementwise}, {"logp", g_logp}, {"gen", g_gen},
+};
+enum { NGROUPS = sizeof groups / sizeof *groups };
+
+int main(int argc, char **argv) {
+    int device = 0, want[NGROUPS] = {0}, any = 0;
+    for (int i = 1; i < argc; i++) {
+        int g = -1;
+        if (!strcmp(argv[i], "--list")) {
+            for (int k = 0; k < NGROUPS; k++) printf("%s\n", groups[k].name);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+            device = atoi(argv[++i]);
+            continue;
+        }
+        for (int k = 0; k < NGROUPS; k++)
+            if (!strcmp(argv[i], groups[k].name)) g = k;
+        if (g < 0) {
+            fprintf(stderr, "usage: parity-ops [--device N] [--list] [GROUP...] (no GROUP: all)\n");
+            return 2;
+        }
+        want[g] = any = 1;
+    }
+    if (pq_ops_set_device(device)) {
+        fprintf(stderr, "parity-ops: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
+        return 2;
+    }
+    pq_cpu_set_threads(0);
+    for (int k = 0; k < NGROUPS; k++)
+        if (!any || want[k]) groups[k].run();
     printf("%d of %d checks failed\n", failures, checks);
     return failures ? 1 : 0;
 }
