@@ -124,17 +124,63 @@ template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
 
-template <typename T> __global__ void convert_kernel(T *out, const float *inp, size_t n) {
+template <typename T> __global__ void convert_kernel(T *out, const float *inp, float scale, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = from_f32<T>(inp[i]);
+    if (i < n) out[i] = from_f32<T>(inp[i] * scale);
 }
 
-// inp (n) f32 -> the weight dtype adt in scratch slot (or inp itself for f32)
-static const void *to_dtype(int slot, const float *inp, size_t n, PqDtype adt) {
-    if (adt == PQ_F32) return inp;
+__device__ float block_max(float v);
+
+// the largest |x[i]| (NaN ignored) as its bits, atomically maxed into *out (0 first)
+__global__ void absmax_kernel(unsigned *out, const float *x, size_t n) {
+    float m = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        m = fmaxf(m, fabsf(x[i]));
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax(out, __float_as_uint(m)); // non-negative floats order as their bits
+}
+
+// f16 has 5 exponent bits (at most 65504, normal from 6.1e-5): an activation
+// or gradient converted to it is first scaled by the power of two that brings
+// its largest magnitude just under 2^14, and the product is unscaled through
+// alpha (exactly: powers of two). Large activations then do not overflow to
+// inf, and small gradients (the LM head's dz is ~1e-7 at a 32k vocab) keep
+// their bits instead of flushing to subnormals or zero. bf16 has f32's range
+// and needs none. The maximum comes back to the host: one synchronisation per
+// product that only f16 models pay.
+static float f16_scale(const float *x, size_t n) {
+    static unsigned *d_max;
+    if (!d_max) CU(cudaMalloc(&d_max, sizeof *d_max));
+    CU(cudaMemset(d_max, 0, sizeof *d_max));
+    unsigned blocks = pq_blocks(n, PQ_EW_THREADS);
+    absmax_kernel<<<blocks < 1024 ? blocks : 1024, PQ_EW_THREADS>>>(d_max, x, n);
+    CU_LAUNCHED();
+    unsigned u;
+    CU(cudaMemcpy(&u, d_max, sizeof u, cudaMemcpyDeviceToHost));
+    float m;
+    memcpy(&m, &u, sizeof m);
+    if (!(m > 0.0f) || isinf(m)) return 1.0f;
+    int e;
+    frexpf(m, &e); // m < 2^e
+    int k = 14 - e;
+    k = k < -100 ? -100 : k > 100 ? 100 : k;
+    return ldexpf(1.0f, k);
+}
+
+// inp (n) f32 -> the weight dtype adt in scratch slot (or inp itself for
+// f32); *unscale: the factor the product must be multiplied by (1 but for f16)
+static const void *to_dtype(int slot, const float *inp, size_t n, PqDtype adt, float *unscale) {
+    *unscale = 1.0f;
+    if (adt == PQ_F32 || n == 0) return inp;
     void *o = pq_cuda_scratch(slot, n * 2);
-    if (adt == PQ_BF16) convert_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__nv_bfloat16 *)o, inp, n);
-    else convert_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__half *)o, inp, n);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (adt == PQ_BF16) {
+        convert_kernel<<<g, PQ_EW_THREADS>>>((__nv_bfloat16 *)o, inp, 1.0f, n);
+    } else {
+        float sc = f16_scale(inp, n);
+        *unscale = 1.0f / sc;
+        convert_kernel<<<g, PQ_EW_THREADS>>>((__half *)o, inp, sc, n);
+    }
     CU_LAUNCHED();
     return o;
 }
@@ -156,8 +202,9 @@ static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, i
 void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
                     PqDtype adt, int lda, const float *B, int ldb, int bcols, float beta, float *C, int ldc,
                     int bslot) {
-    const void *b = to_dtype(bslot, B, (size_t)ldb * bcols, adt);
-    gemm_raw(ta, tb, M, N, K, alpha, A, b, adt, lda, ldb, beta, C, ldc);
+    float us;
+    const void *b = to_dtype(bslot, B, (size_t)ldb * bcols, adt, &us);
+    gemm_raw(ta, tb, M, N, K, alpha * us, A, b, adt, lda, ldb, beta, C, ldc);
 }
 
 // col-major f32 SGEMM (the LoRA products: r is small)
@@ -384,14 +431,15 @@ extern "C" void pq_logp_forward(float *logp, float *lse, const float *h, const P
     float *rows = (float *)pq_cuda_scratch(PQ_SCR_ROWS, (size_t)3 * N * sizeof(float));
     float *m = rows, *s = rows + N, *tl = rows + 2 * N;
     float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
-    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype);
+    float us;
+    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
     lse_init_kernel<<<pq_blocks(N, 256), 256>>>(m, s, tl, N);
     CU_LAUNCHED();
     for (int v0 = 0; v0 < V; v0 += vc) {
         int n = V - v0 < vc ? V - v0 : vc;
         const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
         // lg^T (n,N) col-major = W_chunk (n,C) h^T (C,N): lg row-major (N,n)
-        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, 1.0f, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
+        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, us, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
         lse_chunk_kernel<<<N, 256>>>(m, s, tl, lg, targets, v0, n);
         CU_LAUNCHED();
     }
@@ -486,11 +534,12 @@ extern "C" void pq_logp_backward(float *dh, const float *dlogp, const float *h, 
     int vc = vocab_chunk(N, V);
     size_t wsz = pq_dtype_size(lm_head->dtype);
     float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
-    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype);
+    float us;
+    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
     for (int v0 = 0; v0 < V; v0 += vc) {
         int n = V - v0 < vc ? V - v0 : vc;
         const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
-        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, 1.0f, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
+        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, us, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
         logp_dz_kernel<<<N, 256>>>(lg, dlogp, targets, lse, v0, n);
         CU_LAUNCHED();
         // dh^T (C,N) += W_chunk^T (C,n) dz^T (n,N)

@@ -63,6 +63,8 @@ __device__ __forceinline__ float pq_ld(const __half *p, size_t i) { return __hal
 // scratch and the product runs on tensor cores with f32 accumulation; f32
 // weights use plain SGEMM. ldb/B describe B as stored (f32); the converted
 // copy is packed with the same leading dimension. bslot: scratch slot for B.
+// For f16, B is scaled by a power of two into f16's range first and the
+// product unscaled through alpha (one host synchronisation per product).
 void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
                     PqDtype adt, int lda, const float *B, int ldb, int bcols, float beta, float *C, int ldc,
                     int bslot);
