@@ -173,6 +173,29 @@ static void test_linear(PqDtype dt, int bias) {
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
 }
 
+// activations beyond f16's range (65504) and gradients below its normals
+// (6.1e-5): the f16 product must scale them into range, not overflow or flush
+static void test_linear_range(PqDtype dt) {
+    int N = 64, C = 256, OC = 192;
+    PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
+    float *x = hrand((size_t)N * C, 3e5f), *dy = hrand((size_t)N * OC, 5e-7f);
+    float *out = hnan((size_t)N * OC), *dx = pq_xcalloc((size_t)N * C, sizeof *dx);
+    float *dX = dev(x, (size_t)N * C * 4), *dDY = dev(dy, (size_t)N * OC * 4);
+    float *gout = dnan((size_t)N * OC), *gdx = pq_dev_alloc((size_t)N * C * 4);
+    pq_cpu_linear_forward(out, x, &hw, NULL, N, C, OC);
+    pq_linear_forward(gout, dX, &dw, NULL, N, C, OC);
+    char name[64];
+    snprintf(name, sizeof name, "linear_forward %s |x| to 3e5", pq_dtype_name(dt));
+    cmp(name, out, gout, (size_t)N * OC, prod_tol(dt));
+    pq_cpu_linear_backward(dx, dy, &hw, N, C, OC);
+    pq_linear_backward(gdx, dDY, &dw, N, C, OC);
+    snprintf(name, sizeof name, "linear_backward %s |dy| to 5e-7", pq_dtype_name(dt));
+    cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(x), free(dy), free(out), free(dx);
+    pq_dev_free(dX), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
+}
+
 // the rows of a decoding step (ops_gen.h): N = 1 and 3, odd C and OC
 static void test_linear_rows(PqDtype dt, int N) {
     int C = 200, OC = 333;
@@ -436,6 +459,8 @@ static void g_linear(void) {
         test_linear(PQ_BF16, b);
         test_linear(PQ_F16, b);
     }
+    test_linear_range(PQ_BF16);
+    test_linear_range(PQ_F16);
     for (int n = 1; n <= 3; n += 2) {
         test_linear_rows(PQ_F32, n);
         test_linear_rows(PQ_BF16, n);
