@@ -182,7 +182,8 @@ int pq_tcp_connect(const char *addr, int port, int timeout_s, PqErr *e) {
         for (struct addrinfo *ai = g ? NULL : res; ai; ai = ai->ai_next) {
             int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
             if (fd < 0) continue;
-            int ms = (int)((deadline - now_s()) * 1000), err = connect_within(fd, ai->ai_addr, ai->ai_addrlen, ms > 100 ? ms : 100);
+            int ms = (int)((deadline - now_s()) * 1000);
+            int err = connect_within(fd, ai->ai_addr, ai->ai_addrlen, ms > 100 ? ms : 100);
             if (!err) {
                 freeaddrinfo(res);
                 return fd;

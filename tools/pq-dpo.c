@@ -267,7 +267,8 @@ static void add_metrics(cJSON *o, const PqDpoMetrics *m) {
 // Sums over the ranks; a rank that left the group is fatal.
 static void dist_sum(float *buf, size_t n) {
     PqErr e;
-    if (pq_dist_sum(&dist, buf, n, &e)) pq_tool_die(&T, "step %ld: summing the gradients over the ranks: %s", step + 1, e.msg);
+    if (pq_dist_sum(&dist, buf, n, &e))
+        pq_tool_die(&T, "step %ld: summing the gradients over the ranks: %s", step + 1, e.msg);
 }
 
 static void dist_sum_host(double *v, size_t n) {
@@ -481,7 +482,8 @@ static int parse_devices(const char *list, char ***out) {
         const char *g = strncmp(t, "cuda:", 5) ? t : t + 5;
         char *end;
         long k = strtol(g, &end, 10);
-        if (!*g || *end || k < 0 || k > 1024) pq_tool_usage_error(&T, "--devices: GPU numbers (0,1,2) or cpu, not '%s'", t);
+        if (!*g || *end || k < 0 || k > 1024)
+            pq_tool_usage_error(&T, "--devices: GPU numbers (0,1,2) or cpu, not '%s'", t);
         if (cpu)
             pq_tool_usage_error(&T, "--devices %s: this build has no CUDA backend (build it with make CUDA=1); the "
                                     "CPU build runs several processes with --devices cpu,cpu",
