@@ -140,7 +140,7 @@ void pq_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
         float *dkt = acc + (size_t)omp_get_thread_num() * kn * 2, *dvt = dkt + kn;
         float *S = NULL, *dP = NULL, *Dr = pq_xmalloc(QB * sizeof(float));
         size_t cap = 0;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
         for (long w = 0; w < (long)nb * NH; w++) {
             int b = (int)(w / NH), h = (int)(w % NH), kh = h / G;
             int i0 = blk[b], i1 = blk[b + 1], rs = i0 - pos[i0], j0 = rs;
@@ -313,7 +313,7 @@ void pq_cpu_attention2_backward(float *dq, float *dk, float *dv, const float *do
         float *dkt = acc + (size_t)omp_get_thread_num() * kn * 2, *dvt = dkt + kn;
         float *S = NULL, *dP = NULL;
         size_t cap = 0;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
         for (long w = 0; w < (long)nb * NH; w++) {
             const Att2Blk *b = &bl[w / NH];
             int h = (int)(w % NH), kh = h / G, nq = b->i1 - b->i0;
