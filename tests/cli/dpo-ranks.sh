@@ -6,7 +6,8 @@
 # when a rank dies, and checkpoints on SIGINT so that --resume goes on.
 set -eu
 d=$(mktemp -d)
-trap 'touch "$d/go"; rm -rf "$d"' EXIT
+writer=""
+trap '[ -z "$writer" ] || kill $writer 2>/dev/null || true; rm -rf "$d"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT 2>/dev/null || true
 "$PQ_PY" "$PQ_TOP/tests/make_tiny_model.py" --arch llama --out "$d/m" >/dev/null
@@ -27,6 +28,7 @@ wait_for() {
 # Into the FIFO $d/in (each time a new one): the first 4 pairs, then the
 # rest once $d/go exists: a writer still open.
 slow_writer() {
+  [ -z "$writer" ] || kill $writer 2>/dev/null || true # the last one, done
   rm -f "$d/go" "$d/in"
   mkfifo "$d/in"
   {
@@ -35,6 +37,7 @@ slow_writer() {
     while [ ! -e "$d/go" ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done # past wait_for's limit
     tail -n +5 "$d/ref.jsonl"
   } >"$d/in" &
+  writer=$!
 }
 # The pid of the worker of launcher $1 whose RANK is $2.
 worker() {

@@ -6,7 +6,8 @@
 # got).
 set -eu
 d=$(mktemp -d)
-trap 'touch "$d/go"; rm -rf "$d"' EXIT
+writer=""
+trap '[ -z "$writer" ] || kill $writer 2>/dev/null || true; rm -rf "$d"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 cat >"$d/fake" <<'FAKE'
 #!/bin/sh
@@ -39,6 +40,7 @@ grep -q "stopping the others" "$d/err" || fail "no message: $(cat "$d/err")"
 # the launcher reaches them, and their 130 is its status
 mkfifo "$d/in.fifo"
 { echo a; i=0; while [ ! -e "$d/go" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done; echo b; } >"$d/in.fifo" &
+writer=$!
 FAKE_STREAM=1 FAKE_LOG=$d/log3 sh "$PQ_TOP/scripts/launch-dpo" -g 0,1 --pq-dpo "$d/fake" -- -m <"$d/in.fifo" >/dev/null &
 pid=$!
 i=0
