@@ -90,10 +90,7 @@ static PqTokenizer *tok;
 static PqChat *chat;
 static PqLora *lora;
 static PqTrainer *tr;
-static PqAdamW opt;
-// The optimizer runs on the host: hp, hg (n_params) mirror the adapter's
-// parameters and the step's gradients (backend memory).
-static float *hp, *hg;
+static PqAdamW opt; // moments in backend memory: steps lora->params with tr->grads where they live
 // Data parallelism: rank r of world trains on the pairs j of each batch with
 // j % world == r; gradients and metrics are summed over the ranks (NCCL, or
 // lib/dist_cpu.c), so every rank steps identically and rank 0 alone writes.
@@ -338,11 +335,13 @@ static void save(void) {
     cJSON_AddStringToObject(s, "loss_type", pq_dpo_loss_name(dcfg.loss));
     char *js = cJSON_Print(s);
     cJSON_Delete(s);
-    PqLoraExtra ex[2] = {{"trainer_state.json", js, strlen(js)},
-                         {"optimizer.bin", opt.m, 2 * lora->n_params * sizeof(float)}};
+    float *mv = pq_xmalloc(pq_adamw_state_bytes(&opt) + 1); // m then v, from the backend
+    pq_adamw_state_download(&opt, mv);
+    PqLoraExtra ex[2] = {{"trainer_state.json", js, strlen(js)}, {"optimizer.bin", mv, pq_adamw_state_bytes(&opt)}};
     PqErr e;
     if (pq_lora_save(lora, &M->cfg, model_dir, (float)lora_dropout, out_dir, ex, 2, &e))
         pq_tool_die(&T, "saving the adapter: %s", e.msg);
+    free(mv);
     free(js);
 }
 
@@ -372,8 +371,8 @@ static void resume(void) {
     size_t len;
     char *mv = pq_read_file(p.data, &len, &e);
     if (!mv) pq_tool_die(&T, "--resume: %s", e.msg);
-    if (len != 2 * lora->n_params * sizeof(float)) pq_tool_die(&T, "--resume: %s: wrong size", p.data);
-    memcpy(opt.m, mv, len);
+    if (len != pq_adamw_state_bytes(&opt)) pq_tool_die(&T, "--resume: %s: wrong size", p.data);
+    pq_adamw_state_upload(&opt, (const float *)mv);
     free(mv);
     pq_buf_free(&p);
 }
@@ -412,17 +411,20 @@ static void train_step(const long *idx, int n) {
     free(own);
     dist_sum(tr->grads, lora->n_params);
     sum_metrics(&m, &tokens);
-    pq_dev_download(hg, tr->grads, lora->n_params * sizeof(float));
-    if (dump_grads) {
+    if (dump_grads) { // the gradients before clipping, on the host
         PqErr e;
-        if (pq_lora_write_tensors(lora, &M->cfg, hg, dump_grads, &e)) pq_tool_die(&T, "%s", e.msg);
+        float *hg = pq_xmalloc((lora->n_params ? lora->n_params : 1) * sizeof *hg);
+        pq_dev_download(hg, tr->grads, lora->n_params * sizeof *hg);
+        int rc = pq_lora_write_tensors(lora, &M->cfg, hg, dump_grads, &e);
+        free(hg);
+        if (rc) pq_tool_die(&T, "%s", e.msg);
         stop_after = step + 1;
     }
-    double gn = pq_clip_grad_norm(hg, lora->n_params, max_grad_norm);
+    // clipping and AdamW where the adapter lives (the device on CUDA)
+    double gn = pq_clip_grad_norm(tr->grads, lora->n_params, max_grad_norm);
     if (!isfinite(gn)) die_nonfinite("the gradient norm");
     double cur_lr = pq_lr_at(sched, lr, step, warmup, total_steps);
-    pq_adamw_step(&opt, hp, hg, cur_lr);
-    pq_dev_upload(lora->params, hp, lora->n_params * sizeof(float));
+    pq_adamw_step(&opt, lora->params, tr->grads, cur_lr);
     step++;
     double dt = pq_now() - t0;
     cJSON *o = cJSON_CreateObject();
@@ -733,9 +735,6 @@ int main(int argc, char **argv) {
         }
         pq_adamw_build(&opt, lora->n_params, lr, beta1, beta2, adam_eps, wd);
     }
-    hp = pq_xmalloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
-    hg = pq_xmalloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
-    pq_dev_download(hp, lora->params, lora->n_params * sizeof(float));
     tr = pq_trainer_build(M, lora, checkpoint, (float)lora_dropout);
     tr->share_prompt = share_prompt;
 
@@ -817,8 +816,6 @@ int main(int argc, char **argv) {
     free(valid);
     pq_trainer_free(tr);
     pq_adamw_free(&opt);
-    free(hp);
-    free(hg);
     pq_dist_free(&dist);
     pq_lora_free(lora);
     if (devices) free((char *)device);
