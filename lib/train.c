@@ -26,10 +26,11 @@ static void bufs_free(PqTrainer *t) {
     int32_t *ip[] = {t->d_ids, t->d_pos, t->d_tgc, t->d_k};
     for (size_t i = 0; i < sizeof ip / sizeof *ip; i++) pq_dev_free(ip[i]);
     t->d_ids = t->d_pos = t->d_tgc = t->d_k = NULL;
-    float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv, t->dxa, t->dgate, t->dup};
+    float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->ds3, t->dq, t->dk, t->dv,
+                  t->dxa, t->dgate, t->dup};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
-    t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv = t->dxa = t->dgate = t->dup =
-        NULL;
+    t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->ds3 = t->dq = t->dk = t->dv =
+        t->dxa = t->dgate = t->dup = NULL;
     t->cap = 0;
 }
 
@@ -57,6 +58,7 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->dx = pq_dev_alloc(n * c->C * 4);
     t->dh = pq_dev_alloc(n * W * 4);
     t->dscr = pq_dev_alloc(n * W * 4);
+    t->ds3 = pq_dev_alloc(n * W * 4);
     t->dq = pq_dev_alloc(n * QD * 4);
     t->dk = pq_dev_alloc(n * KD * 4);
     t->dv = pq_dev_alloc(n * KD * 4);
@@ -240,8 +242,7 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
     rows_copy(t->rows, t->M, C, dh, dhc, 0);
     pq_dev_zero(dx, NC * sizeof(float));
     pq_rmsnorm_backward(dx, dh, t->xs + c->L * NC, t->m->ln_f, t->rstdf, N, C);
-    int wide = max3(C, c->NH * c->HS, c->H);
-    float *s3 = pq_dev_alloc((size_t)N * wide * sizeof(float)); // dropout gradient scratch
+    float *s3 = t->ds3; // dropout gradient scratch
     for (int l = c->L - 1; l >= 0; l--) {
         const PqLayerW *w = &t->m->layers[l];
         PqLayerActs *a = t->acts[t->checkpoint ? 0 : l];
@@ -273,7 +274,6 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->lora_xa[PQ_V], s1, s3, N);
         pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->ln1_rstd, N, C); // dx = d xin
     }
-    pq_dev_free(s3);
 }
 
 void pq_train_pair_free(PqTrainPair *p) {
