@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "llm.h"
+#include "llmtool.h"
 #include "quiz.h"
 #include "tool.h"
 
@@ -22,69 +22,28 @@ enum { OPT_PROMPT_FILE = PQ_OPT_TOOL_BASE };
 
 // One summary in flight.
 typedef struct Job {
-    struct Ctx *ctx;
-    struct Job *prev, *next; // the list of jobs in flight
-    long seq;                // position in the output order
-    PqLine line;             // saved copy of the input line, for rejects
-    cJSON *obj;              // the parsed record
-    char *key;               // resume key (id, sample)
-    int n;                   // questions
+    PqLlmJob job;
+    int n; // questions
     char answer[PQ_QUIZ_QUESTIONS];
 } Job;
 
-typedef struct Ctx {
-    PqTool tool;
-    PqLlm *llm;
-    PqReorder reorder;
-    Job *jobs; // in flight
-    int unordered;
-    int stop; // a fatal client error: read no more input
-} Ctx;
+static PqTool T;
+static PqLlmTool L;
 
 static void job_free(Job *j) {
-    Ctx *c = j->ctx;
-    if (j->prev) j->prev->next = j->next;
-    else c->jobs = j->next;
-    if (j->next) j->next->prev = j->prev;
-    free(j->line.text);
-    cJSON_Delete(j->obj);
-    free(j->key);
+    pq_llmtool_job_free(&j->job);
     free(j);
-}
-
-// Hands a finished summary to the output: text (taken over), or NULL when the
-// line was rejected or abandoned, so the reorder buffer moves on.
-static void job_output(Job *j, char *text) {
-    Ctx *c = j->ctx;
-    if (c->unordered) {
-        if (text) pq_tool_emit_text(&c->tool, text);
-        free(text);
-    } else {
-        pq_reorder_put(&c->reorder, &c->tool, j->seq, text);
-    }
 }
 
 static void on_done(void *user, const PqLlmResult *res) {
     Job *j = user;
-    Ctx *c = j->ctx;
-    PqTool *t = &c->tool;
-    if (res->cancelled) { // never finished (Ctrl-C, a fatal error): a rerun does it
-        job_output(j, NULL);
-        job_free(j);
-        return;
+    int failed = pq_llmtool_failed(&L, &j->job, pq_json_id(j->job.obj), res);
+    if (!failed && res->n_texts < 1) {
+        pq_tool_reject(&T, &j->job.line, pq_json_id(j->job.obj), "no completion in the reply");
+        failed = 1;
     }
-    if (!res->ok || res->n_texts < 1) {
-        if (res->fatal) {
-            // Not this line's fault (auth, configuration): stop reading; the
-            // line is neither output nor rejected, so a rerun with --resume
-            // picks it up.
-            if (!c->stop) fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, res->error);
-            c->stop = 1;
-            t->fatal = 1;
-        } else {
-            pq_tool_reject(t, &j->line, pq_json_id(j->obj), "%s", res->ok ? "no completion in the reply" : res->error);
-        }
-        job_output(j, NULL);
+    if (failed) {
+        pq_llmtool_put(&L, j->job.seq, NULL);
         job_free(j);
         return;
     }
@@ -100,25 +59,19 @@ static void on_done(void *user, const PqLlmResult *res) {
         cJSON_AddItemToArray(answers, cJSON_CreateString(known ? letter : "Unsure"));
         correct += known && got[k] == j->answer[k];
     }
-    const char *summary = pq_json_str(j->obj, "summary");
-    pq_json_set(j->obj, "judge_answers", answers);
-    pq_json_set(j->obj, "correct", cJSON_CreateNumber(correct));
-    pq_json_set(j->obj, "num_words", cJSON_CreateNumber(pq_count_words(summary)));
-    pq_json_set(j->obj, "bad_chars", cJSON_CreateNumber(pq_count_bad_chars(summary)));
-    char *text = cJSON_PrintUnformatted(j->obj);
-    if (!text) pq_tool_die(t, "out of memory printing JSON");
-    t->n_done++;
-    job_output(j, text);
+    cJSON *obj = j->job.obj;
+    const char *summary = pq_json_str(obj, "summary");
+    pq_json_set(obj, "judge_answers", answers);
+    pq_json_set(obj, "correct", cJSON_CreateNumber(correct));
+    pq_json_set(obj, "num_words", cJSON_CreateNumber(pq_count_words(summary)));
+    pq_json_set(obj, "bad_chars", cJSON_CreateNumber(pq_count_bad_chars(summary)));
+    pq_llmtool_emit(&L, &j->job);
     job_free(j);
-    pq_llm_account(c->llm, t);
-    pq_tool_progress(t, 0);
 }
 
 
 int main(int argc, char **argv) {
-    static Ctx ctx;
-    Ctx *c = &ctx;
-    PqTool *t = &c->tool;
+    PqTool *t = &T;
     PqLlmConfig cfg;
     PqErr e;
     const char *prompt_file = NULL;
@@ -151,96 +104,55 @@ int main(int argc, char **argv) {
     }
     // Answering is a measurement: deterministic unless asked otherwise.
     if (cfg.temperature < 0) cfg.temperature = 0;
-    c->unordered = cfg.unordered;
     int jobs = cfg.jobs > 0 ? cfg.jobs : 1;
     if (!cfg.model) pq_tool_usage_error(t, "--model NAME is required");
     pq_tool_open(t, argc, argv, optind);
-    if (!(c->llm = pq_llm_new(&cfg, &e))) pq_tool_die(t, "%s", e.msg);
-    // The reorder buffer bounds memory: a slow line holds back at most this
-    // many finished ones before reading pauses.
-    long cap = 4L * jobs + 64;
-    pq_reorder_init(&c->reorder, cap);
+    pq_llmtool_open(&L, t, &cfg, 4L * jobs + 64);
 
     const char *keys[] = {"summary", "questions"};
     PqBuf key = {0};
-    long seq = 0;
-    while (!c->stop && pq_llm_next_line(c->llm, t)) {
+    while (pq_llmtool_next(&L)) {
         cJSON *obj = pq_tool_parse(t);
         if (!obj) continue;
         pq_record_key(obj, &key);
-        const cJSON *idv = cJSON_GetObjectItemCaseSensitive(obj, "id");
-        const char *id = cJSON_IsString(idv) || cJSON_IsNumber(idv) ? pq_json_id(obj) : NULL;
-        const char *summary = pq_json_str(obj, "summary");
+        const char *id = pq_llmtool_id(&L, obj);
+        const char *summary = id ? pq_llmtool_str(&L, obj, "summary", id) : NULL;
+        if (!summary) {
+            cJSON_Delete(obj);
+            continue;
+        }
         const cJSON *questions = cJSON_GetObjectItemCaseSensitive(obj, "questions");
         PqQuiz quiz;
         memset(&quiz, 0, sizeof quiz);
-        if (!id) {
-            pq_tool_reject(t, &t->line, NULL, "no \"id\" field");
-        } else if (!summary) {
-            pq_tool_reject(t, &t->line, id, "no \"summary\" string");
-        } else if (!questions) {
+        if (!questions) {
             pq_tool_reject(t, &t->line, id, "no \"questions\" field");
         } else if (pq_quiz_from_json(questions, &quiz, &e) != 0) {
             pq_tool_reject(t, &t->line, id, "bad \"questions\": %s", e.msg);
         } else if (pq_tool_is_done(t, key.data)) {
             t->n_skipped++;
         } else {
-            Job *j = pq_xcalloc(1, sizeof *j);
-            j->ctx = c;
-            j->seq = seq++;
-            j->line = t->line;
-            j->line.text = pq_xstrndup(t->line.text, t->line.len);
-            j->obj = obj;
-            j->key = pq_xstrdup(key.data);
-            j->n = quiz.n;
-            j->next = c->jobs;
-            if (c->jobs) c->jobs->prev = j;
-            c->jobs = j;
-            for (int k = 0; k < quiz.n; k++) j->answer[k] = quiz.q[k].answer;
             char *rendered = pq_quiz_render(&quiz);
             const char *values[] = {summary, rendered};
             char *text = pq_prompt_fill(prompt ? prompt : pq_prompt_quiz, 2, keys, values);
-            cJSON *messages = cJSON_CreateArray();
-            cJSON *m = cJSON_CreateObject();
-            cJSON_AddStringToObject(m, "role", "user");
-            cJSON_AddStringToObject(m, "content", text);
-            cJSON_AddItemToArray(messages, m);
+            Job *j = pq_xcalloc(1, sizeof *j);
+            pq_llmtool_job_init(&L, &j->job, obj, key.data, text);
+            j->n = quiz.n;
+            for (int k = 0; k < quiz.n; k++) j->answer[k] = quiz.q[k].answer;
             free(text);
             free(rendered);
             pq_quiz_free(&quiz);
-            // Never more finished lines held back than the reorder buffer takes.
-            while (!c->unordered && j->seq >= c->reorder.next + cap && pq_llm_pending(c->llm) > 0 && !pq_interrupted)
-                pq_llm_run(c->llm, pq_llm_pending(c->llm));
-            if (pq_interrupted || c->stop) {
-                cJSON_Delete(messages);
+            if (pq_llmtool_reserve(&L, &j->job, 1) < 0) {
                 job_free(j);
                 break;
             }
-            // The request seed, from --seed and the key (as pq-summarize
-            // does), so reruns ask the same.
-            int64_t rseed = (int64_t)((pq_hash_str(key.data) ^ (t->seed * 0x9E3779B97F4A7C15ull)) & 0x3fffffff);
-            pq_llm_submit(c->llm, messages, 1, rseed, on_done, j);
-            // Keep `jobs` requests in flight and as many queued.
-            pq_llm_run(c->llm, 2 * jobs);
-            cJSON_Delete(messages);
+            pq_llm_submit(L.llm, j->job.messages, 1, j->job.seed, on_done, j);
+            pq_llmtool_run(&L);
             continue;
         }
         pq_quiz_free(&quiz);
         cJSON_Delete(obj);
     }
-    while (pq_llm_pending(c->llm) > 0 && !pq_interrupted) {
-        pq_llm_run(c->llm, pq_llm_pending(c->llm));
-        pq_llm_account(c->llm, t);
-        pq_tool_progress(t, 0);
-    }
-    pq_llm_account(c->llm, t);
-    // Requests that never finished come back cancelled and leave their
-    // slots empty, so what finished behind them goes out, still in order.
-    pq_llm_free(c->llm);
-    while (c->jobs) job_free(c->jobs);
-    if (!c->unordered) pq_reorder_flush(&c->reorder, &c->tool);
-    pq_reorder_free(&c->reorder);
     pq_buf_free(&key);
     free(prompt);
-    return pq_tool_finish(t);
+    return pq_llmtool_finish(&L);
 }
