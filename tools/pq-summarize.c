@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "llm.h"
+#include "llmtool.h"
 #include "quiz.h"
 #include "tool.h"
 
@@ -22,21 +22,17 @@ static const char usage[] =
 enum { OPT_PROMPT_FILE = PQ_OPT_TOOL_BASE };
 
 static PqTool T;
-static PqLlm *L;
-static PqReorder R;
+static PqLlmTool L;
 static const char *policy;
 static char *policy_json; // "policy" printed once
-static int unordered;
 
+// An article in flight: its job.n output lines are the samples asked for
+// (the missing ones when resuming), job.messages the prompt written with them.
 typedef struct Article {
-    cJSON *obj;     // the input record
-    cJSON *prompt;  // the messages sent
-    PqLine line;    // a copy, for the rejects
-    int n;          // samples asked for (the missing ones when resuming)
-    int *sample;    // their numbers
-    char **text;    // their summaries, as they come
-    long seq0;      // reorder slots seq0 .. seq0+n-1
-    int jobs_left;  // requests outstanding
+    PqLlmJob job;
+    int *sample;   // their numbers
+    char **text;   // their summaries, as they come
+    int jobs_left; // requests outstanding
     int failed, cancelled;
     char error[512];
 } Article;
@@ -47,20 +43,11 @@ typedef struct JobCtx {
 } JobCtx;
 
 static void article_free(Article *a) {
-    cJSON_Delete(a->obj);
-    cJSON_Delete(a->prompt);
-    free(a->line.text);
-    for (int k = 0; k < a->n; k++) free(a->text[k]);
+    for (int k = 0; k < a->job.n; k++) free(a->text[k]);
+    pq_llmtool_job_free(&a->job);
     free(a->text);
     free(a->sample);
     free(a);
-}
-
-static void put(long seq, char *text) {
-    if (unordered) {
-        if (text) pq_tool_emit_text(&T, text);
-        free(text);
-    } else pq_reorder_put(&R, &T, seq, text);
 }
 
 // Does the input already hold a field we write (a rerun over our output)?
@@ -75,22 +62,22 @@ static int has_our_fields(const cJSON *obj) {
 static void article_done(Article *a) {
     if (a->cancelled) { // interrupted: nothing written, --resume redoes it
     } else if (a->failed) {
-        if (!T.fatal) pq_tool_reject(&T, &a->line, pq_json_id(a->obj), "%s", a->error);
-        for (int k = 0; k < a->n; k++) put(a->seq0 + k, NULL);
-    } else if (!has_our_fields(a->obj)) {
+        if (!T.fatal) pq_tool_reject(&T, &a->job.line, pq_json_id(a->job.obj), "%s", a->error);
+        for (int k = 0; k < a->job.n; k++) pq_llmtool_put(&L, a->job.seq + k, NULL);
+    } else if (!has_our_fields(a->job.obj)) {
         // The usual case: the input line as it came, our fields appended;
         // the article is not copied or printed again per sample.
-        char *prompt = cJSON_PrintUnformatted(a->prompt);
-        size_t len = a->line.len;
-        while (len > 0 && a->line.text[len - 1] != '}') len--;
+        char *prompt = cJSON_PrintUnformatted(a->job.messages);
+        size_t len = a->job.line.len;
+        while (len > 0 && a->job.line.text[len - 1] != '}') len--;
         PqBuf b = {0};
-        for (int k = 0; k < a->n; k++) {
+        for (int k = 0; k < a->job.n; k++) {
             cJSON *sum = cJSON_CreateString(a->text[k]);
             char *sj = cJSON_PrintUnformatted(sum);
             cJSON_Delete(sum);
             if (!prompt || !sj || len == 0) pq_tool_die(&T, "out of memory printing JSON");
             pq_buf_clear(&b);
-            pq_buf_append(&b, a->line.text, len - 1);
+            pq_buf_append(&b, a->job.line.text, len - 1);
             pq_buf_printf(&b, ",\"sample\":%d,\"prompt\":", a->sample[k]);
             pq_buf_puts(&b, prompt); // not printf: slow on long strings
             pq_buf_puts(&b, ",\"summary\":");
@@ -99,22 +86,22 @@ static void article_done(Article *a) {
             pq_buf_puts(&b, policy_json);
             pq_buf_puts(&b, "}");
             cJSON_free(sj);
-            put(a->seq0 + k, pq_xstrdup(b.data));
+            pq_llmtool_put(&L, a->job.seq + k, pq_xstrdup(b.data));
         }
         pq_buf_free(&b);
         cJSON_free(prompt);
         T.n_done++;
     } else {
-        for (int k = 0; k < a->n; k++) {
-            cJSON *o = cJSON_Duplicate(a->obj, 1);
+        for (int k = 0; k < a->job.n; k++) {
+            cJSON *o = cJSON_Duplicate(a->job.obj, 1);
             pq_json_set(o, "sample", cJSON_CreateNumber(a->sample[k]));
-            pq_json_set(o, "prompt", cJSON_Duplicate(a->prompt, 1));
+            pq_json_set(o, "prompt", cJSON_Duplicate(a->job.messages, 1));
             pq_json_set(o, "summary", cJSON_CreateString(a->text[k]));
             pq_json_set(o, "policy", cJSON_CreateString(policy));
             char *s = cJSON_PrintUnformatted(o);
             cJSON_Delete(o);
             if (!s) pq_tool_die(&T, "out of memory printing JSON");
-            put(a->seq0 + k, s);
+            pq_llmtool_put(&L, a->job.seq + k, s);
         }
         T.n_done++;
     }
@@ -128,10 +115,7 @@ static void on_reply(void *user, const PqLlmResult *res) {
     else if (!res->ok) {
         if (!a->failed) snprintf(a->error, sizeof a->error, "%s", res->error);
         a->failed = 1;
-        if (res->fatal && !T.fatal) {
-            T.fatal = 1;
-            fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", T.name, res->error);
-        }
+        if (res->fatal) pq_llmtool_fatal(&L, res->error);
     } else
         for (int k = 0; k < res->n_texts; k++) {
             a->text[j->first + k] = res->texts[k];
@@ -146,7 +130,7 @@ static void submit(Article *a, int first, int n, int64_t seed) {
     j->a = a;
     j->first = first;
     a->jobs_left++;
-    pq_llm_submit(L, a->prompt, n, seed, on_reply, j);
+    pq_llm_submit(L.llm, a->job.messages, n, seed, on_reply, j);
 }
 
 
@@ -190,33 +174,22 @@ int main(int argc, char **argv) {
     cJSON *pj = cJSON_CreateString(policy);
     policy_json = cJSON_PrintUnformatted(pj);
     cJSON_Delete(pj);
-    unordered = cfg.unordered;
-    int jobs = cfg.jobs;
     pq_tool_open(&T, argc, argv, optind);
-    if (!(L = pq_llm_new(&cfg, &e))) pq_tool_die(&T, "%s", e.msg);
-    const char *tmpl = prompt_file ? prompt_file : pq_prompt_summary;
-    // In-flight articles are bounded by `limit`; finished ones wait in the
-    // reorder ring (bounded too) until the lines before them are written.
-    int limit = 2 * jobs;
-    long cap = (long)(4 * jobs > 64 ? 4 * jobs : 64) * n;
+    // Finished articles wait in the reorder ring (bounded, n lines each)
+    // until the lines before them are written.
+    long cap = (long)(4 * cfg.jobs > 64 ? 4 * cfg.jobs : 64) * n;
     if (cap > (1L << 16)) cap = 2L * n > (1L << 16) ? 2L * n : 1L << 16;
-    pq_reorder_init(&R, cap);
-    long seq = 0;
+    pq_llmtool_open(&L, &T, &cfg, cap);
+    const char *tmpl = prompt_file ? prompt_file : pq_prompt_summary;
     PqBuf key = {0};
     static const char *const keys[] = {"article"};
 
-    while (!T.fatal && pq_llm_next_line(L, &T)) {
+    while (pq_llmtool_next(&L)) {
         cJSON *obj = pq_tool_parse(&T);
         if (!obj) continue;
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-        const char *text = pq_json_str(obj, "article");
-        if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) {
-            pq_tool_reject(&T, &T.line, NULL, "no \"id\" field");
-            cJSON_Delete(obj);
-            continue;
-        }
+        const char *id = pq_llmtool_id(&L, obj);
+        const char *text = id ? pq_llmtool_str(&L, obj, "article", id) : NULL;
         if (!text) {
-            pq_tool_reject(&T, &T.line, pq_json_id(obj), "no \"article\" string");
             cJSON_Delete(obj);
             continue;
         }
@@ -234,52 +207,30 @@ int main(int argc, char **argv) {
             cJSON_Delete(obj);
             continue;
         }
-        // The article's seed: from --seed and its id, so reruns ask the same.
+        // The article's seed comes from its key without "sample".
         pq_record_key(obj, &key);
-        int64_t seed = (int64_t)((pq_hash_str(key.data) ^ (T.seed * 0x9E3779B97F4A7C15ull)) & 0x3fffffff);
-
+        char *content = pq_prompt_fill(tmpl, 1, keys, &text);
         Article *a = pq_xcalloc(1, sizeof *a);
-        a->obj = obj;
-        a->line = T.line;
-        a->line.text = pq_xstrndup(T.line.text, T.line.len);
-        a->n = m;
+        pq_llmtool_job_init(&L, &a->job, obj, key.data, content);
+        free(content);
         a->sample = missing;
         a->text = pq_xcalloc((size_t)m, sizeof *a->text);
-        char *content = pq_prompt_fill(tmpl, 1, keys, &text);
-        a->prompt = cJSON_CreateArray();
-        cJSON *msg = cJSON_CreateObject();
-        cJSON_AddStringToObject(msg, "role", "user");
-        cJSON_AddStringToObject(msg, "content", content);
-        cJSON_AddItemToArray(a->prompt, msg);
-        free(content);
-        // Ordered output: wait until the ring has room for this article's lines.
-        while (!unordered && seq + m > R.next + R.cap && pq_llm_pending(L) > 0 && !pq_interrupted)
-            pq_llm_run(L, pq_llm_pending(L));
-        if (pq_interrupted) {
+        if (pq_llmtool_reserve(&L, &a->job, m) < 0) {
             article_free(a);
             break;
         }
-        a->seq0 = seq;
-        seq += m;
+        int64_t seed = a->job.seed;
         if (m == n) submit(a, 0, n, seed);
         else if (cfg.n_client) // resuming: sample k is asked with seed+k, as the first run did
             for (int k = 0; k < m; k++) submit(a, k, 1, seed + missing[k]);
         else submit(a, 0, m, seed);
-        pq_llm_run(L, limit);
-        pq_llm_account(L, &T);
+        pq_llmtool_run(&L);
+        pq_llm_account(L.llm, &T);
         pq_tool_progress(&T, 0);
     }
-    while (pq_llm_pending(L) > 0 && !pq_interrupted) {
-        pq_llm_run(L, pq_llm_pending(L));
-        pq_llm_account(L, &T);
-        pq_tool_progress(&T, 0);
-    }
-    pq_llm_account(L, &T);
-    pq_llm_free(L); // after Ctrl-C: the unfinished articles are dropped
-    pq_reorder_flush(&R, &T);
-    pq_reorder_free(&R);
     pq_buf_free(&key);
     free(prompt_file);
+    int rc = pq_llmtool_finish(&L); // after Ctrl-C: the unfinished articles are dropped
     cJSON_free(policy_json);
-    return pq_tool_finish(&T);
+    return rc;
 }
