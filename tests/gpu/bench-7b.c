@@ -3,8 +3,10 @@
 // weights made on the device (no weight files are read: this measures speed
 // only). Prints tokens/s, MFU against a given peak and peak device memory,
 // and one "RESULT key value" line per figure for scripts/gpu-check.
+// --what ops times each operation of one layer at the same batch instead
+// (the breakdown that says where a forward's or a step's time goes).
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
-//            [--no-checkpoint] [--peak-tflops 989] [--device N] [--what logp|dpo|both]
+//            [--no-checkpoint] [--peak-tflops 989] [--device N] [--what logp|dpo|both|ops]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include <time.h>
 
 #include "dpo.h"
+#include "ops_grad.h"
 #include "model.h"
 #include "optim.h"
 #include "train.h"
@@ -136,10 +139,139 @@ static double attn_flops(const PqConfig *c, int T, int nseq) {
     return 4.0 * pairs * c->NH * c->HS * c->L * nseq;
 }
 
+// ---- --what ops: each operation of one layer at N tokens, timed alone ----
+
+static float *probe; // a device float read back to wait for the device
+static int reps = 5;
+static double sync_now(void) {
+    float x;
+    pq_dev_download(&x, probe, sizeof x);
+    return now_s();
+}
+// Times STMT (after one warm-up run): ms per run into *ms, and a line with TFLOP/s when flops > 0.
+#define TIME_OP(ms, name, flops, STMT)                                                                              \
+    do {                                                                                                           \
+        STMT;                                                                                                      \
+        double t_ = sync_now();                                                                                    \
+        for (int k_ = 0; k_ < reps; k_++) STMT;                                                                    \
+        double dt_ = (sync_now() - t_) / reps;                                                                     \
+        *(ms) = dt_ * 1e3;                                                                                         \
+        if ((flops) > 0) printf("op: %-40s %9.3f ms %8.1f TFLOP/s\n", name, dt_ * 1e3, (flops) / dt_ / 1e12);       \
+        else printf("op: %-40s %9.3f ms\n", name, dt_ * 1e3);                                                     \
+    } while (0)
+
+static float *dev_rand(size_t n, float a) {
+    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1);
+    float *d = pq_dev_alloc((n ? n : 1) * sizeof *d);
+    pq_dev_upload(d, h, n * sizeof *d);
+    free(h);
+    return d;
+}
+
+static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, double peak) {
+    const PqConfig *c = &m->cfg;
+    const PqLayerW *w = &m->layers[0];
+    int C = c->C, H = c->H, NH = c->NH, KVH = c->KVH, HS = c->HS, QD = NH * HS, KD = KVH * HS;
+    int W = C > H ? C : H;
+    W = W > QD ? W : QD;
+    float *x = dev_rand((size_t)N * W, 1), *y = dev_rand((size_t)N * W, 1), *z = dev_rand((size_t)N * W, 1);
+    float *u = dev_rand((size_t)N * W, 1);
+    float *q = dev_rand((size_t)N * QD, 1), *k = dev_rand((size_t)N * KD, 1), *v = dev_rand((size_t)N * KD, 1);
+    float *att = dev_rand((size_t)N * QD, 1), *lse = pq_dev_alloc((size_t)N * NH * 4), *rstd = pq_dev_alloc((size_t)N * 4);
+    float *dq = pq_dev_alloc((size_t)N * QD * 4), *dk = pq_dev_alloc((size_t)N * KD * 4), *dv = pq_dev_alloc((size_t)N * KD * 4);
+    float *A = dev_rand((size_t)r * W, 0.01f), *B = dev_rand((size_t)W * r, 0.01f), *xa = pq_dev_alloc((size_t)N * r * 4);
+    float *dA = pq_dev_alloc((size_t)r * W * 4), *dB = pq_dev_alloc((size_t)W * r * 4), *dxa = pq_dev_alloc((size_t)N * r * 4);
+    int32_t *pos = pq_dev_alloc((size_t)N * 4);
+    pq_dev_upload(pos, hpos, (size_t)N * 4);
+    probe = x;
+    // the LM head on the response rows, as pq-logp: half the tokens
+    int M = N / 2;
+    int32_t *htg = pq_xmalloc((size_t)M * 4);
+    for (int i = 0; i < M; i++) htg[i] = (int32_t)(rnd() % (uint64_t)c->V);
+    int32_t *tg = pq_dev_alloc((size_t)M * 4);
+    pq_dev_upload(tg, htg, (size_t)M * 4);
+    float *lp = pq_dev_alloc((size_t)M * 4), *dlp = dev_rand((size_t)M, 1), *llse = pq_dev_alloc((size_t)M * 4);
+    printf("ops of one layer at %d tokens (%d records) on the %s backend, bf16 weights:\n", N, N / (hpos[N - 1] + 1),
+           pq_ops_backend());
+    double ms, lin_fwd = 0, lin_bwd = 0, lora_fwd = 0, lora_bwd = 0, other_fwd = 0, other_bwd = 0;
+    for (int j = 0; j < PQ_NLIN; j++) {
+        int in, oc;
+        pq_lin_shape(c, j, &in, &oc);
+        char name[64];
+        double f = 2.0 * N * in * oc;
+        snprintf(name, sizeof name, "linear_forward %s (%dx%d)", pq_lin_modules[j], oc, in);
+        TIME_OP(&ms, name, f, pq_linear_forward(y, x, &w->w[j], w->b[j], N, in, oc));
+        lin_fwd += ms;
+        snprintf(name, sizeof name, "linear_backward %s (dinp)", pq_lin_modules[j]);
+        TIME_OP(&ms, name, f, pq_linear_backward(y, x, &w->w[j], N, in, oc));
+        lin_bwd += ms;
+        snprintf(name, sizeof name, "lora_forward %s r=%d", pq_lin_modules[j], r);
+        TIME_OP(&ms, name, 2.0 * N * r * (in + oc), pq_lora_forward(y, xa, x, A, B, 2.0f, N, in, oc, r));
+        lora_fwd += ms;
+        snprintf(name, sizeof name, "lora_backward %s r=%d", pq_lin_modules[j], r);
+        TIME_OP(&ms, name, 4.0 * N * r * (in + oc), pq_lora_backward(z, dA, dB, dxa, x, y, xa, A, B, 2.0f, N, in, oc, r));
+        lora_bwd += ms;
+        snprintf(name, sizeof name, "dropout_forward (%d x %d)", N, in);
+        TIME_OP(&ms, name, 0, pq_dropout_forward(y, x, 0.05f, 99, (size_t)N * in));
+        lora_fwd += ms, lora_bwd += 2 * ms; // recomputed in the backward, and applied to the gradient
+    }
+    double af = 0; // causal attention FLOPs of the forward over the records
+    for (int i = 0; i < N; i++) af += 4.0 * (hpos[i] + 1) * NH * HS;
+    TIME_OP(&ms, "attention_forward", af, pq_attention_forward(att, lse, q, k, v, pos, N, NH, KVH, HS, c->window));
+    other_fwd += ms;
+    TIME_OP(&ms, "attention_backward", 2.5 * af,
+            pq_attention_backward(dq, dk, dv, y, q, k, v, att, lse, pos, N, NH, KVH, HS, c->window));
+    other_bwd += ms;
+    TIME_OP(&ms, "rope_forward q, k", 0,
+            (pq_rope_forward(q, pos, m->inv_freq, N, NH, HS), pq_rope_forward(k, pos, m->inv_freq, N, KVH, HS)));
+    other_fwd += ms, other_bwd += ms;
+    TIME_OP(&ms, "rmsnorm_forward x2", 0,
+            (pq_rmsnorm_forward(y, rstd, x, w->ln1, N, C, c->eps), pq_rmsnorm_forward(y, rstd, x, w->ln2, N, C, c->eps)));
+    other_fwd += ms;
+    TIME_OP(&ms, "rmsnorm_backward x2", 0,
+            (pq_rmsnorm_backward(z, x, y, w->ln1, rstd, N, C), pq_rmsnorm_backward(z, x, y, w->ln2, rstd, N, C)));
+    other_bwd += ms;
+    TIME_OP(&ms, "swiglu_forward", 0, pq_swiglu_forward(z, x, y, N, H));
+    other_fwd += ms;
+    TIME_OP(&ms, "swiglu_backward", 0, pq_swiglu_backward(z, u, x, y, x, N, H));
+    other_bwd += ms;
+    TIME_OP(&ms, "residual_forward x2", 0, (pq_residual_forward(x, y, (size_t)N * C), pq_residual_forward(x, y, (size_t)N * C)));
+    other_fwd += ms;
+    double head_f = 2.0 * M * c->V * C, head_fwd, head_bwd;
+    TIME_OP(&head_fwd, "logp_forward (LM head, half the rows)", head_f,
+            pq_logp_forward(lp, llse, x, &m->lm_head, tg, M, C, c->V));
+    TIME_OP(&head_bwd, "logp_backward", 2 * head_f, pq_logp_backward(y, dlp, x, &m->lm_head, tg, llse, M, C, c->V));
+    double P = 0;
+    for (int j = 0; j < PQ_NLIN; j++) {
+        int in, oc;
+        pq_lin_shape(c, j, &in, &oc);
+        P += (double)in * oc;
+    }
+    // a forward as pq-logp runs it: products and the rest per layer, then the LM head
+    double base = lin_fwd + other_fwd, logp_ms = c->L * base + head_fwd;
+    double flops = 2 * P * c->L * N + af * c->L + head_f;
+    printf("ops: per layer forward %.3f ms: linear products %.0f%%, attention and elementwise %.0f%%; "
+           "LoRA + dropout add %.3f ms\n",
+           base, 100 * lin_fwd / base, 100 * other_fwd / base, lora_fwd);
+    printf("ops: per layer backward %.3f ms: linear products %.0f%%, attention and elementwise %.0f%%, "
+           "LoRA + dropout %.0f%%\n",
+           lin_bwd + other_bwd + lora_bwd, 100 * lin_bwd / (lin_bwd + other_bwd + lora_bwd),
+           100 * other_bwd / (lin_bwd + other_bwd + lora_bwd), 100 * lora_bwd / (lin_bwd + other_bwd + lora_bwd));
+    printf("ops: a pq-logp forward from these (%d layers + LM head): %.1f ms, %.0f tokens/s, MFU %.1f%% of %.0f "
+           "TFLOP/s; the linear products alone run at %.1f%%\n",
+           c->L, logp_ms, N / (logp_ms * 1e-3), 100 * flops / (logp_ms * 1e-3) / (peak * 1e12), peak,
+           100 * (2 * P * N) / (lin_fwd * 1e-3) / (peak * 1e12));
+    void *p[] = {x, y, z, u, q, k, v, att, lse, rstd, dq, dk, dv, A, B, xa, dA, dB, dxa, pos, tg, lp, dlp, llse};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    free(htg);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--no-checkpoint] "
-                        "[--peak-tflops P] [--device N] [--what logp|dpo|both]\n");
+                        "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops]\n");
         return 2;
     }
     int T = 2048, S = 2, iters = 3, r = 16, ckpt = 1, dev = 0;
@@ -186,7 +318,10 @@ int main(int argc, char **argv) {
     double P = block_params(c), fa = attn_flops(c, T, S);
     float *lp = pq_xmalloc((size_t)N * 4);
     int rc = 0;
-    if (strcmp(what, "dpo")) {
+    if (!strcmp(what, "ops")) {
+        rc = profile_ops(m, pos, N, r, peak);
+    }
+    if (!strcmp(what, "logp") || !strcmp(what, "both")) {
         // forward log-probs as pq-logp runs them (LM head on the M response rows)
         double flops = 2 * P * N + fa + 2.0 * M * c->V * c->C;
         pq_model_logp(m, ids, pos, tg, N, lp, &e); // warm-up
@@ -202,7 +337,7 @@ int main(int argc, char **argv) {
         printf("RESULT logp_tokens_per_s %.0f\nRESULT logp_mfu %.3f\nRESULT logp_peak_gb %.1f\n", N / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
     }
-    if (strcmp(what, "logp")) {
+    if (!strcmp(what, "dpo") || !strcmp(what, "both")) {
         // one DPO step: S/2 pairs (chosen, rejected of T tokens each) in one micro-batch,
         // forward + backward to LoRA r on all seven linears, clipping and AdamW
         // on the device (optim.h: parameters and gradients are backend memory)
