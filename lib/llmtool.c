@@ -5,6 +5,13 @@
 
 #include "llmtool.h"
 
+int pq_llmtool_option(PqTool *t, PqLlmConfig *cfg, int opt, const char *arg) {
+    PqErr e;
+    int r = pq_llm_option(cfg, opt, arg, &e);
+    if (r < 0) pq_tool_usage_error(t, "%s", e.msg);
+    return r > 0 || pq_tool_option(t, opt, arg);
+}
+
 void pq_llmtool_open(PqLlmTool *lt, PqTool *t, PqLlmConfig *cfg, long cap) {
     PqErr e;
     lt->tool = t;

@@ -2,11 +2,12 @@
 // pq-summarize) share: an input line becomes a job with its requests, and
 // its output lines go out in input order (or as they finish, --unordered).
 //
-// A tool's main() is: pq_tool_open, pq_llmtool_open, a loop over
-// pq_llmtool_next that parses, checks, fills a job (pq_llmtool_job_init),
-// reserves its output lines (pq_llmtool_reserve), submits and calls
-// pq_llmtool_run; then pq_llmtool_finish. Its PqLlmDone callback writes the
-// job's lines with pq_llmtool_put (or pq_llmtool_emit) and frees the job.
+// A tool's main() is: getopt_long with pq_llmtool_option, pq_tool_open,
+// pq_llmtool_open, a loop over pq_llmtool_next that parses, checks, fills a
+// job (pq_llmtool_job_init), reserves its output lines (pq_llmtool_reserve),
+// submits and calls pq_llmtool_run; then pq_llmtool_finish. Its PqLlmDone
+// callback writes the job's lines with pq_llmtool_put (or pq_llmtool_emit)
+// and frees the job.
 #ifndef PQ_LLMTOOL_H
 #define PQ_LLMTOOL_H
 
@@ -38,6 +39,10 @@ typedef struct PqLlmJob {
     int n;
 } PqLlmJob;
 
+// Handles an option of the client (PQ_LLM_LONGOPTS, -j, -o, -t) or a
+// common one (pq_tool_option): 1 handled, 0 the tool's own. A bad value is a
+// usage error (exit 2).
+int pq_llmtool_option(PqTool *t, PqLlmConfig *cfg, int opt, const char *arg);
 // After pq_tool_open: starts the client (exits 3 when it cannot) and a
 // reorder buffer of cap lines, which bounds what finished lines wait on a
 // slow one before reading pauses.

@@ -93,11 +93,7 @@ int main(int argc, char **argv) {
     };
     int opt;
     while ((opt = getopt_long(argc, argv, "hj:o:t:", longopts, NULL)) != -1) {
-        if (opt == 'o') opt = 'O';
-        int r = pq_llm_option(&cfg, opt, optarg, &e);
-        if (r < 0) pq_tool_usage_error(t, "%s", e.msg);
-        if (r > 0) continue;
-        if (pq_tool_option(t, opt, optarg)) continue;
+        if (pq_llmtool_option(t, &cfg, opt, optarg)) continue;
         char *end;
         switch (opt) {
         case OPT_PROMPT_FILE: prompt_file = optarg; break;

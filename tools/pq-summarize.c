@@ -149,10 +149,7 @@ int main(int argc, char **argv) {
     char *prompt_file = NULL;
     PqErr e;
     while ((opt = getopt_long(argc, argv, "hn:j:o:t:", longopts, NULL)) != -1) {
-        if (pq_tool_option(&T, opt, optarg)) continue;
-        int r = pq_llm_option(&cfg, opt, optarg, &e);
-        if (r < 0) pq_tool_usage_error(&T, "%s", e.msg);
-        if (r > 0) continue;
+        if (pq_llmtool_option(&T, &cfg, opt, optarg)) continue;
         switch (opt) {
         case 'n': {
             char *end;
