@@ -40,8 +40,11 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
 # The backend is chosen here, not with #ifdef in tools: ops_cpu.c is the
 # default implementation of lib/ops.h, lib/cuda/ the CUDA one.
 # The CPU-only files of the backend (the pq_* bindings, the device stubs,
-# the world-size-1 collectives) are left out of CUDA builds.
-CPU_ONLY := backend_cpu backend_grad_cpu backend_gen_cpu backend_optim_cpu device_cpu dist_cpu
+# the CPU's collectives, the oneDNN bf16 products) are left out of CUDA builds.
+CPU_ONLY := backend_cpu backend_grad_cpu backend_gen_cpu backend_optim_cpu device_cpu dist_cpu matmul_bf16
+ifneq ($(CUDA),1)
+  LDLIBS  += -ldnnl
+endif
 ifeq ($(CUDA),1)
   LIB_OBJ := $(filter-out $(CPU_ONLY:%=$(B)/lib/%.o),$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o)
   LDLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++
