@@ -4,8 +4,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "matmul_bf16.h"
 #include "ops.h"
 #include "util.h"
+
+// PQ_PRECISION=bf16's products belong to the CPU backend: this reference
+// links lib/matmul_bf16.c in (ops_cpu.c's own reference is weak, so that
+// CUDA builds, which leave it out, compute in f32).
+int (*const pq_cpu_matmul_bf16_linked)(float *, const uint16_t *, const uint16_t *, int, int, int, int,
+                                       int) = pq_cpu_matmul_bf16;
 
 void pq_ops_set_threads(int n) { pq_cpu_set_threads(n); }
 int pq_ops_threads(void) { return pq_cpu_threads(); }

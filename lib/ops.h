@@ -90,6 +90,10 @@ PQ_OPS_DECLARE(pq_)
 PQ_OPS_DECLARE(pq_cpu_)
 void pq_cpu_set_threads(int n); // the CPU implementations' threads (<= 0: all cores)
 int pq_cpu_threads(void);
+// PQ_PRECISION=bf16: the CPU runs bf16 linear layers' products in bf16 (the
+// activations rounded, f32 accumulation; oneDNN, AMX where present) as the
+// CUDA backend does; 1 when on (read once).
+int pq_cpu_bf16_products(void);
 
 // ---- the backend's device (lib/device_cpu.c on the CPU, lib/cuda/ on CUDA) ----
 const char *pq_ops_backend(void);  // "cpu" or "cuda"

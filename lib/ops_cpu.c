@@ -1,14 +1,20 @@
 // ops_cpu.c: the plain-C (OpenMP + OpenBLAS) implementations of ops.h, the
 // oracle every other backend is checked against. f32 compute; bf16/f16
 // weights are converted to f32 one tile of rows at a time, never whole.
+// PQ_PRECISION=bf16 in the environment instead runs the products of bf16
+// linear layers in bf16 (activations rounded to bf16, f32 accumulation:
+// the CUDA backend's numerics) through oneDNN (lib/matmul_bf16.c).
 #include "ops.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "matmul_bf16.h"
+#include "st_write.h"
 #include "util.h"
 
 // Rows of a weight converted at once (per thread): at most TILE x C floats.
@@ -107,6 +113,47 @@ int pq_cpu_threads(void) {
     return n_threads;
 }
 
+// ---- bf16 products (PQ_PRECISION=bf16) ----
+
+// lib/matmul_bf16.c, in CPU builds only (NULL otherwise; backend_cpu.c links it in)
+#pragma weak pq_cpu_matmul_bf16
+
+// Are a bf16 weight's products run in bf16? Read once from PQ_PRECISION.
+int pq_cpu_bf16_products(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *p = getenv("PQ_PRECISION");
+        on = p && !strcmp(p, "bf16");
+        if (on && !pq_cpu_matmul_bf16) {
+            fprintf(stderr, "pq: PQ_PRECISION=bf16: this build has no bf16 products (oneDNN); computing in f32\n");
+            on = 0;
+        }
+    }
+    return on;
+}
+
+// out (M,N) (+)= inp (M,K) f32 rounded to bf16, times w^T (w bf16 (N,K) when w_nk, else (K,N)): 0, or -1
+// (with a message, once) when oneDNN cannot, and the caller computes in f32.
+static int bf16_product(float *out, const float *inp, const void *w, int M, int N, int K, int w_nk, int acc) {
+    size_t n = (size_t)M * K;
+    uint16_t *xb = pq_xmalloc((n ? n : 1) * sizeof *xb);
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
+    for (size_t i = 0; i < n; i++) xb[i] = pq_f32_to_bf16(inp[i]);
+    int rc = pq_cpu_matmul_bf16(out, xb, w, M, N, K, w_nk, acc);
+    free(xb);
+    static int told;
+    if (rc && !told) {
+        told = 1;
+        fprintf(stderr, "pq: PQ_PRECISION=bf16: oneDNN has no bf16 product on this CPU; computing in f32\n");
+    }
+    return rc;
+}
+
+int pq_cpu_bf16_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
+    if (weight->dtype != PQ_BF16 || !pq_cpu_bf16_products() || N == 0) return -1;
+    return bf16_product(dinp, dout, weight->data, N, C, OC, 0, 1);
+}
+
 // ---- forward operations ----
 
 // ids (N), wte (V,C) -> out (N,C)
@@ -143,6 +190,14 @@ static int tile_rows(int rows) {
 // tiles; each converts its tile and multiplies all N rows.
 void pq_cpu_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
                            int OC) {
+    if (weight->dtype == PQ_BF16 && N > 0 && pq_cpu_bf16_products() &&
+        bf16_product(out, inp, weight->data, N, OC, C, 1, 0) == 0) {
+        if (bias)
+#pragma omp parallel for num_threads(pq_cpu_threads())
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < OC; j++) out[(size_t)i * OC + j] += bias[j];
+        return;
+    }
     int ts = tile_rows(OC), nt = (OC + ts - 1) / ts;
 #pragma omp parallel num_threads(pq_cpu_threads())
     {
