@@ -94,6 +94,9 @@ int pq_cpu_threads(void);
 // activations rounded, f32 accumulation; oneDNN, AMX where present) as the
 // CUDA backend does; 1 when on (read once).
 int pq_cpu_bf16_products(void);
+// linear_backward's product in bf16 when that mode is on and the weight is
+// bf16: 0 done, -1 (nothing touched) when the f32 path must do it.
+int pq_cpu_bf16_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC);
 
 // ---- the backend's device (lib/device_cpu.c on the CPU, lib/cuda/ on CUDA) ----
 const char *pq_ops_backend(void);  // "cpu" or "cuda"

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "matmul_bf16.h"
+#include "st_write.h"
 #include "util.h"
 
 // Rows of a weight converted at once (per thread): at most TILE x C floats.
@@ -133,19 +134,11 @@ int pq_cpu_bf16_products(void) {
 
 // out (M,N) (+)= inp (M,K) f32 rounded to bf16, times w^T (w bf16 (N,K) when w_nk, else (K,N)): 0, or -1
 // (with a message, once) when oneDNN cannot, and the caller computes in f32.
-// pq_f32_to_bf16 inline, so the conversion loop vectorises: round to nearest even, NaN stays NaN
-static inline uint16_t bf16_rne(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
 static int bf16_product(float *out, const float *inp, const void *w, int M, int N, int K, int w_nk, int acc) {
     size_t n = (size_t)M * K;
     uint16_t *xb = pq_xmalloc((n ? n : 1) * sizeof *xb);
 #pragma omp parallel for simd num_threads(pq_cpu_threads()) schedule(static)
-    for (size_t i = 0; i < n; i++) xb[i] = bf16_rne(inp[i]);
+    for (size_t i = 0; i < n; i++) xb[i] = pq_f32_to_bf16(inp[i]);
     int rc = pq_cpu_matmul_bf16(out, xb, w, M, N, K, w_nk, acc);
     free(xb);
     static int told;

@@ -65,9 +65,6 @@ static void weight_rows(const PqWeight *w, int r0, int n, float *buf) {
 enum { ROW_CHUNK = 512 };
 
 // dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight
-// ops_cpu.c: the product in bf16 under PQ_PRECISION=bf16 (0), else -1
-int pq_cpu_bf16_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC);
-
 void pq_cpu_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
     if (pq_cpu_bf16_linear_backward(dinp, dout, weight, N, C, OC) == 0) return;
     if (weight->dtype == PQ_F32) {

@@ -10,14 +10,6 @@
 
 static const char *dtype_name[] = {"F32", "F16", "BF16"}; // by PqDtype
 
-uint16_t pq_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
 uint16_t pq_f32_to_f16(float f) {
     _Float16 h = (_Float16)f;
     uint16_t u;

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "ops.h"
 #include "util.h"
@@ -42,7 +43,14 @@ typedef int (*PqStFill)(void *ctx, const PqStTensor *t, void *buf, PqErr *e);
 int pq_st_write_stream(PqStWriter *w, const char *path, PqStFill fill, void *ctx, PqErr *e);
 void pq_st_writer_free(PqStWriter *w);
 
-uint16_t pq_f32_to_bf16(float f); // round to nearest even, NaN stays NaN
+// round to nearest even, NaN stays NaN; inline, so conversion loops vectorise
+static inline uint16_t pq_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
 uint16_t pq_f32_to_f16(float f);
 
 #endif
