@@ -14,42 +14,19 @@
 #include <time.h>
 
 #include "attn_mm.h"
+#include "gpu_test.h"
 #include "ops_grad.h"
 #include "util.h"
 
 static int failures, checks;
-static PqRng rng;
 
-static float *hrand(size_t n, float a) {
-    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)(pq_rng_uniform(&rng) * 2 - 1) * a;
-    return p;
-}
-static float *hnan(size_t n) {
-    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = NAN;
-    return p;
-}
-static void *dev(const void *h, size_t bytes) {
-    void *d = pq_dev_alloc(bytes);
-    pq_dev_upload(d, h, bytes);
-    return d;
-}
-static float *dnan(size_t n) {
-    float *h = hnan(n), *d = dev(h, n * sizeof(float));
-    free(h);
-    return d;
-}
-static float *down(const void *d, size_t n, int esz) { // n elements of esz bytes, as f32
+static float *down_as_f32(const void *d, size_t n, int esz) { // n elements of esz bytes
+    if (esz == 4) return down(d, n);
     float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
-    if (esz == 4) {
-        pq_dev_download(h, d, n * 4);
-    } else {
-        uint16_t *b = pq_xmalloc((n ? n : 1) * 2);
-        pq_dev_download(b, d, n * 2);
-        for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(b[i]);
-        free(b);
-    }
+    uint16_t *b = pq_xmalloc((n ? n : 1) * 2);
+    pq_dev_download(b, d, n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(b[i]);
+    free(b);
     return h;
 }
 static float *as_f32(const void *h, size_t n, int esz) {
@@ -84,7 +61,7 @@ static void cmp(const char *name, const float *want, const float *got, size_t n,
     }
 }
 static void cmp_dev(const char *name, const float *want, const void *got_dev, size_t n, int esz, double tol) {
-    float *g = down(got_dev, n, esz);
+    float *g = down_as_f32(got_dev, n, esz);
     cmp(name, want, g, n, tol);
     free(g);
 }
@@ -267,7 +244,7 @@ static double timed(const Case *c, PqDtype dt, int iters) {
 }
 
 int main(void) {
-    pq_rng_seed(&rng, 7);
+    pq_rng_seed(&gt_rng, 7);
     int l1[] = {1, 37, 100, 64, 5}, l2[] = {200}, l3[] = {33, 31, 2, 90}, l7[] = {1500, 548};
     Case cs[] = {
         plain("plain 8/2 HS 64", l1, 5, 8, 2, 64, 0),

@@ -7,50 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test.h"
 #include "ops_gen.h"
 #include "ops_grad.h"
 #include "st_write.h"
 #include "util.h"
 
 static int failures, checks;
-static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
-
-static uint64_t rnd(void) { // splitmix64
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static float urand(float a) { return a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); }
-
-static float *hrand(size_t n, float a) {
-    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = urand(a);
-    return p;
-}
-static float *hnan(size_t n) {
-    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = NAN;
-    return p;
-}
-// a device copy of host data
-static void *dev(const void *h, size_t bytes) {
-    void *d = pq_dev_alloc(bytes);
-    pq_dev_upload(d, h, bytes);
-    return d;
-}
-// a device buffer of n floats filled with NaN (an output not yet written)
-static float *dnan(size_t n) {
-    float *h = hnan(n), *d = dev(h, n * sizeof(float));
-    free(h);
-    return d;
-}
-static float *down(const float *d, size_t n) {
-    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
-    pq_dev_download(h, d, n * sizeof *h);
-    return h;
-}
-
 // max |gpu - cpu| / max(max |cpu|, floor) <= tol, and no NaN where cpu has none
 static void cmp(const char *name, const float *cpu, const float *gpu_dev, size_t n, double tol) {
     float *g = down(gpu_dev, n);
@@ -515,6 +478,7 @@ static const struct {
 enum { NGROUPS = sizeof groups / sizeof *groups };
 
 int main(int argc, char **argv) {
+    pq_rng_seed(&gt_rng, 0x9e3779b97f4a7c15ULL);
     int device = 0, want[NGROUPS] = {0}, any = 0;
     for (int i = 1; i < argc; i++) {
         int g = -1;

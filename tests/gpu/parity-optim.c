@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test.h"
 #include "ops.h"
 #include "ops_optim.h"
 #include "optim.h"
@@ -20,15 +21,6 @@
 static int failures, checks;
 // the AdamW results should be bit-identical; allow about two f32 ulps per element
 #define ULP2 2.5e-7
-static uint64_t rng_state = 0x243f6a8885a308d3ULL;
-
-static uint64_t rnd(void) { // splitmix64
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static float urand(float a) { return a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); }
 
 // TAIL floats poison the end of each device array: 1e30 first (read past
 // the end, it blows up the norm; written, it changes), then NaNs with a
@@ -224,6 +216,7 @@ static void bench_7b(void) {
 }
 
 int main(int argc, char **argv) {
+    pq_rng_seed(&gt_rng, 0x243f6a8885a308d3ULL);
     int device = argc > 1 ? atoi(argv[1]) : 0;
     if (pq_ops_set_device(device)) {
         fprintf(stderr, "parity-optim: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
