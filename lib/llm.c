@@ -759,6 +759,26 @@ static int drain_done(PqLlm *l) {
     return n;
 }
 
+// One turn of the event loop: wakes backed-off calls, starts what the
+// limits allow (*started), lets curl work and collects the finished calls
+// (the return value). *wait_s: how long the caller may sleep before a call
+// is due, at most 0.25 s so that pq_interrupted is looked at now and then.
+static int pump(PqLlm *l, int *started, double *wait_s) {
+    double now = pq_now();
+    double next_wake = wake_waiting(l, now);
+    *started = 0;
+    double rw = start_calls(l, now, started);
+    int running = 0;
+    curl_multi_perform(l->multi, &running);
+    int done = drain_done(l);
+    double wait = 0.25;
+    now = pq_now();
+    if (next_wake - now < wait) wait = next_wake - now;
+    if (rw > 0 && rw < wait) wait = rw;
+    *wait_s = wait < 0 ? 0 : wait;
+    return done;
+}
+
 void pq_llm_run(PqLlm *l, int below) {
     if (l->local) {
         pq_llm_local_run(l->local, below);
@@ -776,20 +796,11 @@ void pq_llm_run(PqLlm *l, int below) {
         return;
     }
     while (!pq_interrupted) {
-        double now = pq_now();
-        double next_wake = wake_waiting(l, now);
-        int moved = 0;
-        double rw = start_calls(l, now, &moved);
-        int running = 0;
-        curl_multi_perform(l->multi, &running);
-        moved += drain_done(l);
+        int started;
+        double wait;
+        int moved = pump(l, &started, &wait) + started;
         if (l->pending < below) return;
         if (moved) continue; // slots freed or calls started: look again before waiting
-        double wait = 0.25; // look at pq_interrupted now and then
-        now = pq_now();
-        if (next_wake - now < wait) wait = next_wake - now;
-        if (rw > 0 && rw < wait) wait = rw;
-        if (wait < 0) wait = 0;
         curl_multi_poll(l->multi, NULL, 0, (int)(wait * 1000 + 0.999), NULL);
     }
 }
@@ -809,18 +820,9 @@ void pq_llm_run_input(PqLlm *l, int input_fd) {
         return;
     }
     for (int waited = 0; !pq_interrupted; waited = 1) {
-        double now = pq_now();
-        double next_wake = wake_waiting(l, now);
-        int started = 0;
-        double rw = start_calls(l, now, &started);
-        int running = 0;
-        curl_multi_perform(l->multi, &running);
-        if (drain_done(l) || waited || fd_ready(input_fd)) return;
-        double wait = 0.25; // look at pq_interrupted now and then
-        now = pq_now();
-        if (next_wake - now < wait) wait = next_wake - now;
-        if (rw > 0 && rw < wait) wait = rw;
-        if (wait < 0) wait = 0;
+        int started;
+        double wait;
+        if (pump(l, &started, &wait) || waited || fd_ready(input_fd)) return;
         struct curl_waitfd w = {.fd = input_fd, .events = CURL_WAIT_POLLIN};
         curl_multi_poll(l->multi, &w, input_fd >= 0 ? 1 : 0, (int)(wait * 1000 + 0.999), NULL);
     }
