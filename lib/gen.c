@@ -611,14 +611,21 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     for (int l = 0; l < c->L; l++) {
         const PqLayerW *w = &m->layers[l];
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln1, N, c->C, c->eps);
-        lin(g, l, PQ_Q, g->q, g->ln, N);
-        lin(g, l, PQ_K, g->k, g->ln, N);
+        if (c->qk_norm) { // Qwen3: RMSNorm over each head of q and k (tmp is free until o_proj)
+            lin(g, l, PQ_Q, g->tmp, g->ln, N);
+            pq_rmsnorm_forward(g->q, NULL, g->tmp, w->q_norm, N * c->NH, c->HS, c->eps);
+            lin(g, l, PQ_K, g->tmp, g->ln, N);
+            pq_rmsnorm_forward(g->k, NULL, g->tmp, w->k_norm, N * c->KVH, c->HS, c->eps);
+        } else {
+            lin(g, l, PQ_Q, g->q, g->ln, N);
+            lin(g, l, PQ_K, g->k, g->ln, N);
+        }
         lin(g, l, PQ_V, g->v, g->ln, N);
         pq_rope_forward(g->q, g->d_pos, m->inv_freq, N, c->NH, c->HS);
         pq_rope_forward(g->k, g->d_pos, m->inv_freq, N, c->KVH, c->HS);
         pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
         pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS, g->T,
-                                c->window);
+                                pq_layer_window(c, l));
         lin(g, l, PQ_O, g->tmp, g->att, N);
         pq_residual_forward(g->x, g->tmp, nc);
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);

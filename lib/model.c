@@ -1,4 +1,4 @@
-// model.c: config.json parsing, loading a Hugging Face Llama/Mistral/Qwen2
+// model.c: config.json parsing, loading a Hugging Face Llama/Mistral/Qwen2/Qwen3
 // directory onto memory-mapped weights, the forward pass (ops.h), and
 // LoRA adapters (built zeroed, or loaded from PEFT's format).
 #include "model.h"
@@ -70,6 +70,49 @@ static int get_bool(const cJSON *o, const char *k, int def) {
     return def;
 }
 
+// Qwen3's sliding window as transformers applies it: only with
+// use_sliding_window, on layers >= max_window_layers (or those layer_types
+// names "sliding_attention"), over the keys j with i - j < sliding_window.
+// c->L must be set.
+static int qwen3_window(const cJSON *o, PqConfig *c, PqErr *e) {
+    int sw = 0, from = 0;
+    if (!get_bool(o, "use_sliding_window", 0)) return 0;
+    if (get_int(o, "sliding_window", 0, 0, 1 << 30, &sw, e) || get_int(o, "max_window_layers", 28, 0, 1 << 30, &from, e))
+        return -1;
+    if (sw == 0) return 0; // null: no window
+    if (sw < 2) {
+        pq_err(e, "config.json: sliding_window %d is not supported (at least 2)", sw);
+        return -1;
+    }
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(o, "layer_types");
+    if (lt && !cJSON_IsNull(lt)) {
+        // pq slides the layers from one index on: layer_types must say so
+        if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != c->L) {
+            pq_err(e, "config.json: layer_types must list num_hidden_layers names");
+            return -1;
+        }
+        from = c->L;
+        for (int l = 0; l < c->L; l++) {
+            const cJSON *x = cJSON_GetArrayItem(lt, l);
+            const char *s = cJSON_IsString(x) ? x->valuestring : "";
+            int slide = !strcmp(s, "sliding_attention");
+            if (!slide && strcmp(s, "full_attention")) {
+                pq_err(e, "config.json: layer_types[%d] \"%s\" is not supported", l, s);
+                return -1;
+            }
+            if (slide && from == c->L) from = l;
+            if (!slide && from < l) {
+                pq_err(e, "config.json: layer_types: a full_attention layer after sliding ones is not supported");
+                return -1;
+            }
+        }
+    }
+    if (from >= c->L) return 0;
+    c->window = sw - 1; // pq's window: i - j <= window
+    c->window_from = from;
+    return 0;
+}
+
 int pq_config_parse(const char *json, PqConfig *c, PqErr *e) {
     memset(c, 0, sizeof *c);
     cJSON *o = cJSON_Parse(json);
@@ -83,14 +126,17 @@ int pq_config_parse(const char *json, PqConfig *c, PqErr *e) {
     const char *arch = cJSON_IsString(a0) ? a0->valuestring : NULL;
     if (!arch) {
         pq_err(e, "config.json: no \"architectures\" (pq supports LlamaForCausalLM, MistralForCausalLM, "
-                  "Qwen2ForCausalLM)");
+                  "Qwen2ForCausalLM, Qwen3ForCausalLM)");
         goto out;
     }
     if (!strcmp(arch, "LlamaForCausalLM")) c->arch = PQ_ARCH_LLAMA;
     else if (!strcmp(arch, "MistralForCausalLM")) c->arch = PQ_ARCH_MISTRAL;
     else if (!strcmp(arch, "Qwen2ForCausalLM")) c->arch = PQ_ARCH_QWEN2;
+    else if (!strcmp(arch, "Qwen3ForCausalLM")) c->arch = PQ_ARCH_QWEN3;
     else {
-        pq_err(e, "unsupported architecture %s (pq supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
+        pq_err(e,
+               "unsupported architecture %s (pq supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+               "Qwen3ForCausalLM)",
                arch);
         goto out;
     }
@@ -109,8 +155,10 @@ int pq_config_parse(const char *json, PqConfig *c, PqErr *e) {
         pq_err(e, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d", c->NH, c->KVH);
         goto out;
     }
-    if (get_int(o, "head_dim", c->C / c->NH, 2, 1024, &c->HS, e)) goto out;
-    if (c->HS % 2 || (!cJSON_GetObjectItemCaseSensitive(o, "head_dim") && c->C % c->NH)) {
+    // Qwen3's head_dim defaults to 128 (its config class), not hidden_size / heads
+    if (get_int(o, "head_dim", c->arch == PQ_ARCH_QWEN3 ? 128 : c->C / c->NH, 2, 1024, &c->HS, e)) goto out;
+    if (c->HS % 2 ||
+        (!cJSON_GetObjectItemCaseSensitive(o, "head_dim") && c->arch != PQ_ARCH_QWEN3 && c->C % c->NH)) {
         pq_err(e, "config.json: head size %d (hidden_size / num_attention_heads) must be a whole even number", c->HS);
         goto out;
     }
@@ -139,7 +187,12 @@ int pq_config_parse(const char *json, PqConfig *c, PqErr *e) {
     }
     c->tie = get_bool(o, "tie_word_embeddings", 0);
     if (c->arch == PQ_ARCH_QWEN2) c->qkv_bias = 1;
-    if (c->arch == PQ_ARCH_LLAMA && get_bool(o, "attention_bias", 0)) c->qkv_bias = c->o_bias = 1;
+    if ((c->arch == PQ_ARCH_LLAMA || c->arch == PQ_ARCH_QWEN3) && get_bool(o, "attention_bias", 0))
+        c->qkv_bias = c->o_bias = 1;
+    if (c->arch == PQ_ARCH_QWEN3) {
+        c->qk_norm = 1;
+        if (qwen3_window(o, c, e)) goto out;
+    }
     if (get_bool(o, "mlp_bias", 0)) {
         pq_err(e, "config.json: mlp_bias is not supported");
         goto out;
@@ -216,6 +269,7 @@ PqModel *pq_model_load(const char *dir, PqErr *e) {
     size_t n_small = (size_t)(2 * c->L + 1) * c->C;
     if (c->qkv_bias) n_small += (size_t)c->L * (c->NH + 2 * c->KVH) * c->HS;
     if (c->o_bias) n_small += (size_t)c->L * c->C;
+    if (c->qk_norm) n_small += (size_t)c->L * 2 * c->HS;
     m->small = pq_dev_alloc(n_small * sizeof(float));
     float *arena = m->small;
     m->layers = pq_xcalloc((size_t)c->L, sizeof *m->layers);
@@ -231,6 +285,12 @@ PqModel *pq_model_load(const char *dir, PqErr *e) {
         if (small_vec(m->st, name, c->C, &arena, &L->ln1, e)) goto fail_t;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         if (small_vec(m->st, name, c->C, &arena, &L->ln2, e)) goto fail_t;
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if (small_vec(m->st, name, c->HS, &arena, &L->q_norm, e)) goto fail_t;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if (small_vec(m->st, name, c->HS, &arena, &L->k_norm, e)) goto fail_t;
+        }
         for (int j = 0; j < PQ_NLIN; j++) {
             int in, out;
             pq_lin_shape(c, j, &in, &out);
@@ -308,6 +368,12 @@ PqLayerActs *pq_layer_acts_build(const PqConfig *c, const PqLora *lora, int N) {
     a->up = pq_dev_alloc(n * c->H * 4);
     a->mlp = pq_dev_alloc(n * c->H * 4);
     a->tmp = pq_dev_alloc(n * big * 4);
+    if (c->qk_norm) {
+        a->q_raw = pq_dev_alloc(n * qd * 4);
+        a->k_raw = pq_dev_alloc(n * kd * 4);
+        a->q_rstd = pq_dev_alloc(n * c->NH * 4);
+        a->k_rstd = pq_dev_alloc(n * c->KVH * 4);
+    }
     if (lora)
         for (int j = 0; j < PQ_NLIN; j++)
             if (lora->targets >> j & 1) a->lora_xa[j] = pq_dev_alloc(n * lora->r * 4);
@@ -317,7 +383,7 @@ PqLayerActs *pq_layer_acts_build(const PqConfig *c, const PqLora *lora, int N) {
 void pq_layer_acts_free(PqLayerActs *a) {
     if (!a) return;
     float *p[] = {a->x_in, a->ln1, a->ln1_rstd, a->q, a->k, a->v, a->att, a->att_lse, a->x_mid,
-                  a->ln2, a->ln2_rstd, a->gate, a->up, a->mlp, a->tmp};
+                  a->ln2, a->ln2_rstd, a->gate, a->up, a->mlp, a->tmp, a->q_raw, a->k_raw, a->q_rstd, a->k_rstd};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
     for (int j = 0; j < PQ_NLIN; j++) pq_dev_free(a->lora_xa[j]);
     free(a);
@@ -341,12 +407,16 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     size_t nc = (size_t)N * c->C;
     pq_dev_copy(a->x_in, x, nc * 4);
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, x, w->ln1, N, c->C, c->eps);
-    lin(m, l, PQ_Q, a->q, a->ln1, N, a);
-    lin(m, l, PQ_K, a->k, a->ln1, N, a);
+    lin(m, l, PQ_Q, c->qk_norm ? a->q_raw : a->q, a->ln1, N, a);
+    lin(m, l, PQ_K, c->qk_norm ? a->k_raw : a->k, a->ln1, N, a);
     lin(m, l, PQ_V, a->v, a->ln1, N, a);
+    if (c->qk_norm) { // Qwen3: the rows of the norm are the heads
+        pq_rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * c->NH, c->HS, c->eps);
+        pq_rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * c->KVH, c->HS, c->eps);
+    }
     pq_rope_forward(a->q, pos, m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, pos, m->inv_freq, N, c->KVH, c->HS);
-    pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, c->window);
+    pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
     lin(m, l, PQ_O, a->tmp, a->att, N, a);
     pq_residual_forward(x, a->tmp, nc);
     pq_dev_copy(a->x_mid, x, nc * 4);

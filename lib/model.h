@@ -1,5 +1,5 @@
 // model.h: a Hugging Face causal LM directory (config.json + safetensors) as
-// a PqModel: Llama 2/3, Mistral, Qwen2; the forward pass built from ops.h,
+// a PqModel: Llama 2/3, Mistral, Qwen2, Qwen3; the forward pass built from ops.h,
 // and LoRA adapters (PEFT format) applied inside its linear layers.
 #ifndef PQ_MODEL_H
 #define PQ_MODEL_H
@@ -10,7 +10,7 @@
 #include "safetensors.h"
 #include "util.h"
 
-enum { PQ_ARCH_LLAMA = 0, PQ_ARCH_MISTRAL, PQ_ARCH_QWEN2 };
+enum { PQ_ARCH_LLAMA = 0, PQ_ARCH_MISTRAL, PQ_ARCH_QWEN2, PQ_ARCH_QWEN3 };
 
 typedef struct PqConfig {
     int arch;
@@ -21,15 +21,19 @@ typedef struct PqConfig {
     int rope_llama3;             // rope_scaling rope_type "llama3"
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_orig_max_pos;
-    int window;                  // sliding window (0 = none)
+    int window;                  // sliding window: keys j with i - j <= window (0 = none)
+    int window_from;             // the first layer that slides (Qwen3's max_window_layers; 0 otherwise)
     int tie;                     // tie_word_embeddings
-    int qkv_bias, o_bias;        // biases on q,k,v (Qwen2) / o (Llama attention_bias)
+    int qkv_bias, o_bias;        // biases on q,k,v (Qwen2) / o (Llama, Qwen3 attention_bias)
+    int qk_norm;                 // Qwen3: RMSNorm (weights of HS) over each head of q and of k, before RoPE
     PqDtype dtype;               // of the embedding as stored (set by pq_model_load)
 } PqConfig;
 
 // Parses config.json text; 0 or -1 with a message (unsupported architecture,
 // missing or out-of-range field).
 int pq_config_parse(const char *json, PqConfig *cfg, PqErr *e);
+// The sliding window of layer l (0 = full attention), for the ops' window argument.
+static inline int pq_layer_window(const PqConfig *c, int l) { return l >= c->window_from ? c->window : 0; }
 
 // The seven linear layers of a block, in the order LoRA targets name them.
 enum { PQ_Q = 0, PQ_K, PQ_V, PQ_O, PQ_GATE, PQ_UP, PQ_DOWN, PQ_NLIN };
@@ -42,6 +46,7 @@ typedef struct PqLayerW {
     const float *ln1, *ln2;  // (C) input_layernorm, post_attention_layernorm (f32 copies)
     PqWeight w[PQ_NLIN];     // (out, in) each
     const float *b[PQ_NLIN]; // biases (out) or NULL
+    const float *q_norm, *k_norm; // (HS) per-head norms of q and k (cfg.qk_norm) or NULL
 } PqLayerW;
 
 // LoRA: for each layer and linear j, out = x W^T (+bias) + scale * (x A^T) B^T.
@@ -85,6 +90,8 @@ typedef struct PqLayerActs {
     float *x_in;          // (N,C) block input (copy of the residual stream)
     float *ln1, *ln1_rstd; // (N,C), (N)
     float *q, *k, *v;     // (N,QD), (N,KD), (N,KD), q and k after RoPE
+    float *q_raw, *k_raw; // (N,QD), (N,KD) q and k before their per-head norm (cfg.qk_norm only)
+    float *q_rstd, *k_rstd; // (N,NH), (N,KVH) rstd of those norms (cfg.qk_norm only)
     float *att, *att_lse; // (N,QD) attention output before o_proj, (N,NH)
     float *x_mid;         // (N,C) residual after attention
     float *ln2, *ln2_rstd; // (N,C), (N)

@@ -163,16 +163,21 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
     const PqLayerW *w = &t->m->layers[l];
     int C = c->C, QD = c->NH * c->HS;
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, xin, w->ln1, N, C, c->eps);
-    lin_forward(t, l, PQ_Q, a->q, a->ln1, a->lora_xa[PQ_Q], a->tmp, N);
-    lin_forward(t, l, PQ_K, a->k, a->ln1, a->lora_xa[PQ_K], a->tmp, N);
+    lin_forward(t, l, PQ_Q, c->qk_norm ? a->q_raw : a->q, a->ln1, a->lora_xa[PQ_Q], a->tmp, N);
+    lin_forward(t, l, PQ_K, c->qk_norm ? a->k_raw : a->k, a->ln1, a->lora_xa[PQ_K], a->tmp, N);
     lin_forward(t, l, PQ_V, a->v, a->ln1, a->lora_xa[PQ_V], a->tmp, N);
+    if (c->qk_norm) { // Qwen3: RMSNorm over each head of q and k
+        pq_rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * c->NH, c->HS, c->eps);
+        pq_rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * c->KVH, c->HS, c->eps);
+    }
     pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
     if (t->ka0)
         pq_attention2_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, t->ka0, t->ka1, t->kb0, N, c->NH, c->KVH,
-                              c->HS, c->window);
+                              c->HS, pq_layer_window(c, l));
     else
-        pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
+        pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS,
+                             pq_layer_window(c, l));
     lin_forward(t, l, PQ_O, a->x_mid, a->att, a->lora_xa[PQ_O], a->tmp, N);
     pq_residual_forward(a->x_mid, xin, (size_t)N * C);
     pq_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, w->ln2, N, C, c->eps);
@@ -262,12 +267,21 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         lin_backward(t, l, PQ_O, dh, dx, a->att, a->lora_xa[PQ_O], s1, s3, N);
         if (t->ka0)
             pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, t->ka0, t->ka1,
-                                   t->kb0, N, c->NH, c->KVH, c->HS, c->window);
+                                   t->kb0, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
         else
             pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, N, c->NH, c->KVH,
-                                  c->HS, c->window);
+                                  c->HS, pq_layer_window(c, l));
         pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
         pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
+        if (c->qk_norm) { // through the per-head norms (s1 free here: (N,W) >= (N,QD))
+            size_t nq = (size_t)N * c->NH * c->HS, nk = (size_t)N * c->KVH * c->HS;
+            pq_dev_zero(s1, nq * sizeof(float));
+            pq_rmsnorm_backward(s1, t->dq, a->q_raw, w->q_norm, a->q_rstd, N * c->NH, c->HS);
+            pq_dev_copy(t->dq, s1, nq * sizeof(float));
+            pq_dev_zero(s1, nk * sizeof(float));
+            pq_rmsnorm_backward(s1, t->dk, a->k_raw, w->k_norm, a->k_rstd, N * c->KVH, c->HS);
+            pq_dev_copy(t->dk, s1, nk * sizeof(float));
+        }
         pq_dev_zero(dh, NC * sizeof(float));
         lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->lora_xa[PQ_Q], s1, s3, N);
         lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->lora_xa[PQ_K], s1, s3, N);
