@@ -2,7 +2,9 @@
 // against central finite differences of the loss, for every target linear
 // (A and B), every loss, with and without dropout, on tiny random models of
 // each architecture built in memory (llama; mistral with a sliding window
-// shorter than the records; qwen2 with q/k/v biases and tied embeddings).
+// shorter than the records; qwen2 with q/k/v biases and tied embeddings;
+// qwen3 with per-head q/k norms, a head size other than C / NH and a sliding
+// window on its second layer only).
 // Tolerance per tensor: |fd - g.d| <= 2% of (|fd| + |g.d| + 5% of the
 // tensor's gradient norm), f32 forward passes being the noise floor.
 // Also: checkpointed and kept activations give the same gradients, and one
@@ -46,9 +48,11 @@ static void tiny_build(Tiny *t, int arch, uint64_t seed) {
     memset(t, 0, sizeof *t);
     PqConfig *c = &t->m.cfg;
     c->arch = arch;
-    c->L = 2, c->C = 16, c->NH = 4, c->KVH = 2, c->HS = 4, c->H = 24, c->V = 37;
+    c->L = 2, c->C = 16, c->NH = 4, c->KVH = 2, c->HS = arch == PQ_ARCH_QWEN3 ? 6 : 4, c->H = 24, c->V = 37;
     c->max_pos = 256, c->eps = 1e-5f, c->rope_theta = 10000;
-    c->window = arch == PQ_ARCH_MISTRAL ? 3 : 0;
+    c->window = arch == PQ_ARCH_MISTRAL || arch == PQ_ARCH_QWEN3 ? 3 : 0;
+    c->window_from = arch == PQ_ARCH_QWEN3; // Qwen3: max_window_layers 1
+    c->qk_norm = arch == PQ_ARCH_QWEN3;
     c->qkv_bias = arch == PQ_ARCH_QWEN2;
     c->tie = arch == PQ_ARCH_QWEN2;
     c->dtype = PQ_F32;
@@ -76,6 +80,12 @@ static void tiny_build(Tiny *t, int arch, uint64_t seed) {
                 randn(&r, bb, out, 0.2f, 0);
                 w->b[j] = bb;
             }
+        }
+        if (c->qk_norm) {
+            float *qn = take(t, c->HS), *kn = take(t, c->HS);
+            randn(&r, qn, c->HS, 0.2f, 1);
+            randn(&r, kn, c->HS, 0.2f, 1);
+            w->q_norm = qn, w->k_norm = kn;
         }
     }
     float *inv = take(t, c->HS / 2);
@@ -127,7 +137,7 @@ static double loss_fwd(PqTrainer *t, const PqDpoCfg *cfg, PqTrainPair **pairs, i
 }
 
 static void check_case(int arch, int loss, float dropout, int longer) {
-    static const char *arch_name[] = {"llama", "mistral", "qwen2"};
+    static const char *arch_name[] = {"llama", "mistral", "qwen2", "qwen3"};
     Tiny tm;
     tiny_build(&tm, arch, 11 + arch);
     PqLora *lora = pq_lora_build(&tm.m.cfg, 2, 4.0f, (1u << PQ_NLIN) - 1);
@@ -249,13 +259,14 @@ static void check_case(int arch, int loss, float dropout, int longer) {
 
 int main(void) {
     pq_ops_set_threads(1); // one thread (idle OpenMP threads spin on a busy machine); 3 where checked
-    for (int arch = 0; arch < 3; arch++)
+    for (int arch = 0; arch < 4; arch++)
         for (int loss = 0; loss < 3; loss++) check_case(arch, loss, 0, 0);
     check_case(PQ_ARCH_LLAMA, PQ_LOSS_SIGMOID, 0.2f, 0);
     check_case(PQ_ARCH_MISTRAL, PQ_LOSS_IPO, 0.2f, 0);
     // records longer than the attention's query blocks (64 rows)
     check_case(PQ_ARCH_LLAMA, PQ_LOSS_SIGMOID, 0, 1);
     check_case(PQ_ARCH_MISTRAL, PQ_LOSS_SIGMOID, 0, 1);
+    check_case(PQ_ARCH_QWEN3, PQ_LOSS_SIGMOID, 0.2f, 1);
     if (failures) printf("%d failures\n", failures);
     else printf("all gradients match\n");
     return failures != 0;

@@ -1,7 +1,8 @@
 // test-safetensors.c: the safetensors reader and the model loader on good and
 // broken files: truncated data, bad headers and dtypes, wrong shapes, missing
 // shards, unsupported architectures and out-of-range config fields each give
-// a clear error (checked by substring), never a crash.
+// a clear error (checked by substring), never a crash. Qwen3's config.json:
+// head_dim, q/k norms, and its sliding window per layer.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,76 @@ static void config_error(const char *what, const char *from, const char *to, con
     free(c);
 }
 
+// Qwen3-0.6B's config.json (the hub's, 2025) with the text from..to swapped in.
+static const char *qwen3_06b =
+    "{\"architectures\":[\"Qwen3ForCausalLM\"],\"attention_bias\":false,\"attention_dropout\":0.0,"
+    "\"bos_token_id\":151643,\"eos_token_id\":151645,\"head_dim\":128,\"hidden_act\":\"silu\","
+    "\"hidden_size\":1024,\"initializer_range\":0.02,\"intermediate_size\":3072,"
+    "\"max_position_embeddings\":40960,\"max_window_layers\":28,\"model_type\":\"qwen3\","
+    "\"num_attention_heads\":16,\"num_hidden_layers\":28,\"num_key_value_heads\":8,\"rms_norm_eps\":1e-06,"
+    "\"rope_scaling\":null,\"rope_theta\":1000000,\"sliding_window\":null,\"tie_word_embeddings\":true,"
+    "\"torch_dtype\":\"bfloat16\",\"transformers_version\":\"4.51.0\",\"use_cache\":true,"
+    "\"use_sliding_window\":false,\"vocab_size\":151936}";
+
+static int qwen3_parse(const char *from, const char *to, PqConfig *c, PqErr *e) {
+    const char *p = strstr(qwen3_06b, from);
+    if (!p) {
+        pq_err(e, "no %s in the config", from);
+        return -2;
+    }
+    char *t = pq_xmalloc(strlen(qwen3_06b) + strlen(to) + 1);
+    sprintf(t, "%.*s%s%s", (int)(p - qwen3_06b), qwen3_06b, to, p + strlen(from));
+    int rc = pq_config_parse(t, c, e);
+    free(t);
+    return rc;
+}
+
+static void qwen3_configs(void) {
+    PqConfig c;
+    PqErr e = {{0}};
+    int rc = qwen3_parse("{", "{", &c, &e);
+    expect("Qwen3-0.6B config", !rc && c.arch == PQ_ARCH_QWEN3 && c.C == 1024 && c.NH == 16 && c.KVH == 8 &&
+                                    c.HS == 128 && c.qk_norm && !c.qkv_bias && !c.o_bias && c.tie && !c.window &&
+                                    c.L == 28 && c.H == 3072,
+           e.msg);
+    rc = qwen3_parse("\"head_dim\":128,", "", &c, &e);
+    expect("Qwen3 head_dim defaults to 128, not hidden / heads", !rc && c.HS == 128, e.msg);
+    rc = qwen3_parse("\"head_dim\":128", "\"head_dim\":96", &c, &e);
+    expect("Qwen3 head_dim from the config", !rc && c.HS == 96, e.msg);
+    rc = qwen3_parse("\"attention_bias\":false", "\"attention_bias\":true", &c, &e);
+    expect("Qwen3 attention_bias: q, k, v and o biases", !rc && c.qkv_bias && c.o_bias, e.msg);
+    rc = qwen3_parse("\"sliding_window\":null", "\"sliding_window\":4096", &c, &e);
+    expect("Qwen3 sliding_window without use_sliding_window: none", !rc && !c.window, e.msg);
+    rc = qwen3_parse("\"sliding_window\":null,", "\"sliding_window\":4096,\"use_sliding_window\":true,", &c, &e);
+    expect("Qwen3 use_sliding_window with max_window_layers = L: none", !rc && !c.window, e.msg);
+    rc = qwen3_parse("\"max_window_layers\":28", "\"max_window_layers\":20,\"use_sliding_window\":true,"
+                     "\"sliding_window\":4096", &c, &e);
+    expect("Qwen3 sliding window from layer max_window_layers, i - j < sliding_window",
+           !rc && c.window == 4095 && c.window_from == 20 && pq_layer_window(&c, 19) == 0 &&
+               pq_layer_window(&c, 20) == 4095 && pq_layer_window(&c, 27) == 4095,
+           e.msg);
+    rc = qwen3_parse("\"num_hidden_layers\":28", "\"num_hidden_layers\":3,\"layer_types\":[\"full_attention\","
+                     "\"sliding_attention\",\"sliding_attention\"]", &c, &e);
+    expect("Qwen3 layer_types without use_sliding_window: none", !rc && !c.window, e.msg);
+    rc = qwen3_parse("\"use_sliding_window\":false", "\"use_sliding_window\":true", &c, &e);
+    expect("Qwen3 use_sliding_window with a null sliding_window: none", !rc && !c.window, e.msg);
+    rc = qwen3_parse("\"num_hidden_layers\":28,", "\"num_hidden_layers\":3,\"layer_types\":[\"full_attention\","
+                     "\"sliding_attention\",\"sliding_attention\"],\"use_sliding_window\":true,"
+                     "\"sliding_window\":64,", &c, &e);
+    expect("Qwen3 layer_types name the sliding layers", !rc && c.window == 63 && c.window_from == 1, e.msg);
+    rc = qwen3_parse("\"num_hidden_layers\":28,", "\"num_hidden_layers\":2,\"layer_types\":[\"sliding_attention\","
+                     "\"full_attention\"],\"use_sliding_window\":true,\"sliding_window\":64,", &c, &e);
+    expect("Qwen3 layer_types: full after sliding refused", rc == -1 && strstr(e.msg, "layer_types"), e.msg);
+    rc = qwen3_parse("\"num_hidden_layers\":28,", "\"num_hidden_layers\":2,\"layer_types\":[\"full_attention\","
+                     "\"chunked_attention\"],\"use_sliding_window\":true,\"sliding_window\":64,", &c, &e);
+    expect("Qwen3 layer_types: unknown kind refused", rc == -1 && strstr(e.msg, "chunked_attention"), e.msg);
+    rc = qwen3_parse("\"num_hidden_layers\":28,", "\"num_hidden_layers\":2,\"layer_types\":[\"full_attention\"],"
+                     "\"use_sliding_window\":true,\"sliding_window\":64,", &c, &e);
+    expect("Qwen3 layer_types: wrong length refused", rc == -1 && strstr(e.msg, "layer_types"), e.msg);
+}
+
 int main(void) {
+    qwen3_configs();
     snprintf(dir, sizeof dir, "/tmp/pq-test-st-XXXXXX");
     if (!mkdtemp(dir)) return 1;
 
