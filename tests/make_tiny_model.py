@@ -2,9 +2,11 @@
 # make_tiny_model.py: writes a tiny random-weight Hugging Face model directory
 # in the real format (config.json, model.safetensors or shards + index,
 # tokenizer.json, tokenizer_config.json with a chat template) for tests.
-#   $PQ_PY tests/make_tiny_model.py --arch llama|llama3|mistral|qwen2 --out DIR
+#   $PQ_PY tests/make_tiny_model.py --arch llama|llama3|mistral|qwen2|qwen3 --out DIR
 #          [--dtype f32|bf16|f16] [--layers 2 --hidden 64 --heads 4 --kv-heads 2
-#          --intermediate 128 --vocab N] [--tie] [--shards N] [--seed 0]
+#          --intermediate 128 --vocab N] [--head-dim N] [--tie] [--shards N] [--seed 0]
+# qwen3 has a head_dim other than hidden / heads (24 by default) and q_norm,
+# k_norm per head; its --window N turns on use_sliding_window from layer 1 on.
 import argparse
 import json
 import os
@@ -22,6 +24,7 @@ ARCH = {
     "llama3": ("LlamaForCausalLM", "llama"),
     "mistral": ("MistralForCausalLM", "mistral"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
 }
 
 
@@ -103,16 +106,18 @@ def main():
     ap.add_argument("--intermediate", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=0, help="default: the tokenizer's")
     ap.add_argument("--tokenizer", choices=["mistral", "bytelevel"], default=None,
-                    help="default: bytelevel for qwen2, mistral otherwise")
+                    help="default: bytelevel for qwen2 and qwen3, mistral otherwise")
     ap.add_argument("--tie", action="store_true", help="tie_word_embeddings")
-    ap.add_argument("--window", type=int, default=0, help="mistral sliding_window (default 16)")
+    ap.add_argument("--window", type=int, default=0,
+                    help="mistral sliding_window (default 16); qwen3: sliding_window on layers >= 1 (default none)")
+    ap.add_argument("--head-dim", type=int, default=0, help="head_dim (default hidden / heads; qwen3: 24)")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--std", type=float, default=0.1, help="std of the random weights")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
     os.makedirs(a.out, exist_ok=True)
-    kind = a.tokenizer or ("bytelevel" if a.arch == "qwen2" else "mistral")
+    kind = a.tokenizer or ("bytelevel" if a.arch in ("qwen2", "qwen3") else "mistral")
     tvocab, tcfg, bos, eos = tokenizer_files(kind, a.out)
     with open(os.path.join(a.out, "tokenizer_config.json"), "w") as f:
         json.dump(tcfg, f, ensure_ascii=False, indent=1)
@@ -120,12 +125,12 @@ def main():
     if V < tvocab:
         sys.exit("make_tiny_model: --vocab %d is smaller than the tokenizer's %d" % (V, tvocab))
     C, NH, KVH, H, L = a.hidden, a.heads, a.kv_heads, a.intermediate, a.layers
-    HS = C // NH
+    HS = a.head_dim or (24 if a.arch == "qwen3" else C // NH)
     arch, mtype = ARCH[a.arch]
     cfg = {
         "architectures": [arch], "model_type": mtype, "hidden_act": "silu",
         "hidden_size": C, "intermediate_size": H, "num_attention_heads": NH, "num_hidden_layers": L,
-        "num_key_value_heads": KVH, "vocab_size": V, "rms_norm_eps": 1e-5 if a.arch != "qwen2" else 1e-6,
+        "num_key_value_heads": KVH, "vocab_size": V, "rms_norm_eps": 1e-5 if a.arch not in ("qwen2", "qwen3") else 1e-6,
         "max_position_embeddings": 8192, "rope_theta": 10000.0, "tie_word_embeddings": bool(a.tie),
         "bos_token_id": bos, "eos_token_id": eos, "initializer_range": 0.02, "use_cache": True,
         "torch_dtype": {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[a.dtype],
@@ -142,6 +147,12 @@ def main():
     if a.arch == "qwen2":
         cfg.update({"use_sliding_window": False, "sliding_window": 4096, "max_window_layers": L,
                     "rope_theta": 1000000.0})
+    if a.arch == "qwen3":
+        cfg.update({"head_dim": HS, "attention_bias": False, "attention_dropout": 0.0, "rope_theta": 1000000.0,
+                    "rope_scaling": None, "use_sliding_window": bool(a.window),
+                    "sliding_window": a.window or None, "max_window_layers": 1 if a.window else L})
+    elif HS != C // NH:
+        cfg["head_dim"] = HS
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
 
@@ -150,8 +161,8 @@ def main():
     def w(*shape):
         return (rng.standard_normal(shape) * a.std).astype(np.float32)
 
-    def norm():
-        return (1.0 + 0.1 * rng.standard_normal(C)).astype(np.float32)
+    def norm(n=C):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     t = [("model.embed_tokens.weight", (rng.standard_normal((V, C)) * 0.5).astype(np.float32))]
     for l in range(L):
@@ -164,6 +175,8 @@ def main():
         if a.arch == "qwen2":
             t += [(p + "self_attn.q_proj.bias", w(NH * HS)), (p + "self_attn.k_proj.bias", w(KVH * HS)),
                   (p + "self_attn.v_proj.bias", w(KVH * HS))]
+        if a.arch == "qwen3":
+            t += [(p + "self_attn.q_norm.weight", norm(HS)), (p + "self_attn.k_norm.weight", norm(HS))]
     t.append(("model.norm.weight", norm()))
     if not a.tie:
         t.append(("lm_head.weight", w(V, C)))
