@@ -1,7 +1,8 @@
 # test_dpo_merge.py: pq-merge against peft's merge_and_unload on a tiny
 # random checkpoint with a random PEFT adapter (every target): the merged
 # tensors (f32 and bf16), the copied files, and the logits transformers gets
-# from the merged directory.
+# from the merged directory; llama, qwen2 and qwen3 (qwen3ref.py: its q/k
+# norms pass through unchanged).
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import peft
 import safetensors.numpy
 import torch
 import transformers
+
+import qwen3ref  # noqa: F401 (registers Qwen3 with the Auto classes)
 
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("PQ_BIN", os.path.join(TOP, "bin"))
@@ -42,7 +45,7 @@ def read_raw(path):
 
 def main():
     with tempfile.TemporaryDirectory() as d:
-        for arch in ("llama", "qwen2"):
+        for arch in ("llama", "qwen2", "qwen3"):
             md, ad = os.path.join(d, arch), os.path.join(d, arch + "-adapter")
             subprocess.run([sys.executable, os.path.join(TOP, "tests", "make_tiny_model.py"), "--arch", arch,
                             "--out", md] + (["--tie"] if arch == "qwen2" else []), check=True)

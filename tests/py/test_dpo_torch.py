@@ -2,10 +2,13 @@
 # gradients, before clipping) against PyTorch autograd through transformers +
 # peft in float64 on the same tiny random checkpoints, adapter and batch:
 # every architecture (mistral with records longer than its sliding window,
-# qwen2 with biases and tied embeddings), every loss, label smoothing, the
+# qwen2 with biases and tied embeddings, qwen3 (qwen3ref.py) with q/k norms,
+# head_dim != hidden / heads and a window on its second layer), every loss, label smoothing, the
 # SFT term, gradient accumulation over micro-batches. Also the step-0
 # invariant: a fresh adapter (B = 0) gives loss ln 2, rewards 0 and the
-# policy logps of the reference.
+# policy logps of the reference; and the adapter pq-dpo writes for a qwen3
+# loads in PEFT: the tensor names and shapes PEFT gives Qwen3, and the
+# log-probs of pq-logp --adapter.
 import json
 import math
 import os
@@ -18,6 +21,8 @@ import peft
 import safetensors.torch
 import torch
 import transformers
+
+import qwen3ref  # noqa: F401 (registers Qwen3 with the Auto classes)
 
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("PQ_BIN", os.path.join(TOP, "bin"))
@@ -78,7 +83,8 @@ def main():
     rng = random.Random(3)
     cases = [("llama", "sigmoid", 0.0, 0.0, False, 2), ("llama", "ipo", 0.0, 0.0, False, 1),
              ("mistral", "hinge", 0.0, 0.0, False, 2), ("mistral", "sigmoid", 0.1, 0.5, False, 3),
-             ("qwen2", "sigmoid", 0.0, 0.3, True, 1), ("qwen2", "ipo", 0.0, 0.0, False, 2)]
+             ("qwen2", "sigmoid", 0.0, 0.3, True, 1), ("qwen2", "ipo", 0.0, 0.0, False, 2),
+             ("qwen3", "sigmoid", 0.0, 0.0, False, 2), ("qwen3", "ipo", 0.0, 0.3, False, 1)]
     if SAN:
         cases = cases[::2]
     with tempfile.TemporaryDirectory() as d:
@@ -86,7 +92,7 @@ def main():
         for arch, loss, ls, sft, sft_sum, micro in cases:
             md = os.path.join(d, arch)
             if arch not in made:
-                extra = ["--tie"] if arch == "qwen2" else []
+                extra = {"qwen2": ["--tie"], "qwen3": ["--window", "8"]}.get(arch, [])
                 subprocess.run([sys.executable, os.path.join(TOP, "tests", "make_tiny_model.py"), "--arch", arch,
                                 "--out", md, "--std", "0.3"] + extra, check=True)
                 base = transformers.AutoModelForCausalLM.from_pretrained(md, torch_dtype=torch.float64)
@@ -103,7 +109,7 @@ def main():
                 pm.double()
                 made[arch] = (pm, ad, base.config.vocab_size)
             pm, ad, vocab = made[arch]
-            pairs = make_pairs(rng, 4, min(vocab, 300), arch == "mistral")
+            pairs = make_pairs(rng, 4, min(vocab, 300), arch in ("mistral", "qwen3"))
             inp = os.path.join(d, "pairs.jsonl")
             with open(inp, "w") as f:
                 for p in pairs:
@@ -170,10 +176,54 @@ def main():
               abs(s["logps/chosen"] - want_c) < 1e-4 * abs(want_c))
         print("step 0: loss %.9f (ln 2 = %.9f), logps/chosen %.6f (reference %.6f)" %
               (s["loss"], math.log(2), s["logps/chosen"], want_c))
+        qwen3_adapter(d, rng)
     if failures:
         print("%d failures" % len(failures))
         return 1
     return 0
+
+
+def qwen3_adapter(d, rng):
+    """Two steps of pq-dpo on a qwen3 written with --out; PEFT loads the adapter."""
+    md, ad = os.path.join(d, "qwen3"), os.path.join(d, "qwen3-trained")
+    pairs = make_pairs(rng, 4, 300, False)
+    inp = os.path.join(d, "pairs-q3.jsonl")
+    with open(inp, "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    r = subprocess.run([os.path.join(BIN, "pq-dpo"), "--raw", "--model", md, "--batch-size", "2", "--max-steps", "2",
+                        "--lr", "1e-2", "--warmup-steps", "0", "-t", "1", "--out", ad, inp],
+                       capture_output=True, text=True)
+    check("qwen3 adapter: pq-dpo exit %d %s" % (r.returncode, r.stderr), r.returncode == 0)
+    if r.returncode:
+        return
+    cfg = json.load(open(os.path.join(ad, "adapter_config.json")))
+    check("qwen3 adapter: target_modules %s" % cfg["target_modules"], sorted(cfg["target_modules"]) == sorted(TARGETS))
+    got = safetensors.torch.load_file(os.path.join(ad, "adapter_model.safetensors"))
+    base = transformers.AutoModelForCausalLM.from_pretrained(md, torch_dtype=torch.float64)
+    own = peft.get_peft_model(base, peft.LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=TARGETS,
+                                                    task_type="CAUSAL_LM"))
+    want = {k.replace(".default", ""): tuple(v.shape) for k, v in own.state_dict().items() if "lora_" in k}
+    check("qwen3 adapter: tensor names as PEFT's (%d vs %d)" % (len(got), len(want)), set(got) == set(want))
+    check("qwen3 adapter: shapes as PEFT's", all(tuple(got[k].shape) == want.get(k) for k in got))
+    base = transformers.AutoModelForCausalLM.from_pretrained(md, torch_dtype=torch.float64)
+    pm = peft.PeftModel.from_pretrained(base, ad)
+    pm.eval()
+    nb = sum(float(v.abs().sum()) for k, v in got.items() if "lora_B" in k)
+    loaded = {k.replace(".default", ""): v for k, v in pm.state_dict().items() if "lora_" in k}
+    check("qwen3 adapter: PEFT loaded every tensor (B sum %.3g)" % nb,
+          nb > 0 and all(torch.equal(loaded[k], got[k].double()) for k in got))
+    recs = [{"id": p["id"], "ids": p["chosen_ids"], "prompt_len": p["prompt_len"]} for p in pairs]
+    r = subprocess.run([os.path.join(BIN, "pq-logp"), "--raw", "--model", md, "--adapter", ad, "-t", "1"],
+                       input="".join(json.dumps(x) + "\n" for x in recs), capture_output=True, text=True)
+    check("qwen3 adapter: pq-logp exit %d %s" % (r.returncode, r.stderr), r.returncode == 0)
+    lp = [json.loads(l)["logp"] for l in r.stdout.splitlines()]
+    with torch.no_grad():
+        ref = [float(seq_logp(pm, x["ids"], x["prompt_len"])[0]) for x in recs]
+    err = max(abs(a - b) for a, b in zip(lp, ref)) if len(lp) == len(ref) else 1
+    check("qwen3 adapter: PeftModel == pq-logp --adapter (%.3g)" % err, err < 1e-4)
+    print("qwen3 adapter: %d tensors named and shaped as PEFT's; PeftModel vs pq-logp --adapter: %.2e" %
+          (len(got), err))
 
 
 if __name__ == "__main__":

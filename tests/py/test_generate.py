@@ -1,7 +1,9 @@
 # test_generate.py: pq's generation (lib/gen.c, through test-gen's driver)
 # against transformers' greedy generate with a KV cache, token for token, on
 # tiny random llama, mistral (sliding window shorter than prompt +
-# generation) and qwen2 models and a PEFT LoRA adapter; continuous batching
+# generation), qwen2 and qwen3 (qwen3ref.py; q/k norms, head_dim != hidden /
+# heads, a window on its second layer) models and PEFT LoRA adapters on a
+# llama and a qwen3; continuous batching
 # gives the same tokens as one sequence at a time; seeded samples do not
 # depend on the batch; n samples share one prefill of their prompt.
 import json
@@ -14,6 +16,8 @@ import tempfile
 import safetensors.torch
 import torch
 import transformers
+
+import qwen3ref  # noqa: F401 (registers Qwen3 with the Auto classes)
 
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("PQ_BUILD", os.path.join(TOP, "build", "rel"))
@@ -61,14 +65,15 @@ def main():
         sys.exit(77)
     rnd = random.Random(5)
     with tempfile.TemporaryDirectory() as tmp:
-        for arch, extra in (("llama", []), ("mistral", ["--window", "8"]), ("qwen2", ["--tie"])):
+        for arch, extra in (("llama", []), ("mistral", ["--window", "8"]), ("qwen2", ["--tie"]),
+                            ("qwen3", ["--tie", "--window", "8"])):
             d = os.path.join(tmp, arch)
             make(d, arch, "--seed", "3", *extra)
             m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64,
                                                                   attn_implementation="eager")
             m.eval()
             eos = m.config.eos_token_id
-            hi = 30000 if arch != "qwen2" else 50000
+            hi = 30000 if not arch.startswith("qwen") else 50000
             prompts = [[rnd.randrange(3, hi) for _ in range(n)] for n in (3, 12, 20, 7, 1)]
             n_new = 12
             want = [hf_greedy(m, p, n_new, eos) for p in prompts]
@@ -95,25 +100,28 @@ def main():
 
         # LoRA applied at generation time, against PEFT
         import peft
-        d = os.path.join(tmp, "llama")
-        m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64, attn_implementation="eager")
-        cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj", "gate_proj"],
-                              lora_dropout=0.0)
-        pm = peft.get_peft_model(m, cfg)
-        g = torch.Generator().manual_seed(3)
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.data = (torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3).double()
-        ad = os.path.join(tmp, "adapter")
-        pm.save_pretrained(ad)
-        sf = os.path.join(ad, "adapter_model.safetensors")
-        safetensors.torch.save_file({k: v.float() for k, v in safetensors.torch.load_file(sf).items()}, sf,
-                                    metadata={"format": "pt"})
-        pm.eval()
-        prompts = [[rnd.randrange(3, 30000) for _ in range(n)] for n in (4, 9)]
-        want = [hf_greedy(pm, p, 10, m.config.eos_token_id) for p in prompts]
-        got, _ = run(d, [{"prompt": p, "temperature": 0, "max_tokens": 10} for p in prompts], "--adapter", ad)
-        check("llama + LoRA: greedy = PEFT", [r["samples"][0]["ids"] for r in got] == want)
+        every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for arch, targets, hi in (("llama", ["q_proj", "v_proj", "down_proj", "gate_proj"], 30000),
+                                  ("qwen3", every, 50000)):
+            d = os.path.join(tmp, arch)
+            m = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64,
+                                                                  attn_implementation="eager")
+            cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0)
+            pm = peft.get_peft_model(m, cfg)
+            g = torch.Generator().manual_seed(3)
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.data = (torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.3).double()
+            ad = os.path.join(tmp, arch + "-adapter")
+            pm.save_pretrained(ad)
+            sf = os.path.join(ad, "adapter_model.safetensors")
+            safetensors.torch.save_file({k: v.float() for k, v in safetensors.torch.load_file(sf).items()}, sf,
+                                        metadata={"format": "pt"})
+            pm.eval()
+            prompts = [[rnd.randrange(3, hi) for _ in range(n)] for n in (4, 9)]
+            want = [hf_greedy(pm, p, 10, m.config.eos_token_id) for p in prompts]
+            got, _ = run(d, [{"prompt": p, "temperature": 0, "max_tokens": 10} for p in prompts], "--adapter", ad)
+            check(arch + " + LoRA: greedy = PEFT", [r["samples"][0]["ids"] for r in got] == want)
     if failures:
         print("FAILED:", *failures, sep="\n  ")
         sys.exit(1)

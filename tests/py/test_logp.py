@@ -1,5 +1,6 @@
 # test_logp.py: pq-logp's log-probs (pq-logp --raw: token ids in) against
-# transformers' Llama/Mistral/Qwen2 run in float64 on the same tiny random
+# transformers' Llama/Mistral/Qwen2 (and qwen3ref.py's Qwen3, which
+# transformers 4.40 lacks) run in float64 on the same tiny random
 # checkpoints: every architecture, f32/bf16/f16 weights, packed batches and
 # one record per forward, per-token values, and a PEFT LoRA adapter.
 import json
@@ -12,6 +13,8 @@ import tempfile
 import safetensors.torch
 import torch
 import transformers
+
+import qwen3ref  # noqa: F401 (registers Qwen3 with the Auto classes)
 
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("PQ_BIN", os.path.join(TOP, "bin"))
@@ -119,9 +122,12 @@ def main():
     cases = [("llama", ["--dtype", "f32"]), ("llama3", ["--dtype", "f32"]),
              ("mistral", ["--dtype", "f32", "--window", "8"]), ("qwen2", ["--dtype", "f32"]),
              ("llama", ["--dtype", "bf16", "--tie", "--shards", "3"]), ("mistral", ["--dtype", "f16", "--window", "8"]),
-             ("qwen2", ["--dtype", "bf16", "--tie", "--layers", "3", "--kv-heads", "1"])]
+             ("qwen2", ["--dtype", "bf16", "--tie", "--layers", "3", "--kv-heads", "1"]),
+             ("qwen3", ["--dtype", "f32"]),
+             # head_dim 24 with hidden / heads 16; layers 1 and 2 slide over 8 keys
+             ("qwen3", ["--dtype", "bf16", "--tie", "--layers", "3", "--kv-heads", "1", "--window", "8"])]
     if SAN:
-        cases = cases[:4]
+        cases = cases[:4] + cases[-1:]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (arch, args) in enumerate(cases):
             d = os.path.join(tmp, "m%d" % k)
@@ -135,11 +141,10 @@ def main():
             if not SAN and arch == "mistral":  # forwards split mid-list, one thread
                 check(name + " -b 50", pq_logp(d, recs, "-b", "50", "-t", "1"), want)
 
-        # A PEFT LoRA adapter (random A and B) on q,v,down of a llama and all targets of a qwen2.
+        # A PEFT LoRA adapter (random A and B) on q,v,down of a llama and all targets of a qwen2 and a qwen3.
         import peft
-        for arch, targets in (("llama", ["q_proj", "v_proj", "down_proj"]),
-                              ("qwen2", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                         "down_proj"])):
+        every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for arch, targets in (("llama", ["q_proj", "v_proj", "down_proj"]), ("qwen2", every), ("qwen3", every)):
             d = os.path.join(tmp, "lora-" + arch)
             make(d, arch, "--seed", "7")
             m = reference(d)
