@@ -4,7 +4,9 @@
 # output fields, seeded samples reproducible and independent of -j, every
 # line out or rejected, --constrain quiz/answers giving parsable quizzes and
 # answers from a random model (0 rejects), fatal errors for broken model
-# and adapter directories, per-line errors for prompts over the context.
+# and adapter directories, per-line errors for prompts over the context; a
+# Qwen3 model (q/k norms, head_dim != hidden / heads, a window) on the same
+# path, reproducible and independent of -j.
 set -eu
 # Threads wait passively: on a loaded machine spinning OpenMP threads cost 10x.
 export OMP_WAIT_POLICY=passive
@@ -75,6 +77,15 @@ PY
 rc=0; "$b/pq-quiz" --model "$d/m" --grammar answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \
   >"$d/z2.jsonl" 2>"$d/err" || rc=$?
 [ "$rc" = 1 ] && [ ! -s "$d/z2.jsonl" ] && grep -q "needs at least 29 tokens" "$d/err"
+
+# a Qwen3 model through the local path: every sample written, the same whatever -j and --threads
+"$PQ_PY" "$PQ_TOP/tests/make_tiny_model.py" --arch qwen3 --out "$d/q3" --seed 2 --window 8
+"$b/pq-summarize" --model "$d/q3" -n 2 --temperature 0.8 --max-tokens 12 --seed 4 --no-progress \
+  <"$f/articles.jsonl" >"$d/q1.jsonl"
+"$b/pq-summarize" --model "$d/q3" -n 2 --temperature 0.8 --max-tokens 12 --seed 4 -j 1 --threads 1 --no-progress \
+  <"$f/articles.jsonl" >"$d/q2.jsonl"
+diff -u "$d/q1.jsonl" "$d/q2.jsonl"
+[ "$(wc -l <"$d/q1.jsonl")" = 6 ] && grep -q '"policy": *"[^"]*/q3"' "$d/q1.jsonl"
 
 # fatal: a broken model directory, a missing adapter (exit 3, one line)
 mkdir "$d/bad" && echo '{"architectures": ["GPT2LMHeadModel"]}' >"$d/bad/config.json"
