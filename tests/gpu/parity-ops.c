@@ -115,6 +115,41 @@ static void test_rmsnorm(int N, int C) {
     pq_dev_free(dx0), pq_dev_free(dX), pq_dev_free(dW), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(grstd);
 }
 
+// Qwen3's per-head q/k norm as model.c and train.c run it: q (N,NH,HS) from
+// the projection, RMSNorm over each head's HS values (N*NH rows), then RoPE;
+// backward: RoPE's, then the norm's into a zeroed buffer.
+static void test_qk_norm(int N, int NH, int HS) {
+    size_t n = (size_t)N * NH * HS;
+    int R = N * NH;
+    float *x = hrand(n, 3), *w = hrand(HS, 1.5f), *dy = hrand(n, 1), *inv = pq_xmalloc(HS / 2 * sizeof *inv);
+    int32_t *pos = pq_xmalloc((size_t)N * sizeof *pos);
+    for (int i = 0; i < N; i++) pos[i] = i % 37; // records of 37 tokens
+    for (int d = 0; d < HS / 2; d++) inv[d] = powf(1e6f, -2.0f * d / HS);
+    float *y = hnan(n), *rstd = hnan(R), *dx = pq_xcalloc(n, sizeof *dx);
+    float *gX = dev(x, n * 4), *gW = dev(w, HS * 4), *gDY = dev(dy, n * 4), *gY = dnan(n), *gR = dnan(R);
+    float *ginv = dev(inv, HS / 2 * 4), *gdx = dnan(n);
+    int32_t *gpos = dev(pos, (size_t)N * 4);
+    pq_cpu_rmsnorm_forward(y, rstd, x, w, R, HS, 1e-6f);
+    pq_cpu_rope_forward(y, pos, inv, N, NH, HS);
+    pq_rmsnorm_forward(gY, gR, gX, gW, R, HS, 1e-6f);
+    pq_rope_forward(gY, gpos, ginv, N, NH, HS);
+    char name[64];
+    snprintf(name, sizeof name, "qk_norm + rope forward NH=%d HS=%d", NH, HS);
+    cmp(name, y, gY, n, 1e-5);
+    snprintf(name, sizeof name, "qk_norm rstd NH=%d HS=%d", NH, HS);
+    cmp(name, rstd, gR, R, 1e-5);
+    pq_cpu_rope_backward(dy, pos, inv, N, NH, HS);
+    pq_cpu_rmsnorm_backward(dx, dy, x, w, rstd, R, HS);
+    pq_rope_backward(gDY, gpos, ginv, N, NH, HS);
+    pq_dev_zero(gdx, n * 4);
+    pq_rmsnorm_backward(gdx, gDY, gX, gW, gR, R, HS);
+    snprintf(name, sizeof name, "qk_norm + rope backward NH=%d HS=%d", NH, HS);
+    cmp(name, dx, gdx, n, 1e-5);
+    free(x), free(w), free(dy), free(inv), free(pos), free(y), free(rstd), free(dx);
+    void *p[] = {gX, gW, gDY, gY, gR, ginv, gdx, gpos};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
 static void test_linear(PqDtype dt, int bias) {
     int N = 133, C = 256, OC = 320;
     PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
@@ -416,6 +451,12 @@ static void g_rmsnorm(void) {
     test_rmsnorm(67, 4096);
     test_rmsnorm(5, 100);
 }
+static void g_qk_norm(void) { // Qwen3: 0.6B's 16 x 128 and 8 x 128, a tiny model's 24, an odd width
+    test_qk_norm(70, 16, 128);
+    test_qk_norm(70, 8, 128);
+    test_qk_norm(41, 4, 24);
+    test_qk_norm(9, 3, 80);
+}
 static void g_linear(void) {
     for (int b = 0; b < 2; b++) {
         test_linear(PQ_F32, b);
@@ -471,7 +512,8 @@ static const struct {
     const char *name;
     void (*run)(void);
 } groups[] = {
-    {"memory", g_memory}, {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"linear", g_linear},
+    {"memory", g_memory}, {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm},
+    {"linear", g_linear},
     {"lora", g_lora},     {"rope", g_rope},           {"attention", g_attention}, {"attention2", g_attention2},
     {"elementwise", g_elementwise}, {"logp", g_logp}, {"gen", g_gen},
 };
