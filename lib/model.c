@@ -77,7 +77,8 @@ static int get_bool(const cJSON *o, const char *k, int def) {
 static int qwen3_window(const cJSON *o, PqConfig *c, PqErr *e) {
     int sw = 0, from = 0;
     if (!get_bool(o, "use_sliding_window", 0)) return 0;
-    if (get_int(o, "sliding_window", 0, 0, 1 << 30, &sw, e) || get_int(o, "max_window_layers", 28, 0, 1 << 30, &from, e))
+    if (get_int(o, "sliding_window", 0, 0, 1 << 30, &sw, e) ||
+        get_int(o, "max_window_layers", 28, 0, 1 << 30, &from, e))
         return -1;
     if (sw == 0) return 0; // null: no window
     if (sw < 2) {
