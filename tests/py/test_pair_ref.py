@@ -85,8 +85,8 @@ def compare(name, got, want):
 
 def main():
     if not os.access(PAIR, os.X_OK):
-        print(f"skip: {PAIR} not built")
-        return 77
+        print(f"FAIL: {PAIR} not built")
+        return 1
     defaults = {"threshold": 3, "margin": 2, "max_pairs": 3, "min": 5, "max": 200}
     fx = os.path.join(TOP, "tests", "fixtures", "quiz.jsonl")
     with open(fx, encoding="utf-8") as f:
