@@ -611,12 +611,16 @@ int pq_count_bad_chars(const char *s) {
             p++, left--;
             continue;
         }
+        // NFD, then drop what has a nonzero canonical combining class (as
+        // Python's unicodedata.combining() sees it, the method's own test):
+        // not every mark (STRIPMARK drops all of Mn, Mc, Me), so U+FE0F,
+        // U+20E3, U+0903 ... stay and count.
         int lbc = 0;
-        utf8proc_ssize_t nd =
-            utf8proc_decompose_char(c, d, 32, UTF8PROC_DECOMPOSE | UTF8PROC_STRIPMARK, &lbc);
+        utf8proc_ssize_t nd = utf8proc_decompose_char(c, d, 32, UTF8PROC_DECOMPOSE, &lbc);
         if (nd < 0 || nd > 32) bad++; // cannot happen for valid code points (NFD is at most 4 long)
         else
-            for (utf8proc_ssize_t i = 0; i < nd; i++) bad += !good_cp(d[i]);
+            for (utf8proc_ssize_t i = 0; i < nd; i++)
+                bad += utf8proc_get_property(d[i])->combining_class == 0 && !good_cp(d[i]);
         p += k;
         left -= k;
     }

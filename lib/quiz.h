@@ -52,8 +52,9 @@ int pq_answers_parse(const char *reply, int n_questions, char *answers);
 
 // Words by whitespace split (method.md §3).
 int pq_count_words(const char *s);
-// Out-of-distribution characters after NFD with combining marks removed
-// (method.md §3), via utf8proc. Invalid UTF-8 bytes count as bad.
+// Out-of-distribution characters after NFD with the characters of nonzero
+// canonical combining class removed (method.md §3; Python's
+// unicodedata.combining), via utf8proc. Invalid UTF-8 bytes count as bad.
 int pq_count_bad_chars(const char *s);
 
 #endif

@@ -58,11 +58,13 @@ ALLOWED = set("\u2019\u2018\u2013\u2014\u201c\u201d\u2026\u2122\u00b0\u00c6\u00e
 
 
 def bad_chars(s):
-    """method.md §3: NFD, drop combining marks (Mn, Mc, Me), then count what
-    is neither ASCII letter/digit/whitespace/punctuation nor listed."""
+    """method.md §3, as the recipe's code counts: NFD, drop the characters
+    unicodedata.combining() gives a nonzero class (not every mark: U+FE0F,
+    U+20E3, U+0903 ... stay), then count what is neither ASCII
+    letter/digit/whitespace/punctuation nor listed."""
     n = 0
     for c in unicodedata.normalize("NFD", s):
-        if unicodedata.category(c).startswith("M"):
+        if unicodedata.combining(c):
             continue
         o = ord(c)
         if o < 0x80 and (0x21 <= o <= 0x7E or c in " \t\n\r\x0b\x0c"):

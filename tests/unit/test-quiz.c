@@ -644,6 +644,15 @@ static void test_counts(void) {
         {"\xc3\x28", 1, "bad continuation: one bad byte, then '(' is fine"},
         {"\xed\xa0\x80", 3, "an encoded surrogate: three bad bytes"},
         {"\xc0\xaf", 2, "overlong encoding: two bad bytes"},
+        // marks of combining class 0 stay after NFD and count (Python's unicodedata.combining() is 0)
+        {"Word \xe2\x84\xa2\xef\xb8\x8f word", 1, "TM + VARIATION SELECTOR-16 (Mn, class 0)"},
+        {"1\xe2\x83\xa3", 1, "COMBINING ENCLOSING KEYCAP (Me, class 0)"},
+        {"a\xe2\x83\x9d", 1, "COMBINING ENCLOSING CIRCLE (Me, class 0)"},
+        {"a\xcd\x8f" "b", 1, "COMBINING GRAPHEME JOINER (Mn, class 0)"},
+        {"\xe0\xa4\x95\xe0\xa4\xbf", 2, "Devanagari KA + VOWEL SIGN I (Mc, class 0)"},
+        {"\xe0\xb8\x81\xe0\xb8\xb1", 2, "Thai KO KAI + MAI HAN-AKAT (Mn, class 0)"},
+        {"\xe0\xa4\x95\xe0\xa4\x83", 2, "Devanagari KA + VISARGA (Mc, class 0)"},
+        {"\xe0\xa4\x95\xe0\xa4\xbc", 1, "Devanagari KA + NUKTA (Mn, class 7): the nukta is dropped"},
     };
     for (size_t i = 0; i < sizeof b / sizeof *b; i++)
         CHECK(pq_count_bad_chars(b[i].s) == b[i].bad, "bad_chars(%s) = %d, want %d", b[i].why,
