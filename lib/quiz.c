@@ -570,6 +570,24 @@ static int is_space_cp(int32_t c) {
     return cat == UTF8PROC_CATEGORY_ZS || cat == UTF8PROC_CATEGORY_ZL || cat == UTF8PROC_CATEGORY_ZP;
 }
 
+const char *pq_strip_space(const char *s, size_t n, size_t *len) {
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    size_t a = 0, b = 0; // kept: [a, b)
+    int seen = 0;
+    for (size_t i = 0; i < n;) {
+        int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &c);
+        if (k <= 0) k = 1, c = -1; // an invalid byte is kept
+        if (!is_space_cp(c)) {
+            if (!seen) a = i, seen = 1;
+            b = i + (size_t)k;
+        }
+        i += (size_t)k;
+    }
+    *len = seen ? b - a : 0;
+    return s + (seen ? a : n);
+}
+
 int pq_count_words(const char *s) {
     int words = 0, in_word = 0;
     const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;

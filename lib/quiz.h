@@ -50,6 +50,11 @@ void pq_quiz_free(PqQuiz *q);
 // questions got a letter.
 int pq_answers_parse(const char *reply, int n_questions, char *answers);
 
+// The bytes of s[0..n) without leading and trailing whitespace as Python's
+// str.strip() sees it (Unicode: NBSP, U+3000 ... too): returns the first
+// byte kept and sets *len to how many are kept.
+const char *pq_strip_space(const char *s, size_t n, size_t *len);
+
 // Words by whitespace split (method.md §3).
 int pq_count_words(const char *s);
 // Out-of-distribution characters after NFD with the characters of nonzero
