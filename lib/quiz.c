@@ -87,9 +87,16 @@ char *pq_prompt_fill(const char *tmpl, int n, const char *const *keys, const cha
 
 // ---- line helpers ----
 
+// Leading whitespace, Unicode whitespace (NBSP, U+3000 ...) included.
+static char *skip_space(char *p) {
+    size_t n;
+    return (char *)pq_strip_space(p, strlen(p), &n);
+}
+
 // Copies one reply line, cleaned of markdown decoration: bold/italic
 // markers (** __), heading marks (#), quote marks (>), list bullets (- * +)
-// and surrounding whitespace. Single '*' and '_' are removed only at the ends.
+// and surrounding whitespace (Unicode whitespace too, as Python's
+// str.strip() sees it). Single '*' and '_' are removed only at the ends.
 static char *clean_line(const char *s, size_t n) {
     char *out = pq_xmalloc(n + 1);
     size_t k = 0;
@@ -103,7 +110,7 @@ static char *clean_line(const char *s, size_t n) {
     out[k] = 0;
     char *p = out;
     for (;;) {
-        while (*p == ' ') p++;
+        p = skip_space(p);
         if (*p == '#' || *p == '>') {
             while (*p == '#' || *p == '>') p++;
         } else if ((*p == '-' || *p == '*' || *p == '+') && p[1] == ' ') {
@@ -112,8 +119,13 @@ static char *clean_line(const char *s, size_t n) {
             p++;
         } else break;
     }
-    size_t len = strlen(p);
-    while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '*' || p[len - 1] == '_')) len--;
+    size_t len = strlen(p), kept;
+    for (;;) {
+        while (len > 0 && (p[len - 1] == '*' || p[len - 1] == '_')) len--;
+        const char *q = pq_strip_space(p, len, &kept); // p starts with no whitespace: q == p
+        if (q + kept == p + len) break;
+        len = (size_t)(q - p) + kept;
+    }
     memmove(out, p, len);
     out[len] = 0;
     return out;

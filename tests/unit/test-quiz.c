@@ -388,6 +388,12 @@ static const AnswerCase answer_cases[] = {
                                              "Q4) A. In October\nQ5) E. 27\n",
      "BCUAE", 4},
     {"bare numbers", "1) B\n2) C\n3) Unsure\n4) A\n5) E\n", "BCUAE", 4},
+    // Unicode whitespace around a line is stripped, as Python's str.strip() does
+    {"no-break spaces and U+3000 around lines",
+     "\xc2\xa0Q1) B\xc2\xa0\n\xe3\x80\x80Q2) C\n\xe2\x80\x83Q3) Unsure\n\xe2\x80\xafQ4) A\xe3\x80\x80\n"
+     "\x0bQ5) E\xc2\x85\n",
+     "BCUAE", 4},
+    {"no-break space in a bold line", "\xc2\xa0**Q1)** B\n**Q2)**\xc2\xa0" "C\n", "BCUUU", 2},
     {"numbers with periods", "1. B\n2. C\n3. Unsure\n4. A\n5. E\n", "BCUAE", 4},
     {"Answer to Qn", "Answer to Q1: B\nAnswer to Q2: C\nAnswer to Q3: Unsure\nAnswer to Q4: A\nAnswer to Q5: E\n",
      "BCUAE", 4},
