@@ -148,7 +148,7 @@ int main(int argc, char **argv) {
     int n = 1, opt;
     char *prompt_file = NULL;
     PqErr e;
-    while ((opt = getopt_long(argc, argv, "hn:j:o:t:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hn:j:o:t:m:", longopts, NULL)) != -1) {
         if (pq_llmtool_option(&T, &cfg, opt, optarg)) continue;
         switch (opt) {
         case 'n': {
