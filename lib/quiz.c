@@ -571,6 +571,34 @@ int pq_answers_parse(const char *reply, int n_questions, char *answers) {
     return got;
 }
 
+int pq_answers_parse_strict(const char *reply, int n_questions, char *answers) {
+    for (int i = 0; i < n_questions; i++) answers[i] = 'U';
+    const char *p = reply ? reply : "";
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p), len;
+        const char *s = pq_strip_space(p, n, &len);
+        p += n + (nl != NULL);
+        size_t i = 1;
+        long num = 0;
+        if (len < 3 || s[0] != 'Q') continue;
+        for (; i < len && s[i] >= '0' && s[i] <= '9'; i++)
+            if (num <= 1000000) num = num * 10 + (s[i] - '0');
+        if (i == 1 || i >= len || s[i] != ')' || num < 1 || num > n_questions) continue;
+        i++;
+        size_t rl;
+        const char *r = pq_strip_space(s + i, len - i, &rl); // the line has no trailing whitespace left
+        if (rl >= 1 && r[0] >= 'A' && r[0] <= 'E' &&
+            (rl == 1 || !((r[1] >= '0' && r[1] <= '9') || (r[1] >= 'A' && r[1] <= 'Z') || (r[1] >= 'a' && r[1] <= 'z'))))
+            answers[num - 1] = r[0];
+        else if (rl >= 6 && !strncmp(r, "Unsure", 6))
+            answers[num - 1] = 'U';
+    }
+    int got = 0;
+    for (int i = 0; i < n_questions; i++) got += answers[i] != 'U';
+    return got;
+}
+
 // ---- counts ----
 
 // Whitespace as Python's str.split() sees it: ASCII \t\n\v\f\r, space,

@@ -55,6 +55,13 @@ int pq_answers_parse(const char *reply, int n_questions, char *answers);
 // byte kept and sets *len to how many are kept.
 const char *pq_strip_space(const char *s, size_t n, size_t *len);
 
+// The same, reading only the method's own reply format, as the recipe's
+// parser does: a line (stripped of Unicode whitespace) "Q<k>) X" where X is
+// a capital A-E not followed by an ASCII letter or digit, or "Unsure"
+// (whitespace between ")" and X allowed); other lines are ignored, and the
+// last line for a question wins.
+int pq_answers_parse_strict(const char *reply, int n_questions, char *answers);
+
 // Words by whitespace split (method.md §3).
 int pq_count_words(const char *s);
 // Out-of-distribution characters after NFD with the characters of nonzero

@@ -1,5 +1,6 @@
 # pqref.py: plain-Python references of pq's seeded randomness (FNV-1a,
 # splitmix64 + xoshiro256**) and text counts, for the reference tests.
+import re
 import unicodedata
 
 M64 = (1 << 64) - 1
@@ -77,3 +78,19 @@ def bad_chars(s):
 
 def words(s):
     return len(s.split())
+
+
+# method.md §3: the judge's reply lines look like "Q3) B" or "Q3) Unsure.";
+# the recipe reads only that form (the line stripped with str.strip(), so
+# Unicode whitespace too), and a question without one counts as Unsure.
+RECIPE_ANSWER = re.compile(r"Q([0-9]+)\)\s*(?:([A-E])(?![A-Za-z0-9])|Unsure)")
+
+
+def recipe_answers(reply, n):
+    """The answers as the recipe's parser reads them: "A".."E" or "Unsure"."""
+    answers = ["Unsure"] * n
+    for line in reply.split("\n"):
+        m = RECIPE_ANSWER.match(line.strip())
+        if m and 1 <= int(m.group(1)) <= n:
+            answers[int(m.group(1)) - 1] = m.group(2) or "Unsure"
+    return answers

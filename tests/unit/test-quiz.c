@@ -444,6 +444,21 @@ static void test_answer_replies(void) {
     CHECK(pq_answers_parse("Q1) A\nQ2) B\nQ3) C\n", 2, a) == 2 && a[0] == 'A' && a[1] == 'B' && a[2] == 0,
           "n_questions=2: %.2s", a);
     CHECK(pq_answers_parse(NULL, 2, a) == 0 && a[0] == 'U' && a[1] == 'U', "NULL reply");
+
+    // the method's own format only (tests/py/test_quiz_strict_ref.py checks it against Python)
+    static const AnswerCase strict[] = {
+        {"canonical", "Q1) B\nQ2) C\nQ3) Unsure\nQ4) A\nQ5) E\n", "BCUAE", 4},
+        {"other forms ignored", "Q1: b\n**Q2)** C\nAnswer to Q3: B\n4) A\nq5) E\nQ1) b\n", "UUUUU", 0},
+        {"spacing, text after the letter", "Q1)B\nQ2)  C.\nQ3) D. Two years\nQ4) (A)\nQ5) E1\n", "BCDUU", 3},
+        {"Unicode whitespace stripped", "\xc2\xa0Q1) B\xe3\x80\x80\r\nQ2)\xc2\xa0" "C\n\xe2\x80\xa8Q3) D\n", "BCDUU", 3},
+        {"last line wins, Unsure included", "Q1) B\nQ1) C\nQ2) D\nQ2) Unsure.\nQ05) A\nQ6) A\nQ0) A\n", "CUUUA", 2},
+    };
+    for (size_t i = 0; i < sizeof strict / sizeof *strict; i++) {
+        char s[6] = {0};
+        int got = pq_answers_parse_strict(strict[i].reply, 5, s);
+        CHECK(!strcmp(s, strict[i].want) && got == strict[i].got, "strict %s: %s (%d), want %s (%d)", strict[i].name, s,
+              got, strict[i].want, strict[i].got);
+    }
 }
 
 // ---- shuffle, JSON, render ----
