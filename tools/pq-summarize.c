@@ -14,7 +14,7 @@ static const char usage[] =
     "\"summary\" and \"policy\".\n"
     "  -n, --samples N         summaries per article (default 1)\n"
     "      --prompt-file FILE  the prompt, with {article} where the text goes\n"
-    "                          (default: the built-in one of method.md §2)\n"
+    "                          (default: the built-in one, pq(7) METHOD step 2)\n"
     "Temperature is the server's unless --temperature is given (0.8 for\n"
     "training data, 0 for evaluation). Each article's seed is derived from\n"
     "--seed and its id; sample k of n is asked with seed+k in --n-mode client.\n" PQ_LLM_HELP;

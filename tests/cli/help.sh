@@ -1,7 +1,8 @@
 #!/bin/sh
 # help.sh: every tool's --help is whole and says each thing once: one
 # "Exit status" line, "Common options" at most once (pq-merge, which has
-# none of them, not at all) and only options the tool takes.
+# none of them, not at all), only options the tool takes, and no reference
+# to a file the repository does not ship (the method is in pq(7)).
 set -eu
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -13,6 +14,7 @@ for t in "$PQ_BIN"/pq-*; do
   [ "$n" -eq 1 ] || { echo "FAIL $name --help: $n 'Exit status' lines"; fail=1; }
   n=$(grep -c '^Common options' "$d/help" || :)
   [ "$n" -le 1 ] || { echo "FAIL $name --help: 'Common options' $n times"; fail=1; }
+  ! grep -n 'method\.md' "$d/help" || { echo "FAIL $name --help cites method.md, not in the repository"; fail=1; }
 done
 # pq-merge reads no JSONL: none of the line tools' options
 "$PQ_BIN/pq-merge" --help >"$d/help"
