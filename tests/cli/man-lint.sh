@@ -2,7 +2,7 @@
 # man-lint.sh: every tool has a man page, and every page passes mandoc's lint
 # and cites no method.md.
 set -eu
-command -v mandoc >/dev/null || { echo "mandoc not installed"; exit 77; }
+command -v mandoc >/dev/null || { echo "FAIL: mandoc not installed (scripts/setup installs it)"; exit 1; }
 status=0
 for t in "$PQ_BIN"/pq-*; do
   name=$(basename "$t")
