@@ -5,7 +5,15 @@
 # make install PREFIX=/usr/local
 
 PREFIX  ?= /usr/local
+# All cores by default, set once, by the top-level make: the recursive makes
+# of check and cuda-build share its jobserver (a -j of their own would make
+# each warn "-jN forced in makefile" and start its own pool); a -j given on
+# the command line wins.
+ifeq ($(MAKELEVEL),0)
+ifeq ($(filter -j% --jobs%,$(MAKEFLAGS)),)
 MAKEFLAGS += -j$(shell nproc)
+endif
+endif
 CUDA    ?= 0
 SAN     ?= 0
 CC      ?= cc

@@ -147,6 +147,7 @@ static int parse_int(const char *arg, long lo, long hi, int *out) {
 int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
     switch (opt) {
     case PQ_OPT_LLM_BASE + 0: c->base_url = arg; return 1;
+    case 'm': // -m, as in pq-logp, pq-dpo, pq-merge, pq-tokenize
     case PQ_OPT_LLM_BASE + 1: c->model = arg; return 1;
     case PQ_OPT_LLM_BASE + 2: c->api_key_env = arg; return 1;
     case PQ_OPT_LLM_BASE + 3:

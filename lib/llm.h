@@ -80,12 +80,12 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     {"threads", required_argument, 0, 't'},                     \
     {"jobs", required_argument, 0, 'j'},                        \
     {"option", required_argument, 0, 'O'}
-// Short options the client owns: -j N, -o KEY=JSON (tools map 'o' to 'O'
+// Short options the client owns: -m NAME|DIR, -j N, -o KEY=JSON (tools map 'o' to 'O'
 // for the body field; --output has no short form in LLM tools), -t N.
 #define PQ_LLM_HELP                                                                         \
     "LLM client options:\n"                                                                 \
     "      --base-url URL      endpoint (default $OPENAI_BASE_URL, else https://api.openai.com/v1)\n" \
-    "      --model NAME|DIR    model name sent to the server, or a local model directory\n" \
+    "  -m, --model NAME|DIR    model name sent to the server, or a local model directory\n" \
     "      --api-key-env NAME  variable holding the API key (default OPENAI_API_KEY)\n"    \
     "      --temperature T, --top-p P, --max-tokens N\n"                                   \
     "  -o, --option KEY=JSON   any other body field, e.g. -o max_completion_tokens=512\n"  \

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quiz.h"
 #include "util.h"
 
 void pq_pair_opts_default(PqPairOpts *o) {
@@ -83,11 +84,17 @@ int pq_messages_valid(const cJSON *prompt) {
     return 1;
 }
 
+// The prompt's messages and the response, stripped of leading and trailing
+// whitespace (Python's str.strip(), as the method's own code does).
 static cJSON *conversation(const cJSON *prompt, const char *response) {
     cJSON *c = cJSON_Duplicate(prompt, 1);
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "role", "assistant");
-    cJSON_AddStringToObject(m, "content", response);
+    size_t n;
+    const char *r = pq_strip_space(response, strlen(response), &n);
+    char *content = pq_xstrndup(r, n);
+    cJSON_AddItemToObject(m, "content", cJSON_CreateString(content));
+    free(content);
     cJSON_AddItemToArray(c, m);
     return c;
 }

@@ -87,9 +87,16 @@ char *pq_prompt_fill(const char *tmpl, int n, const char *const *keys, const cha
 
 // ---- line helpers ----
 
+// Leading whitespace, Unicode whitespace (NBSP, U+3000 ...) included.
+static char *skip_space(char *p) {
+    size_t n;
+    return (char *)pq_strip_space(p, strlen(p), &n);
+}
+
 // Copies one reply line, cleaned of markdown decoration: bold/italic
 // markers (** __), heading marks (#), quote marks (>), list bullets (- * +)
-// and surrounding whitespace. Single '*' and '_' are removed only at the ends.
+// and surrounding whitespace (Unicode whitespace too, as Python's
+// str.strip() sees it). Single '*' and '_' are removed only at the ends.
 static char *clean_line(const char *s, size_t n) {
     char *out = pq_xmalloc(n + 1);
     size_t k = 0;
@@ -103,7 +110,7 @@ static char *clean_line(const char *s, size_t n) {
     out[k] = 0;
     char *p = out;
     for (;;) {
-        while (*p == ' ') p++;
+        p = skip_space(p);
         if (*p == '#' || *p == '>') {
             while (*p == '#' || *p == '>') p++;
         } else if ((*p == '-' || *p == '*' || *p == '+') && p[1] == ' ') {
@@ -112,8 +119,13 @@ static char *clean_line(const char *s, size_t n) {
             p++;
         } else break;
     }
-    size_t len = strlen(p);
-    while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '*' || p[len - 1] == '_')) len--;
+    size_t len = strlen(p), kept;
+    for (;;) {
+        while (len > 0 && (p[len - 1] == '*' || p[len - 1] == '_')) len--;
+        const char *q = pq_strip_space(p, len, &kept); // p starts with no whitespace: q == p
+        if (q + kept == p + len) break;
+        len = (size_t)(q - p) + kept;
+    }
     memmove(out, p, len);
     out[len] = 0;
     return out;
@@ -559,6 +571,34 @@ int pq_answers_parse(const char *reply, int n_questions, char *answers) {
     return got;
 }
 
+int pq_answers_parse_strict(const char *reply, int n_questions, char *answers) {
+    for (int i = 0; i < n_questions; i++) answers[i] = 'U';
+    const char *p = reply ? reply : "";
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p), len;
+        const char *s = pq_strip_space(p, n, &len);
+        p += n + (nl != NULL);
+        size_t i = 1;
+        long num = 0;
+        if (len < 3 || s[0] != 'Q') continue;
+        for (; i < len && s[i] >= '0' && s[i] <= '9'; i++)
+            if (num <= 1000000) num = num * 10 + (s[i] - '0');
+        if (i == 1 || i >= len || s[i] != ')' || num < 1 || num > n_questions) continue;
+        i++;
+        size_t rl;
+        const char *r = pq_strip_space(s + i, len - i, &rl); // the line has no trailing whitespace left
+        if (rl >= 1 && r[0] >= 'A' && r[0] <= 'E' &&
+            (rl == 1 || !((r[1] >= '0' && r[1] <= '9') || (r[1] >= 'A' && r[1] <= 'Z') || (r[1] >= 'a' && r[1] <= 'z'))))
+            answers[num - 1] = r[0];
+        else if (rl >= 6 && !strncmp(r, "Unsure", 6))
+            answers[num - 1] = 'U';
+    }
+    int got = 0;
+    for (int i = 0; i < n_questions; i++) got += answers[i] != 'U';
+    return got;
+}
+
 // ---- counts ----
 
 // Whitespace as Python's str.split() sees it: ASCII \t\n\v\f\r, space,
@@ -568,6 +608,24 @@ static int is_space_cp(int32_t c) {
     if (c < 0x80) return 0;
     utf8proc_category_t cat = utf8proc_category(c);
     return cat == UTF8PROC_CATEGORY_ZS || cat == UTF8PROC_CATEGORY_ZL || cat == UTF8PROC_CATEGORY_ZP;
+}
+
+const char *pq_strip_space(const char *s, size_t n, size_t *len) {
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    size_t a = 0, b = 0; // kept: [a, b)
+    int seen = 0;
+    for (size_t i = 0; i < n;) {
+        int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &c);
+        if (k <= 0) k = 1, c = -1; // an invalid byte is kept
+        if (!is_space_cp(c)) {
+            if (!seen) a = i, seen = 1;
+            b = i + (size_t)k;
+        }
+        i += (size_t)k;
+    }
+    *len = seen ? b - a : 0;
+    return s + (seen ? a : n);
 }
 
 int pq_count_words(const char *s) {
@@ -611,12 +669,16 @@ int pq_count_bad_chars(const char *s) {
             p++, left--;
             continue;
         }
+        // NFD, then drop what has a nonzero canonical combining class (as
+        // Python's unicodedata.combining() sees it, the method's own test):
+        // not every mark (STRIPMARK drops all of Mn, Mc, Me), so U+FE0F,
+        // U+20E3, U+0903 ... stay and count.
         int lbc = 0;
-        utf8proc_ssize_t nd =
-            utf8proc_decompose_char(c, d, 32, UTF8PROC_DECOMPOSE | UTF8PROC_STRIPMARK, &lbc);
+        utf8proc_ssize_t nd = utf8proc_decompose_char(c, d, 32, UTF8PROC_DECOMPOSE, &lbc);
         if (nd < 0 || nd > 32) bad++; // cannot happen for valid code points (NFD is at most 4 long)
         else
-            for (utf8proc_ssize_t i = 0; i < nd; i++) bad += !good_cp(d[i]);
+            for (utf8proc_ssize_t i = 0; i < nd; i++)
+                bad += utf8proc_get_property(d[i])->combining_class == 0 && !good_cp(d[i]);
         p += k;
         left -= k;
     }

@@ -50,10 +50,23 @@ void pq_quiz_free(PqQuiz *q);
 // questions got a letter.
 int pq_answers_parse(const char *reply, int n_questions, char *answers);
 
+// The bytes of s[0..n) without leading and trailing whitespace as Python's
+// str.strip() sees it (Unicode: NBSP, U+3000 ... too): returns the first
+// byte kept and sets *len to how many are kept.
+const char *pq_strip_space(const char *s, size_t n, size_t *len);
+
+// The same, reading only the method's own reply format, as the recipe's
+// parser does: a line (stripped of Unicode whitespace) "Q<k>) X" where X is
+// a capital A-E not followed by an ASCII letter or digit, or "Unsure"
+// (whitespace between ")" and X allowed); other lines are ignored, and the
+// last line for a question wins.
+int pq_answers_parse_strict(const char *reply, int n_questions, char *answers);
+
 // Words by whitespace split (method.md §3).
 int pq_count_words(const char *s);
-// Out-of-distribution characters after NFD with combining marks removed
-// (method.md §3), via utf8proc. Invalid UTF-8 bytes count as bad.
+// Out-of-distribution characters after NFD with the characters of nonzero
+// canonical combining class removed (method.md §3; Python's
+// unicodedata.combining), via utf8proc. Invalid UTF-8 bytes count as bad.
 int pq_count_bad_chars(const char *s);
 
 #endif

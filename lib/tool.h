@@ -37,7 +37,8 @@ enum {
     {"help", no_argument, 0, 'h'},                                  \
     {"version", no_argument, 0, PQ_OPT_VERSION}
 
-// Text for the common options, to end each tool's --help.
+// Text for the common options; pq_tool_option's -h prints it after the
+// tool's own usage (so a usage text does not end with it).
 #define PQ_TOOL_COMMON_HELP                                                              \
     "Common options:\n"                                                                  \
     "      --output FILE   write output to FILE instead of stdout\n"                     \

@@ -35,6 +35,7 @@
 #   [[fake:401]]        always 401 "Incorrect API key"
 #   [[fake:400]]        always 400 with a message
 #   [[fake:badjson]]    first attempt: a 200 whose body is not JSON
+#   [[fake:echo]]       the reply is the prompt's text between "<<<" and ">>>"
 # Markers are removed from the text before replies are built from it.
 # --refuse-n: n > 1 gets a 400 like llama.cpp's ("only n = 1 is supported").
 # --log FILE: one JSON line per request: t, key, attempt, status, n, seed,
@@ -258,7 +259,9 @@ def handle(state, body, auth=None, conn=0):
                 mkey = hashlib.blake2b(json.dumps(msgs).encode(), digest_size=8).hexdigest() + "/m"
                 state.attempts[mkey] = state.attempts.get(mkey, 0) + 1
                 malformed = state.attempts[mkey] == 1
-            if malformed:
+            if "echo" in marks and "<<<" in prompt and ">>>" in prompt:
+                choices = [prompt[prompt.index("<<<") + 3:prompt.rindex(">>>")]] * n
+            elif malformed:
                 choices = ["I'm sorry, I cannot help with that."] * n
             elif "Unsure" in prompt:
                 choices = [answer_quiz(prompt)] * n

@@ -15,9 +15,7 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = os.path.join(HERE, "..", "..", "shared", "models")
-if not os.path.isdir(MODELS):
-    MODELS = "/work/shared/models"
+MODELS = os.path.join(HERE, "fixtures", "models")  # real tokenizer and template files, in the repo
 
 ARCH = {
     "llama": ("LlamaForCausalLM", "llama"),

@@ -63,7 +63,7 @@ static const char usage[] =
     "      --devices LIST        data-parallel on this host, one process per entry: GPUs (0,1,2) or,\n"
     "                            in the CPU build, cpu,cpu,...; the input is streamed to every one\n"
     "Several hosts: one process per GPU with RANK/WORLD_SIZE (or Slurm's, Open MPI's) and MASTER_ADDR/PORT\n"
-    "set; gradients and metrics are summed over them (NCCL; TCP through rank 0 in the CPU build).\n" PQ_TOOL_COMMON_HELP;
+    "set; gradients and metrics are summed over them (NCCL; TCP through rank 0 in the CPU build).\n";
 
 enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,

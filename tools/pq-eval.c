@@ -14,7 +14,7 @@ static const char usage[] =
     "Usage: pq-eval --baseline BASE.jsonl [OPTIONS] [MODEL.jsonl ...]\n"
     "Per model (the baseline included): % quiz score >= 3 and >= 4, median and mean\n"
     "compression, failed compressions, % with OOD characters, and the win rate against\n"
-    "the baseline with a bootstrap interval and a sign test (method.md §6). Inputs are\n"
+    "the baseline with a bootstrap interval and a sign test (pq(7), METHOD, step 6). Inputs are\n"
     "pq-quiz outputs; sample 0 of each id is used; only ids in every file count.\n"
     "  -b, --baseline FILE  the model the others are compared with (required)\n"
     "  -f, --format F       table, jsonl or csv (default: table on a terminal, else jsonl)\n"

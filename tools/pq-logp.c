@@ -24,7 +24,7 @@ static const char usage[] =
     "      --device DEV        cuda:N (CUDA build: GPU N, default cuda:0) or cpu\n"
     "      --per-token         also chosen_token_logps and rejected_token_logps arrays\n"
     "      --raw               records hold \"ids\" (token ids) and \"prompt_len\" instead of a pair;\n"
-    "                          adds \"logp\" and \"tokens\" (and \"token_logps\")\n" PQ_TOOL_COMMON_HELP;
+    "                          adds \"logp\" and \"tokens\" (and \"token_logps\")\n";
 
 enum { OPT_ADAPTER = PQ_OPT_TOOL_BASE, OPT_TEMPLATE, OPT_MAXLEN, OPT_TRUNC, OPT_BATCH, OPT_PER_TOKEN, OPT_RAW, OPT_DEVICE };
 

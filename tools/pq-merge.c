@@ -22,7 +22,10 @@ static const char usage[] =
 enum { OPT_DTYPE = PQ_OPT_TOOL_BASE };
 
 int main(int argc, char **argv) {
-    static const struct option longopts[] = {PQ_TOOL_LONGOPTS,
+    // none of the line tools' options (--output, --resume, --rejects, --seed,
+    // --progress): pq-merge reads and writes no JSONL
+    static const struct option longopts[] = {{"help", no_argument, 0, 'h'},
+                                             {"version", no_argument, 0, PQ_OPT_VERSION},
                                              {"model", required_argument, 0, 'm'},
                                              {"adapter", required_argument, 0, 'a'},
                                              {"out", required_argument, 0, 'o'},
@@ -35,8 +38,9 @@ int main(int argc, char **argv) {
     PqDtype dtype = PQ_BF16;
     int opt, threads = 0;
     while ((opt = getopt_long(argc, argv, "hm:a:o:t:", longopts, NULL)) != -1) {
-        if (opt != PQ_OPT_OUTPUT && opt != PQ_OPT_RESUME && pq_tool_option(&T, opt, optarg)) continue;
         switch (opt) {
+        case 'h': fputs(usage, stdout); exit(0);
+        case PQ_OPT_VERSION: pq_tool_option(&T, opt, optarg); break; // prints the version, exits
         case 'm': model_dir = optarg; break;
         case 'a': adapter_dir = optarg; break;
         case 'o': out_dir = optarg; break;

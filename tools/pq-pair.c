@@ -12,7 +12,7 @@
 
 static const char usage[] =
     "Usage: pq-pair [OPTIONS] [QUIZ.jsonl ...]\n"
-    "Groups quizzed summaries by id and writes DPO pair records (method.md §4).\n"
+    "Groups quizzed summaries by id and writes DPO pair records (pq(7), METHOD, step 4).\n"
     "      --threshold N       below it (min score <= N-1) the higher score wins (default 3)\n"
     "      --length-margin N   above it the shorter wins if words differ by more than N (default 2)\n"
     "      --max-pairs N       at most N pairs per article, a seeded sample; 0 = all (default 3)\n"

@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
         {0, 0, 0, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "hj:o:t:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hj:o:t:m:", longopts, NULL)) != -1) {
         if (pq_llmtool_option(t, &cfg, opt, optarg)) continue;
         char *end;
         switch (opt) {

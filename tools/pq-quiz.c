@@ -16,9 +16,12 @@ static const char usage[] =
     "temperature is 0 unless --temperature is given.\n"
     "Options:\n"
     "      --prompt-file FILE  prompt template instead of the built-in one ({summary}, {questions})\n"
+    "      --strict-format     read only \"Q<k>) X\" answer lines, as the method's own parser does\n"
+    "                          (default: also \"Q3: b\", \"**Q3)** B\", \"Answer to Q3: B\", ...)\n"
     PQ_LLM_HELP;
 
-enum { OPT_PROMPT_FILE = PQ_OPT_TOOL_BASE };
+enum { OPT_PROMPT_FILE = PQ_OPT_TOOL_BASE, OPT_STRICT };
+static int strict_format;
 
 // One summary in flight.
 typedef struct Job {
@@ -50,7 +53,8 @@ static void on_done(void *user, const PqLlmResult *res) {
     // A missing or unparsable answer counts as "Unsure": never retried, as
     // the judge not knowing is itself the measurement.
     char got[PQ_QUIZ_QUESTIONS];
-    pq_answers_parse(res->texts[0], j->n, got);
+    if (strict_format) pq_answers_parse_strict(res->texts[0], j->n, got);
+    else pq_answers_parse(res->texts[0], j->n, got);
     cJSON *answers = cJSON_CreateArray();
     int correct = 0;
     for (int k = 0; k < j->n; k++) {
@@ -82,13 +86,15 @@ int main(int argc, char **argv) {
         PQ_TOOL_LONGOPTS,
         PQ_LLM_LONGOPTS,
         {"prompt-file", required_argument, 0, OPT_PROMPT_FILE},
+        {"strict-format", no_argument, 0, OPT_STRICT},
         {0, 0, 0, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "hj:o:t:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hj:o:t:m:", longopts, NULL)) != -1) {
         if (pq_llmtool_option(t, &cfg, opt, optarg)) continue;
         switch (opt) {
         case OPT_PROMPT_FILE: prompt_file = optarg; break;
+        case OPT_STRICT: strict_format = 1; break;
         default: pq_tool_usage_error(t, "bad option");
         }
     }

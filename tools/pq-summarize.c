@@ -14,7 +14,7 @@ static const char usage[] =
     "\"summary\" and \"policy\".\n"
     "  -n, --samples N         summaries per article (default 1)\n"
     "      --prompt-file FILE  the prompt, with {article} where the text goes\n"
-    "                          (default: the built-in one of method.md §2)\n"
+    "                          (default: the built-in one, pq(7) METHOD step 2)\n"
     "Temperature is the server's unless --temperature is given (0.8 for\n"
     "training data, 0 for evaluation). Each article's seed is derived from\n"
     "--seed and its id; sample k of n is asked with seed+k in --n-mode client.\n" PQ_LLM_HELP;
@@ -148,7 +148,7 @@ int main(int argc, char **argv) {
     int n = 1, opt;
     char *prompt_file = NULL;
     PqErr e;
-    while ((opt = getopt_long(argc, argv, "hn:j:o:t:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "hn:j:o:t:m:", longopts, NULL)) != -1) {
         if (pq_llmtool_option(&T, &cfg, opt, optarg)) continue;
         switch (opt) {
         case 'n': {

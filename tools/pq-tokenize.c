@@ -21,8 +21,7 @@ static const char usage[] =
     "      --decode        the other way: decode \"ids\" into the text field\n"
     "      --skip-special  with --decode, leave special tokens out\n"
     "      --raw           plain text: each input line is one text, each output line its ids\n"
-    "                      separated by spaces (with --decode, lines of ids in, text out)\n"
-    PQ_TOOL_COMMON_HELP;
+    "                      separated by spaces (with --decode, lines of ids in, text out)\n";
 
 enum { OPT_FIELD = PQ_OPT_TOOL_BASE, OPT_ADD_SPECIAL, OPT_DECODE, OPT_SKIP_SPECIAL, OPT_RAW };
 

@@ -3,8 +3,8 @@
 # parallel): every article and every summary ends in a stage's output or its
 # rejects, exactly once; a rerun after failures resumes and finishes the work.
 set -eu
-command -v parallel >/dev/null 2>&1 || { echo "GNU parallel not installed"; exit 77; }
-command -v bash >/dev/null 2>&1 || { echo "bash not installed"; exit 77; }
+command -v parallel >/dev/null 2>&1 || { echo "FAIL: GNU parallel not installed (scripts/setup installs it)"; exit 1; }
+command -v bash >/dev/null 2>&1 || { echo "FAIL: bash not installed (pq's scripts need it)"; exit 1; }
 . "$PQ_TOP/tests/lib-fake.sh"
 d=$(mktemp -d)
 trap 'fake_stop; rm -rf "$d"' EXIT

@@ -5,7 +5,7 @@
 # (so DPO's first loss is ln 2 again), or with the base as reference; a rerun
 # skips everything; the per-round table and SVG are written.
 set -eu
-command -v bash >/dev/null 2>&1 || { echo "bash not installed"; exit 77; }
+command -v bash >/dev/null 2>&1 || { echo "FAIL: bash not installed (pq's scripts need it)"; exit 1; }
 . "$PQ_TOP/tests/lib-fake.sh"
 d=$(mktemp -d)
 trap 'fake_stop; rm -rf "$d"' EXIT

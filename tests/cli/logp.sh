@@ -7,7 +7,7 @@ set -eu
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
-[ -x "$PQ_BIN/pq-logp" ] || { echo "no pq-logp built"; exit 77; }
+[ -x "$PQ_BIN/pq-logp" ] || { echo "no pq-logp built"; exit 1; }
 "$PQ_PY" "$PQ_TOP/tests/make_tiny_model.py" --arch llama --out "$d/m" --layers 1 --hidden 32 --heads 2 \
   --kv-heads 1 --intermediate 48
 logp() { "$PQ_BIN/pq-logp" --no-progress -t 2 "$@"; }

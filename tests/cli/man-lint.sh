@@ -1,7 +1,8 @@
 #!/bin/sh
-# man-lint.sh: every tool has a man page, and every page passes mandoc's lint.
+# man-lint.sh: every tool has a man page, and every page passes mandoc's lint
+# and cites no method.md.
 set -eu
-command -v mandoc >/dev/null || { echo "mandoc not installed"; exit 77; }
+command -v mandoc >/dev/null || { echo "FAIL: mandoc not installed (scripts/setup installs it)"; exit 1; }
 status=0
 for t in "$PQ_BIN"/pq-*; do
   name=$(basename "$t")
@@ -14,5 +15,7 @@ for page in "$PQ_TOP"/man/*.[17]; do
     status=1
   fi
   grep -q '^\.Sh EXAMPLES' "$page" || { echo "$page: no EXAMPLES section"; status=1; }
+  # the method is in pq(7): no page sends the reader to a file the repository does not ship
+  ! grep -n 'method\.md' "$page" || { echo "$page: cites method.md (not in the repository; see pq(7) METHOD)"; status=1; }
 done
 exit $status

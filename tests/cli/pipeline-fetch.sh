@@ -5,8 +5,8 @@
 # partial file, sizes checked, the reference's seeded subset (numpy's
 # permutation, as datasets' shuffle), and pq-logp loading the fetched model.
 set -eu
-command -v curl >/dev/null 2>&1 || { echo "curl not installed"; exit 77; }
-command -v jq >/dev/null 2>&1 || { echo "jq not installed"; exit 77; }
+command -v curl >/dev/null 2>&1 || { echo "FAIL: curl not installed (scripts/setup installs it)"; exit 1; }
+command -v jq >/dev/null 2>&1 || { echo "FAIL: jq not installed (scripts/setup installs it)"; exit 1; }
 d=$(mktemp -d)
 hub_pid=
 trap '[ -z "$hub_pid" ] || kill "$hub_pid" 2>/dev/null || :; rm -rf "$d"' EXIT

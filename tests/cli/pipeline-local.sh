@@ -4,8 +4,8 @@
 # runs judge and policy locally through every stage to the table, saying the
 # numbers mean nothing; every stage's output has its schema and counts.
 set -eu
-command -v bash >/dev/null 2>&1 || { echo "bash not installed"; exit 77; }
-"$PQ_BIN/pq-summarize" --help 2>&1 | grep -q -- '--adapter' || { echo "pq-summarize has no local generation yet"; exit 77; }
+command -v bash >/dev/null 2>&1 || { echo "FAIL: bash not installed (pq's scripts need it)"; exit 1; }
+"$PQ_BIN/pq-summarize" --help 2>&1 | grep -q -- '--adapter' || { echo "FAIL: pq-summarize has no local generation (--adapter)"; exit 1; }
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 PATH=$PQ_BIN:$PATH

@@ -4,7 +4,7 @@
 # tokenizer and chat template agree with HF tokenizers, and pq-logp's
 # log-probs under it equal PyTorch's; the same seed gives the same bytes.
 set -eu
-command -v bash >/dev/null 2>&1 || { echo "bash not installed"; exit 77; }
+command -v bash >/dev/null 2>&1 || { echo "FAIL: bash not installed (pq's scripts need it)"; exit 1; }
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 "$PQ_TOP/scripts/pq-pipeline" --make-tiny-model "$d/m" 2>/dev/null

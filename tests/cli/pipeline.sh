@@ -4,7 +4,7 @@
 # stage's output has its schema and no line is lost (out + rejects = in); a
 # rerun skips every stage; a quiz cut short resumes where it stopped.
 set -eu
-command -v bash >/dev/null 2>&1 || { echo "bash not installed"; exit 77; }
+command -v bash >/dev/null 2>&1 || { echo "FAIL: bash not installed (pq's scripts need it)"; exit 1; }
 . "$PQ_TOP/tests/lib-fake.sh"
 d=$(mktemp -d)
 trap 'fake_stop; rm -rf "$d"' EXIT

@@ -65,10 +65,10 @@ assert rej == [inp[i] for i in bad_idx], rej
 good = [json.loads(inp[i]) for i in range(len(inp)) if i not in bad_idx]
 assert len(out) == len(good) == len(want)
 OK = set("\u2019\u2018\u2013\u2014\u201c\u201d\u2026\u2122\u00b0\u00c6\u00e6\u00a3\u20ac")
-def bad_chars(s):  # method.md §3, independently of utf8proc
+def bad_chars(s):  # method.md §3 as the recipe counts, independently of utf8proc
     n = 0
     for ch in unicodedata.normalize("NFD", s):
-        if unicodedata.category(ch) in ("Mn", "Mc", "Me"):
+        if unicodedata.combining(ch):
             continue
         if ch in string.ascii_letters or ch in string.digits or ch in " \t\n\r\v\f" or ch in string.punctuation or ch in OK:
             continue

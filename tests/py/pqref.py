@@ -1,5 +1,6 @@
 # pqref.py: plain-Python references of pq's seeded randomness (FNV-1a,
 # splitmix64 + xoshiro256**) and text counts, for the reference tests.
+import re
 import unicodedata
 
 M64 = (1 << 64) - 1
@@ -58,11 +59,13 @@ ALLOWED = set("\u2019\u2018\u2013\u2014\u201c\u201d\u2026\u2122\u00b0\u00c6\u00e
 
 
 def bad_chars(s):
-    """method.md §3: NFD, drop combining marks (Mn, Mc, Me), then count what
-    is neither ASCII letter/digit/whitespace/punctuation nor listed."""
+    """method.md §3, as the recipe's code counts: NFD, drop the characters
+    unicodedata.combining() gives a nonzero class (not every mark: U+FE0F,
+    U+20E3, U+0903 ... stay), then count what is neither ASCII
+    letter/digit/whitespace/punctuation nor listed."""
     n = 0
     for c in unicodedata.normalize("NFD", s):
-        if unicodedata.category(c).startswith("M"):
+        if unicodedata.combining(c):
             continue
         o = ord(c)
         if o < 0x80 and (0x21 <= o <= 0x7E or c in " \t\n\r\x0b\x0c"):
@@ -75,3 +78,19 @@ def bad_chars(s):
 
 def words(s):
     return len(s.split())
+
+
+# method.md §3: the judge's reply lines look like "Q3) B" or "Q3) Unsure.";
+# the recipe reads only that form (the line stripped with str.strip(), so
+# Unicode whitespace too), and a question without one counts as Unsure.
+RECIPE_ANSWER = re.compile(r"Q([0-9]+)\)\s*(?:([A-E])(?![A-Za-z0-9])|Unsure)")
+
+
+def recipe_answers(reply, n):
+    """The answers as the recipe's parser reads them: "A".."E" or "Unsure"."""
+    answers = ["Unsure"] * n
+    for line in reply.split("\n"):
+        m = RECIPE_ANSWER.match(line.strip())
+        if m and 1 <= int(m.group(1)) <= n:
+            answers[int(m.group(1)) - 1] = m.group(2) or "Unsure"
+    return answers

@@ -112,19 +112,16 @@ def main():
             print("peft: mean chosen logp %.6f, pq-dpo's eval %.6f" % (mc, ev[-1]["logps/chosen"]))
             check("peft logps == pq-dpo's eval", abs(mc - ev[-1]["logps/chosen"]) < 1e-4 * abs(mc))
         logp = os.path.join(BIN, "pq-logp")
-        if os.path.exists(logp):
-            recs = "".join(json.dumps({"id": v["id"], "ids": v["chosen_ids"], "prompt_len": v["prompt_len"]}) + "\n"
-                           for v in valid[:8])
-            r2 = subprocess.run([logp, "--raw", "--model", md, "--adapter", out, "-t", "1"], input=recs,
-                                capture_output=True, text=True)
-            check("pq-logp --adapter: exit %d %s" % (r2.returncode, r2.stderr), r2.returncode == 0)
-            got = [json.loads(l)["logp"] for l in r2.stdout.splitlines()]
-            want = [seq_logp(pm, v["chosen_ids"], v["prompt_len"]) for v in valid[:8]]
-            err = max(abs(a - b) for a, b in zip(got, want)) if got else 1
-            print("pq-logp --adapter vs peft: max abs diff %.2e" % err)
-            check("pq-logp --adapter == peft (%.3g)" % err, len(got) == 8 and err < 1e-3)
-        else:
-            print("pq-logp not built: --adapter comparison skipped")
+        recs = "".join(json.dumps({"id": v["id"], "ids": v["chosen_ids"], "prompt_len": v["prompt_len"]}) + "\n"
+                       for v in valid[:8])
+        r2 = subprocess.run([logp, "--raw", "--model", md, "--adapter", out, "-t", "1"], input=recs,
+                            capture_output=True, text=True)
+        check("pq-logp --adapter: exit %d %s" % (r2.returncode, r2.stderr), r2.returncode == 0)
+        got = [json.loads(l)["logp"] for l in r2.stdout.splitlines()]
+        want = [seq_logp(pm, v["chosen_ids"], v["prompt_len"]) for v in valid[:8]]
+        err = max(abs(a - b) for a, b in zip(got, want)) if got else 1
+        print("pq-logp --adapter vs peft: max abs diff %.2e" % err)
+        check("pq-logp --adapter == peft (%.3g)" % err, len(got) == 8 and err < 1e-3)
 
         # resume: 5 steps, stop, resume to 12 == 12 in one run (dropout on, across an epoch boundary)
         rs = common + ["--epochs", "3", "--max-steps", "12", "--lora-dropout", "0.1", tp]

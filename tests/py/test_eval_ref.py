@@ -137,8 +137,8 @@ def parse_args(args):
 
 def main():
     if not os.access(EVAL, os.X_OK):
-        print(f"skip: {EVAL} not built")
-        return 77
+        print(f"FAIL: {EVAL} not built")
+        return 1
     cases = os.path.join(TOP, "tests", "cases", "eval")
     n = 0
     for c in sorted(os.listdir(cases)):

@@ -61,8 +61,8 @@ def hf_greedy(m, prompt, n_new, eos):
 
 def main():
     if not os.access(DRIVER, os.X_OK):
-        print("skip: no driver " + DRIVER)
-        sys.exit(77)
+        print("FAIL: no driver " + DRIVER)
+        sys.exit(1)
     rnd = random.Random(5)
     with tempfile.TemporaryDirectory() as tmp:
         for arch, extra in (("llama", []), ("mistral", ["--window", "8"]), ("qwen2", ["--tie"]),

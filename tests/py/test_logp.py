@@ -117,8 +117,8 @@ def records(vocab, seed, n, lo, hi):
 
 def main():
     if not os.access(os.path.join(BIN, "pq-logp"), os.X_OK):
-        print("no pq-logp in", BIN)
-        sys.exit(77)
+        print("FAIL: no pq-logp in", BIN)
+        sys.exit(1)
     cases = [("llama", ["--dtype", "f32"]), ("llama3", ["--dtype", "f32"]),
              ("mistral", ["--dtype", "f32", "--window", "8"]), ("qwen2", ["--dtype", "f32"]),
              ("llama", ["--dtype", "bf16", "--tie", "--shards", "3"]), ("mistral", ["--dtype", "f16", "--window", "8"]),

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("PQ_BIN", os.path.join(TOP, "bin"))
 SAN = os.environ.get("PQ_FLAVOR") == "san"
-DATA = os.path.join(TOP, "..", "shared", "data", "cnndm-sample.jsonl")
+DATA = os.path.join(TOP, "data", "cnndm-sample.jsonl")
 TOL = 1e-4
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
@@ -43,8 +43,8 @@ def pairs(n):
 
 def main():
     if not os.access(os.path.join(BIN, "pq-logp"), os.X_OK):
-        print("no pq-logp in", BIN)
-        sys.exit(77)
+        print("FAIL: no pq-logp in", BIN)
+        sys.exit(1)
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ("llama", "qwen2"):

@@ -22,8 +22,8 @@ def f32(x):  # the value as the C side reads it (%.9g round-trips a float)
 def main():
     exe = os.path.join(BUILD, "tests", "test-optim")
     if not os.access(exe, os.X_OK):
-        print(f"no {exe} (build the unit tests first)")
-        return 77
+        print(f"FAIL: no {exe} (build the unit tests first)")
+        return 1
     rng = random.Random(1)
     n, steps, max_norm = 4099, 6, 20.0
     lr, b1, b2, eps, wd = 2e-3, 0.85, 0.99, 1e-6, 0.05

@@ -61,8 +61,9 @@ def reference(lines, o, seed, valid_frac=None):
             to_valid = Rng(((seed ^ fnv1a(aid)) + 0x76616C6964) & M64).uniform() < valid_frac
         for k, (c, r) in enumerate(cand):
             p = c["prompt"]
-            rec = {"id": aid, "prompt": p, "chosen": p + [{"role": "assistant", "content": c["summary"]}],
-                   "rejected": p + [{"role": "assistant", "content": r["summary"]}],
+            # the responses stripped as the recipe strips them (str.strip: Unicode whitespace)
+            rec = {"id": aid, "prompt": p, "chosen": p + [{"role": "assistant", "content": c["summary"].strip()}],
+                   "rejected": p + [{"role": "assistant", "content": r["summary"].strip()}],
                    "correct_chosen": c["correct"], "correct_rejected": r["correct"],
                    "num_words_chosen": c["num_words"], "num_words_rejected": r["num_words"], "pair": k}
             (valid if to_valid else train).append(rec)
@@ -72,7 +73,7 @@ def reference(lines, o, seed, valid_frac=None):
 def run(path, args):
     p = subprocess.run([PAIR] + args + [path], capture_output=True, text=True)
     check(p.returncode == 0, f"pq-pair {' '.join(args)} exited {p.returncode}: {p.stderr}")
-    return [json.loads(x) for x in p.stdout.splitlines()]
+    return [json.loads(x) for x in p.stdout.split("\n") if x]  # not splitlines(): U+2028 is no line end
 
 
 def compare(name, got, want):
@@ -85,8 +86,8 @@ def compare(name, got, want):
 
 def main():
     if not os.access(PAIR, os.X_OK):
-        print(f"skip: {PAIR} not built")
-        return 77
+        print(f"FAIL: {PAIR} not built")
+        return 1
     defaults = {"threshold": 3, "margin": 2, "max_pairs": 3, "min": 5, "max": 200}
     fx = os.path.join(TOP, "tests", "fixtures", "quiz.jsonl")
     with open(fx, encoding="utf-8") as f:
@@ -106,6 +107,11 @@ def main():
                               "num_words": w, "bad_chars": 1 if rnd.random() < 0.08 else 0})
                 if rnd.random() < 0.03:
                     lines[-1]["summary"] = ""
+                elif rnd.random() < 0.3:  # whitespace around it, ASCII and Unicode
+                    ws = " \t\n\r\x0b\x0c\x1c\x85\xa0\u1680\u2002\u2028\u2029\u202f\u205f\u3000"
+                    lines[-1]["summary"] = ("".join(rnd.choice(ws) for _ in range(rnd.randint(0, 3))) +
+                                            lines[-1]["summary"] +
+                                            "".join(rnd.choice(ws) for _ in range(rnd.randint(1, 3))))
         rnd.shuffle(lines)
         path = os.path.join(t, "quiz.jsonl")
         with open(path, "w", encoding="utf-8") as f:

@@ -8,16 +8,13 @@ import subprocess
 import sys
 import tempfile
 
+import tokenizers  # noqa: F401 (the reference libraries: missing, the test fails)
+import transformers  # noqa: F401
+
 TOP = os.environ.get("PQ_TOP", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.environ.get("PQ_BIN", os.path.join(TOP, "bin"))
 GOLDEN = os.path.join(TOP, "tests", "golden")
 
-try:
-    import tokenizers  # noqa: F401
-    import transformers  # noqa: F401
-except ImportError as e:
-    print(f"skip: {e}")
-    sys.exit(77)
 
 failed = 0
 
@@ -59,7 +56,7 @@ def regenerate(d):
     with open(os.path.join(GOLDEN, "tokenizer", "index.json")) as f:
         missing = {t["name"] for t in json.load(f)} - {t["name"] for t in index}
     if missing:
-        print(f"note: {sorted(missing)} not regenerated (their tokenizer.json is not here)")
+        fail(f"{sorted(missing)} not regenerated")
     print(f"{len(index)} tokenizers and {n_chat} chat goldens regenerated")
     return index
 
@@ -68,7 +65,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         if os.environ.get("PQ_FLAVOR") == "san":  # the goldens do not depend on the flavour: regenerated once
             with open(os.path.join(GOLDEN, "tokenizer", "index.json")) as f:
-                index = [t for t in json.load(f) if os.path.exists(os.path.join(TOP, t["path"]))]
+                index = json.load(f)
         else:
             index = regenerate(d)
 

@@ -192,28 +192,17 @@ int main(void) {
     char_walks(PQ_CONSTRAIN_ASCII, 0, 100, 10);
     char_walks(PQ_CONSTRAIN_SUMMARY, 0, 9, 10); // the least that fits 5 words
     char_walks(PQ_CONSTRAIN_SUMMARY, 0, 300, 10);
-    const char *dirs[] = {getenv("PQ_MODELS"), "../shared/models", "/work/shared/models"};
+    // the real GPT-2 and Mistral tokenizers, in the repository
     const char *top = getenv("PQ_TOP");
     char path[4096];
-    int found = 0;
-    for (int i = 0; i < 3 && !found; i++) {
-        if (!dirs[i]) continue;
-        snprintf(path, sizeof path, "%s%s%s/gpt2/tokenizer.json", i == 1 && top ? top : "", i == 1 && top ? "/" : "",
-                 dirs[i]);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            fclose(f);
-            found = 1;
-            token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 1);
-            token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
-            snprintf(path + strlen(path) - strlen("gpt2/tokenizer.json"), 64, "mistral-7b-instruct-v0.1/tokenizer.json");
-            token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 1);
-            token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
-            token_walks(path, PQ_CONSTRAIN_ASCII, 0, 30, 2);
-            token_walks(path, PQ_CONSTRAIN_SUMMARY, 0, 12, 3);
-        }
-    }
-    if (!found) printf("test-constrain: no tokenizer files found; token walks skipped\n");
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/gpt2/tokenizer.json", top ? top : ".");
+    token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 1);
+    token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/mistral-7b-instruct-v0.1/tokenizer.json", top ? top : ".");
+    token_walks(path, PQ_CONSTRAIN_QUIZ, 5, 300, 1);
+    token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
+    token_walks(path, PQ_CONSTRAIN_ASCII, 0, 30, 2);
+    token_walks(path, PQ_CONSTRAIN_SUMMARY, 0, 12, 3);
     if (fails) {
         fprintf(stderr, "test-constrain: %d failures\n", fails);
         return 1;

@@ -388,6 +388,12 @@ static const AnswerCase answer_cases[] = {
                                              "Q4) A. In October\nQ5) E. 27\n",
      "BCUAE", 4},
     {"bare numbers", "1) B\n2) C\n3) Unsure\n4) A\n5) E\n", "BCUAE", 4},
+    // Unicode whitespace around a line is stripped, as Python's str.strip() does
+    {"no-break spaces and U+3000 around lines",
+     "\xc2\xa0Q1) B\xc2\xa0\n\xe3\x80\x80Q2) C\n\xe2\x80\x83Q3) Unsure\n\xe2\x80\xafQ4) A\xe3\x80\x80\n"
+     "\x0bQ5) E\xc2\x85\n",
+     "BCUAE", 4},
+    {"no-break space in a bold line", "\xc2\xa0**Q1)** B\n**Q2)**\xc2\xa0" "C\n", "BCUUU", 2},
     {"numbers with periods", "1. B\n2. C\n3. Unsure\n4. A\n5. E\n", "BCUAE", 4},
     {"Answer to Qn", "Answer to Q1: B\nAnswer to Q2: C\nAnswer to Q3: Unsure\nAnswer to Q4: A\nAnswer to Q5: E\n",
      "BCUAE", 4},
@@ -438,6 +444,21 @@ static void test_answer_replies(void) {
     CHECK(pq_answers_parse("Q1) A\nQ2) B\nQ3) C\n", 2, a) == 2 && a[0] == 'A' && a[1] == 'B' && a[2] == 0,
           "n_questions=2: %.2s", a);
     CHECK(pq_answers_parse(NULL, 2, a) == 0 && a[0] == 'U' && a[1] == 'U', "NULL reply");
+
+    // the method's own format only (tests/py/test_quiz_strict_ref.py checks it against Python)
+    static const AnswerCase strict[] = {
+        {"canonical", "Q1) B\nQ2) C\nQ3) Unsure\nQ4) A\nQ5) E\n", "BCUAE", 4},
+        {"other forms ignored", "Q1: b\n**Q2)** C\nAnswer to Q3: B\n4) A\nq5) E\nQ1) b\n", "UUUUU", 0},
+        {"spacing, text after the letter", "Q1)B\nQ2)  C.\nQ3) D. Two years\nQ4) (A)\nQ5) E1\n", "BCDUU", 3},
+        {"Unicode whitespace stripped", "\xc2\xa0Q1) B\xe3\x80\x80\r\nQ2)\xc2\xa0" "C\n\xe2\x80\xa8Q3) D\n", "BCDUU", 3},
+        {"last line wins, Unsure included", "Q1) B\nQ1) C\nQ2) D\nQ2) Unsure.\nQ05) A\nQ6) A\nQ0) A\n", "CUUUA", 2},
+    };
+    for (size_t i = 0; i < sizeof strict / sizeof *strict; i++) {
+        char s[6] = {0};
+        int got = pq_answers_parse_strict(strict[i].reply, 5, s);
+        CHECK(!strcmp(s, strict[i].want) && got == strict[i].got, "strict %s: %s (%d), want %s (%d)", strict[i].name, s,
+              got, strict[i].want, strict[i].got);
+    }
 }
 
 // ---- shuffle, JSON, render ----
@@ -644,6 +665,15 @@ static void test_counts(void) {
         {"\xc3\x28", 1, "bad continuation: one bad byte, then '(' is fine"},
         {"\xed\xa0\x80", 3, "an encoded surrogate: three bad bytes"},
         {"\xc0\xaf", 2, "overlong encoding: two bad bytes"},
+        // marks of combining class 0 stay after NFD and count (Python's unicodedata.combining() is 0)
+        {"Word \xe2\x84\xa2\xef\xb8\x8f word", 1, "TM + VARIATION SELECTOR-16 (Mn, class 0)"},
+        {"1\xe2\x83\xa3", 1, "COMBINING ENCLOSING KEYCAP (Me, class 0)"},
+        {"a\xe2\x83\x9d", 1, "COMBINING ENCLOSING CIRCLE (Me, class 0)"},
+        {"a\xcd\x8f" "b", 1, "COMBINING GRAPHEME JOINER (Mn, class 0)"},
+        {"\xe0\xa4\x95\xe0\xa4\xbf", 2, "Devanagari KA + VOWEL SIGN I (Mc, class 0)"},
+        {"\xe0\xb8\x81\xe0\xb8\xb1", 2, "Thai KO KAI + MAI HAN-AKAT (Mn, class 0)"},
+        {"\xe0\xa4\x95\xe0\xa4\x83", 2, "Devanagari KA + VISARGA (Mc, class 0)"},
+        {"\xe0\xa4\x95\xe0\xa4\xbc", 1, "Devanagari KA + NUKTA (Mn, class 7): the nukta is dropped"},
     };
     for (size_t i = 0; i < sizeof b / sizeof *b; i++)
         CHECK(pq_count_bad_chars(b[i].s) == b[i].bad, "bad_chars(%s) = %d, want %d", b[i].why,
