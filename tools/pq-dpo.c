@@ -23,7 +23,10 @@ static const char usage[] =
     "Trains a LoRA adapter with DPO on pair records holding ref_chosen_logp and ref_rejected_logp\n"
     "(pq-logp's output); writes one JSON line of metrics per optimizer step.\n"
     "  -m, --model DIR           Hugging Face model directory (the policy's base)\n"
-    "  -o, --out DIR             write the PEFT adapter here (at the end and every --save-every steps)\n"
+    "  -o, --out DIR             write the PEFT adapter here (at the end and every --save-every steps);\n"
+    "                            an existing adapter is replaced only with --overwrite (or when it is --resume's)\n"
+    "      --overwrite           replace the adapter already in --out DIR\n"
+    "      --no-save             train without saving an adapter (metrics only; instead of --out)\n"
     "      --resume DIR          continue the training saved in DIR (adapter, optimizer, step, data position)\n"
     "      --adapter DIR         start from this PEFT adapter instead of a fresh one\n"
     "      --loss NAME           sigmoid (default), ipo, hinge\n"
@@ -69,7 +72,7 @@ enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
     O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_TEMPLATE, O_MAXLEN,
-    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES
+    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES, O_OVERWRITE, O_NOSAVE
 };
 
 static PqTool T;
@@ -77,6 +80,7 @@ static PqTool T;
 // Options.
 static const char *device, *devices, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
+static int overwrite, no_save;
 static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
 static double lora_alpha = 16, lora_dropout = 0.05, lr = 5e-6, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, wd = 0,
               warmup_ratio = 0, max_grad_norm = 1.0;
@@ -450,6 +454,25 @@ static int stopping(void) {
     return pq_interrupted || (max_steps > 0 && step >= max_steps) || (stop_after > 0 && step >= stop_after);
 }
 
+// --out DIR before any work: a new path, the directory being resumed, or
+// (with --overwrite) an adapter directory; anything else is refused, so that
+// a file or an unrelated directory is never replaced by an adapter.
+static void check_out(void) {
+    struct stat so, sr;
+    if (stat(out_dir, &so) != 0) return;
+    if (resume_dir && stat(resume_dir, &sr) == 0 && sr.st_dev == so.st_dev && sr.st_ino == so.st_ino) return;
+    PqBuf p = {0};
+    pq_buf_printf(&p, "%s/adapter_config.json", out_dir);
+    int adapter = S_ISDIR(so.st_mode) && access(p.data, F_OK) == 0;
+    pq_buf_free(&p);
+    if (!adapter)
+        pq_tool_usage_error(&T, "--out %s exists and is not an adapter directory: give a new path", out_dir);
+    if (!overwrite)
+        pq_tool_usage_error(&T, "--out %s holds an adapter already: --resume %s continues its training, "
+                                "--overwrite replaces it",
+                            out_dir, out_dir);
+}
+
 // Counts the non-blank lines of the inputs when they are all regular files; -1 otherwise.
 static long count_inputs(void) {
     long n = 0;
@@ -586,6 +609,8 @@ int main(int argc, char **argv) {
         {"device", required_argument, 0, O_DEVICE},
         {"devices", required_argument, 0, O_DEVICES},
         {"dump-grads", required_argument, 0, O_DUMPGRADS}, // tests: the first step's gradients, then stop
+        {"overwrite", no_argument, 0, O_OVERWRITE},
+        {"no-save", no_argument, 0, O_NOSAVE},
         {0, 0, 0, 0}};
     pq_tool_init(&T, "pq-dpo", usage);
     int o, threads = 0;
@@ -664,10 +689,16 @@ int main(int argc, char **argv) {
             }
             break;
         case O_DUMPGRADS: dump_grads = optarg; break;
+        case O_OVERWRITE: overwrite = 1; break;
+        case O_NOSAVE: no_save = 1; break;
         default: pq_tool_usage_error(&T, "bad option");
         }
     }
     if (!model_dir) pq_tool_usage_error(&T, "--model DIR is required");
+    if (out_dir && no_save) pq_tool_usage_error(&T, "--out and --no-save exclude each other");
+    if (!out_dir && !no_save && !dump_grads)
+        pq_tool_usage_error(&T, "--out DIR is required: where the adapter is saved (--no-save trains without saving)");
+    if (out_dir) check_out();
     if (micro > 64) micro = 64;
     if (micro > batch) micro = batch;
     if (resume_dir && adapter_dir) pq_tool_usage_error(&T, "--resume and --adapter exclude each other");
