@@ -198,6 +198,44 @@ static long count_lines(const char *path) {
     return n + (last != '\n');
 }
 
+// An input that is also a file the run writes would be emptied (--output,
+// --rejects) or read back as it grows (--resume) before it is read:
+// refused, by device and inode (names differ: ./in.jsonl, links), before
+// anything is opened for writing. A missing input is fatal here, before any
+// work, not when the run reaches it.
+static void check_files(PqTool *t) {
+    struct stat *in = pq_xmalloc((size_t)t->n_inputs * sizeof *in);
+    int n = 0;
+    for (int i = 0; i < t->n_inputs; i++) {
+        struct stat st;
+        const char *path = t->inputs[i];
+        if (strcmp(path, "-") == 0) {
+            if (fstat(STDIN_FILENO, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        } else {
+            if (stat(path, &st) != 0 || access(path, R_OK) != 0) pq_tool_die(t, "%s: %s", path, strerror(errno));
+            if (!S_ISREG(st.st_mode)) continue;
+        }
+        in[n++] = st;
+    }
+    const char *what[3] = {"--output", "--resume", "--rejects"};
+    const char *path[3] = {t->output_path, t->resume_path, t->rejects_path};
+    struct stat out[3];
+    int have[3] = {0, 0, 0};
+    for (int k = 0; k < 3; k++) {
+        if (!path[k] || strcmp(path[k], "-") == 0 || stat(path[k], &out[k]) != 0) continue;
+        have[k] = 1;
+        for (int i = 0; i < n; i++)
+            if (out[k].st_dev == in[i].st_dev && out[k].st_ino == in[i].st_ino)
+                pq_tool_usage_error(t, "%s %s is also an input: it would be %s before it is read", what[k], path[k],
+                                    k == 1 ? "appended to while it is read" : "emptied");
+    }
+    for (int k = 0; k < 2; k++)
+        if (have[k] && have[2] && out[k].st_dev == out[2].st_dev && out[k].st_ino == out[2].st_ino &&
+            S_ISREG(out[2].st_mode))
+            pq_tool_usage_error(t, "--rejects %s is also the %s file", path[2], what[k]);
+    free(in);
+}
+
 void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
     static char *stdin_name[] = {"-"};
     if (optind < argc) {
@@ -207,6 +245,7 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
         t->inputs = stdin_name;
         t->n_inputs = 1;
     }
+    check_files(t);
     if (t->progress < 0) t->progress = isatty(STDERR_FILENO);
     if (t->progress) {
         long total = 0;
