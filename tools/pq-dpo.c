@@ -698,7 +698,10 @@ int main(int argc, char **argv) {
     if (out_dir && no_save) pq_tool_usage_error(&T, "--out and --no-save exclude each other");
     if (!out_dir && !no_save && !dump_grads)
         pq_tool_usage_error(&T, "--out DIR is required: where the adapter is saved (--no-save trains without saving)");
-    if (out_dir) check_out();
+    if (out_dir) {
+        if (pq_clean_stale_dirs(out_dir, T.name, &e) < 0) pq_tool_die(&T, "%s", e.msg);
+        check_out();
+    }
     if (micro > 64) micro = 64;
     if (micro > batch) micro = batch;
     if (resume_dir && adapter_dir) pq_tool_usage_error(&T, "--resume and --adapter exclude each other");

@@ -3,7 +3,9 @@
 # unless --no-save says so; an existing --out that is a file or a directory
 # other than an adapter is refused even with --overwrite, an adapter only
 # with --overwrite (or when it is --resume's own), all before any work and
-# leaving the path as it was.
+# leaving the path as it was. OUT.tmpPID / OUT.oldPID directories of killed
+# runs (PID gone) are removed, or put back when OUT is missing; a live
+# process's are left alone.
 set -eu
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -48,4 +50,19 @@ dpo --resume "$d/a" --out "$d/a" "$d/in.jsonl" >"$d/out" 2>"$d/err" || { cat "$d
 [ "$(wc -l <"$d/out")" -eq 1 ] || { echo "resume: want step 2 only"; cat "$d/out"; exit 1; }
 dpo --out "$d/a" --overwrite "$d/in.jsonl" >"$d/out" 2>"$d/err" || { cat "$d/err"; exit 1; }
 grep -q '"step":[[:space:]]*2,' "$d/a/trainer_state.json" || { echo "--overwrite: not the new run's adapter"; exit 1; }
+
+# What SIGKILL leaves: a dead pid's tmp and old directories go, a live one's stay.
+dead=$(sh -c 'echo $$')
+mkdir "$d/a.tmp$dead" "$d/a.old$dead" "$d/a.tmp$$" "$d/a.tmpx$dead"
+echo x >"$d/a.tmp$dead/adapter_model.safetensors"
+echo x >"$d/a.old$dead/adapter_config.json"
+dpo --resume "$d/a" --out "$d/a" --epochs 3 --max-steps 3 "$d/in.jsonl" >"$d/out" 2>"$d/err" || { cat "$d/err"; exit 1; }
+[ ! -e "$d/a.tmp$dead" ] && [ ! -e "$d/a.old$dead" ] || { echo "dead run's directories left"; ls "$d"; exit 1; }
+[ -d "$d/a.tmp$$" ] && [ -d "$d/a.tmpx$dead" ] || { echo "a live run's (or another) directory removed"; exit 1; }
+grep -q "removed .*a.tmp$dead, left by a run that was killed" "$d/err" || { echo "not said:"; cat "$d/err"; exit 1; }
+# Killed between the two renames of a save: OUT is missing, OUT.oldPID is the checkpoint.
+mv "$d/a" "$d/a.old$dead"
+dpo --resume "$d/a" --out "$d/a" --epochs 3 --max-steps 4 "$d/in.jsonl" >"$d/out" 2>"$d/err" || { cat "$d/err"; exit 1; }
+grep -q "put back from" "$d/err" || { echo "not put back:"; cat "$d/err"; exit 1; }
+[ "$(sed -n 's/.*"step":[[:space:]]*\([0-9]*\).*/\1/p' "$d/out")" = 4 ] || { echo "resumed at the wrong step:"; cat "$d/out"; exit 1; }
 echo ok
