@@ -759,8 +759,14 @@ int main(int argc, char **argv) {
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);
     }
 
-    if (resume_dir) resume();
-    else {
+    if (resume_dir) {
+        resume();
+        if ((max_steps > 0 && step >= max_steps) || epoch >= epochs) { // nothing left: not an error
+            fprintf(stderr, "%s: the training in %s is complete (step %ld, %ld epoch%s); nothing to do\n", T.name,
+                    resume_dir, step, epoch, epoch == 1 ? "" : "s");
+            return pq_tool_finish(&T);
+        }
+    } else {
         if (adapter_dir) {
             if (!(lora = pq_lora_load(adapter_dir, M, &e))) pq_tool_die(&T, "--adapter: %s", e.msg);
         } else {

@@ -51,6 +51,16 @@ dpo --resume "$d/a" --out "$d/a" "$d/in.jsonl" >"$d/out" 2>"$d/err" || { cat "$d
 dpo --out "$d/a" --overwrite "$d/in.jsonl" >"$d/out" 2>"$d/err" || { cat "$d/err"; exit 1; }
 grep -q '"step":[[:space:]]*2,' "$d/a/trainer_state.json" || { echo "--overwrite: not the new run's adapter"; exit 1; }
 
+# --resume of a finished run: says so, exit 0 (by epochs, and by --max-steps).
+for args in "" "--max-steps 1"; do
+  rm -rf "$d/f"
+  dpo --out "$d/f" $args "$d/in.jsonl" >/dev/null 2>"$d/err" || { cat "$d/err"; exit 1; }
+  rc=0; dpo --resume "$d/f" --out "$d/f" $args "$d/in.jsonl" >"$d/out" 2>"$d/err" || rc=$?
+  [ $rc -eq 0 ] || { echo "--resume of a finished run ($args): exit $rc, want 0"; cat "$d/err"; exit 1; }
+  grep -q "is complete" "$d/err" || { echo "--resume of a finished run: not said"; cat "$d/err"; exit 1; }
+  [ ! -s "$d/out" ] || { echo "--resume of a finished run: trained"; exit 1; }
+done
+
 # What SIGKILL leaves: a dead pid's tmp and old directories go, a live one's stay.
 dead=$(sh -c 'echo $$')
 mkdir "$d/a.tmp$dead" "$d/a.old$dead" "$d/a.tmp$$" "$d/a.tmpx$dead"
