@@ -100,16 +100,27 @@ void pq_tool_die(PqTool *t, const char *fmt, ...) {
     exit(PQ_EXIT_FATAL);
 }
 
+// After --help or --version: exit 0 when stdout took it all; a closed pipe
+// ends quietly (the conventional 128 + SIGPIPE), any other write error is
+// an error (exit 3).
+static __attribute__((noreturn)) void exit_flushed(PqTool *t) {
+    errno = 0;
+    if (fflush(stdout) == 0 && !ferror(stdout)) exit(0);
+    if (errno == EPIPE) exit(PQ_EXIT_PIPE);
+    fprintf(stderr, "%s: write error: %s\n", t->name, errno ? strerror(errno) : "unknown");
+    exit(PQ_EXIT_FATAL);
+}
+
 int pq_tool_option(PqTool *t, int opt, const char *arg) {
     char *end;
     switch (opt) {
     case 'h':
         fputs(t->usage, stdout);
         fputs(PQ_TOOL_COMMON_HELP, stdout);
-        exit(0);
+        exit_flushed(t);
     case PQ_OPT_VERSION:
         printf("%s %s\n", t->name, PQ_VERSION);
-        exit(0);
+        exit_flushed(t);
     case PQ_OPT_REJECTS: t->rejects_path = arg; return 1;
     case PQ_OPT_RESUME: t->resume_path = arg; return 1;
     case PQ_OPT_OUTPUT: t->output_path = arg; return 1;
@@ -177,6 +188,81 @@ static void load_resume(PqTool *t) {
     }
     pq_buf_free(&key);
     free(data);
+}
+
+// ---- the rejects file of the run being resumed ----
+
+struct PqOldRejects {
+    char *data;    // the old file
+    size_t *start, *len;
+    unsigned char *seen; // read again by this run: its fate is this run's
+    long n;
+    long *slot; // open addressing over the line bytes: index + 1, 0 empty
+    size_t cap;
+};
+
+static void load_old_rejects(PqTool *t) {
+    PqErr e;
+    size_t n;
+    char *data = pq_read_file(t->rejects_path, &n, &e);
+    if (!data) {
+        if (errno == ENOENT) return;
+        pq_tool_die(t, "--rejects %s", e.msg);
+    }
+    PqOldRejects *o = pq_xcalloc(1, sizeof *o);
+    o->data = data;
+    long cap_lines = 0;
+    for (size_t i = 0; i < n;) {
+        char *nl = memchr(data + i, '\n', n - i);
+        size_t end = nl ? (size_t)(nl - data) : n;
+        if (o->n == cap_lines) {
+            cap_lines = cap_lines ? 2 * cap_lines : 64;
+            o->start = pq_xrealloc(o->start, (size_t)cap_lines * sizeof *o->start);
+            o->len = pq_xrealloc(o->len, (size_t)cap_lines * sizeof *o->len);
+        }
+        o->start[o->n] = i;
+        o->len[o->n++] = end - i;
+        i = end + 1;
+    }
+    o->seen = pq_xcalloc((size_t)(o->n ? o->n : 1), 1);
+    o->cap = 16;
+    while (o->cap < 2 * (size_t)o->n) o->cap *= 2;
+    o->slot = pq_xcalloc(o->cap, sizeof *o->slot);
+    for (long k = 0; k < o->n; k++) {
+        size_t h = pq_hash_bytes(data + o->start[k], o->len[k]) & (o->cap - 1);
+        while (o->slot[h]) h = (h + 1) & (o->cap - 1);
+        o->slot[h] = k + 1;
+    }
+    t->old_rejects = o;
+}
+
+// The input line just read: an old reject of the same bytes is this run's now.
+static void old_rejects_seen(PqTool *t, const char *s, size_t len) {
+    PqOldRejects *o = t->old_rejects;
+    if (!o || !o->n) return;
+    for (size_t h = pq_hash_bytes(s, len) & (o->cap - 1); o->slot[h]; h = (h + 1) & (o->cap - 1)) {
+        long k = o->slot[h] - 1;
+        if (o->len[k] == len && memcmp(o->data + o->start[k], s, len) == 0) o->seen[k] = 1;
+    }
+}
+
+static void finish_old_rejects(PqTool *t) {
+    PqOldRejects *o = t->old_rejects;
+    if (!o) return;
+    t->old_rejects = NULL;
+    for (long k = 0; k < o->n && t->rejects; k++) {
+        if (o->seen[k]) continue;
+        errno = 0;
+        if (fwrite(o->data + o->start[k], 1, o->len[k], t->rejects) != o->len[k] || fputc('\n', t->rejects) == EOF ||
+            fflush(t->rejects) != 0)
+            pq_tool_die(t, "--rejects %s: write error: %s", t->rejects_path, errno ? strerror(errno) : "unknown");
+    }
+    free(o->data);
+    free(o->start);
+    free(o->len);
+    free(o->seen);
+    free(o->slot);
+    free(o);
 }
 
 int pq_tool_is_done(PqTool *t, const char *key) { return t->done && keyset_has(t->done, key); }
@@ -271,7 +357,12 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
         if (t->out_fd < 0) pq_tool_die(t, "%s: %s", t->output_path, strerror(errno));
     }
     if (t->rejects_path) {
-        t->rejects = fopen(t->rejects_path, t->resume_path ? "a" : "w");
+        // On --resume every line not in the output is tried again, so the
+        // rejects file is written anew: no line twice, none that has since
+        // succeeded. The old lines this run does not reach (Ctrl-C again)
+        // are kept, written back at the end.
+        if (t->resume_path) load_old_rejects(t);
+        t->rejects = fopen(t->rejects_path, "w");
         if (!t->rejects) pq_tool_die(t, "--rejects %s: %s", t->rejects_path, strerror(errno));
     }
     struct sigaction sa;
@@ -352,6 +443,7 @@ int pq_tool_try_next(PqTool *t) {
         while (i < t->line.len && (t->line.text[i] == ' ' || t->line.text[i] == '\t')) i++;
         if (i == t->line.len) continue; // blank line
         t->n_read++;
+        old_rejects_seen(t, t->line.text, t->line.len);
         return 1;
     }
 }
@@ -381,7 +473,21 @@ static void line_col(const char *s, const char *at, long *line, long *col) {
 
 cJSON *pq_tool_parse(PqTool *t) {
     const char *end = NULL;
+    const char *nul = memchr(t->line.text, 0, t->line.len);
+    if (nul) { // cJSON would stop there, or cut a string short, silently
+        pq_tool_reject(t, &t->line, NULL, "a NUL byte at column %ld", (long)(nul - t->line.text) + 1);
+        return NULL;
+    }
     cJSON *obj = cJSON_ParseWithLengthOpts(t->line.text, t->line.len, &end, 0);
+    if (obj && end) { // one value a line: a second object or any other text after it is an error
+        const char *p = end;
+        while (p < t->line.text + t->line.len && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
+        if (p < t->line.text + t->line.len) {
+            pq_tool_reject(t, &t->line, NULL, "text after the JSON value at column %ld", (long)(p - t->line.text) + 1);
+            cJSON_Delete(obj);
+            return NULL;
+        }
+    }
     if (!obj) {
         const char *at = end ? end : cJSON_GetErrorPtr();
         long l = 1, c = 1;
@@ -397,16 +503,36 @@ cJSON *pq_tool_parse(PqTool *t) {
     return obj;
 }
 
-void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, const char *id,
+void pq_sanitize(PqBuf *b, const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) pq_buf_printf(b, "\\x%02x", *p);
+        else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) pq_buf_printf(b, "\\u%04x", p[1]), p++; // C1 controls
+        else pq_buf_append(b, p, 1);
+    }
+}
+
+void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, size_t len, const char *id,
                          const char *reason) {
-    if (t->n_inputs > 1) fprintf(stderr, "%s: %s: line %ld", t->name, file, lineno);
-    else fprintf(stderr, "%s: line %ld", t->name, lineno);
-    if (id) fprintf(stderr, " (id %s)", id);
-    fprintf(stderr, ": %s\n", reason);
-    if (t->rejects) {
-        fputs(text, t->rejects);
-        fputc('\n', t->rejects);
-        fflush(t->rejects);
+    PqBuf m = {0};
+    if (t->n_inputs > 1) {
+        pq_buf_printf(&m, "%s: ", t->name);
+        pq_sanitize(&m, file);
+        pq_buf_printf(&m, ": line %ld", lineno);
+    } else pq_buf_printf(&m, "%s: line %ld", t->name, lineno);
+    if (id) {
+        pq_buf_puts(&m, " (id ");
+        pq_sanitize(&m, id);
+        pq_buf_puts(&m, ")");
+    }
+    pq_buf_puts(&m, ": ");
+    pq_sanitize(&m, reason);
+    pq_buf_puts(&m, "\n");
+    fputs(m.data, stderr);
+    pq_buf_free(&m);
+    if (t->rejects) { // the line as it came, NUL bytes and all
+        errno = 0;
+        if (fwrite(text, 1, len, t->rejects) != len || fputc('\n', t->rejects) == EOF || fflush(t->rejects) != 0)
+            pq_tool_die(t, "--rejects %s: write error: %s", t->rejects_path, errno ? strerror(errno) : "unknown");
     }
     t->n_rejected++;
 }
@@ -417,16 +543,21 @@ void pq_tool_reject(PqTool *t, const PqLine *line, const char *id, const char *f
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
-    pq_tool_reject_text(t, line->file, line->lineno, line->text, id, reason);
+    pq_tool_reject_text(t, line->file, line->lineno, line->text, line->len, id, reason);
 }
 
 // ---- output ----
 
 static void write_all(PqTool *t, const char *s, size_t n) {
-    while (n > 0) {
+    while (n > 0 && !t->out_closed) {
         ssize_t k = write(t->out_fd, s, n);
         if (k < 0) {
             if (errno == EINTR) continue;
+            if (errno == EPIPE) { // the reader is gone (| head): stop as on Ctrl-C, quietly
+                t->out_closed = 1;
+                pq_interrupted = 1;
+                return;
+            }
             pq_tool_die(t, "write error: %s", strerror(errno));
         }
         s += k;
@@ -477,6 +608,11 @@ void pq_tool_progress(PqTool *t, int force) {
 }
 
 int pq_tool_finish(PqTool *t) {
+    finish_old_rejects(t);
+    if (t->out_closed) { // nobody reads on: no summary, the status of a tool a closed pipe ended
+        if (t->rejects) fclose(t->rejects);
+        return PQ_EXIT_PIPE;
+    }
     if (t->progress > 0) {
         pq_tool_progress(t, 1);
         fputc('\n', stderr);

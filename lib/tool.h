@@ -13,7 +13,14 @@
 
 #include "util.h"
 
-enum { PQ_EXIT_OK = 0, PQ_EXIT_REJECTS = 1, PQ_EXIT_USAGE = 2, PQ_EXIT_FATAL = 3, PQ_EXIT_INTERRUPTED = 130 };
+enum {
+    PQ_EXIT_OK = 0,
+    PQ_EXIT_REJECTS = 1,
+    PQ_EXIT_USAGE = 2,
+    PQ_EXIT_FATAL = 3,
+    PQ_EXIT_INTERRUPTED = 130,
+    PQ_EXIT_PIPE = 141 // 128 + SIGPIPE: stdout's reader went away (| head)
+};
 
 // getopt_long codes of the common options (above any short-option char).
 enum {
@@ -56,6 +63,7 @@ typedef struct PqLine {
 } PqLine;
 
 typedef struct PqKeySet PqKeySet;
+typedef struct PqOldRejects PqOldRejects;
 
 typedef struct PqTool {
     const char *name;  // "pq-quiz"
@@ -75,6 +83,8 @@ typedef struct PqTool {
     // outputs
     int out_fd;
     FILE *rejects;
+    PqOldRejects *old_rejects; // --resume: the last run's rejects, until this run reaches them
+    int out_closed;            // stdout's reader went away: nothing more is written
     PqKeySet *done; // keys found in the --resume file
     PqBuf outbuf;
     // counters
@@ -111,11 +121,15 @@ int pq_tool_wait_fd(const PqTool *t);
 // 1:17") and returns NULL.
 cJSON *pq_tool_parse(PqTool *t);
 // Reports a line as rejected: "pq-x: line 12 (id 4feb82c6): reason" on
-// stderr, the whole line to --rejects, counted. line may be a saved copy.
+// stderr (control bytes of the id and reason escaped, \x1b), the whole line
+// to --rejects byte for byte, counted. line may be a saved copy. A write
+// error on --rejects is fatal.
 void pq_tool_reject(PqTool *t, const PqLine *line, const char *id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, const char *id,
+void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, size_t len, const char *id,
                          const char *reason);
+// Appends s to b with control bytes (C0, DEL, C1) escaped, for a terminal.
+void pq_sanitize(PqBuf *b, const char *s);
 // Writes one output record as one line, flushed whole.
 void pq_tool_emit(PqTool *t, const cJSON *obj);
 void pq_tool_emit_text(PqTool *t, const char *json_line); // without newline

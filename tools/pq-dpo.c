@@ -239,10 +239,10 @@ static void load_valid(void) {
         if (next) *next++ = 0;
         lineno++;
         if (!line[strspn(line, " \t\r")]) continue;
-        cJSON *obj = cJSON_Parse(line);
+        cJSON *obj = cJSON_ParseWithOpts(line, NULL, 1); // nothing after the value
         PqTrainPair p;
         if (!obj || to_pair(obj, &p, &e)) {
-            pq_tool_reject_text(&T, valid_path, lineno, line, obj ? pq_json_id(obj) : "?", obj ? e.msg : "not JSON");
+            pq_tool_reject_text(&T, valid_path, lineno, line, strlen(line), obj ? pq_json_id(obj) : "?", obj ? e.msg : "not JSON");
             cJSON_Delete(obj);
             continue;
         }
