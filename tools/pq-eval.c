@@ -46,7 +46,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 
 static const Row *find_row(const File *f, const char *id) {
     Row key = {(char *)id, 0, {0}};
-    return bsearch(&key, f->rows, (size_t)f->n, sizeof *f->rows, cmp_row_id);
+    return f->n ? bsearch(&key, f->rows, (size_t)f->n, sizeof *f->rows, cmp_row_id) : NULL;
 }
 
 // Reads one quiz line into r: NULL ok, "" to skip (a sample other than 0), else why it is rejected.
@@ -236,7 +236,7 @@ int main(int argc, char **argv) {
     long n_all = 0;
     for (int i = 0; i < nf; i++) {
         File *f = &files[i];
-        qsort(f->rows, (size_t)f->n, sizeof *f->rows, cmp_row);
+        if (f->n) qsort(f->rows, (size_t)f->n, sizeof *f->rows, cmp_row); // rows is NULL when empty
         long k = 0;
         for (long j = 0; j < f->n; j++) {
             if (k > 0 && strcmp(f->rows[k - 1].id, f->rows[j].id) == 0) {
@@ -254,7 +254,7 @@ int main(int argc, char **argv) {
     long n_ids = 0;
     for (int i = 0; i < nf; i++)
         for (long j = 0; j < files[i].n; j++) ids[n_ids++] = files[i].rows[j].id;
-    qsort(ids, (size_t)n_ids, sizeof *ids, cmp_str);
+    if (n_ids) qsort(ids, (size_t)n_ids, sizeof *ids, cmp_str);
     long n_union = 0;
     for (long j = 0; j < n_ids; j++) n_union += j == 0 || strcmp(ids[j - 1], ids[j]) != 0;
     free(ids);
