@@ -23,6 +23,7 @@
 #define BACKOFF_CAP_S 8.0
 #define RETRY_AFTER_CAP_S 60.0
 #define RATE_BURST_S 1.0 // the token buckets hold one second's worth
+#define MAX_REPLY_BYTES (32u << 20) // far above any n x max_tokens reply; a server that never stops is cut here
 
 typedef struct Job Job;
 typedef struct Call Call;
@@ -54,6 +55,7 @@ struct Call {
     double retry_after; // from the last reply's headers, seconds; < 0 none
     CURL *easy;
     PqBuf resp;
+    int too_big; // the reply passed MAX_REPLY_BYTES: the transfer was stopped
     char errbuf[CURL_ERROR_SIZE];
     Call *prev, *next;
 };
@@ -394,6 +396,10 @@ void pq_llm_account(const PqLlm *l, PqTool *t) {
 
 static size_t on_body(char *p, size_t size, size_t nmemb, void *user) {
     Call *c = user;
+    if (c->resp.len + size * nmemb > MAX_REPLY_BYTES) {
+        c->too_big = 1;
+        return 0; // curl stops the transfer (CURLE_WRITE_ERROR)
+    }
     pq_buf_append(&c->resp, p, size * nmemb);
     return size * nmemb;
 }
@@ -479,6 +485,7 @@ static void call_start(PqLlm *l, Call *c) {
     c->job->attempts = c->attempt > c->job->attempts ? c->attempt : c->job->attempts;
     c->retry_after = -1;
     c->errbuf[0] = 0;
+    c->too_big = 0;
     pq_buf_clear(&c->resp);
     c->easy = easy_get(l);
     curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, c->body);
@@ -570,7 +577,7 @@ static int take_reply(PqLlm *l, Call *c, char *why, size_t wn) {
         return -1;
     }
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(o, "choices");
-    int got = 0;
+    int got = 0, no_content = -1;
     char **texts = c->job->texts + c->first;
     if (cJSON_IsArray(choices)) {
         int i = 0;
@@ -581,7 +588,11 @@ static int take_reply(PqLlm *l, Call *c, char *why, size_t wn) {
             const cJSON *msg = cJSON_GetObjectItemCaseSensitive(ch, "message");
             const char *content = pq_json_str(msg, "content");
             if (!content) content = pq_json_str(ch, "text"); // completions-style servers
-            texts[k] = pq_xstrdup(content ? content : "");
+            if (!content) { // null (a refusal, a tool call, a filter): no answer, not an empty one
+                if (no_content < 0) no_content = k;
+                continue;
+            }
+            texts[k] = pq_xstrdup(content);
             got++;
         }
     }
@@ -593,7 +604,8 @@ static int take_reply(PqLlm *l, Call *c, char *why, size_t wn) {
     cJSON_Delete(o);
     if (got < c->n) {
         for (int k = 0; k < c->n; k++) free(texts[k]), texts[k] = NULL;
-        snprintf(why, wn, "the reply has %d of the %d choices asked for", got, c->n);
+        if (no_content >= 0) snprintf(why, wn, "choice %d of the reply has no content (null)", no_content);
+        else snprintf(why, wn, "the reply has %d of the %d choices asked for", got, c->n);
         return -1;
     }
     return 0;
@@ -643,7 +655,10 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
 
     char msg[400], why[460];
     int retry = 0, fatal = 0;
-    if (rc != CURLE_OK) {
+    if (c->too_big) { // not a fault that passes: no retry
+        snprintf(why, sizeof why, "the reply is larger than %u MiB (a server that does not stop?)",
+                 MAX_REPLY_BYTES >> 20);
+    } else if (rc != CURLE_OK) {
         if (rc == CURLE_OPERATION_TIMEDOUT) snprintf(why, sizeof why, "timed out after %gs", l->c.timeout_s);
         else snprintf(why, sizeof why, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
         fatal = curl_is_fatal(rc);

@@ -35,6 +35,8 @@
 #   [[fake:401]]        always 401 "Incorrect API key"
 #   [[fake:400]]        always 400 with a message
 #   [[fake:badjson]]    first attempt: a 200 whose body is not JSON
+#   [[fake:null]]       every reply's content is null
+#   [[fake:endless]]    a 200 whose body never ends (until the client hangs up)
 # Markers are removed from the text before replies are built from it.
 # --refuse-n: n > 1 gets a 400 like llama.cpp's ("only n = 1 is supported").
 # --log FILE: one JSON line per request: t, key, attempt, status, n, seed,
@@ -57,6 +59,8 @@ QLINE = re.compile(r"^\s*\**Q(\d+)\s*[).:]\s*(.*)$")
 OLINE = re.compile(r"^\s*\**([A-E])\s*[.)]\s*(.*)$")
 LABEL = re.compile(r"^\s*(text|article|document|summary)\s*:\s*", re.I)
 WORD = re.compile(r"[a-z0-9]+")
+
+ENDLESS = b"endless"  # a sentinel: the reply streams until the connection closes
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
            500: "Internal Server Error"}
@@ -250,6 +254,8 @@ def handle(state, body, auth=None, conn=0):
             status, out = 500, error_body("fake internal error", "server_error")
         elif "badjson" in marks and attempt == 1:
             status, out = 200, b"<html><body>502 Bad Gateway (fake)</body></html>"
+        elif "endless" in marks:
+            status, out = 200, ENDLESS
         elif state.refuse_n and n > 1:
             status, out = 400, error_body("only n = 1 is supported")
         else:
@@ -258,7 +264,9 @@ def handle(state, body, auth=None, conn=0):
                 mkey = hashlib.blake2b(json.dumps(msgs).encode(), digest_size=8).hexdigest() + "/m"
                 state.attempts[mkey] = state.attempts.get(mkey, 0) + 1
                 malformed = state.attempts[mkey] == 1
-            if malformed:
+            if "null" in marks:
+                choices = [None] * n
+            elif malformed:
                 choices = ["I'm sorry, I cannot help with that."] * n
             elif "Unsure" in prompt:
                 choices = [answer_quiz(prompt)] * n
@@ -279,8 +287,8 @@ def handle(state, body, auth=None, conn=0):
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
                             for i, c in enumerate(choices)],
                 "usage": {"prompt_tokens": len(joined) // 4 + 1,
-                          "completion_tokens": sum(len(c) // 4 + 1 for c in choices),
-                          "total_tokens": len(joined) // 4 + 1 + sum(len(c) // 4 + 1 for c in choices)},
+                          "completion_tokens": sum(len(c or "") // 4 + 1 for c in choices),
+                          "total_tokens": len(joined) // 4 + 1 + sum(len(c or "") // 4 + 1 for c in choices)},
             }).encode()
         if len(state.cache) > 4096:
             state.cache.clear()
@@ -296,6 +304,8 @@ class Conn(asyncio.Protocol):
         self.buf = b""
         self.busy = False
         self.transport = None
+        self.paused = False
+        self.streaming = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -304,6 +314,19 @@ class Conn(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        if self.streaming:
+            self.stream()
+
+    def stream(self):
+        # [[fake:endless]]: 1 MiB at a time for as long as the client reads
+        while self.transport is not None and not self.paused:
+            self.transport.write(b"a" * (1 << 20))
 
     def data_received(self, data):
         self.buf += data
@@ -359,6 +382,12 @@ class Conn(asyncio.Protocol):
         if out is None:  # dropped
             self.transport.close()
             self.transport = None
+            return
+        if out is ENDLESS:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                                 b'{"choices":[{"index":0,"message":{"role":"assistant","content":"')
+            self.streaming = True
+            self.stream()
             return
         ctype = "application/json" if out[:1] == b"{" else "text/html"
         head = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
