@@ -15,6 +15,7 @@
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,6 +83,7 @@ struct PqLlm {
     double rpm_tat, tpm_tat; // theoretical arrival times of the limiters
     PqRng rng;
     long n_requests, n_retries;
+    int conn_fails; // attempts in a row that reached no server (refused, unresolved), since the last reply
     long long tok_prompt, tok_completion;
     long acc_requests, acc_retries; // already handed to pq_llm_account
     long long acc_prompt, acc_completion;
@@ -223,6 +225,16 @@ PqLlm *pq_llm_new(PqLlmConfig *c, PqErr *e) {
     c->extra = NULL;
     if (!c->model || !*c->model) {
         pq_err(e, "--model is required (the model name sent to the server)");
+        cJSON_Delete(extra);
+        return NULL;
+    }
+    const char *m = c->model;
+    int pathlike = m[0] == '/' || m[0] == '~' || !strcmp(m, ".") || !strcmp(m, "..") || !strncmp(m, "./", 2) ||
+                   !strncmp(m, "../", 3);
+    if (pathlike && !pq_llm_local_is_dir(m)) { // not a name for a server: say what is wrong with the directory
+        struct stat st;
+        if (stat(m, &st) != 0) pq_err(e, "--model %s: %s (a local model is a directory holding config.json)", m, strerror(errno));
+        else pq_err(e, "--model %s: not a model directory (no config.json in it)", m);
         cJSON_Delete(extra);
         return NULL;
     }
@@ -654,7 +666,7 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
     j->http_status = status;
 
     char msg[400], why[460];
-    int retry = 0, fatal = 0;
+    int retry = 0, fatal = 0, no_server = 0;
     if (c->too_big) { // not a fault that passes: no retry
         snprintf(why, sizeof why, "the reply is larger than %u MiB (a server that does not stop?)",
                  MAX_REPLY_BYTES >> 20);
@@ -663,6 +675,7 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
         else snprintf(why, sizeof why, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
         fatal = curl_is_fatal(rc);
         retry = !fatal;
+        no_server = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY;
     } else if (status >= 200 && status < 300) {
         if (take_reply(l, c, why, sizeof why) == 0) {
             call_over(l, c);
@@ -684,6 +697,8 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
             return;
         }
     }
+    if (no_server) l->conn_fails++;
+    else if (status > 0) l->conn_fails = 0;
     if (retry && c->attempt <= l->c.retries && !l->fatal && !j->failed) {
         c->wake = pq_now() + backoff(l, c);
         list_push_back(&l->waiting, c);
@@ -692,6 +707,15 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
     if (retry && c->attempt > 1) {
         size_t k = strlen(why);
         snprintf(why + k, sizeof why - k, " (after %d attempts)", c->attempt);
+    }
+    if (no_server && l->conn_fails > l->c.retries) {
+        // Every attempt of this request and all since the last reply found
+        // no server: the next lines would fail alike, one by one, for
+        // hours. Stop; the line is not rejected, so --resume redoes it.
+        char m2[sizeof why];
+        snprintf(m2, sizeof m2, "the server is unreachable (%s)", why);
+        snprintf(why, sizeof why, "%s", m2);
+        fatal = 1;
     }
     if (fatal && !l->fatal) {
         l->fatal = 1;
