@@ -28,7 +28,7 @@ int pq_llmtool_next(PqLlmTool *lt) {
 
 const char *pq_llmtool_id(PqLlmTool *lt, const cJSON *obj) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (cJSON_IsString(id) || cJSON_IsNumber(id)) return pq_json_id(obj);
+    if (cJSON_IsString(id) || cJSON_IsNumber(id) || cJSON_IsRaw(id)) return pq_json_id(obj);
     pq_tool_reject(lt->tool, &lt->tool->line, NULL, "no \"id\" field");
     return NULL;
 }

@@ -141,7 +141,7 @@ int pq_tool_option(PqTool *t, int opt, const char *arg) {
 void pq_record_key(const cJSON *obj, PqBuf *key) {
     pq_buf_clear(key);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (cJSON_IsString(id)) pq_buf_puts(key, id->valuestring);
+    if (cJSON_IsString(id) || cJSON_IsRaw(id)) pq_buf_puts(key, id->valuestring); // raw: a number as written
     else if (cJSON_IsNumber(id)) pq_buf_printf(key, "%.17g", id->valuedouble);
     static const char *const extra[] = {"sample", "pair"};
     for (int i = 0; i < 2; i++) {
@@ -171,6 +171,7 @@ static void load_resume(PqTool *t) {
         lineno++;
         cJSON *obj = cJSON_ParseWithLength(data + i, (size_t)(nl - (data + i)));
         if (obj) {
+            pq_json_keep_id_text(obj, data + i, (size_t)(nl - (data + i)));
             pq_record_key(obj, &key);
             keyset_add(t->done, key.data);
             cJSON_Delete(obj);
@@ -500,6 +501,7 @@ cJSON *pq_tool_parse(PqTool *t) {
         cJSON_Delete(obj);
         return NULL;
     }
+    pq_json_keep_id_text(obj, t->line.text, t->line.len);
     return obj;
 }
 
@@ -667,9 +669,76 @@ void pq_json_add_float(cJSON *obj, const char *key, double v) {
     pq_json_set(obj, key, cJSON_CreateRaw(buf));
 }
 
+const char *pq_json_id_text(const cJSON *obj) {
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    return cJSON_IsString(id) || cJSON_IsRaw(id) ? id->valuestring : NULL;
+}
+
 const char *pq_json_id(const cJSON *obj) {
-    const char *id = pq_json_str(obj, "id");
+    const char *id = pq_json_id_text(obj);
     return id ? id : "?";
+}
+
+// A scanner over JSON text, enough to skip values and find where one starts.
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    return p;
+}
+
+static const char *skip_string(const char *p, const char *end) { // p at the opening quote
+    for (p++; p < end; p++) {
+        if (*p == '\\') p++;
+        else if (*p == '"') return p + 1;
+    }
+    return NULL;
+}
+
+static const char *skip_value(const char *p, const char *end) {
+    if (p >= end) return NULL;
+    if (*p == '"') return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            if (*p == '"') {
+                if (!(p = skip_string(p, end))) return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[') depth++;
+            else if (*p == '}' || *p == ']') {
+                if (--depth == 0) return p + 1;
+            }
+            p++;
+        }
+        return NULL;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') p++;
+    return p; // a number or a literal
+}
+
+void pq_json_keep_id_text(cJSON *obj, const char *text, size_t len) {
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    if (!cJSON_IsNumber(id)) return;
+    const char *p = skip_ws(text, text + len), *end = text + len;
+    if (p >= end || *p != '{') return;
+    p = skip_ws(p + 1, end);
+    while (p < end && *p == '"') { // the first "id" member, as cJSON's getter takes the first
+        const char *k = p, *ke = skip_string(p, end);
+        if (!ke) return;
+        p = skip_ws(ke, end);
+        if (p >= end || *p != ':') return;
+        p = skip_ws(p + 1, end);
+        const char *v = p, *ve = skip_value(p, end);
+        if (!ve) return;
+        if (ke - k == 4 && memcmp(k, "\"id\"", 4) == 0) {
+            char *num = pq_xstrndup(v, (size_t)(ve - v));
+            cJSON_ReplaceItemInObjectCaseSensitive(obj, "id", cJSON_CreateRaw(num));
+            free(num);
+            return;
+        }
+        p = skip_ws(ve, end);
+        if (p >= end || *p != ',') return;
+        p = skip_ws(p + 1, end);
+    }
 }
 
 // ---- reorder buffer ----

@@ -149,8 +149,14 @@ int pq_json_num(const cJSON *obj, const char *key, double *out); // 1 if a finit
 void pq_json_add_float(cJSON *obj, const char *key, double v);
 // Replaces (or adds) a field, so re-running a tool over its own output is idempotent.
 void pq_json_set(cJSON *obj, const char *key, cJSON *item);
-// The id of a record for messages, "?" if absent.
+// The id of a record for messages (a number as written), "?" if absent.
 const char *pq_json_id(const cJSON *obj);
+const char *pq_json_id_text(const cJSON *obj); // the same, NULL when there is none
+// A numeric "id" of obj, parsed from text, becomes a raw item holding its
+// text as written, so that ids pass through byte-exact (2^53 + 1 stays
+// 9007199254740993, 1.50 stays 1.50) and resume keys match whatever the
+// digits. pq_tool_parse and the --resume reader call it.
+void pq_json_keep_id_text(cJSON *obj, const char *text, size_t len);
 
 // Reorder buffer: results that finish out of order are emitted in input
 // order. Slot seq gets a JSON line (emitted) or NULL (nothing to emit).

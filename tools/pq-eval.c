@@ -52,7 +52,7 @@ static const Row *find_row(const File *f, const char *id) {
 // Reads one quiz line into r: NULL ok, "" to skip (a sample other than 0), else why it is rejected.
 static const char *read_row(const cJSON *obj, Row *r) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) return "no \"id\" (string or number)";
+    if (!cJSON_IsString(id) && !cJSON_IsNumber(id) && !cJSON_IsRaw(id)) return "no \"id\" (string or number)";
     const cJSON *sample = cJSON_GetObjectItemCaseSensitive(obj, "sample");
     if (sample && !cJSON_IsNumber(sample)) return "\"sample\" is not a number";
     if (sample && sample->valuedouble != 0) return "";
@@ -72,7 +72,7 @@ static const char *read_row(const cJSON *obj, Row *r) {
     r->item.article_chars = pq_count_chars(article);
     r->item.bad_chars = pq_count_bad_chars(summary);
     PqBuf b = {0};
-    if (cJSON_IsString(id)) pq_buf_puts(&b, id->valuestring);
+    if (cJSON_IsString(id) || cJSON_IsRaw(id)) pq_buf_puts(&b, id->valuestring); // a number: its text as written
     else pq_buf_printf(&b, "%.17g", id->valuedouble);
     r->id = b.data;
     return NULL;
@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
         }
         const char *why = read_row(obj, &f->rows[f->n]);
         if (why && !*why) n_other_samples++;
-        else if (why) pq_tool_reject(&t, &t.line, pq_json_str(obj, "id"), "%s", why);
+        else if (why) pq_tool_reject(&t, &t.line, pq_json_id_text(obj), "%s", why);
         else {
             f->rows[f->n++].lineno = t.line.lineno;
             t.n_done++;
