@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -106,8 +107,8 @@ int pq_safetensors_add_file(PqSafetensors *st, const char *path, PqErr *e) {
             ti.shape[d] = (int64_t)x->valuedouble;
             // The product is checked, not wrapped: a wrapped one could match
             // the data offsets and pass for a small tensor.
-            if (__builtin_mul_overflow(numel, (size_t)ti.shape[d], &numel) || numel > dlen) {
-                pq_err(e, "%s: tensor %s: its shape holds more elements than the file has bytes", path, it->string);
+            if (__builtin_mul_overflow(numel, (size_t)ti.shape[d], &numel) || numel > SIZE_MAX / 8) {
+                pq_err(e, "%s: tensor %s: the element count of its shape overflows", path, it->string);
                 rc = -1;
                 break;
             }
