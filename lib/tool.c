@@ -513,8 +513,43 @@ void pq_sanitize(PqBuf *b, const char *s) {
     }
 }
 
+struct PqReason {
+    char *text;
+    long n;
+};
+
+// How often this reason was given before (0: the first time).
+static long reason_seen(PqTool *t, const char *reason) {
+    for (int i = 0; i < t->n_reasons; i++)
+        if (!strcmp(t->reasons[i].text, reason)) return t->reasons[i].n++;
+    if (t->n_reasons >= 64) return 0; // so many kinds: show them all
+    t->reasons = pq_xrealloc(t->reasons, (size_t)(t->n_reasons + 1) * sizeof *t->reasons);
+    t->reasons[t->n_reasons].text = pq_xstrdup(reason);
+    t->reasons[t->n_reasons++].n = 1;
+    return 0;
+}
+
+// At the end: how many messages of each reason were not shown.
+static void reasons_finish(PqTool *t, int say) {
+    for (int i = 0; i < t->n_reasons; i++) {
+        if (say && t->reasons[i].n > PQ_REJECT_SHOW) {
+            PqBuf m = {0};
+            pq_buf_printf(&m, "%s: %ld more lines rejected (not shown): ", t->name, t->reasons[i].n - PQ_REJECT_SHOW);
+            pq_sanitize(&m, t->reasons[i].text);
+            fprintf(stderr, "%s\n", m.data);
+            pq_buf_free(&m);
+        }
+        free(t->reasons[i].text);
+    }
+    free(t->reasons);
+    t->reasons = NULL;
+    t->n_reasons = 0;
+}
+
 void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, size_t len, const char *id,
                          const char *reason) {
+    long seen = reason_seen(t, reason);
+    if (seen >= PQ_REJECT_SHOW) goto counted; // said often enough: counted, and in --rejects
     PqBuf m = {0};
     if (t->n_inputs > 1) {
         pq_buf_printf(&m, "%s: ", t->name);
@@ -528,9 +563,11 @@ void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *t
     }
     pq_buf_puts(&m, ": ");
     pq_sanitize(&m, reason);
+    if (seen == PQ_REJECT_SHOW - 1) pq_buf_puts(&m, " (more lines rejected for this reason are counted, not shown)");
     pq_buf_puts(&m, "\n");
     fputs(m.data, stderr);
     pq_buf_free(&m);
+counted:
     if (t->rejects) { // the line as it came, NUL bytes and all
         errno = 0;
         if (fwrite(text, 1, len, t->rejects) != len || fputc('\n', t->rejects) == EOF || fflush(t->rejects) != 0)
@@ -596,13 +633,32 @@ void pq_tool_progress(PqTool *t, int force) {
     if (!force && now - t->t_last_progress < 0.5) return;
     t->t_last_progress = now;
     double dt = now - t->t0 > 1e-9 ? now - t->t0 : 1e-9;
-    long finished = t->n_done + t->n_rejected;
     char eta[32] = "?";
+    if (t->by_steps) { // steps, not lines
+        long done = t->steps - t->steps_first, left = t->steps_total - t->steps;
+        fprintf(stderr, "\r%s: step %ld", t->name, t->steps);
+        if (t->steps_total > 0)
+            fprintf(stderr, "/%ld (%.0f%%)", t->steps_total, 100.0 * (double)t->steps / (double)t->steps_total);
+        fputs(t->progress_extra, stderr);
+        if (t->n_rejected) fprintf(stderr, ", %ld rejected", t->n_rejected);
+        if (t->steps_total > 0 && done > 0) {
+            fmt_duration(eta, sizeof eta, left > 0 ? left * dt / done : 0);
+            fprintf(stderr, ", ETA %s", eta);
+        }
+        fputs("   ", stderr);
+        return;
+    }
+    long finished = t->n_done + t->n_rejected;
     if (t->total_lines > 0 && finished > 0) {
         long left = t->total_lines - finished - t->n_skipped;
         fmt_duration(eta, sizeof eta, left > 0 ? left * dt / finished : 0);
     }
-    fprintf(stderr, "\r%s: %ld done, %ld rejected", t->name, t->n_done, t->n_rejected);
+    fprintf(stderr, "\r%s: ", t->name);
+    if (t->total_lines > 0) {
+        long all = finished + t->n_skipped;
+        fprintf(stderr, "%ld/%ld lines (%.0f%%), ", all, t->total_lines, 100.0 * (double)all / (double)t->total_lines);
+    }
+    fprintf(stderr, "%ld done, %ld rejected", t->n_done, t->n_rejected);
     if (t->n_skipped) fprintf(stderr, ", %ld resumed", t->n_skipped);
     if (t->n_requests) fprintf(stderr, ", %.1f req/s, %lld tok", t->n_requests / dt, t->tokens_prompt + t->tokens_completion);
     if (t->total_lines > 0) fprintf(stderr, ", ETA %s", eta);
@@ -612,6 +668,7 @@ void pq_tool_progress(PqTool *t, int force) {
 int pq_tool_finish(PqTool *t) {
     finish_old_rejects(t);
     if (t->out_closed) { // nobody reads on: no summary, the status of a tool a closed pipe ended
+        reasons_finish(t, 0);
         if (t->rejects) fclose(t->rejects);
         return PQ_EXIT_PIPE;
     }
@@ -619,6 +676,7 @@ int pq_tool_finish(PqTool *t) {
         pq_tool_progress(t, 1);
         fputc('\n', stderr);
     }
+    reasons_finish(t, 1);
     double dt = pq_now() - t->t0;
     fprintf(stderr, "%s: %ld in, %ld done, %ld rejected", t->name, t->n_read, t->n_done, t->n_rejected);
     if (t->n_skipped) fprintf(stderr, ", %ld skipped (already in %s)", t->n_skipped, t->resume_path);

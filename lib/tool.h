@@ -64,6 +64,7 @@ typedef struct PqLine {
 
 typedef struct PqKeySet PqKeySet;
 typedef struct PqOldRejects PqOldRejects;
+#define PQ_REJECT_SHOW 5
 
 typedef struct PqTool {
     const char *name;  // "pq-quiz"
@@ -92,6 +93,16 @@ typedef struct PqTool {
     long n_requests, n_retries;
     long long tokens_prompt, tokens_completion;
     double t0, t_last_progress;
+    // A tool that counts its own steps (pq-dpo): progress shows step n of
+    // steps_total and its ETA from the steps done since steps_first, with
+    // progress_extra (", loss 0.6931") after it.
+    int by_steps;
+    long steps, steps_total, steps_first; // steps_total 0: not known
+    char progress_extra[96];
+    // Reject messages: each distinct reason is shown PQ_REJECT_SHOW times,
+    // then counted; the counts are said at the end.
+    struct PqReason *reasons;
+    int n_reasons;
     int fatal;
     char summary_extra[256]; // tool-specific text appended to the summary line
 } PqTool;

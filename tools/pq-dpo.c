@@ -445,6 +445,9 @@ static void train_step(const long *idx, int n) {
     if (dist.rank == 0) pq_tool_emit(&T, o);
     cJSON_Delete(o);
     T.n_done += n;
+    T.steps = step;
+    T.steps_total = !total_known ? 0 : total_steps > step ? total_steps : step;
+    snprintf(T.progress_extra, sizeof T.progress_extra, ", loss %.4f", m.n > 0 ? m.loss / m.n : 0.0);
     if (save_every > 0 && step % save_every == 0) save();
     if (eval_every > 0 && step % eval_every == 0) evaluate();
     pq_tool_progress(&T, 0);
@@ -785,6 +788,9 @@ int main(int argc, char **argv) {
                                 "(or --lr-schedule constant, --warmup-steps)",
                             sched == PQ_SCHED_CONSTANT ? "--warmup-ratio" : "schedule");
     set_schedule(n_est > 0 ? n_est : 0);
+    T.by_steps = 1; // progress: steps (of the schedule's total) and the loss, not pairs
+    T.steps = T.steps_first = step;
+    T.steps_total = !total_known ? 0 : total_steps > step ? total_steps : step;
     if (valid_path) load_valid();
     if (valid_path && step == 0) evaluate();
 
