@@ -712,9 +712,9 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
         // Every attempt of this request and all since the last reply found
         // no server: the next lines would fail alike, one by one, for
         // hours. Stop; the line is not rejected, so --resume redoes it.
-        char m2[sizeof why];
+        char m2[sizeof why + 32];
         snprintf(m2, sizeof m2, "the server is unreachable (%s)", why);
-        snprintf(why, sizeof why, "%s", m2);
+        snprintf(why, sizeof why, "%.*s", (int)sizeof why - 1, m2);
         fatal = 1;
     }
     if (fatal && !l->fatal) {
