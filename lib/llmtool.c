@@ -102,7 +102,12 @@ void pq_llmtool_emit(PqLlmTool *lt, PqLlmJob *j) {
 
 void pq_llmtool_fatal(PqLlmTool *lt, const char *error) {
     PqTool *t = lt->tool;
-    if (!t->fatal) fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, error);
+    if (!t->fatal) {
+        PqBuf m = {0};
+        pq_sanitize(&m, error); // the server's words: no escape sequences to the terminal
+        fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, m.data);
+        pq_buf_free(&m);
+    }
     t->fatal = 1;
 }
 

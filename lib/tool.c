@@ -91,12 +91,15 @@ void pq_tool_usage_error(PqTool *t, const char *fmt, ...) {
 }
 
 void pq_tool_die(PqTool *t, const char *fmt, ...) {
+    char msg[2048];
     va_list ap;
-    fprintf(stderr, "%s: ", t->name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    PqBuf m = {0};
+    pq_sanitize(&m, msg); // it may quote an id, a file name or a server's words
+    fprintf(stderr, "%s: %s\n", t->name, m.data);
+    pq_buf_free(&m);
     exit(PQ_EXIT_FATAL);
 }
 
@@ -667,17 +670,14 @@ void pq_tool_progress(PqTool *t, int force) {
 
 int pq_tool_finish(PqTool *t) {
     finish_old_rejects(t);
-    if (t->out_closed) { // nobody reads on: no summary, the status of a tool a closed pipe ended
-        reasons_finish(t, 0);
-        if (t->rejects) fclose(t->rejects);
-        return PQ_EXIT_PIPE;
-    }
-    if (t->progress > 0) {
+    int quiet = t->out_closed; // nobody reads on: no summary, the status of a tool a closed pipe ended
+    if (t->progress > 0 && !quiet) {
         pq_tool_progress(t, 1);
         fputc('\n', stderr);
     }
-    reasons_finish(t, 1);
+    reasons_finish(t, !quiet);
     double dt = pq_now() - t->t0;
+    if (quiet) goto close;
     fprintf(stderr, "%s: %ld in, %ld done, %ld rejected", t->name, t->n_read, t->n_done, t->n_rejected);
     if (t->n_skipped) fprintf(stderr, ", %ld skipped (already in %s)", t->n_skipped, t->resume_path);
     fprintf(stderr, ", %ld out, %.2fs", t->n_out, dt);
@@ -687,12 +687,14 @@ int pq_tool_finish(PqTool *t) {
     if (t->summary_extra[0]) fprintf(stderr, ", %s", t->summary_extra);
     if (pq_interrupted) fprintf(stderr, "; interrupted: rerun with --resume to continue");
     fputc('\n', stderr);
+close:
     if (t->rejects) fclose(t->rejects);
     if (t->out_fd != STDOUT_FILENO) close(t->out_fd);
     if (t->in_fd > STDIN_FILENO) close(t->in_fd);
     pq_buf_free(&t->inbuf);
     pq_buf_free(&t->outbuf);
     keyset_free(t->done);
+    if (quiet) return PQ_EXIT_PIPE;
     if (pq_interrupted) return PQ_EXIT_INTERRUPTED;
     if (t->fatal) return PQ_EXIT_FATAL;
     return t->n_rejected ? PQ_EXIT_REJECTS : PQ_EXIT_OK;

@@ -240,8 +240,11 @@ int main(int argc, char **argv) {
         long k = 0;
         for (long j = 0; j < f->n; j++) {
             if (k > 0 && strcmp(f->rows[k - 1].id, f->rows[j].id) == 0) {
+                PqBuf m = {0};
+                pq_sanitize(&m, f->rows[j].id);
                 fprintf(stderr, "pq-eval: %s: line %ld (id %s): the id is already on line %ld; that line is used\n",
-                        f->path, f->rows[j].lineno, f->rows[j].id, f->rows[k - 1].lineno);
+                        f->path, f->rows[j].lineno, m.data, f->rows[k - 1].lineno);
+                pq_buf_free(&m);
                 free(f->rows[j].id);
                 continue;
             }
