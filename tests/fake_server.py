@@ -32,11 +32,11 @@
 #   [[fake:malformed1]] only the first attempt is prose
 #   [[fake:slow=S]]     sleep S seconds before replying, every attempt
 #   [[fake:drop]]       first attempt: close the connection without a reply
+#   [[fake:null]]       every reply's content is null
+#   [[fake:endless]]    a 200 whose body never ends (until the client hangs up)
 #   [[fake:401]]        always 401 "Incorrect API key"
 #   [[fake:400]]        always 400 with a message
 #   [[fake:badjson]]    first attempt: a 200 whose body is not JSON
-#   [[fake:null]]       every reply's content is null
-#   [[fake:endless]]    a 200 whose body never ends (until the client hangs up)
 # Markers are removed from the text before replies are built from it.
 # --refuse-n: n > 1 gets a 400 like llama.cpp's ("only n = 1 is supported").
 # --log FILE: one JSON line per request: t, key, attempt, status, n, seed,
@@ -264,9 +264,7 @@ def handle(state, body, auth=None, conn=0):
                 mkey = hashlib.blake2b(json.dumps(msgs).encode(), digest_size=8).hexdigest() + "/m"
                 state.attempts[mkey] = state.attempts.get(mkey, 0) + 1
                 malformed = state.attempts[mkey] == 1
-            if "null" in marks:
-                choices = [None] * n
-            elif malformed:
+            if malformed:
                 choices = ["I'm sorry, I cannot help with that."] * n
             elif "Unsure" in prompt:
                 choices = [answer_quiz(prompt)] * n
@@ -281,6 +279,8 @@ def handle(state, body, auth=None, conn=0):
                 if sents is None:
                     sents = state.cache[("s", prompt)] = sentences_of(article_of(prompt))
                 choices = [make_summary(sents, seed if seed is not None else 0, i) for i in range(n)]
+            if "null" in marks:  # a content of null, whatever the prompt
+                choices = [None] * n
             out = json.dumps({
                 "id": "chatcmpl-fake-%s-%d" % (key, attempt), "object": "chat.completion",
                 "created": int(time.time()), "model": req.get("model", "fake"),
