@@ -356,7 +356,7 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
         t->output_path = t->resume_path;
     }
     if (t->output_path && strcmp(t->output_path, "-") != 0) {
-        int flags = O_WRONLY | O_CREAT | (t->resume_path ? O_APPEND : O_TRUNC);
+        int flags = O_WRONLY | O_CREAT | (t->resume_path || t->output_append ? O_APPEND : O_TRUNC);
         t->out_fd = open(t->output_path, flags, 0644);
         if (t->out_fd < 0) pq_tool_die(t, "%s: %s", t->output_path, strerror(errno));
     }

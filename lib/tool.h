@@ -86,6 +86,7 @@ typedef struct PqTool {
     FILE *rejects;
     PqOldRejects *old_rejects; // --resume: the last run's rejects, until this run reaches them
     int out_closed;            // stdout's reader went away: nothing more is written
+    int output_append;         // open --output for appending, not anew (pq-dpo --resume DIR)
     PqKeySet *done; // keys found in the --resume file
     PqBuf outbuf;
     // counters

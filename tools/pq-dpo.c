@@ -1,6 +1,7 @@
 // pq-dpo: LoRA DPO training (method.md §5) of a model on pair records that
 // carry reference log-probs (pq-logp's output), streamed: the first epoch
 // trains as records arrive; one JSONL metrics line per optimizer step.
+#include <errno.h>
 #include <math.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -457,6 +458,60 @@ static int stopping(void) {
     return pq_interrupted || (max_steps > 0 && step >= max_steps) || (stop_after > 0 && step >= stop_after);
 }
 
+// --resume DIR --output FILE: the metrics of the steps the checkpoint holds
+// are kept (they were truncated away before), the lines written after it
+// (the steps to be trained again) and a partial last line dropped; the
+// resumed run appends. After pq_tool_open, which opened it for appending.
+static void keep_metrics(void) {
+    PqErr e;
+    PqBuf p = {0};
+    pq_buf_printf(&p, "%s/trainer_state.json", resume_dir);
+    char *state = pq_read_file(p.data, NULL, &e);
+    cJSON *s = state ? cJSON_Parse(state) : NULL;
+    double saved;
+    int known = pq_json_num(s, "step", &saved);
+    cJSON_Delete(s);
+    free(state);
+    size_t n;
+    char *data = known ? pq_read_file(T.output_path, &n, &e) : NULL;
+    if (!data) { // nothing written yet, or no checkpoint to go by (--resume then says why)
+        pq_buf_free(&p);
+        return;
+    }
+    PqBuf keep = {0};
+    long dropped = 0;
+    for (size_t i = 0; i < n;) {
+        char *nl = memchr(data + i, '\n', n - i);
+        if (!nl) { // a partial line
+            dropped++;
+            break;
+        }
+        cJSON *o = cJSON_ParseWithLength(data + i, (size_t)(nl - (data + i)));
+        double st;
+        if (o && pq_json_num(o, "step", &st) && st <= saved) pq_buf_append(&keep, data + i, (size_t)(nl - (data + i)) + 1);
+        else if (nl > data + i) dropped++;
+        cJSON_Delete(o);
+        i = (size_t)(nl - data) + 1;
+    }
+    if (dropped) {
+        pq_buf_clear(&p);
+        pq_buf_printf(&p, "%s.tmp%ld", T.output_path, (long)getpid());
+        FILE *f = fopen(p.data, "wb");
+        if (!f || fwrite(keep.data ? keep.data : "", 1, keep.len, f) != keep.len || fclose(f) != 0 ||
+            rename(p.data, T.output_path) != 0)
+            pq_tool_die(&T, "--output %s: keeping the metrics up to step %.0f: %s", T.output_path, saved, strerror(errno));
+        close(T.out_fd); // the file now in its place, for appending (fcntl.h's O_TRUNC is an option name here)
+        FILE *a = fopen(T.output_path, "a");
+        if (!a || (T.out_fd = dup(fileno(a))) < 0) pq_tool_die(&T, "--output %s: %s", T.output_path, strerror(errno));
+        fclose(a);
+        fprintf(stderr, "%s: %s: %ld line%s after the checkpoint's step %.0f dropped (they are trained again)\n", T.name,
+                T.output_path, dropped, dropped == 1 ? "" : "s", saved);
+    }
+    pq_buf_free(&keep);
+    pq_buf_free(&p);
+    free(data);
+}
+
 // --out DIR before any work: a new path, the directory being resumed, or
 // (with --overwrite) an adapter directory; anything else is refused, so that
 // a file or an unrelated directory is never replaced by an adapter.
@@ -745,7 +800,9 @@ int main(int argc, char **argv) {
         T.output_path = T.rejects_path = NULL;
         T.progress = 0;
     }
-    pq_tool_open(&T, argc, argv, optind);
+    if (resume_dir && T.output_path && strcmp(T.output_path, "-")) T.output_append = 1;
+    pq_tool_open(&T, argc, argv, optind); // refuses an --output that is an input before keep_metrics rewrites it
+    if (T.output_append) keep_metrics();
     pq_ops_set_threads(threads);
     if (device && pq_device_select(device, &e)) pq_tool_die(&T, "%s", e.msg);
     if (!device && dist.world > 1 && strcmp(pq_ops_backend(), "cpu") && pq_ops_set_device(dist.local_rank))

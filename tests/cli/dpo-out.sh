@@ -61,6 +61,17 @@ for args in "" "--max-steps 1"; do
   [ ! -s "$d/out" ] || { echo "--resume of a finished run: trained"; exit 1; }
 done
 
+# --resume DIR --output FILE keeps the metrics of the steps in the
+# checkpoint (it used to truncate them) and drops what came after it.
+rm -rf "$d/c"
+dpo --out "$d/c" --stop-after 1 --output "$d/m.jsonl" "$d/in.jsonl" 2>"$d/err" || { cat "$d/err"; exit 1; }
+printf '{"step":2,"loss":9}\n{"step":3,"lo' >>"$d/m.jsonl" # written after the checkpoint, then killed
+dpo --resume "$d/c" --out "$d/c" --output "$d/m.jsonl" "$d/in.jsonl" 2>"$d/err" || { cat "$d/err"; exit 1; }
+grep -q "2 lines after the checkpoint's step 1 dropped" "$d/err" || { echo "not said:"; cat "$d/err"; exit 1; }
+[ "$(sed -n 's/^{"step":[[:space:]]*\([0-9]*\),.*/\1/p' "$d/m.jsonl" | tr '\n' ' ')" = "1 2 " ] ||
+  { echo "--resume --output: metrics lost or doubled:"; cat "$d/m.jsonl"; exit 1; }
+! grep -q '"loss":9' "$d/m.jsonl" || { echo "a stale line kept"; exit 1; }
+
 # What SIGKILL leaves: a dead pid's tmp and old directories go, a live one's stay.
 dead=$(sh -c 'echo $$')
 mkdir "$d/a.tmp$dead" "$d/a.old$dead" "$d/a.tmp$$" "$d/a.tmpx$dead"
