@@ -208,6 +208,8 @@ struct PqOldRejects {
 static void load_old_rejects(PqTool *t) {
     PqErr e;
     size_t n;
+    struct stat st;
+    if (stat(t->rejects_path, &st) != 0 || !S_ISREG(st.st_mode)) return; // new, or /dev/stderr, a pipe: nothing to keep
     char *data = pq_read_file(t->rejects_path, &n, &e);
     if (!data) {
         if (errno == ENOENT) return;

@@ -473,7 +473,9 @@ static void keep_metrics(void) {
     cJSON_Delete(s);
     free(state);
     size_t n;
-    char *data = known ? pq_read_file(T.output_path, &n, &e) : NULL;
+    struct stat so;
+    int regular = stat(T.output_path, &so) == 0 && S_ISREG(so.st_mode); // not /dev/stdout, a pipe
+    char *data = known && regular ? pq_read_file(T.output_path, &n, &e) : NULL;
     if (!data) { // nothing written yet, or no checkpoint to go by (--resume then says why)
         pq_buf_free(&p);
         return;
