@@ -15,6 +15,7 @@
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #define BACKOFF_CAP_S 8.0
 #define RETRY_AFTER_CAP_S 60.0
 #define RATE_BURST_S 1.0 // the token buckets hold one second's worth
+#define MAX_REPLY_BYTES (32u << 20) // far above any n x max_tokens reply; a server that never stops is cut here
 
 typedef struct Job Job;
 typedef struct Call Call;
@@ -54,6 +56,7 @@ struct Call {
     double retry_after; // from the last reply's headers, seconds; < 0 none
     CURL *easy;
     PqBuf resp;
+    int too_big; // the reply passed MAX_REPLY_BYTES: the transfer was stopped
     char errbuf[CURL_ERROR_SIZE];
     Call *prev, *next;
 };
@@ -80,6 +83,7 @@ struct PqLlm {
     double rpm_tat, tpm_tat; // theoretical arrival times of the limiters
     PqRng rng;
     long n_requests, n_retries;
+    int conn_fails; // attempts in a row that reached no server (refused, unresolved), since the last reply
     long long tok_prompt, tok_completion;
     long acc_requests, acc_retries; // already handed to pq_llm_account
     long long acc_prompt, acc_completion;
@@ -222,6 +226,16 @@ PqLlm *pq_llm_new(PqLlmConfig *c, PqErr *e) {
     c->extra = NULL;
     if (!c->model || !*c->model) {
         pq_err(e, "--model is required (the model name sent to the server)");
+        cJSON_Delete(extra);
+        return NULL;
+    }
+    const char *m = c->model;
+    int pathlike = m[0] == '/' || m[0] == '~' || !strcmp(m, ".") || !strcmp(m, "..") || !strncmp(m, "./", 2) ||
+                   !strncmp(m, "../", 3);
+    if (pathlike && !pq_llm_local_is_dir(m)) { // not a name for a server: say what is wrong with the directory
+        struct stat st;
+        if (stat(m, &st) != 0) pq_err(e, "--model %s: %s (a local model is a directory holding config.json)", m, strerror(errno));
+        else pq_err(e, "--model %s: not a model directory (no config.json in it)", m);
         cJSON_Delete(extra);
         return NULL;
     }
@@ -395,6 +409,10 @@ void pq_llm_account(const PqLlm *l, PqTool *t) {
 
 static size_t on_body(char *p, size_t size, size_t nmemb, void *user) {
     Call *c = user;
+    if (c->resp.len + size * nmemb > MAX_REPLY_BYTES) {
+        c->too_big = 1;
+        return 0; // curl stops the transfer (CURLE_WRITE_ERROR)
+    }
     pq_buf_append(&c->resp, p, size * nmemb);
     return size * nmemb;
 }
@@ -480,6 +498,7 @@ static void call_start(PqLlm *l, Call *c) {
     c->job->attempts = c->attempt > c->job->attempts ? c->attempt : c->job->attempts;
     c->retry_after = -1;
     c->errbuf[0] = 0;
+    c->too_big = 0;
     pq_buf_clear(&c->resp);
     c->easy = easy_get(l);
     curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, c->body);
@@ -571,7 +590,7 @@ static int take_reply(PqLlm *l, Call *c, char *why, size_t wn) {
         return -1;
     }
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(o, "choices");
-    int got = 0;
+    int got = 0, no_content = -1;
     char **texts = c->job->texts + c->first;
     if (cJSON_IsArray(choices)) {
         int i = 0;
@@ -582,7 +601,11 @@ static int take_reply(PqLlm *l, Call *c, char *why, size_t wn) {
             const cJSON *msg = cJSON_GetObjectItemCaseSensitive(ch, "message");
             const char *content = pq_json_str(msg, "content");
             if (!content) content = pq_json_str(ch, "text"); // completions-style servers
-            texts[k] = pq_xstrdup(content ? content : "");
+            if (!content) { // null (a refusal, a tool call, a filter): no answer, not an empty one
+                if (no_content < 0) no_content = k;
+                continue;
+            }
+            texts[k] = pq_xstrdup(content);
             got++;
         }
     }
@@ -594,7 +617,8 @@ static int take_reply(PqLlm *l, Call *c, char *why, size_t wn) {
     cJSON_Delete(o);
     if (got < c->n) {
         for (int k = 0; k < c->n; k++) free(texts[k]), texts[k] = NULL;
-        snprintf(why, wn, "the reply has %d of the %d choices asked for", got, c->n);
+        if (no_content >= 0) snprintf(why, wn, "choice %d of the reply has no content (null)", no_content);
+        else snprintf(why, wn, "the reply has %d of the %d choices asked for", got, c->n);
         return -1;
     }
     return 0;
@@ -643,12 +667,16 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
     j->http_status = status;
 
     char msg[400], why[460];
-    int retry = 0, fatal = 0;
-    if (rc != CURLE_OK) {
+    int retry = 0, fatal = 0, no_server = 0;
+    if (c->too_big) { // not a fault that passes: no retry
+        snprintf(why, sizeof why, "the reply is larger than %u MiB (a server that does not stop?)",
+                 MAX_REPLY_BYTES >> 20);
+    } else if (rc != CURLE_OK) {
         if (rc == CURLE_OPERATION_TIMEDOUT) snprintf(why, sizeof why, "timed out after %gs", l->c.timeout_s);
         else snprintf(why, sizeof why, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
         fatal = curl_is_fatal(rc);
         retry = !fatal;
+        no_server = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY;
     } else if (status >= 200 && status < 300) {
         if (take_reply(l, c, why, sizeof why) == 0) {
             call_over(l, c);
@@ -670,6 +698,8 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
             return;
         }
     }
+    if (no_server) l->conn_fails++;
+    else if (status > 0) l->conn_fails = 0;
     if (retry && c->attempt <= l->c.retries && !l->fatal && !j->failed) {
         c->wake = pq_now() + backoff(l, c);
         list_push_back(&l->waiting, c);
@@ -678,6 +708,15 @@ static void call_finished(PqLlm *l, Call *c, CURLcode rc) {
     if (retry && c->attempt > 1) {
         size_t k = strlen(why);
         snprintf(why + k, sizeof why - k, " (after %d attempts)", c->attempt);
+    }
+    if (no_server && l->conn_fails > l->c.retries) {
+        // Every attempt of this request and all since the last reply found
+        // no server: the next lines would fail alike, one by one, for
+        // hours. Stop; the line is not rejected, so --resume redoes it.
+        char m2[sizeof why + 32];
+        snprintf(m2, sizeof m2, "the server is unreachable (%s)", why);
+        snprintf(why, sizeof why, "%.*s", (int)sizeof why - 1, m2);
+        fatal = 1;
     }
     if (fatal && !l->fatal) {
         l->fatal = 1;

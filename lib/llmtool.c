@@ -28,7 +28,7 @@ int pq_llmtool_next(PqLlmTool *lt) {
 
 const char *pq_llmtool_id(PqLlmTool *lt, const cJSON *obj) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (cJSON_IsString(id) || cJSON_IsNumber(id)) return pq_json_id(obj);
+    if (cJSON_IsString(id) || cJSON_IsNumber(id) || cJSON_IsRaw(id)) return pq_json_id(obj);
     pq_tool_reject(lt->tool, &lt->tool->line, NULL, "no \"id\" field");
     return NULL;
 }
@@ -102,7 +102,12 @@ void pq_llmtool_emit(PqLlmTool *lt, PqLlmJob *j) {
 
 void pq_llmtool_fatal(PqLlmTool *lt, const char *error) {
     PqTool *t = lt->tool;
-    if (!t->fatal) fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, error);
+    if (!t->fatal) {
+        PqBuf m = {0};
+        pq_sanitize(&m, error); // the server's words: no escape sequences to the terminal
+        fprintf(stderr, "%s: fatal: %s; stopping (finished lines are kept)\n", t->name, m.data);
+        pq_buf_free(&m);
+    }
     t->fatal = 1;
 }
 

@@ -628,6 +628,12 @@ PqLora *pq_lora_load(const char *dir, const PqModel *m, PqErr *e) {
                 if (pq_safetensors_weight(st, name, rows, cols, &w, e)) goto fail_ctx;
                 float *tmp = pq_xmalloc((size_t)rows * cols * sizeof *tmp);
                 for (int i = 0; i < rows; i++) pq_weight_row(&w, i, tmp + (size_t)i * cols);
+                for (size_t i = 0; i < (size_t)rows * cols; i++)
+                    if (!isfinite(tmp[i])) { // every log-prob would be NaN: say why here, once
+                        pq_err(e, "%s holds NaN or inf (saved from a training that diverged?)", name);
+                        free(tmp);
+                        goto fail_ctx;
+                    }
                 pq_dev_upload(ab ? a->ab[l * PQ_NLIN + j].B : a->ab[l * PQ_NLIN + j].A, tmp,
                               (size_t)rows * cols * sizeof *tmp);
                 free(tmp);

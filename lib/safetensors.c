@@ -7,6 +7,8 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -96,18 +98,25 @@ int pq_safetensors_add_file(PqSafetensors *st, const char *path, PqErr *e) {
         size_t numel = 1;
         for (int d = 0; d < ti.ndim; d++) {
             cJSON *x = cJSON_GetArrayItem(shape, d);
-            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 1e12) {
+            if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 1e12 ||
+                x->valuedouble != floor(x->valuedouble)) {
                 pq_err(e, "%s: tensor %s: bad shape", path, it->string);
                 rc = -1;
                 break;
             }
             ti.shape[d] = (int64_t)x->valuedouble;
-            numel *= (size_t)ti.shape[d];
+            // The product is checked, not wrapped: a wrapped one could match
+            // the data offsets and pass for a small tensor.
+            if (__builtin_mul_overflow(numel, (size_t)ti.shape[d], &numel) || numel > SIZE_MAX / 8) {
+                pq_err(e, "%s: tensor %s: the element count of its shape overflows", path, it->string);
+                rc = -1;
+                break;
+            }
         }
         if (rc) break;
         double o0 = cJSON_GetArrayItem(offs, 0)->valuedouble, o1 = cJSON_GetArrayItem(offs, 1)->valuedouble;
         ti.nbytes = numel * pq_dtype_size(ti.dtype);
-        if (!(o0 >= 0 && o1 >= o0 && o1 - o0 == (double)ti.nbytes)) {
+        if (!(o0 >= 0 && o1 >= o0 && o1 - o0 == (double)ti.nbytes && o0 == floor(o0))) {
             pq_err(e, "%s: tensor %s: data_offsets do not match its shape and dtype", path, it->string);
             rc = -1;
             break;

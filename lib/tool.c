@@ -91,12 +91,26 @@ void pq_tool_usage_error(PqTool *t, const char *fmt, ...) {
 }
 
 void pq_tool_die(PqTool *t, const char *fmt, ...) {
+    char msg[2048];
     va_list ap;
-    fprintf(stderr, "%s: ", t->name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    PqBuf m = {0};
+    pq_sanitize(&m, msg); // it may quote an id, a file name or a server's words
+    fprintf(stderr, "%s: %s\n", t->name, m.data);
+    pq_buf_free(&m);
+    exit(PQ_EXIT_FATAL);
+}
+
+// After --help or --version: exit 0 when stdout took it all; a closed pipe
+// ends quietly (the conventional 128 + SIGPIPE), any other write error is
+// an error (exit 3).
+static __attribute__((noreturn)) void exit_flushed(PqTool *t) {
+    errno = 0;
+    if (fflush(stdout) == 0 && !ferror(stdout)) exit(0);
+    if (errno == EPIPE) exit(PQ_EXIT_PIPE);
+    fprintf(stderr, "%s: write error: %s\n", t->name, errno ? strerror(errno) : "unknown");
     exit(PQ_EXIT_FATAL);
 }
 
@@ -106,10 +120,10 @@ int pq_tool_option(PqTool *t, int opt, const char *arg) {
     case 'h':
         fputs(t->usage, stdout);
         fputs(PQ_TOOL_COMMON_HELP, stdout);
-        exit(0);
+        exit_flushed(t);
     case PQ_OPT_VERSION:
         printf("%s %s\n", t->name, PQ_VERSION);
-        exit(0);
+        exit_flushed(t);
     case PQ_OPT_REJECTS: t->rejects_path = arg; return 1;
     case PQ_OPT_RESUME: t->resume_path = arg; return 1;
     case PQ_OPT_OUTPUT: t->output_path = arg; return 1;
@@ -130,7 +144,7 @@ int pq_tool_option(PqTool *t, int opt, const char *arg) {
 void pq_record_key(const cJSON *obj, PqBuf *key) {
     pq_buf_clear(key);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (cJSON_IsString(id)) pq_buf_puts(key, id->valuestring);
+    if (cJSON_IsString(id) || cJSON_IsRaw(id)) pq_buf_puts(key, id->valuestring); // raw: a number as written
     else if (cJSON_IsNumber(id)) pq_buf_printf(key, "%.17g", id->valuedouble);
     static const char *const extra[] = {"sample", "pair"};
     for (int i = 0; i < 2; i++) {
@@ -160,6 +174,7 @@ static void load_resume(PqTool *t) {
         lineno++;
         cJSON *obj = cJSON_ParseWithLength(data + i, (size_t)(nl - (data + i)));
         if (obj) {
+            pq_json_keep_id_text(obj, data + i, (size_t)(nl - (data + i)));
             pq_record_key(obj, &key);
             keyset_add(t->done, key.data);
             cJSON_Delete(obj);
@@ -177,6 +192,83 @@ static void load_resume(PqTool *t) {
     }
     pq_buf_free(&key);
     free(data);
+}
+
+// ---- the rejects file of the run being resumed ----
+
+struct PqOldRejects {
+    char *data;    // the old file
+    size_t *start, *len;
+    unsigned char *seen; // read again by this run: its fate is this run's
+    long n;
+    long *slot; // open addressing over the line bytes: index + 1, 0 empty
+    size_t cap;
+};
+
+static void load_old_rejects(PqTool *t) {
+    PqErr e;
+    size_t n;
+    struct stat st;
+    if (stat(t->rejects_path, &st) != 0 || !S_ISREG(st.st_mode)) return; // new, or /dev/stderr, a pipe: nothing to keep
+    char *data = pq_read_file(t->rejects_path, &n, &e);
+    if (!data) {
+        if (errno == ENOENT) return;
+        pq_tool_die(t, "--rejects %s", e.msg);
+    }
+    PqOldRejects *o = pq_xcalloc(1, sizeof *o);
+    o->data = data;
+    long cap_lines = 0;
+    for (size_t i = 0; i < n;) {
+        char *nl = memchr(data + i, '\n', n - i);
+        size_t end = nl ? (size_t)(nl - data) : n;
+        if (o->n == cap_lines) {
+            cap_lines = cap_lines ? 2 * cap_lines : 64;
+            o->start = pq_xrealloc(o->start, (size_t)cap_lines * sizeof *o->start);
+            o->len = pq_xrealloc(o->len, (size_t)cap_lines * sizeof *o->len);
+        }
+        o->start[o->n] = i;
+        o->len[o->n++] = end - i;
+        i = end + 1;
+    }
+    o->seen = pq_xcalloc((size_t)(o->n ? o->n : 1), 1);
+    o->cap = 16;
+    while (o->cap < 2 * (size_t)o->n) o->cap *= 2;
+    o->slot = pq_xcalloc(o->cap, sizeof *o->slot);
+    for (long k = 0; k < o->n; k++) {
+        size_t h = pq_hash_bytes(data + o->start[k], o->len[k]) & (o->cap - 1);
+        while (o->slot[h]) h = (h + 1) & (o->cap - 1);
+        o->slot[h] = k + 1;
+    }
+    t->old_rejects = o;
+}
+
+// The input line just read: an old reject of the same bytes is this run's now.
+static void old_rejects_seen(PqTool *t, const char *s, size_t len) {
+    PqOldRejects *o = t->old_rejects;
+    if (!o || !o->n) return;
+    for (size_t h = pq_hash_bytes(s, len) & (o->cap - 1); o->slot[h]; h = (h + 1) & (o->cap - 1)) {
+        long k = o->slot[h] - 1;
+        if (o->len[k] == len && memcmp(o->data + o->start[k], s, len) == 0) o->seen[k] = 1;
+    }
+}
+
+static void finish_old_rejects(PqTool *t) {
+    PqOldRejects *o = t->old_rejects;
+    if (!o) return;
+    t->old_rejects = NULL;
+    for (long k = 0; k < o->n && t->rejects; k++) {
+        if (o->seen[k]) continue;
+        errno = 0;
+        if (fwrite(o->data + o->start[k], 1, o->len[k], t->rejects) != o->len[k] || fputc('\n', t->rejects) == EOF ||
+            fflush(t->rejects) != 0)
+            pq_tool_die(t, "--rejects %s: write error: %s", t->rejects_path, errno ? strerror(errno) : "unknown");
+    }
+    free(o->data);
+    free(o->start);
+    free(o->len);
+    free(o->seen);
+    free(o->slot);
+    free(o);
 }
 
 int pq_tool_is_done(PqTool *t, const char *key) { return t->done && keyset_has(t->done, key); }
@@ -198,6 +290,44 @@ static long count_lines(const char *path) {
     return n + (last != '\n');
 }
 
+// An input that is also a file the run writes would be emptied (--output,
+// --rejects) or read back as it grows (--resume) before it is read:
+// refused, by device and inode (names differ: ./in.jsonl, links), before
+// anything is opened for writing. A missing input is fatal here, before any
+// work, not when the run reaches it.
+static void check_files(PqTool *t) {
+    struct stat *in = pq_xmalloc((size_t)t->n_inputs * sizeof *in);
+    int n = 0;
+    for (int i = 0; i < t->n_inputs; i++) {
+        struct stat st;
+        const char *path = t->inputs[i];
+        if (strcmp(path, "-") == 0) {
+            if (fstat(STDIN_FILENO, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        } else {
+            if (stat(path, &st) != 0 || access(path, R_OK) != 0) pq_tool_die(t, "%s: %s", path, strerror(errno));
+            if (!S_ISREG(st.st_mode)) continue;
+        }
+        in[n++] = st;
+    }
+    const char *what[3] = {"--output", "--resume", "--rejects"};
+    const char *path[3] = {t->output_path, t->resume_path, t->rejects_path};
+    struct stat out[3];
+    int have[3] = {0, 0, 0};
+    for (int k = 0; k < 3; k++) {
+        if (!path[k] || strcmp(path[k], "-") == 0 || stat(path[k], &out[k]) != 0) continue;
+        have[k] = 1;
+        for (int i = 0; i < n; i++)
+            if (out[k].st_dev == in[i].st_dev && out[k].st_ino == in[i].st_ino)
+                pq_tool_usage_error(t, "%s %s is also an input: it would be %s before it is read", what[k], path[k],
+                                    k == 1 ? "appended to while it is read" : "emptied");
+    }
+    for (int k = 0; k < 2; k++)
+        if (have[k] && have[2] && out[k].st_dev == out[2].st_dev && out[k].st_ino == out[2].st_ino &&
+            S_ISREG(out[2].st_mode))
+            pq_tool_usage_error(t, "--rejects %s is also the %s file", path[2], what[k]);
+    free(in);
+}
+
 void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
     static char *stdin_name[] = {"-"};
     if (optind < argc) {
@@ -207,6 +337,7 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
         t->inputs = stdin_name;
         t->n_inputs = 1;
     }
+    check_files(t);
     if (t->progress < 0) t->progress = isatty(STDERR_FILENO);
     if (t->progress) {
         long total = 0;
@@ -227,12 +358,17 @@ void pq_tool_open(PqTool *t, int argc, char **argv, int optind) {
         t->output_path = t->resume_path;
     }
     if (t->output_path && strcmp(t->output_path, "-") != 0) {
-        int flags = O_WRONLY | O_CREAT | (t->resume_path ? O_APPEND : O_TRUNC);
+        int flags = O_WRONLY | O_CREAT | (t->resume_path || t->output_append ? O_APPEND : O_TRUNC);
         t->out_fd = open(t->output_path, flags, 0644);
         if (t->out_fd < 0) pq_tool_die(t, "%s: %s", t->output_path, strerror(errno));
     }
     if (t->rejects_path) {
-        t->rejects = fopen(t->rejects_path, t->resume_path ? "a" : "w");
+        // On --resume every line not in the output is tried again, so the
+        // rejects file is written anew: no line twice, none that has since
+        // succeeded. The old lines this run does not reach (Ctrl-C again)
+        // are kept, written back at the end.
+        if (t->resume_path) load_old_rejects(t);
+        t->rejects = fopen(t->rejects_path, "w");
         if (!t->rejects) pq_tool_die(t, "--rejects %s: %s", t->rejects_path, strerror(errno));
     }
     struct sigaction sa;
@@ -313,6 +449,7 @@ int pq_tool_try_next(PqTool *t) {
         while (i < t->line.len && (t->line.text[i] == ' ' || t->line.text[i] == '\t')) i++;
         if (i == t->line.len) continue; // blank line
         t->n_read++;
+        old_rejects_seen(t, t->line.text, t->line.len);
         return 1;
     }
 }
@@ -342,7 +479,21 @@ static void line_col(const char *s, const char *at, long *line, long *col) {
 
 cJSON *pq_tool_parse(PqTool *t) {
     const char *end = NULL;
+    const char *nul = memchr(t->line.text, 0, t->line.len);
+    if (nul) { // cJSON would stop there, or cut a string short, silently
+        pq_tool_reject(t, &t->line, NULL, "a NUL byte at column %ld", (long)(nul - t->line.text) + 1);
+        return NULL;
+    }
     cJSON *obj = cJSON_ParseWithLengthOpts(t->line.text, t->line.len, &end, 0);
+    if (obj && end) { // one value a line: a second object or any other text after it is an error
+        const char *p = end;
+        while (p < t->line.text + t->line.len && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
+        if (p < t->line.text + t->line.len) {
+            pq_tool_reject(t, &t->line, NULL, "text after the JSON value at column %ld", (long)(p - t->line.text) + 1);
+            cJSON_Delete(obj);
+            return NULL;
+        }
+    }
     if (!obj) {
         const char *at = end ? end : cJSON_GetErrorPtr();
         long l = 1, c = 1;
@@ -355,19 +506,77 @@ cJSON *pq_tool_parse(PqTool *t) {
         cJSON_Delete(obj);
         return NULL;
     }
+    pq_json_keep_id_text(obj, t->line.text, t->line.len);
     return obj;
 }
 
-void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, const char *id,
+void pq_sanitize(PqBuf *b, const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) pq_buf_printf(b, "\\x%02x", *p);
+        else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) pq_buf_printf(b, "\\u%04x", p[1]), p++; // C1 controls
+        else pq_buf_append(b, p, 1);
+    }
+}
+
+struct PqReason {
+    char *text;
+    long n;
+};
+
+// How often this reason was given before (0: the first time).
+static long reason_seen(PqTool *t, const char *reason) {
+    for (int i = 0; i < t->n_reasons; i++)
+        if (!strcmp(t->reasons[i].text, reason)) return t->reasons[i].n++;
+    if (t->n_reasons >= 64) return 0; // so many kinds: show them all
+    t->reasons = pq_xrealloc(t->reasons, (size_t)(t->n_reasons + 1) * sizeof *t->reasons);
+    t->reasons[t->n_reasons].text = pq_xstrdup(reason);
+    t->reasons[t->n_reasons++].n = 1;
+    return 0;
+}
+
+// At the end: how many messages of each reason were not shown.
+static void reasons_finish(PqTool *t, int say) {
+    for (int i = 0; i < t->n_reasons; i++) {
+        if (say && t->reasons[i].n > PQ_REJECT_SHOW) {
+            PqBuf m = {0};
+            pq_buf_printf(&m, "%s: %ld more lines rejected (not shown): ", t->name, t->reasons[i].n - PQ_REJECT_SHOW);
+            pq_sanitize(&m, t->reasons[i].text);
+            fprintf(stderr, "%s\n", m.data);
+            pq_buf_free(&m);
+        }
+        free(t->reasons[i].text);
+    }
+    free(t->reasons);
+    t->reasons = NULL;
+    t->n_reasons = 0;
+}
+
+void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, size_t len, const char *id,
                          const char *reason) {
-    if (t->n_inputs > 1) fprintf(stderr, "%s: %s: line %ld", t->name, file, lineno);
-    else fprintf(stderr, "%s: line %ld", t->name, lineno);
-    if (id) fprintf(stderr, " (id %s)", id);
-    fprintf(stderr, ": %s\n", reason);
-    if (t->rejects) {
-        fputs(text, t->rejects);
-        fputc('\n', t->rejects);
-        fflush(t->rejects);
+    long seen = reason_seen(t, reason);
+    if (seen >= PQ_REJECT_SHOW) goto counted; // said often enough: counted, and in --rejects
+    PqBuf m = {0};
+    if (t->n_inputs > 1) {
+        pq_buf_printf(&m, "%s: ", t->name);
+        pq_sanitize(&m, file);
+        pq_buf_printf(&m, ": line %ld", lineno);
+    } else pq_buf_printf(&m, "%s: line %ld", t->name, lineno);
+    if (id) {
+        pq_buf_puts(&m, " (id ");
+        pq_sanitize(&m, id);
+        pq_buf_puts(&m, ")");
+    }
+    pq_buf_puts(&m, ": ");
+    pq_sanitize(&m, reason);
+    if (seen == PQ_REJECT_SHOW - 1) pq_buf_puts(&m, " (more lines rejected for this reason are counted, not shown)");
+    pq_buf_puts(&m, "\n");
+    fputs(m.data, stderr);
+    pq_buf_free(&m);
+counted:
+    if (t->rejects) { // the line as it came, NUL bytes and all
+        errno = 0;
+        if (fwrite(text, 1, len, t->rejects) != len || fputc('\n', t->rejects) == EOF || fflush(t->rejects) != 0)
+            pq_tool_die(t, "--rejects %s: write error: %s", t->rejects_path, errno ? strerror(errno) : "unknown");
     }
     t->n_rejected++;
 }
@@ -378,16 +587,21 @@ void pq_tool_reject(PqTool *t, const PqLine *line, const char *id, const char *f
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
-    pq_tool_reject_text(t, line->file, line->lineno, line->text, id, reason);
+    pq_tool_reject_text(t, line->file, line->lineno, line->text, line->len, id, reason);
 }
 
 // ---- output ----
 
 static void write_all(PqTool *t, const char *s, size_t n) {
-    while (n > 0) {
+    while (n > 0 && !t->out_closed) {
         ssize_t k = write(t->out_fd, s, n);
         if (k < 0) {
             if (errno == EINTR) continue;
+            if (errno == EPIPE) { // the reader is gone (| head): stop as on Ctrl-C, quietly
+                t->out_closed = 1;
+                pq_interrupted = 1;
+                return;
+            }
             pq_tool_die(t, "write error: %s", strerror(errno));
         }
         s += k;
@@ -424,13 +638,32 @@ void pq_tool_progress(PqTool *t, int force) {
     if (!force && now - t->t_last_progress < 0.5) return;
     t->t_last_progress = now;
     double dt = now - t->t0 > 1e-9 ? now - t->t0 : 1e-9;
-    long finished = t->n_done + t->n_rejected;
     char eta[32] = "?";
+    if (t->by_steps) { // steps, not lines
+        long done = t->steps - t->steps_first, left = t->steps_total - t->steps;
+        fprintf(stderr, "\r%s: step %ld", t->name, t->steps);
+        if (t->steps_total > 0)
+            fprintf(stderr, "/%ld (%.0f%%)", t->steps_total, 100.0 * (double)t->steps / (double)t->steps_total);
+        fputs(t->progress_extra, stderr);
+        if (t->n_rejected) fprintf(stderr, ", %ld rejected", t->n_rejected);
+        if (t->steps_total > 0 && done > 0) {
+            fmt_duration(eta, sizeof eta, left > 0 ? left * dt / done : 0);
+            fprintf(stderr, ", ETA %s", eta);
+        }
+        fputs("   ", stderr);
+        return;
+    }
+    long finished = t->n_done + t->n_rejected;
     if (t->total_lines > 0 && finished > 0) {
         long left = t->total_lines - finished - t->n_skipped;
         fmt_duration(eta, sizeof eta, left > 0 ? left * dt / finished : 0);
     }
-    fprintf(stderr, "\r%s: %ld done, %ld rejected", t->name, t->n_done, t->n_rejected);
+    fprintf(stderr, "\r%s: ", t->name);
+    if (t->total_lines > 0) {
+        long all = finished + t->n_skipped;
+        fprintf(stderr, "%ld/%ld lines (%.0f%%), ", all, t->total_lines, 100.0 * (double)all / (double)t->total_lines);
+    }
+    fprintf(stderr, "%ld done, %ld rejected", t->n_done, t->n_rejected);
     if (t->n_skipped) fprintf(stderr, ", %ld resumed", t->n_skipped);
     if (t->n_requests) fprintf(stderr, ", %.1f req/s, %lld tok", t->n_requests / dt, t->tokens_prompt + t->tokens_completion);
     if (t->total_lines > 0) fprintf(stderr, ", ETA %s", eta);
@@ -438,11 +671,15 @@ void pq_tool_progress(PqTool *t, int force) {
 }
 
 int pq_tool_finish(PqTool *t) {
-    if (t->progress > 0) {
+    finish_old_rejects(t);
+    int quiet = t->out_closed; // nobody reads on: no summary, the status of a tool a closed pipe ended
+    if (t->progress > 0 && !quiet) {
         pq_tool_progress(t, 1);
         fputc('\n', stderr);
     }
+    reasons_finish(t, !quiet);
     double dt = pq_now() - t->t0;
+    if (quiet) goto close;
     fprintf(stderr, "%s: %ld in, %ld done, %ld rejected", t->name, t->n_read, t->n_done, t->n_rejected);
     if (t->n_skipped) fprintf(stderr, ", %ld skipped (already in %s)", t->n_skipped, t->resume_path);
     fprintf(stderr, ", %ld out, %.2fs", t->n_out, dt);
@@ -452,12 +689,14 @@ int pq_tool_finish(PqTool *t) {
     if (t->summary_extra[0]) fprintf(stderr, ", %s", t->summary_extra);
     if (pq_interrupted) fprintf(stderr, "; interrupted: rerun with --resume to continue");
     fputc('\n', stderr);
+close:
     if (t->rejects) fclose(t->rejects);
     if (t->out_fd != STDOUT_FILENO) close(t->out_fd);
     if (t->in_fd > STDIN_FILENO) close(t->in_fd);
     pq_buf_free(&t->inbuf);
     pq_buf_free(&t->outbuf);
     keyset_free(t->done);
+    if (quiet) return PQ_EXIT_PIPE;
     if (pq_interrupted) return PQ_EXIT_INTERRUPTED;
     if (t->fatal) return PQ_EXIT_FATAL;
     return t->n_rejected ? PQ_EXIT_REJECTS : PQ_EXIT_OK;
@@ -492,9 +731,76 @@ void pq_json_add_float(cJSON *obj, const char *key, double v) {
     pq_json_set(obj, key, cJSON_CreateRaw(buf));
 }
 
+const char *pq_json_id_text(const cJSON *obj) {
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    return cJSON_IsString(id) || cJSON_IsRaw(id) ? id->valuestring : NULL;
+}
+
 const char *pq_json_id(const cJSON *obj) {
-    const char *id = pq_json_str(obj, "id");
+    const char *id = pq_json_id_text(obj);
     return id ? id : "?";
+}
+
+// A scanner over JSON text, enough to skip values and find where one starts.
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    return p;
+}
+
+static const char *skip_string(const char *p, const char *end) { // p at the opening quote
+    for (p++; p < end; p++) {
+        if (*p == '\\') p++;
+        else if (*p == '"') return p + 1;
+    }
+    return NULL;
+}
+
+static const char *skip_value(const char *p, const char *end) {
+    if (p >= end) return NULL;
+    if (*p == '"') return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            if (*p == '"') {
+                if (!(p = skip_string(p, end))) return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[') depth++;
+            else if (*p == '}' || *p == ']') {
+                if (--depth == 0) return p + 1;
+            }
+            p++;
+        }
+        return NULL;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') p++;
+    return p; // a number or a literal
+}
+
+void pq_json_keep_id_text(cJSON *obj, const char *text, size_t len) {
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    if (!cJSON_IsNumber(id)) return;
+    const char *p = skip_ws(text, text + len), *end = text + len;
+    if (p >= end || *p != '{') return;
+    p = skip_ws(p + 1, end);
+    while (p < end && *p == '"') { // the first "id" member, as cJSON's getter takes the first
+        const char *k = p, *ke = skip_string(p, end);
+        if (!ke) return;
+        p = skip_ws(ke, end);
+        if (p >= end || *p != ':') return;
+        p = skip_ws(p + 1, end);
+        const char *v = p, *ve = skip_value(p, end);
+        if (!ve) return;
+        if (ke - k == 4 && memcmp(k, "\"id\"", 4) == 0) {
+            char *num = pq_xstrndup(v, (size_t)(ve - v));
+            cJSON_ReplaceItemInObjectCaseSensitive(obj, "id", cJSON_CreateRaw(num));
+            free(num);
+            return;
+        }
+        p = skip_ws(ve, end);
+        if (p >= end || *p != ',') return;
+        p = skip_ws(p + 1, end);
+    }
 }
 
 // ---- reorder buffer ----

@@ -13,7 +13,14 @@
 
 #include "util.h"
 
-enum { PQ_EXIT_OK = 0, PQ_EXIT_REJECTS = 1, PQ_EXIT_USAGE = 2, PQ_EXIT_FATAL = 3, PQ_EXIT_INTERRUPTED = 130 };
+enum {
+    PQ_EXIT_OK = 0,
+    PQ_EXIT_REJECTS = 1,
+    PQ_EXIT_USAGE = 2,
+    PQ_EXIT_FATAL = 3,
+    PQ_EXIT_INTERRUPTED = 130,
+    PQ_EXIT_PIPE = 141 // 128 + SIGPIPE: stdout's reader went away (| head)
+};
 
 // getopt_long codes of the common options (above any short-option char).
 enum {
@@ -57,6 +64,8 @@ typedef struct PqLine {
 } PqLine;
 
 typedef struct PqKeySet PqKeySet;
+typedef struct PqOldRejects PqOldRejects;
+#define PQ_REJECT_SHOW 5
 
 typedef struct PqTool {
     const char *name;  // "pq-quiz"
@@ -76,6 +85,9 @@ typedef struct PqTool {
     // outputs
     int out_fd;
     FILE *rejects;
+    PqOldRejects *old_rejects; // --resume: the last run's rejects, until this run reaches them
+    int out_closed;            // stdout's reader went away: nothing more is written
+    int output_append;         // open --output for appending, not anew (pq-dpo --resume DIR)
     PqKeySet *done; // keys found in the --resume file
     PqBuf outbuf;
     // counters
@@ -83,6 +95,16 @@ typedef struct PqTool {
     long n_requests, n_retries;
     long long tokens_prompt, tokens_completion;
     double t0, t_last_progress;
+    // A tool that counts its own steps (pq-dpo): progress shows step n of
+    // steps_total and its ETA from the steps done since steps_first, with
+    // progress_extra (", loss 0.6931") after it.
+    int by_steps;
+    long steps, steps_total, steps_first; // steps_total 0: not known
+    char progress_extra[96];
+    // Reject messages: each distinct reason is shown PQ_REJECT_SHOW times,
+    // then counted; the counts are said at the end.
+    struct PqReason *reasons;
+    int n_reasons;
     int fatal;
     char summary_extra[256]; // tool-specific text appended to the summary line
 } PqTool;
@@ -112,11 +134,15 @@ int pq_tool_wait_fd(const PqTool *t);
 // 1:17") and returns NULL.
 cJSON *pq_tool_parse(PqTool *t);
 // Reports a line as rejected: "pq-x: line 12 (id 4feb82c6): reason" on
-// stderr, the whole line to --rejects, counted. line may be a saved copy.
+// stderr (control bytes of the id and reason escaped, \x1b), the whole line
+// to --rejects byte for byte, counted. line may be a saved copy. A write
+// error on --rejects is fatal.
 void pq_tool_reject(PqTool *t, const PqLine *line, const char *id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, const char *id,
+void pq_tool_reject_text(PqTool *t, const char *file, long lineno, const char *text, size_t len, const char *id,
                          const char *reason);
+// Appends s to b with control bytes (C0, DEL, C1) escaped, for a terminal.
+void pq_sanitize(PqBuf *b, const char *s);
 // Writes one output record as one line, flushed whole.
 void pq_tool_emit(PqTool *t, const cJSON *obj);
 void pq_tool_emit_text(PqTool *t, const char *json_line); // without newline
@@ -136,8 +162,14 @@ int pq_json_num(const cJSON *obj, const char *key, double *out); // 1 if a finit
 void pq_json_add_float(cJSON *obj, const char *key, double v);
 // Replaces (or adds) a field, so re-running a tool over its own output is idempotent.
 void pq_json_set(cJSON *obj, const char *key, cJSON *item);
-// The id of a record for messages, "?" if absent.
+// The id of a record for messages (a number as written), "?" if absent.
 const char *pq_json_id(const cJSON *obj);
+const char *pq_json_id_text(const cJSON *obj); // the same, NULL when there is none
+// A numeric "id" of obj, parsed from text, becomes a raw item holding its
+// text as written, so that ids pass through byte-exact (2^53 + 1 stays
+// 9007199254740993, 1.50 stays 1.50) and resume keys match whatever the
+// digits. pq_tool_parse and the --resume reader call it.
+void pq_json_keep_id_text(cJSON *obj, const char *text, size_t len);
 
 // Reorder buffer: results that finish out of order are emitted in input
 // order. Slot seq gets a JSON line (emitted) or NULL (nothing to emit).

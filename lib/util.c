@@ -1,12 +1,16 @@
 // util.c: small shared helpers of pq (see util.h).
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void pq_err(PqErr *e, const char *fmt, ...) {
     if (!e) return;
@@ -176,4 +180,80 @@ long pq_peak_rss_kb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
     return ru.ru_maxrss;
+}
+
+// ---- what a killed run left behind ----
+
+// Removes the regular files in dir, then dir (its own temporary directory:
+// nothing nested).
+static int rm_flat_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : -1;
+    struct dirent *de;
+    PqBuf p = {0};
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        pq_buf_clear(&p);
+        pq_buf_printf(&p, "%s/%s", dir, de->d_name);
+        unlink(p.data);
+    }
+    closedir(d);
+    pq_buf_free(&p);
+    return rmdir(dir) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+int pq_clean_stale_dirs(const char *path, const char *prog, PqErr *e) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    char *full = pq_xstrndup(path, n);
+    char *slash = strrchr(full, '/');
+    char *parent = slash ? (slash == full ? pq_xstrdup("/") : pq_xstrndup(full, (size_t)(slash - full))) : pq_xstrdup(".");
+    const char *base = slash ? slash + 1 : full;
+    size_t bl = strlen(base);
+    int cleaned = 0, rc = 0;
+    DIR *d = opendir(parent);
+    if (!d) {
+        free(full);
+        free(parent);
+        return 0; // no parent yet: nothing left there either
+    }
+    struct stat st;
+    int have_out = stat(full, &st) == 0;
+    struct dirent *de;
+    PqBuf p = {0};
+    while ((de = readdir(d))) {
+        const char *nm = de->d_name;
+        if (strncmp(nm, base, bl) != 0 || (strncmp(nm + bl, ".tmp", 4) != 0 && strncmp(nm + bl, ".old", 4) != 0))
+            continue;
+        const char *digits = nm + bl + 4;
+        char *end;
+        errno = 0;
+        long pid = strtol(digits, &end, 10);
+        if (!*digits || *end || errno || pid <= 0 || digits[0] == '0' || digits[0] == '+' || digits[0] == '-') continue;
+        if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; // alive: not ours to touch
+        pq_buf_clear(&p);
+        pq_buf_printf(&p, "%s/%s", parent, nm);
+        if (lstat(p.data, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+        if (!have_out && nm[bl + 1] == 'o') { // killed between its two renames: the old one is the last good copy
+            if (rename(p.data, full) == 0) {
+                have_out = 1;
+                fprintf(stderr, "%s: %s was missing: put back from %s, left by a run that was killed\n", prog, full,
+                        p.data);
+                cleaned++;
+                continue;
+            }
+        }
+        if (rm_flat_dir(p.data) == 0) {
+            fprintf(stderr, "%s: removed %s, left by a run that was killed\n", prog, p.data);
+            cleaned++;
+        } else {
+            pq_err(e, "%s: %s", p.data, strerror(errno));
+            rc = -1;
+        }
+    }
+    closedir(d);
+    pq_buf_free(&p);
+    free(full);
+    free(parent);
+    return rc < 0 ? rc : cleaned;
 }

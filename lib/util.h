@@ -52,6 +52,13 @@ void pq_rng_shuffle_int(PqRng *r, int *a, int n);
 uint64_t pq_hash_str(const char *s);
 uint64_t pq_hash_bytes(const void *p, size_t n);
 
+// The PATH.tmpPID and PATH.oldPID directories a killed run of pq-dpo or
+// pq-merge left beside PATH (PID no longer alive) are removed, saying so as
+// prog on stderr; when PATH itself is missing, a PATH.oldPID (the checkpoint
+// being replaced when the kill came) is renamed back to PATH instead.
+// Returns how many were cleaned, or -1 (e) when one could not be removed.
+int pq_clean_stale_dirs(const char *path, const char *prog, PqErr *e);
+
 double pq_now(void); // monotonic seconds
 long pq_peak_rss_kb(void); // peak resident set size of this process, in KiB
 

@@ -32,6 +32,8 @@
 #   [[fake:malformed1]] only the first attempt is prose
 #   [[fake:slow=S]]     sleep S seconds before replying, every attempt
 #   [[fake:drop]]       first attempt: close the connection without a reply
+#   [[fake:null]]       every reply's content is null
+#   [[fake:endless]]    a 200 whose body never ends (until the client hangs up)
 #   [[fake:401]]        always 401 "Incorrect API key"
 #   [[fake:400]]        always 400 with a message
 #   [[fake:badjson]]    first attempt: a 200 whose body is not JSON
@@ -58,6 +60,8 @@ QLINE = re.compile(r"^\s*\**Q(\d+)\s*[).:]\s*(.*)$")
 OLINE = re.compile(r"^\s*\**([A-E])\s*[.)]\s*(.*)$")
 LABEL = re.compile(r"^\s*(text|article|document|summary)\s*:\s*", re.I)
 WORD = re.compile(r"[a-z0-9]+")
+
+ENDLESS = b"endless"  # a sentinel: the reply streams until the connection closes
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
            500: "Internal Server Error"}
@@ -251,6 +255,8 @@ def handle(state, body, auth=None, conn=0):
             status, out = 500, error_body("fake internal error", "server_error")
         elif "badjson" in marks and attempt == 1:
             status, out = 200, b"<html><body>502 Bad Gateway (fake)</body></html>"
+        elif "endless" in marks:
+            status, out = 200, ENDLESS
         elif state.refuse_n and n > 1:
             status, out = 400, error_body("only n = 1 is supported")
         else:
@@ -276,14 +282,16 @@ def handle(state, body, auth=None, conn=0):
                 if sents is None:
                     sents = state.cache[("s", prompt)] = sentences_of(article_of(prompt))
                 choices = [make_summary(sents, seed if seed is not None else 0, i) for i in range(n)]
+            if "null" in marks:  # a content of null, whatever the prompt
+                choices = [None] * n
             out = json.dumps({
                 "id": "chatcmpl-fake-%s-%d" % (key, attempt), "object": "chat.completion",
                 "created": int(time.time()), "model": req.get("model", "fake"),
                 "choices": [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
                             for i, c in enumerate(choices)],
                 "usage": {"prompt_tokens": len(joined) // 4 + 1,
-                          "completion_tokens": sum(len(c) // 4 + 1 for c in choices),
-                          "total_tokens": len(joined) // 4 + 1 + sum(len(c) // 4 + 1 for c in choices)},
+                          "completion_tokens": sum(len(c or "") // 4 + 1 for c in choices),
+                          "total_tokens": len(joined) // 4 + 1 + sum(len(c or "") // 4 + 1 for c in choices)},
             }).encode()
         if len(state.cache) > 4096:
             state.cache.clear()
@@ -299,6 +307,8 @@ class Conn(asyncio.Protocol):
         self.buf = b""
         self.busy = False
         self.transport = None
+        self.paused = False
+        self.streaming = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -307,6 +317,19 @@ class Conn(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        if self.streaming:
+            self.stream()
+
+    def stream(self):
+        # [[fake:endless]]: 1 MiB at a time for as long as the client reads
+        while self.transport is not None and not self.paused:
+            self.transport.write(b"a" * (1 << 20))
 
     def data_received(self, data):
         self.buf += data
@@ -362,6 +385,12 @@ class Conn(asyncio.Protocol):
         if out is None:  # dropped
             self.transport.close()
             self.transport = None
+            return
+        if out is ENDLESS:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                                 b'{"choices":[{"index":0,"message":{"role":"assistant","content":"')
+            self.streaming = True
+            self.stream()
             return
         ctype = "application/json" if out[:1] == b"{" else "text/html"
         head = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (

@@ -1,6 +1,7 @@
 // pq-dpo: LoRA DPO training (method.md §5) of a model on pair records that
 // carry reference log-probs (pq-logp's output), streamed: the first epoch
 // trains as records arrive; one JSONL metrics line per optimizer step.
+#include <errno.h>
 #include <math.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -23,7 +24,10 @@ static const char usage[] =
     "Trains a LoRA adapter with DPO on pair records holding ref_chosen_logp and ref_rejected_logp\n"
     "(pq-logp's output); writes one JSON line of metrics per optimizer step.\n"
     "  -m, --model DIR           Hugging Face model directory (the policy's base)\n"
-    "  -o, --out DIR             write the PEFT adapter here (at the end and every --save-every steps)\n"
+    "  -o, --out DIR             write the PEFT adapter here (at the end and every --save-every steps);\n"
+    "                            an existing adapter is replaced only with --overwrite (or when it is --resume's)\n"
+    "      --overwrite           replace the adapter already in --out DIR\n"
+    "      --no-save             train without saving an adapter (metrics only; instead of --out)\n"
     "      --resume DIR          continue the training saved in DIR (adapter, optimizer, step, data position)\n"
     "      --adapter DIR         start from this PEFT adapter instead of a fresh one\n"
     "      --loss NAME           sigmoid (default), ipo, hinge\n"
@@ -69,7 +73,7 @@ enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
     O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_TEMPLATE, O_MAXLEN,
-    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES
+    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES, O_OVERWRITE, O_NOSAVE
 };
 
 static PqTool T;
@@ -77,6 +81,7 @@ static PqTool T;
 // Options.
 static const char *device, *devices, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
+static int overwrite, no_save;
 static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
 static double lora_alpha = 16, lora_dropout = 0.05, lr = 5e-6, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, wd = 0,
               warmup_ratio = 0, max_grad_norm = 1.0;
@@ -235,10 +240,10 @@ static void load_valid(void) {
         if (next) *next++ = 0;
         lineno++;
         if (!line[strspn(line, " \t\r")]) continue;
-        cJSON *obj = cJSON_Parse(line);
+        cJSON *obj = cJSON_ParseWithOpts(line, NULL, 1); // nothing after the value
         PqTrainPair p;
         if (!obj || to_pair(obj, &p, &e)) {
-            pq_tool_reject_text(&T, valid_path, lineno, line, obj ? pq_json_id(obj) : "?", obj ? e.msg : "not JSON");
+            pq_tool_reject_text(&T, valid_path, lineno, line, strlen(line), obj ? pq_json_id(obj) : "?", obj ? e.msg : "not JSON");
             cJSON_Delete(obj);
             continue;
         }
@@ -441,6 +446,9 @@ static void train_step(const long *idx, int n) {
     if (dist.rank == 0) pq_tool_emit(&T, o);
     cJSON_Delete(o);
     T.n_done += n;
+    T.steps = step;
+    T.steps_total = !total_known ? 0 : total_steps > step ? total_steps : step;
+    snprintf(T.progress_extra, sizeof T.progress_extra, ", loss %.4f", m.n > 0 ? m.loss / m.n : 0.0);
     if (save_every > 0 && step % save_every == 0) save();
     if (eval_every > 0 && step % eval_every == 0) evaluate();
     pq_tool_progress(&T, 0);
@@ -448,6 +456,81 @@ static void train_step(const long *idx, int n) {
 
 static int stopping(void) {
     return pq_interrupted || (max_steps > 0 && step >= max_steps) || (stop_after > 0 && step >= stop_after);
+}
+
+// --resume DIR --output FILE: the metrics of the steps the checkpoint holds
+// are kept (they were truncated away before), the lines written after it
+// (the steps to be trained again) and a partial last line dropped; the
+// resumed run appends. After pq_tool_open, which opened it for appending.
+static void keep_metrics(void) {
+    PqErr e;
+    PqBuf p = {0};
+    pq_buf_printf(&p, "%s/trainer_state.json", resume_dir);
+    char *state = pq_read_file(p.data, NULL, &e);
+    cJSON *s = state ? cJSON_Parse(state) : NULL;
+    double saved;
+    int known = pq_json_num(s, "step", &saved);
+    cJSON_Delete(s);
+    free(state);
+    size_t n;
+    struct stat so;
+    int regular = stat(T.output_path, &so) == 0 && S_ISREG(so.st_mode); // not /dev/stdout, a pipe
+    char *data = known && regular ? pq_read_file(T.output_path, &n, &e) : NULL;
+    if (!data) { // nothing written yet, or no checkpoint to go by (--resume then says why)
+        pq_buf_free(&p);
+        return;
+    }
+    PqBuf keep = {0};
+    long dropped = 0;
+    for (size_t i = 0; i < n;) {
+        char *nl = memchr(data + i, '\n', n - i);
+        if (!nl) { // a partial line
+            dropped++;
+            break;
+        }
+        cJSON *o = cJSON_ParseWithLength(data + i, (size_t)(nl - (data + i)));
+        double st;
+        if (o && pq_json_num(o, "step", &st) && st <= saved) pq_buf_append(&keep, data + i, (size_t)(nl - (data + i)) + 1);
+        else if (nl > data + i) dropped++;
+        cJSON_Delete(o);
+        i = (size_t)(nl - data) + 1;
+    }
+    if (dropped) {
+        pq_buf_clear(&p);
+        pq_buf_printf(&p, "%s.tmp%ld", T.output_path, (long)getpid());
+        FILE *f = fopen(p.data, "wb");
+        if (!f || fwrite(keep.data ? keep.data : "", 1, keep.len, f) != keep.len || fclose(f) != 0 ||
+            rename(p.data, T.output_path) != 0)
+            pq_tool_die(&T, "--output %s: keeping the metrics up to step %.0f: %s", T.output_path, saved, strerror(errno));
+        close(T.out_fd); // the file now in its place, for appending (fcntl.h's O_TRUNC is an option name here)
+        FILE *a = fopen(T.output_path, "a");
+        if (!a || (T.out_fd = dup(fileno(a))) < 0) pq_tool_die(&T, "--output %s: %s", T.output_path, strerror(errno));
+        fclose(a);
+        fprintf(stderr, "%s: %s: %ld line%s after the checkpoint's step %.0f dropped (they are trained again)\n", T.name,
+                T.output_path, dropped, dropped == 1 ? "" : "s", saved);
+    }
+    pq_buf_free(&keep);
+    pq_buf_free(&p);
+    free(data);
+}
+
+// --out DIR before any work: a new path, the directory being resumed, or
+// (with --overwrite) an adapter directory; anything else is refused, so that
+// a file or an unrelated directory is never replaced by an adapter.
+static void check_out(void) {
+    struct stat so, sr;
+    if (stat(out_dir, &so) != 0) return;
+    if (resume_dir && stat(resume_dir, &sr) == 0 && sr.st_dev == so.st_dev && sr.st_ino == so.st_ino) return;
+    PqBuf p = {0};
+    pq_buf_printf(&p, "%s/adapter_config.json", out_dir);
+    int adapter = S_ISDIR(so.st_mode) && access(p.data, F_OK) == 0;
+    pq_buf_free(&p);
+    if (!adapter)
+        pq_tool_usage_error(&T, "--out %s exists and is not an adapter directory: give a new path", out_dir);
+    if (!overwrite)
+        pq_tool_usage_error(&T, "--out %s holds an adapter already: --resume %s continues its training, "
+                                "--overwrite replaces it",
+                            out_dir, out_dir);
 }
 
 // Counts the non-blank lines of the inputs when they are all regular files; -1 otherwise.
@@ -586,6 +669,8 @@ int main(int argc, char **argv) {
         {"device", required_argument, 0, O_DEVICE},
         {"devices", required_argument, 0, O_DEVICES},
         {"dump-grads", required_argument, 0, O_DUMPGRADS}, // tests: the first step's gradients, then stop
+        {"overwrite", no_argument, 0, O_OVERWRITE},
+        {"no-save", no_argument, 0, O_NOSAVE},
         {0, 0, 0, 0}};
     pq_tool_init(&T, "pq-dpo", usage);
     int o, threads = 0;
@@ -664,10 +749,19 @@ int main(int argc, char **argv) {
             }
             break;
         case O_DUMPGRADS: dump_grads = optarg; break;
+        case O_OVERWRITE: overwrite = 1; break;
+        case O_NOSAVE: no_save = 1; break;
         default: pq_tool_usage_error(&T, "bad option");
         }
     }
     if (!model_dir) pq_tool_usage_error(&T, "--model DIR is required");
+    if (out_dir && no_save) pq_tool_usage_error(&T, "--out and --no-save exclude each other");
+    if (!out_dir && !no_save && !dump_grads)
+        pq_tool_usage_error(&T, "--out DIR is required: where the adapter is saved (--no-save trains without saving)");
+    if (out_dir) {
+        if (pq_clean_stale_dirs(out_dir, T.name, &e) < 0) pq_tool_die(&T, "%s", e.msg);
+        check_out();
+    }
     if (micro > 64) micro = 64;
     if (micro > batch) micro = batch;
     if (resume_dir && adapter_dir) pq_tool_usage_error(&T, "--resume and --adapter exclude each other");
@@ -708,7 +802,9 @@ int main(int argc, char **argv) {
         T.output_path = T.rejects_path = NULL;
         T.progress = 0;
     }
-    pq_tool_open(&T, argc, argv, optind);
+    if (resume_dir && T.output_path && strcmp(T.output_path, "-")) T.output_append = 1;
+    pq_tool_open(&T, argc, argv, optind); // refuses an --output that is an input before keep_metrics rewrites it
+    if (T.output_append) keep_metrics();
     pq_ops_set_threads(threads);
     if (device && pq_device_select(device, &e)) pq_tool_die(&T, "%s", e.msg);
     if (!device && dist.world > 1 && strcmp(pq_ops_backend(), "cpu") && pq_ops_set_device(dist.local_rank))
@@ -725,8 +821,14 @@ int main(int argc, char **argv) {
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);
     }
 
-    if (resume_dir) resume();
-    else {
+    if (resume_dir) {
+        resume();
+        if ((max_steps > 0 && step >= max_steps) || epoch >= epochs) { // nothing left: not an error
+            fprintf(stderr, "%s: the training in %s is complete (step %ld, %ld epoch%s); nothing to do\n", T.name,
+                    resume_dir, step, epoch, epoch == 1 ? "" : "s");
+            return pq_tool_finish(&T);
+        }
+    } else {
         if (adapter_dir) {
             if (!(lora = pq_lora_load(adapter_dir, M, &e))) pq_tool_die(&T, "--adapter: %s", e.msg);
         } else {
@@ -745,6 +847,9 @@ int main(int argc, char **argv) {
                                 "(or --lr-schedule constant, --warmup-steps)",
                             sched == PQ_SCHED_CONSTANT ? "--warmup-ratio" : "schedule");
     set_schedule(n_est > 0 ? n_est : 0);
+    T.by_steps = 1; // progress: steps (of the schedule's total) and the loss, not pairs
+    T.steps = T.steps_first = step;
+    T.steps_total = !total_known ? 0 : total_steps > step ? total_steps : step;
     if (valid_path) load_valid();
     if (valid_path && step == 0) evaluate();
 

@@ -46,13 +46,13 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 
 static const Row *find_row(const File *f, const char *id) {
     Row key = {(char *)id, 0, {0}};
-    return bsearch(&key, f->rows, (size_t)f->n, sizeof *f->rows, cmp_row_id);
+    return f->n ? bsearch(&key, f->rows, (size_t)f->n, sizeof *f->rows, cmp_row_id) : NULL;
 }
 
 // Reads one quiz line into r: NULL ok, "" to skip (a sample other than 0), else why it is rejected.
 static const char *read_row(const cJSON *obj, Row *r) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) return "no \"id\" (string or number)";
+    if (!cJSON_IsString(id) && !cJSON_IsNumber(id) && !cJSON_IsRaw(id)) return "no \"id\" (string or number)";
     const cJSON *sample = cJSON_GetObjectItemCaseSensitive(obj, "sample");
     if (sample && !cJSON_IsNumber(sample)) return "\"sample\" is not a number";
     if (sample && sample->valuedouble != 0) return "";
@@ -72,7 +72,7 @@ static const char *read_row(const cJSON *obj, Row *r) {
     r->item.article_chars = pq_count_chars(article);
     r->item.bad_chars = pq_count_bad_chars(summary);
     PqBuf b = {0};
-    if (cJSON_IsString(id)) pq_buf_puts(&b, id->valuestring);
+    if (cJSON_IsString(id) || cJSON_IsRaw(id)) pq_buf_puts(&b, id->valuestring); // a number: its text as written
     else pq_buf_printf(&b, "%.17g", id->valuedouble);
     r->id = b.data;
     return NULL;
@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
         }
         const char *why = read_row(obj, &f->rows[f->n]);
         if (why && !*why) n_other_samples++;
-        else if (why) pq_tool_reject(&t, &t.line, pq_json_str(obj, "id"), "%s", why);
+        else if (why) pq_tool_reject(&t, &t.line, pq_json_id_text(obj), "%s", why);
         else {
             f->rows[f->n++].lineno = t.line.lineno;
             t.n_done++;
@@ -236,12 +236,15 @@ int main(int argc, char **argv) {
     long n_all = 0;
     for (int i = 0; i < nf; i++) {
         File *f = &files[i];
-        qsort(f->rows, (size_t)f->n, sizeof *f->rows, cmp_row);
+        if (f->n) qsort(f->rows, (size_t)f->n, sizeof *f->rows, cmp_row); // rows is NULL when empty
         long k = 0;
         for (long j = 0; j < f->n; j++) {
             if (k > 0 && strcmp(f->rows[k - 1].id, f->rows[j].id) == 0) {
+                PqBuf m = {0};
+                pq_sanitize(&m, f->rows[j].id);
                 fprintf(stderr, "pq-eval: %s: line %ld (id %s): the id is already on line %ld; that line is used\n",
-                        f->path, f->rows[j].lineno, f->rows[j].id, f->rows[k - 1].lineno);
+                        f->path, f->rows[j].lineno, m.data, f->rows[k - 1].lineno);
+                pq_buf_free(&m);
                 free(f->rows[j].id);
                 continue;
             }
@@ -254,7 +257,7 @@ int main(int argc, char **argv) {
     long n_ids = 0;
     for (int i = 0; i < nf; i++)
         for (long j = 0; j < files[i].n; j++) ids[n_ids++] = files[i].rows[j].id;
-    qsort(ids, (size_t)n_ids, sizeof *ids, cmp_str);
+    if (n_ids) qsort(ids, (size_t)n_ids, sizeof *ids, cmp_str);
     long n_union = 0;
     for (long j = 0; j < n_ids; j++) n_union += j == 0 || strcmp(ids[j - 1], ids[j]) != 0;
     free(ids);

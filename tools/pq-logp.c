@@ -1,5 +1,6 @@
 // pq-logp: reference log-probabilities of pair records (method.md §5): the
 // summed log-probs of the chosen and rejected responses under a model.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ enum { OPT_ADAPTER = PQ_OPT_TOOL_BASE, OPT_TEMPLATE, OPT_MAXLEN, OPT_TRUNC, OPT_
 // sequences (chosen, rejected; or one in --raw mode).
 typedef struct Rec {
     cJSON *obj;
+    long lineno;
     int n;
     PqSeq seq[2];
     PqLogpSeq lp[2];
@@ -70,6 +72,22 @@ static void flush(Rec *recs, int n) {
     k = 0;
     for (int r = 0; r < n; r++) {
         Rec *R = &recs[r];
+        for (int j = 0; j < R->n && !T.fatal; j++)
+            if (!isfinite(s[k + j].sum)) { // a broken model: every line would be the same; nothing after it is written
+                PqBuf id = {0};
+                pq_sanitize(&id, pq_json_id(R->obj));
+                fprintf(stderr, "%s: line %ld (id %s): the %s log-prob is not finite: NaN or inf in the model%s; stopping\n",
+                        T.name, R->lineno, id.data, raw ? "sequence's" : j ? "rejected" : "chosen",
+                        M->lora ? " or adapter weights" : "'s weights");
+                pq_buf_free(&id);
+                T.fatal = 1;
+            }
+        if (T.fatal) {
+            for (int j = 0; j < R->n; j++, k++) free(s[k].token_logp);
+            cJSON_Delete(R->obj);
+            for (int j = 0; j < R->n; j++) pq_seq_free(&R->seq[j]);
+            continue;
+        }
         if (raw) {
             pq_json_add_float(R->obj, "logp", s[k].sum);
             pq_json_set(R->obj, "tokens", cJSON_CreateNumber(s[k].count));
@@ -222,6 +240,7 @@ int main(int argc, char **argv) {
         }
         Rec rec = {0};
         rec.obj = obj;
+        rec.lineno = T.line.lineno;
         int bad = 0;
         if (raw) bad = raw_rec(obj, &rec, max_len, &e);
         else {
@@ -271,7 +290,7 @@ int main(int argc, char **argv) {
         recs[n++] = rec;
         pending_tokens += tokens;
     }
-    if (!pq_interrupted) flush(recs, n);
+    if (!pq_interrupted && !T.fatal) flush(recs, n);
     else
         for (int r = 0; r < n; r++) {
             cJSON_Delete(recs[r].obj);

@@ -58,6 +58,7 @@ int main(int argc, char **argv) {
     if (optind < argc) pq_tool_usage_error(&T, "unexpected argument '%s'", argv[optind]);
     pq_ops_set_threads(threads);
     PqErr e;
+    if (pq_clean_stale_dirs(out_dir, T.name, &e) < 0) pq_tool_die(&T, "%s", e.msg);
     PqModel *m = pq_model_load(model_dir, &e);
     if (!m) pq_tool_die(&T, "%s", e.msg);
     PqLora *lora = pq_lora_load(adapter_dir, m, &e);

@@ -72,7 +72,7 @@ static const char *read_summary(cJSON *obj, const PqPairOpts *o, Summary *s) {
     static char why[128];
     memset(s, 0, sizeof *s);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
-    if (!cJSON_IsString(id) && !cJSON_IsNumber(id)) return "no \"id\" (string or number)";
+    if (!cJSON_IsString(id) && !cJSON_IsNumber(id) && !cJSON_IsRaw(id)) return "no \"id\" (string or number)";
     const cJSON *summary = cJSON_GetObjectItemCaseSensitive(obj, "summary");
     if (!summary) return "no \"summary\" field";
     if (!cJSON_IsString(summary) && !cJSON_IsNull(summary)) return "\"summary\" is not a string or null";
@@ -91,7 +91,7 @@ static const char *read_summary(cJSON *obj, const PqPairOpts *o, Summary *s) {
     const cJSON *sample = cJSON_GetObjectItemCaseSensitive(obj, "sample");
     if (sample && !cJSON_IsNumber(sample)) return "\"sample\" is not a number";
     PqBuf b = {0};
-    if (cJSON_IsString(id)) pq_buf_puts(&b, id->valuestring);
+    if (cJSON_IsString(id) || cJSON_IsRaw(id)) pq_buf_puts(&b, id->valuestring); // a number: its text as written
     else pq_buf_printf(&b, "%.17g", id->valuedouble);
     s->id = b.data;
     s->id_json = cJSON_Duplicate(id, 1);
@@ -169,8 +169,7 @@ int main(int argc, char **argv) {
         }
         const char *why = read_summary(obj, &o, &all[n]);
         if (why) {
-            const char *id = pq_json_str(obj, "id");
-            pq_tool_reject(&t, &t.line, id, "%s", why);
+            pq_tool_reject(&t, &t.line, pq_json_id_text(obj), "%s", why);
         } else {
             all[n].seq = n;
             n++;

@@ -80,7 +80,7 @@ static void run_raw(PqTool *t, const PqTokenizer *tok, const Opts *o) {
             const char *why;
             if (o->decode) {
                 if (!ids_from_text(line, pq_tokenizer_vocab_size(tok), &ids, &why)) {
-                    pq_tool_reject_text(t, path, lineno, line, NULL, why);
+                    pq_tool_reject_text(t, path, lineno, line, (size_t)n, NULL, why);
                     continue;
                 }
                 char *s = pq_tokenizer_decode(tok, ids.data, ids.len, o->skip_special);
@@ -88,7 +88,7 @@ static void run_raw(PqTool *t, const PqTokenizer *tok, const Opts *o) {
                 free(s);
             } else {
                 if (pq_tokenizer_encode(tok, line, (size_t)n, o->add_special, &ids, &e)) {
-                    pq_tool_reject_text(t, path, lineno, line, NULL, e.msg);
+                    pq_tool_reject_text(t, path, lineno, line, (size_t)n, NULL, e.msg);
                     continue;
                 }
                 for (size_t i = 0; i < ids.len; i++) pq_buf_printf(&out, i ? " %d" : "%d", ids.data[i]);

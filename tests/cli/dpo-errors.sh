@@ -45,7 +45,7 @@ done
 
 # --reference-free takes the record without ref logps
 printf '%s\n' "{\"id\":\"f1\",$good}" "{\"id\":\"f2\",$good}" >"$d/free.jsonl"
-"$PQ_BIN/pq-dpo" --raw -m "$d/m" -t 1 --reference-free --lr-schedule constant "$d/free.jsonl" >"$d/out2"
+"$PQ_BIN/pq-dpo" --raw -m "$d/m" -t 1 --reference-free --no-save --lr-schedule constant "$d/free.jsonl" >"$d/out2"
 [ "$(wc -l <"$d/out2")" -eq 1 ] || { echo "--reference-free: want 1 step"; exit 1; }
 
 # a non-finite loss at step 2: stops, names the step, keeps the step-1 checkpoint

@@ -113,7 +113,7 @@ PY
 # A rank killed mid-run (waiting for input after step 1): the launcher names
 # it, kills the other rank and exits with its status (128 + 9), at once.
 slow_writer
-"$PQ_BIN/pq-dpo" "$@" --devices cpu,cpu --train-pairs 9 <"$d/in" >"$d/k.out" 2>"$d/k.err" &
+"$PQ_BIN/pq-dpo" "$@" --devices cpu,cpu --train-pairs 9 --no-save <"$d/in" >"$d/k.out" 2>"$d/k.err" &
 pid=$!
 wait_for "$d/k.out" || fail "kill test: no first step"
 w=$(worker $pid 1)
@@ -159,10 +159,10 @@ PY
 
 # Usage errors: GPUs in the CPU build, --devices under a launcher, with --device
 for bad in "--devices 0,1" "--devices cpu,cpu --device cpu" "--devices ,"; do
-  rc=0; dpo "$@" $bad "$d/ref.jsonl" >/dev/null 2>"$d/u.err" || rc=$?
+  rc=0; dpo "$@" --no-save $bad "$d/ref.jsonl" >/dev/null 2>"$d/u.err" || rc=$?
   [ $rc -eq 2 ] || fail "$bad: exit $rc, want 2"
 done
-dpo "$@" --devices 0,1 "$d/ref.jsonl" 2>&1 >/dev/null | grep -q "no CUDA" || fail "--devices 0,1: no word of CUDA"
-rc=0; RANK=0 WORLD_SIZE=2 dpo "$@" --devices cpu,cpu "$d/ref.jsonl" >/dev/null 2>&1 || rc=$?
+dpo "$@" --no-save --devices 0,1 "$d/ref.jsonl" 2>&1 >/dev/null | grep -q "no CUDA" || fail "--devices 0,1: no word of CUDA"
+rc=0; RANK=0 WORLD_SIZE=2 dpo "$@" --no-save --devices cpu,cpu "$d/ref.jsonl" >/dev/null 2>&1 || rc=$?
 [ $rc -eq 2 ] || fail "--devices with RANK set: exit $rc, want 2"
 echo ok

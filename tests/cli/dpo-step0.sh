@@ -17,7 +17,7 @@ for l in open(sys.argv[1]):
     r["chosen"], r["rejected"] = r["chosen"][-1:], r["rejected"][-1:]
     print(json.dumps(r))' "$d/ref.jsonl" >"$d/trl.jsonl"
 for f in ref trl; do
-  "$PQ_BIN/pq-dpo" -m "$d/m" -t 1 --batch-size 4 --max-steps 1 --no-progress "$d/$f.jsonl" >"$d/$f.out"
+  "$PQ_BIN/pq-dpo" -m "$d/m" -t 1 --batch-size 4 --max-steps 1 --no-save --no-progress "$d/$f.jsonl" >"$d/$f.out"
   "$PQ_PY" - "$d/ref.jsonl" "$d/$f.out" "$f" <<'PY'
 import json, math, sys
 refs = [json.loads(l) for l in open(sys.argv[1])]

@@ -46,6 +46,10 @@ usage -b "$fx/base.quiz.jsonl" -
 head -n 2 "$fx/base.quiz.jsonl" >"$d/b2"; tail -n 2 "$fx/tuned.quiz.jsonl" >"$d/t2"
 rc=0; "$ev" -b "$d/b2" "$d/t2" >/dev/null 2>&1 || rc=$?
 [ "$rc" -eq 3 ] || { echo "FAIL: disjoint files exited $rc, want 3"; exit 1; }
+# empty files: the same, with no sorting of nothing (UBSan: null pointer to qsort)
+: >"$d/empty"
+rc=0; "$ev" -b "$d/empty" "$d/empty" >/dev/null 2>"$d/err" || rc=$?
+[ "$rc" -eq 3 ] && grep -q "no id is in every file" "$d/err" || { echo "FAIL: empty files exited $rc, want 3"; cat "$d/err"; exit 1; }
 # the bootstrap interval is seeded: same seed, same output; it brackets the win rate
 "$ev" -b "$fx/base.quiz.jsonl" --seed 5 "$fx/tuned.quiz.jsonl" >"$d/s5a" 2>/dev/null
 "$ev" -b "$fx/base.quiz.jsonl" --seed 5 "$fx/tuned.quiz.jsonl" >"$d/s5b" 2>/dev/null

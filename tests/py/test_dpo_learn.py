@@ -57,6 +57,8 @@ def write(path, recs):
 
 
 def run(args, **kw):
+    if "--out" not in args:
+        args = args + ["--no-save"]
     r = subprocess.run([os.path.join(BIN, "pq-dpo")] + args, capture_output=True, text=True, **kw)
     lines = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
     return r, lines

@@ -165,7 +165,7 @@ def main():
             for p in pairs:
                 f.write(json.dumps(p) + "\n")
         r = subprocess.run([os.path.join(BIN, "pq-dpo"), "--raw", "--model", os.path.join(d, "llama"),
-                            "--batch-size", "4", "--max-steps", "1", "-t", "1", inp], capture_output=True, text=True)
+                            "--batch-size", "4", "--max-steps", "1", "-t", "1", "--no-save", inp], capture_output=True, text=True)
         check("step 0: exit %d %s" % (r.returncode, r.stderr), r.returncode == 0)
         s = json.loads(r.stdout.splitlines()[0])
         check("step 0: loss %.9g == ln 2" % s["loss"], abs(s["loss"] - math.log(2)) < 1e-5)
