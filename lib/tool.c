@@ -106,7 +106,7 @@ void pq_tool_die(PqTool *t, const char *fmt, ...) {
 // After --help or --version: exit 0 when stdout took it all; a closed pipe
 // ends quietly (the conventional 128 + SIGPIPE), any other write error is
 // an error (exit 3).
-static __attribute__((noreturn)) void exit_flushed(PqTool *t) {
+void pq_tool_exit_flushed(PqTool *t) {
     errno = 0;
     if (fflush(stdout) == 0 && !ferror(stdout)) exit(0);
     if (errno == EPIPE) exit(PQ_EXIT_PIPE);
@@ -120,10 +120,10 @@ int pq_tool_option(PqTool *t, int opt, const char *arg) {
     case 'h':
         fputs(t->usage, stdout);
         fputs(PQ_TOOL_COMMON_HELP, stdout);
-        exit_flushed(t);
+        pq_tool_exit_flushed(t);
     case PQ_OPT_VERSION:
         printf("%s %s\n", t->name, PQ_VERSION);
-        exit_flushed(t);
+        pq_tool_exit_flushed(t);
     case PQ_OPT_REJECTS: t->rejects_path = arg; return 1;
     case PQ_OPT_RESUME: t->resume_path = arg; return 1;
     case PQ_OPT_OUTPUT: t->output_path = arg; return 1;

@@ -115,6 +115,9 @@ void pq_tool_init(PqTool *t, const char *name, const char *usage);
 // Handles a common option: 1 handled, 0 not a common option. Exits on
 // --help (0), --version (0) or a bad value (2).
 int pq_tool_option(PqTool *t, int opt, const char *arg);
+// After printing --help or --version to stdout: exit 0 when stdout took it
+// all, quietly on a closed pipe, 3 on any other write error.
+__attribute__((noreturn)) void pq_tool_exit_flushed(PqTool *t);
 // Prints "pq-x: msg" and the usage hint, exits 2.
 void pq_tool_usage_error(PqTool *t, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 // Prints "pq-x: msg", exits 3 (I/O, auth and other fatal errors).

@@ -39,7 +39,7 @@ int main(int argc, char **argv) {
     int opt, threads = 0;
     while ((opt = getopt_long(argc, argv, "hm:a:o:t:", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'h': fputs(usage, stdout); exit(0);
+        case 'h': fputs(usage, stdout); pq_tool_exit_flushed(&T); // 3 on a write error
         case PQ_OPT_VERSION: pq_tool_option(&T, opt, optarg); break; // prints the version, exits
         case 'm': model_dir = optarg; break;
         case 'a': adapter_dir = optarg; break;
