@@ -167,9 +167,10 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, float *z,
         for (; i < keep && (i == 0 || before < target); i++) before += exp((double)z[idx[i]] - zmax);
         keep = i;
     }
-    if (r->min_p > 0) {
+    if (r->min_p > 0) { // (a min_p above 1 keeps the most likely, as 1 does)
+        double mp = r->min_p > 1 ? 1.0 : (double)r->min_p;
         int i = 1;
-        while (i < keep && exp((double)z[idx[i]] - zmax) >= (double)r->min_p) i++;
+        while (i < keep && exp((double)z[idx[i]] - zmax) >= mp) i++;
         keep = i;
     }
     uint64_t key = pq_sample_key(r->seed, r->seq, r->step);

@@ -192,6 +192,10 @@ static void test_sample(void) {
     CHECK(ids[0] == 17, "argmax, lowest id among ties: %d", ids[0]);
     CHECK(ids[1] == 900, "argmax past -inf: %d", ids[1]);
     CHECK(ids[5] == -1, "every logit -inf: %d", ids[5]);
+    PqSampleRow big = {.seed = 1, .temperature = 1, .top_p = 1, .min_p = 5}; // as min_p 1: the most likely (and its ties)
+    int32_t top;
+    pq_cpu_sample(&top, lg, &big, 1, V);
+    CHECK(top == 17 || top == 400, "min_p above 1 keeps the most likely (two tie): %d", top);
     pq_cpu_sample(again, lg, rows, N, V);
     CHECK(memcmp(ids, again, sizeof ids) == 0, "the same draws again");
     // support of the cuts over many steps; steps draw different tokens
