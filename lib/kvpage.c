@@ -121,3 +121,16 @@ void pq_kvseq_free(PqKvPage *kp, PqKvSeq *s) {
     free(s->table);
     pq_kvseq_init(s);
 }
+
+int pq_kvpage_tables(PqKvSeq *const *seqs, int N, int32_t *tables, int maxblk, int32_t *len) {
+    int mx = 0;
+    for (int i = 0; i < N; i++) {
+        const PqKvSeq *s = seqs[i];
+        int32_t *t = tables + (size_t)i * maxblk;
+        if (s->nblk) memcpy(t, s->table, (size_t)s->nblk * sizeof *t);
+        for (int b = s->nblk; b < maxblk; b++) t[b] = 0;
+        len[i] = s->len;
+        mx = s->len > mx ? s->len : mx;
+    }
+    return mx;
+}

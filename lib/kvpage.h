@@ -57,6 +57,10 @@ void pq_kvpage_fork(PqKvPage *kp, const PqKvSeq *src, PqKvSeq *dst);
 // list) and empties it; its table array is kept for reuse.
 void pq_kvpage_release(PqKvPage *kp, PqKvSeq *s);
 void pq_kvseq_free(PqKvPage *kp, PqKvSeq *s); // release, then free the table
+// A step's inputs for pq_paged_attention_forward: row i = seqs[i]'s block
+// table (padded with block 0 to maxblk, which must hold every table) and
+// length. Returns the longest length (its max_len).
+int pq_kvpage_tables(PqKvSeq *const *seqs, int N, int32_t *tables, int maxblk, int32_t *len);
 // The pool slot (block * BT + offset) of position pos of s (pos < len).
 static inline int32_t pq_kvseq_slot(const PqKvSeq *s, int pos, int BT) {
     return s->table[pos / BT] * BT + pos % BT;

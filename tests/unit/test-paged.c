@@ -4,7 +4,10 @@
 // context splits, f32 and bf16 pools) equals the contiguous-cache attention
 // of ops_gen_cpu.c (pq_cpu_attention_kv_forward) on the same keys and
 // values; append writes (and rounds) rows where the block tables say; block
-// copies move the first n positions of every layer. Sampling: exact argmax
+// copies move the first n positions of every layer; the pieces together
+// with kvpage.h over decode steps with forks, copies on write and a
+// re-fork (as gen.c will drive them) match contiguous attention on each
+// sample's own history. Sampling: exact argmax
 // at temperature 0 (lowest id among ties, -INFINITY never), the same ids
 // for the same (seed, seq, step), different draws for different steps, only
 // tokens inside the top-k/top-p/min-p cut. The distribution itself is
@@ -18,6 +21,7 @@
 #include <string.h>
 
 #include "ops_gen.h"
+#include "kvpage.h"
 #include "ops_paged.h"
 #include "st_write.h"
 #include "util.h"
@@ -237,6 +241,88 @@ static void test_sample(void) {
     free(lg);
 }
 
+// The pieces together as gen.c will drive them: two prompts prefilled into
+// the paged cache (2 layers), forked into 3 samples each, decode steps
+// appending one token per sample (the copies on write carried out first),
+// a sample released and re-forked midway; each step, every sample's
+// attention over the pool equals contiguous attention over its own history.
+static void test_flow(PqDtype dt, int window) {
+    enum { NS = 6, L = 2, BT = 4, NB = 40, KVH = 2, NH = 4, HS = 16, TMAX = 64, STEPS = 12 };
+    size_t kd = (size_t)KVH * HS, per = (size_t)NB * BT * kd, es = pq_dtype_size(dt);
+    PqKvPage *kp = pq_kvpage_new(NB, BT);
+    char *K = pq_xcalloc(L * per, es), *V = pq_xcalloc(L * per, es);
+    float *mk = pq_xcalloc((size_t)NS * TMAX * kd, sizeof *mk), *mv = pq_xcalloc((size_t)NS * TMAX * kd, sizeof *mv);
+    PqKvSeq seq[NS], *sp[NS];
+    for (int i = 0; i < NS; i++) pq_kvseq_init(&seq[i]), sp[i] = &seq[i];
+    float k[NS * 8 * 32], v[NS * 8 * 32], q[NS * 4 * 16], want[NS * 4 * 16], out[NS * 4 * 16];
+    int32_t slot[NS * 8], tables[NS * (TMAX / BT)], len[NS], sl[NS], pos[NS];
+    PqKvCopy copies[NS];
+    PqErr e;
+    int bad = 0, ncow = 0;
+    // rows n of seq s from position p0 in every layer; layer 1's into the model
+    for (int s = 0; s < NS; s += 3) {
+        int P = s ? 5 : 7;
+        PqKvCopy c;
+        bad += pq_kvpage_append(kp, &seq[s], P, &c, &e) != 0 || c.n != 0;
+        for (int t = 0; t < P; t++) slot[t] = pq_kvseq_slot(&seq[s], t, BT);
+        for (int l = 0; l < L; l++) {
+            for (size_t x = 0; x < (size_t)P * kd; x++) k[x] = urand(1), v[x] = urand(1);
+            pq_cpu_paged_append(K + l * per * es, V + l * per * es, dt, k, v, slot, P, KVH, HS);
+        }
+        for (int t = 0; t < P; t++) // the model reads back what layer 1 holds (rounded to the pool's dtype)
+            for (size_t d = 0; d < kd; d++) {
+                size_t at = (size_t)slot[t] * kd + d + per;
+                mk[((size_t)s * TMAX + t) * kd + d] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)K)[at]) : ((float *)K)[at];
+                mv[((size_t)s * TMAX + t) * kd + d] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)V)[at]) : ((float *)V)[at];
+            }
+        for (int f = 1; f < 3; f++) {
+            pq_kvpage_fork(kp, &seq[s], &seq[s + f]);
+            memcpy(mk + (size_t)(s + f) * TMAX * kd, mk + (size_t)s * TMAX * kd, (size_t)TMAX * kd * sizeof *mk);
+            memcpy(mv + (size_t)(s + f) * TMAX * kd, mv + (size_t)s * TMAX * kd, (size_t)TMAX * kd * sizeof *mv);
+        }
+    }
+    for (int step = 0; step < STEPS; step++) {
+        if (step == 6) { // sample 2 finishes; a new one forks sample 0's whole history
+            pq_kvpage_release(kp, &seq[2]);
+            pq_kvpage_fork(kp, &seq[0], &seq[2]);
+            memcpy(mk + 2 * TMAX * kd, mk, (size_t)TMAX * kd * sizeof *mk);
+            memcpy(mv + 2 * TMAX * kd, mv, (size_t)TMAX * kd * sizeof *mv);
+        }
+        int nc = 0;
+        for (int i = 0; i < NS; i++) {
+            bad += pq_kvpage_append(kp, &seq[i], 1, &copies[nc], &e) != 0;
+            nc += copies[nc].n > 0;
+        }
+        ncow += nc;
+        pq_cpu_paged_copy_blocks(K, V, dt, copies, nc, L, NB, BT, KVH, HS);
+        for (int i = 0; i < NS; i++) slot[i] = pq_kvseq_slot(&seq[i], seq[i].len - 1, BT);
+        for (int l = 0; l < L; l++) {
+            for (size_t x = 0; x < NS * kd; x++) k[x] = urand(1), v[x] = urand(1);
+            pq_cpu_paged_append(K + l * per * es, V + l * per * es, dt, k, v, slot, NS, KVH, HS);
+        }
+        for (int i = 0; i < NS; i++)
+            for (size_t d = 0; d < kd; d++) {
+                float a = k[i * kd + d], b = v[i * kd + d];
+                if (dt == PQ_BF16) a = pq_bf16_to_f32(pq_f32_to_bf16(a)), b = pq_bf16_to_f32(pq_f32_to_bf16(b));
+                mk[((size_t)i * TMAX + seq[i].len - 1) * kd + d] = a;
+                mv[((size_t)i * TMAX + seq[i].len - 1) * kd + d] = b;
+            }
+        for (int x = 0; x < NS * NH * HS; x++) q[x] = urand(2);
+        int max_len = pq_kvpage_tables(sp, NS, tables, TMAX / BT, len);
+        pq_cpu_paged_attention_forward(out, q, K + per * es, V + per * es, dt, tables, TMAX / BT, len, NS, NH, KVH, HS,
+                                       BT, window, max_len, NULL);
+        for (int i = 0; i < NS; i++) sl[i] = i, pos[i] = seq[i].len - 1;
+        pq_cpu_attention_kv_forward(want, q, mk, mv, sl, pos, NS, NH, KVH, HS, TMAX, window);
+        for (int x = 0; x < NS * NH * HS; x++) bad += !(fabsf(out[x] - want[x]) < 1e-5f);
+    }
+    CHECK(bad == 0 && ncow >= 4, "flow %s window %d: %d mismatches, %d copies on write", pq_dtype_name(dt), window, bad,
+          ncow);
+    for (int i = 0; i < NS; i++) pq_kvseq_free(kp, &seq[i]);
+    CHECK(pq_kvpage_free_blocks(kp) == NB, "flow: every block back");
+    pq_kvpage_free(kp);
+    free(K), free(V), free(mk), free(mv);
+}
+
 // driver for tests/py/test_paged_sample.py
 static int driver(void) {
     int V, draws;
@@ -274,6 +360,8 @@ int main(int argc, char **argv) {
     pq_rng_seed(&rng, 11);
     test_append_copy();
     test_attention_all();
+    test_flow(PQ_F32, 0);
+    test_flow(PQ_BF16, 5);
     test_sample();
     printf("test-paged: %d checks, %d failed\n", n_checks, n_fail);
     return n_fail != 0;
