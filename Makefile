@@ -51,7 +51,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
 # default implementation of lib/ops.h, lib/cuda/ the CUDA one.
 # The CPU-only files of the backend (the pq_* bindings, the device stubs,
 # the CPU's collectives, the oneDNN bf16 products) are left out of CUDA builds.
-CPU_ONLY := backend_cpu backend_grad_cpu backend_gen_cpu backend_optim_cpu device_cpu dist_cpu matmul_bf16
+CPU_ONLY := backend_cpu backend_grad_cpu backend_gen_cpu backend_paged_cpu backend_optim_cpu device_cpu dist_cpu matmul_bf16
 ifneq ($(CUDA),1)
   LDLIBS  += -ldnnl
 endif

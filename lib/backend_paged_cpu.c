@@ -1,0 +1,20 @@
+// backend_paged_cpu.c: binds the paged generation operations of ops_paged.h
+// to their CPU implementations. Left out of CUDA=1 builds (lib/cuda/paged.cu).
+#include "ops_paged.h"
+
+void pq_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const float *v, const int32_t *slot, int N,
+                     int KVH, int HS) {
+    pq_cpu_paged_append(kp, vp, dt, k, v, slot, N, KVH, HS);
+}
+void pq_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvCopy *copies, int ncopy, int L, int NB, int BT,
+                          int KVH, int HS) {
+    pq_cpu_paged_copy_blocks(kp, vp, dt, copies, ncopy, L, NB, BT, KVH, HS);
+}
+void pq_paged_attention_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                                const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, int HS,
+                                int BT, int window, int max_len, float *work) {
+    pq_cpu_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
+}
+void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
+    pq_cpu_sample(ids, logits, rows, N, V);
+}

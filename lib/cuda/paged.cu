@@ -1,0 +1,489 @@
+// paged.cu: the CUDA versions of ops_paged.h (paged KV append and block
+// copies, split decode attention over block tables, sampling with the
+// counter-based RNG), checked against ops_paged_cpu.c by
+// tests/gpu/parity-paged.c.
+#include <math.h>
+
+#include "common.cuh"
+
+extern "C" {
+#include "ops_paged.h"
+}
+
+// ---- append, copies ----
+
+template <typename T> __device__ __forceinline__ T pq_st(float x);
+template <> __device__ __forceinline__ float pq_st<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 pq_st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// k, v (N,kd) -> kp, vp rows slot[i]
+template <typename T>
+__global__ void paged_append_kernel(T *kp, T *vp, const float *k, const float *v, const int32_t *slot, int N, int kd) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * kd) return;
+    int i = (int)(idx / kd), e = (int)(idx % kd);
+    size_t at = (size_t)slot[i] * kd + e;
+    kp[at] = pq_st<T>(k[idx]);
+    vp[at] = pq_st<T>(v[idx]);
+}
+
+extern "C" void pq_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const float *v, const int32_t *slot,
+                                int N, int KVH, int HS) {
+    if (N <= 0) return;
+    size_t n = (size_t)N * KVH * HS;
+    if (dt == PQ_BF16)
+        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(
+            (__nv_bfloat16 *)kp, (__nv_bfloat16 *)vp, k, v, slot, N, KVH * HS);
+    else paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((float *)kp, (float *)vp, k, v, slot, N,
+                                                                             KVH * HS);
+    CU_LAUNCHED();
+}
+
+// grid (ncopy, L, 2: K or V); u16 units of a row (2 per f32 element)
+__global__ void copy_blocks_kernel(uint16_t *kp, uint16_t *vp, const PqKvCopy *copies, size_t layer, int BT,
+                                   size_t row) {
+    PqKvCopy c = copies[blockIdx.x];
+    uint16_t *p = (blockIdx.z ? vp : kp) + blockIdx.y * layer;
+    const uint16_t *s = p + (size_t)c.src * BT * row;
+    uint16_t *d = p + (size_t)c.dst * BT * row;
+    size_t n = (size_t)c.n * row;
+    for (size_t x = threadIdx.x; x < n; x += blockDim.x) d[x] = s[x];
+}
+
+extern "C" void pq_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvCopy *copies, int ncopy, int L, int NB,
+                                     int BT, int KVH, int HS) {
+    if (ncopy <= 0 || L <= 0) return;
+    size_t row = (size_t)KVH * HS * (pq_dtype_size(dt) / 2);
+    copy_blocks_kernel<<<dim3(ncopy, L, 2), 256>>>((uint16_t *)kp, (uint16_t *)vp, copies, (size_t)NB * BT * row, BT,
+                                                   row);
+    CU_LAUNCHED();
+}
+
+// ---- decode attention ----
+
+#define ATT_THREADS 128
+#define ATT_WARPS (ATT_THREADS / 32)
+#define ATT_CH 128 // positions scored per pass through shared memory
+
+// One block per (split, KV head, row): the G query heads of the KV head read
+// each key and value once. Warps score positions (lanes across the head),
+// online softmax over chunks of ATT_CH, thread d accumulates channels d and
+// d + 128 of the G heads. One split: the output; more: (m, l, o) partials.
+template <typename T, int GM>
+__global__ void __launch_bounds__(ATT_THREADS)
+    paged_attn_kernel(float *out, float *work, const float *q, const T *kp, const T *vp, const int32_t *tables,
+                      int maxblk, const int32_t *len, int NH, int KVH, int HS, int BT, int window, int SL, int ns,
+                      float scale) {
+    extern __shared__ float sm[]; // q (G,HS), s (G,ATT_CH), alpha (G), m (G), l (G)
+    int sp = blockIdx.x, kh = blockIdx.y, i = blockIdx.z, G = NH / KVH;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    float *qs = sm, *s = qs + G * HS, *alpha = s + G * ATT_CH, *mm = alpha + G, *ll = mm + G;
+    for (int e = tid; e < G * HS; e += ATT_THREADS) qs[e] = q[((size_t)i * NH + (size_t)kh * G) * HS + e] * scale;
+    if (tid < G) mm[tid] = -INFINITY, ll[tid] = 0;
+    int n = len[i], lo = 0;
+    if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
+    int j0 = max(sp * SL, lo), j1 = min((sp + 1) * SL, n);
+    const int32_t *tab = tables + (size_t)i * maxblk;
+    size_t kd = (size_t)KVH * HS, ho = (size_t)kh * HS;
+    float acc[GM][2];
+#pragma unroll
+    for (int g = 0; g < GM; g++) acc[g][0] = acc[g][1] = 0;
+    __syncthreads();
+    for (int c0 = j0; c0 < j1; c0 += ATT_CH) {
+        int cn = min(ATT_CH, j1 - c0);
+        for (int t = warp; t < cn; t += ATT_WARPS) {
+            int j = c0 + t;
+            const T *kr = kp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho;
+            float part[GM];
+#pragma unroll
+            for (int g = 0; g < GM; g++) part[g] = 0;
+            for (int d = lane; d < HS; d += 32) {
+                float kv = pq_ld(kr, d);
+#pragma unroll
+                for (int g = 0; g < GM; g++)
+                    if (g < G) part[g] += qs[g * HS + d] * kv;
+            }
+#pragma unroll
+            for (int g = 0; g < GM; g++) {
+                if (g >= G) break;
+                float x = part[g];
+                for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+                if (lane == 0) s[g * ATT_CH + t] = x;
+            }
+        }
+        __syncthreads();
+        for (int g = warp; g < G; g += ATT_WARPS) {
+            float mx = -INFINITY;
+            for (int t = lane; t < cn; t += 32) mx = fmaxf(mx, s[g * ATT_CH + t]);
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float mold = mm[g], mnew = fmaxf(mold, mx), sum = 0;
+            for (int t = lane; t < cn; t += 32) {
+                float p = expf(s[g * ATT_CH + t] - mnew);
+                s[g * ATT_CH + t] = p;
+                sum += p;
+            }
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp();
+            if (lane == 0) {
+                float a = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+                alpha[g] = a;
+                mm[g] = mnew;
+                ll[g] = ll[g] * a + sum;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int d = tid + r * ATT_THREADS;
+            if (d >= HS) break;
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+                if (g < G) acc[g][r] *= alpha[g];
+            for (int t = 0; t < cn; t++) {
+                int j = c0 + t;
+                float vv = pq_ld(vp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho, d);
+#pragma unroll
+                for (int g = 0; g < GM; g++)
+                    if (g < G) acc[g][r] += s[g * ATT_CH + t] * vv;
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int d = tid + r * ATT_THREADS;
+        if (d >= HS) break;
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            if (g >= G) break;
+            size_t h = (size_t)kh * G + g;
+            if (ns == 1) out[((size_t)i * NH + h) * HS + d] = ll[g] > 0 ? acc[g][r] / ll[g] : 0.0f;
+            else {
+                float *w = work + (((size_t)i * NH + h) * ns + sp) * (HS + 2);
+                w[2 + d] = acc[g][r];
+                if (d == 0) w[0] = mm[g], w[1] = ll[g];
+            }
+        }
+    }
+}
+
+// grid N*NH: the splits' partials -> out (HS)
+__global__ void paged_combine_kernel(float *out, const float *work, int HS, int ns) {
+    size_t ih = blockIdx.x;
+    const float *w = work + ih * ns * (HS + 2);
+    float M = -INFINITY, L = 0;
+    for (int sp = 0; sp < ns; sp++)
+        if (w[sp * (HS + 2) + 1] > 0) M = fmaxf(M, w[sp * (HS + 2)]);
+    for (int sp = 0; sp < ns; sp++) {
+        const float *a = w + sp * (HS + 2);
+        if (a[1] > 0) L += a[1] * expf(a[0] - M);
+    }
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float x = 0;
+        for (int sp = 0; sp < ns; sp++) {
+            const float *a = w + sp * (HS + 2);
+            if (a[1] > 0) x += a[2 + d] * expf(a[0] - M);
+        }
+        out[ih * HS + d] = x / L;
+    }
+}
+
+template <typename T, int GM>
+static void attn_launch(float *out, float *work, const float *q, const void *kp, const void *vp, const int32_t *tables,
+                        int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT, int window, int SL,
+                        int ns) {
+    int G = NH / KVH;
+    size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G) * sizeof(float);
+    paged_attn_kernel<T, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem>>>(out, work, q, (const T *)kp, (const T *)vp,
+                                                                      tables, maxblk, len, NH, KVH, HS, BT, window,
+                                                                      SL, ns, 1.0f / sqrtf((float)HS));
+    CU_LAUNCHED();
+}
+
+template <typename T>
+static void attn_dispatch(float *out, float *work, const float *q, const void *kp, const void *vp,
+                          const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT,
+                          int window, int SL, int ns) {
+    int G = NH / KVH;
+#define PQ_ATT_CASE(GM)                                                                                               \
+    if (G <= GM) {                                                                                                    \
+        attn_launch<T, GM>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);          \
+        return;                                                                                                       \
+    }
+    PQ_ATT_CASE(1)
+    PQ_ATT_CASE(2)
+    PQ_ATT_CASE(4)
+    PQ_ATT_CASE(8)
+    PQ_ATT_CASE(16)
+#undef PQ_ATT_CASE
+}
+
+static float *own_work;
+static size_t own_work_n;
+
+extern "C" void pq_paged_attention_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                                           const int32_t *tables, int maxblk, const int32_t *len, int N, int NH,
+                                           int KVH, int HS, int BT, int window, int max_len, float *work) {
+    if (N <= 0) return;
+    if (HS > 2 * ATT_THREADS || NH % KVH || NH / KVH > 16 || (dt != PQ_F32 && dt != PQ_BF16))
+        pq_cuda_fail("pq_paged_attention_forward", "head size > 256, query group > 16 or a dtype not f32/bf16",
+                     __FILE__, __LINE__);
+    int SL, ns = pq_paged_splits(N, KVH, max_len, &SL);
+    if (ns > 1 && !work) { // the caller's work is better (CUDA graphs); else ours, grown
+        size_t need = pq_paged_attention_work(N, NH, KVH, HS, max_len);
+        if (need > own_work_n) {
+            if (own_work) CU(cudaFree(own_work));
+            CU(cudaMalloc(&own_work, need * sizeof(float)));
+            own_work_n = need;
+        }
+        work = own_work;
+    }
+    if (dt == PQ_BF16)
+        attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
+    else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
+    if (ns > 1) {
+        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128>>>(out, work, HS, ns);
+        CU_LAUNCHED();
+    }
+}
+
+// ---- sampling ----
+
+#define SMP_THREADS 1024
+#define SMP_WARPS (SMP_THREADS / 32)
+
+// order-preserving key of a float: a > b <=> key(a) > key(b)
+__device__ __forceinline__ uint32_t okey(float z) {
+    uint32_t u = __float_as_uint(z);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+struct SmpShared {
+    float f[SMP_WARPS];
+    double d[SMP_WARPS];
+    int n[SMP_WARPS];
+    int idx[SMP_WARPS];
+    unsigned hist[256];
+    double mass[256];
+    int chunk[SMP_THREADS];
+    uint32_t sel;
+    int want, vcut;
+    double above;
+};
+
+__device__ float blk_max(float x, SmpShared *sh) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh->f[threadIdx.x >> 5] = x;
+    __syncthreads();
+    float r = sh->f[0];
+    for (int w = 1; w < SMP_WARPS; w++) r = fmaxf(r, sh->f[w]);
+    return r;
+}
+__device__ double blk_sum_d(double x, SmpShared *sh) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh->d[threadIdx.x >> 5] = x;
+    __syncthreads();
+    double r = 0;
+    for (int w = 0; w < SMP_WARPS; w++) r += sh->d[w];
+    return r;
+}
+__device__ int blk_sum_i(int x, SmpShared *sh) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh->n[threadIdx.x >> 5] = x;
+    __syncthreads();
+    int r = 0;
+    for (int w = 0; w < SMP_WARPS; w++) r += sh->n[w];
+    return r;
+}
+// the (key, id) with the largest key, the lowest id among equal keys (id -1: none)
+__device__ int blk_argmax(double key, int id, SmpShared *sh) {
+    for (int o = 16; o > 0; o >>= 1) {
+        double k2 = __shfl_xor_sync(0xffffffffu, key, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, id, o);
+        if (i2 >= 0 && (id < 0 || k2 > key || (k2 == key && i2 < id))) key = k2, id = i2;
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh->d[threadIdx.x >> 5] = key, sh->idx[threadIdx.x >> 5] = id;
+    __syncthreads();
+    double bk = sh->d[0];
+    int bi = sh->idx[0];
+    for (int w = 1; w < SMP_WARPS; w++) {
+        double k2 = sh->d[w];
+        int i2 = sh->idx[w];
+        if (i2 >= 0 && (bi < 0 || k2 > bk || (k2 == bk && i2 < bi))) bk = k2, bi = i2;
+    }
+    return bi;
+}
+
+// One block per row: argmax, or the cuts found by radix selection on the
+// order-preserving keys of z = logit / temperature (top-k by counts, top-p
+// by probability mass, 8 bits a pass), then the exponential race.
+__global__ void __launch_bounds__(SMP_THREADS) sample_kernel(int32_t *ids, const float *logits,
+                                                             const PqSampleRow *rows, int V) {
+    __shared__ SmpShared sh;
+    int i = blockIdx.x, tid = threadIdx.x;
+    const float *x = logits + (size_t)i * V;
+    PqSampleRow r = rows[i];
+    if (!(r.temperature > 0)) {
+        double bk = 0;
+        int bi = -1;
+        for (int v = tid; v < V; v += SMP_THREADS)
+            if (x[v] != -INFINITY && (bi < 0 || x[v] > bk)) bk = x[v], bi = v;
+        int best = blk_argmax(bk, bi, &sh);
+        if (tid == 0) ids[i] = best;
+        return;
+    }
+    float T = r.temperature, zm = -INFINITY;
+    int cnt = 0;
+    for (int v = tid; v < V; v += SMP_THREADS)
+        if (x[v] != -INFINITY) zm = fmaxf(zm, x[v] / T), cnt++;
+    float zmax = blk_max(zm, &sh);
+    int nfin = blk_sum_i(cnt, &sh);
+    if (nfin == 0) {
+        if (tid == 0) ids[i] = -1;
+        return;
+    }
+    // top-k: the key of the k-th largest z; kept: finite and key >= thrk
+    uint32_t thrk = 0;
+    if (r.top_k > 0 && r.top_k < nfin) {
+        uint32_t prefix = 0, mask = 0;
+        if (tid == 0) sh.want = r.top_k;
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int b = tid; b < 256; b += SMP_THREADS) sh.hist[b] = 0;
+            __syncthreads();
+            for (int v = tid; v < V; v += SMP_THREADS) {
+                if (x[v] == -INFINITY) continue;
+                uint32_t k = okey(x[v] / T);
+                if ((k & mask) == prefix) atomicAdd(&sh.hist[(k >> shift) & 255], 1u);
+            }
+            __syncthreads();
+            if (tid == 0) {
+                int cum = 0, b = 255;
+                for (; b > 0; b--) {
+                    if (cum + (int)sh.hist[b] >= sh.want) break;
+                    cum += sh.hist[b];
+                }
+                sh.sel = (uint32_t)b;
+                sh.want -= cum;
+            }
+            __syncthreads();
+            prefix |= sh.sel << shift;
+            mask |= 255u << shift;
+        }
+        thrk = prefix;
+    }
+    double mine = 0;
+    for (int v = tid; v < V; v += SMP_THREADS) {
+        if (x[v] == -INFINITY) continue;
+        float z = x[v] / T;
+        if (okey(z) >= thrk) mine += exp((double)z - zmax);
+    }
+    double Z = blk_sum_d(mine, &sh);
+    // top-p: tau, the largest key whose mass at or above it reaches top_p;
+    // of the tokens at tau, those with ids <= vcut are kept
+    uint32_t tau = 0;
+    int vcut = V;
+    if (r.top_p < 1) {
+        double target = (double)r.top_p * Z;
+        uint32_t prefix = 0, mask = 0;
+        if (tid == 0) sh.above = 0;
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int b = tid; b < 256; b += SMP_THREADS) sh.mass[b] = 0, sh.hist[b] = 0;
+            __syncthreads();
+            for (int v = tid; v < V; v += SMP_THREADS) {
+                if (x[v] == -INFINITY) continue;
+                float z = x[v] / T;
+                uint32_t k = okey(z);
+                if (k >= thrk && (k & mask) == prefix) {
+                    atomicAdd(&sh.mass[(k >> shift) & 255], exp((double)z - zmax));
+                    atomicAdd(&sh.hist[(k >> shift) & 255], 1u);
+                }
+            }
+            __syncthreads();
+            if (tid == 0) {
+                double cum = sh.above;
+                int b = 255, last = -1;
+                for (; b >= 0; b--) {
+                    if (!sh.hist[b]) continue;
+                    last = b;
+                    if (cum + sh.mass[b] >= target) break;
+                    cum += sh.mass[b];
+                }
+                if (b < 0) b = last, cum -= sh.mass[last]; // rounding left the mass short: the last bin
+                sh.sel = (uint32_t)b;
+                sh.above = cum;
+            }
+            __syncthreads();
+            prefix |= sh.sel << shift;
+            mask |= 255u << shift;
+        }
+        tau = prefix;
+        // ties at tau: kept in id order while the mass before stays below target
+        int nt = 0;
+        float ztau = 0;
+        for (int v = tid; v < V; v += SMP_THREADS)
+            if (x[v] != -INFINITY && okey(x[v] / T) == tau) nt++, ztau = x[v] / T;
+        int ntie = blk_sum_i(nt, &sh);
+        if (tid == 0) sh.f[0] = 0;
+        __syncthreads();
+        if (nt) sh.f[0] = ztau; // every writer writes the same value
+        __syncthreads();
+        ztau = sh.f[0];
+        if (tid == 0) {
+            double e = exp((double)ztau - zmax), before = sh.above;
+            int keep = 0;
+            while (keep < ntie && (keep == 0 || before < target)) before += e, keep++;
+            sh.want = keep;
+        }
+        __syncthreads();
+        int keep = sh.want;
+        if (keep < ntie) { // the id of the keep-th tie: per-thread contiguous chunks, counted then scanned
+            int per = (V + SMP_THREADS - 1) / SMP_THREADS, a = tid * per, b = min(V, a + per), c = 0;
+            for (int v = a; v < b; v++)
+                if (x[v] != -INFINITY && okey(x[v] / T) == tau) c++;
+            sh.chunk[tid] = c;
+            __syncthreads();
+            if (tid == 0) {
+                int acc = 0;
+                for (int t = 0; t < SMP_THREADS; t++) {
+                    int cc = sh.chunk[t];
+                    sh.chunk[t] = acc;
+                    acc += cc;
+                }
+            }
+            __syncthreads();
+            int before = sh.chunk[tid];
+            if (before < keep && before + c >= keep) {
+                int seen = before;
+                for (int v = a; v < b; v++)
+                    if (x[v] != -INFINITY && okey(x[v] / T) == tau && ++seen == keep) sh.vcut = v;
+            }
+            __syncthreads();
+            vcut = sh.vcut;
+        }
+    }
+    double mp = r.min_p > 1 ? 1.0 : (double)r.min_p;
+    uint64_t key = pq_sample_key(r.seed, r.seq, r.step);
+    double bk = 0;
+    int bi = -1;
+    for (int v = tid; v < V; v += SMP_THREADS) {
+        if (x[v] == -INFINITY) continue;
+        float z = x[v] / T;
+        uint32_t k = okey(z);
+        if (k < thrk || k < tau || (k == tau && v > vcut)) continue;
+        if (mp > 0 && !(exp((double)z - zmax) >= mp)) continue;
+        double g = (double)z - log(-log(pq_sample_uniform(key, v)));
+        if (bi < 0 || g > bk) bk = g, bi = v;
+    }
+    int best = blk_argmax(bk, bi, &sh);
+    if (tid == 0) ids[i] = best;
+}
+
+extern "C" void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
+    if (N <= 0) return;
+    sample_kernel<<<N, SMP_THREADS>>>(ids, logits, rows, V);
+    CU_LAUNCHED();
+}

@@ -1,0 +1,197 @@
+// ops_paged_cpu.c: the plain-C implementations of ops_paged.h (paged KV
+// append and block copies, split decode attention, sampling), the oracle
+// of lib/cuda/paged.cu.
+#include "ops_paged.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "st_write.h"
+#include "util.h"
+
+// Blocks (row, KV head, split) that fill a GPU; splits of 128 positions at least.
+#define TARGET_BLOCKS 264
+#define MIN_SPLIT 128
+
+int pq_paged_splits(int N, int KVH, int max_len, int *split_len) {
+    long have = (long)N * KVH;
+    int ns = have >= TARGET_BLOCKS ? 1 : (int)((TARGET_BLOCKS + have - 1) / have);
+    int most = (max_len + MIN_SPLIT - 1) / MIN_SPLIT;
+    if (ns > most) ns = most;
+    if (ns < 1) ns = 1;
+    int sl = (max_len + ns - 1) / ns;
+    sl = (sl + 63) / 64 * 64;
+    if (sl < 64) sl = 64;
+    ns = (max_len + sl - 1) / sl;
+    if (ns < 1) ns = 1;
+    if (split_len) *split_len = sl;
+    return ns;
+}
+
+size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len) {
+    int ns = pq_paged_splits(N, KVH, max_len, NULL);
+    return ns > 1 ? (size_t)N * NH * ns * (HS + 2) : 0;
+}
+
+static inline float elem(const void *p, PqDtype dt, size_t i) {
+    return dt == PQ_BF16 ? pq_bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+void pq_cpu_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const float *v, const int32_t *slot, int N,
+                         int KVH, int HS) {
+    size_t kd = (size_t)KVH * HS;
+    for (int i = 0; i < N; i++) {
+        size_t at = (size_t)slot[i] * kd;
+        if (dt == PQ_BF16) {
+            uint16_t *K = (uint16_t *)kp + at, *Vv = (uint16_t *)vp + at;
+            for (size_t d = 0; d < kd; d++) K[d] = pq_f32_to_bf16(k[i * kd + d]), Vv[d] = pq_f32_to_bf16(v[i * kd + d]);
+        } else {
+            memcpy((float *)kp + at, k + i * kd, kd * sizeof(float));
+            memcpy((float *)vp + at, v + i * kd, kd * sizeof(float));
+        }
+    }
+}
+
+void pq_cpu_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvCopy *copies, int ncopy, int L, int NB,
+                              int BT, int KVH, int HS) {
+    size_t es = pq_dtype_size(dt), row = (size_t)KVH * HS * es, layer = (size_t)NB * BT * row;
+    for (int l = 0; l < L; l++)
+        for (int c = 0; c < ncopy; c++) {
+            size_t s = l * layer + (size_t)copies[c].src * BT * row, d = l * layer + (size_t)copies[c].dst * BT * row;
+            memcpy((char *)kp + d, (char *)kp + s, (size_t)copies[c].n * row);
+            memcpy((char *)vp + d, (char *)vp + s, (size_t)copies[c].n * row);
+        }
+}
+
+// Each (row, head) split by split as the GPU does: a split's max m, sum l
+// and unnormalized P V, then the splits combined.
+void pq_cpu_paged_attention_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                                    const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH,
+                                    int HS, int BT, int window, int max_len, float *work) {
+    int SL, ns = pq_paged_splits(N, KVH, max_len, &SL), G = NH / KVH;
+    float scale = 1.0f / sqrtf((float)HS);
+    size_t kd = (size_t)KVH * HS;
+    (void)work;
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *s = pq_xmalloc((size_t)SL * sizeof *s), *acc = pq_xmalloc((size_t)ns * (HS + 2) * sizeof *acc);
+#pragma omp for schedule(dynamic, 1)
+        for (long w = 0; w < (long)N * NH; w++) {
+            int i = (int)(w / NH), h = (int)(w % NH), kh = h / G;
+            const float *qi = q + ((size_t)i * NH + h) * HS;
+            const int32_t *tab = tables + (size_t)i * maxblk;
+            int n = len[i], lo = 0;
+            if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
+            for (int sp = 0; sp < ns; sp++) {
+                float *a = acc + (size_t)sp * (HS + 2); // m, l, o (HS)
+                int j0 = sp * SL > lo ? sp * SL : lo, j1 = (sp + 1) * SL < n ? (sp + 1) * SL : n;
+                a[0] = -INFINITY, a[1] = 0;
+                for (int d = 0; d < HS; d++) a[2 + d] = 0;
+                if (j0 >= j1) continue;
+                float m = -INFINITY;
+                for (int j = j0; j < j1; j++) {
+                    size_t r = ((size_t)tab[j / BT] * BT + j % BT) * kd + (size_t)kh * HS;
+                    float dot = 0;
+                    for (int d = 0; d < HS; d++) dot += qi[d] * elem(kp, dt, r + d);
+                    s[j - j0] = dot * scale;
+                    m = s[j - j0] > m ? s[j - j0] : m;
+                }
+                float l = 0;
+                for (int j = j0; j < j1; j++) {
+                    size_t r = ((size_t)tab[j / BT] * BT + j % BT) * kd + (size_t)kh * HS;
+                    float p = expf(s[j - j0] - m);
+                    l += p;
+                    for (int d = 0; d < HS; d++) a[2 + d] += p * elem(vp, dt, r + d);
+                }
+                a[0] = m, a[1] = l;
+            }
+            float M = -INFINITY, L = 0;
+            for (int sp = 0; sp < ns; sp++) M = acc[(size_t)sp * (HS + 2)] > M ? acc[(size_t)sp * (HS + 2)] : M;
+            for (int sp = 0; sp < ns; sp++) {
+                const float *a = acc + (size_t)sp * (HS + 2);
+                if (a[1] > 0) L += a[1] * expf(a[0] - M);
+            }
+            float *o = out + ((size_t)i * NH + h) * HS;
+            for (int d = 0; d < HS; d++) {
+                float x = 0;
+                for (int sp = 0; sp < ns; sp++) {
+                    const float *a = acc + (size_t)sp * (HS + 2);
+                    if (a[1] > 0) x += a[2 + d] * expf(a[0] - M);
+                }
+                o[d] = x / L;
+            }
+        }
+        free(s);
+        free(acc);
+    }
+}
+
+// ---- sampling ----
+
+// ids ordered by z descending, then id ascending
+static int cmp_z(const void *a, const void *b, void *ctx) {
+    const float *z = ctx;
+    int i = *(const int *)a, j = *(const int *)b;
+    return z[i] < z[j] ? 1 : z[i] > z[j] ? -1 : (i > j) - (i < j);
+}
+
+static int32_t sample_row(const float *x, const PqSampleRow *r, int V, float *z, int *idx) {
+    if (!(r->temperature > 0)) {
+        int best = -1;
+        for (int v = 0; v < V; v++)
+            if (x[v] != -INFINITY && (best < 0 || x[v] > x[best])) best = v;
+        return best;
+    }
+    int n = 0;
+    float zmax = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        z[v] = x[v] == -INFINITY ? -INFINITY : x[v] / r->temperature;
+        if (z[v] != -INFINITY) idx[n++] = v;
+        zmax = z[v] > zmax ? z[v] : zmax;
+    }
+    if (n == 0) return -1;
+    // every finite token, most likely first: the cuts below keep a prefix
+    qsort_r(idx, (size_t)n, sizeof *idx, cmp_z, z);
+    int keep = n;
+    if (r->top_k > 0 && r->top_k < n) {
+        float thr = z[idx[r->top_k - 1]];
+        keep = r->top_k;
+        while (keep < n && z[idx[keep]] >= thr) keep++;
+    }
+    if (r->top_p < 1) {
+        double Z = 0, before = 0;
+        for (int i = 0; i < keep; i++) Z += exp((double)z[idx[i]] - zmax);
+        double target = (double)r->top_p * Z;
+        int i = 0;
+        for (; i < keep && (i == 0 || before < target); i++) before += exp((double)z[idx[i]] - zmax);
+        keep = i;
+    }
+    if (r->min_p > 0) { // (a min_p above 1 keeps the most likely, as 1 does)
+        double mp = r->min_p > 1 ? 1.0 : (double)r->min_p;
+        int i = 1;
+        while (i < keep && exp((double)z[idx[i]] - zmax) >= mp) i++;
+        keep = i;
+    }
+    uint64_t key = pq_sample_key(r->seed, r->seq, r->step);
+    int best = -1;
+    double bk = -INFINITY;
+    for (int i = 0; i < keep; i++) {
+        int v = idx[i];
+        double k = (double)z[v] - log(-log(pq_sample_uniform(key, v)));
+        if (best < 0 || k > bk || (k == bk && v < best)) best = v, bk = k;
+    }
+    return best;
+}
+
+void pq_cpu_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *z = pq_xmalloc((size_t)V * sizeof *z);
+        int *idx = pq_xmalloc((size_t)V * sizeof *idx);
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < N; i++) ids[i] = sample_row(logits + (size_t)i * V, &rows[i], V, z, idx);
+        free(z);
+        free(idx);
+    }
+}

@@ -1,0 +1,324 @@
+// parity-paged.c: the paged generation kernels (lib/cuda/paged.cu) against
+// their CPU twins (ops_paged_cpu.c): KV append and block copies exactly;
+// decode attention over random block tables (shared prefixes, GQA 1/2/4/8,
+// windows, one and many splits) within f32 and bf16 tolerances; sampling
+// (greedy, temperature, top-k, top-p, min-p, ties, masked logits, V 32k and
+// 152k) to the same ids for the same (seed, seq, step). Then timings: decode
+// attention of one Mistral-7B-shaped layer (32/8 heads, HS 128, bf16 cache,
+// blocks of 16) at batch 1/64/256 and contexts 512-2048, with the KV bytes
+// read per second, and sampling of 64/256 rows. Built only with CUDA=1; run
+// by scripts/gpu-check (RESULT lines for its table).
+//   parity-paged [--list] [GROUP]   GROUP: append attention sample time
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gpu_test.h"
+#include "ops_paged.h"
+#include "st_write.h"
+#include "util.h"
+
+static int failures, checks;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+static void sync_dev(void) { // a download waits for every launch before it
+    static float *d;
+    float h;
+    if (!d) d = pq_dev_alloc(sizeof *d);
+    pq_dev_download(&h, d, sizeof h);
+}
+
+static void cmp(const char *name, const float *want, const float *got, size_t n, double tol) {
+    double mx = 0, err = 0;
+    size_t bad = (size_t)-1;
+    for (size_t i = 0; i < n; i++) mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
+    double den = mx > 1e-6 ? mx : 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]) / den;
+        if (!(d <= tol) && bad == (size_t)-1) bad = i;
+        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
+    }
+    checks++;
+    if (bad != (size_t)-1) {
+        failures++;
+        printf("FAIL %-60s err %.3g > %.3g (first at %zu: want %.9g got %.9g)\n", name, err, tol, bad, want[bad],
+               got[bad]);
+    } else printf("ok   %-60s err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
+}
+
+static void test_append(void) {
+    int L = 2, NB = 9, BT = 16, KVH = 4, HS = 64, N = 20;
+    size_t kd = (size_t)KVH * HS, per = (size_t)NB * BT * kd;
+    for (int di = 0; di < 2; di++) {
+        PqDtype dt = di ? PQ_BF16 : PQ_F32;
+        size_t es = pq_dtype_size(dt), bytes = 2 * per * es;
+        void *hk = pq_xcalloc(1, bytes), *hv = pq_xcalloc(1, bytes);
+        void *dk = pq_dev_alloc(bytes), *dv = pq_dev_alloc(bytes);
+        float *k = hrand(N * kd, 2), *v = hrand(N * kd, 2);
+        int32_t slot[20];
+        for (int i = 0; i < N; i++) slot[i] = (int32_t)(i * 7 % (NB * BT));
+        float *dkk = dev(k, N * kd * 4), *dvv = dev(v, N * kd * 4);
+        int32_t *ds = dev(slot, sizeof slot);
+        pq_cpu_paged_append((char *)hk + per * es, (char *)hv + per * es, dt, k, v, slot, N, KVH, HS);
+        pq_paged_append((char *)dk + per * es, (char *)dv + per * es, dt, dkk, dvv, ds, N, KVH, HS);
+        PqKvCopy cp[2] = {{0, 5, 16}, {2, 7, 3}};
+        PqKvCopy *dcp = dev(cp, sizeof cp);
+        pq_cpu_paged_copy_blocks(hk, hv, dt, cp, 2, L, NB, BT, KVH, HS);
+        pq_paged_copy_blocks(dk, dv, dt, dcp, 2, L, NB, BT, KVH, HS);
+        void *gk = pq_xmalloc(bytes), *gv = pq_xmalloc(bytes);
+        pq_dev_download(gk, dk, bytes);
+        pq_dev_download(gv, dv, bytes);
+        checks++;
+        if (memcmp(gk, hk, bytes) || memcmp(gv, hv, bytes)) {
+            failures++;
+            printf("FAIL append + copy blocks %s: pools differ\n", pq_dtype_name(dt));
+        } else printf("ok   append + copy blocks %s: pools identical\n", pq_dtype_name(dt));
+        free(hk), free(hv), free(gk), free(gv), free(k), free(v);
+        pq_dev_free(dk), pq_dev_free(dv), pq_dev_free(dkk), pq_dev_free(dvv), pq_dev_free(ds), pq_dev_free(dcp);
+    }
+}
+
+// A batch: N rows of contexts len over a pool of random blocks, rows 2k+1
+// sharing the first half of row 2k's blocks.
+typedef struct Batch {
+    int N, NH, KVH, HS, BT, maxblk, NB, max_len;
+    PqDtype dt;
+    int32_t *tables, *len; // host
+    void *kp, *vp;         // host pools (filled when fill)
+    void *dkp, *dvp;
+    int32_t *dtables, *dlen;
+} Batch;
+
+static Batch batch(int N, int NH, int KVH, int HS, int BT, PqDtype dt, const int *len, int fill) {
+    Batch b = {.N = N, .NH = NH, .KVH = KVH, .HS = HS, .BT = BT, .dt = dt};
+    for (int i = 0; i < N; i++) b.max_len = len[i] > b.max_len ? len[i] : b.max_len;
+    b.maxblk = (b.max_len + BT - 1) / BT;
+    b.NB = N * b.maxblk + 1;
+    b.tables = pq_xmalloc((size_t)N * b.maxblk * sizeof *b.tables);
+    b.len = pq_xmalloc((size_t)N * sizeof *b.len);
+    int *perm = pq_xmalloc((size_t)b.NB * sizeof *perm), used = 0;
+    for (int x = 0; x < b.NB; x++) perm[x] = x;
+    pq_rng_shuffle_int(&gt_rng, perm, b.NB);
+    for (int i = 0; i < N; i++) {
+        b.len[i] = len[i];
+        int nb = (len[i] + BT - 1) / BT, from = 0;
+        if (i % 2 == 1) {
+            int prev = (len[i - 1] + BT - 1) / BT;
+            from = nb / 2 < prev ? nb / 2 : prev;
+            for (int x = 0; x < from; x++) b.tables[(size_t)i * b.maxblk + x] = b.tables[(size_t)(i - 1) * b.maxblk + x];
+        }
+        for (int x = from; x < nb; x++) b.tables[(size_t)i * b.maxblk + x] = perm[used++];
+        for (int x = nb; x < b.maxblk; x++) b.tables[(size_t)i * b.maxblk + x] = 0;
+    }
+    free(perm);
+    size_t n = (size_t)b.NB * BT * KVH * HS, bytes = n * pq_dtype_size(dt);
+    b.dkp = pq_dev_alloc(bytes);
+    b.dvp = pq_dev_alloc(bytes);
+    if (fill) {
+        b.kp = pq_xmalloc(bytes);
+        b.vp = pq_xmalloc(bytes);
+        for (size_t x = 0; x < n; x++) {
+            float a = urand(1), c = urand(1);
+            if (dt == PQ_BF16) ((uint16_t *)b.kp)[x] = pq_f32_to_bf16(a), ((uint16_t *)b.vp)[x] = pq_f32_to_bf16(c);
+            else ((float *)b.kp)[x] = a, ((float *)b.vp)[x] = c;
+        }
+        pq_dev_upload(b.dkp, b.kp, bytes);
+        pq_dev_upload(b.dvp, b.vp, bytes);
+    }
+    b.dtables = dev(b.tables, (size_t)N * b.maxblk * sizeof *b.tables);
+    b.dlen = dev(b.len, (size_t)N * sizeof *b.len);
+    return b;
+}
+
+static void batch_free(Batch *b) {
+    free(b->tables), free(b->len), free(b->kp), free(b->vp);
+    pq_dev_free(b->dkp), pq_dev_free(b->dvp), pq_dev_free(b->dtables), pq_dev_free(b->dlen);
+}
+
+static void attention_case(int N, int NH, int KVH, int HS, int BT, int window, PqDtype dt, const int *len) {
+    Batch b = batch(N, NH, KVH, HS, BT, dt, len, 1);
+    size_t qn = (size_t)N * NH * HS, nw = pq_paged_attention_work(N, NH, KVH, HS, b.max_len);
+    float *q = hrand(qn, 2), *want = hnan(qn), *dq = dev(q, qn * 4), *dout = dnan(qn);
+    float *work = nw ? pq_xmalloc(nw * 4) : NULL, *dwork = nw ? dnan(nw) : NULL;
+    pq_cpu_paged_attention_forward(want, q, b.kp, b.vp, dt, b.tables, b.maxblk, b.len, N, NH, KVH, HS, BT, window,
+                                   b.max_len, work);
+    pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, dt, b.dtables, b.maxblk, b.dlen, N, NH, KVH, HS, BT, window,
+                               b.max_len, dwork);
+    float *got = down(dout, qn);
+    char name[160];
+    int ns = pq_paged_splits(N, KVH, b.max_len, NULL);
+    snprintf(name, sizeof name, "attention %s N %d %d/%d HS %d BT %d window %d, %d splits", pq_dtype_name(dt), N, NH,
+             KVH, HS, BT, window, ns);
+    cmp(name, want, got, qn, dt == PQ_BF16 ? 1e-4 : 2e-5);
+    free(q), free(want), free(work), free(got);
+    pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork);
+    batch_free(&b);
+}
+
+static void test_attention(void) {
+    static const int G[] = {1, 2, 4, 8};
+    int len[256];
+    for (int gi = 0; gi < 4; gi++) {
+        int n = 3;
+        for (int i = 0; i < n; i++) len[i] = 1 + (int)(rnd() % 3000);
+        len[0] = 1;
+        attention_case(n, 2 * G[gi], 2, 128, 16, 0, PQ_BF16, len);
+        attention_case(n, 2 * G[gi], 2, 64, 16, 100, PQ_F32, len);
+        n = 96;
+        for (int i = 0; i < n; i++) len[i] = 1 + (int)(rnd() % 400);
+        attention_case(n, 8 * G[gi], 8, 128, 16, gi == 3 ? 4096 : 0, PQ_BF16, len);
+        attention_case(n, 4 * G[gi], 4, 80, 7, 33, PQ_F32, len);
+    }
+    len[0] = 2048, len[1] = 700;
+    attention_case(2, 32, 8, 128, 16, 4096, PQ_BF16, len);
+    len[0] = 300;
+    attention_case(1, 16, 1, 256, 32, 0, PQ_BF16, len); // G 16, HS 256
+}
+
+static void sample_case(const char *what, int N, int V, PqSampleRow proto, int ties, int masked) {
+    float *lg = hrand((size_t)N * V, 5);
+    for (int i = 0; i < N; i++) {
+        float *x = lg + (size_t)i * V;
+        if (ties) // a run of equal logits near the top
+            for (int t = 0; t < 6; t++) x[(size_t)(rnd() % V)] = 5.5f;
+        if (masked)
+            for (int v = 0; v < V; v++)
+                if (rnd() % 4) x[v] = -INFINITY;
+        if (masked && i == 0)
+            for (int v = 0; v < V; v++) x[v] = -INFINITY;
+    }
+    PqSampleRow *rows = pq_xmalloc((size_t)N * sizeof *rows);
+    for (int i = 0; i < N; i++) rows[i] = proto, rows[i].seq = (uint32_t)i, rows[i].step = (uint32_t)(i * 3 + 1);
+    int32_t *want = pq_xmalloc((size_t)N * sizeof *want), *got = pq_xmalloc((size_t)N * sizeof *got);
+    pq_cpu_sample(want, lg, rows, N, V);
+    float *dl = dev(lg, (size_t)N * V * 4);
+    PqSampleRow *dr = dev(rows, (size_t)N * sizeof *rows);
+    int32_t *di = dev(want, (size_t)N * sizeof *di);
+    pq_dev_zero(di, (size_t)N * sizeof *di);
+    pq_sample(di, dl, dr, N, V);
+    pq_dev_download(got, di, (size_t)N * sizeof *got);
+    int bad = 0, first = -1;
+    for (int i = 0; i < N; i++)
+        if (got[i] != want[i]) bad++, first = first < 0 ? i : first;
+    checks++;
+    if (bad) {
+        failures++;
+        printf("FAIL sample %-50s %d of %d ids differ (row %d: want %d got %d)\n", what, bad, N, first, want[first],
+               got[first]);
+    } else printf("ok   sample %-50s %d ids identical\n", what, N);
+    free(lg), free(rows), free(want), free(got);
+    pq_dev_free(dl), pq_dev_free(dr), pq_dev_free(di);
+}
+
+static void test_sample(void) {
+    static const int Vs[] = {32000, 152064};
+    for (int vi = 0; vi < 2; vi++) {
+        int V = Vs[vi];
+        char w[96];
+#define SC(name, ...)                                                                                                  \
+    do {                                                                                                               \
+        snprintf(w, sizeof w, "%s V %d", name, V);                                                                     \
+        sample_case(w, 48, V, (PqSampleRow){.seed = 42, __VA_ARGS__}, 0, 0);                              \
+    } while (0)
+        SC("greedy", .temperature = 0, .top_p = 1);
+        SC("temperature 1", .temperature = 1, .top_p = 1);
+        SC("temperature 0.7 top-k 50", .temperature = 0.7f, .top_k = 50, .top_p = 1);
+        SC("top-p 0.9", .temperature = 1, .top_p = 0.9f);
+        SC("min-p 0.05", .temperature = 1, .top_p = 1, .min_p = 0.05f);
+        SC("top-k 40 top-p 0.95 min-p 0.02", .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.02f);
+#undef SC
+        snprintf(w, sizeof w, "ties, top-k 3 top-p 0.5 V %d", V);
+        sample_case(w, 32, V, (PqSampleRow){.seed = 3, .temperature = 1, .top_k = 3, .top_p = 0.5f}, 1, 0);
+        snprintf(w, sizeof w, "ties, greedy V %d", V);
+        sample_case(w, 32, V, (PqSampleRow){.seed = 3, .temperature = 0, .top_p = 1}, 1, 0);
+        snprintf(w, sizeof w, "masked, top-p 0.8 V %d", V);
+        sample_case(w, 32, V, (PqSampleRow){.seed = 9, .temperature = 1.2f, .top_p = 0.8f}, 0, 1);
+    }
+}
+
+static void test_time(void) {
+    // decode attention, one Mistral-7B layer
+    static const int Ns[] = {1, 64, 256}, Ls[] = {512, 1024, 2048};
+    int *len = pq_xmalloc(256 * sizeof *len);
+    for (int ni = 0; ni < 3; ni++)
+        for (int li = 0; li < 3; li++) {
+            int N = Ns[ni], T = Ls[li];
+            for (int i = 0; i < N; i++) len[i] = T;
+            Batch b = batch(N, 32, 8, 128, 16, PQ_BF16, len, 0);
+            size_t qn = (size_t)N * 32 * 128, nw = pq_paged_attention_work(N, 32, 8, 128, T);
+            float *dq = dnan(qn), *dout = dnan(qn), *dwork = nw ? dnan(nw) : NULL;
+            pq_dev_zero(dq, qn * 4);
+            int reps = 20;
+            pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, PQ_BF16, b.dtables, b.maxblk, b.dlen, N, 32, 8, 128, 16,
+                                       0, T, dwork);
+            sync_dev();
+            double t0 = now_s();
+            for (int r = 0; r < reps; r++)
+                pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, PQ_BF16, b.dtables, b.maxblk, b.dlen, N, 32, 8, 128,
+                                           16, 0, T, dwork);
+            sync_dev();
+            double ms = (now_s() - t0) / reps * 1e3;
+            double gb = 2.0 * N * T * 8 * 128 * 2 / 1e9; // K and V, bf16
+            printf("decode attention 7B layer, batch %3d, context %4d: %.3f ms, %.0f GB/s of KV read (%d splits)\n", N,
+                   T, ms, gb / (ms * 1e-3), pq_paged_splits(N, 8, T, NULL));
+            printf("RESULT paged_attn_b%d_t%d_ms %.4f\nRESULT paged_attn_b%d_t%d_gbs %.0f\n", N, T, ms, N, T,
+                   gb / (ms * 1e-3));
+            pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork);
+            batch_free(&b);
+        }
+    free(len);
+    // sampling
+    static const int Ss[] = {64, 256}, Vs[] = {32000, 152064};
+    for (int si = 0; si < 2; si++)
+        for (int vi = 0; vi < 2; vi++) {
+            int N = Ss[si], V = Vs[vi];
+            float *lg = hrand((size_t)N * V, 5), *dl = dev(lg, (size_t)N * V * 4);
+            PqSampleRow *rows = pq_xmalloc((size_t)N * sizeof *rows);
+            for (int i = 0; i < N; i++)
+                rows[i] = (PqSampleRow){.seed = 1, .seq = (uint32_t)i, .temperature = 0.8f, .top_k = 50, .top_p = 0.95f,
+                                        .min_p = 0.05f};
+            PqSampleRow *dr = dev(rows, (size_t)N * sizeof *rows);
+            int32_t *di = pq_dev_alloc((size_t)N * 4);
+            pq_sample(di, dl, dr, N, V);
+            sync_dev();
+            int reps = 10;
+            double t0 = now_s();
+            for (int r = 0; r < reps; r++) pq_sample(di, dl, dr, N, V);
+            sync_dev();
+            double ms = (now_s() - t0) / reps * 1e3;
+            printf("sampling top-k/top-p/min-p, %3d rows of V %6d: %.3f ms\n", N, V, ms);
+            printf("RESULT sample_n%d_v%d_ms %.4f\n", N, V, ms);
+            free(lg), free(rows);
+            pq_dev_free(dl), pq_dev_free(dr), pq_dev_free(di);
+        }
+}
+
+int main(int argc, char **argv) {
+    static const char *groups[] = {"append", "attention", "sample", "time"};
+    void (*fns[])(void) = {test_append, test_attention, test_sample, test_time};
+    if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+        for (int g = 0; g < 4; g++) printf("%s\n", groups[g]);
+        return 0;
+    }
+    if (strcmp(pq_ops_backend(), "cuda") != 0 || pq_ops_set_device(0) < 0) {
+        printf("no CUDA device\n");
+        return 2;
+    }
+    int known = argc < 2;
+    for (int g = 0; g < 4; g++) known |= argc > 1 && strcmp(argv[1], groups[g]) == 0;
+    if (!known) {
+        fprintf(stderr, "usage: parity-paged [--list] [GROUP]\n");
+        return 2;
+    }
+    pq_rng_seed(&gt_rng, 7);
+    for (int g = 0; g < 4; g++)
+        if (argc < 2 || strcmp(argv[1], groups[g]) == 0) fns[g]();
+    printf("%d of %d checks failed\n", failures, checks);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,368 @@
+// test-paged: the paged generation operations' CPU twins (ops_paged_cpu.c).
+// Decode attention over a paged cache (random block placement, prefixes
+// shared between rows as after a fork, windows, GQA 1/2/4/8, one and many
+// context splits, f32 and bf16 pools) equals the contiguous-cache attention
+// of ops_gen_cpu.c (pq_cpu_attention_kv_forward) on the same keys and
+// values; append writes (and rounds) rows where the block tables say; block
+// copies move the first n positions of every layer; the pieces together
+// with kvpage.h over decode steps with forks, copies on write and a
+// re-fork (as gen.c will drive them) match contiguous attention on each
+// sample's own history. Sampling: exact argmax
+// at temperature 0 (lowest id among ties, -INFINITY never), the same ids
+// for the same (seed, seq, step), different draws for different steps, only
+// tokens inside the top-k/top-p/min-p cut. The distribution itself is
+// checked against numpy by tests/py/test_paged_sample.py through this
+// program's driver mode:
+//   test-paged sample < "V T top_k top_p min_p draws seed" line, then V logits
+// prints the count of each id over draws steps.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_gen.h"
+#include "kvpage.h"
+#include "ops_paged.h"
+#include "st_write.h"
+#include "util.h"
+
+static int n_fail, n_checks;
+
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        n_checks++;                                               \
+        if (!(cond)) {                                            \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                         \
+            fputc('\n', stderr);                                  \
+            n_fail++;                                             \
+        }                                                         \
+    } while (0)
+
+static PqRng rng;
+static float urand(float a) { return a * (float)(pq_rng_uniform(&rng) * 2 - 1); }
+
+// N rows, contexts len (N), random blocks; rows 2k+1 share the first half
+// of row 2k's blocks (a fork) when share.
+static void test_attention(int N, int NH, int KVH, int HS, int BT, int window, PqDtype dt, const int *len, int share) {
+    int max_len = 0;
+    for (int i = 0; i < N; i++) max_len = len[i] > max_len ? len[i] : max_len;
+    int maxblk = (max_len + BT - 1) / BT, NB = N * maxblk + 3;
+    size_t kd = (size_t)KVH * HS, es = pq_dtype_size(dt);
+    void *kp = pq_xmalloc((size_t)NB * BT * kd * es), *vp = pq_xmalloc((size_t)NB * BT * kd * es);
+    // pool rows hold random values (rounded to bf16 when dt is)
+    for (size_t r = 0; r < (size_t)NB * BT * kd; r++) {
+        float a = urand(1), b = urand(1);
+        if (dt == PQ_BF16) ((uint16_t *)kp)[r] = pq_f32_to_bf16(a), ((uint16_t *)vp)[r] = pq_f32_to_bf16(b);
+        else ((float *)kp)[r] = a, ((float *)vp)[r] = b;
+    }
+    int *perm = pq_xmalloc((size_t)NB * sizeof *perm);
+    for (int b = 0; b < NB; b++) perm[b] = b;
+    pq_rng_shuffle_int(&rng, perm, NB);
+    int32_t *tables = pq_xmalloc((size_t)N * maxblk * sizeof *tables), *lens = pq_xmalloc((size_t)N * sizeof *lens);
+    int used = 0;
+    for (int i = 0; i < N; i++) {
+        lens[i] = len[i];
+        int nb = (len[i] + BT - 1) / BT, from = 0;
+        if (share && i % 2 == 1) { // the first half of row i-1's blocks, where it has them
+            int prev = (len[i - 1] + BT - 1) / BT;
+            from = nb / 2 < prev ? nb / 2 : prev;
+            for (int b = 0; b < from; b++) tables[(size_t)i * maxblk + b] = tables[(size_t)(i - 1) * maxblk + b];
+        }
+        for (int b = from; b < nb; b++) tables[(size_t)i * maxblk + b] = perm[used++];
+        for (int b = nb; b < maxblk; b++) tables[(size_t)i * maxblk + b] = -1;
+    }
+    // the same keys and values in a contiguous cache (S = N, T = max_len) as f32
+    float *kc = pq_xcalloc((size_t)N * max_len * kd, sizeof *kc), *vc = pq_xcalloc((size_t)N * max_len * kd, sizeof *vc);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < len[i]; j++) {
+            size_t src = ((size_t)tables[(size_t)i * maxblk + j / BT] * BT + j % BT) * kd;
+            size_t dst = ((size_t)i * max_len + j) * kd;
+            for (size_t d = 0; d < kd; d++) {
+                kc[dst + d] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)kp)[src + d]) : ((float *)kp)[src + d];
+                vc[dst + d] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)vp)[src + d]) : ((float *)vp)[src + d];
+            }
+        }
+    size_t qn = (size_t)N * NH * HS;
+    float *q = pq_xmalloc(qn * sizeof *q), *out = pq_xmalloc(qn * sizeof *out), *want = pq_xmalloc(qn * sizeof *want);
+    for (size_t x = 0; x < qn; x++) q[x] = urand(2), out[x] = NAN;
+    int32_t *slot = pq_xmalloc((size_t)N * sizeof *slot), *pos = pq_xmalloc((size_t)N * sizeof *pos);
+    for (int i = 0; i < N; i++) slot[i] = i, pos[i] = len[i] - 1;
+    pq_cpu_attention_kv_forward(want, q, kc, vc, slot, pos, N, NH, KVH, HS, max_len, window);
+    size_t nw = pq_paged_attention_work(N, NH, KVH, HS, max_len);
+    float *work = nw ? pq_xmalloc(nw * sizeof *work) : NULL;
+    pq_cpu_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, lens, N, NH, KVH, HS, BT, window, max_len, work);
+    double err = 0;
+    for (size_t x = 0; x < qn; x++) {
+        double d = fabs((double)out[x] - want[x]);
+        err = d > err || isnan(d) ? (isnan(d) ? INFINITY : d) : err;
+    }
+    int SL, ns = pq_paged_splits(N, KVH, max_len, &SL);
+    CHECK(err < 2e-5, "paged attention N %d NH %d KVH %d HS %d BT %d window %d %s splits %d: max err %.3g", N, NH,
+          KVH, HS, BT, window, pq_dtype_name(dt), ns, err);
+    free(kp), free(vp), free(perm), free(tables), free(lens), free(kc), free(vc), free(q), free(out), free(want);
+    free(slot), free(pos), free(work);
+}
+
+static void test_attention_all(void) {
+    static const int G[] = {1, 2, 4, 8};
+    int len[64];
+    for (int gi = 0; gi < 4; gi++)
+        for (int w = 0; w < 3; w++) {
+            int KVH = 2, NH = KVH * G[gi], window = w == 0 ? 0 : w == 1 ? 7 : 300;
+            // few rows, long contexts: many splits
+            int n = 5;
+            for (int i = 0; i < n; i++) len[i] = 1 + (int)pq_rng_below(&rng, 900);
+            len[0] = 1;
+            test_attention(n, NH, KVH, 32, 16, window, PQ_F32, len, 1);
+            test_attention(n, NH, KVH, 64, 5, window, PQ_BF16, len, 1);
+            // many rows: one split
+            n = 64;
+            for (int i = 0; i < n; i++) len[i] = 1 + (int)pq_rng_below(&rng, 70);
+            test_attention(n, 8 * G[gi], 8, 16, 16, window, gi % 2 ? PQ_BF16 : PQ_F32, len, 1);
+        }
+    CHECK(pq_paged_splits(1, 8, 2048, NULL) > 1 && pq_paged_splits(256, 8, 2048, NULL) == 1, "split choice");
+    int SL, ns = pq_paged_splits(2, 4, 1000, &SL);
+    CHECK(SL % 64 == 0 && (long)ns * SL >= 1000 && (long)(ns - 1) * SL < 1000, "splits cover the context");
+}
+
+static void test_append_copy(void) {
+    int L = 3, NB = 6, BT = 4, KVH = 2, HS = 8, N = 5;
+    size_t kd = (size_t)KVH * HS, per = (size_t)NB * BT * kd;
+    for (int di = 0; di < 2; di++) {
+        PqDtype dt = di ? PQ_BF16 : PQ_F32;
+        size_t es = pq_dtype_size(dt);
+        void *kp = pq_xcalloc((size_t)L * per, es), *vp = pq_xcalloc((size_t)L * per, es);
+        float *k = pq_xmalloc((size_t)N * kd * sizeof *k), *v = pq_xmalloc((size_t)N * kd * sizeof *v);
+        for (size_t x = 0; x < N * kd; x++) k[x] = urand(3), v[x] = urand(3);
+        int32_t slot[] = {0, 7, 8, 9, 12};
+        char *kl = (char *)kp + per * es; // layer 1
+        char *vl = (char *)vp + per * es;
+        pq_cpu_paged_append(kl, vl, dt, k, v, slot, N, KVH, HS);
+        int bad = 0;
+        for (int i = 0; i < N; i++)
+            for (size_t d = 0; d < kd; d++) {
+                size_t at = (size_t)slot[i] * kd + d;
+                float gk = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)kl)[at]) : ((float *)kl)[at];
+                float gv = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)vl)[at]) : ((float *)vl)[at];
+                float wk = dt == PQ_BF16 ? pq_bf16_to_f32(pq_f32_to_bf16(k[i * kd + d])) : k[i * kd + d];
+                float wv = dt == PQ_BF16 ? pq_bf16_to_f32(pq_f32_to_bf16(v[i * kd + d])) : v[i * kd + d];
+                bad += gk != wk || gv != wv;
+            }
+        CHECK(bad == 0, "append %s: %d wrong", pq_dtype_name(dt), bad);
+        // block 2 (positions 8, 9 written) -> block 5, 2 positions, every layer
+        PqKvCopy c = {2, 5, 2};
+        pq_cpu_paged_copy_blocks(kp, vp, dt, &c, 1, L, NB, BT, KVH, HS);
+        bad = 0;
+        for (int l = 0; l < L; l++)
+            for (size_t x = 0; x < (size_t)BT * kd; x++) {
+                size_t s = l * per + 2 * BT * kd + x, d = l * per + 5 * BT * kd + x;
+                int copied = x < 2 * kd;
+                if (es == 4) bad += copied ? ((float *)kp)[d] != ((float *)kp)[s] || ((float *)vp)[d] != ((float *)vp)[s]
+                                           : ((float *)kp)[d] != 0;
+                else bad += copied ? ((uint16_t *)kp)[d] != ((uint16_t *)kp)[s] ||
+                                         ((uint16_t *)vp)[d] != ((uint16_t *)vp)[s]
+                                   : ((uint16_t *)kp)[d] != 0;
+            }
+        CHECK(bad == 0, "copy blocks %s: %d wrong", pq_dtype_name(dt), bad);
+        int nonzero = 0;
+        for (size_t x = 0; x < 2 * kd; x++)
+            nonzero += es == 4 ? ((float *)kp)[per + 5 * BT * kd + x] != 0 : ((uint16_t *)kp)[per + 5 * BT * kd + x] != 0;
+        CHECK(nonzero > 0, "copy blocks %s: layer 1 got the appended rows", pq_dtype_name(dt));
+        free(kp), free(vp), free(k), free(v);
+    }
+}
+
+static void test_sample(void) {
+    int V = 1000, N = 6;
+    float *lg = pq_xmalloc((size_t)N * V * sizeof *lg);
+    for (int x = 0; x < N * V; x++) lg[x] = urand(4);
+    // row 0: greedy with a tie (lowest id wins); row 1: greedy over -inf
+    lg[17] = lg[400] = 9;
+    for (int v = 0; v < V; v++) lg[V + v] = v == 3 || v == 900 ? 1.5f : -INFINITY;
+    lg[V + 900] = 2;
+    // row 5: every logit -inf
+    for (int v = 0; v < V; v++) lg[5 * V + v] = -INFINITY;
+    PqSampleRow rows[6] = {
+        {.temperature = 0, .top_p = 1},
+        {.temperature = 0, .top_p = 1},
+        {.seed = 7, .seq = 0, .step = 0, .temperature = 1, .top_p = 1, .top_k = 5},
+        {.seed = 7, .seq = 0, .step = 0, .temperature = 0.7f, .top_p = 0.5f},
+        {.seed = 7, .seq = 0, .step = 0, .temperature = 1.3f, .top_p = 1, .min_p = 0.3f},
+        {.seed = 7, .temperature = 1, .top_p = 1},
+    };
+    int32_t ids[6], again[6];
+    pq_cpu_sample(ids, lg, rows, N, V);
+    CHECK(ids[0] == 17, "argmax, lowest id among ties: %d", ids[0]);
+    CHECK(ids[1] == 900, "argmax past -inf: %d", ids[1]);
+    CHECK(ids[5] == -1, "every logit -inf: %d", ids[5]);
+    PqSampleRow big = {.seed = 1, .temperature = 1, .top_p = 1, .min_p = 5}; // as min_p 1: the most likely (and its ties)
+    int32_t top;
+    pq_cpu_sample(&top, lg, &big, 1, V);
+    CHECK(top == 17 || top == 400, "min_p above 1 keeps the most likely (two tie): %d", top);
+    pq_cpu_sample(again, lg, rows, N, V);
+    CHECK(memcmp(ids, again, sizeof ids) == 0, "the same draws again");
+    // support of the cuts over many steps; steps draw different tokens
+    float *z = pq_xmalloc((size_t)V * sizeof *z);
+    for (int r = 2; r <= 4; r++) {
+        const float *x = lg + (size_t)r * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        int distinct = 0, outside = 0, seen[1000] = {0};
+        for (int st = 0; st < 400; st++) {
+            PqSampleRow rr = rows[r];
+            rr.step = (uint32_t)st;
+            int32_t id;
+            pq_cpu_sample(&id, x, &rr, 1, V);
+            if (id < 0 || id >= V) {
+                outside++;
+                continue;
+            }
+            distinct += !seen[id];
+            seen[id] = 1;
+            int above = 0; // tokens more likely than id
+            for (int v = 0; v < V; v++) above += x[v] > x[id];
+            double p = exp((double)(x[id] - mx) / rr.temperature);
+            if (r == 2 && above >= 5) outside++;
+            if (r == 4 && p < rr.min_p) outside++;
+            if (r == 3) { // the mass of the more likely tokens stays below top_p
+                double Z = 0, before = 0;
+                for (int v = 0; v < V; v++) {
+                    double e = exp((double)(x[v] - mx) / rr.temperature);
+                    Z += e;
+                    if (x[v] > x[id]) before += e;
+                }
+                if (before >= 0.5 * Z) outside++;
+            }
+        }
+        CHECK(outside == 0 && distinct > 1, "row %d: %d draws outside the cut, %d distinct", r, outside, distinct);
+    }
+    free(z);
+    free(lg);
+}
+
+// The pieces together as gen.c will drive them: two prompts prefilled into
+// the paged cache (2 layers), forked into 3 samples each, decode steps
+// appending one token per sample (the copies on write carried out first),
+// a sample released and re-forked midway; each step, every sample's
+// attention over the pool equals contiguous attention over its own history.
+static void test_flow(PqDtype dt, int window) {
+    enum { NS = 6, L = 2, BT = 4, NB = 40, KVH = 2, NH = 4, HS = 16, TMAX = 64, STEPS = 12 };
+    size_t kd = (size_t)KVH * HS, per = (size_t)NB * BT * kd, es = pq_dtype_size(dt);
+    PqKvPage *kp = pq_kvpage_new(NB, BT);
+    char *K = pq_xcalloc(L * per, es), *V = pq_xcalloc(L * per, es);
+    float *mk = pq_xcalloc((size_t)NS * TMAX * kd, sizeof *mk), *mv = pq_xcalloc((size_t)NS * TMAX * kd, sizeof *mv);
+    PqKvSeq seq[NS], *sp[NS];
+    for (int i = 0; i < NS; i++) pq_kvseq_init(&seq[i]), sp[i] = &seq[i];
+    float k[NS * 8 * 32], v[NS * 8 * 32], q[NS * 4 * 16], want[NS * 4 * 16], out[NS * 4 * 16];
+    int32_t slot[NS * 8], tables[NS * (TMAX / BT)], len[NS], sl[NS], pos[NS];
+    PqKvCopy copies[NS];
+    PqErr e;
+    int bad = 0, ncow = 0;
+    // rows n of seq s from position p0 in every layer; layer 1's into the model
+    for (int s = 0; s < NS; s += 3) {
+        int P = s ? 5 : 7;
+        PqKvCopy c;
+        bad += pq_kvpage_append(kp, &seq[s], P, &c, &e) != 0 || c.n != 0;
+        for (int t = 0; t < P; t++) slot[t] = pq_kvseq_slot(&seq[s], t, BT);
+        for (int l = 0; l < L; l++) {
+            for (size_t x = 0; x < (size_t)P * kd; x++) k[x] = urand(1), v[x] = urand(1);
+            pq_cpu_paged_append(K + l * per * es, V + l * per * es, dt, k, v, slot, P, KVH, HS);
+        }
+        for (int t = 0; t < P; t++) // the model reads back what layer 1 holds (rounded to the pool's dtype)
+            for (size_t d = 0; d < kd; d++) {
+                size_t at = (size_t)slot[t] * kd + d + per;
+                mk[((size_t)s * TMAX + t) * kd + d] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)K)[at]) : ((float *)K)[at];
+                mv[((size_t)s * TMAX + t) * kd + d] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)V)[at]) : ((float *)V)[at];
+            }
+        for (int f = 1; f < 3; f++) {
+            pq_kvpage_fork(kp, &seq[s], &seq[s + f]);
+            memcpy(mk + (size_t)(s + f) * TMAX * kd, mk + (size_t)s * TMAX * kd, (size_t)TMAX * kd * sizeof *mk);
+            memcpy(mv + (size_t)(s + f) * TMAX * kd, mv + (size_t)s * TMAX * kd, (size_t)TMAX * kd * sizeof *mv);
+        }
+    }
+    for (int step = 0; step < STEPS; step++) {
+        if (step == 6) { // sample 2 finishes; a new one forks sample 0's whole history
+            pq_kvpage_release(kp, &seq[2]);
+            pq_kvpage_fork(kp, &seq[0], &seq[2]);
+            memcpy(mk + 2 * TMAX * kd, mk, (size_t)TMAX * kd * sizeof *mk);
+            memcpy(mv + 2 * TMAX * kd, mv, (size_t)TMAX * kd * sizeof *mv);
+        }
+        int nc = 0;
+        for (int i = 0; i < NS; i++) {
+            bad += pq_kvpage_append(kp, &seq[i], 1, &copies[nc], &e) != 0;
+            nc += copies[nc].n > 0;
+        }
+        ncow += nc;
+        pq_cpu_paged_copy_blocks(K, V, dt, copies, nc, L, NB, BT, KVH, HS);
+        for (int i = 0; i < NS; i++) slot[i] = pq_kvseq_slot(&seq[i], seq[i].len - 1, BT);
+        for (int l = 0; l < L; l++) {
+            for (size_t x = 0; x < NS * kd; x++) k[x] = urand(1), v[x] = urand(1);
+            pq_cpu_paged_append(K + l * per * es, V + l * per * es, dt, k, v, slot, NS, KVH, HS);
+        }
+        for (int i = 0; i < NS; i++)
+            for (size_t d = 0; d < kd; d++) {
+                float a = k[i * kd + d], b = v[i * kd + d];
+                if (dt == PQ_BF16) a = pq_bf16_to_f32(pq_f32_to_bf16(a)), b = pq_bf16_to_f32(pq_f32_to_bf16(b));
+                mk[((size_t)i * TMAX + seq[i].len - 1) * kd + d] = a;
+                mv[((size_t)i * TMAX + seq[i].len - 1) * kd + d] = b;
+            }
+        for (int x = 0; x < NS * NH * HS; x++) q[x] = urand(2);
+        int max_len = pq_kvpage_tables(sp, NS, tables, TMAX / BT, len);
+        pq_cpu_paged_attention_forward(out, q, K + per * es, V + per * es, dt, tables, TMAX / BT, len, NS, NH, KVH, HS,
+                                       BT, window, max_len, NULL);
+        for (int i = 0; i < NS; i++) sl[i] = i, pos[i] = seq[i].len - 1;
+        pq_cpu_attention_kv_forward(want, q, mk, mv, sl, pos, NS, NH, KVH, HS, TMAX, window);
+        for (int x = 0; x < NS * NH * HS; x++) bad += !(fabsf(out[x] - want[x]) < 1e-5f);
+    }
+    CHECK(bad == 0 && ncow >= 4, "flow %s window %d: %d mismatches, %d copies on write", pq_dtype_name(dt), window, bad,
+          ncow);
+    for (int i = 0; i < NS; i++) pq_kvseq_free(kp, &seq[i]);
+    CHECK(pq_kvpage_free_blocks(kp) == NB, "flow: every block back");
+    pq_kvpage_free(kp);
+    free(K), free(V), free(mk), free(mv);
+}
+
+// driver for tests/py/test_paged_sample.py
+static int driver(void) {
+    int V, draws;
+    float T, p, mp;
+    int k;
+    unsigned long long seed;
+    if (scanf("%d %f %d %f %f %d %llu", &V, &T, &k, &p, &mp, &draws, &seed) != 7 || V < 1) return 2;
+    float *x = pq_xmalloc((size_t)V * sizeof *x);
+    char tok[64];
+    for (int v = 0; v < V; v++) {
+        if (scanf("%63s", tok) != 1) return 2;
+        x[v] = strcmp(tok, "-inf") == 0 ? -INFINITY : strtof(tok, NULL);
+    }
+    long *cnt = pq_xcalloc((size_t)V + 1, sizeof *cnt);
+    enum { CH = 256 };
+    PqSampleRow rows[CH];
+    int32_t ids[CH];
+    float *lg = pq_xmalloc((size_t)CH * V * sizeof *lg);
+    for (int i = 0; i < CH; i++) memcpy(lg + (size_t)i * V, x, (size_t)V * sizeof *x);
+    for (int d = 0; d < draws; d += CH) {
+        int n = draws - d < CH ? draws - d : CH;
+        for (int i = 0; i < n; i++)
+            rows[i] = (PqSampleRow){.seed = seed + (uint64_t)(d + i) / 1000, .seq = (uint32_t)((d + i) % 7),
+                                    .step = (uint32_t)(d + i), .temperature = T, .top_p = p, .min_p = mp, .top_k = k};
+        pq_cpu_sample(ids, lg, rows, n, V);
+        for (int i = 0; i < n; i++) cnt[ids[i] < 0 ? V : ids[i]]++;
+    }
+    for (int v = 0; v <= V; v++) printf("%ld\n", cnt[v]);
+    free(x), free(cnt), free(lg);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "sample") == 0) return driver();
+    pq_rng_seed(&rng, 11);
+    test_append_copy();
+    test_attention_all();
+    test_flow(PQ_F32, 0);
+    test_flow(PQ_BF16, 5);
+    test_sample();
+    printf("test-paged: %d checks, %d failed\n", n_checks, n_fail);
+    return n_fail != 0;
+}
