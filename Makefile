@@ -35,6 +35,7 @@ LDFLAGS  := -fopenmp $(filter -fsanitize=%,$(OPT))
 
 LIB_SRC  := $(wildcard lib/*.c)
 CU_SRC   := $(wildcard lib/cuda/*.cu)
+CUCXX_SRC := $(wildcard lib/cuda/*.cpp)
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/unit/*.c)
 
@@ -48,12 +49,21 @@ ifneq ($(CUDA),1)
   LDLIBS  += -ldnnl
 endif
 ifeq ($(CUDA),1)
-  LIB_OBJ := $(filter-out $(CPU_ONLY:%=$(B)/lib/%.o),$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o)
-  LDLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++
+  LIB_OBJ := $(filter-out $(CPU_ONLY:%=$(B)/lib/%.o),$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o) $(CUCXX_SRC:%.cpp=$(B)/%.o)
+  LDLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++ -ldl
   NVFLAGS := -O3 -std=c++17 -Ilib -I/usr/local/cuda/include $(CUDA_ARCHS) $(NVEXTRA) \
              -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter \
              -Werror all-warnings
   CFLAGS  += -I/usr/local/cuda/include
+  # cuDNN's fused attention (lib/cuda/sdpa.cpp) through the header-only
+  # cudnn-frontend (MIT) that scripts/setup installs under .deps/; without
+  # it the file compiles to stubs and attention uses the tensor-core path.
+  # libcudnn itself is opened at run time (dlopen), never linked.
+  CUDNN_FE ?= .deps/cudnn-frontend/include
+  CXXFLAGS := -std=c++17 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -Ilib -I/usr/local/cuda/include
+  ifneq ($(wildcard $(CUDNN_FE)/cudnn_frontend.h),)
+    CXXFLAGS += -DPQ_HAVE_CUDNN_FE -DNV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING -isystem $(CUDNN_FE)
+  endif
 endif
 # GPU parity tests (tests/gpu/*.c): CUDA builds only, run by scripts/gpu-check.
 GPU_TEST_SRC := $(wildcard tests/gpu/*.c)
@@ -81,6 +91,10 @@ $(B)/%.o: %.c $(wildcard lib/*.h)
 $(B)/%.o: %.cu $(wildcard lib/*.h lib/cuda/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(B)/%.o: %.cpp $(wildcard lib/*.h lib/cuda/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 $(LIBA): $(LIB_OBJ)
 	@rm -f $@
