@@ -31,6 +31,10 @@ void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, i
 void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps) {
     pq_cpu_rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
 }
+void pq_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight, int N, int C,
+                                 float eps) {
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, weight, N, C, eps);
+}
 void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C, int OC) {
     pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);
 }

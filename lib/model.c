@@ -348,9 +348,8 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     pq_rope_forward(a->k, pos, m->inv_freq, N, c->KVH, c->HS);
     pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, c->window);
     lin(m, l, PQ_O, a->tmp, a->att, N, a);
-    pq_residual_forward(x, a->tmp, nc);
+    pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, x, a->tmp, w->ln2, N, c->C, c->eps);
     pq_dev_copy(a->x_mid, x, nc * 4);
-    pq_rmsnorm_forward(a->ln2, a->ln2_rstd, x, w->ln2, N, c->C, c->eps);
     lin(m, l, PQ_GATE, a->gate, a->ln2, N, a);
     lin(m, l, PQ_UP, a->up, a->ln2, N, a);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);

@@ -62,6 +62,10 @@ void pq_dev_weight_free(PqWeight *w);
     /* inp (N,C), weight (C) -> out (N,C), rstd (N) (may be NULL; kept for backward) */                        \
     void P##rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,       \
                             float eps);                                                                        \
+    /* the residual add and the norm after it in one pass: x (N,C) += y (N,C), then out (N,C), rstd (N)        \
+       (may be NULL) = rmsnorm_forward of the new x */                                                         \
+    void P##residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight,  \
+                                     int N, int C, float eps);                                                 \
     /* inp (N,C), weight (OC,C), bias (OC) or NULL -> out (N,OC) = inp weight^T + bias */                      \
     void P##linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,     \
                            int C, int OC);                                                                     \

@@ -174,8 +174,7 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
     else
         pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS, c->window);
     lin_forward(t, l, PQ_O, a->x_mid, a->att, a->lora_xa[PQ_O], a->tmp, N);
-    pq_residual_forward(a->x_mid, xin, (size_t)N * C);
-    pq_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, w->ln2, N, C, c->eps);
+    pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, xin, w->ln2, N, C, c->eps); // x_mid += xin, normed
     lin_forward(t, l, PQ_GATE, a->gate, a->ln2, a->lora_xa[PQ_GATE], a->tmp, N);
     lin_forward(t, l, PQ_UP, a->up, a->ln2, a->lora_xa[PQ_UP], a->tmp, N);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);

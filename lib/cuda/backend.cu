@@ -288,6 +288,31 @@ extern "C" void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, co
     CU_LAUNCHED();
 }
 
+// one block per row: x += y, then the norm of the new x (twin: pq_cpu_residual_rmsnorm_forward)
+__global__ void residual_rmsnorm_kernel(float *out, float *rstd, float *x, const float *y, const float *weight, int C,
+                                        float eps) {
+    size_t i = blockIdx.x;
+    float *xi = x + i * C, *o = out + i * C;
+    const float *yi = y + i * C;
+    float ss = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = xi[c] + yi[c];
+        xi[c] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss); // (synchronises: every x[c] of the row is written before it is read back below)
+    float r = (float)(1.0 / sqrt((double)ss / C + eps));
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = xi[c] * r * weight[c];
+    if (rstd && threadIdx.x == 0) rstd[i] = r;
+}
+
+extern "C" void pq_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight,
+                                            int N, int C, float eps) {
+    if (N <= 0) return;
+    residual_rmsnorm_kernel<<<N, 256>>>(out, rstd, x, y, weight, C, eps);
+    CU_LAUNCHED();
+}
+
 __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < (size_t)N * OC) out[idx] += bias[idx % OC];

@@ -115,6 +115,24 @@ static void test_rmsnorm(int N, int C) {
     pq_dev_free(dx0), pq_dev_free(dX), pq_dev_free(dW), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(grstd);
 }
 
+// the residual add fused with the norm: the kernel against its CPU twin (x updated, out, rstd)
+static void test_residual_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = hrand(n, 2), *y = hrand(n, 2), *w = hrand(C, 1.5f), *out = hnan(n), *rstd = hnan(N);
+    float *dX = dev(x, n * 4), *dY = dev(y, n * 4), *dW = dev(w, C * 4), *gout = dnan(n), *grstd = dnan(N);
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, w, N, C, 1e-5f);
+    pq_residual_rmsnorm_forward(gout, grstd, dX, dY, dW, N, C, 1e-5f);
+    char name[64];
+    snprintf(name, sizeof name, "residual_rmsnorm x += y C=%d", C);
+    cmp(name, x, dX, n, 0);
+    snprintf(name, sizeof name, "residual_rmsnorm out C=%d", C);
+    cmp(name, out, gout, n, 1e-5);
+    snprintf(name, sizeof name, "residual_rmsnorm rstd C=%d", C);
+    cmp(name, rstd, grstd, N, 1e-5);
+    free(x), free(y), free(w), free(out), free(rstd);
+    pq_dev_free(dX), pq_dev_free(dY), pq_dev_free(dW), pq_dev_free(gout), pq_dev_free(grstd);
+}
+
 static void test_linear(PqDtype dt, int bias) {
     int N = 133, C = 256, OC = 320;
     PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
@@ -415,6 +433,8 @@ static void g_embedding(void) {
 static void g_rmsnorm(void) {
     test_rmsnorm(67, 4096);
     test_rmsnorm(5, 100);
+    test_residual_rmsnorm(67, 4096);
+    test_residual_rmsnorm(5, 100);
 }
 static void g_linear(void) {
     for (int b = 0; b < 2; b++) {

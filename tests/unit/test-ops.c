@@ -129,6 +129,33 @@ static void test_rmsnorm(int N, int C) {
     free(x), free(w), free(out), free(rstd), free(want), free(wr);
 }
 
+// the residual add fused with the norm after it, against a double reference of add-then-norm
+static void test_residual_rmsnorm(int N, int C) {
+    float *x = rnd((size_t)N * C, 3), *y = rnd((size_t)N * C, 2), *w = rnd(C, 1);
+    float *out = pq_xmalloc((size_t)N * C * 4), *rstd = pq_xmalloc(N * 4), *out2 = pq_xmalloc((size_t)N * C * 4);
+    float *x2 = pq_xmalloc((size_t)N * C * 4);
+    memcpy(x2, x, (size_t)N * C * 4);
+    double *want = pq_xmalloc((size_t)N * C * sizeof *want), *wx = pq_xmalloc((size_t)N * C * sizeof *wx);
+    double *wr = pq_xmalloc(N * sizeof *wr);
+    for (int i = 0; i < N; i++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) {
+            size_t e = (size_t)i * C + c;
+            wx[e] = (double)x[e] + y[e];
+            ss += wx[e] * wx[e];
+        }
+        wr[i] = 1 / sqrt(ss / C + 1e-5);
+        for (int c = 0; c < C; c++) want[(size_t)i * C + c] = wx[(size_t)i * C + c] * wr[i] * w[c];
+    }
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, w, N, C, 1e-5f);
+    close_to("residual_rmsnorm x += y", x, wx, (size_t)N * C, 1e-7);
+    close_to("residual_rmsnorm out", out, want, (size_t)N * C, 1e-5);
+    close_to("residual_rmsnorm rstd", rstd, wr, (size_t)N, 1e-5);
+    pq_cpu_residual_rmsnorm_forward(out2, NULL, x2, y, w, N, C, 1e-5f); // rstd NULL
+    close_to("residual_rmsnorm out, rstd NULL", out2, want, (size_t)N * C, 1e-5);
+    free(x), free(y), free(w), free(out), free(rstd), free(out2), free(x2), free(want), free(wx), free(wr);
+}
+
 static void test_rope(int N, int NH, int HS) {
     float *x = rnd((size_t)N * NH * HS, 1), *f = pq_xmalloc((size_t)HS / 2 * 4);
     int32_t *pos = pq_xmalloc((size_t)N * 4);
@@ -253,6 +280,7 @@ int main(void) {
         test_linear(PQ_F16, 4, 16, 7, 1);
         test_lora(9, 20, 13, 4);
         test_rmsnorm(6, 50);
+        test_residual_rmsnorm(7, 130);
         test_rope(60, 3, 16);
         int l1[] = {5}, l2[] = {70, 3, 140, 1}, l3[] = {100, 30};
         test_attention(l1, 1, 2, 2, 8, 0);
