@@ -117,5 +117,8 @@ void pq_ops_set_attention_dtype(PqDtype t);
 // Peak memory so far: device memory in use (CUDA), the process's peak
 // resident set (CPU), in bytes.
 size_t pq_dev_peak_bytes(void);
+// Memory free for more buffers now: the device's free memory (CUDA), the
+// system's MemAvailable (CPU), in bytes (0 when unknown).
+size_t pq_dev_free_bytes(void);
 
 #endif

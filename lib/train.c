@@ -34,9 +34,36 @@ static void bufs_free(PqTrainer *t) {
     t->cap = 0;
 }
 
+// What pq_layer_acts_build (model.c) allocates for N tokens, in bytes.
+static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
+    size_t QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, big = c->C > c->H ? c->C : c->H;
+    size_t fl = 4 * (size_t)c->C + 2 + 2 * QD + 2 * KD + c->NH + 3 * (size_t)c->H + big;
+    if (lora)
+        for (int j = 0; j < PQ_NLIN; j++)
+            if (lora->targets >> j & 1) fl += (size_t)lora->r;
+    return 4 * N * fl;
+}
+
+size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint) {
+    size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
+    size_t fl = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + 4 + (size_t)c->C + 3 * W + QD + 2 * KD +
+                (size_t)(lora && lora->r > 0 ? lora->r : 1) + 2 * (size_t)c->H;
+    return 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
+}
+
+// With checkpoint_auto: every layer's activations are kept when all the
+// buffers for N tokens fit in the free memory, less a reserve for the
+// backend's own workspaces (a tenth and 1 GiB); else one layer's.
+static void choose_checkpoint(PqTrainer *t, int N) {
+    if (!t->checkpoint_auto) return;
+    size_t fr = pq_dev_free_bytes(), reserve = fr / 10 + ((size_t)1 << 30);
+    t->checkpoint = !(fr > reserve && pq_trainer_bytes(&t->m->cfg, t->lora, N, 0) <= fr - reserve);
+}
+
 static void bufs_reserve(PqTrainer *t, int N) {
     if (N <= t->cap) return;
     bufs_free(t);
+    choose_checkpoint(t, N);
     const PqConfig *c = &t->m->cfg;
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
     int na = t->checkpoint ? 1 : c->L;
@@ -72,7 +99,8 @@ PqTrainer *pq_trainer_build(const PqModel *m, PqLora *lora, int checkpoint, floa
     PqTrainer *t = pq_xcalloc(1, sizeof *t);
     t->m = m;
     t->lora = lora;
-    t->checkpoint = checkpoint;
+    t->checkpoint = checkpoint != PQ_CKPT_OFF;
+    t->checkpoint_auto = checkpoint == PQ_CKPT_AUTO;
     t->dropout = dropout;
     t->share_prompt = 1;
     t->grads = pq_dev_alloc((lora->n_params ? lora->n_params : 1) * sizeof(float));

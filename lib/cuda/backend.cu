@@ -45,6 +45,12 @@ extern "C" int pq_ops_set_device(int n) {
     return 0;
 }
 
+extern "C" size_t pq_dev_free_bytes(void) {
+    ensure_device();
+    size_t fr, tot;
+    return cudaMemGetInfo(&fr, &tot) == cudaSuccess ? fr : 0;
+}
+
 extern "C" size_t pq_dev_peak_bytes(void) {
     note_usage();
     return mem_peak;

@@ -6,7 +6,7 @@
 // --what ops times each operation of one layer at the same batch instead
 // (the breakdown that says where a forward's or a step's time goes).
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
-//            [--no-checkpoint] [--peak-tflops 989] [--device N] [--what logp|dpo|both|ops]
+//            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N] [--what logp|dpo|both|ops]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,7 +270,7 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--no-checkpoint] "
+        fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--checkpoint auto|on|off] "
                         "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops]\n");
         return 2;
     }
@@ -286,7 +286,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--peak-tflops")) peak = atof(v), i++;
         else if (!strcmp(a, "--device")) dev = atoi(v), i++;
         else if (!strcmp(a, "--what")) what = v, i++;
-        else if (!strcmp(a, "--no-checkpoint")) ckpt = 0;
+        else if (!strcmp(a, "--no-checkpoint")) ckpt = PQ_CKPT_OFF;
+        else if (!strcmp(a, "--checkpoint"))
+            ckpt = !strcmp(v, "auto") ? PQ_CKPT_AUTO : !strcmp(v, "off") ? PQ_CKPT_OFF : PQ_CKPT_ON, i++;
         else {
             fprintf(stderr, "bench-7b: unknown option %s\n", a);
             return 2;
@@ -383,13 +385,19 @@ int main(int argc, char **argv) {
         }
         dt /= iters;
         if (!isfinite(loss)) rc = 1;
-        printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s, %.3f s per step "
+        printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s%s, %.3f s per step "
                "(clipping and AdamW included), %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, loss %.4f, "
                "peak device memory %.1f GB\n",
-               np, T, r, ckpt ? "activation checkpointing" : "all activations kept", dt, Nd / dt,
+               np, T, r, tr->checkpoint ? "activation checkpointing" : "all activations kept",
+               ckpt == PQ_CKPT_AUTO ? " (auto)" : "", dt, Nd / dt,
                flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), loss, pq_dev_peak_bytes() / 1e9);
         printf("RESULT dpo_tokens_per_s %.0f\nRESULT dpo_mfu %.3f\nRESULT dpo_peak_gb %.1f\n", Nd / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
+        // the trainer's own buffers for these tokens (no shared prompt counted), either way
+        printf("dpo: trainer buffers for %d tokens: %.1f GB with checkpointing, %.1f GB without (weights apart)\n", Nd,
+               pq_trainer_bytes(c, lora, Nd, 1) / 1e9, pq_trainer_bytes(c, lora, Nd, 0) / 1e9);
+        printf("RESULT dpo_checkpoint %d\nRESULT dpo_buffers_ckpt_gb %.1f\nRESULT dpo_buffers_nockpt_gb %.1f\n",
+               tr->checkpoint, pq_trainer_bytes(c, lora, Nd, 1) / 1e9, pq_trainer_bytes(c, lora, Nd, 0) / 1e9);
         for (int k = 0; k < np; k++) pq_train_pair_free(&pairs[k]);
         free(pairs), free(pp), free(hp);
         pq_adamw_free(&opt);
