@@ -23,6 +23,11 @@ void pq_dev_upload(void *dst, const void *src, size_t bytes) { memcpy(dst, src, 
 void pq_dev_download(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 void pq_dev_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 PqWeight pq_dev_weight(PqWeight w) { return w; }
+void pq_dev_weights(PqWeight *w, int n) { (void)w, (void)n; }
+void pq_linear_group_forward(float *const *out, const float *inp, const PqWeight *w, const float *const *bias, int n,
+                             int N, int C) {
+    for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+}
 void pq_dev_weight_free(PqWeight *w) { (void)w; }
 
 void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C) {

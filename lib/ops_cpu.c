@@ -177,6 +177,11 @@ void pq_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
     }
 }
 
+void pq_cpu_linear_group_forward(float *const *out, const float *inp, const PqWeight *w, const float *const *bias,
+                                 int n, int N, int C) {
+    for (int t = 0; t < n; t++) pq_cpu_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+}
+
 void pq_cpu_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight, int N,
                                      int C, float eps) {
 #pragma omp parallel for num_threads(pq_cpu_threads())

@@ -144,12 +144,10 @@ static uint64_t drop_key(uint64_t seed, int l, int j) {
 
 static int dropping(const PqTrainer *t) { return t->dropout > 0 && t->drop_seed != 0; }
 
-// out (N,OC) = x W^T + b + scale * (drop(x) A^T) B^T, keeping xa.
-static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
-    const PqLayerW *w = &t->m->layers[l];
+// out (N,OC) += scale * (drop(x) A^T) B^T of linear j, keeping xa (nothing where j is not adapted).
+static void lora_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
-    pq_linear_forward(out, x, &w->w[j], w->b[j], N, in, oc);
     const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
     if (!ab->A) return;
     const float *xd = x;
@@ -160,13 +158,29 @@ static void lin_forward(const PqTrainer *t, int l, int j, float *out, const floa
     pq_lora_forward(out, xa, xd, ab->A, ab->B, t->lora->scale, N, in, oc, t->lora->r);
 }
 
-// dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
-static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
-                         float *scr, float *scr2, int N) {
+// out (N,OC) = x W^T + b + scale * (drop(x) A^T) B^T, keeping xa.
+static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
     const PqLayerW *w = &t->m->layers[l];
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
-    pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
+    pq_linear_forward(out, x, &w->w[j], w->b[j], N, in, oc);
+    lora_forward(t, l, j, out, x, xa, scr, N);
+}
+
+// q, k, v from a->ln1: one product where the weights are joined (pq_dev_weights), then each LoRA term.
+static void qkv_forward(const PqTrainer *t, int l, PqLayerActs *a, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    float *out[3] = {a->q, a->k, a->v};
+    const float *bias[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
+    pq_linear_group_forward(out, a->ln1, &w->w[PQ_Q], bias, 3, N, t->m->cfg.C);
+    for (int j = PQ_Q; j <= PQ_V; j++) lora_forward(t, l, j, out[j - PQ_Q], a->ln1, a->lora_xa[j], a->tmp, N);
+}
+
+// dx (N,in) += d/dx of lora_forward given dout (N,OC); LoRA grads +=.
+static void lora_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                          float *scr, float *scr2, int N) {
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
     const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
     if (!ab->A) return;
     const PqLoraAB *g = &t->gab[l * PQ_NLIN + j];
@@ -185,15 +199,23 @@ static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dou
     pq_residual_forward(dx, scr, n);
 }
 
+// dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
+static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                         float *scr, float *scr2, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
+    pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
+    lora_backward(t, l, j, dx, dout, x, xa, scr, scr2, N);
+}
+
 // One block: xin (N,C) -> xout (N,C), activations into a.
 static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, PqLayerActs *a, int N) {
     const PqConfig *c = &t->m->cfg;
     const PqLayerW *w = &t->m->layers[l];
     int C = c->C, QD = c->NH * c->HS;
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, xin, w->ln1, N, C, c->eps);
-    lin_forward(t, l, PQ_Q, a->q, a->ln1, a->lora_xa[PQ_Q], a->tmp, N);
-    lin_forward(t, l, PQ_K, a->k, a->ln1, a->lora_xa[PQ_K], a->tmp, N);
-    lin_forward(t, l, PQ_V, a->v, a->ln1, a->lora_xa[PQ_V], a->tmp, N);
+    qkv_forward(t, l, a, N);
     pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
     if (t->ka0)
@@ -296,9 +318,9 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
         pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
         pq_dev_zero(dh, NC * sizeof(float));
-        lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->lora_xa[PQ_Q], s1, s3, N);
-        lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->lora_xa[PQ_K], s1, s3, N);
-        lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->lora_xa[PQ_V], s1, s3, N);
+        const float *dqkv[3] = {t->dq, t->dk, t->dv}; // q, k, v's input gradient as one product
+        pq_linear_group_backward(dh, dqkv, &w->w[PQ_Q], 3, N, C);
+        for (int j = PQ_Q; j <= PQ_V; j++) lora_backward(t, l, j, dh, dqkv[j - PQ_Q], a->ln1, a->lora_xa[j], s1, s3, N);
         pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->ln1_rstd, N, C); // dx = d xin
     }
 }

@@ -92,10 +92,17 @@ static PqModel *random_model(const char *config, PqErr *e) {
         PqLayerW *L = &m->layers[l];
         L->ln1 = const_vec(c->C, 1.0f);
         L->ln2 = const_vec(c->C, 1.0f);
+        // q, k, v in one allocation, one after another, as pq_dev_weights places them (one product)
+        int qd = c->NH * c->HS, kd = c->KVH * c->HS;
+        PqWeight qkv = rand_weight(qd + 2 * kd, c->C);
+        const char *base = qkv.data;
+        L->w[PQ_Q] = (PqWeight){base, PQ_BF16, qd, c->C};
+        L->w[PQ_K] = (PqWeight){base + (size_t)qd * c->C * 2, PQ_BF16, kd, c->C};
+        L->w[PQ_V] = (PqWeight){base + (size_t)(qd + kd) * c->C * 2, PQ_BF16, kd, c->C};
         for (int j = 0; j < PQ_NLIN; j++) {
             int in, out;
             pq_lin_shape(c, j, &in, &out);
-            L->w[j] = rand_weight(out, in);
+            if (j > PQ_V) L->w[j] = rand_weight(out, in);
             if ((j <= PQ_V && c->qkv_bias) || (j == PQ_O && c->o_bias)) L->b[j] = const_vec(out, 0.0f);
         }
     }
@@ -113,7 +120,10 @@ static void random_model_free(PqModel *m) {
     for (int l = 0; l < c->L; l++) {
         PqLayerW *L = &m->layers[l];
         pq_dev_free((void *)L->ln1), pq_dev_free((void *)L->ln2);
-        for (int j = 0; j < PQ_NLIN; j++) pq_dev_weight_free(&L->w[j]), pq_dev_free((void *)L->b[j]);
+        for (int j = 0; j < PQ_NLIN; j++) { // k and v live in q's allocation
+            if (j != PQ_K && j != PQ_V) pq_dev_weight_free(&L->w[j]);
+            pq_dev_free((void *)L->b[j]);
+        }
     }
     if (!c->tie) pq_dev_weight_free(&m->lm_head);
     pq_dev_weight_free(&m->wte);
@@ -195,6 +205,7 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     printf("ops of one layer at %d tokens (%d records) on the %s backend, bf16 weights:\n", N, N / (hpos[N - 1] + 1),
            pq_ops_backend());
     double ms, lin_fwd = 0, lin_bwd = 0, lora_fwd = 0, lora_bwd = 0, other_fwd = 0, other_bwd = 0;
+    double qkv_fwd = 0, qkv_bwd = 0; // q, k, v one by one (the model runs them as one product, timed below)
     for (int j = 0; j < PQ_NLIN; j++) {
         int in, oc;
         pq_lin_shape(c, j, &in, &oc);
@@ -203,9 +214,11 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         snprintf(name, sizeof name, "linear_forward %s (%dx%d)", pq_lin_modules[j], oc, in);
         TIME_OP(&ms, name, f, pq_linear_forward(y, x, &w->w[j], w->b[j], N, in, oc));
         lin_fwd += ms;
+        if (j <= PQ_V) qkv_fwd += ms;
         snprintf(name, sizeof name, "linear_backward %s (dinp)", pq_lin_modules[j]);
         TIME_OP(&ms, name, f, pq_linear_backward(y, x, &w->w[j], N, in, oc));
         lin_bwd += ms;
+        if (j <= PQ_V) qkv_bwd += ms;
         snprintf(name, sizeof name, "lora_forward %s r=%d", pq_lin_modules[j], r);
         TIME_OP(&ms, name, 2.0 * N * r * (in + oc), pq_lora_forward(y, xa, x, A, B, 2.0f, N, in, oc, r));
         lora_fwd += ms;
@@ -215,6 +228,16 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         snprintf(name, sizeof name, "dropout_forward (%d x %d)", N, in);
         TIME_OP(&ms, name, 0, pq_dropout_forward(y, x, 0.05f, 99, (size_t)N * in));
         lora_fwd += ms, lora_bwd += 2 * ms; // recomputed in the backward, and applied to the gradient
+    }
+    { // q, k, v as the model runs them: one product on the joined weights, split (with the biases)
+        float *outs[3] = {q, k, v};
+        const float *bs[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]}, *douts[3] = {q, k, v};
+        double f = 2.0 * N * C * (QD + 2.0 * KD);
+        TIME_OP(&ms, "linear_group_forward q,k,v (one product)", f,
+                pq_linear_group_forward(outs, x, &w->w[PQ_Q], bs, 3, N, C));
+        lin_fwd += ms - qkv_fwd;
+        TIME_OP(&ms, "linear_group_backward q,k,v (dinp)", f, pq_linear_group_backward(y, douts, &w->w[PQ_Q], 3, N, C));
+        lin_bwd += ms - qkv_bwd;
     }
     double af = 0; // causal attention FLOPs of the forward over the records
     for (int i = 0; i < N; i++) af += 4.0 * (hpos[i] + 1) * NH * HS;
@@ -236,8 +259,14 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     other_fwd += ms;
     TIME_OP(&ms, "swiglu_backward", 0, pq_swiglu_backward(z, u, x, y, x, N, H));
     other_bwd += ms;
-    TIME_OP(&ms, "residual_forward x2", 0, (pq_residual_forward(x, y, (size_t)N * C), pq_residual_forward(x, y, (size_t)N * C)));
+    // the model's one residual add alone and the other fused with the second norm
+    TIME_OP(&ms, "residual_forward", 0, pq_residual_forward(x, y, (size_t)N * C));
     other_fwd += ms;
+    double rr;
+    TIME_OP(&rr, "residual_rmsnorm_forward", 0, pq_residual_rmsnorm_forward(z, rstd, x, y, w->ln2, N, C, c->eps));
+    TIME_OP(&ms, "rmsnorm_forward (one; the other is the one above)", 0,
+            pq_rmsnorm_forward(y, rstd, x, w->ln1, N, C, c->eps));
+    other_fwd += rr - ms;
     double head_f = 2.0 * M * c->V * C, head_fwd, head_bwd;
     TIME_OP(&head_fwd, "logp_forward (LM head, half the rows)", head_f,
             pq_logp_forward(lp, llse, x, &m->lm_head, tg, M, C, c->V));

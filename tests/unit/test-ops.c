@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "ops_grad.h"
 #include "st_write.h"
 #include "util.h"
 
@@ -89,6 +90,43 @@ static void test_linear(PqDtype t, int N, int C, int OC, int bias) {
     for (int c = 0; c < C; c++) want[c] = wv[(size_t)(OC - 1) * C + c];
     close_to("weight_row", row, want, (size_t)C, 0);
     free(row), free(x), free(wv), free(b), free(store), free(out), free(want);
+}
+
+// q, k, v as one group (linear_group_forward / _backward) against double references, one weight without bias
+static void test_linear_group(void) {
+    int N = 9, C = 24, oc[3] = {16, 8, 8};
+    float *x = rnd((size_t)N * C, 1), *dy[3], *wv[3], *b[3], *out[3];
+    void *store[3];
+    PqWeight w[3];
+    for (int t = 0; t < 3; t++) {
+        wv[t] = rnd((size_t)oc[t] * C, 0.5f), b[t] = t == 1 ? NULL : rnd(oc[t], 1);
+        w[t] = weight(PQ_F32, oc[t], C, wv[t], &store[t]);
+        out[t] = rnd((size_t)N * oc[t], 100), dy[t] = rnd((size_t)N * oc[t], 1);
+    }
+    float *dx = rnd((size_t)N * C, 1);
+    double *wdx = pq_xmalloc((size_t)N * C * sizeof *wdx);
+    for (size_t e = 0; e < (size_t)N * C; e++) wdx[e] = dx[e];
+    pq_cpu_linear_group_forward(out, x, w, (const float *const *)b, 3, N, C);
+    const float *dyc[3] = {dy[0], dy[1], dy[2]};
+    pq_cpu_linear_group_backward(dx, dyc, w, 3, N, C);
+    char what[64];
+    for (int t = 0; t < 3; t++) {
+        double *want = pq_xmalloc((size_t)N * oc[t] * sizeof *want);
+        for (int i = 0; i < N; i++)
+            for (int o = 0; o < oc[t]; o++) {
+                double s = b[t] ? b[t][o] : 0;
+                for (int c = 0; c < C; c++) s += (double)x[(size_t)i * C + c] * wv[t][(size_t)o * C + c];
+                want[(size_t)i * oc[t] + o] = s;
+                for (int c = 0; c < C; c++)
+                    wdx[(size_t)i * C + c] += (double)dy[t][(size_t)i * oc[t] + o] * wv[t][(size_t)o * C + c];
+            }
+        snprintf(what, sizeof what, "linear_group_forward output %d%s", t, b[t] ? " +bias" : "");
+        close_to(what, out[t], want, (size_t)N * oc[t], 1e-5);
+        free(want);
+    }
+    close_to("linear_group_backward dinp += sum", dx, wdx, (size_t)N * C, 1e-5);
+    for (int t = 0; t < 3; t++) free(wv[t]), free(b[t]), free(store[t]), free(out[t]), free(dy[t]);
+    free(x), free(dx), free(wdx);
 }
 
 static void test_lora(int N, int C, int OC, int r) {
@@ -281,6 +319,7 @@ int main(void) {
         test_lora(9, 20, 13, 4);
         test_rmsnorm(6, 50);
         test_residual_rmsnorm(7, 130);
+        test_linear_group();
         test_rope(60, 3, 16);
         int l1[] = {5}, l2[] = {70, 3, 140, 1}, l3[] = {100, 30};
         test_attention(l1, 1, 2, 2, 8, 0);
