@@ -93,6 +93,8 @@ int pq_attn_plan_build(PqAttnPlan *p, const int32_t *pos, const int32_t *a0, con
     return 0;
 }
 
+int pq_attn_plan_bucket(int s) { return s <= 64 ? 64 : (s + 127) / 128 * 128; }
+
 int pq_attn_plan_sees(const PqAttnPlan *p, int i, int j) {
     const PqAttnCall *c = &p->causal;
     int b = p->cb[i];

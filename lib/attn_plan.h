@@ -45,6 +45,9 @@ typedef struct PqAttnPlan {
 int pq_attn_plan_build(PqAttnPlan *p, const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0,
                        int N, int window, char *err, size_t errsz);
 void pq_attn_plan_free(PqAttnPlan *p);
+// A call's padded length for s rows: rounded up (64, then multiples of 128)
+// so that batches of similar records reuse one cuDNN plan.
+int pq_attn_plan_bucket(int s);
 // Whether the plan's calls let row i see key j (the tests hold it against
 // ops.h's rule).
 int pq_attn_plan_sees(const PqAttnPlan *p, int i, int j);

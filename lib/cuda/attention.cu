@@ -654,9 +654,6 @@ static void sd_fallback(const char *why) {
     fprintf(stderr, "pq: cuDNN attention not used (%s): tensor-core attention instead (said once)\n", why);
 }
 
-// Padded lengths are rounded up so that a run of batches of similar records reuses cuDNN's plans.
-static int sd_bucket(int s) { return s <= 64 ? 64 : (s + 127) / 128 * 128; }
-
 // A plan and its device copy: the two calls' descriptions and the row maps.
 struct SdPlan {
     PqAttnPlan p;
@@ -721,7 +718,7 @@ static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int
         PqSdpaCall *s = out[t];
         memset(s, 0, sizeof *s);
         s->B = c->B, s->NH = NH, s->KVH = KVH, s->HS = HS;
-        s->smax_q = sd_bucket(c->smax_q), s->smax_k = sd_bucket(c->smax_k);
+        s->smax_q = pq_attn_plan_bucket(c->smax_q), s->smax_k = pq_attn_plan_bucket(c->smax_k);
         s->causal = t == 0, s->left_bound = t == 0 ? p->left_bound : 0;
         s->scale = 1.0f / sqrtf((float)HS);
         s->off_q = d64, s->off_k = d64 + c->B + 1, s->seq_q = d32, s->seq_k = d32 + c->B;

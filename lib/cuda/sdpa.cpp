@@ -11,6 +11,10 @@
 
 #ifndef PQ_HAVE_CUDNN_FE
 
+extern "C" int pq_sdpa_validate(const PqSdpaCall *, int, char *err, size_t errsz) {
+    snprintf(err, errsz, "built without the cudnn-frontend headers (scripts/setup installs them)");
+    return -1;
+}
 extern "C" int pq_sdpa_forward(const PqSdpaCall *, void *, float *, const void *, const void *, const void *,
                                char *err, size_t errsz) {
     snprintf(err, errsz, "built without the cudnn-frontend headers (scripts/setup installs them)");
@@ -129,14 +133,11 @@ template <typename A> void masks(A &a, const PqSdpaCall *c, const T &sq, const T
     }
 }
 
-// The plan of a call's shape: built and kept, or nullptr with the reason in err.
-Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
-    Key key(bwd, c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS, c->causal, c->left_bound, c->scale);
-    auto it = plans.find(key);
-    if (it != plans.end()) return it->second.g ? &it->second : nullptr;
-    if (plans.size() >= 256) plans.clear(); // shapes are bucketed by the caller: rarely reached
-    Plan p;
+// The graph of a call (forward or backward), not yet lowered to cuDNN; sm > 0: for that GPU
+// generation instead of the current device's (validation without a device).
+std::shared_ptr<fe::graph::Graph> graph_of(const PqSdpaCall *c, int bwd, int sm = 0) {
     auto g = std::make_shared<fe::graph::Graph>();
+    if (sm > 0) g->set_sm_version(sm).set_sm_count(132);
     g->set_io_data_type(fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
@@ -181,6 +182,18 @@ Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
         dk->set_output(true);
         dv->set_output(true);
     }
+    return g;
+}
+
+// The plan of a call's shape: built and kept, or nullptr with the reason in err.
+Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
+    Key key(bwd, c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS, c->causal, c->left_bound, c->scale);
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second.g ? &it->second : nullptr;
+    if (plans.size() >= 256) plans.clear(); // shapes are bucketed by the caller: rarely reached
+    Plan p;
+    int B = c->B;
+    auto g = graph_of(c, bwd);
     fe::error_t e = g->validate();
     if (e.is_good()) e = g->build_operation_graph(handle);
     if (e.is_good()) e = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
@@ -238,6 +251,26 @@ int run(const PqSdpaCall *c, int bwd, std::unordered_map<int64_t, void *> &pack,
 }
 
 } // namespace
+
+extern "C" int pq_sdpa_validate(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
+    *err = 0;
+    if (!fe::cudnn_dlhandle && !(fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_GLOBAL))) {
+        snprintf(err, errsz, "cuDNN not found");
+        return -1;
+    }
+    try {
+        auto g = graph_of(c, bwd, 90); // as on an H100/H200, without asking a device
+        fe::error_t e = g->validate();
+        if (!e.is_good()) {
+            snprintf(err, errsz, "%s", e.get_message().c_str());
+            return -1;
+        }
+    } catch (std::exception &e) {
+        snprintf(err, errsz, "%s", e.what());
+        return -1;
+    }
+    return 0;
+}
 
 extern "C" int pq_sdpa_forward(const PqSdpaCall *c, void *o, float *stats, const void *q, const void *k,
                                const void *v, char *err, size_t errsz) {

@@ -27,6 +27,10 @@ typedef struct PqSdpaCall {
     const int64_t *off_q, *off_k; // device (B + 1), element offsets of each segment's first row
 } PqSdpaCall;
 
+// Whether cuDNN's front end accepts the call's graph (bwd: the backward's),
+// before any device is involved: 0, or -1 with the reason (a check that
+// needs no GPU).
+int pq_sdpa_validate(const PqSdpaCall *c, int bwd, char *err, size_t errsz);
 // 0, or -1 with the reason in err (cuDNN absent, or it refuses the shape);
 // nothing is written then.
 int pq_sdpa_forward(const PqSdpaCall *c, void *o, float *stats, const void *q, const void *k, const void *v,
