@@ -687,31 +687,35 @@ static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int
         sd_fallback(err);
         return false;
     }
-    // metadata: offsets (int64) of both calls, then lengths and row maps (int32)
+    // metadata, each array at a multiple of 256 bytes (cuDNN's tensors want aligned addresses): per call
+    // the offsets of Q's and K's segments (int64, B + 1) and their lengths (int32, B); then the row maps
     const PqAttnPlan *p = &sp->p;
-    int B1 = p->causal.B, B2 = p->cross.B;
-    size_t n64 = 2 * (size_t)(B1 + 1) + 2 * (size_t)(B2 + 1), n32 = 2 * (size_t)B1 + 2 * (size_t)B2 + 5 * (size_t)N;
-    size_t mbytes = n64 * 8 + n32 * 4;
-    char *m = (char *)pq_xmalloc(mbytes);
-    int64_t *o64 = (int64_t *)m;
-    int32_t *o32 = (int32_t *)(m + n64 * 8);
     const PqAttnCall *calls[2] = {&p->causal, &p->cross};
+    size_t at = 0, o_q[2], o_k[2], o_sq[2], o_sk[2];
+    auto place = [&at](size_t bytes) {
+        size_t a = at;
+        at += (bytes + 255) & ~(size_t)255;
+        return a;
+    };
+    for (int t = 0; t < 2; t++) {
+        size_t B = (size_t)calls[t]->B;
+        o_q[t] = place((B + 1) * 8), o_k[t] = place((B + 1) * 8), o_sq[t] = place(B * 4), o_sk[t] = place(B * 4);
+    }
+    size_t o_rows = place(5 * (size_t)N * 4), mbytes = at;
+    char *m = (char *)pq_xcalloc(1, mbytes);
     size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
     for (int t = 0; t < 2; t++) {
         const PqAttnCall *c = calls[t];
-        int64_t *oq = o64, *ok = o64 + c->B + 1;
+        int64_t *oq = (int64_t *)(m + o_q[t]), *ok = (int64_t *)(m + o_k[t]);
         for (int b = 0; b < c->B; b++) oq[b] = (int64_t)c->q0[b] * qs, ok[b] = (int64_t)c->k0[b] * ks;
         oq[c->B] = (int64_t)N * qs, ok[c->B] = (int64_t)N * ks;
-        memcpy(o32, c->sq, (size_t)c->B * 4);
-        memcpy(o32 + c->B, c->sk, (size_t)c->B * 4);
-        o64 += 2 * (c->B + 1), o32 += 2 * c->B;
+        memcpy(m + o_sq[t], c->sq, (size_t)c->B * 4);
+        memcpy(m + o_sk[t], c->sk, (size_t)c->B * 4);
     }
-    memcpy(o32, p->cb, 5 * (size_t)N * 4); // cb, cs, xb, xs, kx are one allocation, in this order
+    memcpy(m + o_rows, p->cb, 5 * (size_t)N * 4); // cb, cs, xb, xs, kx are one allocation, in this order
     char *d = (char *)sd_scratch(SD_META, mbytes);
     pq_dev_upload(d, m, mbytes);
     free(m);
-    const int64_t *d64 = (const int64_t *)d;
-    const int32_t *d32 = (const int32_t *)(d + n64 * 8);
     PqSdpaCall *out[2] = {&sp->c1, &sp->c2};
     for (int t = 0; t < 2; t++) {
         const PqAttnCall *c = calls[t];
@@ -721,10 +725,11 @@ static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int
         s->smax_q = pq_attn_plan_bucket(c->smax_q), s->smax_k = pq_attn_plan_bucket(c->smax_k);
         s->causal = t == 0, s->left_bound = t == 0 ? p->left_bound : 0;
         s->scale = 1.0f / sqrtf((float)HS);
-        s->off_q = d64, s->off_k = d64 + c->B + 1, s->seq_q = d32, s->seq_k = d32 + c->B;
-        d64 += 2 * (c->B + 1), d32 += 2 * c->B;
+        s->off_q = (const int64_t *)(d + o_q[t]), s->off_k = (const int64_t *)(d + o_k[t]);
+        s->seq_q = (const int32_t *)(d + o_sq[t]), s->seq_k = (const int32_t *)(d + o_sk[t]);
     }
-    sp->r.cb = d32, sp->r.cs = d32 + N, sp->r.xb = d32 + 2 * N, sp->r.xs = d32 + 3 * N, sp->r.kx = d32 + 4 * N;
+    const int32_t *rows = (const int32_t *)(d + o_rows);
+    sp->r.cb = rows, sp->r.cs = rows + N, sp->r.xb = rows + 2 * N, sp->r.xs = rows + 3 * N, sp->r.kx = rows + 4 * N;
     sp->r.smax1 = sp->c1.smax_q, sp->r.smax2 = sp->c2.smax_q;
     return true;
 }
