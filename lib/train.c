@@ -51,12 +51,21 @@ size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkp
     return 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
 }
 
+static size_t weight_bytes(const PqWeight *w) { return (size_t)w->rows * w->cols * pq_dtype_size(w->dtype); }
+
 // With checkpoint_auto: every layer's activations are kept when all the
 // buffers for N tokens fit in the free memory, less a reserve for the
-// backend's own workspaces (a tenth and 1 GiB); else one layer's.
+// backend's own workspaces (a tenth and 1 GiB) and, on the CPU, the mapped
+// weights (the page cache that MemAvailable counts holds them); else one layer's.
 static void choose_checkpoint(PqTrainer *t, int N) {
     if (!t->checkpoint_auto) return;
     size_t fr = pq_dev_free_bytes(), reserve = fr / 10 + ((size_t)1 << 30);
+    if (!strcmp(pq_ops_backend(), "cpu")) {
+        const PqModel *m = t->m;
+        reserve += weight_bytes(&m->wte) + (m->cfg.tie ? 0 : weight_bytes(&m->lm_head));
+        for (int l = 0; l < m->cfg.L; l++)
+            for (int j = 0; j < PQ_NLIN; j++) reserve += weight_bytes(&m->layers[l].w[j]);
+    }
     t->checkpoint = !(fr > reserve && pq_trainer_bytes(&t->m->cfg, t->lora, N, 0) <= fr - reserve);
 }
 
