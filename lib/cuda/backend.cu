@@ -6,6 +6,10 @@
 #include <math.h>
 #include <string.h>
 
+#include <cublasLt.h>
+#include <map>
+#include <tuple>
+
 #include "common.cuh"
 
 extern "C" {
@@ -220,6 +224,83 @@ static const void *to_dtype(int slot, const float *inp, size_t n, PqDtype adt, f
     return o;
 }
 
+// ---- cuBLASLt: bf16/f16 products with a workspace and the heuristic's algorithm ----
+
+#define LT_WORKSPACE ((size_t)32 << 20)
+struct LtPlan {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    bool ok; // false: no algorithm for this shape (cublasGemmEx serves it)
+};
+typedef std::tuple<int, int, int, int, int, int, int, int, int, int> LtKey; // ta tb M N K lda ldb ldc dt beta0
+static std::map<LtKey, LtPlan> lt_plans;
+static cublasLtHandle_t lt;
+static void *lt_ws;
+static int lt_state; // 0 not decided, 1 on, -1 off (PQ_GEMM=cublas, or cuBLASLt failed)
+
+// The plan of a product's shape, made once: descriptors and the heuristic's first algorithm.
+static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, int lda, int ldb, int ldc,
+                       cudaDataType dt, bool beta0) {
+    LtKey key(ta, tb, M, N, K, lda, ldb, ldc, (int)dt, beta0);
+    auto it = lt_plans.find(key);
+    if (it != lt_plans.end()) return &it->second;
+    LtPlan p;
+    memset(&p, 0, sizeof p);
+    CUBLAS(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.a, dt, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M, lda));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.b, dt, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K, ldb));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, M, N, ldc));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = LT_WORKSPACE;
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    uint32_t align = 16; // lt_gemm passes only 16-byte aligned pointers
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align, sizeof align));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align, sizeof align));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align, sizeof align));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align, sizeof align));
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    p.ok = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n) == CUBLAS_STATUS_SUCCESS &&
+           n > 0;
+    if (p.ok) p.algo = res.algo;
+    cublasLtMatmulPreferenceDestroy(pref);
+    return &(lt_plans[key] = p);
+}
+
+// C = alpha op(A) op(B) + beta C through cuBLASLt; false (nothing done) where it is off, has no
+// algorithm for the shape, or a pointer is not 16-byte aligned (cublasGemmEx serves those).
+static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
+                    const void *B, cudaDataType dt, int lda, int ldb, float beta, float *C, int ldc) {
+    if (lt_state == 0) {
+        const char *g = getenv("PQ_GEMM");
+        lt_state = g && !strcmp(g, "cublas") ? -1 : 1;
+        if (lt_state > 0) {
+            ensure_device();
+            CUBLAS(cublasLtCreate(&lt));
+            lt_ws = pq_dev_alloc(LT_WORKSPACE);
+        }
+    }
+    if (lt_state < 0 || (((uintptr_t)A | (uintptr_t)B | (uintptr_t)C) & 15)) return false;
+    LtPlan *p = lt_plan(ta, tb, M, N, K, lda, ldb, ldc, dt, beta == 0.0f);
+    if (!p->ok) return false;
+    cublasStatus_t st = cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, &p->algo, lt_ws,
+                                       LT_WORKSPACE, 0);
+    if (st != CUBLAS_STATUS_SUCCESS) { // not expected: said once; this shape goes to cublasGemmEx from now on
+        static bool said;
+        if (!said)
+            fprintf(stderr, "pq: cuBLASLt product %dx%dx%d failed (%s): cublasGemmEx for it (said once)\n", M, N, K,
+                    cublasGetStatusString(st));
+        said = true;
+        p->ok = false;
+        return false;
+    }
+    return true;
+}
+
 // col-major C (M,N) = alpha op(A) op(B) + beta C, A and B both of dtype adt
 static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
                      const void *B, PqDtype adt, int lda, int ldb, float beta, float *C, int ldc) {
@@ -230,6 +311,7 @@ static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, i
         return;
     }
     cudaDataType dt = adt == PQ_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    if (lt_gemm(ta, tb, M, N, K, alpha, A, B, dt, lda, ldb, beta, C, ldc)) return;
     CUBLAS(cublasGemmEx(h, ta, tb, M, N, K, &alpha, A, dt, lda, B, dt, ldb, &beta, C, CUDA_R_32F, ldc,
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }

@@ -280,6 +280,7 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     // a forward as pq-logp runs it: products and the rest per layer, then the LM head
     double base = lin_fwd + other_fwd, logp_ms = c->L * base + head_fwd;
     double flops = 2 * P * c->L * N + af * c->L + head_f;
+    printf("RESULT ops_linear_fwd_ms %.3f\nRESULT ops_linear_bwd_ms %.3f\n", lin_fwd, lin_bwd);
     printf("ops: per layer forward %.3f ms: linear products %.0f%%, attention and elementwise %.0f%%; "
            "LoRA + dropout add %.3f ms\n",
            base, 100 * lin_fwd / base, 100 * other_fwd / base, lora_fwd);
