@@ -344,10 +344,11 @@ static void lin(const PqModel *m, int l, int j, float *out, const float *inp, in
     lin_lora(m, l, j, out, inp, N, a);
 }
 
-// q, k, v from ln1 as one product (the weights joined at load), each then with its own LoRA term
-static void lin_qkv(const PqModel *m, int l, int N, PqLayerActs *a) {
+// q (into qo), k (into ko), v from ln1 as one product (the weights joined at load), each then with its own
+// LoRA term
+static void lin_qkv(const PqModel *m, int l, float *qo, float *ko, int N, PqLayerActs *a) {
     const PqLayerW *w = &m->layers[l];
-    float *out[3] = {a->q, a->k, a->v};
+    float *out[3] = {qo, ko, a->v};
     const float *bias[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
     pq_linear_group_forward(out, a->ln1, &w->w[PQ_Q], bias, 3, N, m->cfg.C);
     for (int j = PQ_Q; j <= PQ_V; j++) lin_lora(m, l, j, out[j - PQ_Q], a->ln1, N, a);
@@ -359,7 +360,7 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     size_t nc = (size_t)N * c->C;
     pq_dev_copy(a->x_in, x, nc * 4);
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, x, w->ln1, N, c->C, c->eps);
-    lin_qkv(m, l, N, a);
+    lin_qkv(m, l, a->q, a->k, N, a);
     pq_rope_forward(a->q, pos, m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, pos, m->inv_freq, N, c->KVH, c->HS);
     pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, c->window);

@@ -176,10 +176,11 @@ static void lin_forward(const PqTrainer *t, int l, int j, float *out, const floa
     lora_forward(t, l, j, out, x, xa, scr, N);
 }
 
-// q, k, v from a->ln1: one product where the weights are joined (pq_dev_weights), then each LoRA term.
-static void qkv_forward(const PqTrainer *t, int l, PqLayerActs *a, int N) {
+// q (into qo), k (into ko), v from a->ln1: one product where the weights are joined (pq_dev_weights),
+// then each LoRA term.
+static void qkv_forward(const PqTrainer *t, int l, float *qo, float *ko, PqLayerActs *a, int N) {
     const PqLayerW *w = &t->m->layers[l];
-    float *out[3] = {a->q, a->k, a->v};
+    float *out[3] = {qo, ko, a->v};
     const float *bias[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
     pq_linear_group_forward(out, a->ln1, &w->w[PQ_Q], bias, 3, N, t->m->cfg.C);
     for (int j = PQ_Q; j <= PQ_V; j++) lora_forward(t, l, j, out[j - PQ_Q], a->ln1, a->lora_xa[j], a->tmp, N);
@@ -224,7 +225,7 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
     const PqLayerW *w = &t->m->layers[l];
     int C = c->C, QD = c->NH * c->HS;
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, xin, w->ln1, N, C, c->eps);
-    qkv_forward(t, l, a, N);
+    qkv_forward(t, l, a->q, a->k, a, N);
     pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
     pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
     if (t->ka0)
