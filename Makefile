@@ -21,6 +21,7 @@ NVCC    ?= /usr/local/cuda/bin/nvcc
 # H100/H200 code, and PTX that later GPUs (and A100s) compile at load time
 CUDA_ARCHS ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
 PKGS    := libcjson libcurl libpcre2-8 libutf8proc openblas
+CUDNN_FE ?= .deps/cudnn-frontend/include
 
 # Build flavours live in their own directories so a sanitizer build never
 # mixes objects with a release one.
@@ -43,6 +44,7 @@ LDFLAGS  := -fopenmp $(filter -fsanitize=%,$(OPT))
 
 LIB_SRC  := $(wildcard lib/*.c)
 CU_SRC   := $(wildcard lib/cuda/*.cu)
+CUCXX_SRC := $(wildcard lib/cuda/*.cpp)
 TOOL_SRC := $(wildcard tools/*.c)
 TEST_SRC := $(wildcard tests/unit/*.c)
 
@@ -56,12 +58,20 @@ ifneq ($(CUDA),1)
   LDLIBS  += -ldnnl
 endif
 ifeq ($(CUDA),1)
-  LIB_OBJ := $(filter-out $(CPU_ONLY:%=$(B)/lib/%.o),$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o)
-  LDLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++
+  LIB_OBJ := $(filter-out $(CPU_ONLY:%=$(B)/lib/%.o),$(LIB_OBJ)) $(CU_SRC:%.cu=$(B)/%.o) $(CUCXX_SRC:%.cpp=$(B)/%.o)
+  LDLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++ -ldl
   NVFLAGS := -O3 -std=c++17 -Ilib -I/usr/local/cuda/include $(CUDA_ARCHS) $(NVEXTRA) \
              -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter \
              -Werror all-warnings
   CFLAGS  += -I/usr/local/cuda/include
+  # cuDNN's fused attention (lib/cuda/sdpa.cpp) through the header-only
+  # cudnn-frontend (MIT) that scripts/setup installs under .deps/; without
+  # it the file compiles to stubs and attention uses the tensor-core path.
+  # libcudnn itself is opened at run time (dlopen), never linked.
+  CXXFLAGS := -std=c++17 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -Ilib -I/usr/local/cuda/include
+  ifneq ($(wildcard $(CUDNN_FE)/cudnn_frontend.h),)
+    CXXFLAGS += -DPQ_HAVE_CUDNN_FE -DNV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING -isystem $(CUDNN_FE)
+  endif
 endif
 # GPU parity tests (tests/gpu/*.c): CUDA builds only, run by scripts/gpu-check.
 GPU_TEST_SRC := $(wildcard tests/gpu/*.c)
@@ -90,6 +100,10 @@ $(B)/%.o: %.cu $(wildcard lib/*.h lib/cuda/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
+$(B)/%.o: %.cpp $(wildcard lib/*.h lib/cuda/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
 $(LIBA): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
@@ -110,11 +124,18 @@ $(B)/gpu-tests/%: $(B)/tests/gpu/%.o $(LIBA)
 # whole front end and its warnings, for sm_90, with device optimisation off
 # (-G): optimising the f32 attention kernels takes nvcc over 4 of make
 # check's minutes and checks nothing more. Its own directory, so make CUDA=1
-# never reuses these objects. Skipped where nvcc is missing.
+# never reuses these objects. Skipped where nvcc is missing. Then the cuDNN
+# attention graphs are validated by cudnn-frontend (no GPU needed;
+# tests/gpu/sdpa-graphs.c) where its headers are installed.
 cuda-build:
 	@if [ -x "$(NVCC)" ] || command -v "$(NVCC)" >/dev/null 2>&1; then \
 	  $(MAKE) CUDA=1 B=build/cuda-check CUDA_ARCHS="-gencode arch=compute_90,code=sm_90" NVEXTRA=-G \
-	    tools-and-tests cuda-gpu-tests; \
+	    tools-and-tests cuda-gpu-tests || exit 1; \
+	  if [ -f "$(CUDNN_FE)/cudnn_frontend.h" ]; then \
+	    build/cuda-check/gpu-tests/sdpa-graphs >build/cuda-check/sdpa-graphs.log 2>&1 || \
+	      { cat build/cuda-check/sdpa-graphs.log; exit 1; }; \
+	    echo "cuda-build: cuDNN attention graphs: $$(tail -n 1 build/cuda-check/sdpa-graphs.log)"; \
+	  else echo "cuda-build: cuDNN attention graphs not checked (no $(CUDNN_FE): scripts/setup)"; fi; \
 	else echo "cuda-build: skipped ($(NVCC) not found)"; fi
 
 cuda-gpu-tests: $(GPU_TESTS)

@@ -23,6 +23,11 @@ void pq_dev_upload(void *dst, const void *src, size_t bytes) { memcpy(dst, src, 
 void pq_dev_download(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 void pq_dev_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 PqWeight pq_dev_weight(PqWeight w) { return w; }
+void pq_dev_weights(PqWeight *w, int n) { (void)w, (void)n; }
+void pq_linear_group_forward(float *const *out, const float *inp, const PqWeight *w, const float *const *bias, int n,
+                             int N, int C) {
+    for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+}
 void pq_dev_weight_free(PqWeight *w) { (void)w; }
 
 void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C) {
@@ -30,6 +35,10 @@ void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, i
 }
 void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps) {
     pq_cpu_rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+}
+void pq_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight, int N, int C,
+                                 float eps) {
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, weight, N, C, eps);
 }
 void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C, int OC) {
     pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);

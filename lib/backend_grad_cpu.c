@@ -9,6 +9,9 @@ void pq_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const
 void pq_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
     pq_cpu_linear_backward(dinp, dout, weight, N, C, OC);
 }
+void pq_linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N, int C) {
+    for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
+}
 void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
                       const float *xa, const float *A, const float *B, float scale, int N, int C, int OC, int r) {
     pq_cpu_lora_backward(dinp, dA, dB, dxa, dout, inp, xa, A, B, scale, N, C, OC, r);

@@ -307,8 +307,10 @@ PqModel *pq_model_load(const char *dir, PqErr *e) {
     pq_ops_set_attention_dtype(c->dtype);
     m->wte = pq_dev_weight(m->wte);
     m->lm_head = c->tie ? m->wte : pq_dev_weight(m->lm_head);
-    for (int l = 0; l < c->L; l++)
-        for (int j = 0; j < PQ_NLIN; j++) m->layers[l].w[j] = pq_dev_weight(m->layers[l].w[j]);
+    for (int l = 0; l < c->L; l++) {
+        pq_dev_weights(&m->layers[l].w[PQ_Q], 3); // q, k, v together: one product (linear_group_forward)
+        for (int j = PQ_O; j < PQ_NLIN; j++) m->layers[l].w[j] = pq_dev_weight(m->layers[l].w[j]);
+    }
     float *f = pq_xmalloc((size_t)(c->HS / 2) * sizeof *f);
     rope_freqs(c, f);
     m->inv_freq = pq_dev_alloc((size_t)(c->HS / 2) * sizeof *f);
@@ -390,16 +392,33 @@ void pq_layer_acts_free(PqLayerActs *a) {
     free(a);
 }
 
+// out (N,out_j) += the LoRA term of linear j, where it is adapted
+static void lin_lora(const PqModel *m, int l, int j, float *out, const float *inp, int N, PqLayerActs *a) {
+    int in, oc;
+    pq_lin_shape(&m->cfg, j, &in, &oc);
+    const PqLora *lo = m->lora;
+    if (lo && lo->ab[l * PQ_NLIN + j].A && a->lora_xa[j])
+        pq_lora_forward(out, a->lora_xa[j], inp, lo->ab[l * PQ_NLIN + j].A, lo->ab[l * PQ_NLIN + j].B, lo->scale, N,
+                        in, oc, lo->r);
+}
+
 // out (N,out_j) = inp (N,in_j) W_j^T + b_j (+ the LoRA term)
 static void lin(const PqModel *m, int l, int j, float *out, const float *inp, int N, PqLayerActs *a) {
     int in, oc;
     pq_lin_shape(&m->cfg, j, &in, &oc);
     const PqLayerW *w = &m->layers[l];
     pq_linear_forward(out, inp, &w->w[j], w->b[j], N, in, oc);
-    const PqLora *lo = m->lora;
-    if (lo && lo->ab[l * PQ_NLIN + j].A && a->lora_xa[j])
-        pq_lora_forward(out, a->lora_xa[j], inp, lo->ab[l * PQ_NLIN + j].A, lo->ab[l * PQ_NLIN + j].B, lo->scale, N,
-                        in, oc, lo->r);
+    lin_lora(m, l, j, out, inp, N, a);
+}
+
+// q (into qo), k (into ko), v from ln1 as one product (the weights joined at load), each then with its own
+// LoRA term
+static void lin_qkv(const PqModel *m, int l, float *qo, float *ko, int N, PqLayerActs *a) {
+    const PqLayerW *w = &m->layers[l];
+    float *out[3] = {qo, ko, a->v};
+    const float *bias[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
+    pq_linear_group_forward(out, a->ln1, &w->w[PQ_Q], bias, 3, N, m->cfg.C);
+    for (int j = PQ_Q; j <= PQ_V; j++) lin_lora(m, l, j, out[j - PQ_Q], a->ln1, N, a);
 }
 
 void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *pos, int N, PqLayerActs *a) {
@@ -408,9 +427,7 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     size_t nc = (size_t)N * c->C;
     pq_dev_copy(a->x_in, x, nc * 4);
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, x, w->ln1, N, c->C, c->eps);
-    lin(m, l, PQ_Q, c->qk_norm ? a->q_raw : a->q, a->ln1, N, a);
-    lin(m, l, PQ_K, c->qk_norm ? a->k_raw : a->k, a->ln1, N, a);
-    lin(m, l, PQ_V, a->v, a->ln1, N, a);
+    lin_qkv(m, l, c->qk_norm ? a->q_raw : a->q, c->qk_norm ? a->k_raw : a->k, N, a);
     if (c->qk_norm) { // Qwen3: the rows of the norm are the heads
         pq_rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * c->NH, c->HS, c->eps);
         pq_rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * c->KVH, c->HS, c->eps);
@@ -419,9 +436,8 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     pq_rope_forward(a->k, pos, m->inv_freq, N, c->KVH, c->HS);
     pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
     lin(m, l, PQ_O, a->tmp, a->att, N, a);
-    pq_residual_forward(x, a->tmp, nc);
+    pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, x, a->tmp, w->ln2, N, c->C, c->eps);
     pq_dev_copy(a->x_mid, x, nc * 4);
-    pq_rmsnorm_forward(a->ln2, a->ln2_rstd, x, w->ln2, N, c->C, c->eps);
     lin(m, l, PQ_GATE, a->gate, a->ln2, N, a);
     lin(m, l, PQ_UP, a->up, a->ln2, N, a);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);

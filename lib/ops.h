@@ -54,6 +54,11 @@ void pq_dev_copy(void *dst, const void *src, size_t bytes); // device to device
 // CUDA backend copies it to the device. Free with pq_dev_weight_free.
 PqWeight pq_dev_weight(PqWeight w);
 void pq_dev_weight_free(PqWeight *w);
+// n weights of one dtype and column count (a block's q, k, v) as the backend
+// uses them, in place: the CUDA backend copies them into one allocation, one
+// after another, so that linear_group_* runs them as one product (each still
+// freed with pq_dev_weight_free); the CPU leaves them as they are.
+void pq_dev_weights(PqWeight *w, int n);
 
 // ---- forward operations ----
 #define PQ_OPS_DECLARE(P)                                                                                      \
@@ -62,9 +67,18 @@ void pq_dev_weight_free(PqWeight *w);
     /* inp (N,C), weight (C) -> out (N,C), rstd (N) (may be NULL; kept for backward) */                        \
     void P##rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,       \
                             float eps);                                                                        \
+    /* the residual add and the norm after it in one pass: x (N,C) += y (N,C), then out (N,C), rstd (N)        \
+       (may be NULL) = rmsnorm_forward of the new x */                                                         \
+    void P##residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight,  \
+                                     int N, int C, float eps);                                                 \
     /* inp (N,C), weight (OC,C), bias (OC) or NULL -> out (N,OC) = inp weight^T + bias */                      \
     void P##linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,     \
                            int C, int OC);                                                                     \
+    /* several linear layers on one input (a block's q, k, v), t < n <= 4: inp (N,C), w[t] (OC_t,C),           \
+       bias[t] (OC_t) or NULL -> out[t] (N,OC_t) = inp w[t]^T + bias[t]; one product where pq_dev_weights     \
+       placed the weights together */                                                                        \
+    void P##linear_group_forward(float *const *out, const float *inp, const PqWeight *w,                      \
+                                 const float *const *bias, int n, int N, int C);                              \
     /* LoRA: inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T (kept for backward),                          \
        out (N,OC) += scale * xa B^T */                                                                         \
     void P##lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale, \
@@ -113,5 +127,8 @@ void pq_ops_set_attention_dtype(PqDtype t);
 // Peak memory so far: device memory in use (CUDA), the process's peak
 // resident set (CPU), in bytes.
 size_t pq_dev_peak_bytes(void);
+// Memory free for more buffers now: the device's free memory (CUDA), the
+// system's MemAvailable (CPU), in bytes (0 when unknown).
+size_t pq_dev_free_bytes(void);
 
 #endif

@@ -177,6 +177,28 @@ void pq_cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
     }
 }
 
+void pq_cpu_linear_group_forward(float *const *out, const float *inp, const PqWeight *w, const float *const *bias,
+                                 int n, int N, int C) {
+    for (int t = 0; t < n; t++) pq_cpu_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+}
+
+void pq_cpu_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight, int N,
+                                     int C, float eps) {
+#pragma omp parallel for num_threads(pq_cpu_threads())
+    for (int i = 0; i < N; i++) {
+        float *xi = x + (size_t)i * C, *o = out + (size_t)i * C;
+        const float *yi = y + (size_t)i * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) {
+            xi[c] += yi[c];
+            ss += (double)xi[c] * xi[c];
+        }
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        for (int c = 0; c < C; c++) o[c] = xi[c] * r * weight[c];
+        if (rstd) rstd[i] = r;
+    }
+}
+
 // Splits rows into tiles of at most TILE rows, a multiple of the thread count
 // (so threads get equal work), each a multiple of 16 rows.
 static int tile_rows(int rows) {

@@ -14,6 +14,9 @@
                              const float *rstd, int N, int C);                                                 \
     /* dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight (the weight and bias are frozen) */             \
     void P##linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC);     \
+    /* linear_group_forward's backward: dout[t] (N,OC_t) -> dinp (N,C) += sum_t dout[t] w[t] */               \
+    void P##linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N,     \
+                                  int C);                                                                      \
     /* LoRA: dout (N,OC), inp (N,C), xa (N,r) = inp A^T, A (r,C), B (OC,r) ->                                  \
        dA (r,C) +=, dB (OC,r) +=, dinp (N,C) += (skipped when NULL); dxa (N,r) scratch */                      \
     void P##lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,  \

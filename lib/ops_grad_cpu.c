@@ -65,6 +65,10 @@ static void weight_rows(const PqWeight *w, int r0, int n, float *buf) {
 enum { ROW_CHUNK = 512 };
 
 // dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight
+void pq_cpu_linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N, int C) {
+    for (int t = 0; t < n; t++) pq_cpu_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
+}
+
 void pq_cpu_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
     if (pq_cpu_bf16_linear_backward(dinp, dout, weight, N, C, OC) == 0) return;
     if (weight->dtype == PQ_F32) {

@@ -34,9 +34,45 @@ static void bufs_free(PqTrainer *t) {
     t->cap = 0;
 }
 
+// What pq_layer_acts_build (model.c) allocates for N tokens, in bytes.
+static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
+    size_t QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, big = c->C > c->H ? c->C : c->H;
+    size_t fl = 4 * (size_t)c->C + 2 + 2 * QD + 2 * KD + c->NH + 3 * (size_t)c->H + big;
+    if (lora)
+        for (int j = 0; j < PQ_NLIN; j++)
+            if (lora->targets >> j & 1) fl += (size_t)lora->r;
+    return 4 * N * fl;
+}
+
+size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint) {
+    size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
+    size_t fl = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + 4 + (size_t)c->C + 3 * W + QD + 2 * KD +
+                (size_t)(lora && lora->r > 0 ? lora->r : 1) + 2 * (size_t)c->H;
+    return 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
+}
+
+static size_t weight_bytes(const PqWeight *w) { return (size_t)w->rows * w->cols * pq_dtype_size(w->dtype); }
+
+// With checkpoint_auto: every layer's activations are kept when all the
+// buffers for N tokens fit in the free memory, less a reserve for the
+// backend's own workspaces (a tenth and 1 GiB) and, on the CPU, the mapped
+// weights (the page cache that MemAvailable counts holds them); else one layer's.
+static void choose_checkpoint(PqTrainer *t, int N) {
+    if (!t->checkpoint_auto) return;
+    size_t fr = pq_dev_free_bytes(), reserve = fr / 10 + ((size_t)1 << 30);
+    if (!strcmp(pq_ops_backend(), "cpu")) {
+        const PqModel *m = t->m;
+        reserve += weight_bytes(&m->wte) + (m->cfg.tie ? 0 : weight_bytes(&m->lm_head));
+        for (int l = 0; l < m->cfg.L; l++)
+            for (int j = 0; j < PQ_NLIN; j++) reserve += weight_bytes(&m->layers[l].w[j]);
+    }
+    t->checkpoint = !(fr > reserve && pq_trainer_bytes(&t->m->cfg, t->lora, N, 0) <= fr - reserve);
+}
+
 static void bufs_reserve(PqTrainer *t, int N) {
     if (N <= t->cap) return;
     bufs_free(t);
+    choose_checkpoint(t, N);
     const PqConfig *c = &t->m->cfg;
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
     int na = t->checkpoint ? 1 : c->L;
@@ -72,7 +108,8 @@ PqTrainer *pq_trainer_build(const PqModel *m, PqLora *lora, int checkpoint, floa
     PqTrainer *t = pq_xcalloc(1, sizeof *t);
     t->m = m;
     t->lora = lora;
-    t->checkpoint = checkpoint;
+    t->checkpoint = checkpoint != PQ_CKPT_OFF;
+    t->checkpoint_auto = checkpoint == PQ_CKPT_AUTO;
     t->dropout = dropout;
     t->share_prompt = 1;
     t->grads = pq_dev_alloc((lora->n_params ? lora->n_params : 1) * sizeof(float));
@@ -116,12 +153,10 @@ static uint64_t drop_key(uint64_t seed, int l, int j) {
 
 static int dropping(const PqTrainer *t) { return t->dropout > 0 && t->drop_seed != 0; }
 
-// out (N,OC) = x W^T + b + scale * (drop(x) A^T) B^T, keeping xa.
-static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
-    const PqLayerW *w = &t->m->layers[l];
+// out (N,OC) += scale * (drop(x) A^T) B^T of linear j, keeping xa (nothing where j is not adapted).
+static void lora_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
-    pq_linear_forward(out, x, &w->w[j], w->b[j], N, in, oc);
     const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
     if (!ab->A) return;
     const float *xd = x;
@@ -132,13 +167,30 @@ static void lin_forward(const PqTrainer *t, int l, int j, float *out, const floa
     pq_lora_forward(out, xa, xd, ab->A, ab->B, t->lora->scale, N, in, oc, t->lora->r);
 }
 
-// dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
-static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
-                         float *scr, float *scr2, int N) {
+// out (N,OC) = x W^T + b + scale * (drop(x) A^T) B^T, keeping xa.
+static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
     const PqLayerW *w = &t->m->layers[l];
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
-    pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
+    pq_linear_forward(out, x, &w->w[j], w->b[j], N, in, oc);
+    lora_forward(t, l, j, out, x, xa, scr, N);
+}
+
+// q (into qo), k (into ko), v from a->ln1: one product where the weights are joined (pq_dev_weights),
+// then each LoRA term.
+static void qkv_forward(const PqTrainer *t, int l, float *qo, float *ko, PqLayerActs *a, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    float *out[3] = {qo, ko, a->v};
+    const float *bias[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
+    pq_linear_group_forward(out, a->ln1, &w->w[PQ_Q], bias, 3, N, t->m->cfg.C);
+    for (int j = PQ_Q; j <= PQ_V; j++) lora_forward(t, l, j, out[j - PQ_Q], a->ln1, a->lora_xa[j], a->tmp, N);
+}
+
+// dx (N,in) += d/dx of lora_forward given dout (N,OC); LoRA grads +=.
+static void lora_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                          float *scr, float *scr2, int N) {
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
     const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
     if (!ab->A) return;
     const PqLoraAB *g = &t->gab[l * PQ_NLIN + j];
@@ -157,15 +209,23 @@ static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dou
     pq_residual_forward(dx, scr, n);
 }
 
+// dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
+static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                         float *scr, float *scr2, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
+    pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
+    lora_backward(t, l, j, dx, dout, x, xa, scr, scr2, N);
+}
+
 // One block: xin (N,C) -> xout (N,C), activations into a.
 static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, PqLayerActs *a, int N) {
     const PqConfig *c = &t->m->cfg;
     const PqLayerW *w = &t->m->layers[l];
     int C = c->C, QD = c->NH * c->HS;
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, xin, w->ln1, N, C, c->eps);
-    lin_forward(t, l, PQ_Q, c->qk_norm ? a->q_raw : a->q, a->ln1, a->lora_xa[PQ_Q], a->tmp, N);
-    lin_forward(t, l, PQ_K, c->qk_norm ? a->k_raw : a->k, a->ln1, a->lora_xa[PQ_K], a->tmp, N);
-    lin_forward(t, l, PQ_V, a->v, a->ln1, a->lora_xa[PQ_V], a->tmp, N);
+    qkv_forward(t, l, c->qk_norm ? a->q_raw : a->q, c->qk_norm ? a->k_raw : a->k, a, N);
     if (c->qk_norm) { // Qwen3: RMSNorm over each head of q and k
         pq_rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * c->NH, c->HS, c->eps);
         pq_rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * c->KVH, c->HS, c->eps);
@@ -179,8 +239,7 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
         pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS,
                              pq_layer_window(c, l));
     lin_forward(t, l, PQ_O, a->x_mid, a->att, a->lora_xa[PQ_O], a->tmp, N);
-    pq_residual_forward(a->x_mid, xin, (size_t)N * C);
-    pq_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, w->ln2, N, C, c->eps);
+    pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, xin, w->ln2, N, C, c->eps); // x_mid += xin, normed
     lin_forward(t, l, PQ_GATE, a->gate, a->ln2, a->lora_xa[PQ_GATE], a->tmp, N);
     lin_forward(t, l, PQ_UP, a->up, a->ln2, a->lora_xa[PQ_UP], a->tmp, N);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
@@ -283,9 +342,9 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
             pq_dev_copy(t->dk, s1, nk * sizeof(float));
         }
         pq_dev_zero(dh, NC * sizeof(float));
-        lin_backward(t, l, PQ_Q, dh, t->dq, a->ln1, a->lora_xa[PQ_Q], s1, s3, N);
-        lin_backward(t, l, PQ_K, dh, t->dk, a->ln1, a->lora_xa[PQ_K], s1, s3, N);
-        lin_backward(t, l, PQ_V, dh, t->dv, a->ln1, a->lora_xa[PQ_V], s1, s3, N);
+        const float *dqkv[3] = {t->dq, t->dk, t->dv}; // q, k, v's input gradient as one product
+        pq_linear_group_backward(dh, dqkv, &w->w[PQ_Q], 3, N, C);
+        for (int j = PQ_Q; j <= PQ_V; j++) lora_backward(t, l, j, dh, dqkv[j - PQ_Q], a->ln1, a->lora_xa[j], s1, s3, N);
         pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->ln1_rstd, N, C); // dx = d xin
     }
 }

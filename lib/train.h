@@ -17,7 +17,9 @@ typedef struct PqTrainer {
     PqLora *lora;      // trained in place (not owned)
     float *grads;      // (lora->n_params) gradients, same layout as lora->params
     PqLoraAB *gab;     // [L * PQ_NLIN] pointers into grads
-    int checkpoint;    // 1: keep only layer inputs, recompute in the backward
+    int checkpoint;    // 1: keep only layer inputs, recompute in the backward (the current choice)
+    int checkpoint_auto; // choose at each growth of the buffers: keep every layer's activations when
+                         // they fit in the free memory (pq_dev_free_bytes), else checkpoint
     float dropout;     // LoRA dropout on the adapter's input (PEFT's lora_dropout)
     int share_prompt;  // 1 (default): a pair's common prompt goes through the model once (where the
                        // backend has attention2)
@@ -40,8 +42,13 @@ typedef struct PqTrainer {
     float *dq, *dk, *dv, *dxa, *dgate, *dup;
 } PqTrainer;
 
-// m: the frozen base; lora: the adapter trained (with its targets and scale).
+// m: the frozen base; lora: the adapter trained (with its targets and scale);
+// checkpoint: PQ_CKPT_ON, _OFF or _AUTO.
+enum { PQ_CKPT_OFF = 0, PQ_CKPT_ON = 1, PQ_CKPT_AUTO = -1 };
 PqTrainer *pq_trainer_build(const PqModel *m, PqLora *lora, int checkpoint, float dropout);
+// Bytes of the buffers the trainer holds for a batch of N tokens, with every
+// layer's activations kept (checkpoint 0) or one layer's (1).
+size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint);
 void pq_trainer_free(PqTrainer *t);
 void pq_trainer_zero_grad(PqTrainer *t);
 

@@ -55,7 +55,8 @@ static const char usage[] =
     "      --save-every N        save the adapter every N steps (with --out)\n"
     "      --valid FILE          held-out pairs (with their own ref logps), evaluated before training,\n"
     "                            every --eval-every N steps and at the end (\"split\":\"valid\" lines)\n"
-    "      --no-checkpoint-activations  keep every layer's activations (more memory, less compute)\n"
+    "      --checkpoint WHEN     activation checkpointing: auto (default: every layer's activations kept\n"
+    "                            when they fit in free device memory, or RAM on the CPU), on, off\n"
     "      --no-share-prompt     run each pair's common prompt through the model twice, not once\n"
     "      --chat-template NAME  override the template family of tokenizer_config.json\n"
     "      --max-length N        tokens per sequence (default 4096), as pq-logp's\n"
@@ -72,8 +73,8 @@ static const char usage[] =
 enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
-    O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_TEMPLATE, O_MAXLEN,
-    O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES, O_OVERWRITE, O_NOSAVE
+    O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_CKPTWHEN,
+    O_TEMPLATE, O_MAXLEN, O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES, O_OVERWRITE, O_NOSAVE
 };
 
 static PqTool T;
@@ -82,7 +83,7 @@ static PqTool T;
 static const char *device, *devices, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
 static int overwrite, no_save;
-static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = 1, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
+static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = PQ_CKPT_AUTO, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
 static double lora_alpha = 16, lora_dropout = 0.05, lr = 5e-6, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, wd = 0,
               warmup_ratio = 0, max_grad_norm = 1.0;
 static long warmup_steps = -1, max_steps = 0, train_pairs = 0, stop_after = 0, save_every = 0, eval_every = 0;
@@ -442,6 +443,7 @@ static void train_step(const long *idx, int n) {
     pq_json_add_float(o, "tokens_per_s", dt > 0 ? tokens / dt : 0);
     pq_json_add_float(o, "peak_mem_mb", pq_peak_rss_kb() / 1024.0);
     if (strcmp(pq_ops_backend(), "cpu")) pq_json_add_float(o, "peak_device_mem_mb", pq_dev_peak_bytes() / 1048576.0);
+    cJSON_AddBoolToObject(o, "checkpoint", tr->checkpoint);
     if (dist.world > 1) cJSON_AddNumberToObject(o, "world_size", dist.world);
     if (dist.rank == 0) pq_tool_emit(&T, o);
     cJSON_Delete(o);
@@ -658,8 +660,9 @@ int main(int argc, char **argv) {
         {"save-every", required_argument, 0, O_SAVEEVERY},
         {"valid", required_argument, 0, O_VALID},
         {"eval-every", required_argument, 0, O_EVALEVERY},
-        {"checkpoint-activations", no_argument, 0, O_CKPT},
-        {"no-checkpoint-activations", no_argument, 0, O_NOCKPT},
+        {"checkpoint", required_argument, 0, O_CKPTWHEN},
+        {"checkpoint-activations", no_argument, 0, O_CKPT}, // = --checkpoint on (older name)
+        {"no-checkpoint-activations", no_argument, 0, O_NOCKPT}, // = --checkpoint off
         {"chat-template", required_argument, 0, O_TEMPLATE},
         {"max-length", required_argument, 0, O_MAXLEN},
         {"truncate", required_argument, 0, O_TRUNC},
@@ -726,8 +729,14 @@ int main(int argc, char **argv) {
         case O_SAVEEVERY: save_every = parse_int("--save-every", optarg, 1); break;
         case O_VALID: valid_path = optarg; break;
         case O_EVALEVERY: eval_every = parse_int("--eval-every", optarg, 1); break;
-        case O_CKPT: checkpoint = 1; break;
-        case O_NOCKPT: checkpoint = 0; break;
+        case O_CKPT: checkpoint = PQ_CKPT_ON; break;
+        case O_NOCKPT: checkpoint = PQ_CKPT_OFF; break;
+        case O_CKPTWHEN:
+            if (!strcmp(optarg, "auto")) checkpoint = PQ_CKPT_AUTO;
+            else if (!strcmp(optarg, "on")) checkpoint = PQ_CKPT_ON;
+            else if (!strcmp(optarg, "off")) checkpoint = PQ_CKPT_OFF;
+            else pq_tool_usage_error(&T, "--checkpoint: %s is not auto, on or off", optarg);
+            break;
         case O_TEMPLATE: template_name = optarg; break;
         case O_MAXLEN: max_len = (int)parse_int("--max-length", optarg, 2); break;
         case O_TRUNC:

@@ -3,9 +3,13 @@
 // forward with log-sum-exp, backward recomputing the probabilities from it;
 // and its two-range form (attention2_*: a pair's responses sharing one copy
 // of their prompt), the same kernels with keys [a0[i], a1[i]) and [b0[i], i].
-// Two implementations, chosen by pq_ops_set_attention_dtype (the model's
-// weight dtype):
-// - bf16/f16 models: lib/attn_mm.c's blocked attention as batched products
+// Three implementations, chosen by pq_ops_set_attention_dtype (the model's
+// weight dtype) and PQ_ATTENTION (cudnn, mm or f32 forces one):
+// - bf16/f16 models: cuDNN's fused flash attention (lib/cuda/sdpa.cpp) on
+//   the segments of lib/attn_plan.c (bf16 inputs, f32 softmax statistics),
+//   merged and combined by the kernels below (their twins: attn_plan.c);
+//   where cuDNN is absent or refuses a shape (said once on stderr):
+// - lib/attn_mm.c's blocked attention as batched products
 //   on cuBLAS tensor cores (bf16 inputs, f32 accumulation), with the small
 //   kernels of its engine below (their twins: attn_mm.c's plain-C engine);
 // - f32 models: exact f32 kernels that never hold T x T scores: a block
@@ -26,7 +30,10 @@
 
 extern "C" {
 #include "attn_mm.h"
+#include "attn_plan.h"
+#include "util.h"
 }
+#include "sdpa.h"
 
 #define RW 8          // rows per warp
 #define NWARP 4       // warps per block
@@ -402,11 +409,17 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
 
 // ---- tensor-core attention: the engine of lib/attn_mm.c on cuBLAS ----
 
-static PqDtype attn_dtype = PQ_F32; // until a model says otherwise
+// The path of bf16/f16 models' attention: cuDNN first, then the tensor-core
+// products; f32 models: the exact kernels. PQ_ATTENTION forces one for every model.
+enum { ATT_F32, ATT_MM, ATT_CUDNN };
+static int attn_path = ATT_F32; // until a model says otherwise
 
 extern "C" void pq_ops_set_attention_dtype(PqDtype t) {
     const char *f = getenv("PQ_ATTENTION");
-    attn_dtype = f && !strcmp(f, "f32") ? PQ_F32 : t;
+    if (f && !strcmp(f, "f32")) attn_path = ATT_F32;
+    else if (f && !strcmp(f, "mm")) attn_path = ATT_MM;
+    else if (f && !strcmp(f, "cudnn")) attn_path = ATT_CUDNN;
+    else attn_path = t == PQ_F32 ? ATT_F32 : ATT_CUDNN;
 }
 
 static void amm_gemm(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, long long sA,
@@ -551,7 +564,244 @@ static const PqAttnEngine amm_engine = {2,           amm_gemm,    amm_expand, am
 extern "C" const PqAttnEngine *pq_attn_mm_cuda(void) { return &amm_engine; }
 
 // The tensor-core path serves this call: a bf16/f16 model and a head size cuBLAS tiles well.
-static bool use_mm(int HS) { return attn_dtype != PQ_F32 && HS % 8 == 0; }
+static bool use_mm(int HS) { return attn_path != ATT_F32 && HS % 8 == 0; }
+
+// ---- cuDNN's fused attention on the segments of lib/attn_plan.c ----
+
+// src (n) f32 -> dst (n) bf16
+__global__ void sd_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x < n) dst[x] = __float2bfloat16(src[x]);
+}
+static void sd_bf16(void *dst, const float *src, size_t n) {
+    sd_bf16_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__nv_bfloat16 *)dst, src, n);
+    CU_LAUNCHED();
+}
+
+// The plan's rows as the kernels read them (device): per row its causal segment and index, its cross
+// segment (-1: none) and index; per key, whether a cross segment reads it.
+struct SdRows {
+    const int32_t *cb, *cs, *xb, *xs, *kx;
+    int smax1, smax2;
+};
+
+// twin: pq_attn_plan_merge. One thread per (row, head, dim); n = N NH HS
+__global__ void sd_merge_kernel(float *out, float *lse, const __nv_bfloat16 *o1, const float *st1,
+                                const __nv_bfloat16 *o2, const float *st2, SdRows r, size_t n, int NH, int HS) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    int d = (int)(x % HS);
+    size_t ih = x / HS;
+    int h = (int)(ih % NH), i = (int)(ih / NH);
+    float l1 = st1[((size_t)r.cb[i] * NH + h) * r.smax1 + r.cs[i]];
+    if (r.xb[i] < 0 || !o2) {
+        out[x] = __bfloat162float(o1[x]);
+        if (lse && d == 0) lse[ih] = l1;
+        return;
+    }
+    float l2 = st2[((size_t)r.xb[i] * NH + h) * r.smax2 + r.xs[i]];
+    float m = fmaxf(l1, l2), l = m + logf(expf(l1 - m) + expf(l2 - m));
+    out[x] = expf(l1 - l) * __bfloat162float(o1[x]) + expf(l2 - l) * __bfloat162float(o2[x]);
+    if (lse && d == 0) lse[ih] = l;
+}
+
+// twin: pq_attn_plan_spread. One thread per (row, head); n = N NH
+__global__ void sd_spread_kernel(float *st1, float *st2, const float *lse, SdRows r, size_t n, int NH) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    int h = (int)(x % NH), i = (int)(x / NH);
+    st1[((size_t)r.cb[i] * NH + h) * r.smax1 + r.cs[i]] = lse[x];
+    if (st2 && r.xb[i] >= 0) st2[((size_t)r.xb[i] * NH + h) * r.smax2 + r.xs[i]] = lse[x];
+}
+
+// twin: pq_attn_plan_combine, one tensor: dst (N, W) = a + b on rows whose flag (N) is set (b NULL: a)
+__global__ void sd_combine_kernel(float *dst, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const int32_t *flag,
+                                  int flag_is_segment, size_t n, size_t W) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    size_t i = x / W;
+    float v = __bfloat162float(a[x]);
+    if (b && (flag_is_segment ? flag[i] >= 0 : flag[i] != 0)) v += __bfloat162float(b[x]);
+    dst[x] = v;
+}
+
+// Device scratch of the cuDNN path, grown on demand.
+enum { SD_Q, SD_K, SD_V, SD_O1, SD_O2, SD_DO, SD_DQ1, SD_DK1, SD_DV1, SD_DQ2, SD_DK2, SD_DV2, SD_ST1, SD_ST2,
+       SD_META, SD_N };
+static void *sd_slot[SD_N];
+static size_t sd_cap[SD_N];
+static void *sd_scratch(int slot, size_t bytes) {
+    if (bytes > sd_cap[slot]) {
+        pq_dev_free(sd_slot[slot]);
+        size_t cap = bytes + bytes / 4;
+        sd_slot[slot] = pq_dev_alloc(cap);
+        sd_cap[slot] = cap;
+    }
+    return sd_slot[slot];
+}
+
+static int sd_calls;                // successful cuDNN calls (parity-attn checks the path ran)
+static char sd_last_err[320] = "";  // the last reason cuDNN did not serve a call
+extern "C" int pq_attention_cudnn_calls(void) { return sd_calls; }
+extern "C" const char *pq_attention_cudnn_error(void) { return sd_last_err; }
+
+// Says once on stderr why attention falls back to the tensor-core path.
+static void sd_fallback(const char *why) {
+    static bool said;
+    snprintf(sd_last_err, sizeof sd_last_err, "%s", why);
+    if (said) return;
+    said = true;
+    fprintf(stderr, "pq: cuDNN attention not used (%s): tensor-core attention instead (said once)\n", why);
+}
+
+// A plan and its device copy: the two calls' descriptions and the row maps.
+struct SdPlan {
+    PqAttnPlan p;
+    PqSdpaCall c1, c2;
+    SdRows r;
+};
+
+// Builds the plan of this batch (pos etc. are device arrays), uploads what the calls and kernels read.
+// false (with the fallback said) when cuDNN's calls cannot express it.
+static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N,
+                    int NH, int KVH, int HS, int window) {
+    if (HS % 8 || HS > 256) {
+        char why[96];
+        snprintf(why, sizeof why, "head size %d is not a multiple of 8 up to 256", HS);
+        sd_fallback(why);
+        return false;
+    }
+    size_t bytes = (size_t)N * sizeof(int32_t);
+    int32_t *h = (int32_t *)pq_xmalloc(4 * bytes);
+    pq_dev_download(h, pos, bytes);
+    if (a0) {
+        pq_dev_download(h + N, a0, bytes);
+        pq_dev_download(h + 2 * N, a1, bytes);
+        pq_dev_download(h + 3 * N, b0, bytes);
+    }
+    char err[256];
+    int rc = pq_attn_plan_build(&sp->p, h, a0 ? h + N : NULL, a0 ? h + 2 * N : NULL, a0 ? h + 3 * N : NULL, N, window,
+                                err, sizeof err);
+    free(h);
+    if (rc) {
+        sd_fallback(err);
+        return false;
+    }
+    // metadata, each array at a multiple of 256 bytes (cuDNN's tensors want aligned addresses): per call
+    // the offsets of Q's and K's segments (int64, B + 1) and their lengths (int32, B); then the row maps
+    const PqAttnPlan *p = &sp->p;
+    const PqAttnCall *calls[2] = {&p->causal, &p->cross};
+    size_t at = 0, o_q[2], o_k[2], o_sq[2], o_sk[2];
+    auto place = [&at](size_t bytes) {
+        size_t a = at;
+        at += (bytes + 255) & ~(size_t)255;
+        return a;
+    };
+    for (int t = 0; t < 2; t++) {
+        size_t B = (size_t)calls[t]->B;
+        o_q[t] = place((B + 1) * 8), o_k[t] = place((B + 1) * 8), o_sq[t] = place(B * 4), o_sk[t] = place(B * 4);
+    }
+    size_t o_rows = place(5 * (size_t)N * 4), mbytes = at;
+    char *m = (char *)pq_xcalloc(1, mbytes);
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
+    for (int t = 0; t < 2; t++) {
+        const PqAttnCall *c = calls[t];
+        int64_t *oq = (int64_t *)(m + o_q[t]), *ok = (int64_t *)(m + o_k[t]);
+        for (int b = 0; b < c->B; b++) oq[b] = (int64_t)c->q0[b] * qs, ok[b] = (int64_t)c->k0[b] * ks;
+        oq[c->B] = (int64_t)N * qs, ok[c->B] = (int64_t)N * ks;
+        memcpy(m + o_sq[t], c->sq, (size_t)c->B * 4);
+        memcpy(m + o_sk[t], c->sk, (size_t)c->B * 4);
+    }
+    memcpy(m + o_rows, p->cb, 5 * (size_t)N * 4); // cb, cs, xb, xs, kx are one allocation, in this order
+    char *d = (char *)sd_scratch(SD_META, mbytes);
+    pq_dev_upload(d, m, mbytes);
+    free(m);
+    PqSdpaCall *out[2] = {&sp->c1, &sp->c2};
+    for (int t = 0; t < 2; t++) {
+        const PqAttnCall *c = calls[t];
+        PqSdpaCall *s = out[t];
+        memset(s, 0, sizeof *s);
+        s->B = c->B, s->NH = NH, s->KVH = KVH, s->HS = HS;
+        s->smax_q = pq_attn_plan_bucket(c->smax_q), s->smax_k = pq_attn_plan_bucket(c->smax_k);
+        s->causal = t == 0, s->left_bound = t == 0 ? p->left_bound : 0;
+        s->scale = 1.0f / sqrtf((float)HS);
+        s->off_q = (const int64_t *)(d + o_q[t]), s->off_k = (const int64_t *)(d + o_k[t]);
+        s->seq_q = (const int32_t *)(d + o_sq[t]), s->seq_k = (const int32_t *)(d + o_sk[t]);
+    }
+    const int32_t *rows = (const int32_t *)(d + o_rows);
+    sp->r.cb = rows, sp->r.cs = rows + N, sp->r.xb = rows + 2 * N, sp->r.xs = rows + 3 * N, sp->r.kx = rows + 4 * N;
+    sp->r.smax1 = sp->c1.smax_q, sp->r.smax2 = sp->c2.smax_q;
+    return true;
+}
+
+static bool sd_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                       const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
+                       int window) {
+    SdPlan sp;
+    if (!sd_plan(&sp, pos, a0, a1, b0, N, NH, KVH, HS, window)) return false;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS;
+    void *Q = sd_scratch(SD_Q, nq * 2), *K = sd_scratch(SD_K, nk * 2), *V = sd_scratch(SD_V, nk * 2);
+    sd_bf16(Q, q, nq), sd_bf16(K, k, nk), sd_bf16(V, v, nk);
+    void *O1 = sd_scratch(SD_O1, nq * 2), *O2 = NULL;
+    float *st1 = (float *)sd_scratch(SD_ST1, (size_t)sp.c1.B * NH * sp.c1.smax_q * 4), *st2 = NULL;
+    char err[320];
+    bool ok = pq_sdpa_forward(&sp.c1, O1, st1, Q, K, V, err, sizeof err) == 0;
+    if (ok && sp.c2.B) {
+        O2 = sd_scratch(SD_O2, nq * 2);
+        st2 = (float *)sd_scratch(SD_ST2, (size_t)sp.c2.B * NH * sp.c2.smax_q * 4);
+        ok = pq_sdpa_forward(&sp.c2, O2, st2, Q, K, V, err, sizeof err) == 0;
+    }
+    if (ok) {
+        sd_calls += 1 + (sp.c2.B > 0);
+        sd_merge_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS>>>(
+            out, lse, (const __nv_bfloat16 *)O1, st1, (const __nv_bfloat16 *)O2, st2, sp.r, nq, NH, HS);
+        CU_LAUNCHED();
+    } else {
+        sd_fallback(err);
+    }
+    pq_attn_plan_free(&sp.p);
+    return ok;
+}
+
+static bool sd_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
+                        const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
+    SdPlan sp;
+    if (!sd_plan(&sp, pos, a0, a1, b0, N, NH, KVH, HS, window)) return false;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    void *Q = sd_scratch(SD_Q, nq * 2), *K = sd_scratch(SD_K, nk * 2), *V = sd_scratch(SD_V, nk * 2);
+    void *O = sd_scratch(SD_O1, nq * 2), *DO = sd_scratch(SD_DO, nq * 2);
+    sd_bf16(Q, q, nq), sd_bf16(K, k, nk), sd_bf16(V, v, nk), sd_bf16(O, out, nq), sd_bf16(DO, dout, nq);
+    float *st1 = (float *)sd_scratch(SD_ST1, (size_t)sp.c1.B * NH * sp.c1.smax_q * 4), *st2 = NULL;
+    if (sp.c2.B) st2 = (float *)sd_scratch(SD_ST2, (size_t)sp.c2.B * NH * sp.c2.smax_q * 4);
+    sd_spread_kernel<<<pq_blocks(nl, PQ_EW_THREADS), PQ_EW_THREADS>>>(st1, st2, lse, sp.r, nl, NH);
+    CU_LAUNCHED();
+    void *dq1 = sd_scratch(SD_DQ1, nq * 2), *dk1 = sd_scratch(SD_DK1, nk * 2), *dv1 = sd_scratch(SD_DV1, nk * 2);
+    void *dq2 = NULL, *dk2 = NULL, *dv2 = NULL;
+    char err[320];
+    bool ok = pq_sdpa_backward(&sp.c1, dq1, dk1, dv1, Q, K, V, O, DO, st1, err, sizeof err) == 0;
+    if (ok && sp.c2.B) {
+        dq2 = sd_scratch(SD_DQ2, nq * 2), dk2 = sd_scratch(SD_DK2, nk * 2), dv2 = sd_scratch(SD_DV2, nk * 2);
+        ok = pq_sdpa_backward(&sp.c2, dq2, dk2, dv2, Q, K, V, O, DO, st2, err, sizeof err) == 0;
+    }
+    if (ok) {
+        sd_calls += 1 + (sp.c2.B > 0);
+        typedef const __nv_bfloat16 *bp;
+        sd_combine_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS>>>(dq, (bp)dq1, (bp)dq2, sp.r.xb, 1, nq,
+                                                                            (size_t)NH * HS);
+        CU_LAUNCHED();
+        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS>>>(dk, (bp)dk1, (bp)dk2, sp.r.kx, 0, nk,
+                                                                            (size_t)KVH * HS);
+        CU_LAUNCHED();
+        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS>>>(dv, (bp)dv1, (bp)dv2, sp.r.kx, 0, nk,
+                                                                            (size_t)KVH * HS);
+        CU_LAUNCHED();
+    } else {
+        sd_fallback(err);
+    }
+    pq_attn_plan_free(&sp.p);
+    return ok;
+}
 
 // Launches kernel K<NV> with dynamic shared memory smem (raising the limit
 // above the default 48 KB where needed).
@@ -590,6 +840,7 @@ static void attention_fwd(float *out, float *lse, const float *q, const float *k
                           const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
                           int window) {
     if (N <= 0) return;
+    if (attn_path == ATT_CUDNN && sd_forward(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window)) return;
     if (use_mm(HS)) {
         pq_attn_mm_forward(&amm_engine, out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
         return;
@@ -632,6 +883,9 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, co
                           const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
                           const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
     if (N <= 0) return;
+    if (attn_path == ATT_CUDNN && lse &&
+        sd_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window))
+        return;
     if (use_mm(HS)) {
         pq_attn_mm_backward(&amm_engine, dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS,
                             window);

@@ -6,6 +6,10 @@
 #include <math.h>
 #include <string.h>
 
+#include <cublasLt.h>
+#include <map>
+#include <tuple>
+
 #include "common.cuh"
 
 extern "C" {
@@ -43,6 +47,12 @@ extern "C" int pq_ops_set_device(int n) {
     dev_id = n;
     CU(cudaSetDevice(n));
     return 0;
+}
+
+extern "C" size_t pq_dev_free_bytes(void) {
+    ensure_device();
+    size_t fr, tot;
+    return cudaMemGetInfo(&fr, &tot) == cudaSuccess ? fr : 0;
 }
 
 extern "C" size_t pq_dev_peak_bytes(void) {
@@ -113,9 +123,38 @@ extern "C" PqWeight pq_dev_weight(PqWeight w) {
     w.data = d;
     return w;
 }
+// Weights that live inside another's allocation (pq_dev_weights): freed with it.
+static const void *inner[4096];
+static int n_inner;
+
 extern "C" void pq_dev_weight_free(PqWeight *w) {
+    for (int i = 0; i < n_inner; i++)
+        if (inner[i] == w->data) {
+            inner[i] = inner[--n_inner];
+            w->data = NULL;
+            return;
+        }
     pq_dev_free((void *)w->data);
     w->data = NULL;
+}
+
+extern "C" void pq_dev_weights(PqWeight *w, int n) {
+    bool same = n > 1 && n_inner + n <= (int)(sizeof inner / sizeof *inner);
+    for (int t = 1; t < n; t++) same = same && w[t].dtype == w[0].dtype && w[t].cols == w[0].cols;
+    if (!same) {
+        for (int t = 0; t < n; t++) w[t] = pq_dev_weight(w[t]);
+        return;
+    }
+    size_t total = 0;
+    for (int t = 0; t < n; t++) total += (size_t)w[t].rows * w[t].cols * pq_dtype_size(w[t].dtype);
+    char *d = (char *)pq_dev_alloc(total);
+    for (int t = 0; t < n; t++) {
+        size_t bytes = (size_t)w[t].rows * w[t].cols * pq_dtype_size(w[t].dtype);
+        pq_dev_upload(d, w[t].data, bytes);
+        w[t].data = d;
+        if (t > 0) inner[n_inner++] = d;
+        d += bytes;
+    }
 }
 
 // ---- products ----
@@ -185,6 +224,83 @@ static const void *to_dtype(int slot, const float *inp, size_t n, PqDtype adt, f
     return o;
 }
 
+// ---- cuBLASLt: bf16/f16 products with a workspace and the heuristic's algorithm ----
+
+#define LT_WORKSPACE ((size_t)32 << 20)
+struct LtPlan {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    bool ok; // false: no algorithm for this shape (cublasGemmEx serves it)
+};
+typedef std::tuple<int, int, int, int, int, int, int, int, int, int> LtKey; // ta tb M N K lda ldb ldc dt beta0
+static std::map<LtKey, LtPlan> lt_plans;
+static cublasLtHandle_t lt;
+static void *lt_ws;
+static int lt_state; // 0 not decided, 1 on, -1 off (PQ_GEMM=cublas, or cuBLASLt failed)
+
+// The plan of a product's shape, made once: descriptors and the heuristic's first algorithm.
+static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, int lda, int ldb, int ldc,
+                       cudaDataType dt, bool beta0) {
+    LtKey key(ta, tb, M, N, K, lda, ldb, ldc, (int)dt, beta0);
+    auto it = lt_plans.find(key);
+    if (it != lt_plans.end()) return &it->second;
+    LtPlan p;
+    memset(&p, 0, sizeof p);
+    CUBLAS(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.a, dt, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M, lda));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.b, dt, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K, ldb));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, M, N, ldc));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = LT_WORKSPACE;
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    uint32_t align = 16; // lt_gemm passes only 16-byte aligned pointers
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align, sizeof align));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align, sizeof align));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align, sizeof align));
+    CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align, sizeof align));
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    p.ok = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n) == CUBLAS_STATUS_SUCCESS &&
+           n > 0;
+    if (p.ok) p.algo = res.algo;
+    cublasLtMatmulPreferenceDestroy(pref);
+    return &(lt_plans[key] = p);
+}
+
+// C = alpha op(A) op(B) + beta C through cuBLASLt; false (nothing done) where it is off, has no
+// algorithm for the shape, or a pointer is not 16-byte aligned (cublasGemmEx serves those).
+static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
+                    const void *B, cudaDataType dt, int lda, int ldb, float beta, float *C, int ldc) {
+    if (lt_state == 0) {
+        const char *g = getenv("PQ_GEMM");
+        lt_state = g && !strcmp(g, "cublas") ? -1 : 1;
+        if (lt_state > 0) {
+            ensure_device();
+            CUBLAS(cublasLtCreate(&lt));
+            lt_ws = pq_dev_alloc(LT_WORKSPACE);
+        }
+    }
+    if (lt_state < 0 || (((uintptr_t)A | (uintptr_t)B | (uintptr_t)C) & 15)) return false;
+    LtPlan *p = lt_plan(ta, tb, M, N, K, lda, ldb, ldc, dt, beta == 0.0f);
+    if (!p->ok) return false;
+    cublasStatus_t st = cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, &p->algo, lt_ws,
+                                       LT_WORKSPACE, 0);
+    if (st != CUBLAS_STATUS_SUCCESS) { // not expected: said once; this shape goes to cublasGemmEx from now on
+        static bool said;
+        if (!said)
+            fprintf(stderr, "pq: cuBLASLt product %dx%dx%d failed (%s): cublasGemmEx for it (said once)\n", M, N, K,
+                    cublasGetStatusString(st));
+        said = true;
+        p->ok = false;
+        return false;
+    }
+    return true;
+}
+
 // col-major C (M,N) = alpha op(A) op(B) + beta C, A and B both of dtype adt
 static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
                      const void *B, PqDtype adt, int lda, int ldb, float beta, float *C, int ldc) {
@@ -195,6 +311,7 @@ static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, i
         return;
     }
     cudaDataType dt = adt == PQ_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    if (lt_gemm(ta, tb, M, N, K, alpha, A, B, dt, lda, ldb, beta, C, ldc)) return;
     CUBLAS(cublasGemmEx(h, ta, tb, M, N, K, &alpha, A, dt, lda, B, dt, ldb, &beta, C, CUDA_R_32F, ldc,
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
@@ -288,6 +405,31 @@ extern "C" void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, co
     CU_LAUNCHED();
 }
 
+// one block per row: x += y, then the norm of the new x (twin: pq_cpu_residual_rmsnorm_forward)
+__global__ void residual_rmsnorm_kernel(float *out, float *rstd, float *x, const float *y, const float *weight, int C,
+                                        float eps) {
+    size_t i = blockIdx.x;
+    float *xi = x + i * C, *o = out + i * C;
+    const float *yi = y + i * C;
+    float ss = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = xi[c] + yi[c];
+        xi[c] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss); // (synchronises: every x[c] of the row is written before it is read back below)
+    float r = (float)(1.0 / sqrt((double)ss / C + eps));
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = xi[c] * r * weight[c];
+    if (rstd && threadIdx.x == 0) rstd[i] = r;
+}
+
+extern "C" void pq_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight,
+                                            int N, int C, float eps) {
+    if (N <= 0) return;
+    residual_rmsnorm_kernel<<<N, 256>>>(out, rstd, x, y, weight, C, eps);
+    CU_LAUNCHED();
+}
+
 __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < (size_t)N * OC) out[idx] += bias[idx % OC];
@@ -304,6 +446,69 @@ extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *
         add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, bias, N, OC);
         CU_LAUNCHED();
     }
+}
+
+// ---- several linear layers on one input as one product ----
+
+#define GROUP_MAX 4
+struct Group {
+    float *out[GROUP_MAX];        // (N, OC_t) each (gradients of the outputs in the backward)
+    const float *bias[GROUP_MAX]; // (OC_t) or NULL
+    int off[GROUP_MAX + 1];       // column offsets in the side-by-side (N, OC) matrix
+    int n;
+};
+
+// Are the weights one after another in memory (pq_dev_weights), of one dtype and width?
+static bool group_joined(const PqWeight *w, int n) {
+    if (n < 2 || n > GROUP_MAX) return false;
+    for (int t = 1; t < n; t++) {
+        size_t prev = (size_t)w[t - 1].rows * w[t - 1].cols * pq_dtype_size(w[t - 1].dtype);
+        if (w[t].dtype != w[0].dtype || w[t].cols != w[0].cols || (const char *)w[t].data != (const char *)w[t - 1].data + prev)
+            return false;
+    }
+    return true;
+}
+
+static Group group_of(float *const *out, const float *const *bias, const PqWeight *w, int n) {
+    Group g;
+    memset(&g, 0, sizeof g);
+    g.n = n;
+    for (int t = 0; t < n; t++) {
+        g.out[t] = out[t], g.bias[t] = bias ? bias[t] : NULL;
+        g.off[t + 1] = g.off[t] + w[t].rows;
+    }
+    return g;
+}
+
+// dir 1: cat (N, OC) -> each out[t] (+ bias[t]); dir 0: each out[t] -> cat. One thread per element of cat.
+__global__ void group_split_kernel(float *cat, Group g, size_t n, int dir) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    int OC = g.off[g.n], o = (int)(x % OC);
+    size_t i = x / OC;
+    int t = 0;
+    while (o >= g.off[t + 1]) t++;
+    int w = g.off[t + 1] - g.off[t], c = o - g.off[t];
+    float *e = g.out[t] + i * w + c;
+    if (dir) *e = cat[x] + (g.bias[t] ? g.bias[t][c] : 0.0f);
+    else cat[x] = *e;
+}
+
+extern "C" void pq_linear_group_forward(float *const *out, const float *inp, const PqWeight *w,
+                                        const float *const *bias, int n, int N, int C) {
+    if (N <= 0) return;
+    if (!group_joined(w, n)) {
+        for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+        return;
+    }
+    Group g = group_of(out, bias, w, n);
+    int OC = g.off[n];
+    size_t ne = (size_t)N * OC;
+    float *cat = (float *)pq_cuda_scratch(PQ_SCR_GROUP, ne * sizeof(float));
+    pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, w[0].data, w[0].dtype, C, inp, C, N, 0.0f, cat, OC,
+                   PQ_SCR_ACT);
+    group_split_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(cat, g, ne, 1);
+    CU_LAUNCHED();
 }
 
 // inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T; out (N,OC) += scale xa B^T
@@ -476,6 +681,24 @@ extern "C" void pq_linear_backward(float *dinp, const float *dout, const PqWeigh
     if (N <= 0) return;
     pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, weight->data, weight->dtype, C, dout, OC, N, 1.0f, dinp,
                    C, PQ_SCR_ACT);
+}
+
+// dinp (N,C) += [dout_0 .. dout_n-1] (N, OC) [w_0; ..; w_n-1] (OC, C): one product when the weights are joined
+extern "C" void pq_linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N,
+                                         int C) {
+    if (N <= 0) return;
+    if (!group_joined(w, n)) {
+        for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
+        return;
+    }
+    Group g = group_of((float *const *)dout, NULL, w, n);
+    int OC = g.off[n];
+    size_t ne = (size_t)N * OC;
+    float *cat = (float *)pq_cuda_scratch(PQ_SCR_GROUP, ne * sizeof(float));
+    group_split_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(cat, g, ne, 0);
+    CU_LAUNCHED();
+    pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, w[0].data, w[0].dtype, C, cat, OC, N, 1.0f, dinp, C,
+                   PQ_SCR_ACT);
 }
 
 // dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;

@@ -6,7 +6,7 @@
 // --what ops times each operation of one layer at the same batch instead
 // (the breakdown that says where a forward's or a step's time goes).
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
-//            [--no-checkpoint] [--peak-tflops 989] [--device N] [--what logp|dpo|both|ops]
+//            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N] [--what logp|dpo|both|ops]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,10 +92,17 @@ static PqModel *random_model(const char *config, PqErr *e) {
         PqLayerW *L = &m->layers[l];
         L->ln1 = const_vec(c->C, 1.0f);
         L->ln2 = const_vec(c->C, 1.0f);
+        // q, k, v in one allocation, one after another, as pq_dev_weights places them (one product)
+        int qd = c->NH * c->HS, kd = c->KVH * c->HS;
+        PqWeight qkv = rand_weight(qd + 2 * kd, c->C);
+        const char *base = qkv.data;
+        L->w[PQ_Q] = (PqWeight){base, PQ_BF16, qd, c->C};
+        L->w[PQ_K] = (PqWeight){base + (size_t)qd * c->C * 2, PQ_BF16, kd, c->C};
+        L->w[PQ_V] = (PqWeight){base + (size_t)(qd + kd) * c->C * 2, PQ_BF16, kd, c->C};
         for (int j = 0; j < PQ_NLIN; j++) {
             int in, out;
             pq_lin_shape(c, j, &in, &out);
-            L->w[j] = rand_weight(out, in);
+            if (j > PQ_V) L->w[j] = rand_weight(out, in);
             if ((j <= PQ_V && c->qkv_bias) || (j == PQ_O && c->o_bias)) L->b[j] = const_vec(out, 0.0f);
         }
     }
@@ -113,7 +120,10 @@ static void random_model_free(PqModel *m) {
     for (int l = 0; l < c->L; l++) {
         PqLayerW *L = &m->layers[l];
         pq_dev_free((void *)L->ln1), pq_dev_free((void *)L->ln2);
-        for (int j = 0; j < PQ_NLIN; j++) pq_dev_weight_free(&L->w[j]), pq_dev_free((void *)L->b[j]);
+        for (int j = 0; j < PQ_NLIN; j++) { // k and v live in q's allocation
+            if (j != PQ_K && j != PQ_V) pq_dev_weight_free(&L->w[j]);
+            pq_dev_free((void *)L->b[j]);
+        }
     }
     if (!c->tie) pq_dev_weight_free(&m->lm_head);
     pq_dev_weight_free(&m->wte);
@@ -195,6 +205,7 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     printf("ops of one layer at %d tokens (%d records) on the %s backend, bf16 weights:\n", N, N / (hpos[N - 1] + 1),
            pq_ops_backend());
     double ms, lin_fwd = 0, lin_bwd = 0, lora_fwd = 0, lora_bwd = 0, other_fwd = 0, other_bwd = 0;
+    double qkv_fwd = 0, qkv_bwd = 0; // q, k, v one by one (the model runs them as one product, timed below)
     for (int j = 0; j < PQ_NLIN; j++) {
         int in, oc;
         pq_lin_shape(c, j, &in, &oc);
@@ -203,9 +214,11 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         snprintf(name, sizeof name, "linear_forward %s (%dx%d)", pq_lin_modules[j], oc, in);
         TIME_OP(&ms, name, f, pq_linear_forward(y, x, &w->w[j], w->b[j], N, in, oc));
         lin_fwd += ms;
+        if (j <= PQ_V) qkv_fwd += ms;
         snprintf(name, sizeof name, "linear_backward %s (dinp)", pq_lin_modules[j]);
         TIME_OP(&ms, name, f, pq_linear_backward(y, x, &w->w[j], N, in, oc));
         lin_bwd += ms;
+        if (j <= PQ_V) qkv_bwd += ms;
         snprintf(name, sizeof name, "lora_forward %s r=%d", pq_lin_modules[j], r);
         TIME_OP(&ms, name, 2.0 * N * r * (in + oc), pq_lora_forward(y, xa, x, A, B, 2.0f, N, in, oc, r));
         lora_fwd += ms;
@@ -215,6 +228,16 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         snprintf(name, sizeof name, "dropout_forward (%d x %d)", N, in);
         TIME_OP(&ms, name, 0, pq_dropout_forward(y, x, 0.05f, 99, (size_t)N * in));
         lora_fwd += ms, lora_bwd += 2 * ms; // recomputed in the backward, and applied to the gradient
+    }
+    { // q, k, v as the model runs them: one product on the joined weights, split (with the biases)
+        float *outs[3] = {q, k, v};
+        const float *bs[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]}, *douts[3] = {q, k, v};
+        double f = 2.0 * N * C * (QD + 2.0 * KD);
+        TIME_OP(&ms, "linear_group_forward q,k,v (one product)", f,
+                pq_linear_group_forward(outs, x, &w->w[PQ_Q], bs, 3, N, C));
+        lin_fwd += ms - qkv_fwd;
+        TIME_OP(&ms, "linear_group_backward q,k,v (dinp)", f, pq_linear_group_backward(y, douts, &w->w[PQ_Q], 3, N, C));
+        lin_bwd += ms - qkv_bwd;
     }
     double af = 0; // causal attention FLOPs of the forward over the records
     for (int i = 0; i < N; i++) af += 4.0 * (hpos[i] + 1) * NH * HS;
@@ -236,8 +259,14 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     other_fwd += ms;
     TIME_OP(&ms, "swiglu_backward", 0, pq_swiglu_backward(z, u, x, y, x, N, H));
     other_bwd += ms;
-    TIME_OP(&ms, "residual_forward x2", 0, (pq_residual_forward(x, y, (size_t)N * C), pq_residual_forward(x, y, (size_t)N * C)));
+    // the model's one residual add alone and the other fused with the second norm
+    TIME_OP(&ms, "residual_forward", 0, pq_residual_forward(x, y, (size_t)N * C));
     other_fwd += ms;
+    double rr;
+    TIME_OP(&rr, "residual_rmsnorm_forward", 0, pq_residual_rmsnorm_forward(z, rstd, x, y, w->ln2, N, C, c->eps));
+    TIME_OP(&ms, "rmsnorm_forward (one; the other is the one above)", 0,
+            pq_rmsnorm_forward(y, rstd, x, w->ln1, N, C, c->eps));
+    other_fwd += rr - ms;
     double head_f = 2.0 * M * c->V * C, head_fwd, head_bwd;
     TIME_OP(&head_fwd, "logp_forward (LM head, half the rows)", head_f,
             pq_logp_forward(lp, llse, x, &m->lm_head, tg, M, C, c->V));
@@ -251,6 +280,7 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     // a forward as pq-logp runs it: products and the rest per layer, then the LM head
     double base = lin_fwd + other_fwd, logp_ms = c->L * base + head_fwd;
     double flops = 2 * P * c->L * N + af * c->L + head_f;
+    printf("RESULT ops_linear_fwd_ms %.3f\nRESULT ops_linear_bwd_ms %.3f\n", lin_fwd, lin_bwd);
     printf("ops: per layer forward %.3f ms: linear products %.0f%%, attention and elementwise %.0f%%; "
            "LoRA + dropout add %.3f ms\n",
            base, 100 * lin_fwd / base, 100 * other_fwd / base, lora_fwd);
@@ -270,7 +300,7 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--no-checkpoint] "
+        fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--checkpoint auto|on|off] "
                         "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops]\n");
         return 2;
     }
@@ -286,7 +316,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--peak-tflops")) peak = atof(v), i++;
         else if (!strcmp(a, "--device")) dev = atoi(v), i++;
         else if (!strcmp(a, "--what")) what = v, i++;
-        else if (!strcmp(a, "--no-checkpoint")) ckpt = 0;
+        else if (!strcmp(a, "--no-checkpoint")) ckpt = PQ_CKPT_OFF;
+        else if (!strcmp(a, "--checkpoint"))
+            ckpt = !strcmp(v, "auto") ? PQ_CKPT_AUTO : !strcmp(v, "off") ? PQ_CKPT_OFF : PQ_CKPT_ON, i++;
         else {
             fprintf(stderr, "bench-7b: unknown option %s\n", a);
             return 2;
@@ -383,13 +415,19 @@ int main(int argc, char **argv) {
         }
         dt /= iters;
         if (!isfinite(loss)) rc = 1;
-        printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s, %.3f s per step "
+        printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s%s, %.3f s per step "
                "(clipping and AdamW included), %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, loss %.4f, "
                "peak device memory %.1f GB\n",
-               np, T, r, ckpt ? "activation checkpointing" : "all activations kept", dt, Nd / dt,
+               np, T, r, tr->checkpoint ? "activation checkpointing" : "all activations kept",
+               ckpt == PQ_CKPT_AUTO ? " (auto)" : "", dt, Nd / dt,
                flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), loss, pq_dev_peak_bytes() / 1e9);
         printf("RESULT dpo_tokens_per_s %.0f\nRESULT dpo_mfu %.3f\nRESULT dpo_peak_gb %.1f\n", Nd / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
+        // the trainer's own buffers for these tokens (no shared prompt counted), either way
+        printf("dpo: trainer buffers for %d tokens: %.1f GB with checkpointing, %.1f GB without (weights apart)\n", Nd,
+               pq_trainer_bytes(c, lora, Nd, 1) / 1e9, pq_trainer_bytes(c, lora, Nd, 0) / 1e9);
+        printf("RESULT dpo_checkpoint %d\nRESULT dpo_buffers_ckpt_gb %.1f\nRESULT dpo_buffers_nockpt_gb %.1f\n",
+               tr->checkpoint, pq_trainer_bytes(c, lora, Nd, 1) / 1e9, pq_trainer_bytes(c, lora, Nd, 0) / 1e9);
         for (int k = 0; k < np; k++) pq_train_pair_free(&pairs[k]);
         free(pairs), free(pp), free(hp);
         pq_adamw_free(&opt);

@@ -1,12 +1,15 @@
-// parity-attn.c: the tensor-core attention of bf16 models (lib/attn_mm.c on
-// the CUDA engine of lib/cuda/attention.cu) against its twins: each engine
-// kernel against the plain-C engine's (same bf16 rounding, so tight
-// tolerances), the whole forward and backward against the plain-C engine
-// and against the f32 CPU oracle (ops_cpu.c), on packed records, GQA,
-// windows, the two-range form and a Mistral-7B-shaped batch; device outputs
-// poisoned with NaN first. Last, the time of forward + backward at the 7B
-// shape on both CUDA paths (f32 kernels, tensor cores). Built only with
-// CUDA=1; run by scripts/gpu-check. Exits 1 on any mismatch.
+// parity-attn.c: the attention of bf16 models on the CUDA backend against
+// its twins. The tensor-core path (lib/attn_mm.c on the CUDA engine of
+// lib/cuda/attention.cu): each engine kernel against the plain-C engine's
+// (same bf16 rounding, so tight tolerances), the whole forward and backward
+// against the plain-C engine and the f32 CPU oracle (ops_cpu.c). cuDNN's
+// fused attention (PQ_ATTENTION=cudnn: lib/attn_plan.c's calls): the whole
+// forward and backward against the f32 oracle, and whether cuDNN served
+// each batch its plan accepts (a missing libcudnn fails here). Packed
+// records, GQA, windows, the two-range form and a Mistral-7B-shaped batch;
+// device outputs poisoned with NaN first. Last, the time of the forward and
+// of forward + backward at the 7B shape on the three CUDA paths. Built only
+// with CUDA=1; run by scripts/gpu-check. Exits 1 on any mismatch.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +17,8 @@
 #include <time.h>
 
 #include "attn_mm.h"
+#include "attn_plan.h"
+#include "cuda/sdpa.h"
 #include "gpu_test.h"
 #include "ops_grad.h"
 #include "util.h"
@@ -166,8 +171,15 @@ static void kernels(const Case *c) {
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
 }
 
-// The whole forward and backward: CUDA tensor-core path vs the plain-C bf16 engine and vs the f32 oracle.
-static void whole(const Case *c) {
+// Runs the rest of the program's bf16 attention on path (PQ_ATTENTION: "mm", "cudnn", "f32").
+static void use_path(const char *path) {
+    setenv("PQ_ATTENTION", path, 1);
+    pq_ops_set_attention_dtype(PQ_BF16);
+}
+
+// The whole forward and backward on path "mm" (the CUDA tensor-core path: vs the plain-C bf16 engine and the
+// f32 oracle) or "cudnn" (vs the oracle; and cuDNN must have served it where the plan accepts the batch).
+static void whole(const Case *c, const char *path) {
     int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS, w = c->window;
     size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
     float *q = hrand(nq, 2), *k = hrand(nk, 2), *v = hrand(nk, 1), *dout = hrand(nq, 1);
@@ -188,7 +200,8 @@ static void whole(const Case *c) {
     int32_t *gpos = dev(c->pos, (size_t)N * 4), *ga0 = NULL, *ga1 = NULL, *gb0 = NULL;
     if (c->a0) ga0 = dev(c->a0, (size_t)N * 4), ga1 = dev(c->a1, (size_t)N * 4), gb0 = dev(c->b0, (size_t)N * 4);
     float *gout = dnan(nq), *glse = dnan(nl), *gdq = dnan(nq), *gdk = dnan(nk), *gdv = dnan(nk);
-    pq_ops_set_attention_dtype(PQ_BF16);
+    use_path(path);
+    int calls0 = pq_attention_cudnn_calls();
     if (c->a0) {
         pq_attention2_forward(gout, glse, gq, gk, gv, gpos, ga0, ga1, gb0, N, NH, KVH, HS, w);
         pq_attention2_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, ga0, ga1, gb0, N, NH, KVH, HS,
@@ -197,16 +210,40 @@ static void whole(const Case *c) {
         pq_attention_forward(gout, glse, gq, gk, gv, gpos, N, NH, KVH, HS, w);
         pq_attention_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, N, NH, KVH, HS, w);
     }
-    pq_ops_set_attention_dtype(PQ_F32);
+    int calls = pq_attention_cudnn_calls() - calls0;
+    use_path("f32");
+    unsetenv("PQ_ATTENTION");
     const char *what[] = {"out", "lse", "dq", "dk", "dv"};
     const float *oracle[] = {out, lse, dq, dk, dv}, *twin[] = {eo, el, edq, edk, edv};
     const float *got[] = {gout, glse, gdq, gdk, gdv};
     size_t n[] = {nq, nl, nq, nk, nk};
-    char name[128];
+    char name[160];
+    int cudnn = !strcmp(path, "cudnn");
+    if (cudnn) { // served by cuDNN exactly when the plan accepts the batch
+        PqAttnPlan p;
+        char err[200] = "";
+        int ok = pq_attn_plan_build(&p, c->pos, c->a0, c->a1, c->b0, N, w, err, sizeof err) == 0;
+        int want = ok ? 2 * (1 + (p.cross.B > 0)) : 0;
+        if (ok) pq_attn_plan_free(&p);
+        checks++;
+        if (calls == 0 && want && HS != 64 && HS != 128 && !strncmp(pq_attention_cudnn_error(), "cuDNN refuses", 13)) {
+            // head sizes other than 64 and 128 may be refused by a cuDNN version: noted, served by the fallback
+            printf("ok   %s: %s (the fallback served it)\n", c->name, pq_attention_cudnn_error());
+        } else if (calls != want) {
+            failures++;
+            printf("FAIL %s: %d cuDNN calls, want %d (%s)\n", c->name, calls, want,
+                   want ? pq_attention_cudnn_error() : err);
+        } else {
+            printf("ok   %s: cuDNN %s\n", c->name, want ? "served it" : "refused by the plan:");
+            if (!want) printf("     %s\n", err);
+        }
+    }
     for (int t = 0; t < 5; t++) {
-        snprintf(name, sizeof name, "%s: %s vs the C bf16 engine", c->name, what[t]);
-        cmp_dev(name, twin[t], got[t], n[t], 4, 5e-3);
-        snprintf(name, sizeof name, "%s: %s vs the f32 oracle", c->name, what[t]);
+        if (!cudnn) {
+            snprintf(name, sizeof name, "%s: %s vs the C bf16 engine", c->name, what[t]);
+            cmp_dev(name, twin[t], got[t], n[t], 4, 5e-3);
+        }
+        snprintf(name, sizeof name, "%s [%s]: %s vs the f32 oracle", c->name, path, what[t]);
         cmp_dev(name, oracle[t], got[t], n[t], 4, 3e-2);
     }
     float *hp[] = {q, k, v, dout, out, lse, dq, dk, dv, eo, el, edq, edk, edv};
@@ -215,8 +252,9 @@ static void whole(const Case *c) {
     for (size_t i = 0; i < sizeof dp / sizeof *dp; i++) pq_dev_free(dp[i]);
 }
 
-// ms per forward + backward of one layer's attention at case c, on the path of dtype dt
-static double timed(const Case *c, PqDtype dt, int iters) {
+// ms of the forward alone (*fwd) and of forward + backward (returned) of one layer's attention at case c, on
+// path ("f32", "mm", "cudnn")
+static double timed(const Case *c, const char *path, int iters, double *fwd) {
     int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS;
     size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
     float *hq = hrand(nq, 2), *hk = hrand(nk, 2);
@@ -224,22 +262,27 @@ static double timed(const Case *c, PqDtype dt, int iters) {
     float *out = pq_dev_alloc(nq * 4), *lse = pq_dev_alloc(nl * 4), *dq = pq_dev_alloc(nq * 4);
     float *dk = pq_dev_alloc(nk * 4), *dv = pq_dev_alloc(nk * 4);
     int32_t *pos = dev(c->pos, (size_t)N * 4);
-    pq_ops_set_attention_dtype(dt);
+    use_path(path);
     float sync;
-    double best = INFINITY;
+    double best = INFINITY, bestf = INFINITY;
     for (int it = 0; it <= iters; it++) { // the first is a warm-up
         pq_dev_download(&sync, out, 4);
         double t0 = now_s();
         pq_attention_forward(out, lse, q, k, v, pos, N, NH, KVH, HS, c->window);
+        pq_dev_download(&sync, out, 4);
+        double t1 = now_s();
         pq_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, N, NH, KVH, HS, c->window);
         pq_dev_download(&sync, dk, 4);
         double t = now_s() - t0;
         if (it > 0 && t < best) best = t;
+        if (it > 0 && t1 - t0 < bestf) bestf = t1 - t0;
     }
-    pq_ops_set_attention_dtype(PQ_F32);
+    use_path("f32");
+    unsetenv("PQ_ATTENTION");
     free(hq), free(hk);
     void *p[] = {q, k, v, dout, out, lse, dq, dk, dv, pos};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    *fwd = bestf * 1e3;
     return best * 1e3;
 }
 
@@ -258,17 +301,23 @@ int main(void) {
     };
     int nc = (int)(sizeof cs / sizeof *cs);
     for (int t = 0; t < nc; t++) kernels(&cs[t]);
-    for (int t = 0; t < nc; t++) whole(&cs[t]);
+    for (int t = 0; t < nc; t++) whole(&cs[t], "mm");
+    for (int t = 0; t < nc; t++) whole(&cs[t], "cudnn");
     // time: one Mistral-7B layer's attention, 2 x 2048 tokens
     int l8[] = {2048, 2048};
     Case big = plain("7B", l8, 2, 32, 8, 128, 4096);
-    double f32 = timed(&big, PQ_F32, 3), tc = timed(&big, PQ_BF16, 3);
-    // 7 products (forward 2, backward 5) of 2 T^2/2 HS NH flops each (causal), per record
-    double flops = 2 * 7.0 * 2048.0 * 2048.0 * 128 * 32;
+    double f32f, tcf, cdf;
+    double f32 = timed(&big, "f32", 3, &f32f), tc = timed(&big, "mm", 3, &tcf), cd = timed(&big, "cudnn", 5, &cdf);
+    // forward 2 products, backward 5, of 2 T^2/2 HS NH flops each (causal), per record
+    double flops1 = 2 * 2048.0 * 2048.0 * 128 * 32, flops = 7 * flops1, flopsf = 2 * flops1;
     printf("attention fwd+bwd, one 7B layer, 2 x 2048 tokens: f32 kernels %.2f ms, tensor cores %.2f ms "
-           "(%.1fx; %.0f TFLOP/s causal)\n",
-           f32, tc, f32 / tc, flops / (tc * 1e-3) / 1e12);
-    printf("RESULT attn_f32_ms %.3f\nRESULT attn_tc_ms %.3f\n", f32, tc);
+           "(%.0f TFLOP/s causal), cuDNN %.3f ms (%.0f TFLOP/s)\n",
+           f32, tc, flops / (tc * 1e-3) / 1e12, cd, flops / (cd * 1e-3) / 1e12);
+    printf("attention fwd alone: f32 kernels %.2f ms, tensor cores %.3f ms, cuDNN %.3f ms (%.0f TFLOP/s)\n", f32f, tcf,
+           cdf, flopsf / (cdf * 1e-3) / 1e12);
+    if (pq_attention_cudnn_error()[0]) printf("cuDNN's last refusal: %s\n", pq_attention_cudnn_error());
+    printf("RESULT attn_f32_ms %.3f\nRESULT attn_tc_ms %.3f\nRESULT attn_cudnn_ms %.3f\n", f32, tc, cd);
+    printf("RESULT attn_tc_fwd_ms %.3f\nRESULT attn_cudnn_fwd_ms %.3f\n", tcf, cdf);
     for (int t = 0; t < nc; t++) case_free(&cs[t]);
     case_free(&big);
     pq_attn_mm_cpu_free();

@@ -148,6 +148,22 @@ static void test_qk_norm(int N, int NH, int HS) {
     free(x), free(w), free(dy), free(inv), free(pos), free(y), free(rstd), free(dx);
     void *p[] = {gX, gW, gDY, gY, gR, ginv, gdx, gpos};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+// the residual add fused with the norm: the kernel against its CPU twin (x updated, out, rstd)
+static void test_residual_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = hrand(n, 2), *y = hrand(n, 2), *w = hrand(C, 1.5f), *out = hnan(n), *rstd = hnan(N);
+    float *dX = dev(x, n * 4), *dY = dev(y, n * 4), *dW = dev(w, C * 4), *gout = dnan(n), *grstd = dnan(N);
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, w, N, C, 1e-5f);
+    pq_residual_rmsnorm_forward(gout, grstd, dX, dY, dW, N, C, 1e-5f);
+    char name[64];
+    snprintf(name, sizeof name, "residual_rmsnorm x += y C=%d", C);
+    cmp(name, x, dX, n, 0);
+    snprintf(name, sizeof name, "residual_rmsnorm out C=%d", C);
+    cmp(name, out, gout, n, 1e-5);
+    snprintf(name, sizeof name, "residual_rmsnorm rstd C=%d", C);
+    cmp(name, rstd, grstd, N, 1e-5);
+    free(x), free(y), free(w), free(out), free(rstd);
+    pq_dev_free(dX), pq_dev_free(dY), pq_dev_free(dW), pq_dev_free(gout), pq_dev_free(grstd);
 }
 
 static void test_linear(PqDtype dt, int bias) {
@@ -169,6 +185,43 @@ static void test_linear(PqDtype dt, int bias) {
     pq_dev_weight_free(&dw);
     free((void *)hw.data), free(x), free(b), free(dy), free(out), free(dx);
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
+}
+
+// q, k, v as one group: the joined weights (pq_dev_weights: one product, split with the biases) and weights
+// uploaded one by one (three products) against the CPU twins, forward and backward
+static void test_linear_group(PqDtype dt, int bias, int joined) {
+    int N = 133, C = 256, oc[3] = {320, 64, 64};
+    PqWeight hw[3], dw[3];
+    float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3], *gout[3], *dy[3], *gdy[3];
+    for (int t = 0; t < 3; t++) {
+        hw[t] = dw[t] = hweight(oc[t], C, dt, 0.1f, NULL);
+        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
+        out[t] = hnan((size_t)N * oc[t]), gout[t] = dnan((size_t)N * oc[t]);
+        dy[t] = hrand((size_t)N * oc[t], 1), gdy[t] = dev(dy[t], (size_t)N * oc[t] * 4);
+    }
+    if (joined) pq_dev_weights(dw, 3);
+    else
+        for (int t = 0; t < 3; t++) dw[t] = pq_dev_weight(hw[t]);
+    float *x = hrand((size_t)N * C, 1), *dx = hrand((size_t)N * C, 1);
+    float *dX = dev(x, (size_t)N * C * 4), *gdx = dev(dx, (size_t)N * C * 4);
+    pq_cpu_linear_group_forward(out, x, hw, (const float *const *)b, 3, N, C);
+    pq_linear_group_forward(gout, dX, dw, (const float *const *)db, 3, N, C);
+    char name[96];
+    for (int t = 0; t < 3; t++) {
+        snprintf(name, sizeof name, "linear_group_forward %s%s%s [%d]", pq_dtype_name(dt), bias ? " bias" : "",
+                 joined ? " joined" : "", t);
+        cmp(name, out[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
+    }
+    pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, 3, N, C);
+    pq_linear_group_backward(gdx, (const float *const *)gdy, dw, 3, N, C);
+    snprintf(name, sizeof name, "linear_group_backward %s%s", pq_dtype_name(dt), joined ? " joined" : "");
+    cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
+    for (int t = 0; t < 3; t++) {
+        pq_dev_weight_free(&dw[t]);
+        free((void *)hw[t].data), free(b[t]), free(out[t]), free(dy[t]);
+        pq_dev_free(db[t]), pq_dev_free(gout[t]), pq_dev_free(gdy[t]);
+    }
+    free(x), free(dx), pq_dev_free(dX), pq_dev_free(gdx);
 }
 
 // activations beyond f16's range (65504) and gradients below its normals
@@ -450,6 +503,8 @@ static void g_embedding(void) {
 static void g_rmsnorm(void) {
     test_rmsnorm(67, 4096);
     test_rmsnorm(5, 100);
+    test_residual_rmsnorm(67, 4096);
+    test_residual_rmsnorm(5, 100);
 }
 static void g_qk_norm(void) { // Qwen3: 0.6B's 16 x 128 and 8 x 128, a tiny model's 24, an odd width
     test_qk_norm(70, 16, 128);
@@ -465,6 +520,11 @@ static void g_linear(void) {
     }
     test_linear_range(PQ_BF16);
     test_linear_range(PQ_F16);
+    for (int j = 0; j < 2; j++) {
+        test_linear_group(PQ_F32, 1, j);
+        test_linear_group(PQ_BF16, j, j);
+        test_linear_group(PQ_F16, 1, j);
+    }
     for (int n = 1; n <= 3; n += 2) {
         test_linear_rows(PQ_F32, n);
         test_linear_rows(PQ_BF16, n);

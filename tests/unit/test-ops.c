@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "ops_grad.h"
 #include "st_write.h"
 #include "util.h"
 
@@ -91,6 +92,43 @@ static void test_linear(PqDtype t, int N, int C, int OC, int bias) {
     free(row), free(x), free(wv), free(b), free(store), free(out), free(want);
 }
 
+// q, k, v as one group (linear_group_forward / _backward) against double references, one weight without bias
+static void test_linear_group(void) {
+    int N = 9, C = 24, oc[3] = {16, 8, 8};
+    float *x = rnd((size_t)N * C, 1), *dy[3], *wv[3], *b[3], *out[3];
+    void *store[3];
+    PqWeight w[3];
+    for (int t = 0; t < 3; t++) {
+        wv[t] = rnd((size_t)oc[t] * C, 0.5f), b[t] = t == 1 ? NULL : rnd(oc[t], 1);
+        w[t] = weight(PQ_F32, oc[t], C, wv[t], &store[t]);
+        out[t] = rnd((size_t)N * oc[t], 100), dy[t] = rnd((size_t)N * oc[t], 1);
+    }
+    float *dx = rnd((size_t)N * C, 1);
+    double *wdx = pq_xmalloc((size_t)N * C * sizeof *wdx);
+    for (size_t e = 0; e < (size_t)N * C; e++) wdx[e] = dx[e];
+    pq_cpu_linear_group_forward(out, x, w, (const float *const *)b, 3, N, C);
+    const float *dyc[3] = {dy[0], dy[1], dy[2]};
+    pq_cpu_linear_group_backward(dx, dyc, w, 3, N, C);
+    char what[64];
+    for (int t = 0; t < 3; t++) {
+        double *want = pq_xmalloc((size_t)N * oc[t] * sizeof *want);
+        for (int i = 0; i < N; i++)
+            for (int o = 0; o < oc[t]; o++) {
+                double s = b[t] ? b[t][o] : 0;
+                for (int c = 0; c < C; c++) s += (double)x[(size_t)i * C + c] * wv[t][(size_t)o * C + c];
+                want[(size_t)i * oc[t] + o] = s;
+                for (int c = 0; c < C; c++)
+                    wdx[(size_t)i * C + c] += (double)dy[t][(size_t)i * oc[t] + o] * wv[t][(size_t)o * C + c];
+            }
+        snprintf(what, sizeof what, "linear_group_forward output %d%s", t, b[t] ? " +bias" : "");
+        close_to(what, out[t], want, (size_t)N * oc[t], 1e-5);
+        free(want);
+    }
+    close_to("linear_group_backward dinp += sum", dx, wdx, (size_t)N * C, 1e-5);
+    for (int t = 0; t < 3; t++) free(wv[t]), free(b[t]), free(store[t]), free(out[t]), free(dy[t]);
+    free(x), free(dx), free(wdx);
+}
+
 static void test_lora(int N, int C, int OC, int r) {
     float *x = rnd((size_t)N * C, 1), *A = rnd((size_t)r * C, 1), *B = rnd((size_t)OC * r, 1);
     float *out = rnd((size_t)N * OC, 1), *xa = pq_xmalloc((size_t)N * r * 4);
@@ -127,6 +165,33 @@ static void test_rmsnorm(int N, int C) {
     close_to("rmsnorm", out, want, (size_t)N * C, 1e-5);
     close_to("rmsnorm rstd", rstd, wr, (size_t)N, 1e-5);
     free(x), free(w), free(out), free(rstd), free(want), free(wr);
+}
+
+// the residual add fused with the norm after it, against a double reference of add-then-norm
+static void test_residual_rmsnorm(int N, int C) {
+    float *x = rnd((size_t)N * C, 3), *y = rnd((size_t)N * C, 2), *w = rnd(C, 1);
+    float *out = pq_xmalloc((size_t)N * C * 4), *rstd = pq_xmalloc(N * 4), *out2 = pq_xmalloc((size_t)N * C * 4);
+    float *x2 = pq_xmalloc((size_t)N * C * 4);
+    memcpy(x2, x, (size_t)N * C * 4);
+    double *want = pq_xmalloc((size_t)N * C * sizeof *want), *wx = pq_xmalloc((size_t)N * C * sizeof *wx);
+    double *wr = pq_xmalloc(N * sizeof *wr);
+    for (int i = 0; i < N; i++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) {
+            size_t e = (size_t)i * C + c;
+            wx[e] = (double)x[e] + y[e];
+            ss += wx[e] * wx[e];
+        }
+        wr[i] = 1 / sqrt(ss / C + 1e-5);
+        for (int c = 0; c < C; c++) want[(size_t)i * C + c] = wx[(size_t)i * C + c] * wr[i] * w[c];
+    }
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, w, N, C, 1e-5f);
+    close_to("residual_rmsnorm x += y", x, wx, (size_t)N * C, 1e-7);
+    close_to("residual_rmsnorm out", out, want, (size_t)N * C, 1e-5);
+    close_to("residual_rmsnorm rstd", rstd, wr, (size_t)N, 1e-5);
+    pq_cpu_residual_rmsnorm_forward(out2, NULL, x2, y, w, N, C, 1e-5f); // rstd NULL
+    close_to("residual_rmsnorm out, rstd NULL", out2, want, (size_t)N * C, 1e-5);
+    free(x), free(y), free(w), free(out), free(rstd), free(out2), free(x2), free(want), free(wx), free(wr);
 }
 
 static void test_rope(int N, int NH, int HS) {
@@ -253,6 +318,8 @@ int main(void) {
         test_linear(PQ_F16, 4, 16, 7, 1);
         test_lora(9, 20, 13, 4);
         test_rmsnorm(6, 50);
+        test_residual_rmsnorm(7, 130);
+        test_linear_group();
         test_rope(60, 3, 16);
         int l1[] = {5}, l2[] = {70, 3, 140, 1}, l3[] = {100, 30};
         test_attention(l1, 1, 2, 2, 8, 0);
