@@ -117,7 +117,7 @@ static float kth_largest(const float *x, int n, int k, float *tmp) {
     return tmp[want];
 }
 
-void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float *probs) {
+void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float min_p, float *probs) {
     float mx = -INFINITY;
     for (int v = 0; v < V; v++) {
         probs[v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / temperature;
@@ -150,6 +150,16 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
         for (int v = 0; v < V; v++) probs[v] = (float)(probs[v] / kept);
         free(idx);
     }
+    if (min_p > 0) {
+        float top = 0;
+        for (int v = 0; v < V; v++) top = probs[v] > top ? probs[v] : top;
+        double thr = (double)min_p * top, kept = 0;
+        for (int v = 0; v < V; v++) {
+            if (probs[v] < thr) probs[v] = 0;
+            kept += probs[v];
+        }
+        for (int v = 0; v < V; v++) probs[v] = (float)(probs[v] / kept);
+    }
 }
 
 int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *rng, float *work) {
@@ -159,7 +169,7 @@ int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *r
             if (logits[v] != -INFINITY && (best < 0 || logits[v] > logits[best])) best = v;
         return best;
     }
-    pq_gen_probs(logits, V, p->temperature, p->top_k, p->top_p, work);
+    pq_gen_probs(logits, V, p->temperature, p->top_k, p->top_p, p->min_p, work);
     double u = pq_rng_uniform(rng), c = 0;
     int last = -1;
     for (int v = 0; v < V; v++) {

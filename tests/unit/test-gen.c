@@ -2,6 +2,9 @@
 // seeded sampling reproducible; with a model directory as argument, a
 // driver for tests/py/test_generate.py: JSON requests in, generated ids out.
 //   test-gen                       unit tests
+//   test-gen --probs < cases.jsonl  pq_gen_probs of {"logits", "temperature",
+//                                  "top_k", "top_p", "min_p"}: {"probs"} per line
+//                                  (tests/py/test_sampler.py)
 //   test-gen MODEL_DIR [--slots S] [--threads T] [--adapter DIR] [--no-eos 1] < requests.jsonl
 // A request: {"prompt": [ids], "n": 1, "seed": 0, "temperature": 0,
 // "top_k": 0, "top_p": 1, "max_tokens": 8, "stop": ["..."], "constrain":
@@ -34,7 +37,7 @@ static int by_desc(const void *a, const void *b) {
     const double *x = a, *y = b;
     return x[0] < y[0] ? 1 : x[0] > y[0] ? -1 : (x[1] > y[1]) - (x[1] < y[1]);
 }
-static void ref_probs(const float *logits, int V, double T, int k, double p, double *out) {
+static void ref_probs(const float *logits, int V, double T, int k, double p, double mp, double *out) {
     double *s = malloc(sizeof(double) * 2 * V);
     for (int v = 0; v < V; v++) s[2 * v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / T, s[2 * v + 1] = v;
     qsort(s, (size_t)V, 2 * sizeof(double), by_desc);
@@ -53,6 +56,8 @@ static void ref_probs(const float *logits, int V, double T, int k, double p, dou
         keep2 = 0;
         while (keep2 < keep && (keep2 == 0 || before < p)) before += exp(s[2 * keep2] - s[0]) / z, keep2++;
     }
+    // min-p: the kept ones at least mp times the most likely (s[0], kept always)
+    while (mp > 0 && keep2 > 1 && exp(s[2 * (keep2 - 1)] - s[0]) < mp) keep2--;
     double z2 = 0;
     for (int i = 0; i < keep2; i++) z2 += exp(s[2 * i] - s[0]);
     for (int v = 0; v < V; v++) out[v] = 0;
@@ -69,20 +74,23 @@ static void test_filters(void) {
     const double temps[] = {0.3, 1.0, 1.7};
     const int ks[] = {0, 1, 5, 49, 50};
     const double ps[] = {1.0, 0.9, 0.5, 0.05};
+    const double mps[] = {0, 0.05, 0.3};
     for (int trial = 0; trial < 20; trial++) {
         for (int v = 0; v < V; v++) lg[v] = (float)(3 * (pq_rng_uniform(&rng) - 0.5));
         if (trial % 3 == 0) lg[3] = lg[7] = lg[11]; // ties
         if (trial % 4 == 1) lg[0] = lg[20] = -INFINITY; // masked
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 5; b++)
-                for (int c = 0; c < 4; c++) {
-                    pq_gen_probs(lg, V, (float)temps[a], ks[b], (float)ps[c], pr);
-                    ref_probs(lg, V, temps[a], ks[b], ps[c], ref);
-                    double err = 0, sum = 0;
-                    for (int v = 0; v < V; v++) err = fmax(err, fabs(pr[v] - ref[v])), sum += pr[v];
-                    CHECK(err < 1e-5 && fabs(sum - 1) < 1e-5, "filters T=%g k=%d p=%g trial %d: max error %g, sum %g",
-                          temps[a], ks[b], ps[c], trial, err, sum);
-                }
+                for (int c = 0; c < 4; c++)
+                    for (int e = 0; e < 3; e++) {
+                        pq_gen_probs(lg, V, (float)temps[a], ks[b], (float)ps[c], (float)mps[e], pr);
+                        ref_probs(lg, V, temps[a], ks[b], ps[c], mps[e], ref);
+                        double err = 0, sum = 0;
+                        for (int v = 0; v < V; v++) err = fmax(err, fabs(pr[v] - ref[v])), sum += pr[v];
+                        CHECK(err < 1e-5 && fabs(sum - 1) < 1e-5,
+                              "filters T=%g k=%d p=%g min_p=%g trial %d: max error %g, sum %g", temps[a], ks[b], ps[c],
+                              mps[e], trial, err, sum);
+                    }
     }
 }
 
@@ -96,7 +104,8 @@ static void test_sampling(void) {
     p.temperature = 0.8f;
     p.top_k = 6;
     p.top_p = 0.9f;
-    pq_gen_probs(lg, V, p.temperature, p.top_k, p.top_p, pr);
+    p.min_p = 0.1f;
+    pq_gen_probs(lg, V, p.temperature, p.top_k, p.top_p, p.min_p, pr);
     long cnt[8] = {0};
     PqRng rng;
     pq_rng_seed(&rng, 1);
@@ -195,6 +204,7 @@ static int drive(int argc, char **argv) {
         if (pq_json_num(o, "temperature", &x)) gp.temperature = (float)x;
         if (pq_json_num(o, "top_p", &x)) gp.top_p = (float)x;
         if (pq_json_num(o, "top_k", &x)) gp.top_k = (int)x;
+        if (pq_json_num(o, "min_p", &x)) gp.min_p = (float)x;
         if (pq_json_num(o, "max_tokens", &x)) gp.max_tokens = (int)x;
         const char *cs = pq_json_str(o, "constrain");
         if (cs) gp.constrain = pq_constrain_mode(cs);
@@ -227,7 +237,36 @@ static int drive(int argc, char **argv) {
     return 0;
 }
 
+// --probs: one JSON case a line in, {"probs": [...]} (%.9g) a line out.
+static int probs_cases(void) {
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, stdin) > 0) {
+        cJSON *o = cJSON_Parse(line), *it;
+        const cJSON *lg = cJSON_GetObjectItemCaseSensitive(o, "logits");
+        int V = cJSON_GetArraySize(lg), k = 0;
+        if (!o || V < 1) return fprintf(stderr, "test-gen --probs: bad case %s", line), 2;
+        float *x = malloc(sizeof *x * (size_t)V), *pr = malloc(sizeof *pr * (size_t)V);
+        cJSON_ArrayForEach(it, lg) x[k++] = cJSON_IsNumber(it) ? (float)it->valuedouble : -INFINITY; // null: masked
+        double T = 1, p = 1, mp = 0, tk = 0;
+        pq_json_num(o, "temperature", &T);
+        pq_json_num(o, "top_p", &p);
+        pq_json_num(o, "min_p", &mp);
+        pq_json_num(o, "top_k", &tk);
+        pq_gen_probs(x, V, (float)T, (int)tk, (float)p, (float)mp, pr);
+        printf("{\"probs\": [");
+        for (int v = 0; v < V; v++) printf("%s%.9g", v ? ", " : "", pr[v]);
+        printf("]}\n");
+        free(x);
+        free(pr);
+        cJSON_Delete(o);
+    }
+    free(line);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--probs")) return probs_cases();
     if (argc > 1) return drive(argc, argv);
     test_filters();
     test_sampling();
