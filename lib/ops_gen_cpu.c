@@ -91,49 +91,115 @@ void pq_cpu_attention_kv_forward(float *out, const float *q, const float *kc, co
     free(blk);
 }
 
-// Rows at most for which bf16 weights are read in place (each row re-reads
-// them from cache; beyond this the tiled sgemm of ops_cpu.c wins).
-#define ROWS_DIRECT 4
+// Rows at most for which the weights are read in place, each weight read
+// once per call for all rows (decoding steps: batch 1 and the few sequences
+// of -n and -j); beyond this the tiled sgemm of ops_cpu.c wins (it packs the
+// weights once for many rows).
+#define ROWS_DIRECT 32
 
-// inp (N,C), weight (OC,C), bias (OC) -> out (N,OC). f32 weights need no
-// conversion: ops_cpu.c's sgemm on them directly.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+// 16 weights from w + off (f32, or bf16 widened exactly), the first n only
+// when n < 16 (the rest 0).
+static inline __attribute__((always_inline)) __m512 load_w(const void *w, int bf16, size_t off, int n) {
+    __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    if (!bf16) return _mm512_maskz_loadu_ps(m, (const float *)w + off);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + off);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// out[i][o] = x_i . w_o for WB weight rows from o0 and IB input rows from
+// i0: WB x IB accumulators in registers, each weight vector loaded once for
+// IB rows, f32 arithmetic (the batch-1 path's numerics).
+static inline __attribute__((always_inline)) void rows_block(float *out, const float *inp, const void *w, int bf16,
+                                                             int C, int OC, int o0, int i0, const int WB,
+                                                             const int IB) {
+    __m512 acc[4][6];
+    for (int a = 0; a < WB; a++)
+        for (int b = 0; b < IB; b++) acc[a][b] = _mm512_setzero_ps();
+    for (int c = 0; c < C; c += 16) {
+        int n = C - c;
+        __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+        __m512 wv[4], xv[6];
+        for (int a = 0; a < WB; a++) wv[a] = load_w(w, bf16, (size_t)(o0 + a) * C + c, n);
+        for (int b = 0; b < IB; b++) xv[b] = _mm512_maskz_loadu_ps(m, inp + (size_t)(i0 + b) * C + c);
+        for (int a = 0; a < WB; a++)
+            for (int b = 0; b < IB; b++) acc[a][b] = _mm512_fmadd_ps(wv[a], xv[b], acc[a][b]);
+    }
+    for (int a = 0; a < WB; a++)
+        for (int b = 0; b < IB; b++) out[(size_t)(i0 + b) * OC + o0 + a] = _mm512_reduce_add_ps(acc[a][b]);
+}
+
+// Weight rows [o0, o0 + WB) against every input row, 6 at a time.
+static inline __attribute__((always_inline)) void rows_strip(float *out, const float *inp, const void *w, int bf16,
+                                                             int N, int C, int OC, int o0, const int WB) {
+    int i = 0;
+    for (; i + 6 <= N; i += 6) rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 6);
+    switch (N - i) {
+    case 5: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 5); break;
+    case 4: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 4); break;
+    case 3: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 3); break;
+    case 2: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 2); break;
+    case 1: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 1); break;
+    default: break;
+    }
+}
+
+// inp (N,C), f32 or bf16 weight (OC,C) -> out (N,OC) without bias: threads
+// take strips of 4 weight rows.
+static void rows_direct(float *out, const float *inp, const PqWeight *weight, int N, int C, int OC) {
+    int bf16 = weight->dtype == PQ_BF16, ns = (OC + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
+    for (int s = 0; s < ns; s++) {
+        int o0 = 4 * s;
+        if (o0 + 4 <= OC) rows_strip(out, inp, weight->data, bf16, N, C, OC, o0, 4);
+        else
+            for (int o = o0; o < OC; o++) rows_strip(out, inp, weight->data, bf16, N, C, OC, o, 1);
+    }
+}
+#else
+// Portable: one weight row at a time against every input row.
+static void rows_direct(float *out, const float *inp, const PqWeight *weight, int N, int C, int OC) {
+    int bf16 = weight->dtype == PQ_BF16;
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *wf = pq_xmalloc((size_t)C * sizeof *wf);
+#pragma omp for schedule(static)
+        for (int o = 0; o < OC; o++) {
+            const float *w = (const float *)weight->data + (size_t)o * C;
+            if (bf16) {
+                const uint16_t *h = (const uint16_t *)weight->data + (size_t)o * C;
+                for (int c = 0; c < C; c++) {
+                    uint32_t u = (uint32_t)h[c] << 16;
+                    memcpy(&wf[c], &u, 4);
+                }
+                w = wf;
+            }
+            for (int i = 0; i < N; i++) {
+                const float *x = inp + (size_t)i * C;
+                float acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (int c = 0; c < C; c++) acc += x[c] * w[c];
+                out[(size_t)i * OC + o] = acc;
+            }
+        }
+        free(wf);
+    }
+}
+#endif
+
+// inp (N,C), weight (OC,C), bias (OC) -> out (N,OC). Few rows: the weights
+// read in place, once for all rows; else (and f16) ops_cpu.c's tiled sgemm.
 void pq_cpu_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
                                 int OC) {
     if (N > ROWS_DIRECT || weight->dtype == PQ_F16) {
         pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);
         return;
     }
-    if (weight->dtype == PQ_F32) { // sgemv on row blocks: no packing of the weights (sgemm's for one row)
-        int nt = pq_cpu_threads(), blk = (OC + nt - 1) / nt;
-#pragma omp parallel for num_threads(nt)
-        for (int t = 0; t < nt; t++) {
-            int r0 = t * blk, n = OC - r0 < blk ? OC - r0 : blk;
-            if (n <= 0) continue;
-            for (int i = 0; i < N; i++) {
-                float *o = out + (size_t)i * OC + r0;
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, n, C, 1.0f, (const float *)weight->data + (size_t)r0 * C, C,
-                            inp + (size_t)i * C, 1, 0.0f, o, 1);
-                if (bias)
-                    for (int j = 0; j < n; j++) o[j] += bias[r0 + j];
-            }
-        }
-        return;
-    }
-#pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
-    for (int o = 0; o < OC; o++) {
-        const uint16_t *w = (const uint16_t *)weight->data + (size_t)o * C;
-        for (int i = 0; i < N; i++) {
-            const float *x = inp + (size_t)i * C;
-            float acc = 0;
-#pragma omp simd reduction(+ : acc)
-            for (int c = 0; c < C; c++) {
-                union {
-                    uint32_t u;
-                    float f;
-                } cv = {.u = (uint32_t)w[c] << 16};
-                acc += x[c] * cv.f;
-            }
-            out[(size_t)i * OC + o] = acc + (bias ? bias[o] : 0.0f);
-        }
-    }
+    if (N < 1) return;
+    rows_direct(out, inp, weight, N, C, OC);
+    if (bias)
+        for (int i = 0; i < N; i++)
+            for (int o = 0; o < OC; o++) out[(size_t)i * OC + o] += bias[o];
 }

@@ -2,7 +2,8 @@
 # against transformers' greedy generate with a KV cache, token for token, on
 # tiny random llama, mistral (sliding window shorter than prompt +
 # generation) and qwen2 models and a PEFT LoRA adapter; continuous batching
-# gives the same tokens as one sequence at a time; seeded samples do not
+# and batched decoding (the n samples of -n, up to 40 sequences a step) give
+# the same tokens as one sequence at a time; seeded samples do not
 # depend on the batch; n samples share one prefill of their prompt.
 import json
 import os
@@ -80,6 +81,13 @@ def main():
             two, _ = run(d, reqs, "--slots", "2", "--threads", "2")
             check(arch + ": continuous batching (2 slots) = one at a time",
                   [r["samples"][0]["ids"] for r in two] == want)
+            # batched decoding: 8 greedy samples a prompt, 40 sequences, decoded one at a time, 12 at a
+            # time (the weights read in place for every row) and all 40 together (sgemm), token for token
+            nreqs = [dict(r, n=8) for r in reqs]
+            for slots, threads in (("1", "1"), ("12", "2"), ("40", "2")):
+                got, _ = run(d, nreqs, "--slots", slots, "--threads", threads)
+                check(arch + ": batched greedy (%s slots) = transformers" % slots,
+                      [[s["ids"] for s in r["samples"]] for r in got] == [[w] * 8 for w in want])
 
             # seeded sampling, 3 samples per prompt: the same whatever the batch
             sreqs = [{"prompt": p, "n": 3, "seed": 11 + i, "temperature": 0.9, "top_p": 0.95, "top_k": 50,

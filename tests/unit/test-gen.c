@@ -19,6 +19,8 @@
 #include <string.h>
 
 #include "gen.h"
+#include "ops_gen.h"
+#include "st_write.h"
 #include "tool.h"
 
 static int fails;
@@ -130,6 +132,43 @@ static void test_sampling(void) {
     }
     p.temperature = 0;
     CHECK(pq_gen_sample(lg, V, &p, &a, work) == 4, "greedy is not the argmax");
+}
+
+// pq_cpu_linear_rows_forward (the decoding steps' products: in place up to
+// 32 rows, sgemm beyond) against a double reference, f32 and bf16 weights,
+// shapes off every block size.
+static void test_linear_rows(void) {
+    PqRng rng;
+    pq_rng_seed(&rng, 5);
+    const int Ns[] = {1, 2, 5, 6, 7, 12, 13, 32, 33, 40}, Cs[] = {16, 37, 96}, OCs[] = {1, 5, 8, 11};
+    for (int dt = 0; dt < 2; dt++)
+        for (int a = 0; a < 10; a++)
+            for (int b = 0; b < 3; b++)
+                for (int c = 0; c < 4; c++) {
+                    int N = Ns[a], C = Cs[b], OC = OCs[c], with_bias = (a + c) % 2;
+                    float *x = malloc(sizeof *x * (size_t)N * C), *w = malloc(sizeof *w * (size_t)OC * C);
+                    float *bias = malloc(sizeof *bias * (size_t)OC), *out = malloc(sizeof *out * (size_t)N * OC);
+                    uint16_t *wh = malloc(sizeof *wh * (size_t)OC * C);
+                    for (int i = 0; i < N * C; i++) x[i] = (float)(pq_rng_uniform(&rng) * 2 - 1);
+                    for (int i = 0; i < OC * C; i++) {
+                        w[i] = (float)(pq_rng_uniform(&rng) * 2 - 1);
+                        wh[i] = pq_f32_to_bf16(w[i]);
+                        if (dt) w[i] = pq_bf16_to_f32(wh[i]);
+                    }
+                    for (int o = 0; o < OC; o++) bias[o] = (float)pq_rng_uniform(&rng);
+                    PqWeight W = {dt ? (const void *)wh : (const void *)w, dt ? PQ_BF16 : PQ_F32, OC, C};
+                    pq_cpu_linear_rows_forward(out, x, &W, with_bias ? bias : NULL, N, C, OC);
+                    double err = 0;
+                    for (int i = 0; i < N; i++)
+                        for (int o = 0; o < OC; o++) {
+                            double r = with_bias ? bias[o] : 0;
+                            for (int k = 0; k < C; k++) r += (double)x[i * C + k] * w[o * C + k];
+                            err = fmax(err, fabs(out[i * OC + o] - r));
+                        }
+                    CHECK(err < 1e-4, "linear_rows %s N=%d C=%d OC=%d bias %d: max error %g", dt ? "bf16" : "f32", N, C,
+                          OC, with_bias, err);
+                    free(x), free(w), free(bias), free(out), free(wh);
+                }
 }
 
 // ---- the driver ----
@@ -270,6 +309,7 @@ int main(int argc, char **argv) {
     if (argc > 1) return drive(argc, argv);
     test_filters();
     test_sampling();
+    test_linear_rows();
     if (fails) {
         fprintf(stderr, "test-gen: %d failures\n", fails);
         return 1;
