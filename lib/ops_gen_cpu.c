@@ -91,6 +91,107 @@ void pq_cpu_attention_kv_forward(float *out, const float *q, const float *kc, co
     free(blk);
 }
 
+// Token i's keys: j < blen[i] from slot base[i], the rest from slot[i].
+// Tokens without a shared prompt go through attention_kv_forward (gathered
+// when mixed); those with one are grouped by (base, blen) and, per group and
+// KV head, the G query heads of all its tokens are one product against the
+// prompt's keys: S (R,blen) = Q K^T with R = tokens x G, each token's own
+// keys [blen, pos] a small product of its own, one softmax over both, and
+// O = P V likewise (the prompt's values read once for the group).
+void pq_cpu_attention_kv_shared_forward(float *out, const float *q, const float *kc, const float *vc,
+                                        const int32_t *slot, const int32_t *pos, const int32_t *base,
+                                        const int32_t *blen, int N, int NH, int KVH, int HS, int T, int window) {
+    int ns = 0;
+    for (int i = 0; i < N; i++) ns += blen[i] > 0;
+    if (ns == 0) {
+        pq_cpu_attention_kv_forward(out, q, kc, vc, slot, pos, N, NH, KVH, HS, T, window);
+        return;
+    }
+    size_t qs = (size_t)NH * HS, ks = (size_t)KVH * HS;
+    if (ns < N) { // the others, gathered
+        int no = N - ns, k = 0;
+        float *qo = pq_xmalloc((size_t)no * qs * sizeof *qo), *oo = pq_xmalloc((size_t)no * qs * sizeof *oo);
+        int32_t *so = pq_xmalloc((size_t)no * sizeof *so), *po = pq_xmalloc((size_t)no * sizeof *po);
+        for (int i = 0; i < N; i++)
+            if (blen[i] <= 0) memcpy(qo + k * qs, q + i * qs, qs * sizeof *qo), so[k] = slot[i], po[k++] = pos[i];
+        pq_cpu_attention_kv_forward(oo, qo, kc, vc, so, po, no, NH, KVH, HS, T, window);
+        k = 0;
+        for (int i = 0; i < N; i++)
+            if (blen[i] <= 0) memcpy(out + i * qs, oo + (k++) * qs, qs * sizeof *out);
+        free(qo), free(oo), free(so), free(po);
+    }
+    // groups: tok[g0[b] .. g0[b+1]) share (base, blen)
+    int *tok = pq_xmalloc((size_t)ns * sizeof *tok), *g0 = pq_xmalloc((size_t)(ns + 1) * sizeof *g0), ng = 0, nt = 0;
+    char *done = pq_xcalloc((size_t)N, 1);
+    for (int i = 0; i < N; i++) {
+        if (blen[i] <= 0 || done[i]) continue;
+        g0[ng++] = nt;
+        for (int j = i; j < N; j++)
+            if (!done[j] && blen[j] > 0 && base[j] == base[i] && blen[j] == blen[i]) done[j] = 1, tok[nt++] = j;
+    }
+    g0[ng] = nt;
+    free(done);
+    int G = NH / KVH;
+    float scale = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(pq_cpu_threads())
+    for (long w = 0; w < (long)ng * KVH; w++) {
+        int b = (int)(w / KVH), kh = (int)(w % KVH), g = g0[b + 1] - g0[b], R = g * G;
+        const int *tk = tok + g0[b];
+        int L = blen[tk[0]], own = 0;
+        for (int t = 0; t < g; t++) own = pos[tk[t]] + 1 - L > own ? pos[tk[t]] + 1 - L : own;
+        float *Q = pq_xmalloc((size_t)R * HS * sizeof *Q), *O = pq_xmalloc((size_t)R * HS * sizeof *O);
+        float *S = pq_xmalloc((size_t)R * L * sizeof *S), *So = pq_xmalloc(((size_t)R * own + 1) * sizeof *So);
+        for (int t = 0; t < g; t++)
+            memcpy(Q + (size_t)t * G * HS, q + (size_t)tk[t] * qs + (size_t)kh * G * HS, (size_t)G * HS * sizeof *Q);
+        const float *Kp = kc + (size_t)base[tk[0]] * T * ks + (size_t)kh * HS;
+        const float *Vp = vc + (size_t)base[tk[0]] * T * ks + (size_t)kh * HS;
+        // S (R,L) = scale * Q K_prompt^T; So (G,n) per token = scale * Q_t K_own^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, L, HS, scale, Q, HS, Kp, (int)ks, 0.0f, S, L);
+        for (int t = 0; t < g; t++) {
+            int i = tk[t], n = pos[i] + 1 - L;
+            if (n > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G, n, HS, scale, Q + (size_t)t * G * HS, HS,
+                            kc + ((size_t)slot[i] * T + L) * ks + (size_t)kh * HS, (int)ks, 0.0f,
+                            So + (size_t)t * G * own, own);
+        }
+        for (int t = 0; t < g; t++) {
+            int i = tk[t], p = pos[i], n = p + 1 - L;
+            int lo = window > 0 && p - window > 0 ? p - window : 0; // visible keys [lo, p]
+            for (int a = 0; a < G; a++) {
+                float *s = S + ((size_t)t * G + a) * L, *so = So + ((size_t)t * G + a) * own;
+                float m = -INFINITY;
+                for (int c = lo; c < L; c++) m = s[c] > m ? s[c] : m;
+                for (int c = lo > L ? lo - L : 0; c < n; c++) m = so[c] > m ? so[c] : m;
+                double sum = 0;
+                for (int c = 0; c < L; c++) {
+                    if (c < lo) s[c] = 0.0f;
+                    else sum += s[c] = expf(s[c] - m);
+                }
+                for (int c = 0; c < n; c++) {
+                    if (L + c < lo) so[c] = 0.0f;
+                    else sum += so[c] = expf(so[c] - m);
+                }
+                float inv = (float)(1.0 / sum);
+                for (int c = 0; c < L; c++) s[c] *= inv;
+                for (int c = 0; c < n; c++) so[c] *= inv;
+            }
+        }
+        // O (R,HS) = P_prompt V_prompt + per token P_own V_own
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, HS, L, 1.0f, S, L, Vp, (int)ks, 0.0f, O, HS);
+        for (int t = 0; t < g; t++) {
+            int i = tk[t], n = pos[i] + 1 - L;
+            if (n > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G, HS, n, 1.0f, So + (size_t)t * G * own, own,
+                            vc + ((size_t)slot[i] * T + L) * ks + (size_t)kh * HS, (int)ks, 1.0f,
+                            O + (size_t)t * G * HS, HS);
+            memcpy(out + (size_t)i * qs + (size_t)kh * G * HS, O + (size_t)t * G * HS, (size_t)G * HS * sizeof *O);
+        }
+        free(Q), free(O), free(S), free(So);
+    }
+    free(tok);
+    free(g0);
+}
+
 // Rows at most for which the weights are read in place, each weight read
 // once per call for all rows (decoding steps: batch 1 and the few sequences
 // of -n and -j); beyond this the tiled sgemm of ops_cpu.c wins (it packs the
