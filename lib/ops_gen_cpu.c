@@ -201,10 +201,14 @@ void pq_cpu_attention_kv_shared_forward(float *out, const float *q, const float 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
-// 16 weights from w + off (f32, or bf16 widened exactly), the first n only
-// when n < 16 (the rest 0).
-static inline __attribute__((always_inline)) __m512 load_w(const void *w, int bf16, size_t off, int n) {
-    __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+// 16 weights from w + off (f32, or bf16 widened exactly); masked: the
+// lanes of m only (the rest 0).
+static inline __attribute__((always_inline)) __m512 load_w(const void *w, int bf16, size_t off) {
+    if (!bf16) return _mm512_loadu_ps((const float *)w + off);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + off));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+static inline __attribute__((always_inline)) __m512 load_w_masked(const void *w, int bf16, size_t off, __mmask16 m) {
     if (!bf16) return _mm512_maskz_loadu_ps(m, (const float *)w + off);
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + off);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -212,51 +216,80 @@ static inline __attribute__((always_inline)) __m512 load_w(const void *w, int bf
 
 // out[i][o] = x_i . w_o for WB weight rows from o0 and IB input rows from
 // i0: WB x IB accumulators in registers, each weight vector loaded once for
-// IB rows, f32 arithmetic (the batch-1 path's numerics).
+// IB rows, f32 arithmetic (the batch-1 path's numerics). Whole vectors,
+// then the last C % 16 columns masked.
 static inline __attribute__((always_inline)) void rows_block(float *out, const float *inp, const void *w, int bf16,
                                                              int C, int OC, int o0, int i0, const int WB,
                                                              const int IB) {
-    __m512 acc[4][6];
-    for (int a = 0; a < WB; a++)
-        for (int b = 0; b < IB; b++) acc[a][b] = _mm512_setzero_ps();
-    for (int c = 0; c < C; c += 16) {
-        int n = C - c;
-        __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-        __m512 wv[4], xv[6];
-        for (int a = 0; a < WB; a++) wv[a] = load_w(w, bf16, (size_t)(o0 + a) * C + c, n);
-        for (int b = 0; b < IB; b++) xv[b] = _mm512_maskz_loadu_ps(m, inp + (size_t)(i0 + b) * C + c);
-        for (int a = 0; a < WB; a++)
-            for (int b = 0; b < IB; b++) acc[a][b] = _mm512_fmadd_ps(wv[a], xv[b], acc[a][b]);
+    __m512 acc[4][12];
+    _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
+        _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) acc[a][b] = _mm512_setzero_ps();
+    const float *x = inp + (size_t)i0 * C;
+    int c = 0;
+    for (; c + 16 <= C; c += 16) {
+        __m512 wv[4];
+        _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) wv[a] = load_w(w, bf16, (size_t)(o0 + a) * C + c);
+        _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)b * C + c);
+            _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
+        }
     }
-    for (int a = 0; a < WB; a++)
-        for (int b = 0; b < IB; b++) out[(size_t)(i0 + b) * OC + o0 + a] = _mm512_reduce_add_ps(acc[a][b]);
+    if (c < C) {
+        __mmask16 m = (__mmask16)((1u << (C - c)) - 1);
+        __m512 wv[4];
+        _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) wv[a] = load_w_masked(w, bf16, (size_t)(o0 + a) * C + c, m);
+        _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)b * C + c);
+            _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
+        _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) out[(size_t)(i0 + b) * OC + o0 + a] = _mm512_reduce_add_ps(acc[a][b]);
 }
 
-// Weight rows [o0, o0 + WB) against every input row, 6 at a time.
-static inline __attribute__((always_inline)) void rows_strip(float *out, const float *inp, const void *w, int bf16,
-                                                             int N, int C, int OC, int o0, const int WB) {
-    int i = 0;
-    for (; i + 6 <= N; i += 6) rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 6);
-    switch (N - i) {
-    case 5: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 5); break;
-    case 4: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 4); break;
-    case 3: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 3); break;
-    case 2: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 2); break;
-    case 1: rows_block(out, inp, w, bf16, C, OC, o0, i, WB, 1); break;
+#define ROWS_BLOCK(WB, IB) rows_block(out, inp, w, bf16, C, OC, o0, i, WB, IB)
+// Weight rows [o0, o0 + WB) against input rows [i, i + n): WB x n <= 24
+// accumulators (WB 4: n <= 6; WB 2: n <= 12).
+static inline __attribute__((always_inline)) void rows_part(float *out, const float *inp, const void *w, int bf16,
+                                                            int C, int OC, int o0, int i, int n, const int WB) {
+    switch (n) {
+    case 1: ROWS_BLOCK(WB, 1); break;
+    case 2: ROWS_BLOCK(WB, 2); break;
+    case 3: ROWS_BLOCK(WB, 3); break;
+    case 4: ROWS_BLOCK(WB, 4); break;
+    case 5: ROWS_BLOCK(WB, 5); break;
+    case 6: ROWS_BLOCK(WB, 6); break;
+    case 7: ROWS_BLOCK(WB < 4 ? WB : 2, 7); break;
+    case 8: ROWS_BLOCK(WB < 4 ? WB : 2, 8); break;
+    case 9: ROWS_BLOCK(WB < 4 ? WB : 2, 9); break;
+    case 10: ROWS_BLOCK(WB < 4 ? WB : 2, 10); break;
+    case 11: ROWS_BLOCK(WB < 4 ? WB : 2, 11); break;
+    case 12: ROWS_BLOCK(WB < 4 ? WB : 2, 12); break;
     default: break;
     }
 }
 
 // inp (N,C), f32 or bf16 weight (OC,C) -> out (N,OC) without bias: threads
-// take strips of 4 weight rows.
+// take strips of 4 weight rows. Up to 6 rows: 4 weight rows x N inputs in
+// registers; more: 2 weight rows x up to 12 inputs (fewer weight widenings
+// per product), the inputs in blocks of 12 as even as they come.
 static void rows_direct(float *out, const float *inp, const PqWeight *weight, int N, int C, int OC) {
     int bf16 = weight->dtype == PQ_BF16, ns = (OC + 3) / 4;
+    const void *w = weight->data;
+    int nb = (N + 11) / 12, per = (N + nb - 1) / nb; // input blocks of <= 12
 #pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
     for (int s = 0; s < ns; s++) {
         int o0 = 4 * s;
-        if (o0 + 4 <= OC) rows_strip(out, inp, weight->data, bf16, N, C, OC, o0, 4);
+        if (N <= 6 && o0 + 4 <= OC) rows_part(out, inp, w, bf16, C, OC, o0, 0, N, 4);
+        else if (o0 + 4 <= OC)
+            for (int i = 0; i < N; i += per) {
+                int n = N - i < per ? N - i : per;
+                rows_part(out, inp, w, bf16, C, OC, o0, i, n, 2);
+                rows_part(out, inp, w, bf16, C, OC, o0 + 2, i, n, 2);
+            }
         else
-            for (int o = o0; o < OC; o++) rows_strip(out, inp, weight->data, bf16, N, C, OC, o, 1);
+            for (int o = o0; o < OC; o++)
+                for (int i = 0; i < N; i += per) rows_part(out, inp, w, bf16, C, OC, o, i, N - i < per ? N - i : per, 1);
     }
 }
 #else
