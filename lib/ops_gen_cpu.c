@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
 #include "ops.h"
 #include "util.h"
 
@@ -70,17 +71,19 @@ void pq_cpu_attention_kv_forward(float *out, const float *q, const float *kc, co
                 float *s = S + (size_t)a * nk;
                 int c0 = lo - j0, c1 = p - j0; // inclusive
                 float m = -INFINITY;
+#pragma omp simd reduction(max : m)
                 for (int c = c0; c <= c1; c++) m = s[c] > m ? s[c] : m;
-                double sum = 0;
-                for (int c = 0; c < nk; c++) {
-                    if (c < c0 || c > c1) s[c] = 0.0f;
-                    else {
-                        s[c] = expf(s[c] - m);
-                        sum += s[c];
-                    }
+                float sum = 0;
+#pragma omp simd reduction(+ : sum)
+                for (int c = c0; c <= c1; c++) {
+                    s[c] = pq_exp_fast(s[c] - m);
+                    sum += s[c];
                 }
-                float inv = (float)(1.0 / sum);
+                float inv = 1.0f / sum;
+#pragma omp simd
                 for (int c = c0; c <= c1; c++) s[c] *= inv;
+                if (c0 > 0) memset(s, 0, (size_t)c0 * sizeof *s);
+                if (c1 + 1 < nk) memset(s + c1 + 1, 0, (size_t)(nk - c1 - 1) * sizeof *s);
             }
             // O (nq,HS) = P (nq,nk) V (nk,HS)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nk, 1.0f, S, nk, V, (int)ks, 0.0f,
@@ -159,19 +162,20 @@ void pq_cpu_attention_kv_shared_forward(float *out, const float *q, const float 
             int lo = window > 0 && p - window > 0 ? p - window : 0; // visible keys [lo, p]
             for (int a = 0; a < G; a++) {
                 float *s = S + ((size_t)t * G + a) * L, *so = So + ((size_t)t * G + a) * own;
-                float m = -INFINITY;
-                for (int c = lo; c < L; c++) m = s[c] > m ? s[c] : m;
-                for (int c = lo > L ? lo - L : 0; c < n; c++) m = so[c] > m ? so[c] : m;
-                double sum = 0;
-                for (int c = 0; c < L; c++) {
-                    if (c < lo) s[c] = 0.0f;
-                    else sum += s[c] = expf(s[c] - m);
+                float m = -INFINITY, sum = 0;
+                int l0 = lo < L ? lo : L, o0 = lo > L ? lo - L : 0; // first visible of each part
+#pragma omp simd reduction(max : m)
+                for (int c = l0; c < L; c++) m = s[c] > m ? s[c] : m;
+                for (int c = o0; c < n; c++) m = so[c] > m ? so[c] : m;
+#pragma omp simd reduction(+ : sum)
+                for (int c = l0; c < L; c++) {
+                    s[c] = pq_exp_fast(s[c] - m);
+                    sum += s[c];
                 }
-                for (int c = 0; c < n; c++) {
-                    if (L + c < lo) so[c] = 0.0f;
-                    else sum += so[c] = expf(so[c] - m);
-                }
-                float inv = (float)(1.0 / sum);
+                for (int c = o0; c < n; c++) sum += so[c] = pq_exp_fast(so[c] - m);
+                if (l0 > 0) memset(s, 0, (size_t)l0 * sizeof *s);
+                if (o0 > 0) memset(so, 0, (size_t)o0 * sizeof *so);
+                float inv = 1.0f / sum;
                 for (int c = 0; c < L; c++) s[c] *= inv;
                 for (int c = 0; c < n; c++) so[c] *= inv;
             }
