@@ -171,6 +171,45 @@ static void test_linear_rows(void) {
                 }
 }
 
+// pq_cpu_attention_kv_shared_forward against attention_kv_forward over a
+// cache where the shared prompt is copied into every follower's slot:
+// followers at different lengths, the prompt's own slot decoding too, an
+// unshared prefill block in the same step, with and without a window.
+static void test_shared_attention(void) {
+    enum { S = 4, T = 32, NH = 6, KVH = 2, HS = 8, P = 10 };
+    size_t per = (size_t)T * KVH * HS;
+    float *kc = malloc(sizeof *kc * S * per), *vc = malloc(sizeof *vc * S * per);
+    float *kc2 = malloc(sizeof *kc * S * per), *vc2 = malloc(sizeof *vc * S * per);
+    PqRng rng;
+    pq_rng_seed(&rng, 9);
+    for (size_t i = 0; i < S * per; i++) kc[i] = (float)(pq_rng_uniform(&rng) * 2 - 1), vc[i] = (float)pq_rng_uniform(&rng);
+    // the reference cache: slot 0's prompt copied into followers 1 and 2
+    memcpy(kc2, kc, sizeof *kc * S * per), memcpy(vc2, vc, sizeof *vc * S * per);
+    for (int f = 1; f <= 2; f++)
+        memcpy(kc2 + f * per, kc, sizeof *kc * P * KVH * HS), memcpy(vc2 + f * per, vc, sizeof *vc * P * KVH * HS);
+    // slot 0 at 12, follower 1 at 10 (its first token), follower 2 at 13, slot 3 prefilling 0..4
+    int32_t slot[8] = {0, 1, 2, 3, 3, 3, 3, 3}, pos[8] = {12, 10, 13, 0, 1, 2, 3, 4};
+    int32_t base[8] = {0, 0, 0, 3, 3, 3, 3, 3}, blen[8] = {0, P, P, 0, 0, 0, 0, 0};
+    const int N = 8;
+    float q[8 * NH * HS], out[8 * NH * HS], ref[8 * NH * HS];
+    for (int i = 0; i < N * NH * HS; i++) q[i] = (float)(pq_rng_uniform(&rng) * 2 - 1);
+    const int windows[] = {0, 3, 12};
+    for (int wi = 0; wi < 3; wi++) {
+        pq_cpu_attention_kv_shared_forward(out, q, kc, vc, slot, pos, base, blen, N, NH, KVH, HS, T, windows[wi]);
+        pq_cpu_attention_kv_forward(ref, q, kc2, vc2, slot, pos, N, NH, KVH, HS, T, windows[wi]);
+        double err = 0;
+        for (int i = 0; i < N * NH * HS; i++) err = fmax(err, fabs(out[i] - ref[i]));
+        CHECK(err < 1e-5, "shared-prompt attention, window %d: max error %g", windows[wi], err);
+        // only the followers: no unshared token in the step
+        pq_cpu_attention_kv_shared_forward(out, q + NH * HS, kc, vc, slot + 1, pos + 1, base + 1, blen + 1, 2, NH,
+                                           KVH, HS, T, windows[wi]);
+        err = 0;
+        for (int i = 0; i < 2 * NH * HS; i++) err = fmax(err, fabs(out[i] - ref[NH * HS + i]));
+        CHECK(err < 1e-5, "shared-prompt attention, followers only, window %d: max error %g", windows[wi], err);
+    }
+    free(kc), free(vc), free(kc2), free(vc2);
+}
+
 // ---- the driver ----
 
 typedef struct Out {
@@ -310,6 +349,7 @@ int main(int argc, char **argv) {
     test_filters();
     test_sampling();
     test_linear_rows();
+    test_shared_attention();
     if (fails) {
         fprintf(stderr, "test-gen: %d failures\n", fails);
         return 1;
