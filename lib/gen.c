@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
 #include "ops_gen.h"
 #include "tool.h"
 
@@ -136,9 +137,16 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
         for (int v = 0; v < V; v++)
             if (probs[v] < thr) probs[v] = -INFINITY;
     }
+    // one vectorized pass of exp (the whole vocabulary for every sequence every step)
     double sum = 0;
-    for (int v = 0; v < V; v++) sum += probs[v] == -INFINITY ? 0 : exp((double)probs[v] - mx);
-    for (int v = 0; v < V; v++) probs[v] = probs[v] == -INFINITY ? 0.0f : (float)(exp((double)probs[v] - mx) / sum);
+#pragma omp simd reduction(+ : sum)
+    for (int v = 0; v < V; v++) {
+        probs[v] = probs[v] == -INFINITY ? 0.0f : pq_exp_fast(probs[v] - mx);
+        sum += probs[v];
+    }
+    float inv = (float)(1.0 / sum);
+#pragma omp simd
+    for (int v = 0; v < V; v++) probs[v] *= inv;
     if (top_p < 1) {
         int n = 0;
         int *idx = pq_xmalloc((size_t)V * sizeof *idx);
