@@ -60,6 +60,9 @@ def main():
     if not os.access(DRIVER, os.X_OK):
         print("skip: no driver " + DRIVER)
         sys.exit(77)
+    # the unit tests again with bf16 products (decoding rows of bf16 weights through oneDNN)
+    p = subprocess.run([DRIVER], env=dict(os.environ, PQ_PRECISION="bf16"), capture_output=True, text=True)
+    check("test-gen's unit tests under PQ_PRECISION=bf16", p.returncode == 0, p.stderr[-2000:])
     rnd = random.Random(5)
     with tempfile.TemporaryDirectory() as tmp:
         for arch, extra in (("llama", []), ("mistral", ["--window", "8"]), ("qwen2", ["--tie"])):
