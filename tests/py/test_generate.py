@@ -92,6 +92,17 @@ def main():
                 check(arch + ": batched greedy (%s slots) = transformers" % slots,
                       [[s["ids"] for s in r["samples"]] for r in got] == [[w] * 8 for w in want])
 
+            # samples sharing a prompt while slots are refilled: requests of 1 to 5 samples and 3 to 12
+            # tokens through 4 and 7 slots (a prompt's slot kept while others read it) = one at a time.
+            # Greedy: a sampled token may move with the rounding of a prompt prefilled beside others.
+            mreqs = [{"prompt": p, "n": k, "temperature": 0, "max_tokens": mt}
+                     for i, (p, k, mt) in enumerate(zip(prompts * 2, (3, 1, 4, 2, 5, 2, 5, 1, 3, 4),
+                                                        (5, 12, 3, 9, 7, 11, 4, 6, 12, 8)))]
+            m1, _ = run(d, mreqs, "--slots", "1")
+            for slots in ("4", "7"):
+                mk, _ = run(d, mreqs, "--slots", slots, "--threads", "2")
+                check(arch + ": shared prompts through %s refilled slots = one at a time" % slots, mk == m1)
+
             # seeded sampling, 3 samples per prompt: the same whatever the batch
             sreqs = [{"prompt": p, "n": 3, "seed": 11 + i, "temperature": 0.9, "top_p": 0.95, "top_k": 50,
                       "max_tokens": 8} for i, p in enumerate(prompts)]
