@@ -199,8 +199,13 @@ void pq_cpu_attention_kv_shared_forward(float *out, const float *q, const float 
 // Rows at most for which the weights are read in place, each weight read
 // once per call for all rows (decoding steps: batch 1 and the few sequences
 // of -n and -j); beyond this the tiled sgemm of ops_cpu.c wins (it packs the
-// weights once for many rows).
-#define ROWS_DIRECT 32
+// weights once for many rows). Crossovers measured on one AVX-512 thread,
+// 896 x 4864: about 24 to 32 rows for f32 weights, 48 for bf16 (which
+// sgemm must first convert). (A row's rounding depends on which side of the
+// bound its step falls: seeded samples of test_generate that pass at 32
+// flip a token at 24 on near-uniform random models.)
+#define ROWS_DIRECT_F32 32
+#define ROWS_DIRECT_BF16 48
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -334,7 +339,8 @@ static void rows_direct(float *out, const float *inp, const PqWeight *weight, in
 // about the cost of one (twice as fast as this kernel at 10 rows).
 void pq_cpu_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N, int C,
                                 int OC) {
-    if (N > ROWS_DIRECT || weight->dtype == PQ_F16 || (N > 1 && weight->dtype == PQ_BF16 && pq_cpu_bf16_products())) {
+    if (weight->dtype == PQ_F16 || N > (weight->dtype == PQ_BF16 ? ROWS_DIRECT_BF16 : ROWS_DIRECT_F32) ||
+        (N > 1 && weight->dtype == PQ_BF16 && pq_cpu_bf16_products())) {
         pq_cpu_linear_forward(out, inp, weight, bias, N, C, OC);
         return;
     }
