@@ -14,3 +14,8 @@ void pq_linear_rows_forward(float *out, const float *inp, const PqWeight *weight
                             int OC) {
     pq_cpu_linear_rows_forward(out, inp, weight, bias, N, C, OC);
 }
+void pq_attention_kv_shared_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot,
+                                    const int32_t *pos, const int32_t *base, const int32_t *blen, int N, int NH,
+                                    int KVH, int HS, int T, int window) {
+    pq_cpu_attention_kv_shared_forward(out, q, kc, vc, slot, pos, base, blen, N, NH, KVH, HS, T, window);
+}

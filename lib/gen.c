@@ -1,7 +1,10 @@
 // gen.c: generation (see gen.h). One step = admit queued samples into free
 // slots, one packed forward of every running slot's new tokens (prompts
 // being prefilled and one token per decoding slot) against the KV cache,
-// then sampling on the host, one RNG per sample.
+// then sampling on the host, one RNG per sample. The n samples of a request
+// read its prompt's keys and values from the slot that prefilled it (the
+// CPU's pq_attention_kv_shared_forward); where the backend has no such
+// operation (CUDA), the prompt is copied into every sample's slot.
 #include "gen.h"
 
 #include <cjson/cJSON.h>
@@ -10,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
 #include "ops_gen.h"
 #include "tool.h"
 
@@ -43,7 +47,9 @@ typedef struct Slot {
     int state;
     Req *r;
     int k;              // sample number
-    uint64_t prefix;    // id of the request whose prompt fills positions [0, P)
+    uint64_t prefix;    // id of the request whose prompt fills positions [0, P) (of this slot's own cache)
+    int base, blen;     // positions [0, blen) are read from slot base (blen 0: all from this one)
+    int users;          // running slots reading their prompt from this one (it is not reused meanwhile)
     int len;            // positions of the cache in use
     int32_t next_tok;   // sampled, to be fed in the next step
     PqTokens gen;       // generated ids
@@ -69,8 +75,9 @@ struct PqGen {
     // step buffers (device) for up to cap tokens, rows for up to mcap logits
     int cap, mcap;
     float *x, *ln, *q, *k, *v, *att, *tmp, *gate, *up, *mlp, *xa, *h, *logits;
-    int32_t *d_ids, *d_pos, *d_slot;
-    int32_t *ids, *pos, *slot_of; // host
+    int32_t *d_ids, *d_pos, *d_slot, *d_base, *d_blen;
+    int32_t *ids, *pos, *slot_of, *base_of, *blen_of; // host
+    int shared; // the prompt's cache is shared by its samples (pq_attention_kv_shared_forward)
     float *h_logits;              // host (mcap, V)
     long long n_prefilled, n_generated, n_steps;
 };
@@ -117,7 +124,7 @@ static float kth_largest(const float *x, int n, int k, float *tmp) {
     return tmp[want];
 }
 
-void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float *probs) {
+void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float min_p, float *probs) {
     float mx = -INFINITY;
     for (int v = 0; v < V; v++) {
         probs[v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / temperature;
@@ -130,9 +137,16 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
         for (int v = 0; v < V; v++)
             if (probs[v] < thr) probs[v] = -INFINITY;
     }
+    // one vectorized pass of exp (the whole vocabulary for every sequence every step)
     double sum = 0;
-    for (int v = 0; v < V; v++) sum += probs[v] == -INFINITY ? 0 : exp((double)probs[v] - mx);
-    for (int v = 0; v < V; v++) probs[v] = probs[v] == -INFINITY ? 0.0f : (float)(exp((double)probs[v] - mx) / sum);
+#pragma omp simd reduction(+ : sum)
+    for (int v = 0; v < V; v++) {
+        probs[v] = probs[v] == -INFINITY ? 0.0f : pq_exp_fast(probs[v] - mx);
+        sum += probs[v];
+    }
+    float inv = (float)(1.0 / sum);
+#pragma omp simd
+    for (int v = 0; v < V; v++) probs[v] *= inv;
     if (top_p < 1) {
         int n = 0;
         int *idx = pq_xmalloc((size_t)V * sizeof *idx);
@@ -150,6 +164,16 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
         for (int v = 0; v < V; v++) probs[v] = (float)(probs[v] / kept);
         free(idx);
     }
+    if (min_p > 0) {
+        float top = 0;
+        for (int v = 0; v < V; v++) top = probs[v] > top ? probs[v] : top;
+        double thr = (double)min_p * top, kept = 0;
+        for (int v = 0; v < V; v++) {
+            if (probs[v] < thr) probs[v] = 0;
+            kept += probs[v];
+        }
+        for (int v = 0; v < V; v++) probs[v] = (float)(probs[v] / kept);
+    }
 }
 
 int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *rng, float *work) {
@@ -159,7 +183,7 @@ int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *r
             if (logits[v] != -INFINITY && (best < 0 || logits[v] > logits[best])) best = v;
         return best;
     }
-    pq_gen_probs(logits, V, p->temperature, p->top_k, p->top_p, work);
+    pq_gen_probs(logits, V, p->temperature, p->top_k, p->top_p, p->min_p, work);
     double u = pq_rng_uniform(rng), c = 0;
     int last = -1;
     for (int v = 0; v < V; v++) {
@@ -172,6 +196,9 @@ int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *r
 }
 
 // ---- setup ----
+
+// Bound in CPU builds (backend_gen_cpu.c); NULL in CUDA ones.
+#pragma weak pq_attention_kv_shared_forward
 
 static void eos_add(int32_t *out, int *n, int max, double id) {
     if (id < 0 || id != (int32_t)id) return;
@@ -221,11 +248,12 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
     for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(per), g->vc[l] = pq_dev_alloc(per);
     g->slots = pq_xcalloc((size_t)g->S, sizeof *g->slots);
-    for (int s = 0; s < g->S; s++) g->slots[s].work = pq_xmalloc((size_t)c->V * sizeof(float));
+    for (int s = 0; s < g->S; s++) g->slots[s].work = pq_xmalloc((size_t)c->V * sizeof(float)), g->slots[s].base = s;
     g->eos = pq_xmalloc((size_t)(n_eos + 1) * sizeof *g->eos);
     memcpy(g->eos, eos, (size_t)n_eos * sizeof *eos);
     g->n_eos = n_eos;
     g->next_id = 1;
+    g->shared = pq_attention_kv_shared_forward != NULL;
     return g;
 }
 
@@ -235,9 +263,13 @@ static void free_bufs(PqGen *g) {
     pq_dev_free(g->d_ids);
     pq_dev_free(g->d_pos);
     pq_dev_free(g->d_slot);
+    pq_dev_free(g->d_base);
+    pq_dev_free(g->d_blen);
     free(g->ids);
     free(g->pos);
     free(g->slot_of);
+    free(g->base_of);
+    free(g->blen_of);
     free(g->h_logits);
 }
 
@@ -345,13 +377,28 @@ static void grow(PqGen *g, int need) {
     g->T = T;
 }
 
-// Positions [0, P) of slot src to slot dst in every layer.
+// Slot dst's positions [0, P) are slot src's: read from src where the
+// backend shares (src is then kept until dst finishes), else copied in
+// every layer.
 static void copy_prefix(PqGen *g, int dst, int src, int P) {
+    if (g->shared) {
+        Slot *d = &g->slots[dst];
+        d->base = src, d->blen = P;
+        d->prefix = 0; // its own positions [0, P) hold no prompt
+        g->slots[src].users++;
+        return;
+    }
     size_t per = slot_floats(g, g->T), row = slot_floats(g, 1);
     for (int l = 0; l < g->m->cfg.L; l++) {
         pq_dev_copy(g->kc[l] + dst * per, g->kc[l] + src * per, (size_t)P * row * 4);
         pq_dev_copy(g->vc[l] + dst * per, g->vc[l] + src * per, (size_t)P * row * 4);
     }
+}
+
+// A slot is done reading another's prompt.
+static void unshare(PqGen *g, Slot *sl) {
+    if (sl->blen > 0) g->slots[sl->base].users--;
+    sl->base = (int)(sl - g->slots), sl->blen = 0;
 }
 
 // ---- samples ----
@@ -382,6 +429,7 @@ static void finish(PqGen *g, Slot *sl, int why, int cut, Done *d) {
     }
     sl->state = SLOT_FREE;
     sl->r = NULL;
+    unshare(g, sl);
     if (++r->finished == r->n) done_push(d, r);
 }
 
@@ -460,13 +508,15 @@ static void fail_req(PqGen *g, Req *r, Done *d, const char *msg) {
     (void)g;
 }
 
+// A free slot, the one holding request prefer's prompt if free; a slot whose
+// prompt others read is only given to that request's samples.
 static Slot *free_slot(PqGen *g, uint64_t prefer) {
     Slot *any = NULL;
     for (int s = 0; s < g->S; s++) {
         Slot *sl = &g->slots[s];
         if (sl->state != SLOT_FREE) continue;
         if (sl->prefix == prefer) return sl;
-        if (!any) any = sl;
+        if (!any && !sl->users) any = sl;
     }
     return any;
 }
@@ -570,9 +620,13 @@ static void ensure_bufs(PqGen *g, int N, int M) {
         g->d_ids = pq_dev_alloc(n * 4);
         g->d_pos = pq_dev_alloc(n * 4);
         g->d_slot = pq_dev_alloc(n * 4);
+        g->d_base = pq_dev_alloc(n * 4);
+        g->d_blen = pq_dev_alloc(n * 4);
         g->ids = pq_xmalloc(n * 4);
         g->pos = pq_xmalloc(n * 4);
         g->slot_of = pq_xmalloc(n * 4);
+        g->base_of = pq_xmalloc(n * 4);
+        g->blen_of = pq_xmalloc(n * 4);
         g->cap = cap;
     }
     if (M > g->mcap) {
@@ -607,6 +661,10 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     pq_dev_upload(g->d_ids, g->ids, (size_t)N * 4);
     pq_dev_upload(g->d_pos, g->pos, (size_t)N * 4);
     pq_dev_upload(g->d_slot, g->slot_of, (size_t)N * 4);
+    if (g->shared) {
+        pq_dev_upload(g->d_base, g->base_of, (size_t)N * 4);
+        pq_dev_upload(g->d_blen, g->blen_of, (size_t)N * 4);
+    }
     pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
     for (int l = 0; l < c->L; l++) {
         const PqLayerW *w = &m->layers[l];
@@ -624,8 +682,12 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
         pq_rope_forward(g->q, g->d_pos, m->inv_freq, N, c->NH, c->HS);
         pq_rope_forward(g->k, g->d_pos, m->inv_freq, N, c->KVH, c->HS);
         pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
-        pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS, g->T,
-                                pq_layer_window(c, l));
+        if (g->shared)
+            pq_attention_kv_shared_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, g->d_base,
+                                           g->d_blen, N, c->NH, c->KVH, c->HS, g->T, pq_layer_window(c, l));
+        else
+            pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS,
+                                    g->T, pq_layer_window(c, l));
         lin(g, l, PQ_O, g->tmp, g->att, N);
         pq_residual_forward(g->x, g->tmp, nc);
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
@@ -671,12 +733,14 @@ int pq_gen_step(PqGen *g) {
         for (int s = 0; s < g->S; s++) {
             Slot *sl = &g->slots[s];
             if (sl->state == SLOT_PREFILL) {
-                for (int t = 0; t < sl->r->P; t++, i++) g->ids[i] = sl->r->prompt[t], g->pos[i] = t, g->slot_of[i] = s;
+                for (int t = 0; t < sl->r->P; t++, i++)
+                    g->ids[i] = sl->r->prompt[t], g->pos[i] = t, g->slot_of[i] = s, g->base_of[i] = s, g->blen_of[i] = 0;
                 sl->len = sl->r->P;
                 rows[mi] = i - 1, row_slot[mi++] = s;
                 g->n_prefilled += sl->r->P;
             } else if (sl->state == SLOT_RUN) {
                 g->ids[i] = sl->next_tok, g->pos[i] = sl->len, g->slot_of[i] = s;
+                g->base_of[i] = sl->base, g->blen_of[i] = sl->blen;
                 sl->len++;
                 rows[mi] = i++, row_slot[mi++] = s;
             }

@@ -1,6 +1,6 @@
 // gen.h: text generation on a PqModel: a KV cache of S slots, batched
 // decoding with continuous batching (a finished sequence's slot is refilled
-// from the queue at once), sampling with temperature, top-k, top-p and a
+// from the queue at once), sampling with temperature, top-k, top-p, min-p and a
 // per-sample seeded RNG (results never depend on what else is in the
 // batch), stops at end tokens, stop strings or a token budget, constrained
 // decoding (constrain.h), LoRA (the model's PqLora) applied. The n samples
@@ -19,13 +19,14 @@ typedef struct PqGenParams {
     float temperature; // 0: greedy (argmax)
     float top_p;       // 1: off
     int top_k;         // 0: off
+    float min_p;       // 0: off
     int max_tokens;    // generated tokens at most (the context may end it sooner)
     const char *const *stop; // stop strings (not included in the text), n_stop of them
     int n_stop;
     int constrain;     // PQ_CONSTRAIN_* (needs the tokenizer)
     int constrain_n;   // questions of the quiz / answers grammar
 } PqGenParams;
-void pq_gen_params_init(PqGenParams *p); // temperature 1, top_p 1, top_k 0, max_tokens 256
+void pq_gen_params_init(PqGenParams *p); // temperature 1, top_p 1, top_k 0, min_p 0, max_tokens 256
 
 enum { PQ_FINISH_EOS = 0, PQ_FINISH_STOP, PQ_FINISH_LENGTH };
 typedef struct PqGenOut {
@@ -65,10 +66,16 @@ void pq_gen_counts(const PqGen *g, long long *prefilled, long long *generated, l
 int pq_gen_eos_ids(const char *model_dir, const PqTokenizer *tok, int32_t *out, int max);
 
 // The distribution sampling draws from: logits (V) -> probs (V) after
-// temperature (> 0), top-k and top-p as transformers' warpers apply them
-// (in that order; top-k keeps ties with the k-th value, top-p keeps the
-// fewest most likely tokens whose mass reaches p). -INFINITY logits stay 0.
-void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float *probs);
+// temperature (> 0), top-k, top-p and min-p, in that order, the order of
+// vLLM's sampler and transformers' warpers: top-k keeps ties with the k-th
+// value, top-p keeps the fewest most likely tokens whose mass reaches p,
+// min-p keeps the tokens whose probability is at least min_p times the
+// largest (of what top-k and top-p left; the ratio does not depend on the
+// renormalisation). llama.cpp's default chain truncates before the
+// temperature (on the temperature-1 distribution): the same tokens when
+// the temperature is 1, different top-p/min-p cuts otherwise.
+// -INFINITY logits stay 0.
+void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float min_p, float *probs);
 // Samples a token: argmax when temperature is 0, else from pq_gen_probs
 // with one uniform draw of rng. work: V floats of scratch.
 int32_t pq_gen_sample(const float *logits, int V, const PqGenParams *p, PqRng *rng, float *work);

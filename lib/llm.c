@@ -125,6 +125,8 @@ void pq_llm_config_init(PqLlmConfig *c) {
     c->api_key_env = "OPENAI_API_KEY";
     c->temperature = -1;
     c->top_p = -1;
+    c->top_k = -1;
+    c->min_p = -1;
     c->jobs = 8;
     c->retries = 6;
     c->timeout_s = 120;
@@ -184,6 +186,12 @@ int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
         }
         return 1;
     case PQ_OPT_LLM_BASE + 11: c->unordered = 1; return 1;
+    case PQ_OPT_LLM_BASE + 18:
+        if (parse_double(arg, 0, 1, &c->min_p)) {
+            pq_err(e, "--min-p: bad value '%s'", arg);
+            return -1;
+        }
+        return 1;
     case PQ_OPT_LLM_BASE + 12 ... PQ_OPT_LLM_BASE + 17:
     case 't': return pq_llm_local_option(c, opt, arg, e);
     case 'j':
@@ -457,7 +465,11 @@ static void build_body(PqLlm *l, Call *c) {
     if (c->n > 1) cJSON_AddNumberToObject(b, "n", c->n);
     if (c->seed >= 0) cJSON_AddNumberToObject(b, "seed", (double)c->seed);
     if (l->c.temperature >= 0) cJSON_AddNumberToObject(b, "temperature", l->c.temperature);
-    if (l->c.top_p >= 0) cJSON_AddNumberToObject(b, "top_p", l->c.top_p);
+    // top_p 1 always: without it llama-server truncates (its defaults top_k 40, top_p 0.95, min_p 0.05
+    // apply to any field left out); top_k and min_p only when set (OpenAI knows neither).
+    cJSON_AddNumberToObject(b, "top_p", l->c.top_p >= 0 ? l->c.top_p : 1);
+    if (l->c.top_k >= 0) cJSON_AddNumberToObject(b, "top_k", l->c.top_k);
+    if (l->c.min_p >= 0) cJSON_AddNumberToObject(b, "min_p", l->c.min_p);
     if (l->c.max_tokens > 0) cJSON_AddNumberToObject(b, "max_tokens", l->c.max_tokens);
     // -o fields last: they override the fields above.
     for (cJSON *x = l->c.extra ? l->c.extra->child : NULL; x; x = x->next) {

@@ -17,7 +17,8 @@ typedef struct PqLlmConfig {
     const char *model;       // required
     const char *api_key_env; // default OPENAI_API_KEY
     double temperature;      // < 0: not sent
-    double top_p;            // < 0: not sent
+    double top_p;            // < 0: unset (1 is sent)
+    double min_p;            // --min-p P; < 0: not sent
     int max_tokens;          // <= 0: not sent
     cJSON *extra;            // -o KEY=JSON fields merged into every body (owned)
     int jobs;                // -j: requests in flight (default 8)
@@ -30,7 +31,7 @@ typedef struct PqLlmConfig {
     const char *adapter;       // --adapter DIR, a PEFT LoRA adapter
     const char *chat_template; // --chat-template NAME (default: the model's)
     const char *constrain;     // --grammar quiz|answers|summary|ascii|none, or "auto" (--constrain)
-    int top_k;                 // --top-k K (0: off)
+    int top_k;                 // --top-k K (< 0: not sent; 0: off)
     int threads;               // -t, --threads N (0: all cores)
     const char *stop[PQ_LLM_MAX_STOP]; // --stop STR, repeatable
     int n_stop;
@@ -77,6 +78,7 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     {"top-k", required_argument, 0, PQ_OPT_LLM_BASE + 15},      \
     {"stop", required_argument, 0, PQ_OPT_LLM_BASE + 16},       \
     {"grammar", required_argument, 0, PQ_OPT_LLM_BASE + 17},    \
+    {"min-p", required_argument, 0, PQ_OPT_LLM_BASE + 18},      \
     {"threads", required_argument, 0, 't'},                     \
     {"jobs", required_argument, 0, 'j'},                        \
     {"option", required_argument, 0, 'O'}
@@ -87,7 +89,9 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     "      --base-url URL      endpoint (default $OPENAI_BASE_URL, else https://api.openai.com/v1)\n" \
     "  -m, --model NAME|DIR    model name sent to the server, or a local model directory\n" \
     "      --api-key-env NAME  variable holding the API key (default OPENAI_API_KEY)\n"    \
-    "      --temperature T, --top-p P, --max-tokens N\n"                                   \
+    "      --temperature T, --max-tokens N\n"                                              \
+    "      --top-p P, --top-k K, --min-p P  truncation (top_p 1 is sent unless set; top_k and\n" \
+    "                          min_p only when set); the local model applies them too\n" \
     "  -o, --option KEY=JSON   any other body field, e.g. -o max_completion_tokens=512\n"  \
     "  -j, --jobs N            requests in flight (default 8)\n"                           \
     "      --retries N         retries on network errors, 408/409/429/5xx (default 6)\n"   \
@@ -102,8 +106,8 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     "                          pq-quiz: the answers, pq-summarize: 5+ ASCII words)\n"    \
     "      --grammar NAME      force quiz, answers, summary, ascii or none instead\n"     \
     "  -t, --threads N         CPU threads (default all cores)\n"                          \
-    "      --top-k K, --stop STR (repeatable);\n"                                          \
-    "                          -j N sequences decoded together; --max-tokens default 512\n"
+    "      --stop STR          a stop string (repeatable)\n"                             \
+    "                          -j N: sequences decoded together; --max-tokens default 512\n"
 
 // 1 handled, 0 not ours, -1 bad value (message in e).
 int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e);

@@ -74,7 +74,10 @@ int pq_llm_local_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
     case PQ_OPT_LLM_BASE + 15:
         errno = 0;
         v = strtol(arg, &end, 10);
-        if (errno || end == arg || *end || v < 0 || v > 1 << 30) break;
+        if (errno || end == arg || *end || v < 0 || v > 1 << 30) {
+            pq_err(e, "--top-k: bad value '%s'", arg);
+            return -1;
+        }
         c->top_k = (int)v;
         return 1;
     case PQ_OPT_LLM_BASE + 16:
@@ -134,7 +137,8 @@ PqLlmLocal *pq_llm_local_new(const PqLlmConfig *c, PqErr *e) {
     pq_gen_params_init(&l->p);
     l->p.temperature = c->temperature >= 0 ? (float)c->temperature : 1.0f;
     l->p.top_p = c->top_p >= 0 ? (float)c->top_p : 1.0f;
-    l->p.top_k = c->top_k;
+    l->p.top_k = c->top_k > 0 ? c->top_k : 0;
+    l->p.min_p = c->min_p > 0 ? (float)c->min_p : 0.0f;
     l->p.max_tokens = c->max_tokens > 0 ? c->max_tokens : DEFAULT_MAX_TOKENS;
     for (int i = 0; i < c->n_stop; i++) l->stop[i] = pq_xstrdup(c->stop[i]);
     l->p.stop = (const char *const *)l->stop;

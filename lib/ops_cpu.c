@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
 #include "matmul_bf16.h"
 #include "st_write.h"
 #include "util.h"
@@ -46,31 +47,6 @@ float pq_f16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-
-// exp(x) to about 1 ulp, branch-free so loops over it vectorize (libm's
-// expf does not without -fno-math-errno): x = n ln2 + r (Cody-Waite),
-// exp(r) by its Taylor polynomial to r^7 (|r| <= ln2/2), times 2^n built
-// in the exponent bits. x is clamped to [-87, 88]: exp(-87) ~ 1.6e-38
-// stands for anything smaller.
-static inline float exp_fast(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    // n = round(x / ln2) by the 1.5 * 2^23 trick (floorf is a libm call here)
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float sc;
-    memcpy(&sc, &bits, 4);
-    return p * sc;
 }
 
 // Rows [r0, r0+n) of w as f32 into out (n, cols); returns out, or the
@@ -330,7 +306,7 @@ void pq_cpu_attention_forward(float *out, float *lse, const float *q, const floa
                 for (int c = c0; c < c1; c++) m = s[c] > m ? s[c] : m;
 #pragma omp simd reduction(+ : sum)
                 for (int c = c0; c < c1; c++) {
-                    s[c] = exp_fast(s[c] - m);
+                    s[c] = pq_exp_fast(s[c] - m);
                     sum += s[c];
                 }
                 float inv = 1.0f / sum;
@@ -356,7 +332,7 @@ void pq_cpu_swiglu_forward(float *out, const float *gate, const float *up, int N
 #pragma omp parallel for simd num_threads(pq_cpu_threads())
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + exp_fast(-g)) * up[i];
+        out[i] = g / (1.0f + pq_exp_fast(-g)) * up[i];
     }
 }
 
@@ -401,7 +377,7 @@ void pq_cpu_logp_forward(float *logp, float *lse, const float *h, const PqWeight
                 float nm = cm > m[i] ? cm : m[i];
                 float acc = 0;
 #pragma omp simd reduction(+ : acc)
-                for (int j = 0; j < n; j++) acc += exp_fast(x[j] - nm);
+                for (int j = 0; j < n; j++) acc += pq_exp_fast(x[j] - nm);
                 s[i] = s[i] * expf(m[i] - nm) + acc;
                 m[i] = nm;
                 int tg = targets[i];

@@ -31,4 +31,18 @@
 PQ_OPS_GEN_DECLARE(pq_)
 PQ_OPS_GEN_DECLARE(pq_cpu_)
 
+// attention_kv_forward where token i's keys j < blen[i] are read from slot
+// base[i] instead of slot[i]: the prompt of a request's n samples, prefilled
+// once and shared, never copied (blen[i] <= 0: every key from slot[i]). The
+// decoding tokens sharing one prompt are one product against its keys.
+// CPU builds only: backend_gen_cpu.c binds pq_ to pq_cpu_; CUDA builds leave
+// pq_attention_kv_shared_forward undefined (gen.c's weak reference is then
+// NULL and it copies the prompt into every sample's slot).
+void pq_cpu_attention_kv_shared_forward(float *out, const float *q, const float *kc, const float *vc,
+                                        const int32_t *slot, const int32_t *pos, const int32_t *base,
+                                        const int32_t *blen, int N, int NH, int KVH, int HS, int T, int window);
+void pq_attention_kv_shared_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot,
+                                    const int32_t *pos, const int32_t *base, const int32_t *blen, int N, int NH,
+                                    int KVH, int HS, int T, int window);
+
 #endif

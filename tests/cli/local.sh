@@ -1,7 +1,8 @@
 #!/bin/sh
 # local.sh: pq-summarize, pq-questions and pq-quiz on a local model
 # directory (--model DIR, a tiny random model) instead of a server: the same
-# output fields, seeded samples reproducible and independent of -j, every
+# output fields, seeded samples reproducible and independent of -j,
+# --top-k/--top-p/--min-p truncating (to the argmax at their limits), every
 # line out or rejected, --constrain quiz/answers giving parsable quizzes and
 # answers from a random model (0 rejects), fatal errors for broken model
 # and adapter directories, per-line errors for prompts over the context; a
@@ -24,6 +25,13 @@ f=$PQ_TOP/tests/fixtures
 diff -u "$d/s1.jsonl" "$d/s2.jsonl"
 "$b/pq-summarize" --model "$d/m" --temperature 0 --max-tokens 6 --stop . --no-progress <"$f/articles.jsonl" \
   >"$d/greedy.jsonl"
+# truncation applied by the local engine: top-k 1, top-p 0 and min-p 1 leave the argmax alone
+for o in "--top-k 1" "--top-p 0" "--min-p 1"; do
+  # shellcheck disable=SC2086
+  "$b/pq-summarize" --model "$d/m" --temperature 1.5 $o --max-tokens 6 --stop . --no-progress \
+    <"$f/articles.jsonl" >"$d/trunc.jsonl"
+  diff -u "$d/greedy.jsonl" "$d/trunc.jsonl"
+done
 # --constrain on the policy: 5+ ASCII words, what pq-pair keeps
 "$b/pq-summarize" --model "$d/m" -n 2 --temperature 1 --max-tokens 16 --constrain -t 1 --no-progress \
   <"$f/articles.jsonl" >"$d/ascii.jsonl"

@@ -88,12 +88,14 @@ for o, g, w in zip(out, good, want):
     assert bc == bad_chars(g["summary"]), (bc, bad_chars(g["summary"]), g["summary"])
 EOF
 
-# The judge answers at temperature 0 unless told otherwise; a 0-score
+# The judge answers at temperature 0 unless told otherwise (top_p 1 sent,
+# top_k and min_p not); a 0-score
 # reply (prose) is not asked again.
 "$PQ_PY" - "$d/log" <<'EOF'
 import collections, json, sys
 log = [json.loads(l) for l in open(sys.argv[1])]
-assert log and all(x["params"].get("temperature") == 0 for x in log), log
+assert log and all(x["params"].get("temperature") == 0 and x["params"].get("top_p") == 1 for x in log), log
+assert not any("top_k" in x["params"] or "min_p" in x["params"] for x in log), log
 per_key = collections.Counter(x["key"] for x in log)
 assert len(per_key) == 8, per_key  # one body per good line, retries resend the same body
 EOF

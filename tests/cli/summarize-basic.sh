@@ -1,7 +1,8 @@
 #!/bin/sh
 # summarize-basic.sh: what pq-summarize sends and writes: the built-in prompt
 # (same template for every article) or --prompt-file, the body fields from
-# --temperature/--top-p/--max-tokens/-o (-o wins), per-article seeds that
+# --temperature/--top-p/--top-k/--min-p/--max-tokens/-o (-o wins; top_p 1
+# unless set, top_k and min_p only when set), per-article seeds that
 # are stable across runs and move with --seed, stdin input, numeric ids.
 set -eu
 . "$PQ_TOP/tests/lib-fake.sh"
@@ -21,6 +22,13 @@ printf '{"id": 42, "article": "A numeric id is fine. It is kept as a number. So 
      -o 'stop=["\n\n"]' -o top_p=0.5 "$d/num.jsonl" >/dev/null 2>>"$d/err"
 # Over its own output: our fields are replaced, not repeated.
 "$s" --model pol2 "$d/builtin.jsonl" >"$d/rerun.jsonl" 2>>"$d/err"
+"$s" --model pol --top-p 0.95 --top-k 40 --min-p 0.05 "$d/num.jsonl" >/dev/null 2>>"$d/err"
+"$s" --model pol --top-k 0 --min-p 0 "$d/num.jsonl" >/dev/null 2>>"$d/err"
+for bad in "--top-k -1" "--top-k x" "--min-p 1.5" "--min-p -0.1" "--top-p 2"; do
+  # shellcheck disable=SC2086
+  if "$s" --model pol $bad "$d/num.jsonl" >/dev/null 2>"$d/bad"; then echo "accepted $bad" >&2; exit 1; fi
+  grep -q -- "${bad% *}" "$d/bad" || { echo "no message naming ${bad% *}:" >&2; cat "$d/bad" >&2; exit 1; }
+done
 "$PQ_PY" - "$d" "$a" <<'EOF'
 import json, sys
 d, arts = sys.argv[1], [json.loads(l) for l in open(sys.argv[2])]
@@ -43,8 +51,10 @@ for x, y in zip(b, open(d + "/rerun.jsonl")):
 log = [json.loads(l) for l in open(d + "/log")]
 s1, s2, s3 = [[r["seed"] for r in log[k:k + 3]] for k in (0, 3, 6)]
 assert s1 == s2 and s1 != s3 and len(set(s1)) == 3, (s1, s2, s3)
-assert all(r["params"] == {} for r in log[:10]), "nothing but model, messages, seed by default"
-assert len(log) == 17 and log[13]["params"] == {"temperature": 0.8, "top_p": 0.5, "max_tokens": 100,
+assert all(r["params"] == {"top_p": 1} for r in log[:10]), "nothing but model, messages, seed, top_p 1 by default"
+assert len(log) == 19 and log[13]["params"] == {"temperature": 0.8, "top_p": 0.5, "max_tokens": 100,
                              "max_completion_tokens": 512, "stop": ["\n\n"]}, log[13]["params"]
+assert log[17]["params"] == {"top_p": 0.95, "top_k": 40, "min_p": 0.05}, log[17]["params"]
+assert log[18]["params"] == {"top_p": 1, "top_k": 0, "min_p": 0}, log[18]["params"]
 EOF
 echo ok

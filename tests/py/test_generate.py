@@ -3,8 +3,9 @@
 # tiny random llama, mistral (sliding window shorter than prompt +
 # generation), qwen2 and qwen3 (qwen3ref.py; q/k norms, head_dim != hidden /
 # heads, a window on its second layer) models and PEFT LoRA adapters on a
-# llama and a qwen3; continuous batching
-# gives the same tokens as one sequence at a time; seeded samples do not
+# llama and a qwen3; continuous batching and batched decoding (the n samples
+# of -n, up to 40 sequences a step) give the same tokens as one sequence at a
+# time; seeded samples do not
 # depend on the batch; n samples share one prefill of their prompt.
 import json
 import os
@@ -63,6 +64,9 @@ def main():
     if not os.access(DRIVER, os.X_OK):
         print("FAIL: no driver " + DRIVER)
         sys.exit(1)
+    # the unit tests again with bf16 products (decoding rows of bf16 weights through oneDNN)
+    p = subprocess.run([DRIVER], env=dict(os.environ, PQ_PRECISION="bf16"), capture_output=True, text=True)
+    check("test-gen's unit tests under PQ_PRECISION=bf16", p.returncode == 0, p.stderr[-2000:])
     rnd = random.Random(5)
     with tempfile.TemporaryDirectory() as tmp:
         for arch, extra in (("llama", []), ("mistral", ["--window", "8"]), ("qwen2", ["--tie"]),
@@ -85,6 +89,24 @@ def main():
             two, _ = run(d, reqs, "--slots", "2", "--threads", "2")
             check(arch + ": continuous batching (2 slots) = one at a time",
                   [r["samples"][0]["ids"] for r in two] == want)
+            # batched decoding: 8 greedy samples a prompt, 40 sequences, decoded one at a time, 12 at a
+            # time (the weights read in place for every row) and all 40 together (sgemm), token for token
+            nreqs = [dict(r, n=8) for r in reqs]
+            for slots, threads in (("1", "1"), ("12", "2"), ("40", "2")):
+                got, _ = run(d, nreqs, "--slots", slots, "--threads", threads)
+                check(arch + ": batched greedy (%s slots) = transformers" % slots,
+                      [[s["ids"] for s in r["samples"]] for r in got] == [[w] * 8 for w in want])
+
+            # samples sharing a prompt while slots are refilled: requests of 1 to 5 samples and 3 to 12
+            # tokens through 4 and 7 slots (a prompt's slot kept while others read it) = one at a time.
+            # Greedy: a sampled token may move with the rounding of a prompt prefilled beside others.
+            mreqs = [{"prompt": p, "n": k, "temperature": 0, "max_tokens": mt}
+                     for i, (p, k, mt) in enumerate(zip(prompts * 2, (3, 1, 4, 2, 5, 2, 5, 1, 3, 4),
+                                                        (5, 12, 3, 9, 7, 11, 4, 6, 12, 8)))]
+            m1, _ = run(d, mreqs, "--slots", "1")
+            for slots in ("4", "7"):
+                mk, _ = run(d, mreqs, "--slots", slots, "--threads", "2")
+                check(arch + ": shared prompts through %s refilled slots = one at a time" % slots, mk == m1)
 
             # seeded sampling, 3 samples per prompt: the same whatever the batch
             sreqs = [{"prompt": p, "n": 3, "seed": 11 + i, "temperature": 0.9, "top_p": 0.95, "top_k": 50,

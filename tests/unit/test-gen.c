@@ -2,6 +2,9 @@
 // seeded sampling reproducible; with a model directory as argument, a
 // driver for tests/py/test_generate.py: JSON requests in, generated ids out.
 //   test-gen                       unit tests
+//   test-gen --probs < cases.jsonl  pq_gen_probs of {"logits", "temperature",
+//                                  "top_k", "top_p", "min_p"}: {"probs"} per line
+//                                  (tests/py/test_sampler.py)
 //   test-gen MODEL_DIR [--slots S] [--threads T] [--adapter DIR] [--no-eos 1] < requests.jsonl
 // A request: {"prompt": [ids], "n": 1, "seed": 0, "temperature": 0,
 // "top_k": 0, "top_p": 1, "max_tokens": 8, "stop": ["..."], "constrain":
@@ -16,6 +19,8 @@
 #include <string.h>
 
 #include "gen.h"
+#include "ops_gen.h"
+#include "st_write.h"
 #include "tool.h"
 
 static int fails;
@@ -34,7 +39,7 @@ static int by_desc(const void *a, const void *b) {
     const double *x = a, *y = b;
     return x[0] < y[0] ? 1 : x[0] > y[0] ? -1 : (x[1] > y[1]) - (x[1] < y[1]);
 }
-static void ref_probs(const float *logits, int V, double T, int k, double p, double *out) {
+static void ref_probs(const float *logits, int V, double T, int k, double p, double mp, double *out) {
     double *s = malloc(sizeof(double) * 2 * V);
     for (int v = 0; v < V; v++) s[2 * v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / T, s[2 * v + 1] = v;
     qsort(s, (size_t)V, 2 * sizeof(double), by_desc);
@@ -53,6 +58,8 @@ static void ref_probs(const float *logits, int V, double T, int k, double p, dou
         keep2 = 0;
         while (keep2 < keep && (keep2 == 0 || before < p)) before += exp(s[2 * keep2] - s[0]) / z, keep2++;
     }
+    // min-p: the kept ones at least mp times the most likely (s[0], kept always)
+    while (mp > 0 && keep2 > 1 && exp(s[2 * (keep2 - 1)] - s[0]) < mp) keep2--;
     double z2 = 0;
     for (int i = 0; i < keep2; i++) z2 += exp(s[2 * i] - s[0]);
     for (int v = 0; v < V; v++) out[v] = 0;
@@ -69,20 +76,23 @@ static void test_filters(void) {
     const double temps[] = {0.3, 1.0, 1.7};
     const int ks[] = {0, 1, 5, 49, 50};
     const double ps[] = {1.0, 0.9, 0.5, 0.05};
+    const double mps[] = {0, 0.05, 0.3};
     for (int trial = 0; trial < 20; trial++) {
         for (int v = 0; v < V; v++) lg[v] = (float)(3 * (pq_rng_uniform(&rng) - 0.5));
         if (trial % 3 == 0) lg[3] = lg[7] = lg[11]; // ties
         if (trial % 4 == 1) lg[0] = lg[20] = -INFINITY; // masked
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 5; b++)
-                for (int c = 0; c < 4; c++) {
-                    pq_gen_probs(lg, V, (float)temps[a], ks[b], (float)ps[c], pr);
-                    ref_probs(lg, V, temps[a], ks[b], ps[c], ref);
-                    double err = 0, sum = 0;
-                    for (int v = 0; v < V; v++) err = fmax(err, fabs(pr[v] - ref[v])), sum += pr[v];
-                    CHECK(err < 1e-5 && fabs(sum - 1) < 1e-5, "filters T=%g k=%d p=%g trial %d: max error %g, sum %g",
-                          temps[a], ks[b], ps[c], trial, err, sum);
-                }
+                for (int c = 0; c < 4; c++)
+                    for (int e = 0; e < 3; e++) {
+                        pq_gen_probs(lg, V, (float)temps[a], ks[b], (float)ps[c], (float)mps[e], pr);
+                        ref_probs(lg, V, temps[a], ks[b], ps[c], mps[e], ref);
+                        double err = 0, sum = 0;
+                        for (int v = 0; v < V; v++) err = fmax(err, fabs(pr[v] - ref[v])), sum += pr[v];
+                        CHECK(err < 1e-5 && fabs(sum - 1) < 1e-5,
+                              "filters T=%g k=%d p=%g min_p=%g trial %d: max error %g, sum %g", temps[a], ks[b], ps[c],
+                              mps[e], trial, err, sum);
+                    }
     }
 }
 
@@ -96,7 +106,8 @@ static void test_sampling(void) {
     p.temperature = 0.8f;
     p.top_k = 6;
     p.top_p = 0.9f;
-    pq_gen_probs(lg, V, p.temperature, p.top_k, p.top_p, pr);
+    p.min_p = 0.1f;
+    pq_gen_probs(lg, V, p.temperature, p.top_k, p.top_p, p.min_p, pr);
     long cnt[8] = {0};
     PqRng rng;
     pq_rng_seed(&rng, 1);
@@ -121,6 +132,87 @@ static void test_sampling(void) {
     }
     p.temperature = 0;
     CHECK(pq_gen_sample(lg, V, &p, &a, work) == 4, "greedy is not the argmax");
+}
+
+// pq_cpu_linear_rows_forward (the decoding steps' products: in place up to
+// 32 rows (f32) or 48 (bf16), sgemm beyond) against a double reference, f32 and bf16 weights,
+// shapes off every block size. Under PQ_PRECISION=bf16 (test_generate.py
+// runs that too) bf16 weights multiply inputs rounded to bf16 from 2 rows.
+static void test_linear_rows(void) {
+    int bfp = pq_cpu_bf16_products();
+    PqRng rng;
+    pq_rng_seed(&rng, 5);
+    const int Ns[] = {1, 2, 5, 6, 7, 12, 13, 24, 32, 33, 48, 49}, Cs[] = {16, 37, 96}, OCs[] = {1, 5, 8, 11};
+    for (int dt = 0; dt < 2; dt++)
+        for (int a = 0; a < 12; a++)
+            for (int b = 0; b < 3; b++)
+                for (int c = 0; c < 4; c++) {
+                    int N = Ns[a], C = Cs[b], OC = OCs[c], with_bias = (a + c) % 2;
+                    float *x = malloc(sizeof *x * (size_t)N * C), *w = malloc(sizeof *w * (size_t)OC * C);
+                    float *bias = malloc(sizeof *bias * (size_t)OC), *out = malloc(sizeof *out * (size_t)N * OC);
+                    uint16_t *wh = malloc(sizeof *wh * (size_t)OC * C);
+                    for (int i = 0; i < N * C; i++) x[i] = (float)(pq_rng_uniform(&rng) * 2 - 1);
+                    for (int i = 0; i < OC * C; i++) {
+                        w[i] = (float)(pq_rng_uniform(&rng) * 2 - 1);
+                        wh[i] = pq_f32_to_bf16(w[i]);
+                        if (dt) w[i] = pq_bf16_to_f32(wh[i]);
+                    }
+                    for (int o = 0; o < OC; o++) bias[o] = (float)pq_rng_uniform(&rng);
+                    PqWeight W = {dt ? (const void *)wh : (const void *)w, dt ? PQ_BF16 : PQ_F32, OC, C};
+                    pq_cpu_linear_rows_forward(out, x, &W, with_bias ? bias : NULL, N, C, OC);
+                    double err = 0;
+                    for (int i = 0; i < N; i++)
+                        for (int o = 0; o < OC; o++) {
+                            double r = with_bias ? bias[o] : 0;
+                            for (int k = 0; k < C; k++)
+                                r += (double)(dt && bfp && N > 1 ? pq_bf16_to_f32(pq_f32_to_bf16(x[i * C + k]))
+                                                                 : x[i * C + k]) *
+                                     w[o * C + k];
+                            err = fmax(err, fabs(out[i * OC + o] - r));
+                        }
+                    CHECK(err < 1e-4, "linear_rows %s%s N=%d C=%d OC=%d bias %d: max error %g", dt ? "bf16" : "f32",
+                          dt && bfp ? " (bf16 products)" : "", N, C, OC, with_bias, err);
+                    free(x), free(w), free(bias), free(out), free(wh);
+                }
+}
+
+// pq_cpu_attention_kv_shared_forward against attention_kv_forward over a
+// cache where the shared prompt is copied into every follower's slot:
+// followers at different lengths, the prompt's own slot decoding too, an
+// unshared prefill block in the same step, with and without a window.
+static void test_shared_attention(void) {
+    enum { S = 4, T = 32, NH = 6, KVH = 2, HS = 8, P = 10 };
+    size_t per = (size_t)T * KVH * HS;
+    float *kc = malloc(sizeof *kc * S * per), *vc = malloc(sizeof *vc * S * per);
+    float *kc2 = malloc(sizeof *kc * S * per), *vc2 = malloc(sizeof *vc * S * per);
+    PqRng rng;
+    pq_rng_seed(&rng, 9);
+    for (size_t i = 0; i < S * per; i++) kc[i] = (float)(pq_rng_uniform(&rng) * 2 - 1), vc[i] = (float)pq_rng_uniform(&rng);
+    // the reference cache: slot 0's prompt copied into followers 1 and 2
+    memcpy(kc2, kc, sizeof *kc * S * per), memcpy(vc2, vc, sizeof *vc * S * per);
+    for (int f = 1; f <= 2; f++)
+        memcpy(kc2 + f * per, kc, sizeof *kc * P * KVH * HS), memcpy(vc2 + f * per, vc, sizeof *vc * P * KVH * HS);
+    // slot 0 at 12, follower 1 at 10 (its first token), follower 2 at 13, slot 3 prefilling 0..4
+    int32_t slot[8] = {0, 1, 2, 3, 3, 3, 3, 3}, pos[8] = {12, 10, 13, 0, 1, 2, 3, 4};
+    int32_t base[8] = {0, 0, 0, 3, 3, 3, 3, 3}, blen[8] = {0, P, P, 0, 0, 0, 0, 0};
+    const int N = 8;
+    float q[8 * NH * HS], out[8 * NH * HS], ref[8 * NH * HS];
+    for (int i = 0; i < N * NH * HS; i++) q[i] = (float)(pq_rng_uniform(&rng) * 2 - 1);
+    const int windows[] = {0, 3, 12};
+    for (int wi = 0; wi < 3; wi++) {
+        pq_cpu_attention_kv_shared_forward(out, q, kc, vc, slot, pos, base, blen, N, NH, KVH, HS, T, windows[wi]);
+        pq_cpu_attention_kv_forward(ref, q, kc2, vc2, slot, pos, N, NH, KVH, HS, T, windows[wi]);
+        double err = 0;
+        for (int i = 0; i < N * NH * HS; i++) err = fmax(err, fabs(out[i] - ref[i]));
+        CHECK(err < 1e-5, "shared-prompt attention, window %d: max error %g", windows[wi], err);
+        // only the followers: no unshared token in the step
+        pq_cpu_attention_kv_shared_forward(out, q + NH * HS, kc, vc, slot + 1, pos + 1, base + 1, blen + 1, 2, NH,
+                                           KVH, HS, T, windows[wi]);
+        err = 0;
+        for (int i = 0; i < 2 * NH * HS; i++) err = fmax(err, fabs(out[i] - ref[NH * HS + i]));
+        CHECK(err < 1e-5, "shared-prompt attention, followers only, window %d: max error %g", windows[wi], err);
+    }
+    free(kc), free(vc), free(kc2), free(vc2);
 }
 
 // ---- the driver ----
@@ -195,6 +287,7 @@ static int drive(int argc, char **argv) {
         if (pq_json_num(o, "temperature", &x)) gp.temperature = (float)x;
         if (pq_json_num(o, "top_p", &x)) gp.top_p = (float)x;
         if (pq_json_num(o, "top_k", &x)) gp.top_k = (int)x;
+        if (pq_json_num(o, "min_p", &x)) gp.min_p = (float)x;
         if (pq_json_num(o, "max_tokens", &x)) gp.max_tokens = (int)x;
         const char *cs = pq_json_str(o, "constrain");
         if (cs) gp.constrain = pq_constrain_mode(cs);
@@ -227,10 +320,41 @@ static int drive(int argc, char **argv) {
     return 0;
 }
 
+// --probs: one JSON case a line in, {"probs": [...]} (%.9g) a line out.
+static int probs_cases(void) {
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, stdin) > 0) {
+        cJSON *o = cJSON_Parse(line), *it;
+        const cJSON *lg = cJSON_GetObjectItemCaseSensitive(o, "logits");
+        int V = cJSON_GetArraySize(lg), k = 0;
+        if (!o || V < 1) return fprintf(stderr, "test-gen --probs: bad case %s", line), 2;
+        float *x = malloc(sizeof *x * (size_t)V), *pr = malloc(sizeof *pr * (size_t)V);
+        cJSON_ArrayForEach(it, lg) x[k++] = cJSON_IsNumber(it) ? (float)it->valuedouble : -INFINITY; // null: masked
+        double T = 1, p = 1, mp = 0, tk = 0;
+        pq_json_num(o, "temperature", &T);
+        pq_json_num(o, "top_p", &p);
+        pq_json_num(o, "min_p", &mp);
+        pq_json_num(o, "top_k", &tk);
+        pq_gen_probs(x, V, (float)T, (int)tk, (float)p, (float)mp, pr);
+        printf("{\"probs\": [");
+        for (int v = 0; v < V; v++) printf("%s%.9g", v ? ", " : "", pr[v]);
+        printf("]}\n");
+        free(x);
+        free(pr);
+        cJSON_Delete(o);
+    }
+    free(line);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--probs")) return probs_cases();
     if (argc > 1) return drive(argc, argv);
     test_filters();
     test_sampling();
+    test_linear_rows();
+    test_shared_attention();
     if (fails) {
         fprintf(stderr, "test-gen: %d failures\n", fails);
         return 1;
