@@ -87,6 +87,7 @@ typedef struct SBuf {
 } SBuf;
 
 static void sb_add(Ctx *c, SBuf *b, const char *s, size_t n) {
+    if (!n) return;
     if (b->n + n > b->cap) {
         if (b->max && b->n + n > b->max) fail(c, 0, 0, "chat template: output limit (%zu bytes) exceeded", b->max);
         size_t cap = b->cap ? b->cap * 2 : 64;
