@@ -140,6 +140,12 @@ int pq_chat_set_var(PqChat *c, const char *assign, PqErr *e) {
     return 0;
 }
 
+int pq_chat_configure(PqChat *c, const char *const *vars, int n_vars, const char *date, PqErr *e) {
+    for (int i = 0; i < n_vars; i++)
+        if (pq_chat_set_var(c, vars[i], e)) return -1;
+    return date ? pq_chat_set_date(c, date, e) : 0;
+}
+
 static int is_file(const char *path) {
     struct stat st;
     return !stat(path, &st) && S_ISREG(st.st_mode);

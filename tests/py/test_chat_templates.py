@@ -81,5 +81,12 @@ with tempfile.TemporaryDirectory() as d:
             elif g["ids"] != tok.encode(want, add_special_tokens=False).ids:
                 fail(f"{opts} conversation {i}: ids differ from tokenizers'")
 
+    # the other tools that render take --chat-var and --date too, and refuse bad ones
+    for tool in ("pq-logp", "pq-dpo"):
+        for bad, msg in ((["--chat-var", "enable_thinking"], "NAME=JSON"), (["--date", "2023-02-29"], "YYYY-MM-DD")):
+            r = subprocess.run([os.path.join(BIN, tool), "--model", model, *bad], input="", capture_output=True, text=True)
+            if r.returncode != 2 or msg not in r.stderr:
+                fail(f"{tool} {bad}: exit {r.returncode}, {r.stderr.strip()}")
+
 print("FAILED" if failed else "ok")
 sys.exit(1 if failed else 0)
