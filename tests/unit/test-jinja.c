@@ -201,7 +201,41 @@ static void test_refusals(void) {
     expect("  {% if true %}\n    yes\n  {% endif %}\n{#- c #} end", "    yes\n end");
 }
 
-int main(void) {
+// --bench FILE N: microseconds per render of a 4-turn conversation (for
+// scripts/bench-chat; not a test).
+static int bench(const char *path, int n) {
+    PqErr e;
+    char *src = pq_read_file(path, NULL, &e);
+    if (!src) return fprintf(stderr, "%s\n", e.msg), 1;
+    double t0 = pq_now();
+    PqJinja *t = pq_jinja_parse(src, &e);
+    double parse_us = (pq_now() - t0) * 1e6;
+    free(src);
+    if (!t) return fprintf(stderr, "%s: %s\n", path, e.msg), 1;
+    cJSON *vars = cJSON_Parse(
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"You are a helpful assistant.\"},"
+        "{\"role\": \"user\", \"content\": \"Summarize this article in three sentences: the cat sat on the mat.\"},"
+        "{\"role\": \"assistant\", \"content\": \"A cat sat on a mat. It was content. Nothing else happened.\"},"
+        "{\"role\": \"user\", \"content\": \"Shorter, please.\"}],"
+        "\"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"tools\": null}");
+    struct tm now = date("2024-07-26");
+    size_t bytes = 0;
+    t0 = pq_now();
+    for (int i = 0; i < n; i++) {
+        char *r = pq_jinja_render(t, vars, &now, NULL, &e);
+        if (!r) return fprintf(stderr, "%s: %s\n", path, e.msg), 1;
+        bytes = strlen(r);
+        free(r);
+    }
+    double us = (pq_now() - t0) * 1e6 / n;
+    printf("%s: parse %.1f us, render %.2f us (%zu bytes, %d renders)\n", path, parse_us, us, bytes, n);
+    cJSON_Delete(vars);
+    pq_jinja_free(t);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "--bench")) return bench(argv[2], atoi(argv[3]));
     const char *t = getenv("PQ_TOP");
     snprintf(top, sizeof top, "%s", t ? t : ".");
     test_goldens();
