@@ -154,7 +154,7 @@ static const Val V_ABSENT = {.t = T_ABSENT};
 static Val mk_bool(int b) { return (Val){.t = T_BOOL, .i = !!b}; }
 static Val mk_int(int64_t i) { return (Val){.t = T_INT, .i = i}; }
 static Val mk_float(double f) { return (Val){.t = T_FLOAT, .f = f}; }
-static Val mk_str(const char *s, size_t n) { return (Val){.t = T_STR, .s = s, .n = n}; }
+static Val mk_str(const char *s, size_t n) { return (Val){.t = T_STR, .s = s ? s : "", .n = n}; }
 static Val mk_cstr(const char *s) { return mk_str(s, strlen(s)); }
 
 static List *list_new(Ctx *c, int cap) {
@@ -2910,6 +2910,7 @@ static Val arith(R *r, const Node *at, int op, Val a, Val b) {
         int64_t k = a.t == T_INT || a.t == T_BOOL ? a.i : b.i;
         if (k < 0) k = 0;
         size_t unit = s.t == T_STR ? s.n : (size_t)s.l->n * sizeof(Val);
+        if (!unit) k = 0; // "" * 10**18 is "", at once
         if (unit && (uint64_t)k > r->lim.max_output / unit) rfail(r, at, "output limit (%zu bytes) exceeded", r->lim.max_output);
         if (s.t == T_STR) {
             char *d = alloc(&r->c, s.n * (size_t)k + 1);

@@ -199,6 +199,7 @@ static void test_refusals(void) {
     expect("{{ {'b': [1, 'é'], 'a': none}|tojson }} {{ {'a': 1}|tojson(indent=2) }}",
            "{\"b\": [1, \"é\"], \"a\": null} {\n  \"a\": 1\n}");
     expect("  {% if true %}\n    yes\n  {% endif %}\n{#- c #} end", "    yes\n end");
+    expect("{{ '' * 10**18 }}|{{ \"\" \"\" * 3 }}|{{ [] * 10**18 }}", "||[]"); // found by fuzzing
 }
 
 // --bench FILE N: microseconds per render of a 4-turn conversation (for
