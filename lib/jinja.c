@@ -216,7 +216,10 @@ static void dict_set(Ctx *c, Dict *d, Val k, Val v) {
 static int is_num(Val v) { return v.t == T_INT || v.t == T_FLOAT || v.t == T_BOOL; }
 static double num(Val v) { return v.t == T_FLOAT ? v.f : (double)v.i; }
 
-static int val_eq(Val a, Val b) {
+// Python's ==; values nested deeper than 1000 compare unequal (Python
+// raises RecursionError there).
+static int val_eq_d(Val a, Val b, int depth) {
+    if (depth > 1000) return 0;
     if (is_num(a) && is_num(b)) {
         if (a.t != T_FLOAT && b.t != T_FLOAT) return a.i == b.i;
         return num(a) == num(b);
@@ -229,13 +232,13 @@ static int val_eq(Val a, Val b) {
     case T_LIST:
         if (a.l->tuple != b.l->tuple || a.l->n != b.l->n) return 0;
         for (int i = 0; i < a.l->n; i++)
-            if (!val_eq(a.l->v[i], b.l->v[i])) return 0;
+            if (!val_eq_d(a.l->v[i], b.l->v[i], depth + 1)) return 0;
         return 1;
     case T_DICT:
         if (a.d->n != b.d->n) return 0;
         for (int i = 0; i < a.d->n; i++) {
             int j = dict_find(b.d, a.d->k[i]);
-            if (j < 0 || !val_eq(a.d->v[i], b.d->v[j])) return 0;
+            if (j < 0 || !val_eq_d(a.d->v[i], b.d->v[j], depth + 1)) return 0;
         }
         return 1;
     case T_NS: return a.d == b.d;
@@ -245,6 +248,8 @@ static int val_eq(Val a, Val b) {
     }
     return 0;
 }
+
+static int val_eq(Val a, Val b) { return val_eq_d(a, b, 0); }
 
 static int truthy(Val v) {
     switch (v.t) {
@@ -1181,7 +1186,6 @@ static Node *parse_stmt(P *p) {
         p->pos += 2;
         end_tag(p);
     } else if (!strcmp(w, "set")) {
-        Tok *nt = cur(p);
         const char *name = expect_ident(p);
         if (accept_op(p, ".")) {
             n = node(p, X_SETATTR, t);
@@ -1193,8 +1197,7 @@ static Node *parse_stmt(P *p) {
             n->a = parse_tuple(p, 1);
             end_tag(p);
         } else {
-            p->pos--;
-            (void)nt;
+            p->pos--; // the name again, as a target
             n = node(p, X_SET, t);
             parse_targets(p, n);
             if (accept_op(p, "=")) {
@@ -1670,7 +1673,10 @@ static void to_json(R *r, const Node *at, Val v, SBuf *b, const JsonOpt *o, int 
 
 // ---- comparisons
 
-static int val_cmp(R *r, const Node *at, Val a, Val b, int fold) {
+static int val_cmp_d(R *r, const Node *at, Val a, Val b, int fold, int depth);
+static int val_cmp(R *r, const Node *at, Val a, Val b, int fold) { return val_cmp_d(r, at, a, b, fold, 0); }
+static int val_cmp_d(R *r, const Node *at, Val a, Val b, int fold, int depth) {
+    if (depth > 1000) rfail(r, at, "maximum recursion depth exceeded in comparison");
     if (is_num(a) && is_num(b)) {
         if (a.t != T_FLOAT && b.t != T_FLOAT) return (a.i > b.i) - (a.i < b.i);
         double x = num(a), y = num(b);
@@ -1697,7 +1703,7 @@ static int val_cmp(R *r, const Node *at, Val a, Val b, int fold) {
     if (a.t == T_LIST && b.t == T_LIST && a.l->tuple == b.l->tuple) {
         for (int i = 0; i < a.l->n && i < b.l->n; i++) {
             if (val_eq(a.l->v[i], b.l->v[i])) continue;
-            return val_cmp(r, at, a.l->v[i], b.l->v[i], fold);
+            return val_cmp_d(r, at, a.l->v[i], b.l->v[i], fold, depth + 1);
         }
         return (a.l->n > b.l->n) - (a.l->n < b.l->n);
     }
@@ -2223,7 +2229,6 @@ static Val str_join(R *r, const Node *at, Val sep, Val seq, const char *attr) {
 }
 
 static Val call_macro(R *r, const Node *at, const Node *m, const Args *a);
-static Val exec_capture(R *r, Frame *f, const Node *body);
 
 static Val call_func(R *r, const Node *at, Func *fn, const Args *a) {
     Val p[4], self = fn->self;

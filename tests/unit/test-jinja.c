@@ -182,6 +182,9 @@ static void test_refusals(void) {
     refuse(
         "{% set ns = namespace(s=[]) %}{% for i in range(5000) %}{% set ns.s = [ns.s] %}{% endfor %}{{ ns.s }}",
         NULL, "too deeply");
+    refuse("{% set ns = namespace(s=[]) %}{% for i in range(3000) %}{% set ns.s = [ns.s] %}{% endfor %}"
+           "{{ ns.s < ns.s }}",
+           NULL, "recursion depth");
     char deep[4000];
     int k = 0;
     k += sprintf(deep + k, "{{ ");
