@@ -2150,6 +2150,13 @@ static Val do_case(R *r, Val s, int how) {
             continue;
         }
         int32_t o = cp;
+        if (cp == 0xDF && how != CASE_LOWER && (how == CASE_UPPER || !prev_cased)) { // Python's full case mapping of ß
+            sb_puts(&r->c, &b, how == CASE_UPPER ? "SS" : "Ss");
+            prev_cased = 1;
+            first = 0;
+            i += k;
+            continue;
+        }
         switch (how) {
         case CASE_UPPER: o = utf8proc_toupper(cp); break;
         case CASE_LOWER: o = utf8proc_tolower(cp); break;
@@ -2735,7 +2742,7 @@ static Val apply_filter(R *r, const Node *at, const char *name, Val x, const Arg
         int64_t pr = p[0].t == T_ABSENT ? 0 : need_int(r, at, name, p[0]);
         double m = pow(10, (double)pr), v = num(x) * m;
         const char *how = p[1].t == T_STR ? p[1].s : "common";
-        v = !strncmp(how, "ceil", 4) ? ceil(v) : !strncmp(how, "floor", 5) ? floor(v) : round(v);
+        v = !strncmp(how, "ceil", 4) ? ceil(v) : !strncmp(how, "floor", 5) ? floor(v) : rint(v); // Python's round: half to even
         return mk_float(v / m);
     }
     if (IS("sum")) {
@@ -2825,6 +2832,61 @@ static Val html_escape(R *r, Val s) {
     Val v = mk_str(b.s ? b.s : "", b.n);
     v.i = 1;
     return v;
+}
+
+// Python's str % args for the common conversions: %s %r %d %i %f %x %%
+// (with flags, width and precision); others are an error.
+static Val percent_format(R *r, const Node *at, Val fmt, Val args) {
+    int na = 1, k = 0;
+    Val *av = &args;
+    if (args.t == T_LIST && args.l->tuple == LK_TUPLE) na = args.l->n, av = args.l->v;
+    SBuf b = {0};
+    for (size_t i = 0; i < fmt.n; i++) {
+        if (fmt.s[i] != '%') {
+            sb_ch(&r->c, &b, fmt.s[i]);
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < fmt.n && strchr("-+ 0#", fmt.s[j])) j++;
+        while (j < fmt.n && (is_digit(fmt.s[j]) || fmt.s[j] == '.')) j++;
+        if (j >= fmt.n) rfail(r, at, "incomplete format");
+        char conv = fmt.s[j], spec[32];
+        if (conv == '%') {
+            sb_ch(&r->c, &b, '%');
+            i = j;
+            continue;
+        }
+        if (j - i > 20 || !strchr("srdifx", conv)) rfail(r, at, "unsupported format character '%c'", conv);
+        if (k >= na) rfail(r, at, "not enough arguments for format string");
+        Val v = av[k++];
+        char out[512];
+        memcpy(spec, fmt.s + i, j - i);
+        if (conv == 's' || conv == 'r') {
+            SBuf t = {0};
+            if (conv == 's') to_str(r, at, v, &t, 0);
+            else repr(r, at, v, &t, 0);
+            spec[j - i] = 's', spec[j - i + 1] = 0;
+            if (j - i == 1) sb_add(&r->c, &b, t.s ? t.s : "", t.n);
+            else {
+                char *z = adup(&r->c, t.s ? t.s : "", t.n);
+                snprintf(out, sizeof out, spec, z);
+                sb_puts(&r->c, &b, out);
+            }
+        } else {
+            if (!is_num(v)) rfail(r, at, "%%%c format: a number is required, not %s", conv, type_name(v));
+            if (conv == 'f') {
+                spec[j - i] = 'f', spec[j - i + 1] = 0;
+                snprintf(out, sizeof out, spec, num(v));
+            } else {
+                spec[j - i] = 'l', spec[j - i + 1] = 'l', spec[j - i + 2] = conv == 'x' ? 'x' : 'd', spec[j - i + 3] = 0;
+                snprintf(out, sizeof out, spec, (long long)(v.t == T_FLOAT ? (int64_t)v.f : v.i));
+            }
+            sb_puts(&r->c, &b, out);
+        }
+        i = j;
+    }
+    if (k < na) rfail(r, at, "not all arguments converted during string formatting");
+    return mk_str(b.s, b.n);
 }
 
 static Val arith(R *r, const Node *at, int op, Val a, Val b) {
@@ -2928,7 +2990,7 @@ static Val arith(R *r, const Node *at, int op, Val a, Val b) {
         l->tuple = s.l->tuple;
         return mk_list(l);
     }
-    if (op == OP_MOD && a.t == T_STR) rfail(r, at, "string formatting with %% is not supported");
+    if (op == OP_MOD && a.t == T_STR) return percent_format(r, at, a, b);
     rfail(r, at, "unsupported operand type(s) for %s: '%s' and '%s'", sym[op], type_name(a), type_name(b));
 }
 

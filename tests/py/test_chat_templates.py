@@ -2,7 +2,10 @@
 # what jinja2 renders today in transformers' environment (regenerated and
 # compared), and pq-tokenize --chat gives the text jinja2 renders and the ids
 # Hugging Face tokenizers give it, with --chat-template FILE, --chat-var,
-# --date and --add-generation-prompt.
+# --date and --add-generation-prompt; and some fifty snippets, construct by
+# construct (filters, tests, methods, loops, macros, whitespace control,
+# printing of values), render as jinja2 renders them or are refused where it
+# raises.
 import datetime
 import importlib.machinery
 import importlib.util
@@ -17,6 +20,62 @@ BIN = os.environ.get("PQ_BIN", os.path.join(TOP, "bin"))
 PY = os.environ.get("PQ_PY", sys.executable)
 
 import tokenizers  # noqa: E402
+
+# templates of one construct or a few, rendered over a 4-message conversation
+SNIPPETS = [
+    "{{ messages|length }} {{ messages[0].role|upper }} {{ messages[-1]['content']|lower }}",
+    "{{ 'Hello World'.split(' ') }} {{ 'a,b,,c'.split(',') }} {{ 'a b c'.split(None, 1) }} {{ 'x'.rsplit('x', 1) }}",
+    "{{ ' \\t pad \\n'.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ 'abc'.lstrip('a') }}|{{ 'abc'.rstrip('c') }}",
+    "{{ 'hello world'.title() }} {{ 'hELLO'.capitalize() }} {{ 'ß straße'.upper() }} {{ 'ÀÉ'.lower() }}",
+    "{{ 'abcabc'.replace('b', 'X') }} {{ 'abcabc'.replace('b', 'X', 1) }} {{ 'ab'.replace('', '-') }}",
+    "{{ 'abc'.startswith('a') }} {{ 'abc'.endswith(('x', 'c')) }} {{ 'abc'.find('c') }} {{ 'aaa'.count('a') }}",
+    "{{ [1, 2, 3]|join(', ') }} {{ ['b', 'A', 'c']|sort }} {{ ['b', 'A', 'c']|sort(case_sensitive=true) }} {{ [3, 1]|sort(reverse=true) }}",
+    "{{ [1, 2, 2, 'a', 'A']|unique|list }} {{ [1, 2, 3]|reverse|list }} {{ 'abc'|reverse }} {{ [1, 2, 3]|first }} {{ [1, 2, 3]|last }}",
+    "{{ {'b': 1, 'a': 2}|dictsort }} {{ {'b': 1, 'a': 2}|dictsort(by='value') }} {{ {'b': 1, 'a': 2}|items|list }}",
+    "{{ messages|map(attribute='role')|join(' ') }} {{ messages|selectattr('role', 'equalto', 'user')|list|length }}",
+    "{{ messages|rejectattr('role', 'eq', 'user')|map(attribute='content')|list }} {{ [1, 2, 3, 4]|select('odd')|list }} {{ [1, 2, 3, 4]|reject('even')|list }}",
+    "{{ ['a', 'b']|map('upper')|list }} {{ [1, none, 2]|select('none')|list }} {{ [0, 1, '']|select|list }}",
+    "{{ 3.7|int }} {{ '42'|int }} {{ 'x'|int }} {{ '3.5'|float }} {{ 7|float }} {{ -3|abs }} {{ 2.567|round(2) }} {{ 2.5|round }}",
+    "{{ [1, 2, 3]|sum }} {{ [1, 5, 3]|max }} {{ [4, 2, 8]|min }} {{ 'a b  c'|wordcount }} {{ '<a href=\"x\">&</a>'|e }}",
+    "{{ 'line1\\nline2\\n\\nline4'|indent(2) }}|{{ 'a\\nb'|indent(4, first=true) }}|{{ 'a\\n\\nb'|indent(2, blank=true) }}",
+    "{{ {'a': [1, 2.5, 'é', none, true]}|tojson }} {{ {'a': {'b': []}}|tojson(indent=2) }} {{ {'b': 1, 'a': 2}|tojson(sort_keys=true) }}",
+    "{{ [1, 2]|tojson(separators=(',', ':')) }} {{ 'é\"\\\\'|tojson }} {{ 'é'|tojson(ensure_ascii=true) }} {{ 1e100|tojson }} {{ (1, 2)|tojson }}",
+    "{{ none|default('d') }} {{ undefined_thing|default('d') }} {{ ''|default('d', true) }} {{ 0|d('z', boolean=true) }}",
+    "{% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}",
+    "{% for a, b in [(1, 2), (3, 4)] %}{{ a }}{{ b }}{{ loop.index }}{{ loop.revindex }}{{ loop.first }}{{ loop.last }}{% endfor %}",
+    "{% for m in messages %}{{ loop.cycle('x', 'y') }}{{ loop.previtem.role if loop.previtem is defined }}{% endfor %}",
+    "{% for k in {'a': 1, 'b': 2} %}{{ k }}{% endfor %}{% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %}{% for x in [] %}x{% else %}empty{% endfor %}",
+    "{% set ns = namespace(n=0, s='') %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% set ns.s = ns.s ~ m.role[0] %}{% endfor %}{{ ns.n }}{{ ns.s }}",
+    "{% macro f(a, b=2, c='x') %}[{{ a }}{{ b }}{{ c }}]{% endmacro %}{{ f(1) }}{{ f(1, 3) }}{{ f(1, c='y') }}{{ f(a=5, b=6) }}",
+    "{% set x %}block {{ 1 + 1 }}{% endset %}{{ x }}|{% set y | upper %}up{% endset %}{{ y }}|{% filter trim %}  t  {% endfilter %}",
+    "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 2 ** 3 ** 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % -3 }} {{ 7 / 2 }} {{ 1 ~ 2 }} {{ 'a' * 3 }} {{ [1] * 2 }}",
+    "{{ 1 < 2 < 3 }} {{ 1 < 3 < 2 }} {{ 'a' in 'abc' }} {{ 1 not in [1] }} {{ 'k' in {'k': 1} }} {{ not true }} {{ none is none }} {{ 1 == 1.0 }} {{ true == 1 }}",
+    "{{ x is defined }} {{ messages is iterable }} {{ messages is sequence }} {{ messages[0] is mapping }} {{ 'a' is string }} {{ 1 is number }} {{ 1.5 is integer }} {{ true is boolean }} {{ 4 is divisibleby 2 }}",
+    "{{ 'abcdef'[1:4] }} {{ 'abcdef'[::2] }} {{ 'abcdef'[-2:] }} {{ [1, 2, 3, 4][::-2] }} {{ 'héllo'[1:3] }} {{ 'héllo'[-1] }} {{ 'héllo'|length }}",
+    "{{ {'a': 1}.get('a') }} {{ {'a': 1}.get('b', 'no') }} {{ {'a': 1}.keys()|list }} {{ {'a': 1}.values()|list }} {{ [1, 2].index(2) }}",
+    "{{ 'yes' if messages else 'no' }} {{ 'x' if false }}| {{ 1 and 2 }} {{ 0 or 'b' }} {{ none or '' }}|",
+    "{{ true }} {{ none }} {{ 1.0 }} {{ 1.5e-7 }} {{ 123456789012.0 }} {{ [1.0, 'a', none] }} {{ {'a': true} }} {{ ('a',) }} {{ \"it's\" }} {{ ['it\\'s'] }}",
+    "{{ messages[0].content|trim|length }} {{ messages[5] is defined }} {{ messages[0].nope is defined }} {{ messages[0]['nope'] is undefined }}",
+    "  {%- if true -%}  a  {%- endif -%}  b\n  {% if true %}\n    c\n  {% endif %}\n  {# comment #}\nd {{- ' e ' -}} f",
+    "{% raw %}{{ not rendered }}{% endraw %} {%- raw -%}  x  {%- endraw -%} y",
+    "{{ strftime_now('%Y-%m-%d %A %B %j') }}",
+    "{{ 'a' + 1 }}",
+    "{{ none.x }}|{{ none.x is defined }}",
+    "{{ messages[0].x.y }}",
+    "{{ raise_exception('custom: ' ~ messages|length) }}",
+    "{{ [1, 2]|tojson }}{{ [1, 2]|map('string')|tojson }}",
+    "{{ {'a': 1}.items()|tojson }}",
+    "{{ messages|selectattr('role')|length }}",
+    "{{ 1 / 0 }}",
+    "{{ 'a\\u00e9\\x41\\101\\n' }}",
+    "{{ \"multi\" 'concat' }} {{ 'q\"uote' }} {{ '\\\\' }}",
+    "{% set a, b = [1, 2] %}{{ a + b }}{% set c = 1, 2 %}{{ c }}",
+    "{{ dict(a=1, b='x') }} {{ namespace(a=1).a }} {{ range(2, 10, 3)|list }} {{ range(3)|list }}",
+    "{{ '%s' % 1 }}",
+    "{% for m in messages if m.role != 'system' %}{{ loop.index }}:{{ m.role }}/{{ loop.length }} {% endfor %}",
+    "{{ 'a' < 'b' }} {{ [1, 2] < [1, 3] }} {{ 2 > 1.5 }} {{ 'x' > 1 }}",
+    "{{ '  a  ' | trim('a ') }}|{{ 'ab' | trim('') }}|",
+]
 
 failed = 0
 
@@ -80,6 +139,31 @@ with tempfile.TemporaryDirectory() as d:
                 fail(f"{opts} conversation {i}: text {g['text']!r}, jinja2 {want!r}")
             elif g["ids"] != tok.encode(want, add_special_tokens=False).ids:
                 fail(f"{opts} conversation {i}: ids differ from tokenizers'")
+
+    # the language, construct by construct: pq-tokenize --chat renders what
+    # jinja2 renders, or refuses where it raises
+    one = os.path.join(d, "one.jsonl")
+    msgs = [gen.S(" sys "), gen.U("Hi"), gen.A("Yo"), gen.U("héllo")]
+    with open(one, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "a", "messages": msgs}) + "\n")
+    gen.DATE = "2024-07-26"
+    env, _ = gen.environment()
+    for i, sn in enumerate(SNIPPETS + ["{{ 10 ** 20 }}"]):
+        try:
+            want = env.from_string(sn).render(messages=msgs, add_generation_prompt=False, bos_token=cfg["bos_token"],
+                                              eos_token=cfg["eos_token"], tools=None, documents=None)
+        except Exception:
+            want = None
+        if sn == "{{ 10 ** 20 }}":
+            want = None  # Python's integers are unbounded, pq's 64-bit: refused, never wrapped
+        f = os.path.join(d, f"s{i}.jinja")
+        with open(f, "w", encoding="utf-8") as fh:
+            fh.write(sn)
+        r = subprocess.run([os.path.join(BIN, "pq-tokenize"), "--model", model, "--chat", "--chat-template", f,
+                            "--date", "2024-07-26", one], capture_output=True, text=True)
+        got = json.loads(r.stdout)["text"] if r.stdout.strip() else None
+        if got != want:
+            fail(f"snippet {sn!r}: pq {got!r} ({r.stderr.strip()[-300:]}), jinja2 {want!r}")
 
     # the other tools that render take --chat-var and --date too, and refuse bad ones
     for tool in ("pq-logp", "pq-dpo"):

@@ -161,7 +161,7 @@ static void test_refusals(void) {
     refuse("{{ x | frobnicate }}", NULL, "line 1:6: no filter named 'frobnicate'");
     refuse("{{ x is frob }}", NULL, "no test named 'frob'");
     refuse("{% break %}", NULL, "'break' outside a for loop");
-    refuse("{{ '%s' % x }}", NULL, "not supported");
+    refuse("{{ '%(a)s' % x }}", NULL, "unsupported format character");
     // runtime errors jinja2 also raises
     refuse("{{ y.z }}", NULL, "'y' is undefined");
     refuse("{{ messages[0].nope.deeper }}", NULL, "has no attribute 'nope'");
