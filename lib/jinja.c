@@ -2135,38 +2135,39 @@ static Val do_replace(R *r, const Node *at, Val s, Val old, Val new, int64_t cou
     return mk_str(b.s ? b.s : "", b.n);
 }
 
-enum { CASE_UPPER, CASE_LOWER, CASE_TITLE, CASE_CAPITALIZE };
+// CASE_TITLE is str.title(); CASE_WORDS the title filter (upper() of the
+// first character after - ( { [ < or a space, lower() of the rest).
+enum { CASE_UPPER, CASE_LOWER, CASE_TITLE, CASE_CAPITALIZE, CASE_WORDS };
 static Val do_case(R *r, Val s, int how) {
     SBuf b = {0};
-    int prev_cased = 0, first = 1;
+    int prev_cased = 0, word_start = 1;
     for (size_t i = 0; i < s.n;) {
         size_t k;
         int32_t cp = u8_get(s.s + i, s.n - i, &k);
         if (cp < 0) {
             sb_add(&r->c, &b, s.s + i, k);
             i += k;
-            prev_cased = 0;
-            first = 0;
+            prev_cased = word_start = 0;
             continue;
         }
-        int32_t o = cp;
-        if (cp == 0xDF && how != CASE_LOWER && (how == CASE_UPPER || !prev_cased)) { // Python's full case mapping of ß
-            sb_puts(&r->c, &b, how == CASE_UPPER ? "SS" : "Ss");
-            prev_cased = 1;
-            first = 0;
-            i += k;
-            continue;
-        }
+        int up; // 1 upper (title case for str.title), 0 lower
         switch (how) {
-        case CASE_UPPER: o = utf8proc_toupper(cp); break;
-        case CASE_LOWER: o = utf8proc_tolower(cp); break;
-        case CASE_TITLE: o = prev_cased ? utf8proc_tolower(cp) : utf8proc_totitle(cp); break;
-        case CASE_CAPITALIZE: o = first ? utf8proc_totitle(cp) : utf8proc_tolower(cp); break;
+        case CASE_UPPER: up = 1; break;
+        case CASE_LOWER: up = 0; break;
+        case CASE_TITLE: up = !prev_cased; break;
+        case CASE_CAPITALIZE: up = i == 0; break;
+        default: up = word_start; break;
+        }
+        if (cp == 0xDF && up) { // Python's full case mapping of ß
+            sb_puts(&r->c, &b, how == CASE_TITLE || how == CASE_CAPITALIZE ? "Ss" : "SS");
+        } else {
+            int32_t o = !up ? utf8proc_tolower(cp)
+                        : how == CASE_TITLE || how == CASE_CAPITALIZE ? utf8proc_totitle(cp) : utf8proc_toupper(cp);
+            sb_cp(&r->c, &b, o);
         }
         utf8proc_category_t cat = utf8proc_category(cp);
         prev_cased = cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
-        first = 0;
-        sb_cp(&r->c, &b, o);
+        word_start = (cp < 128 && strchr("-({[<", (int)cp) && cp) || py_space(cp);
         i += k;
     }
     return mk_str(b.s ? b.s : "", b.n);
@@ -2527,7 +2528,7 @@ static Val apply_filter(R *r, const Node *at, const char *name, Val x, const Arg
     }
     if (IS("lower")) return do_case(r, str_of(r, at, x), CASE_LOWER);
     if (IS("upper")) return do_case(r, str_of(r, at, x), CASE_UPPER);
-    if (IS("title")) return do_case(r, str_of(r, at, x), CASE_TITLE);
+    if (IS("title")) return do_case(r, str_of(r, at, x), CASE_WORDS);
     if (IS("capitalize")) return do_case(r, str_of(r, at, x), CASE_CAPITALIZE);
     if (IS("list")) {
         int n;
