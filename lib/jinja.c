@@ -2847,44 +2847,52 @@ static Val percent_format(R *r, const Node *at, Val fmt, Val args) {
             sb_ch(&r->c, &b, fmt.s[i]);
             continue;
         }
+        // %[flags][width][.precision]conv, width and precision up to 3 digits
         size_t j = i + 1;
-        while (j < fmt.n && strchr("-+ 0#", fmt.s[j])) j++;
-        while (j < fmt.n && (is_digit(fmt.s[j]) || fmt.s[j] == '.')) j++;
+        char flags[8];
+        int nf = 0, width = 0, prec = -1, nd = 0;
+        while (j < fmt.n && strchr("-+ 0#", fmt.s[j]) && fmt.s[j] && nf < 7) flags[nf++] = fmt.s[j++];
+        flags[nf] = 0;
+        for (nd = 0; j < fmt.n && is_digit(fmt.s[j]) && nd < 3; nd++) width = width * 10 + (fmt.s[j++] - '0');
+        if (j < fmt.n && fmt.s[j] == '.') {
+            j++;
+            prec = 0;
+            for (nd = 0; j < fmt.n && is_digit(fmt.s[j]) && nd < 3; nd++) prec = prec * 10 + (fmt.s[j++] - '0');
+        }
         if (j >= fmt.n) rfail(r, at, "incomplete format");
-        char conv = fmt.s[j], spec[32];
+        char conv = fmt.s[j];
+        i = j;
         if (conv == '%') {
             sb_ch(&r->c, &b, '%');
-            i = j;
             continue;
         }
-        if (j - i > 20 || !strchr("srdifx", conv)) rfail(r, at, "unsupported format character '%c'", conv);
+        if (!strchr("srdifx", conv) || !conv) rfail(r, at, "unsupported format character '%c'", conv);
         if (k >= na) rfail(r, at, "not enough arguments for format string");
         Val v = av[k++];
-        char out[512];
-        memcpy(spec, fmt.s + i, j - i);
-        if (conv == 's' || conv == 'r') {
+        if (conv == 's' || conv == 'r') { // width and precision count code points, as Python's
             SBuf t = {0};
             if (conv == 's') to_str(r, at, v, &t, 0);
             else repr(r, at, v, &t, 0);
-            spec[j - i] = 's', spec[j - i + 1] = 0;
-            if (j - i == 1) sb_add(&r->c, &b, t.s ? t.s : "", t.n);
-            else {
-                char *z = adup(&r->c, t.s ? t.s : "", t.n);
-                snprintf(out, sizeof out, spec, z);
-                sb_puts(&r->c, &b, out);
-            }
-        } else {
-            if (!is_num(v)) rfail(r, at, "%%%c format: a number is required, not %s", conv, type_name(v));
-            if (conv == 'f') {
-                spec[j - i] = 'f', spec[j - i + 1] = 0;
-                snprintf(out, sizeof out, spec, num(v));
-            } else {
-                spec[j - i] = 'l', spec[j - i + 1] = 'l', spec[j - i + 2] = conv == 'x' ? 'x' : 'd', spec[j - i + 3] = 0;
-                snprintf(out, sizeof out, spec, (long long)(v.t == T_FLOAT ? (int64_t)v.f : v.i));
-            }
-            sb_puts(&r->c, &b, out);
+            Val x = mk_str(t.s, t.n);
+            if (prec >= 0 && (int64_t)u8_count(x.s, x.n) > prec) x = do_slice(r, at, x, V_ABSENT, mk_int(prec), V_ABSENT);
+            int pad = width - (int)u8_count(x.s, x.n), left = strchr(flags, '-') != NULL;
+            for (int p = 0; !left && p < pad; p++) sb_ch(&r->c, &b, ' ');
+            sb_add(&r->c, &b, x.s, x.n);
+            for (int p = 0; left && p < pad; p++) sb_ch(&r->c, &b, ' ');
+            continue;
         }
-        i = j;
+        if (!is_num(v)) rfail(r, at, "%%%c format: a number is required, not %s", conv, type_name(v));
+        char spec[32], out[1100];
+        out[0] = 0;
+        if (conv == 'f') {
+            snprintf(spec, sizeof spec, "%%%s%d.%df", flags, width, prec < 0 ? 6 : prec);
+            snprintf(out, sizeof out, spec, num(v));
+        } else {
+            if (prec >= 0) snprintf(spec, sizeof spec, "%%%s%d.%dll%c", flags, width, prec, conv == 'x' ? 'x' : 'd');
+            else snprintf(spec, sizeof spec, "%%%s%dll%c", flags, width, conv == 'x' ? 'x' : 'd');
+            snprintf(out, sizeof out, spec, (long long)(v.t == T_FLOAT ? (isfinite(v.f) && fabs(v.f) < 9e18 ? (int64_t)v.f : 0) : v.i));
+        }
+        sb_puts(&r->c, &b, out);
     }
     if (k < na) rfail(r, at, "not all arguments converted during string formatting");
     return mk_str(b.s, b.n);

@@ -127,6 +127,7 @@ SNIPPETS = [
     '{{ messages[0].items()|list }}',
     "{{ 'é'|length }} {{ '🙂'|length }} {{ '🙂a'[1] }} {{ 'aé'|upper }} {{ 'Ǆ'|lower }} {{ 'ǆx'|title }}",
     '{{ "they\'re bill\'s-friends (x) ß"|title }} {{ "they\'re ßa".title() }} {{ \'ßa\'.capitalize() }}',
+    "{{ '%-4s|%3s|%.1s|%5.1f|%-3d|%%' % ('é', 'ü', 'éa', 2.25, 7) }}",
 ]
 
 failed = 0
