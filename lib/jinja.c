@@ -275,18 +275,13 @@ static const char *type_name(Val v) {
 
 // ---------------------------------------------------------------- UTF-8
 
-static size_t u8_count(const char *s, size_t n) {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) k += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return k;
-}
-// The length of the UTF-8 sequence at s (1 for an invalid byte).
-static size_t u8_step(const char *s, size_t n) {
-    size_t k = 1;
-    while (k < n && ((unsigned char)s[k] & 0xC0) == 0x80 && k < 4) k++;
-    return k;
-}
+// A character: a valid UTF-8 sequence, or one byte of an invalid one (as
+// U+FFFD would stand for it), the same for counting and stepping.
 static int32_t u8_get(const char *s, size_t n, size_t *len) {
+    if ((unsigned char)s[0] < 0x80) {
+        *len = 1;
+        return (unsigned char)s[0];
+    }
     utf8proc_int32_t cp;
     utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &cp);
     if (k <= 0) {
@@ -295,6 +290,16 @@ static int32_t u8_get(const char *s, size_t n, size_t *len) {
     }
     *len = (size_t)k;
     return cp;
+}
+static size_t u8_step(const char *s, size_t n) {
+    size_t k;
+    u8_get(s, n, &k);
+    return k;
+}
+static size_t u8_count(const char *s, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; k++) i += u8_step(s + i, n - i);
+    return k;
 }
 static void sb_cp(Ctx *c, SBuf *b, int32_t cp) {
     utf8proc_uint8_t u[4];
@@ -1342,6 +1347,11 @@ PqJinja *pq_jinja_parse(const char *src, PqErr *e) {
     s[k] = 0;
     p->src = s;
     p->len = k;
+    for (size_t i = 0; i < k;) { // Python reads templates as text
+        size_t m;
+        if (u8_get(s + i, k - i, &m) < 0) lex_fail(p, i, "the template is not valid UTF-8");
+        i += m;
+    }
     lex(p);
     Node *root = parse_body(p, NULL, NULL, NULL);
     PqJinja *t = pq_xcalloc(1, sizeof *t);

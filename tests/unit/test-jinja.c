@@ -185,6 +185,18 @@ static void test_refusals(void) {
     refuse("{% set ns = namespace(s=[]) %}{% for i in range(3000) %}{% set ns.s = [ns.s] %}{% endfor %}"
            "{{ ns.s < ns.s }}",
            NULL, "recursion depth");
+    refuse("ok\n  \xff{{ x }}", NULL, "line 2:3: the template is not valid UTF-8");
+    { // invalid UTF-8 in a message (cJSON passes it): one byte, one character (found by fuzzing)
+        PqErr e;
+        PqJinja *t = pq_jinja_parse("{% for c in s %}{{ c|length }}{% endfor %}|{{ s|length }}|{{ s[1:3]|length }}", &e);
+        cJSON *v = cJSON_CreateObject();
+        cJSON_AddStringToObject(v, "s", "a\xc2\xbe\xbe\xbe\xe9");
+        char *r = t ? pq_jinja_render(t, v, NULL, NULL, &e) : NULL;
+        CHECK(r && !strcmp(r, "11111|5|2"), "invalid UTF-8 in a value: %s", r ? r : e.msg);
+        free(r);
+        cJSON_Delete(v);
+        pq_jinja_free(t);
+    }
     char deep[4000];
     int k = 0;
     k += sprintf(deep + k, "{{ ");
