@@ -1384,7 +1384,12 @@ typedef struct R {
     long iters;
     int depth;
     Val body; // the captured text a filter block or block set filters
+    uintptr_t stack_base; // where the render's C stack began
 } R;
+
+// The C stack a render may use: nesting within the limits (64 macro calls
+// or loops, each holding 200 nested blocks) could otherwise overflow it.
+#define STACK_MAX ((uintptr_t)1 << 20)
 
 static _Noreturn void __attribute__((format(printf, 3, 4))) rfail(R *r, const Node *at, const char *fmt, ...) {
     va_list ap;
@@ -3018,7 +3023,15 @@ static const struct {
     int id;
 } globals[] = {{"range", F_RANGE}, {"namespace", F_NAMESPACE}, {"dict", F_DICT}, {"raise_exception", F_RAISE}, {"strftime_now", F_STRFTIME}};
 
+static void stack_check(R *r, const Node *at) {
+    char here;
+    uintptr_t p = (uintptr_t)&here;
+    if ((p < r->stack_base ? r->stack_base - p : p - r->stack_base) > STACK_MAX)
+        rfail(r, at, "recursion limit: the template nests too deeply (over %u KiB of stack)", (unsigned)(STACK_MAX >> 10));
+}
+
 static Val eval(R *r, Frame *f, const Node *n) {
+    stack_check(r, n);
     switch (n->k) {
     case E_CONST: return n->val;
     case E_NAME: {
@@ -3151,6 +3164,7 @@ static Val call_macro(R *r, const Node *at, const Node *m, const Args *a) {
 }
 
 static int exec(R *r, Frame *f, const Node *n, SBuf *out) {
+    stack_check(r, n);
     switch (n->k) {
     case X_BLOCK:
         for (int i = 0; i < n->nv; i++) {
@@ -3255,7 +3269,8 @@ char *pq_jinja_render(const PqJinja *t, const cJSON *vars, const struct tm *now,
         time_t tt = time(NULL);
         localtime_r(&tt, &r->now);
     }
-    char *result = NULL;
+    char *result = NULL, base;
+    r->stack_base = (uintptr_t)&base;
     if (setjmp(r->c.jb)) goto done;
     Frame *g = frame_new(r, NULL);
     const cJSON *v;

@@ -197,6 +197,16 @@ static void test_refusals(void) {
         cJSON_Delete(v);
         pq_jinja_free(t);
     }
+    { // 95 nested blocks in each of 64 recursive macro calls: the C stack, not a crash
+        PqBuf t = {0};
+        pq_buf_puts(&t, "{% macro f(d) %}");
+        for (int i = 0; i < 95; i++) pq_buf_puts(&t, "{% if true %}");
+        pq_buf_puts(&t, "{{ f(d + 1) if d < 100 else '' }}");
+        for (int i = 0; i < 95; i++) pq_buf_puts(&t, "{% endif %}");
+        pq_buf_puts(&t, "{% endmacro %}{{ f(0) }}");
+        refuse(t.data, NULL, "recursion limit");
+        pq_buf_free(&t);
+    }
     char deep[4000];
     int k = 0;
     k += sprintf(deep + k, "{{ ");
