@@ -132,10 +132,11 @@ clean:
 .SECONDARY:
 
 # make fuzz: the Jinja interpreter under libFuzzer with ASan/UBSan for
-# FUZZ_TIME seconds, seeded with the real templates (not part of make check).
+# FUZZ_TIME seconds, seeded with the real templates and tests/fuzz/seeds/
+# (a template, a NUL, then JSON variables); not part of make check.
 FUZZ_TIME ?= 300
 fuzz: build/fuzz/fuzz-jinja
-	@mkdir -p build/fuzz/corpus && cp tests/fixtures/templates/*.jinja build/fuzz/corpus/
+	@mkdir -p build/fuzz/corpus && cp tests/fixtures/templates/*.jinja tests/fuzz/seeds/* build/fuzz/corpus/
 	build/fuzz/fuzz-jinja -max_total_time=$(FUZZ_TIME) -max_len=20000 -timeout=10 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/ \
 	    -print_final_stats=1 build/fuzz/corpus
