@@ -2,6 +2,7 @@
 # make            release build into bin/ (CPU backend)
 # make CUDA=1     the same tools against the CUDA backend
 # make check      unit + CLI tests, then again under ASan/UBSan
+# make fuzz       the Jinja interpreter under libFuzzer (clang; FUZZ_TIME=300 s)
 # make install PREFIX=/usr/local
 
 PREFIX  ?= /usr/local

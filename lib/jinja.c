@@ -466,15 +466,15 @@ static void lex_string(P *p, size_t at, size_t *pos) {
             }
         }
         if (hex) {
-            int32_t v = 0;
+            uint32_t v = 0; // 8 hex digits fit
             for (int k = 0; k < hex; k++, i++) {
                 char h = i < p->len ? s[i] : 0;
                 int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
                 if (d < 0) lex_fail(p, i, "bad \\%c escape in a string", e);
-                v = v * 16 + d;
+                v = v * 16 + (uint32_t)d;
             }
             if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) lex_fail(p, i, "bad code point in a string");
-            sb_cp(&p->c, &b, v);
+            sb_cp(&p->c, &b, (int32_t)v);
         }
     }
     Tok *t = tok_add(p, K_STR, at);

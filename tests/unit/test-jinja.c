@@ -155,6 +155,8 @@ static void test_refusals(void) {
     refuse("{{ 'abc }}", NULL, "line 1:4: unterminated string");
     refuse("x\n  {% endif %}", NULL, "line 2:6: unexpected {% endif %}");
     refuse("{{ x", NULL, "line 1:");
+    refuse("{{ '\\U90510354' }}", NULL, "bad code point"); // found by fuzzing: no int overflow
+    expect("{{ '\\U0001F600\\u00e9\\x41\\101' }}", "\xf0\x9f\x98\x80\xc3\xa9" "AA");
     // unknown constructs: named, with line:column
     refuse("\n{% include 'other.jinja' %}", NULL, "line 2:4: unknown or unsupported tag 'include'");
     refuse("{% extends 'base' %}", NULL, "'extends'");
