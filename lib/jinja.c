@@ -1820,7 +1820,7 @@ static void slice_bounds(R *r, const Node *at, int64_t len, Val a, Val b, Val c,
         if (hi < 0) hi += len;
         lo = lo < 0 ? 0 : lo > len ? len : lo;
         hi = hi < 0 ? 0 : hi > len ? len : hi;
-        *count = hi > lo ? (hi - lo + st - 1) / st : 0;
+        *count = hi > lo ? (int64_t)(((__int128)hi - lo + st - 1) / st) : 0;
     } else {
         lo = has_a ? a.i : len - 1;
         hi = has_b ? b.i : -1 - len;
@@ -1828,7 +1828,7 @@ static void slice_bounds(R *r, const Node *at, int64_t len, Val a, Val b, Val c,
         if (hi < 0) hi += len;
         lo = lo < -1 ? -1 : lo > len - 1 ? len - 1 : lo;
         hi = hi < -1 ? -1 : hi > len - 1 ? len - 1 : hi;
-        *count = lo > hi ? (lo - hi + (-st) - 1) / (-st) : 0;
+        *count = lo > hi ? (int64_t)(((__int128)lo - hi - (__int128)st - 1) / -(__int128)st) : 0;
     }
     *start = lo;
     *step = st;
@@ -2263,8 +2263,10 @@ static Val call_func(R *r, const Node *at, Func *fn, const Args *a) {
         else lo = need_int(r, at, "range", a->v[0]), hi = need_int(r, at, "range", a->v[1]);
         if (a->n == 3) st = need_int(r, at, "range", a->v[2]);
         if (!st) rfail(r, at, "range() arg 3 must not be zero");
-        int64_t n = st > 0 ? (hi > lo ? (hi - lo - 1) / st + 1 : 0) : (lo > hi ? (lo - hi - 1) / (-st) + 1 : 0);
-        if (n > 100000 || n < 0) rfail(r, at, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
+        __int128 w = st > 0 ? (__int128)hi - lo : (__int128)lo - hi, stp = st > 0 ? (__int128)st : -(__int128)st;
+        __int128 n128 = w > 0 ? (w - 1) / stp + 1 : 0;
+        int64_t n = n128 > 100000 ? 100001 : (int64_t)n128;
+        if (n > 100000) rfail(r, at, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
         List *l = list_new(&r->c, (int)n);
         for (int64_t i = 0; i < n; i++) l->v[i] = mk_int(lo + i * st);
         l->n = (int)n;
@@ -2444,7 +2446,7 @@ static int apply_test(R *r, const Node *at, const char *name, Val x, const Args 
     if (IS("odd") || IS("even") || IS("divisibleby")) {
         int64_t v = need_int(r, at, name, x), d = IS("divisibleby") ? need_int(r, at, name, arg) : 2;
         if (!d) rfail(r, at, "integer division or modulo by zero");
-        int64_t m = ((v % d) + d) % d;
+        int64_t m = (int64_t)((((__int128)v % d) + d) % d);
         return IS("odd") ? m == 1 : m == 0;
     }
     if (IS("lower") || IS("upper")) {
@@ -2748,7 +2750,10 @@ static Val apply_filter(R *r, const Node *at, const char *name, Val x, const Arg
         return d;
     }
     if (IS("abs")) {
-        if (x.t == T_INT || x.t == T_BOOL) return mk_int(x.i < 0 ? -x.i : x.i);
+        if (x.t == T_INT || x.t == T_BOOL) {
+            if (x.i == INT64_MIN) rfail(r, at, "integer overflow");
+            return mk_int(x.i < 0 ? -x.i : x.i);
+        }
         if (x.t == T_FLOAT) return mk_float(fabs(x.f));
         rfail(r, at, "bad operand type for abs(): '%s'", type_name(x));
     }

@@ -171,6 +171,10 @@ static void test_refusals(void) {
     refuse("{{ x.append(4) }}", NULL, "unsafe");
     // limits: range, loop iterations, recursion, output, memory
     refuse("{% for i in range(10**12) %}{% endfor %}", NULL, "Range too big");
+    refuse("{{ range(-9223372036854775807, 9223372036854775807)|length }}", NULL, "Range too big");
+    expect("{{ range(0, 9223372036854775807, 9223372036854775807)|list }}{{ x[::9223372036854775807] }}"
+           "{{ x[::-9223372036854775807] }}{{ -9223372036854775807 is divisibleby(-1) }}",
+           "[0][3][2]True");
     PqJinjaLimits lim = pq_jinja_default_limits;
     lim.max_iterations = 1000;
     refuse("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}", &lim, "iteration limit");
