@@ -2,6 +2,7 @@
 # make            release build into bin/ (CPU backend)
 # make CUDA=1     the same tools against the CUDA backend
 # make check      unit + CLI tests, then again under ASan/UBSan
+# make fuzz       the Jinja interpreter under libFuzzer (clang; FUZZ_TIME=300 s)
 # make install PREFIX=/usr/local
 
 PREFIX  ?= /usr/local
@@ -159,3 +160,19 @@ clean:
 
 .PHONY: all bin check tools-and-tests cuda-build cuda-gpu-tests install clean
 .SECONDARY:
+
+# make fuzz: the Jinja interpreter under libFuzzer with ASan/UBSan for
+# FUZZ_TIME seconds, seeded with the real templates and tests/fuzz/seeds/
+# (a template, a NUL, then JSON variables); not part of make check.
+FUZZ_TIME ?= 300
+fuzz: build/fuzz/fuzz-jinja
+	@mkdir -p build/fuzz/corpus && cp tests/fixtures/templates/*.jinja tests/fuzz/seeds/* build/fuzz/corpus/
+	build/fuzz/fuzz-jinja -max_total_time=$(FUZZ_TIME) -max_len=20000 -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/ \
+	    -print_final_stats=1 build/fuzz/corpus
+build/fuzz/fuzz-jinja: tests/fuzz/fuzz-jinja.c lib/jinja.c lib/jinja.h lib/util.c lib/util.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -Ilib $(shell pkg-config --cflags libcjson libutf8proc) \
+	    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	    tests/fuzz/fuzz-jinja.c lib/jinja.c lib/util.c -o $@ $(shell pkg-config --libs libcjson libutf8proc) -lm
+.PHONY: fuzz

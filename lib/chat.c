@@ -1,307 +1,272 @@
-// chat.c: the chat templates in use, recognised from tokenizer_config.json's
-// Jinja source and rendered in C byte for byte as transformers'
-// apply_chat_template renders them (tests/golden/chat/ are its output).
+// chat.c: chat templates: the model's own Jinja template (tokenizer_config.json's
+// chat_template, a named one of its list, or chat_template.jinja), a .jinja
+// file, or a built-in family, all rendered by the Jinja interpreter
+// (jinja.c) exactly as transformers' apply_chat_template renders them.
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
-#include <utf8proc.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include "chat.h"
+#include "jinja.h"
 
-enum { CHAT_MISTRAL, CHAT_LLAMA2, CHAT_CHATML, CHAT_LLAMA3, CHAT_ZEPHYR };
-
+// The families pq knows by name: the templates of the models they come from.
 static const struct {
-    const char *name, *alias, *bos, *eos;
+    const char *name, *alias, *bos, *eos, *tmpl;
 } families[] = {
-    [CHAT_MISTRAL] = {"mistral", NULL, "<s>", "</s>"},
-    [CHAT_LLAMA2] = {"llama-2", NULL, "<s>", "</s>"},
-    [CHAT_CHATML] = {"chatml", NULL, "", "<|im_end|>"},
-    [CHAT_LLAMA3] = {"llama-3", NULL, "<|begin_of_text|>", "<|end_of_text|>"},
-    [CHAT_ZEPHYR] = {"zephyr", "tinyllama", "<s>", "</s>"},
+    {"mistral", NULL, "<s>", "</s>",
+     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}"
+     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"},
+    {"llama-2", NULL, "<s>", "</s>",
+     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+     "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+     "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+     "{% if loop.index0 == 0 and system_message != false %}"
+     "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+     "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+     "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+     "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"},
+    {"chatml", NULL, "", "<|im_end|>",
+     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"},
+    {"llama-3", NULL, "<|begin_of_text|>", "<|end_of_text|>",
+     "{% set loop_messages = messages %}{% for message in loop_messages %}"
+     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}"
+     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"},
+    {"zephyr", "tinyllama", "<s>", "</s>",
+     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\\n' + message['content'] + eos_token }}\n"
+     "{% elif message['role'] == 'system' %}\n{{ '<|system|>\\n' + message['content'] + eos_token }}\n"
+     "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+     "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"},
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof *families))
-#define SUPPORTED "mistral (Mistral-Instruct v0.1 [INST]), llama-2 ([INST] with <<SYS>>), chatml (<|im_start|>: Qwen, SmolLM), llama-3 (<|start_header_id|>), zephyr or tinyllama (<|user|>)"
+#define SUPPORTED "a named template of tokenizer_config.json, a .jinja file, or mistral, llama-2, chatml, llama-3, zephyr (tinyllama)"
 
 struct PqChat {
-    int family;
-    char *bos, *eos;
-    char *default_system; // chatml: the system turn the template adds when there is none
+    char *name;
+    PqJinja *tmpl;
+    cJSON *vars; // special tokens, tools/documents (None), --chat-var
+    struct tm date;
+    int has_date;
 };
 
-const char *pq_chat_name(const PqChat *c) { return families[c->family].name; }
+const char *pq_chat_name(const PqChat *c) { return c->name; }
 
 void pq_chat_free(PqChat *c) {
     if (!c) return;
-    free(c->bos);
-    free(c->eos);
-    free(c->default_system);
+    free(c->name);
+    pq_jinja_free(c->tmpl);
+    cJSON_Delete(c->vars);
     free(c);
 }
 
-// The family of a Jinja template, by its distinctive pieces; -1 unknown.
-static int recognise(const char *t, PqErr *e) {
-    if (strstr(t, "<|start_header_id|>")) {
-        if (strstr(t, "Cutting Knowledge Date")) {
-            pq_err(e, "the Llama 3.1 chat template (with its dated system turn) is not supported; "
-                      "--chat-template llama-3 renders the Llama 3 format");
-            return -1;
-        }
-        return CHAT_LLAMA3;
-    }
-    if (strstr(t, "<|im_start|>")) return CHAT_CHATML;
-    if (strstr(t, "<|user|>")) return CHAT_ZEPHYR;
-    if (strstr(t, "[INST]")) {
-        if (strstr(t, "<<SYS>>")) return CHAT_LLAMA2;
-        if (!strstr(t, "system")) return CHAT_MISTRAL; // v0.1: user and assistant turns only
-    }
-    pq_err(e, "unrecognised chat template; pq renders these families: " SUPPORTED
-              " (choose one with --chat-template NAME)");
-    return -1;
-}
-
-// Python's str.isspace(): general category Zs or bidirectional class WS, B, S.
-static int py_space(uint32_t cp) {
-    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)cp);
-    return p->category == UTF8PROC_CATEGORY_ZS || p->bidi_class == UTF8PROC_BIDI_CLASS_WS ||
-           p->bidi_class == UTF8PROC_BIDI_CLASS_B || p->bidi_class == UTF8PROC_BIDI_CLASS_S;
-}
-
-// Appends s with Python's strip() (Jinja's trim filter) applied.
-static void put_stripped(PqBuf *b, const char *s) {
-    const utf8proc_uint8_t *u = (const utf8proc_uint8_t *)s;
-    utf8proc_ssize_t n = (utf8proc_ssize_t)strlen(s), i = 0, start = -1, end = 0;
-    while (i < n) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate(u + i, n - i, &cp);
-        if (k <= 0) k = 1, cp = -1; // invalid UTF-8: a non-space
-        if (cp < 0 || !py_space((uint32_t)cp)) {
-            if (start < 0) start = i;
-            end = i + k;
-        }
-        i += k;
-    }
-    if (start >= 0) pq_buf_append(b, s + start, (size_t)(end - start));
-}
-
-// The ChatML default system turn: the template's string literal
-// '<|im_start|>system\n...<|im_end|>\n' (SmolLM, Qwen), NULL if none.
-static char *chatml_default_system(const char *t) {
-    static const char head[] = "<|im_start|>system";
-    for (const char *p = strstr(t, head); p; p = strstr(p + 1, head)) {
-        char q = p > t ? p[-1] : 0;
-        if (q != '\'' && q != '"') continue;
-        PqBuf lit = {0};
-        const char *s = p;
-        for (; *s && *s != q; s++) {
-            if (*s == '\\' && s[1]) { // Jinja string escapes
-                s++;
-                char c = *s == 'n' ? '\n' : *s == 't' ? '\t' : *s;
-                pq_buf_append(&lit, &c, 1);
-            } else {
-                pq_buf_append(&lit, s, 1);
-            }
-        }
-        static const char tail[] = "<|im_end|>\n";
-        size_t hl = sizeof head - 1 + 1, tl = sizeof tail - 1;
-        if (*s == q && lit.len >= hl + tl && lit.data[hl - 1] == '\n' && !strcmp(lit.data + lit.len - tl, tail)) {
-            char *r = pq_xstrndup(lit.data + hl, lit.len - hl - tl);
-            pq_buf_free(&lit);
-            return r;
-        }
-        pq_buf_free(&lit);
-    }
-    return NULL;
-}
-
-// A special token of tokenizer_config.json: a string or {"content": ...}.
-static const char *token_str(const cJSON *cfg, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    if (cJSON_IsString(v)) return v->valuestring;
-    v = cJSON_GetObjectItemCaseSensitive(v, "content");
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-// The template text: "chat_template" as a string, or the "default" of a
-// list of {name, template}; else a chat_template.jinja file.
-static char *template_text(const cJSON *cfg, const char *model_dir, PqErr *e) {
+// The template text: "chat_template" as a string, or the one called want
+// (or "default") of a list of {name, template}; else chat_template.jinja.
+// *found 0 when want names no template of the list.
+static char *template_text(const cJSON *cfg, const char *model_dir, const char *want, int *found, PqErr *e) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
-    if (cJSON_IsString(t)) return pq_xstrdup(t->valuestring);
+    *found = 1;
+    if (cJSON_IsString(t) && !want) return pq_xstrdup(t->valuestring);
     if (cJSON_IsArray(t)) {
         const cJSON *x;
         PqBuf names = {0};
         cJSON_ArrayForEach(x, t) {
             const cJSON *n = cJSON_GetObjectItemCaseSensitive(x, "name");
             const cJSON *s = cJSON_GetObjectItemCaseSensitive(x, "template");
-            if (cJSON_IsString(n) && cJSON_IsString(s) && !strcmp(n->valuestring, "default")) {
+            if (cJSON_IsString(n) && cJSON_IsString(s) && !strcmp(n->valuestring, want ? want : "default")) {
                 pq_buf_free(&names);
                 return pq_xstrdup(s->valuestring);
             }
             if (cJSON_IsString(n)) pq_buf_printf(&names, "%s%s", names.len ? ", " : "", n->valuestring);
         }
-        pq_err(e, "chat_template has no \"default\" among its templates (%s)", names.data ? names.data : "none");
+        if (!want) pq_err(e, "chat_template has no \"default\" among its templates (%s)", names.data ? names.data : "none");
         pq_buf_free(&names);
+        *found = 0;
         return NULL;
     }
+    *found = 0;
+    if (want) return NULL;
     PqBuf p = {0};
     pq_buf_printf(&p, "%s/chat_template.jinja", model_dir);
     char *s = pq_read_file(p.data, NULL, e);
     pq_buf_free(&p);
-    if (!s) pq_err(e, "%s has no chat template (give --chat-template NAME: " SUPPORTED ")", model_dir);
+    if (!s) pq_err(e, "%s has no chat template (give --chat-template " SUPPORTED ")", model_dir);
     return s;
 }
 
-static int family_by_name(const char *name) {
-    for (int i = 0; i < N_FAMILIES; i++)
-        if (!strcmp(name, families[i].name) || (families[i].alias && !strcmp(name, families[i].alias))) return i;
-    return -1;
+static int parse_date(const char *ymd, struct tm *out) {
+    int y, m, d;
+    char extra;
+    if (sscanf(ymd, "%d-%d-%d%c", &y, &m, &d, &extra) != 3 || y < 1 || y > 9999 || m < 1 || m > 12 || d < 1 || d > 31)
+        return -1;
+    struct tm t = {0};
+    t.tm_year = y - 1900, t.tm_mon = m - 1, t.tm_mday = d;
+    time_t s = timegm(&t);
+    gmtime_r(&s, out);
+    return out->tm_mday == d ? 0 : -1;
+}
+
+int pq_chat_set_date(PqChat *c, const char *ymd, PqErr *e) {
+    if (parse_date(ymd, &c->date)) {
+        pq_err(e, "bad date %s: give YYYY-MM-DD", ymd);
+        return -1;
+    }
+    c->has_date = 1;
+    return 0;
+}
+
+int pq_chat_set_var(PqChat *c, const char *assign, PqErr *e) {
+    const char *eq = strchr(assign, '=');
+    if (!eq || eq == assign) {
+        pq_err(e, "--chat-var %s: give NAME=JSON", assign);
+        return -1;
+    }
+    cJSON *v = cJSON_Parse(eq + 1);
+    if (!v) {
+        pq_err(e, "--chat-var %s: the value is not JSON (a string needs quotes: NAME='\"text\"')", assign);
+        return -1;
+    }
+    char *name = pq_xstrndup(assign, (size_t)(eq - assign));
+    cJSON_DeleteItemFromObjectCaseSensitive(c->vars, name);
+    cJSON_AddItemToObject(c->vars, name, v);
+    free(name);
+    return 0;
+}
+
+int pq_chat_configure(PqChat *c, const char *const *vars, int n_vars, const char *date, PqErr *e) {
+    for (int i = 0; i < n_vars; i++)
+        if (pq_chat_set_var(c, vars[i], e)) return -1;
+    return date ? pq_chat_set_date(c, date, e) : 0;
+}
+
+static int is_file(const char *path) {
+    struct stat st;
+    return !stat(path, &st) && S_ISREG(st.st_mode);
 }
 
 PqChat *pq_chat_load(const char *model_dir, const char *name, PqErr *e) {
     int family = -1;
-    if (name && (family = family_by_name(name)) < 0) {
-        pq_err(e, "unknown chat template %s; pq renders these families: " SUPPORTED, name);
-        return NULL;
-    }
+    if (name)
+        for (int i = 0; i < N_FAMILIES; i++)
+            if (!strcmp(name, families[i].name) || (families[i].alias && !strcmp(name, families[i].alias))) family = i;
     PqBuf p = {0};
     pq_buf_printf(&p, "%s/tokenizer_config.json", model_dir);
     size_t len;
     PqErr e2;
-    char *text = pq_read_file(p.data, &len, &e2);
+    char *text = pq_read_file(p.data, &len, &e2), *tmpl = NULL;
     cJSON *cfg = NULL;
+    PqChat *c = NULL;
     if (text) {
         cfg = cJSON_ParseWithLength(text, len);
         free(text);
         if (!cfg) {
             pq_err(e, "%s: not JSON", p.data);
-            pq_buf_free(&p);
-            return NULL;
-        }
-    } else if (!name) {
-        pq_err(e, "%s (give --chat-template NAME: " SUPPORTED ")", e2.msg);
-        pq_buf_free(&p);
-        return NULL;
-    }
-    char *tmpl = NULL;
-    if (cfg && (cJSON_GetObjectItemCaseSensitive(cfg, "chat_template") || !name)) {
-        tmpl = template_text(cfg, model_dir, &e2);
-        if (!tmpl && !name) {
-            pq_err(e, "%s", e2.msg);
             goto fail;
         }
-    }
-    if (!name && (family = recognise(tmpl, &e2)) < 0) {
-        pq_err(e, "%s: %s", p.data, e2.msg);
+    } else if (!name) {
+        pq_err(e, "%s (give --chat-template " SUPPORTED ")", e2.msg);
         goto fail;
     }
-    PqChat *c = pq_xcalloc(1, sizeof *c);
-    c->family = family;
-    const char *bos = token_str(cfg, "bos_token"), *eos = token_str(cfg, "eos_token");
-    c->bos = pq_xstrdup(bos ? bos : families[family].bos);
-    c->eos = pq_xstrdup(eos ? eos : families[family].eos);
-    if (family == CHAT_CHATML && tmpl) c->default_system = chatml_default_system(tmpl);
+    int found = 0;
+    if (cfg) tmpl = template_text(cfg, model_dir, name, &found, &e2);
+    if (!tmpl && !name) {
+        pq_err(e, "%s", e2.msg);
+        goto fail;
+    }
+    if (!tmpl && family >= 0) {
+        tmpl = pq_xstrdup(families[family].tmpl);
+    } else if (!tmpl && is_file(name)) {
+        if (!(tmpl = pq_read_file(name, NULL, e))) goto fail;
+    } else if (!tmpl) {
+        pq_err(e, "unknown chat template %s; give %s", name, SUPPORTED);
+        goto fail;
+    }
+    c = pq_xcalloc(1, sizeof *c);
+    c->name = pq_xstrdup(name ? name : "default");
+    if (!(c->tmpl = pq_jinja_parse(tmpl, &e2))) {
+        pq_err(e, "chat template %s: %s", name ? name : p.data, e2.msg);
+        goto fail;
+    }
+    // the special tokens, as apply_chat_template passes special_tokens_map
+    c->vars = cJSON_CreateObject();
+    if (family >= 0 && !cfg) {
+        cJSON_AddStringToObject(c->vars, "bos_token", families[family].bos);
+        cJSON_AddStringToObject(c->vars, "eos_token", families[family].eos);
+    }
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cfg) {
+        size_t kl = strlen(x->string);
+        if (kl < 7 || strcmp(x->string + kl - 6, "_token")) continue;
+        const cJSON *v = cJSON_IsObject(x) ? cJSON_GetObjectItemCaseSensitive(x, "content") : x;
+        if (cJSON_IsString(v)) cJSON_AddStringToObject(c->vars, x->string, v->valuestring);
+    }
+    if (family >= 0 && cfg) // a named family keeps its own tokens where the model has none
+        for (int i = 0; i < 2; i++)
+            if (!cJSON_GetObjectItemCaseSensitive(c->vars, i ? "eos_token" : "bos_token"))
+                cJSON_AddStringToObject(c->vars, i ? "eos_token" : "bos_token", i ? families[family].eos : families[family].bos);
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(cfg, "additional_special_tokens");
+    if (cJSON_IsArray(extra)) cJSON_AddItemToObject(c->vars, "additional_special_tokens", cJSON_Duplicate(extra, 1));
+    cJSON_AddNullToObject(c->vars, "tools");
+    cJSON_AddNullToObject(c->vars, "documents");
+    const char *d = getenv("PQ_DATE");
+    if (d && *d && pq_chat_set_date(c, d, &e2)) {
+        pq_err(e, "PQ_DATE: %s", e2.msg);
+        goto fail;
+    }
     free(tmpl);
     cJSON_Delete(cfg);
     pq_buf_free(&p);
     return c;
 fail:
+    pq_chat_free(c);
     free(tmpl);
     cJSON_Delete(cfg);
     pq_buf_free(&p);
     return NULL;
 }
 
-static int is(const char *role, const char *r) { return role && !strcmp(role, r); }
-
-// The raise_exception() of the [INST] templates, for the message at
-// loop.index0 = i (checked turn by turn, as the template does).
-static int alternation(const PqChat *c, const PqMessage *m, int i, int n, PqErr *e) {
-    for (int k = 0; k < n; k++, i++)
-        if (is(m[k].role, "user") != (i % 2 == 0)) {
-            pq_err(e, "chat template %s: Conversation roles must alternate user/assistant/user/assistant/...",
-                   pq_chat_name(c));
-            return -1;
-        }
-    return 0;
+char *pq_chat_render_json(const PqChat *c, const cJSON *messages, int add_generation_prompt, PqErr *e) {
+    if (!cJSON_IsArray(messages) || !cJSON_GetArraySize(messages)) {
+        pq_err(e, "chat template %s: no messages", c->name);
+        return NULL;
+    }
+    cJSON *vars = cJSON_CreateObject();
+    const cJSON *x;
+    cJSON_ArrayForEach(x, c->vars) cJSON_AddItemReferenceToObject(vars, x->string, (cJSON *)x);
+    cJSON_AddItemReferenceToObject(vars, "messages", (cJSON *)messages);
+    cJSON_AddBoolToObject(vars, "add_generation_prompt", add_generation_prompt);
+    PqErr e2;
+    char *r = pq_jinja_render(c->tmpl, vars, c->has_date ? &c->date : NULL, NULL, &e2);
+    if (!r) pq_err(e, "chat template %s: %s", c->name, e2.msg);
+    cJSON_Delete(vars);
+    return r;
 }
 
 char *pq_chat_render(const PqChat *c, const PqMessage *msgs, int n, int add_generation_prompt, PqErr *e) {
     if (n <= 0) {
-        pq_err(e, "chat template %s: no messages", pq_chat_name(c));
+        pq_err(e, "chat template %s: no messages", c->name);
         return NULL;
     }
-    for (int i = 0; i < n; i++)
+    cJSON *m = cJSON_CreateArray();
+    for (int i = 0; i < n; i++) {
         if (!msgs[i].role || !msgs[i].content) {
-            pq_err(e, "chat template %s: message %d lacks a role or content", pq_chat_name(c), i + 1);
+            pq_err(e, "chat template %s: message %d lacks a role or content", c->name, i + 1);
+            cJSON_Delete(m);
             return NULL;
         }
-    PqBuf b = {0};
-    pq_buf_append(&b, "", 0);
-    switch (c->family) {
-    case CHAT_MISTRAL:
-        pq_buf_puts(&b, c->bos);
-        for (int i = 0; i < n; i++) {
-            if (alternation(c, msgs + i, i, 1, e)) goto fail;
-            if (is(msgs[i].role, "user")) {
-                pq_buf_printf(&b, "[INST] %s [/INST]", msgs[i].content);
-            } else if (is(msgs[i].role, "assistant")) {
-                pq_buf_printf(&b, "%s%s ", msgs[i].content, c->eos);
-            } else {
-                pq_err(e, "chat template mistral: Only user and assistant roles are supported!");
-                goto fail;
-            }
-        }
-        break;
-    case CHAT_LLAMA2: {
-        const char *sys = NULL;
-        const PqMessage *m = msgs;
-        int k = n;
-        if (is(msgs[0].role, "system")) sys = msgs[0].content, m++, k--;
-        for (int i = 0; i < k; i++) {
-            if (alternation(c, m + i, i, 1, e)) goto fail;
-            PqBuf content = {0};
-            if (i == 0 && sys) pq_buf_printf(&content, "<<SYS>>\n%s\n<</SYS>>\n\n", sys);
-            pq_buf_puts(&content, m[i].content);
-            if (is(m[i].role, "user")) {
-                pq_buf_printf(&b, "%s[INST] ", c->bos);
-                put_stripped(&b, content.data);
-                pq_buf_puts(&b, " [/INST]");
-            } else if (is(m[i].role, "assistant")) {
-                pq_buf_puts(&b, " ");
-                put_stripped(&b, content.data);
-                pq_buf_printf(&b, " %s", c->eos);
-            }
-            pq_buf_free(&content);
-        }
-        break;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "role", msgs[i].role);
+        cJSON_AddStringToObject(o, "content", msgs[i].content);
+        cJSON_AddItemToArray(m, o);
     }
-    case CHAT_CHATML:
-        for (int i = 0; i < n; i++) {
-            if (i == 0 && !is(msgs[0].role, "system") && c->default_system)
-                pq_buf_printf(&b, "<|im_start|>system\n%s<|im_end|>\n", c->default_system);
-            pq_buf_printf(&b, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
-        }
-        if (add_generation_prompt) pq_buf_puts(&b, "<|im_start|>assistant\n");
-        break;
-    case CHAT_LLAMA3:
-        for (int i = 0; i < n; i++) {
-            if (i == 0) pq_buf_puts(&b, c->bos);
-            pq_buf_printf(&b, "<|start_header_id|>%s<|end_header_id|>\n\n", msgs[i].role);
-            put_stripped(&b, msgs[i].content);
-            pq_buf_puts(&b, "<|eot_id|>");
-        }
-        if (add_generation_prompt) pq_buf_puts(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-        break;
-    case CHAT_ZEPHYR:
-        for (int i = 0; i < n; i++) {
-            const char *r = msgs[i].role;
-            if (is(r, "user") || is(r, "system") || is(r, "assistant"))
-                pq_buf_printf(&b, "<|%s|>\n%s%s\n", r, msgs[i].content, c->eos);
-            if (i == n - 1 && add_generation_prompt) pq_buf_puts(&b, "<|assistant|>\n");
-        }
-        break;
-    }
-    return b.data;
-fail:
-    pq_buf_free(&b);
-    return NULL;
+    char *r = pq_chat_render_json(c, m, add_generation_prompt, e);
+    cJSON_Delete(m);
+    return r;
 }

@@ -193,6 +193,7 @@ int pq_llm_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
         }
         return 1;
     case PQ_OPT_LLM_BASE + 12 ... PQ_OPT_LLM_BASE + 17:
+    case PQ_OPT_LLM_BASE + 19 ... PQ_OPT_LLM_BASE + 20:
     case 't': return pq_llm_local_option(c, opt, arg, e);
     case 'j':
         if (parse_int(arg, 1, 4096, &c->jobs)) goto bad;

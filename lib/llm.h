@@ -11,6 +11,7 @@
 #include "util.h"
 
 #define PQ_LLM_MAX_STOP 8
+#define PQ_LLM_MAX_CHAT_VARS 16
 
 typedef struct PqLlmConfig {
     const char *base_url;    // default $OPENAI_BASE_URL, else https://api.openai.com/v1
@@ -29,7 +30,10 @@ typedef struct PqLlmConfig {
     int unordered;           // --unordered (used by tools)
     // A local model: --model DIR holding config.json (lib/llm_local.c).
     const char *adapter;       // --adapter DIR, a PEFT LoRA adapter
-    const char *chat_template; // --chat-template NAME (default: the model's)
+    const char *chat_template; // --chat-template NAME|FILE (default: the model's)
+    const char *chat_vars[PQ_LLM_MAX_CHAT_VARS]; // --chat-var NAME=JSON, repeatable
+    int n_chat_vars;
+    const char *chat_date;     // --date YYYY-MM-DD for the template's strftime_now
     const char *constrain;     // --grammar quiz|answers|summary|ascii|none, or "auto" (--constrain)
     int top_k;                 // --top-k K (< 0: not sent; 0: off)
     int threads;               // -t, --threads N (0: all cores)
@@ -79,6 +83,8 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     {"stop", required_argument, 0, PQ_OPT_LLM_BASE + 16},       \
     {"grammar", required_argument, 0, PQ_OPT_LLM_BASE + 17},    \
     {"min-p", required_argument, 0, PQ_OPT_LLM_BASE + 18},      \
+    {"chat-var", required_argument, 0, PQ_OPT_LLM_BASE + 19},   \
+    {"date", required_argument, 0, PQ_OPT_LLM_BASE + 20},       \
     {"threads", required_argument, 0, 't'},                     \
     {"jobs", required_argument, 0, 'j'},                        \
     {"option", required_argument, 0, 'O'}
@@ -101,7 +107,9 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     "      --unordered         write results as they finish, not in input order\n"          \
     "Local models (--model DIR, a Hugging Face model directory; no server):\n"             \
     "      --adapter DIR       apply a PEFT LoRA adapter\n"                                 \
-    "      --chat-template NAME  chatml, mistral, llama-2, llama-3, ... (default: the model's)\n" \
+    "      --chat-template NAME|FILE  a named template, a .jinja file, chatml, mistral, ...\n" \
+    "      --chat-var NAME=JSON  a chat-template variable (enable_thinking=false), repeatable\n" \
+    "      --date YYYY-MM-DD   the date the template's strftime_now gives (default $PQ_DATE)\n" \
     "      --constrain         force this tool's reply format (pq-questions: the quiz,\n"  \
     "                          pq-quiz: the answers, pq-summarize: 5+ ASCII words)\n"    \
     "      --grammar NAME      force quiz, answers, summary, ascii or none instead\n"     \

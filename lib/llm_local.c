@@ -63,6 +63,14 @@ int pq_llm_local_option(PqLlmConfig *c, int opt, const char *arg, PqErr *e) {
     switch (opt) {
     case PQ_OPT_LLM_BASE + 12: c->adapter = arg; return 1;
     case PQ_OPT_LLM_BASE + 13: c->chat_template = arg; return 1;
+    case PQ_OPT_LLM_BASE + 19:
+        if (c->n_chat_vars == PQ_LLM_MAX_CHAT_VARS) {
+            pq_err(e, "--chat-var: at most %d", PQ_LLM_MAX_CHAT_VARS);
+            return -1;
+        }
+        c->chat_vars[c->n_chat_vars++] = arg;
+        return 1;
+    case PQ_OPT_LLM_BASE + 20: c->chat_date = arg; return 1;
     case PQ_OPT_LLM_BASE + 14: c->constrain = "auto"; return 1;
     case PQ_OPT_LLM_BASE + 17:
         if (pq_constrain_mode(arg) < 0) {
@@ -127,6 +135,7 @@ PqLlmLocal *pq_llm_local_new(const PqLlmConfig *c, PqErr *e) {
         goto fail;
     }
     if (!(l->chat = pq_chat_load(dir, c->chat_template, e))) goto fail;
+    if (pq_chat_configure(l->chat, c->chat_vars, c->n_chat_vars, c->chat_date, e)) goto fail;
     int32_t eos[16];
     int n_eos = pq_gen_eos_ids(dir, l->tok, eos, 16);
     if (n_eos == 0) {

@@ -58,7 +58,10 @@ static const char usage[] =
     "      --checkpoint WHEN     activation checkpointing: auto (default: every layer's activations kept\n"
     "                            when they fit in free device memory, or RAM on the CPU), on, off\n"
     "      --no-share-prompt     run each pair's common prompt through the model twice, not once\n"
-    "      --chat-template NAME  override the template family of tokenizer_config.json\n"
+    "      --chat-template NAME|FILE  a named template of tokenizer_config.json, a .jinja file,\n"
+    "                            or mistral, llama-2, chatml, llama-3, zephyr (default: the model's)\n"
+    "      --chat-var NAME=JSON  a chat-template variable (enable_thinking=false), repeatable\n"
+    "      --date YYYY-MM-DD     the date the template's strftime_now gives (default $PQ_DATE)\n"
     "      --max-length N        tokens per sequence (default 4096), as pq-logp's\n"
     "      --truncate POLICY     article (default), keep_start, keep_end, as pq-logp's\n"
     "      --raw                 records hold token ids: \"chosen_ids\", \"rejected_ids\" and \"prompt_len\"\n"
@@ -74,13 +77,16 @@ enum {
     O_OUT = PQ_OPT_TOOL_BASE, O_ADAPTER, O_LOSS, O_BETA, O_LS, O_SFT, O_SFT_SUM, O_REFFREE, O_R, O_ALPHA, O_DROP,
     O_TARGETS, O_LR, O_B1, O_B2, O_EPS, O_WD, O_WSTEPS, O_WRATIO, O_SCHED, O_CLIP, O_BATCH, O_MICRO, O_EPOCHS,
     O_MAXSTEPS, O_TRAINPAIRS, O_STOPAFTER, O_SAVEEVERY, O_VALID, O_EVALEVERY, O_CKPT, O_NOCKPT, O_CKPTWHEN,
-    O_TEMPLATE, O_MAXLEN, O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES, O_OVERWRITE, O_NOSAVE
+    O_TEMPLATE, O_CHAT_VAR, O_DATE, O_MAXLEN, O_TRUNC, O_RAW, O_DUMPGRADS, O_NOSHARE, O_DEVICE, O_DEVICES, O_OVERWRITE,
+    O_NOSAVE
 };
 
 static PqTool T;
 
 // Options.
 static const char *device, *devices, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
+static const char *chat_vars[64], *chat_date;
+static int n_chat_vars;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
 static int overwrite, no_save;
 static int share_prompt = 1, raw, reference_free, lora_r = 8, checkpoint = PQ_CKPT_AUTO, sched = PQ_SCHED_LINEAR, batch = 2, micro = 1, epochs = 1;
@@ -664,6 +670,8 @@ int main(int argc, char **argv) {
         {"checkpoint-activations", no_argument, 0, O_CKPT}, // = --checkpoint on (older name)
         {"no-checkpoint-activations", no_argument, 0, O_NOCKPT}, // = --checkpoint off
         {"chat-template", required_argument, 0, O_TEMPLATE},
+        {"chat-var", required_argument, 0, O_CHAT_VAR},
+        {"date", required_argument, 0, O_DATE},
         {"max-length", required_argument, 0, O_MAXLEN},
         {"truncate", required_argument, 0, O_TRUNC},
         {"threads", required_argument, 0, 't'},
@@ -738,6 +746,11 @@ int main(int argc, char **argv) {
             else pq_tool_usage_error(&T, "--checkpoint: %s is not auto, on or off", optarg);
             break;
         case O_TEMPLATE: template_name = optarg; break;
+        case O_CHAT_VAR:
+            if (n_chat_vars == 64) pq_tool_usage_error(&T, "at most 64 --chat-var");
+            chat_vars[n_chat_vars++] = optarg;
+            break;
+        case O_DATE: chat_date = optarg; break;
         case O_MAXLEN: max_len = (int)parse_int("--max-length", optarg, 2); break;
         case O_TRUNC:
             if (!strcmp(optarg, "article")) policy = PQ_TRUNC_ARTICLE;
@@ -828,6 +841,7 @@ int main(int argc, char **argv) {
         pq_buf_free(&p);
         if (!tok) pq_tool_die(&T, "%s", e.msg);
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);
+        if (pq_chat_configure(chat, chat_vars, n_chat_vars, chat_date, &e)) pq_tool_usage_error(&T, "%s", e.msg);
     }
 
     if (resume_dir) {

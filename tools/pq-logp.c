@@ -16,7 +16,10 @@ static const char usage[] =
     "the summed log-probs of each response's tokens given the prompt under the chat template.\n"
     "  -m, --model DIR         Hugging Face model directory (config.json, safetensors, tokenizer)\n"
     "      --adapter DIR       apply a PEFT LoRA adapter\n"
-    "      --chat-template NAME  override the template family of tokenizer_config.json\n"
+    "      --chat-template NAME|FILE  a named template of tokenizer_config.json, a .jinja file,\n"
+    "                          or mistral, llama-2, chatml, llama-3, zephyr (default: the model's)\n"
+    "      --chat-var NAME=JSON  a chat-template variable (enable_thinking=false), repeatable\n"
+    "      --date YYYY-MM-DD   the date the template's strftime_now gives (default $PQ_DATE)\n"
     "      --max-length N      tokens per sequence (default 4096); longer prompts are truncated\n"
     "      --truncate POLICY   article (default: shorten the longest user message), keep_start, keep_end\n"
     "  -b, --batch-tokens N    tokens per forward pass (default 4096)\n"
@@ -27,7 +30,8 @@ static const char usage[] =
     "      --raw               records hold \"ids\" (token ids) and \"prompt_len\" instead of a pair;\n"
     "                          adds \"logp\" and \"tokens\" (and \"token_logps\")\n";
 
-enum { OPT_ADAPTER = PQ_OPT_TOOL_BASE, OPT_TEMPLATE, OPT_MAXLEN, OPT_TRUNC, OPT_BATCH, OPT_PER_TOKEN, OPT_RAW, OPT_DEVICE };
+enum { OPT_ADAPTER = PQ_OPT_TOOL_BASE, OPT_TEMPLATE, OPT_MAXLEN, OPT_TRUNC, OPT_BATCH, OPT_PER_TOKEN, OPT_RAW, OPT_DEVICE,
+       OPT_CHAT_VAR, OPT_DATE };
 
 // A record waiting for its batch: its JSON, its line (for rejects) and its
 // sequences (chosen, rejected; or one in --raw mode).
@@ -158,8 +162,12 @@ int main(int argc, char **argv) {
                                              {"per-token", no_argument, 0, OPT_PER_TOKEN},
                                              {"raw", no_argument, 0, OPT_RAW},
                                              {"device", required_argument, 0, OPT_DEVICE},
+                                             {"chat-var", required_argument, 0, OPT_CHAT_VAR},
+                                             {"date", required_argument, 0, OPT_DATE},
                                              {0, 0, 0, 0}};
-    const char *model_dir = NULL, *adapter_dir = NULL, *template_name = NULL, *device = NULL;
+    const char *model_dir = NULL, *adapter_dir = NULL, *template_name = NULL, *device = NULL, *date = NULL;
+    const char *chat_vars[64];
+    int n_chat_vars = 0;
     int max_len = 4096, policy = PQ_TRUNC_ARTICLE, batch_recs = 0, threads = 0;
     pq_tool_init(&T, "pq-logp", usage);
     int opt;
@@ -171,6 +179,11 @@ int main(int argc, char **argv) {
         case 'm': model_dir = optarg; break;
         case OPT_ADAPTER: adapter_dir = optarg; break;
         case OPT_TEMPLATE: template_name = optarg; break;
+        case OPT_CHAT_VAR:
+            if (n_chat_vars == 64) pq_tool_usage_error(&T, "at most 64 --chat-var");
+            chat_vars[n_chat_vars++] = optarg;
+            break;
+        case OPT_DATE: date = optarg; break;
         case OPT_PER_TOKEN: per_token = 1; break;
         case OPT_RAW: raw = 1; break;
         case OPT_DEVICE: device = optarg; break;
@@ -221,6 +234,7 @@ int main(int argc, char **argv) {
         pq_buf_free(&p);
         if (!tok) pq_tool_die(&T, "%s", e.msg);
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);
+        if (pq_chat_configure(chat, chat_vars, n_chat_vars, date, &e)) pq_tool_usage_error(&T, "%s", e.msg);
         if (pq_tokenizer_vocab_size(tok) > model->cfg.V)
             pq_tool_die(&T, "%s: the tokenizer has %d tokens, the model's vocab_size is %d", model_dir,
                         pq_tokenizer_vocab_size(tok), model->cfg.V);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "chat.h"
 #include "tokenizer.h"
 #include "tool.h"
 
@@ -21,13 +22,22 @@ static const char usage[] =
     "      --decode        the other way: decode \"ids\" into the text field\n"
     "      --skip-special  with --decode, leave special tokens out\n"
     "      --raw           plain text: each input line is one text, each output line its ids\n"
-    "                      separated by spaces (with --decode, lines of ids in, text out)\n";
+    "                      separated by spaces (with --decode, lines of ids in, text out)\n"
+    "      --chat          render each record's \"messages\" with the model's chat template into\n"
+    "                      the text field first (what the model sees), then encode it\n"
+    "      --add-generation-prompt  with --chat, end with the assistant's header\n"
+    "      --chat-template NAME|FILE  a named template of tokenizer_config.json, a .jinja\n"
+    "                      file, or mistral, llama-2, chatml, llama-3, zephyr\n"
+    "      --chat-var NAME=JSON  a template variable (enable_thinking=false), repeatable\n"
+    "      --date YYYY-MM-DD  the date strftime_now gives (default: PQ_DATE, else today)\n";
 
-enum { OPT_FIELD = PQ_OPT_TOOL_BASE, OPT_ADD_SPECIAL, OPT_DECODE, OPT_SKIP_SPECIAL, OPT_RAW };
+enum { OPT_FIELD = PQ_OPT_TOOL_BASE, OPT_ADD_SPECIAL, OPT_DECODE, OPT_SKIP_SPECIAL, OPT_RAW, OPT_CHAT, OPT_AGP,
+       OPT_TEMPLATE, OPT_CHAT_VAR, OPT_DATE };
 
 typedef struct Opts {
     const char *field;
-    int add_special, decode, skip_special;
+    int add_special, decode, skip_special, add_generation_prompt;
+    PqChat *chat; // --chat
 } Opts;
 
 // Parses "ids" (a JSON array or, raw, space-separated integers); 0 and a
@@ -129,8 +139,20 @@ static void run_jsonl(PqTool *t, const PqTokenizer *tok, const Opts *o) {
                 t->n_done++;
             }
         } else {
+            const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(obj, "messages");
+            char *rendered = NULL;
+            if (o->chat && !cJSON_IsArray(msgs)) {
+                why = "no \"messages\" list";
+            } else if (o->chat && !(rendered = pq_chat_render_json(o->chat, msgs, o->add_generation_prompt, &e))) {
+                why = e.msg;
+            } else if (o->chat) {
+                pq_json_set(obj, o->field, cJSON_CreateString(rendered));
+                free(rendered);
+            }
             const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, o->field);
-            if (!cJSON_IsString(text)) {
+            if (why) {
+                pq_tool_reject(t, &t->line, id, "%s", why);
+            } else if (!cJSON_IsString(text)) {
                 pq_tool_reject(t, &t->line, id, "no \"%s\" string", o->field);
             } else if (pq_tokenizer_encode(tok, text->valuestring, strlen(text->valuestring), o->add_special, &ids,
                                            &e)) {
@@ -153,9 +175,9 @@ static void run_jsonl(PqTool *t, const PqTokenizer *tok, const Opts *o) {
 
 int main(int argc, char **argv) {
     PqTool t;
-    Opts o = {"text", 0, 0, 0};
-    const char *model = NULL;
-    int raw = 0;
+    Opts o = {"text", 0, 0, 0, 0, NULL};
+    const char *model = NULL, *template_name = NULL, *date = NULL, *vars[64];
+    int raw = 0, chat = 0, n_vars = 0;
     pq_tool_init(&t, "pq-tokenize", usage);
     static const struct option longopts[] = {
         PQ_TOOL_LONGOPTS,
@@ -165,6 +187,11 @@ int main(int argc, char **argv) {
         {"decode", no_argument, 0, OPT_DECODE},
         {"skip-special", no_argument, 0, OPT_SKIP_SPECIAL},
         {"raw", no_argument, 0, OPT_RAW},
+        {"chat", no_argument, 0, OPT_CHAT},
+        {"add-generation-prompt", no_argument, 0, OPT_AGP},
+        {"chat-template", required_argument, 0, OPT_TEMPLATE},
+        {"chat-var", required_argument, 0, OPT_CHAT_VAR},
+        {"date", required_argument, 0, OPT_DATE},
         {0, 0, 0, 0},
     };
     int opt;
@@ -177,6 +204,14 @@ int main(int argc, char **argv) {
         case OPT_DECODE: o.decode = 1; break;
         case OPT_SKIP_SPECIAL: o.skip_special = 1; break;
         case OPT_RAW: raw = 1; break;
+        case OPT_CHAT: chat = 1; break;
+        case OPT_AGP: o.add_generation_prompt = 1; break;
+        case OPT_TEMPLATE: template_name = optarg; break;
+        case OPT_CHAT_VAR:
+            if (n_vars == 64) pq_tool_usage_error(&t, "at most 64 --chat-var");
+            vars[n_vars++] = optarg;
+            break;
+        case OPT_DATE: date = optarg; break;
         default: pq_tool_usage_error(&t, "bad option");
         }
     }
@@ -184,17 +219,29 @@ int main(int argc, char **argv) {
     if (o.skip_special && !o.decode) pq_tool_usage_error(&t, "--skip-special goes with --decode");
     if (o.add_special && o.decode) pq_tool_usage_error(&t, "--add-special goes with encoding, not --decode");
     if (raw && t.resume_path) pq_tool_usage_error(&t, "--resume needs JSONL records (not --raw)");
+    if (!chat && (o.add_generation_prompt || template_name || n_vars || date))
+        pq_tool_usage_error(&t, "--add-generation-prompt, --chat-template, --chat-var and --date go with --chat");
+    if (chat && (raw || o.decode)) pq_tool_usage_error(&t, "--chat renders JSONL records' messages (not --raw or --decode)");
     PqBuf path = {0};
     struct stat st;
-    if (stat(model, &st) == 0 && S_ISDIR(st.st_mode)) pq_buf_printf(&path, "%s/tokenizer.json", model);
+    int is_dir = stat(model, &st) == 0 && S_ISDIR(st.st_mode);
+    if (is_dir) pq_buf_printf(&path, "%s/tokenizer.json", model);
     else pq_buf_puts(&path, model);
     PqErr e;
     PqTokenizer *tok = pq_tokenizer_load(path.data, &e);
     pq_buf_free(&path);
     if (!tok) pq_tool_die(&t, "%s", e.msg);
+    if (chat) {
+        if (!is_dir) pq_tool_die(&t, "--chat needs a model directory (for tokenizer_config.json)");
+        if (!(o.chat = pq_chat_load(model, template_name, &e))) pq_tool_die(&t, "%s", e.msg);
+        for (int i = 0; i < n_vars; i++)
+            if (pq_chat_set_var(o.chat, vars[i], &e)) pq_tool_usage_error(&t, "%s", e.msg);
+        if (date && pq_chat_set_date(o.chat, date, &e)) pq_tool_usage_error(&t, "%s", e.msg);
+    }
     pq_tool_open(&t, argc, argv, optind);
     if (raw) run_raw(&t, tok, &o);
     else run_jsonl(&t, tok, &o);
     pq_tokenizer_free(tok);
+    pq_chat_free(o.chat);
     return pq_tool_finish(&t);
 }
