@@ -148,6 +148,8 @@ static void test_qk_norm(int N, int NH, int HS) {
     free(x), free(w), free(dy), free(inv), free(pos), free(y), free(rstd), free(dx);
     void *p[] = {gX, gW, gDY, gY, gR, ginv, gdx, gpos};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+}
+
 // the residual add fused with the norm: the kernel against its CPU twin (x updated, out, rstd)
 static void test_residual_rmsnorm(int N, int C) {
     size_t n = (size_t)N * C;
