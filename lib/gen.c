@@ -15,12 +15,15 @@
 
 #include "exp_fast.h"
 #include "ops_gen.h"
+#include "ops_paged.h"
 #include "tool.h"
 
 // Prompt tokens prefilled in one step at most (a longer prompt goes alone).
 #define PREFILL_BUDGET 2048
 // Initial positions per slot of the cache (grown by doubling).
 #define T_INIT 256
+// Positions per block of the paged cache (PQ_KV=paged).
+#define BLOCK_T 16
 
 typedef struct Req Req;
 struct Req {
@@ -37,11 +40,14 @@ struct Req {
     void *user;
     PqGenOut *outs; // [n]
     float *logits;  // (V) after the prompt's last token, once prefilled
+    PqKvSeq kv;     // paged: the prompt's blocks, held until every sample has started
     Req *qnext;     // the queue of requests with samples to start
     Req *prev, *next; // every live request
 };
 
-enum { SLOT_FREE = 0, SLOT_PREFILL, SLOT_FOLLOW, SLOT_RUN };
+// paged only: SLOT_WAIT preempted (no blocks; its tokens kept), SLOT_RESUME
+// recomputing prompt and tokens this step
+enum { SLOT_FREE = 0, SLOT_PREFILL, SLOT_FOLLOW, SLOT_RUN, SLOT_WAIT, SLOT_RESUME };
 
 typedef struct Slot {
     int state;
@@ -58,6 +64,8 @@ typedef struct Slot {
     PqCState cs;
     float *work;        // (V) scratch for sampling
     int32_t pick;       // token sampled this step (-1: none possible)
+    PqKvSeq kv;         // paged: its blocks
+    long long age;      // paged: when the sample started (the youngest is preempted first)
 } Slot;
 
 struct PqGen {
@@ -79,6 +87,22 @@ struct PqGen {
     int32_t *ids, *pos, *slot_of, *base_of, *blen_of; // host
     int shared; // the prompt's cache is shared by its samples (pq_attention_kv_shared_forward)
     float *h_logits;              // host (mcap, V)
+    // the paged cache (PQ_KV=paged): L pools of NB blocks one after another
+    int paged, NB;
+    PqKvPage *kp;
+    void *kpool, *vpool;
+    PqDtype kdt;
+    size_t kelem;
+    int32_t *tab, *d_tab, *plen, *d_plen; // (cap, maxblk) tables, (cap) lengths
+    size_t tab_cap;
+    int maxblk, max_len;
+    float *pwork;
+    size_t pwork_n;
+    PqKvCopy *copies;
+    int ncopy, copy_cap;
+    PqKvCopy *d_copies;
+    int d_copy_cap;
+    long long tick;
     long long n_prefilled, n_generated, n_steps;
 };
 
@@ -234,6 +258,45 @@ int pq_gen_eos_ids(const char *dir, const PqTokenizer *tok, int32_t *out, int ma
     return n;
 }
 
+// PQ_KV: "paged" or "flat" (read once); paged by default on CUDA.
+static int kv_paged(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *s = getenv("PQ_KV");
+        if (s && !strcmp(s, "paged")) mode = 1;
+        else if (s && !strcmp(s, "flat")) mode = 0;
+        else {
+            if (s && *s) fprintf(stderr, "pq: PQ_KV=%s is neither paged nor flat; using the default\n", s);
+            mode = !strcmp(pq_ops_backend(), "cuda");
+        }
+    }
+    return mode;
+}
+
+// The paged cache: blocks for every slot at full context, at most what a
+// share of the free memory holds, at most PQ_KV_BLOCKS.
+static void paged_new(PqGen *g) {
+    const PqConfig *c = &g->m->cfg;
+    int cuda = !strcmp(pq_ops_backend(), "cuda");
+    g->kdt = cuda ? PQ_BF16 : PQ_F32;
+    g->kelem = cuda ? 2 : 4;
+    long want = (long)g->S * ((g->Tmax + BLOCK_T - 1) / BLOCK_T) + 1;
+    size_t avail = pq_dev_free_bytes();
+    long nb = avail ? pq_kvpage_blocks_for_bytes((size_t)((double)avail * (cuda ? 0.8 : 0.5)), c->L, c->KVH, c->HS,
+                                                 BLOCK_T, g->kelem)
+                    : want;
+    if (nb > want) nb = want;
+    const char *cap = getenv("PQ_KV_BLOCKS");
+    if (cap && atol(cap) > 0 && atol(cap) < nb) nb = atol(cap);
+    if (nb < 1) nb = 1;
+    if (nb > 1L << 30) nb = 1L << 30;
+    g->NB = (int)nb;
+    g->kp = pq_kvpage_new(g->NB, BLOCK_T);
+    size_t bytes = (size_t)c->L * g->NB * BLOCK_T * c->KVH * c->HS * g->kelem;
+    g->kpool = pq_dev_alloc(bytes);
+    g->vpool = pq_dev_alloc(bytes);
+}
+
 PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int32_t *eos, int n_eos) {
     PqGen *g = pq_xcalloc(1, sizeof *g);
     const PqConfig *c = &m->cfg;
@@ -245,15 +308,18 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->T = T_INIT < g->Tmax ? T_INIT : g->Tmax;
     g->kc = pq_xcalloc((size_t)c->L, sizeof *g->kc);
     g->vc = pq_xcalloc((size_t)c->L, sizeof *g->vc);
+    g->paged = kv_paged();
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
-    for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(per), g->vc[l] = pq_dev_alloc(per);
+    if (g->paged) paged_new(g);
+    else
+        for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(per), g->vc[l] = pq_dev_alloc(per);
     g->slots = pq_xcalloc((size_t)g->S, sizeof *g->slots);
     for (int s = 0; s < g->S; s++) g->slots[s].work = pq_xmalloc((size_t)c->V * sizeof(float)), g->slots[s].base = s;
     g->eos = pq_xmalloc((size_t)(n_eos + 1) * sizeof *g->eos);
     memcpy(g->eos, eos, (size_t)n_eos * sizeof *eos);
     g->n_eos = n_eos;
     g->next_id = 1;
-    g->shared = pq_attention_kv_shared_forward != NULL;
+    g->shared = !g->paged && pq_attention_kv_shared_forward != NULL;
     return g;
 }
 
@@ -271,6 +337,8 @@ static void free_bufs(PqGen *g) {
     free(g->base_of);
     free(g->blen_of);
     free(g->h_logits);
+    pq_dev_free(g->d_plen);
+    free(g->plen);
 }
 
 static void req_free(Req *r) {
@@ -296,6 +364,7 @@ void pq_gen_free(PqGen *g) {
     while (g->live) {
         Req *r = g->live;
         req_unlink(g, r);
+        if (g->paged) pq_kvseq_free(g->kp, &r->kv);
         if (r->cb) r->cb(r->user, NULL, r->n, "cancelled", 1);
         req_free(r);
     }
@@ -303,6 +372,17 @@ void pq_gen_free(PqGen *g) {
         pq_tokens_free(&g->slots[s].gen);
         pq_buf_free(&g->slots[s].text);
         free(g->slots[s].work);
+        if (g->paged) pq_kvseq_free(g->kp, &g->slots[s].kv);
+    }
+    if (g->paged) {
+        pq_kvpage_free(g->kp);
+        pq_dev_free(g->kpool);
+        pq_dev_free(g->vpool);
+        pq_dev_free(g->d_tab);
+        free(g->tab);
+        pq_dev_free(g->pwork);
+        free(g->copies);
+        pq_dev_free(g->d_copies);
     }
     free(g->slots);
     for (int l = 0; l < g->m->cfg.L; l++) pq_dev_free(g->kc[l]), pq_dev_free(g->vc[l]);
@@ -430,6 +510,7 @@ static void finish(PqGen *g, Slot *sl, int why, int cut, Done *d) {
     sl->state = SLOT_FREE;
     sl->r = NULL;
     unshare(g, sl);
+    if (g->paged) pq_kvpage_release(g->kp, &sl->kv);
     if (++r->finished == r->n) done_push(d, r);
 }
 
@@ -486,6 +567,7 @@ static int32_t pick(PqGen *g, Slot *sl, float *logits) {
 
 static void start_sample(PqGen *g, Slot *sl, Req *r, int k) {
     sl->r = r;
+    sl->age = g->tick++;
     sl->k = k;
     sl->prefix = r->id;
     sl->len = r->P;
@@ -506,6 +588,94 @@ static void fail_req(PqGen *g, Req *r, Done *d, const char *msg) {
     r->outs[0].finish = -1;
     done_push(d, r);
     (void)g;
+}
+
+// ---- the paged cache ----
+
+static int blocks_for(int n) { return (n + BLOCK_T - 1) / BLOCK_T; }
+
+static int running(const PqGen *g) {
+    int n = 0;
+    for (int s = 0; s < g->S; s++) n += g->slots[s].state == SLOT_RUN;
+    return n;
+}
+
+// Free blocks less one for every running slot's next position.
+static int kv_avail(const PqGen *g) { return pq_kvpage_free_blocks(g->kp) - running(g); }
+
+// Slot sl gives its blocks back; it recomputes its prompt and tokens later.
+static void preempt(PqGen *g, Slot *sl) {
+    pq_kvpage_release(g->kp, &sl->kv);
+    sl->state = SLOT_WAIT;
+}
+
+// Whether anything but slot sl holds blocks (that it will give back).
+static int others_hold(const PqGen *g, const Slot *sl) {
+    for (int s = 0; s < g->S; s++)
+        if (&g->slots[s] != sl && g->slots[s].kv.nblk > 0) return 1;
+    for (const Req *r = g->live; r; r = r->next)
+        if (r->kv.nblk > 0) return 1;
+    return 0;
+}
+
+// Room for every running slot's next position: the youngest are preempted
+// until the free blocks suffice (a sample alone in a full cache ends there),
+// then the copies on write of this step are collected.
+static void paged_reserve(PqGen *g, Done *d) {
+    for (;;) {
+        int need = 0, nrun = 0;
+        Slot *young = NULL;
+        for (int s = 0; s < g->S; s++) {
+            Slot *sl = &g->slots[s];
+            if (sl->state != SLOT_RUN) continue;
+            need += pq_kvpage_need(g->kp, &sl->kv, 1);
+            nrun++;
+            if (!young || sl->age > young->age) young = sl;
+        }
+        if (need <= pq_kvpage_free_blocks(g->kp)) break;
+        if (nrun == 1 && !others_hold(g, young)) finish(g, young, PQ_FINISH_LENGTH, -1, d);
+        else preempt(g, young);
+    }
+    g->ncopy = 0;
+    for (int s = 0; s < g->S; s++) {
+        Slot *sl = &g->slots[s];
+        if (sl->state != SLOT_RUN) continue;
+        PqKvCopy cp;
+        PqErr e;
+        if (pq_kvpage_append(g->kp, &sl->kv, 1, &cp, &e) < 0) abort(); // counted above
+        if (cp.n) {
+            if (g->ncopy == g->copy_cap) {
+                g->copy_cap = g->copy_cap ? 2 * g->copy_cap : 16;
+                g->copies = pq_xrealloc(g->copies, (size_t)g->copy_cap * sizeof *g->copies);
+            }
+            g->copies[g->ncopy++] = cp;
+        }
+    }
+}
+
+// Preempted slots take blocks again, oldest first, before anything new is
+// admitted. Returns the positions they recompute (added to budget), or -1
+// when one must still wait (nothing new is admitted then).
+static int resume(PqGen *g, int budget, Done *d) {
+    for (;;) {
+        Slot *old = NULL;
+        for (int s = 0; s < g->S; s++)
+            if (g->slots[s].state == SLOT_WAIT && (!old || g->slots[s].age < old->age)) old = &g->slots[s];
+        if (!old) return budget;
+        int n = old->r->P + (int)old->gen.len;
+        if (blocks_for(n) > kv_avail(g)) {
+            if (running(g) == 0 && budget == 0 && !others_hold(g, old)) {
+                finish(g, old, PQ_FINISH_LENGTH, -1, d); // longer than the whole cache
+                continue;
+            }
+            return -1;
+        }
+        if (budget > 0 && budget + n > PREFILL_BUDGET) return -1;
+        PqErr e;
+        if (pq_kvpage_append(g->kp, &old->kv, n, NULL, &e) < 0) abort(); // counted above
+        old->state = SLOT_RESUME;
+        budget += n;
+    }
 }
 
 // A free slot, the one holding request prefer's prompt if free; a slot whose
@@ -530,6 +700,16 @@ static int slot_with_prefix(PqGen *g, uint64_t id, const Slot *not) {
 // Fills free slots from the queue, in order. Returns prompt tokens to prefill.
 static int admit(PqGen *g, Done *d) {
     int budget = 0;
+    if (g->paged) {
+        int b = resume(g, 0, d);
+        if (b < 0) {
+            budget = 0;
+            for (int s = 0; s < g->S; s++)
+                if (g->slots[s].state == SLOT_RESUME) budget += g->slots[s].r->P + (int)g->slots[s].gen.len;
+            return budget;
+        }
+        budget = b;
+    }
     while (g->qhead) {
         Req *r = g->qhead;
         if (!r->prefilled && !r->prefilling) {
@@ -554,25 +734,41 @@ static int admit(PqGen *g, Done *d) {
                     continue;
                 }
             }
+            if (g->paged && blocks_for(r->P + 1) > pq_kvpage_blocks(g->kp)) {
+                char msg[200];
+                snprintf(msg, sizeof msg, "the prompt has %d tokens; the KV cache holds %d (PQ_KV_BLOCKS)", r->P,
+                         pq_kvpage_blocks(g->kp) * BLOCK_T - 1);
+                g->qhead = r->qnext;
+                if (!g->qhead) g->qtail = NULL;
+                fail_req(g, r, d, msg);
+                continue;
+            }
             if (budget > 0 && budget + r->P > PREFILL_BUDGET) break;
+            if (g->paged && blocks_for(r->P) > kv_avail(g)) break;
             Slot *sl = free_slot(g, r->id);
             if (!sl) break;
             long need = (long)r->P + r->p.max_tokens;
-            grow(g, need < g->Tmax ? (int)need : g->Tmax);
+            if (!g->paged) grow(g, need < g->Tmax ? (int)need : g->Tmax);
             start_sample(g, sl, r, r->started++);
+            if (g->paged) {
+                PqErr e;
+                if (pq_kvpage_append(g->kp, &sl->kv, r->P, NULL, &e) < 0) abort(); // counted above
+            }
             sl->state = SLOT_PREFILL;
             sl->len = 0;
             r->prefilling = 1;
             budget += r->P;
         }
         while (r->started < r->n) {
+            if (g->paged && !r->prefilling && kv_avail(g) < 1) break;
             Slot *sl = free_slot(g, r->id);
             if (!sl) break;
             int had = sl->prefix == r->id;
             start_sample(g, sl, r, r->started++);
             if (r->prefilling) sl->state = SLOT_FOLLOW;
             else {
-                if (!had) {
+                if (g->paged) pq_kvpage_fork(g->kp, &r->kv, &sl->kv);
+                else if (!had) {
                     // FIFO admission keeps the prompt in some slot until every sample has started
                     int src = slot_with_prefix(g, r->id, sl);
                     if (src < 0) abort();
@@ -627,6 +823,8 @@ static void ensure_bufs(PqGen *g, int N, int M) {
         g->slot_of = pq_xmalloc(n * 4);
         g->base_of = pq_xmalloc(n * 4);
         g->blen_of = pq_xmalloc(n * 4);
+        g->d_plen = pq_dev_alloc(n * 4);
+        g->plen = pq_xmalloc(n * 4);
         g->cap = cap;
     }
     if (M > g->mcap) {
@@ -653,6 +851,17 @@ static void lin(PqGen *g, int l, int j, float *out, const float *inp, int N) {
                         lo->r);
 }
 
+// Row i of a paged step: position pos of slot sl (its key written to the
+// pool slot of pos, attending to positions <= pos through sl's table).
+static void paged_row(PqGen *g, int i, const Slot *sl, int pos) {
+    g->slot_of[i] = pq_kvseq_slot(&sl->kv, pos, BLOCK_T);
+    g->plen[i] = pos + 1;
+    if (pos + 1 > g->max_len) g->max_len = pos + 1;
+    int32_t *t = g->tab + (size_t)i * g->maxblk;
+    memcpy(t, sl->kv.table, (size_t)sl->kv.nblk * sizeof *t);
+    for (int b = sl->kv.nblk; b < g->maxblk; b++) t[b] = 0;
+}
+
 // ids/pos/slot_of (N) -> logits of the M rows in rows (M) into h_logits.
 static void forward(PqGen *g, int N, const int *rows, int M) {
     const PqModel *m = g->m;
@@ -664,6 +873,28 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     if (g->shared) {
         pq_dev_upload(g->d_base, g->base_of, (size_t)N * 4);
         pq_dev_upload(g->d_blen, g->blen_of, (size_t)N * 4);
+    }
+    size_t layer = (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem; // bytes of a layer's pool (paged)
+    if (g->paged) {
+        pq_dev_upload(g->d_plen, g->plen, (size_t)N * 4);
+        pq_dev_upload(g->d_tab, g->tab, (size_t)N * g->maxblk * 4);
+        if (g->ncopy) {
+            if (g->ncopy > g->d_copy_cap) {
+                pq_dev_free(g->d_copies);
+                g->d_copy_cap = g->copy_cap;
+                g->d_copies = pq_dev_alloc((size_t)g->d_copy_cap * sizeof *g->d_copies);
+            }
+            pq_dev_upload(g->d_copies, g->copies, (size_t)g->ncopy * sizeof *g->copies);
+            pq_paged_copy_blocks(g->kpool, g->vpool, g->kdt, g->d_copies, g->ncopy, c->L, g->NB, BLOCK_T, c->KVH,
+                                 c->HS);
+            g->ncopy = 0;
+        }
+        size_t need = pq_paged_attention_work(N, c->NH, c->KVH, c->HS, g->max_len);
+        if (need > g->pwork_n) {
+            pq_dev_free(g->pwork);
+            g->pwork = pq_dev_alloc(need * sizeof(float));
+            g->pwork_n = need;
+        }
     }
     pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
     for (int l = 0; l < c->L; l++) {
@@ -681,13 +912,20 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
         lin(g, l, PQ_V, g->v, g->ln, N);
         pq_rope_forward(g->q, g->d_pos, m->inv_freq, N, c->NH, c->HS);
         pq_rope_forward(g->k, g->d_pos, m->inv_freq, N, c->KVH, c->HS);
-        pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
-        if (g->shared)
+        if (g->paged) {
+            void *kl = (char *)g->kpool + l * layer, *vl = (char *)g->vpool + l * layer;
+            pq_paged_append(kl, vl, g->kdt, g->k, g->v, g->d_slot, N, c->KVH, c->HS);
+            pq_paged_attention_forward(g->att, g->q, kl, vl, g->kdt, g->d_tab, g->maxblk, g->d_plen, N, c->NH,
+                                       c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l), g->max_len, g->pwork);
+        } else if (g->shared) {
+            pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
             pq_attention_kv_shared_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, g->d_base,
                                            g->d_blen, N, c->NH, c->KVH, c->HS, g->T, pq_layer_window(c, l));
-        else
+        } else {
+            pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
             pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS,
                                     g->T, pq_layer_window(c, l));
+        }
         lin(g, l, PQ_O, g->tmp, g->att, N);
         pq_residual_forward(g->x, g->tmp, nc);
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
@@ -708,6 +946,7 @@ static void call_back(PqGen *g, Done *d) {
     for (int i = 0; i < d->n; i++) {
         Req *r = d->r[i];
         req_unlink(g, r);
+        if (g->paged) pq_kvseq_free(g->kp, &r->kv);
         if (r->outs[0].finish < 0) r->cb(r->user, NULL, r->n, r->outs[0].text, 0);
         else r->cb(r->user, r->outs, r->n, NULL, 0);
         req_free(r);
@@ -720,27 +959,51 @@ int pq_gen_step(PqGen *g) {
     Done d = {0};
     long long gen0 = g->n_generated;
     int budget = admit(g, &d);
+    if (g->paged) paged_reserve(g, &d);
     int N = budget, M = 0;
+    g->maxblk = 1;
     for (int s = 0; s < g->S; s++) {
         int st = g->slots[s].state;
         if (st == SLOT_RUN) N++, M++;
-        else if (st == SLOT_PREFILL) M++;
+        else if (st == SLOT_PREFILL || st == SLOT_RESUME) M++;
+        if ((st == SLOT_RUN || st == SLOT_PREFILL || st == SLOT_RESUME) && g->slots[s].kv.nblk > g->maxblk)
+            g->maxblk = g->slots[s].kv.nblk;
     }
     if (N > 0) {
         ensure_bufs(g, N, M);
+        if (g->paged && (size_t)N * g->maxblk > g->tab_cap) {
+            g->tab_cap = 2 * (size_t)N * g->maxblk;
+            free(g->tab);
+            pq_dev_free(g->d_tab);
+            g->tab = pq_xmalloc(g->tab_cap * sizeof *g->tab);
+            g->d_tab = pq_dev_alloc(g->tab_cap * sizeof *g->d_tab);
+        }
+        g->max_len = 0;
         int *rows = pq_xmalloc((size_t)M * sizeof *rows), *row_slot = pq_xmalloc((size_t)M * sizeof *row_slot);
         int i = 0, mi = 0;
         for (int s = 0; s < g->S; s++) {
             Slot *sl = &g->slots[s];
             if (sl->state == SLOT_PREFILL) {
-                for (int t = 0; t < sl->r->P; t++, i++)
+                for (int t = 0; t < sl->r->P; t++, i++) {
                     g->ids[i] = sl->r->prompt[t], g->pos[i] = t, g->slot_of[i] = s, g->base_of[i] = s, g->blen_of[i] = 0;
+                    if (g->paged) paged_row(g, i, sl, t);
+                }
                 sl->len = sl->r->P;
                 rows[mi] = i - 1, row_slot[mi++] = s;
                 g->n_prefilled += sl->r->P;
+            } else if (sl->state == SLOT_RESUME) { // prompt and tokens again (preempted)
+                int P = sl->r->P, n = P + (int)sl->gen.len;
+                for (int t = 0; t < n; t++, i++) {
+                    g->ids[i] = t < P ? sl->r->prompt[t] : sl->gen.data[t - P], g->pos[i] = t;
+                    paged_row(g, i, sl, t);
+                }
+                sl->len = n;
+                sl->state = SLOT_RUN;
+                rows[mi] = i - 1, row_slot[mi++] = s;
             } else if (sl->state == SLOT_RUN) {
                 g->ids[i] = sl->next_tok, g->pos[i] = sl->len, g->slot_of[i] = s;
                 g->base_of[i] = sl->base, g->blen_of[i] = sl->blen;
+                if (g->paged) paged_row(g, i, sl, sl->len);
                 sl->len++;
                 rows[mi] = i++, row_slot[mi++] = s;
             }
@@ -756,10 +1019,12 @@ int pq_gen_step(PqGen *g) {
             q->prefilling = 0;
             q->prefilled = 1;
             sl->state = SLOT_RUN;
+            if (g->paged) pq_kvpage_fork(g->kp, &sl->kv, &q->kv);
             for (int s = 0; s < g->S; s++) {
                 Slot *f = &g->slots[s];
                 if (f->state == SLOT_FOLLOW && f->r == q) {
-                    copy_prefix(g, s, row_slot[r], q->P);
+                    if (g->paged) pq_kvpage_fork(g->kp, &q->kv, &f->kv);
+                    else copy_prefix(g, s, row_slot[r], q->P);
                     f->state = SLOT_RUN;
                 }
             }
@@ -790,7 +1055,10 @@ int pq_gen_step(PqGen *g) {
     }
     // requests whose every sample has started no longer need their logits
     for (Req *r = g->live; r; r = r->next)
-        if (r->prefilled && r->started == r->n && r->logits) free(r->logits), r->logits = NULL;
+        if (r->prefilled && r->started == r->n) {
+            free(r->logits), r->logits = NULL;
+            if (g->paged) pq_kvpage_release(g->kp, &r->kv);
+        }
     call_back(g, &d);
     return (int)(g->n_generated - gen0);
 }
