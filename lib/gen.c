@@ -999,6 +999,7 @@ int pq_gen_step(PqGen *g) {
                 }
                 sl->len = n;
                 sl->state = SLOT_RUN;
+                g->n_prefilled += n;
                 rows[mi] = i - 1, row_slot[mi++] = s;
             } else if (sl->state == SLOT_RUN) {
                 g->ids[i] = sl->next_tok, g->pos[i] = sl->len, g->slot_of[i] = s;

@@ -6,7 +6,10 @@
 # llama and a qwen3; continuous batching and batched decoding (the n samples
 # of -n, up to 40 sequences a step) give the same tokens as one sequence at a
 # time; seeded samples do not
-# depend on the batch; n samples share one prefill of their prompt.
+# depend on the batch; n samples share one prefill of their prompt. All of it
+# twice: the flat KV cache (PQ_KV=flat) and the paged one (PQ_KV=paged), which
+# also runs with a pool of a few blocks (PQ_KV_BLOCKS), where samples are
+# preempted and recomputed, and must still give the same tokens.
 import json
 import os
 import random
@@ -30,6 +33,7 @@ failures = []
 
 
 def check(name, ok, detail=""):
+    name = "PQ_KV=%s: %s" % (KV.get("PQ_KV"), name)
     print(("ok   " if ok else "FAIL ") + name)
     if not ok:
         failures.append(name + (": " + detail if detail else ""))
@@ -40,9 +44,15 @@ def make(d, arch, *args):
                     *args], check=True)
 
 
-def run(d, reqs, *args):
+KV = {}  # PQ_KV and PQ_KV_BLOCKS of the runs
+
+
+def run(d, reqs, *args, blocks=None):
     inp = "".join(json.dumps(r) + "\n" for r in reqs)
-    p = subprocess.run([DRIVER, d, *args], input=inp, capture_output=True, text=True)
+    env = dict(os.environ, **KV)
+    if blocks:
+        env["PQ_KV_BLOCKS"] = str(blocks)
+    p = subprocess.run([DRIVER, d, *args], input=inp, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
     lines = [json.loads(x) for x in p.stdout.splitlines()]
@@ -64,8 +74,18 @@ def main():
     if not os.access(DRIVER, os.X_OK):
         print("FAIL: no driver " + DRIVER)
         sys.exit(1)
+    for kv in ("flat", "paged"):
+        KV["PQ_KV"] = kv
+        print("PQ_KV=" + kv)
+        test_all(kv)
+    if failures:
+        print("FAILED:", *failures, sep="\n  ")
+        sys.exit(1)
+
+
+def test_all(kv):
     # the unit tests again with bf16 products (decoding rows of bf16 weights through oneDNN)
-    p = subprocess.run([DRIVER], env=dict(os.environ, PQ_PRECISION="bf16"), capture_output=True, text=True)
+    p = subprocess.run([DRIVER], env=dict(os.environ, **KV, PQ_PRECISION="bf16"), capture_output=True, text=True)
     check("test-gen's unit tests under PQ_PRECISION=bf16", p.returncode == 0, p.stderr[-2000:])
     rnd = random.Random(5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +140,17 @@ def main():
             check(arch + ": n samples share one prefill of the prompt",
                   ca["prefilled"] == plen and cb["prefilled"] == plen, "%s %s vs %d" % (ca, cb, plen))
 
+            if kv == "paged":
+                # 5 blocks of 16 positions for 40 sequences of up to 32: the youngest are preempted (their
+                # prompt and tokens computed again: more prefilled) and still give the same tokens
+                got, cg = run(d, nreqs, "--slots", "40", "--threads", "2", blocks=5)
+                check(arch + ": batched greedy, 5 blocks (preempted) = transformers",
+                      [[s["ids"] for s in r["samples"]] for r in got] == [[w] * 8 for w in want])
+                check(arch + ": 5 blocks preempt", cg["prefilled"] > plen, "%s vs %d" % (cg, plen))
+                c, cc = run(d, sreqs, "--slots", "6", "--threads", "2", blocks=3)
+                check(arch + ": seeded samples, 3 blocks (preempted) = unlimited", c == a)
+                check(arch + ": 3 blocks preempt", cc["prefilled"] > plen, "%s vs %d" % (cc, plen))
+
         # LoRA applied at generation time, against PEFT
         import peft
         every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -144,9 +175,6 @@ def main():
             want = [hf_greedy(pm, p, 10, m.config.eos_token_id) for p in prompts]
             got, _ = run(d, [{"prompt": p, "temperature": 0, "max_tokens": 10} for p in prompts], "--adapter", ad)
             check(arch + " + LoRA: greedy = PEFT", [r["samples"][0]["ids"] for r in got] == want)
-    if failures:
-        print("FAILED:", *failures, sep="\n  ")
-        sys.exit(1)
 
 
 main()
