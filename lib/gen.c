@@ -103,6 +103,10 @@ struct PqGen {
     PqKvCopy *d_copies;
     int d_copy_cap;
     long long tick;
+    // paged: draws by the counter RNG (pq_sample), on the device for unconstrained rows
+    PqSampleRow *srows, *d_srows;
+    int32_t *sids, *d_sids;
+    int scap;
     long long n_prefilled, n_generated, n_steps;
 };
 
@@ -383,6 +387,10 @@ void pq_gen_free(PqGen *g) {
         pq_dev_free(g->pwork);
         free(g->copies);
         pq_dev_free(g->d_copies);
+        free(g->srows);
+        free(g->sids);
+        pq_dev_free(g->d_srows);
+        pq_dev_free(g->d_sids);
     }
     free(g->slots);
     for (int l = 0; l < g->m->cfg.L; l++) pq_dev_free(g->kc[l]), pq_dev_free(g->vc[l]);
@@ -555,12 +563,27 @@ static void take(PqGen *g, Slot *sl, int32_t t, Done *d) {
     sl->state = SLOT_RUN;
 }
 
+// How slot sl's next token is drawn (paged): keyed by the request's seed,
+// the sample number and the token's index, whatever the batch.
+static PqSampleRow sample_row(const Slot *sl) {
+    const PqGenParams *p = &sl->r->p;
+    PqSampleRow row = {sl->r->seed, (uint32_t)sl->k, (uint32_t)sl->gen.len, p->temperature, p->top_p, p->min_p,
+                       p->top_k};
+    return row;
+}
+
 // The next token of slot sl from logits (V) (overwritten: masked, scaled).
 static int32_t pick(PqGen *g, Slot *sl, float *logits) {
     const Req *r = sl->r;
     if (r->p.constrain) {
         int left = r->p.max_tokens - (int)sl->gen.len;
         if (pq_constrain_mask(g->tt, &sl->cs, sl->gen.len == 0, left, g->eos, g->n_eos, logits) == 0) return -1;
+    }
+    if (g->paged) { // the device sampler's CPU twin: the same token for the same key
+        PqSampleRow row = sample_row(sl);
+        int32_t id;
+        pq_cpu_sample(&id, logits, &row, 1, g->m->cfg.V);
+        return id;
     }
     return pq_gen_sample(logits, g->m->cfg.V, &r->p, &sl->rng, sl->work);
 }
@@ -938,7 +961,6 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     for (int i = 0; i < M; i++) pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
     pq_rmsnorm_forward(g->h, NULL, g->tmp, m->ln_f, M, c->C, c->eps);
     pq_linear_rows_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
-    pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
     g->n_steps++;
 }
 
@@ -1010,6 +1032,26 @@ int pq_gen_step(PqGen *g) {
             }
         }
         forward(g, N, rows, M);
+        if (!g->paged) pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
+        else { // every row drawn on the device; logits come back only for prompts and grammars
+            if (M > g->scap) {
+                free(g->srows), free(g->sids), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
+                g->scap = M > 2 * g->scap ? M : 2 * g->scap;
+                g->srows = pq_xmalloc((size_t)g->scap * sizeof *g->srows);
+                g->sids = pq_xmalloc((size_t)g->scap * sizeof *g->sids);
+                g->d_srows = pq_dev_alloc((size_t)g->scap * sizeof *g->d_srows);
+                g->d_sids = pq_dev_alloc((size_t)g->scap * sizeof *g->d_sids);
+            }
+            for (int r = 0; r < M; r++) g->srows[r] = sample_row(&g->slots[row_slot[r]]);
+            pq_dev_upload(g->d_srows, g->srows, (size_t)M * sizeof *g->srows);
+            pq_sample(g->d_sids, g->logits, g->d_srows, M, c->V);
+            pq_dev_download(g->sids, g->d_sids, (size_t)M * sizeof *g->sids);
+            for (int r = 0; r < M; r++) {
+                const Slot *sl = &g->slots[row_slot[r]];
+                if (sl->state == SLOT_PREFILL || sl->r->p.constrain)
+                    pq_dev_download(g->h_logits + (size_t)r * c->V, g->logits + (size_t)r * c->V, (size_t)c->V * 4);
+            }
+        }
         // prefilled prompts: keep their logits; followers copy the prompt
         for (int r = 0; r < M; r++) {
             Slot *sl = &g->slots[row_slot[r]];
@@ -1046,7 +1088,10 @@ int pq_gen_step(PqGen *g) {
             }
         int nrows = M;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(pq_ops_threads())
-        for (int k = 0; k < nw; k++) g->slots[who[k]].pick = pick(g, &g->slots[who[k]], lg[k]);
+        for (int k = 0; k < nw; k++) {
+            Slot *sl = &g->slots[who[k]];
+            sl->pick = g->paged && k < nrows && !sl->r->p.constrain ? g->sids[k] : pick(g, sl, lg[k]);
+        }
         for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, &d);
         for (int k = nrows; k < nw; k++) free(lg[k]);
         free(who);
