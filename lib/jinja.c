@@ -932,6 +932,16 @@ static Node *parse_filter(P *p, Node *n, const Tok *at) {
     return x;
 }
 
+// the "| f | g(...)" after a block's first filter ({% set x | f %}, {% filter f | g %})
+static Node *parse_filter_chain(P *p, Node *f) {
+    while (is_op(cur(p), "|")) {
+        Tok *ft = cur(p);
+        p->pos++;
+        f = parse_filter(p, f, ft);
+    }
+    return f;
+}
+
 static Node *parse_filter_expr(P *p, Node *n) {
     for (;;) {
         Tok *t = cur(p);
@@ -1212,13 +1222,7 @@ static Node *parse_stmt(P *p) {
                 static const char *const ends[] = {"endset", NULL};
                 if (n->nnames != 1) pfail(p, cur(p), "a block set takes one name");
                 n->k = X_SETBLOCK;
-                Node *body = node(p, E_BODY, t), *f = body;
-                while (is_op(cur(p), "|")) {
-                    Tok *ft = cur(p);
-                    p->pos++;
-                    f = parse_filter(p, f, ft);
-                }
-                n->a = f;
+                n->a = parse_filter_chain(p, node(p, E_BODY, t));
                 end_tag(p);
                 n->body = parse_body(p, ends, t, "endset");
                 p->pos += 2;
@@ -1257,13 +1261,7 @@ static Node *parse_stmt(P *p) {
     } else if (!strcmp(w, "filter")) {
         static const char *const ends[] = {"endfilter", NULL};
         n = node(p, X_FILTERBLOCK, t);
-        Node *f = parse_filter(p, node(p, E_BODY, t), t);
-        while (is_op(cur(p), "|")) {
-            Tok *ft = cur(p);
-            p->pos++;
-            f = parse_filter(p, f, ft);
-        }
-        n->a = f;
+        n->a = parse_filter_chain(p, parse_filter(p, node(p, E_BODY, t), t));
         end_tag(p);
         n->body = parse_body(p, ends, t, "endfilter");
         p->pos += 2;
