@@ -36,6 +36,8 @@ char *pq_chat_render_json(const PqChat *c, const cJSON *messages, int add_genera
 int pq_chat_set_var(PqChat *c, const char *assign, PqErr *e);
 int pq_chat_set_date(PqChat *c, const char *ymd, PqErr *e);
 // Both at once, as tools take them (date may be NULL).
+// The most --chat-var options a tool takes.
+#define PQ_CHAT_MAX_VARS 64
 int pq_chat_configure(PqChat *c, const char *const *vars, int n_vars, const char *date, PqErr *e);
 
 #endif

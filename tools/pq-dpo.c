@@ -85,7 +85,7 @@ static PqTool T;
 
 // Options.
 static const char *device, *devices, *dump_grads, *model_dir, *out_dir, *resume_dir, *adapter_dir, *valid_path, *template_name;
-static const char *chat_vars[64], *chat_date;
+static const char *chat_vars[PQ_CHAT_MAX_VARS], *chat_date;
 static int n_chat_vars;
 static PqDpoCfg dcfg = {PQ_LOSS_SIGMOID, 0.1, 0, 0, 0};
 static int overwrite, no_save;
@@ -747,7 +747,7 @@ int main(int argc, char **argv) {
             break;
         case O_TEMPLATE: template_name = optarg; break;
         case O_CHAT_VAR:
-            if (n_chat_vars == 64) pq_tool_usage_error(&T, "at most 64 --chat-var");
+            if (n_chat_vars == PQ_CHAT_MAX_VARS) pq_tool_usage_error(&T, "at most %d --chat-var", PQ_CHAT_MAX_VARS);
             chat_vars[n_chat_vars++] = optarg;
             break;
         case O_DATE: chat_date = optarg; break;

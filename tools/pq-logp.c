@@ -166,7 +166,7 @@ int main(int argc, char **argv) {
                                              {"date", required_argument, 0, OPT_DATE},
                                              {0, 0, 0, 0}};
     const char *model_dir = NULL, *adapter_dir = NULL, *template_name = NULL, *device = NULL, *date = NULL;
-    const char *chat_vars[64];
+    const char *chat_vars[PQ_CHAT_MAX_VARS];
     int n_chat_vars = 0;
     int max_len = 4096, policy = PQ_TRUNC_ARTICLE, batch_recs = 0, threads = 0;
     pq_tool_init(&T, "pq-logp", usage);
@@ -180,7 +180,7 @@ int main(int argc, char **argv) {
         case OPT_ADAPTER: adapter_dir = optarg; break;
         case OPT_TEMPLATE: template_name = optarg; break;
         case OPT_CHAT_VAR:
-            if (n_chat_vars == 64) pq_tool_usage_error(&T, "at most 64 --chat-var");
+            if (n_chat_vars == PQ_CHAT_MAX_VARS) pq_tool_usage_error(&T, "at most %d --chat-var", PQ_CHAT_MAX_VARS);
             chat_vars[n_chat_vars++] = optarg;
             break;
         case OPT_DATE: date = optarg; break;
