@@ -14,40 +14,7 @@
 #include "ops_grad.h"
 #include "util.h"
 
-static int fails;
-static PqRng rng;
-
-static float *rnd(size_t n, float s) {
-    float *p = pq_xmalloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)(pq_rng_uniform(&rng) * 2 - 1) * s;
-    return p;
-}
-static float *nans(size_t n) {
-    float *p = pq_xmalloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = NAN;
-    return p;
-}
-
-// worst |got - want| / (1 + |want|) within tol, every element finite
-static void cmp(const char *what, const float *want, const float *got, size_t n, double tol) {
-    double worst = 0;
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]) / (1 + fabs(want[i]));
-        if (!(d <= worst)) worst = d, at = i;
-    }
-    if (!(worst <= tol)) {
-        printf("FAIL %s: element %zu = %.9g, want %.9g (err %.3g > %.3g)\n", what, at, got[at], want[at], worst, tol);
-        fails++;
-    } else
-        printf("ok   %s (max err %.2e)\n", what, worst);
-}
-
-typedef struct Case {
-    const char *name;
-    int N, NH, KVH, HS, window;
-    int32_t *pos, *a0, *a1, *b0; // a0 NULL: plain attention
-} Case;
+#include "attn_test.h"
 
 static void run(const Case *c, int esz, int max_rows, size_t max_scores) {
     int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS, w = c->window;
