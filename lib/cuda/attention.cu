@@ -627,14 +627,14 @@ __global__ void sd_combine_kernel(float *dst, const __nv_bfloat16 *a, const __nv
 
 // Device scratch of the cuDNN path, grown on demand.
 enum { SD_Q, SD_K, SD_V, SD_O1, SD_O2, SD_DO, SD_DQ1, SD_DK1, SD_DV1, SD_DQ2, SD_DK2, SD_DV2, SD_ST1, SD_ST2,
-       SD_META, SD_N };
+       SD_N };
 static void *sd_slot[SD_N];
 static size_t sd_cap[SD_N];
 static void *sd_scratch(int slot, size_t bytes) {
-    if (bytes > sd_cap[slot]) {
-        pq_dev_free(sd_slot[slot]);
+    if (bytes > sd_cap[slot]) { // (cudaFree, not pq_dev_free: that would drop the cached plans)
+        if (sd_slot[slot]) CU(cudaFree(sd_slot[slot]));
         size_t cap = bytes + bytes / 4;
-        sd_slot[slot] = pq_dev_alloc(cap);
+        CU(cudaMalloc(&sd_slot[slot], cap));
         sd_cap[slot] = cap;
     }
     return sd_slot[slot];
@@ -663,8 +663,8 @@ struct SdPlan {
 
 // Builds the plan of this batch (pos etc. are device arrays), uploads what the calls and kernels read.
 // false (with the fallback said) when cuDNN's calls cannot express it.
-static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N,
-                    int NH, int KVH, int HS, int window) {
+static bool sd_plan_build(SdPlan *sp, void **meta, const int32_t *pos, const int32_t *a0, const int32_t *a1,
+                          const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
     if (HS % 8 || HS > 256) {
         char why[96];
         snprintf(why, sizeof why, "head size %d is not a multiple of 8 up to 256", HS);
@@ -713,8 +713,10 @@ static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int
         memcpy(m + o_sk[t], c->sk, (size_t)c->B * 4);
     }
     memcpy(m + o_rows, p->cb, 5 * (size_t)N * 4); // cb, cs, xb, xs, kx are one allocation, in this order
-    char *d = (char *)sd_scratch(SD_META, mbytes);
-    pq_dev_upload(d, m, mbytes);
+    char *d = NULL; // the entry's own metadata (sd_plan keeps several entries)
+    CU(cudaMalloc((void **)&d, mbytes));
+    CU(cudaMemcpy(d, m, mbytes, cudaMemcpyHostToDevice));
+    *meta = d;
     free(m);
     PqSdpaCall *out[2] = {&sp->c1, &sp->c2};
     for (int t = 0; t < 2; t++) {
@@ -731,6 +733,82 @@ static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int
     const int32_t *rows = (const int32_t *)(d + o_rows);
     sp->r.cb = rows, sp->r.cs = rows + N, sp->r.xb = rows + 2 * N, sp->r.xs = rows + 3 * N, sp->r.kx = rows + 4 * N;
     sp->r.smax1 = sp->c1.smax_q, sp->r.smax2 = sp->c2.smax_q;
+    return true;
+}
+
+// The plans of the last few batches. A plan depends on the positions (and
+// a0/a1/b0), which sit on the device: building one reads them back, a
+// synchronisation that stalls the queue, and every layer of a forward and a
+// backward asks for the same plan. So plans are kept, keyed by the arrays'
+// addresses and the shape, and dropped when memory under a key array is
+// written through pq_dev_upload/copy/zero (how positions reach the device)
+// or anything is freed (pq_attention_note_write / _note_free). Those only
+// mark an entry stale (a call in flight may be reading it: the cuDNN
+// workspace can grow, through pq_dev_free, between the plan and its use);
+// stale entries are released at the next sd_plan.
+enum { SD_CACHE = 4 };
+struct SdEntry {
+    bool used, stale;
+    const int32_t *pos, *a0, *a1, *b0;
+    int N, NH, KVH, HS, window;
+    unsigned long long tick;
+    SdPlan sp;
+    void *meta;
+};
+static SdEntry sd_cache[SD_CACHE];
+static unsigned long long sd_tick;
+static long sd_builds; // plans built (parity-attn checks that the cache is used and dropped)
+extern "C" long pq_attention_cudnn_plans(void) { return sd_builds; }
+
+static void sd_drop(SdEntry *e) {
+    if (!e->used) return;
+    pq_attn_plan_free(&e->sp.p);
+    if (e->meta) CU(cudaFree(e->meta));
+    memset(e, 0, sizeof *e);
+}
+
+static bool overlaps(const int32_t *a, int N, const char *lo, const char *hi) {
+    return a && (const char *)a < hi && (const char *)(a + N) > lo;
+}
+
+void pq_attention_note_write(const void *dst, size_t bytes) {
+    const char *lo = (const char *)dst, *hi = lo + bytes;
+    for (int i = 0; i < SD_CACHE; i++) {
+        SdEntry *e = &sd_cache[i];
+        if (e->used && (overlaps(e->pos, e->N, lo, hi) || overlaps(e->a0, e->N, lo, hi) ||
+                        overlaps(e->a1, e->N, lo, hi) || overlaps(e->b0, e->N, lo, hi)))
+            e->stale = true;
+    }
+}
+
+void pq_attention_note_free(void) {
+    for (int i = 0; i < SD_CACHE; i++) sd_cache[i].stale = true;
+}
+
+// The plan of this batch: the cached one, else built (and cached, evicting the least recently used).
+static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N,
+                    int NH, int KVH, int HS, int window) {
+    for (int i = 0; i < SD_CACHE; i++)
+        if (sd_cache[i].stale) sd_drop(&sd_cache[i]);
+    SdEntry *lru = &sd_cache[0];
+    for (int i = 0; i < SD_CACHE; i++) {
+        SdEntry *e = &sd_cache[i];
+        if (e->used && e->pos == pos && e->a0 == a0 && e->a1 == a1 && e->b0 == b0 && e->N == N && e->NH == NH &&
+            e->KVH == KVH && e->HS == HS && e->window == window) {
+            e->tick = ++sd_tick;
+            *sp = e->sp;
+            return true;
+        }
+        if (!e->used || (lru->used && e->tick < lru->tick)) lru = e;
+    }
+    sd_drop(lru);
+    void *meta = NULL;
+    if (!sd_plan_build(&lru->sp, &meta, pos, a0, a1, b0, N, NH, KVH, HS, window)) return false;
+    sd_builds++;
+    lru->used = true, lru->meta = meta, lru->tick = ++sd_tick;
+    lru->pos = pos, lru->a0 = a0, lru->a1 = a1, lru->b0 = b0;
+    lru->N = N, lru->NH = NH, lru->KVH = KVH, lru->HS = HS, lru->window = window;
+    *sp = lru->sp;
     return true;
 }
 
@@ -759,7 +837,6 @@ static bool sd_forward(float *out, float *lse, const float *q, const float *k, c
     } else {
         sd_fallback(err);
     }
-    pq_attn_plan_free(&sp.p);
     return ok;
 }
 
@@ -799,7 +876,6 @@ static bool sd_backward(float *dq, float *dk, float *dv, const float *dout, cons
     } else {
         sd_fallback(err);
     }
-    pq_attn_plan_free(&sp.p);
     return ok;
 }
 

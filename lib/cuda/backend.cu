@@ -99,20 +99,33 @@ extern "C" void *pq_dev_alloc(size_t bytes) {
     return p;
 }
 
+// (the attention's cached plans depend on position arrays: told of writes and frees)
 extern "C" void pq_dev_free(void *p) {
-    if (p) CU(cudaFree(p));
+    if (p) {
+        pq_attention_note_free();
+        CU(cudaFree(p));
+    }
 }
 extern "C" void pq_dev_upload(void *dst, const void *src, size_t bytes) {
-    if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    if (bytes) {
+        pq_attention_note_write(dst, bytes);
+        CU(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    }
 }
 extern "C" void pq_dev_download(void *dst, const void *src, size_t bytes) {
     if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 extern "C" void pq_dev_copy(void *dst, const void *src, size_t bytes) {
-    if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    if (bytes) {
+        pq_attention_note_write(dst, bytes);
+        CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    }
 }
 extern "C" void pq_dev_zero(void *dst, size_t bytes) {
-    if (bytes) CU(cudaMemset(dst, 0, bytes));
+    if (bytes) {
+        pq_attention_note_write(dst, bytes);
+        CU(cudaMemset(dst, 0, bytes));
+    }
 }
 
 // The weight copied as stored (no conversion): bf16 stays bf16.

@@ -49,6 +49,10 @@ enum {
     PQ_SCR_N
 };
 void *pq_cuda_scratch(int slot, size_t bytes);
+// attention.cu's cached cuDNN plans read position arrays: a write over one
+// (pq_dev_upload, _copy, _zero) or any free makes them stale
+void pq_attention_note_write(const void *dst, size_t bytes);
+void pq_attention_note_free(void);
 
 // Elements per thread block for the 1-D elementwise kernels.
 #define PQ_EW_THREADS 256

@@ -41,6 +41,8 @@ int pq_sdpa_backward(const PqSdpaCall *c, void *dq, void *dk, void *dv, const vo
 // What lib/cuda/attention.cu's path did (for tests/gpu/parity-attn.c): the
 // cuDNN calls made so far, and the last reason cuDNN did not serve a batch.
 int pq_attention_cudnn_calls(void);
+// plans of batches built (not served from the cache of the last few)
+long pq_attention_cudnn_plans(void);
 const char *pq_attention_cudnn_error(void);
 
 #ifdef __cplusplus

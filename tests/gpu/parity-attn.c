@@ -252,6 +252,46 @@ static void whole(const Case *c, const char *path) {
     for (size_t i = 0; i < sizeof dp / sizeof *dp; i++) pq_dev_free(dp[i]);
 }
 
+// cuDNN's plans are cached by the position array's address: a second call on the same arrays builds none,
+// and new positions uploaded into the same array (same N, other records) are planned again, not served by
+// the stale plan: both forwards against the f32 oracle.
+static void plan_reuse(void) {
+    int la[] = {1, 37, 100, 64, 5}, lb[] = {100, 107};
+    Case a = plain("cache: records 1,37,100,64,5", la, 5, 8, 2, 64, 0);
+    Case b = plain("cache: records 100,107 in the same array", lb, 2, 8, 2, 64, 0);
+    int N = a.N, NH = 8, KVH = 2, HS = 64;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    float *q = hrand(nq, 2), *k = hrand(nk, 2), *v = hrand(nk, 1), *out = hnan(nq), *lse = hnan(nl);
+    float *gq = dev(q, nq * 4), *gk = dev(k, nk * 4), *gv = dev(v, nk * 4), *gout = dnan(nq), *glse = dnan(nl);
+    int32_t *gpos = dev(a.pos, (size_t)N * 4);
+    use_path("cudnn");
+    const Case *cs[] = {&a, &a, &b};
+    long want[] = {1, 0, 1};
+    for (int t = 0; t < 3; t++) {
+        if (t == 2) pq_dev_upload(gpos, b.pos, (size_t)N * 4);
+        long built0 = pq_attention_cudnn_plans();
+        pq_attention_forward(gout, glse, gq, gk, gv, gpos, N, NH, KVH, HS, 0);
+        long built = pq_attention_cudnn_plans() - built0;
+        checks++;
+        if (built != want[t]) {
+            failures++;
+            printf("FAIL %s (call %d): %ld plans built, want %ld\n", cs[t]->name, t + 1, built, want[t]);
+        } else printf("ok   %s (call %d): %ld plans built\n", cs[t]->name, t + 1, built);
+        pq_cpu_attention_forward(out, lse, q, k, v, cs[t]->pos, N, NH, KVH, HS, 0);
+        char name[160];
+        snprintf(name, sizeof name, "%s (call %d): out vs the f32 oracle", cs[t]->name, t + 1);
+        cmp_dev(name, out, gout, nq, 4, 3e-2);
+        snprintf(name, sizeof name, "%s (call %d): lse vs the f32 oracle", cs[t]->name, t + 1);
+        cmp_dev(name, lse, glse, nl, 4, 3e-2);
+    }
+    use_path("f32");
+    unsetenv("PQ_ATTENTION");
+    free(q), free(k), free(v), free(out), free(lse);
+    void *dp[] = {gq, gk, gv, gout, glse, gpos};
+    for (size_t i = 0; i < sizeof dp / sizeof *dp; i++) pq_dev_free(dp[i]);
+    case_free(&a), case_free(&b);
+}
+
 // ms of the forward alone (*fwd) and of forward + backward (returned) of one layer's attention at case c, on
 // path ("f32", "mm", "cudnn")
 static double timed(const Case *c, const char *path, int iters, double *fwd) {
@@ -303,6 +343,7 @@ int main(void) {
     for (int t = 0; t < nc; t++) kernels(&cs[t]);
     for (int t = 0; t < nc; t++) whole(&cs[t], "mm");
     for (int t = 0; t < nc; t++) whole(&cs[t], "cudnn");
+    plan_reuse();
     // time: one Mistral-7B layer's attention, 2 x 2048 tokens
     int l8[] = {2048, 2048};
     Case big = plain("7B", l8, 2, 32, 8, 128, 4096);
