@@ -95,7 +95,9 @@ struct PqGen {
     size_t kelem;
     int32_t *tab, *d_tab, *plen, *d_plen; // (cap, maxblk) tables, (cap) lengths
     size_t tab_cap;
-    int maxblk, max_len;
+    int maxblk, max_len; // max_len: of the decode rows
+    int np;              // paged: rows [0, np) prefill whole prompts (fused attention), [np, N) decode
+    float *lse;          // (cap, NH): the fused attention's log-sum-exp (unused)
     float *pwork;
     size_t pwork_n;
     PqKvCopy *copies;
@@ -282,8 +284,10 @@ static int kv_paged(void) {
 static void paged_new(PqGen *g) {
     const PqConfig *c = &g->m->cfg;
     int cuda = !strcmp(pq_ops_backend(), "cuda");
-    g->kdt = cuda ? PQ_BF16 : PQ_F32;
-    g->kelem = cuda ? 2 : 4;
+    // 16-bit models keep bf16 keys and values on the device (as pq-logp's attention rounds them); f32 models
+    // and the CPU keep f32, so that greedy ids match the CPU build's
+    g->kdt = cuda && c->dtype != PQ_F32 ? PQ_BF16 : PQ_F32;
+    g->kelem = g->kdt == PQ_BF16 ? 2 : 4;
     long want = (long)g->S * ((g->Tmax + BLOCK_T - 1) / BLOCK_T) + 1;
     size_t avail = pq_dev_free_bytes();
     long nb = avail ? pq_kvpage_blocks_for_bytes((size_t)((double)avail * (cuda ? 0.8 : 0.5)), c->L, c->KVH, c->HS,
@@ -328,7 +332,8 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
 }
 
 static void free_bufs(PqGen *g) {
-    float *f[] = {g->x, g->ln, g->q, g->k, g->v, g->att, g->tmp, g->gate, g->up, g->mlp, g->xa, g->h, g->logits};
+    float *f[] = {g->x, g->ln, g->q, g->k, g->v, g->att, g->tmp, g->gate, g->up, g->mlp, g->xa, g->h, g->logits,
+                  g->lse};
     for (size_t i = 0; i < sizeof f / sizeof *f; i++) pq_dev_free(f[i]);
     pq_dev_free(g->d_ids);
     pq_dev_free(g->d_pos);
@@ -831,6 +836,7 @@ static void ensure_bufs(PqGen *g, int N, int M) {
         g->k = pq_dev_alloc(n * kd * 4);
         g->v = pq_dev_alloc(n * kd * 4);
         g->att = pq_dev_alloc(n * qd * 4);
+        g->lse = pq_dev_alloc(n * (size_t)c->NH * 4);
         g->tmp = pq_dev_alloc(n * big * 4);
         g->gate = pq_dev_alloc(n * c->H * 4);
         g->up = pq_dev_alloc(n * c->H * 4);
@@ -879,7 +885,7 @@ static void lin(PqGen *g, int l, int j, float *out, const float *inp, int N) {
 static void paged_row(PqGen *g, int i, const Slot *sl, int pos) {
     g->slot_of[i] = pq_kvseq_slot(&sl->kv, pos, BLOCK_T);
     g->plen[i] = pos + 1;
-    if (pos + 1 > g->max_len) g->max_len = pos + 1;
+    if (i >= g->np && pos + 1 > g->max_len) g->max_len = pos + 1;
     int32_t *t = g->tab + (size_t)i * g->maxblk;
     memcpy(t, sl->kv.table, (size_t)sl->kv.nblk * sizeof *t);
     for (int b = sl->kv.nblk; b < g->maxblk; b++) t[b] = 0;
@@ -912,7 +918,7 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
                                  c->HS);
             g->ncopy = 0;
         }
-        size_t need = pq_paged_attention_work(N, c->NH, c->KVH, c->HS, g->max_len);
+        size_t need = pq_paged_attention_work(N - g->np, c->NH, c->KVH, c->HS, g->max_len);
         if (need > g->pwork_n) {
             pq_dev_free(g->pwork);
             g->pwork = pq_dev_alloc(need * sizeof(float));
@@ -938,8 +944,22 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
         if (g->paged) {
             void *kl = (char *)g->kpool + l * layer, *vl = (char *)g->vpool + l * layer;
             pq_paged_append(kl, vl, g->kdt, g->k, g->v, g->d_slot, N, c->KVH, c->HS);
-            pq_paged_attention_forward(g->att, g->q, kl, vl, g->kdt, g->d_tab, g->maxblk, g->d_plen, N, c->NH,
-                                       c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l), g->max_len, g->pwork);
+            // whole prompts: their keys are all in this step's rows, so the training path's fused attention
+            // (cuDNN on the GPU) serves them, one prompt a call (its records start where positions restart);
+            // the decode rows read the cache
+            size_t qd = (size_t)c->NH * c->HS, kd = (size_t)c->KVH * c->HS;
+            for (int i = 0; i < g->np;) {
+                int n = 1;
+                while (i + n < g->np && g->pos[i + n] != 0) n++;
+                pq_attention_forward(g->att + i * qd, g->lse + (size_t)i * c->NH, g->q + i * qd, g->k + i * kd,
+                                     g->v + i * kd, g->d_pos + i, n, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
+                i += n;
+            }
+            if (N > g->np)
+                pq_paged_attention_forward(g->att + g->np * qd, g->q + g->np * qd, kl, vl, g->kdt,
+                                           g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
+                                           N - g->np, c->NH, c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l),
+                                           g->max_len, g->pwork);
         } else if (g->shared) {
             pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
             pq_attention_kv_shared_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, g->d_base,
@@ -1001,10 +1021,19 @@ int pq_gen_step(PqGen *g) {
             g->d_tab = pq_dev_alloc(g->tab_cap * sizeof *g->d_tab);
         }
         g->max_len = 0;
+        // paged: the rows of whole prompts first (g->np of them), then one row per decoding slot
+        g->np = 0;
+        for (int s = 0; g->paged && s < g->S; s++) {
+            const Slot *sl = &g->slots[s];
+            if (sl->state == SLOT_PREFILL) g->np += sl->r->P;
+            else if (sl->state == SLOT_RESUME) g->np += sl->r->P + (int)sl->gen.len;
+        }
         int *rows = pq_xmalloc((size_t)M * sizeof *rows), *row_slot = pq_xmalloc((size_t)M * sizeof *row_slot);
         int i = 0, mi = 0;
+        for (int pass = 0; pass < 1 + g->paged; pass++)
         for (int s = 0; s < g->S; s++) {
             Slot *sl = &g->slots[s];
+            if (g->paged && (pass == 0) != (sl->state == SLOT_PREFILL || sl->state == SLOT_RESUME)) continue;
             if (sl->state == SLOT_PREFILL) {
                 for (int t = 0; t < sl->r->P; t++, i++) {
                     g->ids[i] = sl->r->prompt[t], g->pos[i] = t, g->slot_of[i] = s, g->base_of[i] = s, g->blen_of[i] = 0;
@@ -1019,8 +1048,7 @@ int pq_gen_step(PqGen *g) {
                     g->ids[i] = t < P ? sl->r->prompt[t] : sl->gen.data[t - P], g->pos[i] = t;
                     paged_row(g, i, sl, t);
                 }
-                sl->len = n;
-                sl->state = SLOT_RUN;
+                sl->len = n; // (running again after the passes: not a decode row of pass 1)
                 g->n_prefilled += n;
                 rows[mi] = i - 1, row_slot[mi++] = s;
             } else if (sl->state == SLOT_RUN) {
@@ -1031,6 +1059,8 @@ int pq_gen_step(PqGen *g) {
                 rows[mi] = i++, row_slot[mi++] = s;
             }
         }
+        for (int s = 0; s < g->S; s++)
+            if (g->slots[s].state == SLOT_RESUME) g->slots[s].state = SLOT_RUN;
         forward(g, N, rows, M);
         if (!g->paged) pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
         else { // every row drawn on the device; logits come back only for prompts and grammars

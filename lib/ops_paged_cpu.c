@@ -16,6 +16,7 @@
 
 int pq_paged_splits(int N, int KVH, int max_len, int *split_len) {
     long have = (long)N * KVH;
+    if (have < 1) have = 1; // (no rows: one split, no work)
     int ns = have >= TARGET_BLOCKS ? 1 : (int)((TARGET_BLOCKS + have - 1) / have);
     int most = (max_len + MIN_SPLIT - 1) / MIN_SPLIT;
     if (ns > most) ns = most;

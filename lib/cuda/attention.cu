@@ -736,7 +736,7 @@ static bool sd_plan_build(SdPlan *sp, void **meta, const int32_t *pos, const int
     return true;
 }
 
-// The plans of the last few batches. A plan depends on the positions (and
+// The plans of the last batches. A plan depends on the positions (and
 // a0/a1/b0), which sit on the device: building one reads them back, a
 // synchronisation that stalls the queue, and every layer of a forward and a
 // backward asks for the same plan. So plans are kept, keyed by the arrays'
@@ -746,7 +746,7 @@ static bool sd_plan_build(SdPlan *sp, void **meta, const int32_t *pos, const int
 // mark an entry stale (a call in flight may be reading it: the cuDNN
 // workspace can grow, through pq_dev_free, between the plan and its use);
 // stale entries are released at the next sd_plan.
-enum { SD_CACHE = 4 };
+enum { SD_CACHE = 64 }; // (generation plans each prompt of a step on its own)
 struct SdEntry {
     bool used, stale;
     const int32_t *pos, *a0, *a1, *b0;
