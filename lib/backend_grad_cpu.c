@@ -35,6 +35,9 @@ void pq_logp_backward(float *dh, const float *dlogp, const float *h, const PqWei
 void pq_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
     pq_cpu_dropout_forward(out, inp, p, seed, n);
 }
+void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C, int r) {
+    pq_cpu_lora_dx_dropout(dx, dxa, A, p, seed, N, C, r);
+}
 void pq_attention2_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
                            const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
                            int window) {

@@ -38,7 +38,12 @@
                           const int32_t *targets, const float *lse, int N, int C, int V);                      \
     /* LoRA dropout as PEFT's nn.Dropout on the adapter's input: out (N,C) = inp * mask / (1 - p), the mask    \
        drawn from a counter-based generator keyed by seed, so a recomputation draws the same mask */          \
-    void P##dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n);
+    void P##dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n);                  \
+    /* LoRA's input gradient through its dropout, in one pass: dx (N,C) += drop(dxa A), dxa (N,r), A (r,C),    \
+       with dropout_forward's mask of seed over the N C elements (p 0: no mask). lora_backward with dinp      \
+       NULL, then this, is dropout_forward(x) -> lora_backward(dinp = tmp) -> dx += dropout_forward(tmp). */  \
+    void P##lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,   \
+                            int r);
 
 PQ_OPS_GRAD_DECLARE(pq_)
 PQ_OPS_GRAD_DECLARE(pq_cpu_)

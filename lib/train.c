@@ -26,10 +26,10 @@ static void bufs_free(PqTrainer *t) {
     int32_t *ip[] = {t->d_ids, t->d_pos, t->d_tgc, t->d_k};
     for (size_t i = 0; i < sizeof ip / sizeof *ip; i++) pq_dev_free(ip[i]);
     t->d_ids = t->d_pos = t->d_tgc = t->d_k = NULL;
-    float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->ds3, t->dq, t->dk, t->dv,
+    float *p[] = {t->xs, t->hf, t->hc, t->logpc, t->rstdf, t->lse, t->dx, t->dh, t->dscr, t->dq, t->dk, t->dv,
                   t->dxa, t->dgate, t->dup};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
-    t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->ds3 = t->dq = t->dk = t->dv =
+    t->xs = t->hf = t->hc = t->logpc = t->rstdf = t->lse = t->dx = t->dh = t->dscr = t->dq = t->dk = t->dv =
         t->dxa = t->dgate = t->dup = NULL;
     t->cap = 0;
 }
@@ -46,7 +46,7 @@ static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
 
 size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint) {
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
-    size_t fl = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + 4 + (size_t)c->C + 3 * W + QD + 2 * KD +
+    size_t fl = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + 4 + (size_t)c->C + 2 * W + QD + 2 * KD +
                 (size_t)(lora && lora->r > 0 ? lora->r : 1) + 2 * (size_t)c->H;
     return 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
 }
@@ -94,7 +94,6 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->dx = pq_dev_alloc(n * c->C * 4);
     t->dh = pq_dev_alloc(n * W * 4);
     t->dscr = pq_dev_alloc(n * W * 4);
-    t->ds3 = pq_dev_alloc(n * W * 4);
     t->dq = pq_dev_alloc(n * QD * 4);
     t->dk = pq_dev_alloc(n * KD * 4);
     t->dv = pq_dev_alloc(n * KD * 4);
@@ -188,7 +187,7 @@ static void qkv_forward(const PqTrainer *t, int l, float *qo, float *ko, PqLayer
 
 // dx (N,in) += d/dx of lora_forward given dout (N,OC); LoRA grads +=.
 static void lora_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
-                          float *scr, float *scr2, int N) {
+                          float *scr, int N) {
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
     const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
@@ -201,22 +200,19 @@ static void lora_backward(PqTrainer *t, int l, int j, float *dx, const float *do
         return;
     }
     uint64_t key = drop_key(t->drop_seed, l, j);
-    size_t n = (size_t)N * in;
-    pq_dropout_forward(scr, x, t->dropout, key, n); // the dropped input again
-    pq_dev_zero(scr2, n * sizeof(float));
-    pq_lora_backward(scr2, g->A, g->B, t->dxa, dout, scr, xa, ab->A, ab->B, sc, N, in, oc, r);
-    pq_dropout_forward(scr, scr2, t->dropout, key, n); // the same mask on the gradient
-    pq_residual_forward(dx, scr, n);
+    pq_dropout_forward(scr, x, t->dropout, key, (size_t)N * in); // the dropped input again (for dA)
+    pq_lora_backward(NULL, g->A, g->B, t->dxa, dout, scr, xa, ab->A, ab->B, sc, N, in, oc, r);
+    pq_lora_dx_dropout(dx, t->dxa, ab->A, t->dropout, key, N, in, r); // dx += the same mask on dxa A
 }
 
 // dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
 static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
-                         float *scr, float *scr2, int N) {
+                         float *scr, int N) {
     const PqLayerW *w = &t->m->layers[l];
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
     pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
-    lora_backward(t, l, j, dx, dout, x, xa, scr, scr2, N);
+    lora_backward(t, l, j, dx, dout, x, xa, scr, N);
 }
 
 // One block: xin (N,C) -> xout (N,C), activations into a.
@@ -306,7 +302,6 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
     rows_copy(t->rows, t->M, C, dh, dhc, 0);
     pq_dev_zero(dx, NC * sizeof(float));
     pq_rmsnorm_backward(dx, dh, t->xs + c->L * NC, t->m->ln_f, t->rstdf, N, C);
-    float *s3 = t->ds3; // dropout gradient scratch
     for (int l = c->L - 1; l >= 0; l--) {
         const PqLayerW *w = &t->m->layers[l];
         PqLayerActs *a = t->acts[t->checkpoint ? 0 : l];
@@ -315,15 +310,15 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         if (t->checkpoint && l < c->L - 1) layer_forward(t, l, xin, dh, a, N);
         // MLP: xout = x_mid + down(mlp); dx is d xout
         pq_dev_zero(dh, (size_t)N * c->H * sizeof(float));
-        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->lora_xa[PQ_DOWN], s1, s3, N);
+        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->lora_xa[PQ_DOWN], s1, N);
         pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
         pq_dev_zero(dh, NC * sizeof(float));
-        lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->lora_xa[PQ_GATE], s1, s3, N);
-        lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->lora_xa[PQ_UP], s1, s3, N);
+        lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->lora_xa[PQ_GATE], s1, N);
+        lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->lora_xa[PQ_UP], s1, N);
         pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->ln2_rstd, N, C); // dx = d x_mid
         // attention: x_mid = xin + o(att)
         pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));
-        lin_backward(t, l, PQ_O, dh, dx, a->att, a->lora_xa[PQ_O], s1, s3, N);
+        lin_backward(t, l, PQ_O, dh, dx, a->att, a->lora_xa[PQ_O], s1, N);
         if (t->ka0)
             pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, t->ka0, t->ka1,
                                    t->kb0, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
@@ -344,7 +339,7 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         pq_dev_zero(dh, NC * sizeof(float));
         const float *dqkv[3] = {t->dq, t->dk, t->dv}; // q, k, v's input gradient as one product
         pq_linear_group_backward(dh, dqkv, &w->w[PQ_Q], 3, N, C);
-        for (int j = PQ_Q; j <= PQ_V; j++) lora_backward(t, l, j, dh, dqkv[j - PQ_Q], a->ln1, a->lora_xa[j], s1, s3, N);
+        for (int j = PQ_Q; j <= PQ_V; j++) lora_backward(t, l, j, dh, dqkv[j - PQ_Q], a->ln1, a->lora_xa[j], s1, N);
         pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->ln1_rstd, N, C); // dx = d xin
     }
 }

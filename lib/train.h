@@ -37,8 +37,8 @@ typedef struct PqTrainer {
     int32_t *d_ids, *d_pos, *d_tgc; // (N), (N), (M) backend copies of ids, pos and tgc
     float *h_lp;             // (M) host staging of the compact log-probs and their gradients
     float *hc, *lse, *logpc; // (M,C), (M), (M) their hidden states, log-sum-exp, logps
-    float *dx, *dh, *dscr, *ds3; // (N,C), (N, max(C,QD,H)) x3 backward scratch (kept: no device
-                                  // allocation per backward)
+    float *dx, *dh, *dscr; // (N,C), (N, max(C,QD,H)) x2 backward scratch (kept: no device
+                           // allocation per backward)
     float *dq, *dk, *dv, *dxa, *dgate, *dup;
 } PqTrainer;
 

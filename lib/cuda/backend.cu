@@ -806,4 +806,45 @@ extern "C" void pq_dropout_forward(float *out, const float *inp, float p, uint64
     CU_LAUNCHED();
 }
 
+// dx (N,C) += drop(dxa A): a block owns LDX_COLS columns (a thread each) of LDX_ROWS rows; the rows' dxa in
+// shared memory, A's column read 16 rows at a time into registers, the mask drawn as dropout_kernel draws it.
+#define LDX_ROWS 16
+#define LDX_COLS 256
+__global__ void lora_dx_dropout_kernel(float *dx, const float *dxa, const float *A, float keep, uint64_t thr,
+                                       uint64_t seed, int drop, int N, int C, int r) {
+    extern __shared__ float sx[]; // (LDX_ROWS, r)
+    int c = blockIdx.x * LDX_COLS + threadIdx.x, i0 = blockIdx.y * LDX_ROWS;
+    int nr = N - i0 < LDX_ROWS ? N - i0 : LDX_ROWS;
+    for (int e = threadIdx.x; e < nr * r; e += blockDim.x) sx[e] = dxa[(size_t)i0 * r + e];
+    __syncthreads();
+    if (c >= C) return;
+    float acc[LDX_ROWS];
+    for (int i = 0; i < LDX_ROWS; i++) acc[i] = 0.0f;
+    for (int k0 = 0; k0 < r; k0 += 16) {
+        int kn = r - k0 < 16 ? r - k0 : 16;
+        float a[16];
+        for (int k = 0; k < 16; k++) a[k] = k < kn ? A[(size_t)(k0 + k) * C + c] : 0.0f;
+        for (int i = 0; i < nr; i++)
+            for (int k = 0; k < kn; k++) acc[i] += sx[i * r + k0 + k] * a[k];
+    }
+    for (int i = 0; i < nr; i++) {
+        size_t x = (size_t)(i0 + i) * C + c;
+        dx[x] += drop ? (mix64(seed ^ mix64(x)) < thr ? 0.0f : acc[i] * keep) : acc[i];
+    }
+}
+
+extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,
+                                   int r) {
+    if (N <= 0 || C <= 0 || r <= 0) return;
+    float keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64, as the CPU
+    if (p >= 1) thr = UINT64_MAX;
+    dim3 grid((C + LDX_COLS - 1) / LDX_COLS, (N + LDX_ROWS - 1) / LDX_ROWS);
+    size_t smem = (size_t)LDX_ROWS * r * sizeof(float);
+    if (smem > 48 * 1024)
+        CU(cudaFuncSetAttribute(lora_dx_dropout_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    lora_dx_dropout_kernel<<<grid, LDX_COLS, smem>>>(dx, dxa, A, keep, thr, seed, p > 0, N, C, r);
+    CU_LAUNCHED();
+}
+
 extern "C" const char *pq_ops_backend(void) { return "cuda"; }

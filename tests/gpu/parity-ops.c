@@ -403,6 +403,23 @@ static void test_elementwise(void) {
     pq_cpu_dropout_forward(out, u, 0.5f, 0xdeadbeefcafeULL, n);
     pq_dropout_forward(gout, gu, 0.5f, 0xdeadbeefcafeULL, n);
     cmp("dropout_forward p=0.5", out, gout, n, 0);
+    // LoRA's input gradient through dropout, in one pass: blocks of rows and columns with partial edges,
+    // ranks below, at and above the kernel's 16-row chunk of A, and no dropout
+    int shapes[][4] = {{N, H, 16, 10}, {37, 300, 5, 30}, {20, 77, 40, 0}};
+    for (int s = 0; s < 3; s++) {
+        int n2 = shapes[s][0], c2 = shapes[s][1], r2 = shapes[s][2];
+        float pd = (float)shapes[s][3] / 100;
+        size_t ne = (size_t)n2 * c2;
+        float *dxa = hrand((size_t)n2 * r2, 1), *A = hrand((size_t)r2 * c2, 1), *dx = hrand(ne, 1);
+        float *gdxa = dev(dxa, (size_t)n2 * r2 * 4), *gA = dev(A, (size_t)r2 * c2 * 4), *gdx = dev(dx, ne * 4);
+        pq_cpu_lora_dx_dropout(dx, dxa, A, pd, 777 + s, n2, c2, r2);
+        pq_lora_dx_dropout(gdx, gdxa, gA, pd, 777 + s, n2, c2, r2);
+        char nm[96];
+        snprintf(nm, sizeof nm, "lora_dx_dropout %dx%d r=%d p=%g", n2, c2, r2, pd);
+        cmp(nm, dx, gdx, ne, 1e-5);
+        free(dxa), free(A), free(dx);
+        pq_dev_free(gdxa), pq_dev_free(gA), pq_dev_free(gdx);
+    }
     free(g), free(u), free(dy), free(out), free(dg), free(du);
     void *p[] = {gg, gu, gdy, gout, gdg, gdu};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);

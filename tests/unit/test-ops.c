@@ -152,6 +152,33 @@ static void test_lora(int N, int C, int OC, int r) {
     free(x), free(A), free(B), free(out), free(xa), free(want), free(wxa);
 }
 
+// dx += drop(dxa A) against a double-precision product through dropout_forward's mask (of ones: which
+// elements it zeroes, and the 1/(1-p) it scales the rest by)
+static void test_lora_dx_dropout(int N, int C, int r, float p) {
+    size_t n = (size_t)N * C;
+    float *dxa = rnd((size_t)N * r, 1), *A = rnd((size_t)r * C, 1), *dx = rnd(n, 1), *ones = pq_xmalloc(n * 4);
+    float *mask = pq_xmalloc(n * 4);
+    double *want = pq_xmalloc(n * sizeof *want);
+    for (size_t i = 0; i < n; i++) ones[i] = 1.0f;
+    uint64_t seed = 0x5eed1234abcdULL;
+    pq_cpu_dropout_forward(mask, ones, p, seed, n);
+    int zeros = 0;
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            double s = 0;
+            for (int k = 0; k < r; k++) s += (double)dxa[(size_t)i * r + k] * A[(size_t)k * C + c];
+            size_t x = (size_t)i * C + c;
+            want[x] = dx[x] + mask[x] * s;
+            zeros += mask[x] == 0;
+        }
+    pq_cpu_lora_dx_dropout(dx, dxa, A, p, seed, N, C, r);
+    char name[96];
+    snprintf(name, sizeof name, "lora_dx_dropout %dx%d r=%d p=%g (%d of %zu dropped)", N, C, r, p, zeros, n);
+    close_to(name, dx, want, n, 1e-5);
+    if (p > 0 && zeros == 0) printf("FAIL %s: nothing dropped\n", name), fails++;
+    free(dxa), free(A), free(dx), free(ones), free(mask), free(want);
+}
+
 static void test_rmsnorm(int N, int C) {
     float *x = rnd((size_t)N * C, 3), *w = rnd(C, 1), *out = pq_xmalloc((size_t)N * C * 4), *rstd = pq_xmalloc(N * 4);
     double *want = pq_xmalloc((size_t)N * C * sizeof *want), *wr = pq_xmalloc(N * sizeof *wr);
@@ -317,6 +344,8 @@ int main(void) {
         test_linear(PQ_BF16, 33, 64, 1100, 1); // several tiles, the last one partial
         test_linear(PQ_F16, 4, 16, 7, 1);
         test_lora(9, 20, 13, 4);
+        test_lora_dx_dropout(37, 45, 5, 0.25f); // rows over one block, the last partial
+        test_lora_dx_dropout(3, 8, 20, 0.0f);   // no dropout
         test_rmsnorm(6, 50);
         test_residual_rmsnorm(7, 130);
         test_linear_group();
