@@ -75,8 +75,8 @@ void pq_dev_weights(PqWeight *w, int n);
     void P##linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,     \
                            int C, int OC);                                                                     \
     /* several linear layers on one input (a block's q, k, v), t < n <= 4: inp (N,C), w[t] (OC_t,C),           \
-       bias[t] (OC_t) or NULL -> out[t] (N,OC_t) = inp w[t]^T + bias[t]; one product where pq_dev_weights     \
-       placed the weights together */                                                                        \
+       bias[t] (OC_t) or NULL -> out[t] (N,OC_t) = inp w[t]^T + bias[t]; the CUDA backend converts inp to     \
+       the weights' dtype once for all n products */                                                         \
     void P##linear_group_forward(float *const *out, const float *inp, const PqWeight *w,                      \
                                  const float *const *bias, int n, int N, int C);                              \
     /* LoRA: inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T (kept for backward),                          \

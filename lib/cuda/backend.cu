@@ -448,67 +448,35 @@ extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *
     }
 }
 
-// ---- several linear layers on one input as one product ----
+// ---- several linear layers on one input (a block's q, k, v; gate, up) ----
 
-#define GROUP_MAX 4
-struct Group {
-    float *out[GROUP_MAX];        // (N, OC_t) each (gradients of the outputs in the backward)
-    const float *bias[GROUP_MAX]; // (OC_t) or NULL
-    int off[GROUP_MAX + 1];       // column offsets in the side-by-side (N, OC) matrix
-    int n;
-};
-
-// Are the weights one after another in memory (pq_dev_weights), of one dtype and width?
-static bool group_joined(const PqWeight *w, int n) {
-    if (n < 2 || n > GROUP_MAX) return false;
-    for (int t = 1; t < n; t++) {
-        size_t prev = (size_t)w[t - 1].rows * w[t - 1].cols * pq_dtype_size(w[t - 1].dtype);
-        if (w[t].dtype != w[0].dtype || w[t].cols != w[0].cols || (const char *)w[t].data != (const char *)w[t - 1].data + prev)
-            return false;
-    }
+// Weights of one dtype (and width): the input converted once serves every product.
+static bool group_same(const PqWeight *w, int n) {
+    if (n < 2) return false;
+    for (int t = 1; t < n; t++)
+        if (w[t].dtype != w[0].dtype || w[t].cols != w[0].cols) return false;
     return true;
 }
 
-static Group group_of(float *const *out, const float *const *bias, const PqWeight *w, int n) {
-    Group g;
-    memset(&g, 0, sizeof g);
-    g.n = n;
-    for (int t = 0; t < n; t++) {
-        g.out[t] = out[t], g.bias[t] = bias ? bias[t] : NULL;
-        g.off[t + 1] = g.off[t] + w[t].rows;
-    }
-    return g;
-}
-
-// dir 1: cat (N, OC) -> each out[t] (+ bias[t]); dir 0: each out[t] -> cat. One thread per element of cat.
-__global__ void group_split_kernel(float *cat, Group g, size_t n, int dir) {
-    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (x >= n) return;
-    int OC = g.off[g.n], o = (int)(x % OC);
-    size_t i = x / OC;
-    int t = 0;
-    while (o >= g.off[t + 1]) t++;
-    int w = g.off[t + 1] - g.off[t], c = o - g.off[t];
-    float *e = g.out[t] + i * w + c;
-    if (dir) *e = cat[x] + (g.bias[t] ? g.bias[t][c] : 0.0f);
-    else cat[x] = *e;
-}
-
+// Each product writes its own out[t] (no side-by-side scratch to split afterwards); what they share is the
+// input converted to the weights' dtype once, with f16's one scale (one synchronisation, not n).
 extern "C" void pq_linear_group_forward(float *const *out, const float *inp, const PqWeight *w,
                                         const float *const *bias, int n, int N, int C) {
     if (N <= 0) return;
-    if (!group_joined(w, n)) {
+    if (!group_same(w, n)) {
         for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
         return;
     }
-    Group g = group_of(out, bias, w, n);
-    int OC = g.off[n];
-    size_t ne = (size_t)N * OC;
-    float *cat = (float *)pq_cuda_scratch(PQ_SCR_GROUP, ne * sizeof(float));
-    pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, w[0].data, w[0].dtype, C, inp, C, N, 0.0f, cat, OC,
-                   PQ_SCR_ACT);
-    group_split_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(cat, g, ne, 1);
-    CU_LAUNCHED();
+    float us;
+    const void *xb = to_dtype(PQ_SCR_ACT, inp, (size_t)N * C, w[0].dtype, &us);
+    for (int t = 0; t < n; t++) { // out[t]^T (OC,N) = W_t (OC,C) inp^T (C,N), as pq_linear_forward
+        int OC = w[t].rows;
+        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, us, w[t].data, xb, w[0].dtype, C, C, 0.0f, out[t], OC);
+        if (bias[t]) {
+            add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS>>>(out[t], bias[t], N, OC);
+            CU_LAUNCHED();
+        }
+    }
 }
 
 // inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T; out (N,OC) += scale xa B^T
@@ -683,22 +651,12 @@ extern "C" void pq_linear_backward(float *dinp, const float *dout, const PqWeigh
                    C, PQ_SCR_ACT);
 }
 
-// dinp (N,C) += [dout_0 .. dout_n-1] (N, OC) [w_0; ..; w_n-1] (OC, C): one product when the weights are joined
+// dinp (N,C) += sum_t dout[t] (N,OC_t) w[t] (OC_t,C): one product per member accumulating into dinp (each
+// dout[t] is converted anyway, so gathering them side by side first would only add a copy)
 extern "C" void pq_linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N,
                                          int C) {
     if (N <= 0) return;
-    if (!group_joined(w, n)) {
-        for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
-        return;
-    }
-    Group g = group_of((float *const *)dout, NULL, w, n);
-    int OC = g.off[n];
-    size_t ne = (size_t)N * OC;
-    float *cat = (float *)pq_cuda_scratch(PQ_SCR_GROUP, ne * sizeof(float));
-    group_split_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(cat, g, ne, 0);
-    CU_LAUNCHED();
-    pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, w[0].data, w[0].dtype, C, cat, OC, N, 1.0f, dinp, C,
-                   PQ_SCR_ACT);
+    for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
 }
 
 // dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;

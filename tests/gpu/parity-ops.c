@@ -189,36 +189,37 @@ static void test_linear(PqDtype dt, int bias) {
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
 }
 
-// q, k, v as one group: the joined weights (pq_dev_weights: one product, split with the biases) and weights
-// uploaded one by one (three products) against the CPU twins, forward and backward
-static void test_linear_group(PqDtype dt, int bias, int joined) {
-    int N = 133, C = 256, oc[3] = {320, 64, 64};
+// A group on one input against the CPU twins, forward and backward: q, k, v (n 3) or gate, up (n 2), the
+// weights joined at load (pq_dev_weights) or uploaded one by one; bias: a bitmask of the members with one
+static void test_linear_group(PqDtype dt, int n, int bias, int joined) {
+    int N = 133, C = 256, oc3[3] = {320, 64, 64}, oc2[2] = {448, 448};
+    const int *oc = n == 3 ? oc3 : oc2;
     PqWeight hw[3], dw[3];
     float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3], *gout[3], *dy[3], *gdy[3];
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < n; t++) {
         hw[t] = dw[t] = hweight(oc[t], C, dt, 0.1f, NULL);
-        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
+        if (bias >> t & 1) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
         out[t] = hnan((size_t)N * oc[t]), gout[t] = dnan((size_t)N * oc[t]);
         dy[t] = hrand((size_t)N * oc[t], 1), gdy[t] = dev(dy[t], (size_t)N * oc[t] * 4);
     }
-    if (joined) pq_dev_weights(dw, 3);
+    if (joined) pq_dev_weights(dw, n);
     else
-        for (int t = 0; t < 3; t++) dw[t] = pq_dev_weight(hw[t]);
+        for (int t = 0; t < n; t++) dw[t] = pq_dev_weight(hw[t]);
     float *x = hrand((size_t)N * C, 1), *dx = hrand((size_t)N * C, 1);
     float *dX = dev(x, (size_t)N * C * 4), *gdx = dev(dx, (size_t)N * C * 4);
-    pq_cpu_linear_group_forward(out, x, hw, (const float *const *)b, 3, N, C);
-    pq_linear_group_forward(gout, dX, dw, (const float *const *)db, 3, N, C);
+    pq_cpu_linear_group_forward(out, x, hw, (const float *const *)b, n, N, C);
+    pq_linear_group_forward(gout, dX, dw, (const float *const *)db, n, N, C);
     char name[96];
-    for (int t = 0; t < 3; t++) {
-        snprintf(name, sizeof name, "linear_group_forward %s%s%s [%d]", pq_dtype_name(dt), bias ? " bias" : "",
-                 joined ? " joined" : "", t);
+    for (int t = 0; t < n; t++) {
+        snprintf(name, sizeof name, "linear_group_forward %s n%d%s%s [%d]", pq_dtype_name(dt), n,
+                 b[t] ? " bias" : "", joined ? " joined" : "", t);
         cmp(name, out[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
     }
-    pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, 3, N, C);
-    pq_linear_group_backward(gdx, (const float *const *)gdy, dw, 3, N, C);
-    snprintf(name, sizeof name, "linear_group_backward %s%s", pq_dtype_name(dt), joined ? " joined" : "");
+    pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, n, N, C);
+    pq_linear_group_backward(gdx, (const float *const *)gdy, dw, n, N, C);
+    snprintf(name, sizeof name, "linear_group_backward %s n%d%s", pq_dtype_name(dt), n, joined ? " joined" : "");
     cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < n; t++) {
         pq_dev_weight_free(&dw[t]);
         free((void *)hw[t].data), free(b[t]), free(out[t]), free(dy[t]);
         pq_dev_free(db[t]), pq_dev_free(gout[t]), pq_dev_free(gdy[t]);
@@ -522,10 +523,16 @@ static void g_linear(void) {
     }
     test_linear_range(PQ_BF16);
     test_linear_range(PQ_F16);
-    for (int j = 0; j < 2; j++) {
-        test_linear_group(PQ_F32, 1, j);
-        test_linear_group(PQ_BF16, j, j);
-        test_linear_group(PQ_F16, 1, j);
+    for (int j = 0; j < 2; j++) { // q, k, v: every member biased (Qwen2), none, and only some
+        test_linear_group(PQ_F32, 3, 7, j);
+        test_linear_group(PQ_BF16, 3, j ? 7 : 0, j);
+        test_linear_group(PQ_F16, 3, 7, j);
+        test_linear_group(PQ_BF16, 3, 5, j);
+    }
+    for (int j = 0; j < 2; j++) { // gate, up
+        test_linear_group(PQ_F32, 2, 0, j);
+        test_linear_group(PQ_BF16, 2, 0, j);
+        test_linear_group(PQ_F16, 2, j ? 2 : 0, j);
     }
     for (int n = 1; n <= 3; n += 2) {
         test_linear_rows(PQ_F32, n);
