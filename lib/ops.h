@@ -54,10 +54,10 @@ void pq_dev_copy(void *dst, const void *src, size_t bytes); // device to device
 // CUDA backend copies it to the device. Free with pq_dev_weight_free.
 PqWeight pq_dev_weight(PqWeight w);
 void pq_dev_weight_free(PqWeight *w);
-// n weights of one dtype and column count (a block's q, k, v) as the backend
-// uses them, in place: the CUDA backend copies them into one allocation, one
-// after another, so that linear_group_* runs them as one product (each still
-// freed with pq_dev_weight_free); the CPU leaves them as they are.
+// n weights of one dtype and column count (a block's q, k, v; gate, up) as
+// the backend uses them, in place: the CUDA backend copies them into one
+// allocation, one after another (each still freed with pq_dev_weight_free);
+// the CPU leaves them as they are.
 void pq_dev_weights(PqWeight *w, int n);
 
 // ---- forward operations ----
