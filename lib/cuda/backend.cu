@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "common.cuh"
+#include "tuning.h"
 
 extern "C" {
 #include "util.h"
@@ -324,10 +325,33 @@ void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
     gemm_raw(ta, tb, M, N, K, alpha * us, A, b, adt, lda, ldb, beta, C, ldc);
 }
 
-// col-major f32 SGEMM (the LoRA products: r is small)
+// The LoRA products' kernel: PQ_LORA_GEMM (read once) or pq_cuda_set_lora_gemm (bench-7b times each).
+static int lora_gemm = -1;
+
+extern "C" void pq_cuda_set_lora_gemm(int kind) { lora_gemm = kind; }
+
+static int lora_gemm_kind(void) {
+    if (lora_gemm < 0) {
+        const char *s = getenv("PQ_LORA_GEMM");
+        lora_gemm = PQ_LORA_SGEMM;
+        if (s && !strcmp(s, "tf32")) lora_gemm = PQ_LORA_TF32;
+        else if (s && !strcmp(s, "lt")) lora_gemm = PQ_LORA_LT;
+        else if (s && *s && strcmp(s, "sgemm")) fprintf(stderr, "pq: PQ_LORA_GEMM=%s is not sgemm, tf32 or lt: sgemm\n", s);
+    }
+    return lora_gemm;
+}
+
+// col-major f32 product (the LoRA products: r is small), by default cublasSgemm
 static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
+    int kind = lora_gemm_kind();
+    if (kind == PQ_LORA_TF32) {
+        CUBLAS(cublasGemmEx(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
+                            CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    if (kind == PQ_LORA_LT && K > 0 && lt_gemm(ta, tb, M, N, K, alpha, A, B, CUDA_R_32F, lda, ldb, beta, C, ldc)) return;
     CUBLAS(cublasSgemm(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, lda, B, ldb, &beta, C, ldc));
 }
 
