@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda/tuning.h"
 #include "gpu_test.h"
 #include "ops_gen.h"
 #include "ops_grad.h"
@@ -266,7 +267,12 @@ static void test_linear_rows(PqDtype dt, int N) {
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(gout);
 }
 
-static void test_lora(int with_dinp) {
+// kind: the products' kernel (lib/cuda/tuning.h); TF32's 10-bit mantissas get a looser bound
+static void test_lora(int with_dinp, int kind) {
+    static const char *kinds[] = {"", " tf32", " lt"};
+    double tol = kind == PQ_LORA_TF32 ? 1e-2 : 2e-5;
+    char name[96];
+    pq_cuda_set_lora_gemm(kind);
     int N = 97, C = 200, OC = 150, r = 8;
     float sc = 2.0f;
     float *x = hrand((size_t)N * C, 1), *A = hrand((size_t)r * C, 0.2f), *B = hrand((size_t)OC * r, 0.2f);
@@ -280,17 +286,23 @@ static void test_lora(int with_dinp) {
     pq_cpu_lora_forward(out, xa, x, A, B, sc, N, C, OC, r);
     pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
     if (with_dinp) {
-        cmp("lora_forward out", out, gout, (size_t)N * OC, 2e-5);
-        cmp("lora_forward xa", xa, gxa, (size_t)N * r, 2e-5);
+        snprintf(name, sizeof name, "lora_forward out%s", kinds[kind]);
+        cmp(name, out, gout, (size_t)N * OC, tol);
+        snprintf(name, sizeof name, "lora_forward xa%s", kinds[kind]);
+        cmp(name, xa, gxa, (size_t)N * r, tol);
     }
     pq_cpu_lora_backward(with_dinp ? dx : NULL, dA, dB, dxa, dy, x, xa, A, B, sc, N, C, OC, r);
     pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa, gA, gB, sc, N, C, OC, r);
-    cmp(with_dinp ? "lora_backward dA" : "lora_backward dA (no dinp)", dA, gdA, (size_t)r * C, 2e-5);
-    cmp(with_dinp ? "lora_backward dB" : "lora_backward dB (no dinp)", dB, gdB, (size_t)OC * r, 2e-5);
-    cmp(with_dinp ? "lora_backward dinp" : "lora_backward dinp untouched", dx, gdx, (size_t)N * C, 2e-5);
+    snprintf(name, sizeof name, "lora_backward dA%s%s", with_dinp ? "" : " (no dinp)", kinds[kind]);
+    cmp(name, dA, gdA, (size_t)r * C, tol);
+    snprintf(name, sizeof name, "lora_backward dB%s%s", with_dinp ? "" : " (no dinp)", kinds[kind]);
+    cmp(name, dB, gdB, (size_t)OC * r, tol);
+    snprintf(name, sizeof name, "lora_backward dinp%s%s", with_dinp ? "" : " untouched", kinds[kind]);
+    cmp(name, dx, gdx, (size_t)N * C, tol);
     free(x), free(A), free(B), free(out), free(xa), free(dy), free(dA), free(dB), free(dx), free(dxa);
     float *p[] = {gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    pq_cuda_set_lora_gemm(-1);
 }
 
 static void test_rope(void) {
@@ -541,8 +553,10 @@ static void g_linear(void) {
     }
 }
 static void g_lora(void) {
-    test_lora(1);
-    test_lora(0);
+    for (int kind = PQ_LORA_SGEMM; kind <= PQ_LORA_LT; kind++) { // each PQ_LORA_GEMM
+        test_lora(1, kind);
+        test_lora(0, kind);
+    }
 }
 static void g_rope(void) { test_rope(); }
 static void g_attention(void) {
