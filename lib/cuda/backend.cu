@@ -336,7 +336,9 @@ static int lora_gemm_kind(void) {
         lora_gemm = PQ_LORA_SGEMM;
         if (s && !strcmp(s, "tf32")) lora_gemm = PQ_LORA_TF32;
         else if (s && !strcmp(s, "lt")) lora_gemm = PQ_LORA_LT;
-        else if (s && *s && strcmp(s, "sgemm")) fprintf(stderr, "pq: PQ_LORA_GEMM=%s is not sgemm, tf32 or lt: sgemm\n", s);
+        else if (s && !strcmp(s, "sgemm_t")) lora_gemm = PQ_LORA_SGEMM_T;
+        else if (s && *s && strcmp(s, "sgemm"))
+            fprintf(stderr, "pq: PQ_LORA_GEMM=%s is not sgemm, tf32, lt or sgemm_t: sgemm\n", s);
     }
     return lora_gemm;
 }
@@ -351,7 +353,8 @@ static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int 
                             CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
         return;
     }
-    if (kind == PQ_LORA_LT && K > 0 && lt_gemm(ta, tb, M, N, K, alpha, A, B, CUDA_R_32F, lda, ldb, beta, C, ldc)) return;
+    if (kind == PQ_LORA_LT && K > 0 && lt_gemm(ta, tb, M, N, K, alpha, A, B, CUDA_R_32F, lda, ldb, beta, C, ldc))
+        return;
     CUBLAS(cublasSgemm(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, lda, B, ldb, &beta, C, ldc));
 }
 
@@ -503,11 +506,33 @@ extern "C" void pq_linear_group_forward(float *const *out, const float *inp, con
     }
 }
 
+// dst (rows,cols) row-major (+)= src (rows,cols) column-major: PQ_LORA_GEMM=sgemm_t's transposed products
+__global__ void from_col_major_kernel(float *dst, const float *src, int rows, int cols, int acc) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (size_t)rows * cols) return;
+    size_t i = x / cols, k = x % cols;
+    float v = src[i + k * rows];
+    dst[x] = acc ? dst[x] + v : v;
+}
+
+static void from_col_major(float *dst, const float *src, int rows, int cols, int acc) {
+    size_t n = (size_t)rows * cols;
+    if (!n) return;
+    from_col_major_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dst, src, rows, cols, acc);
+    CU_LAUNCHED();
+}
+
 // inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T; out (N,OC) += scale xa B^T
 extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
                                 int N, int C, int OC, int r) {
     if (N <= 0) return;
-    sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
+    if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // xa (N,r) col-major = inp A^T: N as the long side
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, (size_t)N * r * sizeof(float));
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, N, r, C, 1.0f, inp, C, A, C, 0.0f, t, N);
+        from_col_major(xa, t, N, r, 0);
+    } else {
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
+    }
     sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
 }
 
@@ -689,8 +714,18 @@ extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, 
                                  const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                                  int r) {
     if (N <= 0) return;
-    sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
-    sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
+    if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // dB and dxa column-major (OC or N the long side)
+        size_t big = (size_t)(OC > N ? OC : N) * r;
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, big * sizeof(float));
+        // dB (OC,r) col-major = scale dout^T xa, then dxa (N,r) col-major = scale dout B
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, OC, r, N, scale, dout, OC, xa, r, 0.0f, t, OC);
+        from_col_major(dB, t, OC, r, 1);
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_T, N, r, OC, scale, dout, OC, B, r, 0.0f, t, N);
+        from_col_major(dxa, t, N, r, 0);
+    } else {
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
+    }
     sgemm(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, C, dxa, r, 1.0f, dA, C);
     if (dinp) sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 1.0f, dinp, C);
 }

@@ -253,8 +253,8 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         lin_bwd += ms - gu_bwd;
     }
     { // the LoRA products' kernels (PQ_LORA_GEMM) on q_proj's and gate_proj's shapes (the sums above: the default)
-        static const char *kinds[] = {"sgemm", "tf32", "lt"};
-        for (int kd = 0; kd < 3; kd++) {
+        static const char *kinds[PQ_LORA_KINDS] = {"sgemm", "tf32", "lt", "sgemm_t"};
+        for (int kd = 0; kd < PQ_LORA_KINDS; kd++) {
             pq_cuda_set_lora_gemm(kd);
             for (int j = PQ_Q; j <= PQ_GATE; j += PQ_GATE - PQ_Q) {
                 int in, oc;

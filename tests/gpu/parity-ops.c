@@ -269,7 +269,7 @@ static void test_linear_rows(PqDtype dt, int N) {
 
 // kind: the products' kernel (lib/cuda/tuning.h); TF32's 10-bit mantissas get a looser bound
 static void test_lora(int with_dinp, int kind) {
-    static const char *kinds[] = {"", " tf32", " lt"};
+    static const char *kinds[PQ_LORA_KINDS] = {"", " tf32", " lt", " sgemm_t"};
     double tol = kind == PQ_LORA_TF32 ? 1e-2 : 2e-5;
     char name[96];
     pq_cuda_set_lora_gemm(kind);
@@ -553,7 +553,7 @@ static void g_linear(void) {
     }
 }
 static void g_lora(void) {
-    for (int kind = PQ_LORA_SGEMM; kind <= PQ_LORA_LT; kind++) { // each PQ_LORA_GEMM
+    for (int kind = PQ_LORA_SGEMM; kind < PQ_LORA_KINDS; kind++) { // each PQ_LORA_GEMM
         test_lora(1, kind);
         test_lora(0, kind);
     }
