@@ -308,8 +308,10 @@ PqModel *pq_model_load(const char *dir, PqErr *e) {
     m->wte = pq_dev_weight(m->wte);
     m->lm_head = c->tie ? m->wte : pq_dev_weight(m->lm_head);
     for (int l = 0; l < c->L; l++) {
-        pq_dev_weights(&m->layers[l].w[PQ_Q], 3); // q, k, v together: one product (linear_group_forward)
-        for (int j = PQ_O; j < PQ_NLIN; j++) m->layers[l].w[j] = pq_dev_weight(m->layers[l].w[j]);
+        pq_dev_weights(&m->layers[l].w[PQ_Q], 3);    // q, k, v together (linear_group_forward)
+        pq_dev_weights(&m->layers[l].w[PQ_GATE], 2); // gate, up likewise
+        m->layers[l].w[PQ_O] = pq_dev_weight(m->layers[l].w[PQ_O]);
+        m->layers[l].w[PQ_DOWN] = pq_dev_weight(m->layers[l].w[PQ_DOWN]);
     }
     float *f = pq_xmalloc((size_t)(c->HS / 2) * sizeof *f);
     rope_freqs(c, f);
@@ -421,6 +423,15 @@ static void lin_qkv(const PqModel *m, int l, float *qo, float *ko, int N, PqLaye
     for (int j = PQ_Q; j <= PQ_V; j++) lin_lora(m, l, j, out[j - PQ_Q], a->ln1, N, a);
 }
 
+// gate and up from ln2 as one group (the weights joined at load), each then with its own LoRA term
+static void lin_gate_up(const PqModel *m, int l, int N, PqLayerActs *a) {
+    const PqLayerW *w = &m->layers[l];
+    float *out[2] = {a->gate, a->up};
+    const float *bias[2] = {w->b[PQ_GATE], w->b[PQ_UP]};
+    pq_linear_group_forward(out, a->ln2, &w->w[PQ_GATE], bias, 2, N, m->cfg.C);
+    for (int j = PQ_GATE; j <= PQ_UP; j++) lin_lora(m, l, j, out[j - PQ_GATE], a->ln2, N, a);
+}
+
 void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *pos, int N, PqLayerActs *a) {
     const PqConfig *c = &m->cfg;
     const PqLayerW *w = &m->layers[l];
@@ -438,8 +449,7 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     lin(m, l, PQ_O, a->tmp, a->att, N, a);
     pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, x, a->tmp, w->ln2, N, c->C, c->eps);
     pq_dev_copy(a->x_mid, x, nc * 4);
-    lin(m, l, PQ_GATE, a->gate, a->ln2, N, a);
-    lin(m, l, PQ_UP, a->up, a->ln2, N, a);
+    lin_gate_up(m, l, N, a);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
     lin(m, l, PQ_DOWN, a->tmp, a->mlp, N, a);
     pq_residual_forward(x, a->tmp, nc);

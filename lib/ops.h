@@ -54,10 +54,10 @@ void pq_dev_copy(void *dst, const void *src, size_t bytes); // device to device
 // CUDA backend copies it to the device. Free with pq_dev_weight_free.
 PqWeight pq_dev_weight(PqWeight w);
 void pq_dev_weight_free(PqWeight *w);
-// n weights of one dtype and column count (a block's q, k, v) as the backend
-// uses them, in place: the CUDA backend copies them into one allocation, one
-// after another, so that linear_group_* runs them as one product (each still
-// freed with pq_dev_weight_free); the CPU leaves them as they are.
+// n weights of one dtype and column count (a block's q, k, v; gate, up) as
+// the backend uses them, in place: the CUDA backend copies them into one
+// allocation, one after another (each still freed with pq_dev_weight_free);
+// the CPU leaves them as they are.
 void pq_dev_weights(PqWeight *w, int n);
 
 // ---- forward operations ----
@@ -75,8 +75,8 @@ void pq_dev_weights(PqWeight *w, int n);
     void P##linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,     \
                            int C, int OC);                                                                     \
     /* several linear layers on one input (a block's q, k, v), t < n <= 4: inp (N,C), w[t] (OC_t,C),           \
-       bias[t] (OC_t) or NULL -> out[t] (N,OC_t) = inp w[t]^T + bias[t]; one product where pq_dev_weights     \
-       placed the weights together */                                                                        \
+       bias[t] (OC_t) or NULL -> out[t] (N,OC_t) = inp w[t]^T + bias[t]; the CUDA backend converts inp to     \
+       the weights' dtype once for all n products */                                                         \
     void P##linear_group_forward(float *const *out, const float *inp, const PqWeight *w,                      \
                                  const float *const *bias, int n, int N, int C);                              \
     /* LoRA: inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T (kept for backward),                          \

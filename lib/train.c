@@ -185,6 +185,16 @@ static void qkv_forward(const PqTrainer *t, int l, float *qo, float *ko, PqLayer
     for (int j = PQ_Q; j <= PQ_V; j++) lora_forward(t, l, j, out[j - PQ_Q], a->ln1, a->lora_xa[j], a->tmp, N);
 }
 
+// gate and up from a->ln2 as one group (the weights joined at load), then each LoRA term.
+static void gate_up_forward(const PqTrainer *t, int l, PqLayerActs *a, int N) {
+    const PqLayerW *w = &t->m->layers[l];
+    float *out[2] = {a->gate, a->up};
+    const float *bias[2] = {w->b[PQ_GATE], w->b[PQ_UP]};
+    pq_linear_group_forward(out, a->ln2, &w->w[PQ_GATE], bias, 2, N, t->m->cfg.C);
+    for (int j = PQ_GATE; j <= PQ_UP; j++)
+        lora_forward(t, l, j, out[j - PQ_GATE], a->ln2, a->lora_xa[j], a->tmp, N);
+}
+
 // dx (N,in) += d/dx of lora_forward given dout (N,OC); LoRA grads +=.
 static void lora_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
                           float *scr, int N) {
@@ -236,8 +246,7 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
                              pq_layer_window(c, l));
     lin_forward(t, l, PQ_O, a->x_mid, a->att, a->lora_xa[PQ_O], a->tmp, N);
     pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, xin, w->ln2, N, C, c->eps); // x_mid += xin, normed
-    lin_forward(t, l, PQ_GATE, a->gate, a->ln2, a->lora_xa[PQ_GATE], a->tmp, N);
-    lin_forward(t, l, PQ_UP, a->up, a->ln2, a->lora_xa[PQ_UP], a->tmp, N);
+    gate_up_forward(t, l, a, N);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
     lin_forward(t, l, PQ_DOWN, xout, a->mlp, a->lora_xa[PQ_DOWN], a->tmp, N);
     pq_residual_forward(xout, a->x_mid, (size_t)N * C);
@@ -313,8 +322,10 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->lora_xa[PQ_DOWN], s1, N);
         pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
         pq_dev_zero(dh, NC * sizeof(float));
-        lin_backward(t, l, PQ_GATE, dh, t->dgate, a->ln2, a->lora_xa[PQ_GATE], s1, N);
-        lin_backward(t, l, PQ_UP, dh, t->dup, a->ln2, a->lora_xa[PQ_UP], s1, N);
+        const float *dgu[2] = {t->dgate, t->dup}; // gate and up's input gradient as one group
+        pq_linear_group_backward(dh, dgu, &w->w[PQ_GATE], 2, N, C);
+        for (int j = PQ_GATE; j <= PQ_UP; j++)
+            lora_backward(t, l, j, dh, dgu[j - PQ_GATE], a->ln2, a->lora_xa[j], s1, N);
         pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->ln2_rstd, N, C); // dx = d x_mid
         // attention: x_mid = xin + o(att)
         pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "common.cuh"
+#include "tuning.h"
 
 extern "C" {
 #include "util.h"
@@ -337,10 +338,36 @@ void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
     gemm_raw(ta, tb, M, N, K, alpha * us, A, b, adt, lda, ldb, beta, C, ldc);
 }
 
-// col-major f32 SGEMM (the LoRA products: r is small)
+// The LoRA products' kernel: PQ_LORA_GEMM (read once) or pq_cuda_set_lora_gemm (bench-7b times each).
+static int lora_gemm = -1;
+
+extern "C" void pq_cuda_set_lora_gemm(int kind) { lora_gemm = kind; }
+
+static int lora_gemm_kind(void) {
+    if (lora_gemm < 0) {
+        const char *s = getenv("PQ_LORA_GEMM");
+        lora_gemm = PQ_LORA_SGEMM;
+        if (s && !strcmp(s, "tf32")) lora_gemm = PQ_LORA_TF32;
+        else if (s && !strcmp(s, "lt")) lora_gemm = PQ_LORA_LT;
+        else if (s && !strcmp(s, "sgemm_t")) lora_gemm = PQ_LORA_SGEMM_T;
+        else if (s && *s && strcmp(s, "sgemm"))
+            fprintf(stderr, "pq: PQ_LORA_GEMM=%s is not sgemm, tf32, lt or sgemm_t: sgemm\n", s);
+    }
+    return lora_gemm;
+}
+
+// col-major f32 product (the LoRA products: r is small), by default cublasSgemm
 static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
+    int kind = lora_gemm_kind();
+    if (kind == PQ_LORA_TF32) {
+        CUBLAS(cublasGemmEx(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
+                            CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    if (kind == PQ_LORA_LT && K > 0 && lt_gemm(ta, tb, M, N, K, alpha, A, B, CUDA_R_32F, lda, ldb, beta, C, ldc))
+        return;
     CUBLAS(cublasSgemm(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, lda, B, ldb, &beta, C, ldc));
 }
 
@@ -461,66 +488,50 @@ extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *
     }
 }
 
-// ---- several linear layers on one input as one product ----
+// ---- several linear layers on one input (a block's q, k, v; gate, up) ----
 
-#define GROUP_MAX 4
-struct Group {
-    float *out[GROUP_MAX];        // (N, OC_t) each (gradients of the outputs in the backward)
-    const float *bias[GROUP_MAX]; // (OC_t) or NULL
-    int off[GROUP_MAX + 1];       // column offsets in the side-by-side (N, OC) matrix
-    int n;
-};
-
-// Are the weights one after another in memory (pq_dev_weights), of one dtype and width?
-static bool group_joined(const PqWeight *w, int n) {
-    if (n < 2 || n > GROUP_MAX) return false;
-    for (int t = 1; t < n; t++) {
-        size_t prev = (size_t)w[t - 1].rows * w[t - 1].cols * pq_dtype_size(w[t - 1].dtype);
-        if (w[t].dtype != w[0].dtype || w[t].cols != w[0].cols || (const char *)w[t].data != (const char *)w[t - 1].data + prev)
-            return false;
-    }
+// Weights of one dtype (and width): the input converted once serves every product.
+static bool group_same(const PqWeight *w, int n) {
+    if (n < 2) return false;
+    for (int t = 1; t < n; t++)
+        if (w[t].dtype != w[0].dtype || w[t].cols != w[0].cols) return false;
     return true;
 }
 
-static Group group_of(float *const *out, const float *const *bias, const PqWeight *w, int n) {
-    Group g;
-    memset(&g, 0, sizeof g);
-    g.n = n;
-    for (int t = 0; t < n; t++) {
-        g.out[t] = out[t], g.bias[t] = bias ? bias[t] : NULL;
-        g.off[t + 1] = g.off[t] + w[t].rows;
-    }
-    return g;
-}
-
-// dir 1: cat (N, OC) -> each out[t] (+ bias[t]); dir 0: each out[t] -> cat. One thread per element of cat.
-__global__ void group_split_kernel(float *cat, Group g, size_t n, int dir) {
-    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (x >= n) return;
-    int OC = g.off[g.n], o = (int)(x % OC);
-    size_t i = x / OC;
-    int t = 0;
-    while (o >= g.off[t + 1]) t++;
-    int w = g.off[t + 1] - g.off[t], c = o - g.off[t];
-    float *e = g.out[t] + i * w + c;
-    if (dir) *e = cat[x] + (g.bias[t] ? g.bias[t][c] : 0.0f);
-    else cat[x] = *e;
-}
-
+// Each product writes its own out[t] (no side-by-side scratch to split afterwards); what they share is the
+// input converted to the weights' dtype once, with f16's one scale (one synchronisation, not n).
 extern "C" void pq_linear_group_forward(float *const *out, const float *inp, const PqWeight *w,
                                         const float *const *bias, int n, int N, int C) {
     if (N <= 0) return;
-    if (!group_joined(w, n)) {
+    if (!group_same(w, n)) {
         for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
         return;
     }
-    Group g = group_of(out, bias, w, n);
-    int OC = g.off[n];
-    size_t ne = (size_t)N * OC;
-    float *cat = (float *)pq_cuda_scratch(PQ_SCR_GROUP, ne * sizeof(float));
-    pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, w[0].data, w[0].dtype, C, inp, C, N, 0.0f, cat, OC,
-                   PQ_SCR_ACT);
-    group_split_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(cat, g, ne, 1);
+    float us;
+    const void *xb = to_dtype(PQ_SCR_ACT, inp, (size_t)N * C, w[0].dtype, &us);
+    for (int t = 0; t < n; t++) { // out[t]^T (OC,N) = W_t (OC,C) inp^T (C,N), as pq_linear_forward
+        int OC = w[t].rows;
+        gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, us, w[t].data, xb, w[0].dtype, C, C, 0.0f, out[t], OC);
+        if (bias[t]) {
+            add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS>>>(out[t], bias[t], N, OC);
+            CU_LAUNCHED();
+        }
+    }
+}
+
+// dst (rows,cols) row-major (+)= src (rows,cols) column-major: PQ_LORA_GEMM=sgemm_t's transposed products
+__global__ void from_col_major_kernel(float *dst, const float *src, int rows, int cols, int acc) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (size_t)rows * cols) return;
+    size_t i = x / cols, k = x % cols;
+    float v = src[i + k * rows];
+    dst[x] = acc ? dst[x] + v : v;
+}
+
+static void from_col_major(float *dst, const float *src, int rows, int cols, int acc) {
+    size_t n = (size_t)rows * cols;
+    if (!n) return;
+    from_col_major_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dst, src, rows, cols, acc);
     CU_LAUNCHED();
 }
 
@@ -528,7 +539,13 @@ extern "C" void pq_linear_group_forward(float *const *out, const float *inp, con
 extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
                                 int N, int C, int OC, int r) {
     if (N <= 0) return;
-    sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
+    if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // xa (N,r) col-major = inp A^T: N as the long side
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, (size_t)N * r * sizeof(float));
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, N, r, C, 1.0f, inp, C, A, C, 0.0f, t, N);
+        from_col_major(xa, t, N, r, 0);
+    } else {
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
+    }
     sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
 }
 
@@ -696,22 +713,12 @@ extern "C" void pq_linear_backward(float *dinp, const float *dout, const PqWeigh
                    C, PQ_SCR_ACT);
 }
 
-// dinp (N,C) += [dout_0 .. dout_n-1] (N, OC) [w_0; ..; w_n-1] (OC, C): one product when the weights are joined
+// dinp (N,C) += sum_t dout[t] (N,OC_t) w[t] (OC_t,C): one product per member accumulating into dinp (each
+// dout[t] is converted anyway, so gathering them side by side first would only add a copy)
 extern "C" void pq_linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N,
                                          int C) {
     if (N <= 0) return;
-    if (!group_joined(w, n)) {
-        for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
-        return;
-    }
-    Group g = group_of((float *const *)dout, NULL, w, n);
-    int OC = g.off[n];
-    size_t ne = (size_t)N * OC;
-    float *cat = (float *)pq_cuda_scratch(PQ_SCR_GROUP, ne * sizeof(float));
-    group_split_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(cat, g, ne, 0);
-    CU_LAUNCHED();
-    pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, w[0].data, w[0].dtype, C, cat, OC, N, 1.0f, dinp, C,
-                   PQ_SCR_ACT);
+    for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
 }
 
 // dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;
@@ -720,8 +727,18 @@ extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, 
                                  const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                                  int r) {
     if (N <= 0) return;
-    sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
-    sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
+    if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // dB and dxa column-major (OC or N the long side)
+        size_t big = (size_t)(OC > N ? OC : N) * r;
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, big * sizeof(float));
+        // dB (OC,r) col-major = scale dout^T xa, then dxa (N,r) col-major = scale dout B
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, OC, r, N, scale, dout, OC, xa, r, 0.0f, t, OC);
+        from_col_major(dB, t, OC, r, 1);
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_T, N, r, OC, scale, dout, OC, B, r, 0.0f, t, N);
+        from_col_major(dxa, t, N, r, 0);
+    } else {
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
+    }
     sgemm(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, C, dxa, r, 1.0f, dA, C);
     if (dinp) sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 1.0f, dinp, C);
 }

@@ -45,7 +45,7 @@ enum {
     PQ_SCR_LOGITS,  // a chunk of vocab logits (f32)
     PQ_SCR_ROWS,    // per-token running max / sum / target logit
     PQ_SCR_ATT,     // attention backward: D = dout . out per row and head
-    PQ_SCR_GROUP,   // linear_group_*: the outputs (or their gradients) of the product side by side
+    PQ_SCR_LORA,    // PQ_LORA_GEMM=sgemm_t: a LoRA product's transpose
     PQ_SCR_N
 };
 void *pq_cuda_scratch(int slot, size_t bytes);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cuda/tuning.h"
 #include "dpo.h"
 #include "ops_grad.h"
 #include "model.h"
@@ -205,7 +206,8 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     printf("ops of one layer at %d tokens (%d records) on the %s backend, bf16 weights:\n", N, N / (hpos[N - 1] + 1),
            pq_ops_backend());
     double ms, lin_fwd = 0, lin_bwd = 0, lora_fwd = 0, lora_bwd = 0, other_fwd = 0, other_bwd = 0;
-    double qkv_fwd = 0, qkv_bwd = 0; // q, k, v one by one (the model runs them as one product, timed below)
+    // q, k, v and gate, up one by one (the model runs each set as one group, timed below)
+    double qkv_fwd = 0, qkv_bwd = 0, gu_fwd = 0, gu_bwd = 0;
     for (int j = 0; j < PQ_NLIN; j++) {
         int in, oc;
         pq_lin_shape(c, j, &in, &oc);
@@ -215,10 +217,12 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         TIME_OP(&ms, name, f, pq_linear_forward(y, x, &w->w[j], w->b[j], N, in, oc));
         lin_fwd += ms;
         if (j <= PQ_V) qkv_fwd += ms;
+        if (j == PQ_GATE || j == PQ_UP) gu_fwd += ms;
         snprintf(name, sizeof name, "linear_backward %s (dinp)", pq_lin_modules[j]);
         TIME_OP(&ms, name, f, pq_linear_backward(y, x, &w->w[j], N, in, oc));
         lin_bwd += ms;
         if (j <= PQ_V) qkv_bwd += ms;
+        if (j == PQ_GATE || j == PQ_UP) gu_bwd += ms;
         snprintf(name, sizeof name, "lora_forward %s r=%d", pq_lin_modules[j], r);
         TIME_OP(&ms, name, 2.0 * N * r * (in + oc), pq_lora_forward(y, xa, x, A, B, 2.0f, N, in, oc, r));
         lora_fwd += ms;
@@ -229,15 +233,41 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         TIME_OP(&ms, name, 0, pq_dropout_forward(y, x, 0.05f, 99, (size_t)N * in));
         lora_fwd += ms, lora_bwd += 2 * ms; // recomputed in the backward, and applied to the gradient
     }
-    { // q, k, v as the model runs them: one product on the joined weights, split (with the biases)
+    { // q, k, v as the model runs them: one group (the input converted once), with the biases
         float *outs[3] = {q, k, v};
         const float *bs[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]}, *douts[3] = {q, k, v};
         double f = 2.0 * N * C * (QD + 2.0 * KD);
-        TIME_OP(&ms, "linear_group_forward q,k,v (one product)", f,
-                pq_linear_group_forward(outs, x, &w->w[PQ_Q], bs, 3, N, C));
+        TIME_OP(&ms, "linear_group_forward q,k,v", f, pq_linear_group_forward(outs, x, &w->w[PQ_Q], bs, 3, N, C));
         lin_fwd += ms - qkv_fwd;
         TIME_OP(&ms, "linear_group_backward q,k,v (dinp)", f, pq_linear_group_backward(y, douts, &w->w[PQ_Q], 3, N, C));
         lin_bwd += ms - qkv_bwd;
+    }
+    { // gate, up likewise (y, z (N,H) out; u (N,C) the input gradient)
+        float *outs[2] = {y, z};
+        const float *bs[2] = {w->b[PQ_GATE], w->b[PQ_UP]}, *douts[2] = {y, z};
+        double f = 2.0 * N * C * 2.0 * H;
+        TIME_OP(&ms, "linear_group_forward gate,up", f, pq_linear_group_forward(outs, x, &w->w[PQ_GATE], bs, 2, N, C));
+        lin_fwd += ms - gu_fwd;
+        TIME_OP(&ms, "linear_group_backward gate,up (dinp)", f,
+                pq_linear_group_backward(u, douts, &w->w[PQ_GATE], 2, N, C));
+        lin_bwd += ms - gu_bwd;
+    }
+    { // the LoRA products' kernels (PQ_LORA_GEMM) on q_proj's and gate_proj's shapes (the sums above: the default)
+        static const char *kinds[PQ_LORA_KINDS] = {"sgemm", "tf32", "lt", "sgemm_t"};
+        for (int kd = 0; kd < PQ_LORA_KINDS; kd++) {
+            pq_cuda_set_lora_gemm(kd);
+            for (int j = PQ_Q; j <= PQ_GATE; j += PQ_GATE - PQ_Q) {
+                int in, oc;
+                pq_lin_shape(c, j, &in, &oc);
+                char name[64];
+                snprintf(name, sizeof name, "lora_forward %s r=%d %s", pq_lin_modules[j], r, kinds[kd]);
+                TIME_OP(&ms, name, 2.0 * N * r * (in + oc), pq_lora_forward(y, xa, x, A, B, 2.0f, N, in, oc, r));
+                snprintf(name, sizeof name, "lora_backward %s r=%d %s", pq_lin_modules[j], r, kinds[kd]);
+                TIME_OP(&ms, name, 4.0 * N * r * (in + oc),
+                        pq_lora_backward(z, dA, dB, dxa, x, y, xa, A, B, 2.0f, N, in, oc, r));
+            }
+        }
+        pq_cuda_set_lora_gemm(-1); // PQ_LORA_GEMM's again
     }
     double af = 0; // causal attention FLOPs of the forward over the records
     for (int i = 0; i < N; i++) af += 4.0 * (hpos[i] + 1) * NH * HS;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda/tuning.h"
 #include "gpu_test.h"
 #include "ops_gen.h"
 #include "ops_grad.h"
@@ -189,36 +190,37 @@ static void test_linear(PqDtype dt, int bias) {
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
 }
 
-// q, k, v as one group: the joined weights (pq_dev_weights: one product, split with the biases) and weights
-// uploaded one by one (three products) against the CPU twins, forward and backward
-static void test_linear_group(PqDtype dt, int bias, int joined) {
-    int N = 133, C = 256, oc[3] = {320, 64, 64};
+// A group on one input against the CPU twins, forward and backward: q, k, v (n 3) or gate, up (n 2), the
+// weights joined at load (pq_dev_weights) or uploaded one by one; bias: a bitmask of the members with one
+static void test_linear_group(PqDtype dt, int n, int bias, int joined) {
+    int N = 133, C = 256, oc3[3] = {320, 64, 64}, oc2[2] = {448, 448};
+    const int *oc = n == 3 ? oc3 : oc2;
     PqWeight hw[3], dw[3];
     float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3], *gout[3], *dy[3], *gdy[3];
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < n; t++) {
         hw[t] = dw[t] = hweight(oc[t], C, dt, 0.1f, NULL);
-        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
+        if (bias >> t & 1) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
         out[t] = hnan((size_t)N * oc[t]), gout[t] = dnan((size_t)N * oc[t]);
         dy[t] = hrand((size_t)N * oc[t], 1), gdy[t] = dev(dy[t], (size_t)N * oc[t] * 4);
     }
-    if (joined) pq_dev_weights(dw, 3);
+    if (joined) pq_dev_weights(dw, n);
     else
-        for (int t = 0; t < 3; t++) dw[t] = pq_dev_weight(hw[t]);
+        for (int t = 0; t < n; t++) dw[t] = pq_dev_weight(hw[t]);
     float *x = hrand((size_t)N * C, 1), *dx = hrand((size_t)N * C, 1);
     float *dX = dev(x, (size_t)N * C * 4), *gdx = dev(dx, (size_t)N * C * 4);
-    pq_cpu_linear_group_forward(out, x, hw, (const float *const *)b, 3, N, C);
-    pq_linear_group_forward(gout, dX, dw, (const float *const *)db, 3, N, C);
+    pq_cpu_linear_group_forward(out, x, hw, (const float *const *)b, n, N, C);
+    pq_linear_group_forward(gout, dX, dw, (const float *const *)db, n, N, C);
     char name[96];
-    for (int t = 0; t < 3; t++) {
-        snprintf(name, sizeof name, "linear_group_forward %s%s%s [%d]", pq_dtype_name(dt), bias ? " bias" : "",
-                 joined ? " joined" : "", t);
+    for (int t = 0; t < n; t++) {
+        snprintf(name, sizeof name, "linear_group_forward %s n%d%s%s [%d]", pq_dtype_name(dt), n,
+                 b[t] ? " bias" : "", joined ? " joined" : "", t);
         cmp(name, out[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
     }
-    pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, 3, N, C);
-    pq_linear_group_backward(gdx, (const float *const *)gdy, dw, 3, N, C);
-    snprintf(name, sizeof name, "linear_group_backward %s%s", pq_dtype_name(dt), joined ? " joined" : "");
+    pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, n, N, C);
+    pq_linear_group_backward(gdx, (const float *const *)gdy, dw, n, N, C);
+    snprintf(name, sizeof name, "linear_group_backward %s n%d%s", pq_dtype_name(dt), n, joined ? " joined" : "");
     cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < n; t++) {
         pq_dev_weight_free(&dw[t]);
         free((void *)hw[t].data), free(b[t]), free(out[t]), free(dy[t]);
         pq_dev_free(db[t]), pq_dev_free(gout[t]), pq_dev_free(gdy[t]);
@@ -265,7 +267,12 @@ static void test_linear_rows(PqDtype dt, int N) {
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(gout);
 }
 
-static void test_lora(int with_dinp) {
+// kind: the products' kernel (lib/cuda/tuning.h); TF32's 10-bit mantissas get a looser bound
+static void test_lora(int with_dinp, int kind) {
+    static const char *kinds[PQ_LORA_KINDS] = {"", " tf32", " lt", " sgemm_t"};
+    double tol = kind == PQ_LORA_TF32 ? 1e-2 : 2e-5;
+    char name[96];
+    pq_cuda_set_lora_gemm(kind);
     int N = 97, C = 200, OC = 150, r = 8;
     float sc = 2.0f;
     float *x = hrand((size_t)N * C, 1), *A = hrand((size_t)r * C, 0.2f), *B = hrand((size_t)OC * r, 0.2f);
@@ -279,17 +286,23 @@ static void test_lora(int with_dinp) {
     pq_cpu_lora_forward(out, xa, x, A, B, sc, N, C, OC, r);
     pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
     if (with_dinp) {
-        cmp("lora_forward out", out, gout, (size_t)N * OC, 2e-5);
-        cmp("lora_forward xa", xa, gxa, (size_t)N * r, 2e-5);
+        snprintf(name, sizeof name, "lora_forward out%s", kinds[kind]);
+        cmp(name, out, gout, (size_t)N * OC, tol);
+        snprintf(name, sizeof name, "lora_forward xa%s", kinds[kind]);
+        cmp(name, xa, gxa, (size_t)N * r, tol);
     }
     pq_cpu_lora_backward(with_dinp ? dx : NULL, dA, dB, dxa, dy, x, xa, A, B, sc, N, C, OC, r);
     pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa, gA, gB, sc, N, C, OC, r);
-    cmp(with_dinp ? "lora_backward dA" : "lora_backward dA (no dinp)", dA, gdA, (size_t)r * C, 2e-5);
-    cmp(with_dinp ? "lora_backward dB" : "lora_backward dB (no dinp)", dB, gdB, (size_t)OC * r, 2e-5);
-    cmp(with_dinp ? "lora_backward dinp" : "lora_backward dinp untouched", dx, gdx, (size_t)N * C, 2e-5);
+    snprintf(name, sizeof name, "lora_backward dA%s%s", with_dinp ? "" : " (no dinp)", kinds[kind]);
+    cmp(name, dA, gdA, (size_t)r * C, tol);
+    snprintf(name, sizeof name, "lora_backward dB%s%s", with_dinp ? "" : " (no dinp)", kinds[kind]);
+    cmp(name, dB, gdB, (size_t)OC * r, tol);
+    snprintf(name, sizeof name, "lora_backward dinp%s%s", with_dinp ? "" : " untouched", kinds[kind]);
+    cmp(name, dx, gdx, (size_t)N * C, tol);
     free(x), free(A), free(B), free(out), free(xa), free(dy), free(dA), free(dB), free(dx), free(dxa);
     float *p[] = {gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) pq_dev_free(p[i]);
+    pq_cuda_set_lora_gemm(-1);
 }
 
 static void test_rope(void) {
@@ -539,10 +552,16 @@ static void g_linear(void) {
     }
     test_linear_range(PQ_BF16);
     test_linear_range(PQ_F16);
-    for (int j = 0; j < 2; j++) {
-        test_linear_group(PQ_F32, 1, j);
-        test_linear_group(PQ_BF16, j, j);
-        test_linear_group(PQ_F16, 1, j);
+    for (int j = 0; j < 2; j++) { // q, k, v: every member biased (Qwen2), none, and only some
+        test_linear_group(PQ_F32, 3, 7, j);
+        test_linear_group(PQ_BF16, 3, j ? 7 : 0, j);
+        test_linear_group(PQ_F16, 3, 7, j);
+        test_linear_group(PQ_BF16, 3, 5, j);
+    }
+    for (int j = 0; j < 2; j++) { // gate, up
+        test_linear_group(PQ_F32, 2, 0, j);
+        test_linear_group(PQ_BF16, 2, 0, j);
+        test_linear_group(PQ_F16, 2, j ? 2 : 0, j);
     }
     for (int n = 1; n <= 3; n += 2) {
         test_linear_rows(PQ_F32, n);
@@ -551,8 +570,10 @@ static void g_linear(void) {
     }
 }
 static void g_lora(void) {
-    test_lora(1);
-    test_lora(0);
+    for (int kind = PQ_LORA_SGEMM; kind < PQ_LORA_KINDS; kind++) { // each PQ_LORA_GEMM
+        test_lora(1, kind);
+        test_lora(0, kind);
+    }
 }
 static void g_rope(void) { test_rope(); }
 static void g_attention(void) {

@@ -1,0 +1,22 @@
+// tuning.h: the CUDA backend's internal choices that tests/gpu/bench-7b
+// switches between timings (C declarations; defined in backend.cu).
+#ifndef PQ_CUDA_TUNING_H
+#define PQ_CUDA_TUNING_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The kernel of the LoRA products (f32, r small), otherwise PQ_LORA_GEMM=sgemm|tf32|lt|sgemm_t, read
+// once: cublasSgemm (the default), cublasGemmEx on tensor cores with TF32 inputs (10-bit mantissas: not
+// the default, its results differ), cuBLASLt f32 with the heuristic's algorithm (cublasSgemm where it has
+// none), or cublasSgemm computing the r-wide products (xa, dxa, dB) as their transposes, so that the
+// long side (N or OC) is the rows, put back in place by a small kernel.
+// pq_cuda_set_lora_gemm(-1): PQ_LORA_GEMM's choice again.
+enum { PQ_LORA_SGEMM = 0, PQ_LORA_TF32, PQ_LORA_LT, PQ_LORA_SGEMM_T, PQ_LORA_KINDS };
+void pq_cuda_set_lora_gemm(int kind);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
