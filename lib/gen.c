@@ -278,12 +278,15 @@ static int kv_paged(void) {
 }
 
 // The paged cache: blocks for every slot at full context, at most what a
-// share of the free memory holds, at most PQ_KV_BLOCKS.
+// share of the free memory holds, at most PQ_KV_BLOCKS. bf16 on the GPU,
+// except for an f32 model's: f32 there as on the CPU, so that an f32
+// model's greedy ids are the CPU build's.
 static void paged_new(PqGen *g) {
     const PqConfig *c = &g->m->cfg;
     int cuda = !strcmp(pq_ops_backend(), "cuda");
-    g->kdt = cuda ? PQ_BF16 : PQ_F32;
-    g->kelem = cuda ? 2 : 4;
+    int half = cuda && c->dtype != PQ_F32;
+    g->kdt = half ? PQ_BF16 : PQ_F32;
+    g->kelem = half ? 2 : 4;
     long want = (long)g->S * ((g->Tmax + BLOCK_T - 1) / BLOCK_T) + 1;
     size_t avail = pq_dev_free_bytes();
     long nb = avail ? pq_kvpage_blocks_for_bytes((size_t)((double)avail * (cuda ? 0.8 : 0.5)), c->L, c->KVH, c->HS,
