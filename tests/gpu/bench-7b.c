@@ -386,7 +386,7 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
     // steps that prefill (with the decode rows that ride along) and steps that only decode
     double pf_t = 0, pf_flops = 0, dc_t = 0, dc_wbytes = 0, dc_kvbytes = 0, kv_peak = 0;
     long long pf_tok = 0, pf_gen = 0, pf_steps = 0, dc_gen = 0, dc_steps = 0, dc_rows = 0, seen = 0, pf_all = 0;
-    int next = 0, step = 0, off = 0; // next request to be prefilled; off: the schedule model missed a step
+    int next = 0, step = 0, off = 0, all_in = 0; // next request to be prefilled; off: the schedule model missed a step
     while (pq_gen_pending(g) > 0) {
         long long pf0, gn0, pf1, gn1;
         pq_gen_counts(g, &pf0, &gn0, NULL);
@@ -400,7 +400,7 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
         pf_all += dpf;
         while (next < R && seen + P[next] <= pf_all) seen += P[next], admitted[next++] = step;
         // rows decoding: the samples of requests prefilled earlier and not done; their contexts
-        long long rows = 0;
+        long long rows = 0, nlive = 0;
         double ctx_bytes = 0, attn = 0, live = 0;
         for (int r = 0; r < R; r++) {
             int s = admitted[r];
@@ -414,9 +414,18 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
                     attn += 4.0 * k.n * n * c->NH * c->HS;
                 }
             }
-            if (s <= step && step <= s + G - 1) live += P[r] + (double)k.n * (step - s);
+            if (s <= step && step <= s + G - 1) live += P[r] + (double)k.n * (step - s), nlive += k.n;
         }
         if (live * kv_pos * c->L > kv_peak) kv_peak = live * kv_pos * c->L;
+        if (!all_in && nlive == (long long)R * k.n) { // said at once: a run cut short later still tells
+            all_in = 1;
+            printf("gen: %s: step %d: all %lld sequences in the cache, %.2f GB of KV in use (of %.1f GB allocated); "
+                   "peak device memory %.1f GB\n",
+                   k.name, step, nlive, live * kv_pos * c->L / 1e9, kv_gb, pq_dev_peak_bytes() / 1e9);
+            printf("RESULT gen_%s_all_in_kv_gb %.2f\nRESULT gen_%s_kv_gb %.1f\nRESULT gen_%s_peak_gb %.1f\n", k.name,
+                   live * kv_pos * c->L / 1e9, k.name, kv_gb, k.name, pq_dev_peak_bytes() / 1e9);
+            fflush(stdout);
+        }
         int started = next - first;
         if (!off && rows != dgn - (long long)k.n * started) {
             printf("gen: %s: step %d: %lld rows expected, %lld generated less %d first tokens: rows and bytes "
@@ -473,6 +482,7 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
            nm, dc_tps, nm, ms, nm, gbs, nm, gbs / peak_gbs);
     printf("RESULT gen_%s_kv_gb %.1f\nRESULT gen_%s_kv_used_gb %.2f\nRESULT gen_%s_peak_gb %.1f\nRESULT gen_%s_ok %d\n",
            nm, kv_gb, nm, kv_peak / 1e9, nm, pq_dev_peak_bytes() / 1e9, nm, !rc);
+    fflush(stdout); // a run killed in a later case keeps this one's lines
     for (int r = 0; r < R; r++) free(prompts[r]);
     free(prompts), free(P), free(admitted);
     return rc;
@@ -528,8 +538,9 @@ static int gen_bench(const PqModel *m, const char *which, int slots, int prompt,
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--checkpoint auto|on|off] "
-                        "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops|gen] [--gen-case all|b1,b64,n10,b256] "
-                        "[--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] [--peak-gbs G]\n");
+                        "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops|gen] "
+                        "[--gen-case all|b1,b64,n10,b256] [--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] "
+                        "[--peak-gbs G]\n");
         return 2;
     }
     int T = 2048, S = 2, iters = 3, r = 16, ckpt = 1, dev = 0;
