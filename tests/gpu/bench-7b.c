@@ -443,6 +443,11 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
             dc_wbytes += weight_bytes(c, rows), dc_kvbytes += ctx_bytes;
         }
         step++;
+        if (step % 128 == 0) { // how far a run cut short got
+            printf("gen: %s: step %d, %.1f s: %lld tokens prefilled, %lld generated\n", k.name, step, now_s() - t0, pf1,
+                   gn1);
+            fflush(stdout);
+        }
     }
     double total = now_s() - t0;
     long long prefilled, generated, steps;
