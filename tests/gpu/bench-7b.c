@@ -8,13 +8,14 @@
 // --what gen generates through lib/gen.h (continuous batching, the paged
 // cache, sampling on the device): prefill and decode tokens/s, the
 // prefill's MFU, the decode's bandwidth use against --peak-gbs, the KV
-// cache's size, for the cases of --gen-case (b1, b64, n10, b256; all: every
-// one but b256), their slots, prompt and new tokens overridden by
-// --gen-slots, --gen-prompt, --gen-new, greedy everywhere with --gen-greedy.
+// cache's size, for the cases of --gen-case (b1, b64, n10, n10j8: n10 in
+// 8 slots, b256; all: b1, b64, n10), their slots, prompt and new tokens
+// overridden by --gen-slots, --gen-prompt, --gen-new, greedy everywhere
+// with --gen-greedy.
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
 //            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N]
-//            [--what logp|dpo|both|ops|gen] [--gen-case all|b1,b64,n10,b256] [--gen-slots S] [--gen-prompt P]
-//            [--gen-new G] [--gen-greedy] [--peak-gbs 4800]
+//            [--what logp|dpo|both|ops|gen] [--gen-case all|b1,b64,n10,n10j8,b256]
+//            [--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] [--peak-gbs 4800]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,20 +312,22 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
 
 // A case: nreq requests of n samples each, prompts of plo..phi tokens
 // (random ids), new tokens each (no end token: every sample runs to its
-// budget), slots decoded together, greedy or T=1 top-p 0.95.
+// budget), slots decoded together, greedy or T=1 top-p 0.95; in --gen-case all or not.
 typedef struct GenCase {
     const char *name;
-    int nreq, n, plo, phi, new_tokens, slots, greedy;
+    int nreq, n, plo, phi, new_tokens, slots, greedy, all;
 } GenCase;
 
 static const GenCase gen_cases[] = {
-    {"b1", 1, 1, 512, 512, 64, 1, 1},
-    {"b64", 64, 1, 512, 512, 128, 64, 0},
+    {"b1", 1, 1, 512, 512, 64, 1, 1, 1},
+    {"b64", 64, 1, 512, 512, 128, 64, 0, 1},
     // pq-summarize -n 10 --max-tokens 128 on the 15 bundled articles, every sample in a slot (-j 150)
-    {"n10", 15, 10, 500, 900, 128, 150, 0},
+    {"n10", 15, 10, 500, 900, 128, 150, 0, 1},
+    // the same through pq-summarize's default -j 8: 8 slots
+    {"n10j8", 15, 10, 500, 900, 128, 8, 0, 0},
     // 256 sequences of 2,048 tokens in the cache at once: one prompt is prefilled a step (the
     // prefill budget), so 256 new tokens keep the first sequence until the last has started
-    {"b256", 256, 1, 1792, 1792, 256, 256, 1},
+    {"b256", 256, 1, 1792, 1792, 256, 256, 1, 0},
 };
 
 typedef struct GenRun {
@@ -427,11 +430,16 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
             fflush(stdout);
         }
         int started = next - first;
-        if (!off && rows != dgn - (long long)k.n * started) {
-            printf("gen: %s: step %d: %lld rows expected, %lld generated less %d first tokens: rows and bytes "
-                   "estimated from here on (preemption or fewer slots than samples)\n",
-                   k.name, step, rows, dgn, k.n * started);
+        long long seen_rows = dgn - (long long)k.n * started;
+        if (rows != seen_rows) { // the model is off: the rows seen, of the contexts it gives (an estimate)
+            if (!off)
+                printf("gen: %s: step %d: %lld rows expected, %lld generated less %d first tokens: rows and bytes "
+                       "estimated from here on (preemption or fewer slots than samples)\n",
+                       k.name, step, rows, dgn, k.n * started);
             off = 1;
+            seen_rows = seen_rows < 0 ? 0 : seen_rows > k.slots ? k.slots : seen_rows;
+            double f = rows > 0 ? (double)seen_rows / rows : 0;
+            ctx_bytes *= f, attn *= f, rows = seen_rows;
         }
         if (dpf > 0) {
             pf_t += dt, pf_tok += dpf, pf_gen += dgn, pf_steps++;
@@ -493,11 +501,11 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
     return rc;
 }
 
-// --gen-case: a comma-separated list of gen_cases' names, or all (every one but b256).
+// --gen-case: a comma-separated list of gen_cases' names, or all (b1, b64, n10).
 static int gen_bench(const PqModel *m, const char *which, int slots, int prompt, int new_tokens, int greedy,
                      double peak, double peak_gbs) {
     { // warm-up: the first products' plans, the first allocations
-        GenCase w = {"warm-up", 2, 2, 64, 64, 4, 4, 0};
+        GenCase w = {"warm-up", 2, 2, 64, 64, 4, 4, 0, 0};
         int32_t no_eos[1] = {0};
         PqGen *g = pq_gen_new(m, NULL, w.slots, no_eos, 0);
         GenRun run = {m->cfg.V, 0, 0};
@@ -518,7 +526,7 @@ static int gen_bench(const PqModel *m, const char *which, int slots, int prompt,
         int pick = 0;
         for (const char *s = which; *s;) {
             size_t l = strcspn(s, ",");
-            if ((l == n && !strncmp(s, k.name, n)) || (l == 3 && !strncmp(s, "all", 3) && strcmp(k.name, "b256")))
+            if ((l == n && !strncmp(s, k.name, n)) || (l == 3 && !strncmp(s, "all", 3) && k.all))
                 pick = 1;
             s += l + (s[l] == ',');
         }
@@ -534,7 +542,7 @@ static int gen_bench(const PqModel *m, const char *which, int slots, int prompt,
         ran++;
     }
     if (!ran) {
-        fprintf(stderr, "bench-7b: --gen-case %s: no such case (b1, b64, n10, b256, all)\n", which);
+        fprintf(stderr, "bench-7b: --gen-case %s: no such case (b1, b64, n10, n10j8, b256, all)\n", which);
         return 2;
     }
     return rc;
@@ -544,8 +552,8 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--checkpoint auto|on|off] "
                         "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops|gen] "
-                        "[--gen-case all|b1,b64,n10,b256] [--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] "
-                        "[--peak-gbs G]\n");
+                        "[--gen-case all|b1,b64,n10,n10j8,b256] [--gen-slots S] [--gen-prompt P] [--gen-new G] "
+                        "[--gen-greedy] [--peak-gbs G]\n");
         return 2;
     }
     int T = 2048, S = 2, iters = 3, r = 16, ckpt = 1, dev = 0;
