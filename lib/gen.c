@@ -280,7 +280,9 @@ static int kv_paged(void) {
 }
 
 // The paged cache: blocks for every slot at full context, at most what a
-// share of the free memory holds, at most PQ_KV_BLOCKS.
+// share of the free memory holds, at most PQ_KV_BLOCKS. bf16 on the GPU,
+// except for an f32 model's: f32 there as on the CPU, so that an f32
+// model's greedy ids are the CPU build's.
 static void paged_new(PqGen *g) {
     const PqConfig *c = &g->m->cfg;
     int cuda = !strcmp(pq_ops_backend(), "cuda");

@@ -38,6 +38,12 @@ def to_bytes(a, dtype):
     return "BF16", r.tobytes()
 
 
+def bf16_values(a):
+    """a float32 array rounded to the nearest bf16 values (still float32)"""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+
 def write_safetensors(path, tensors, dtype):
     """tensors: list of (name, float32 array); written in dtype (norms too, as HF does)."""
     header, blobs, off = {}, [], 0
@@ -112,6 +118,8 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--std", type=float, default=0.1, help="std of the random weights")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16-values", action="store_true",
+                    help="weights rounded to bf16's values, whatever --dtype (f32 files of them compress 3x)")
     a = ap.parse_args()
 
     os.makedirs(a.out, exist_ok=True)
@@ -179,6 +187,8 @@ def main():
     if not a.tie:
         t.append(("lm_head.weight", w(V, C)))
 
+    if a.bf16_values:
+        t = [(k, bf16_values(x)) for k, x in t]
     if a.shards <= 1:
         write_safetensors(os.path.join(a.out, "model.safetensors"), t, a.dtype)
     else:

@@ -5,8 +5,17 @@
 // and one "RESULT key value" line per figure for scripts/gpu-check.
 // --what ops times each operation of one layer at the same batch instead
 // (the breakdown that says where a forward's or a step's time goes).
+// --what gen generates through lib/gen.h (continuous batching, the paged
+// cache, sampling on the device): prefill and decode tokens/s, the
+// prefill's MFU, the decode's bandwidth use against --peak-gbs, the KV
+// cache's size, for the cases of --gen-case (b1, b64, n10, n10j8: n10 in
+// 8 slots, b256; all: b1, b64, n10), their slots, prompt and new tokens
+// overridden by --gen-slots, --gen-prompt, --gen-new, greedy everywhere
+// with --gen-greedy.
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
-//            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N] [--what logp|dpo|both|ops]
+//            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N]
+//            [--what logp|dpo|both|ops|gen] [--gen-case all|b1,b64,n10,n10j8,b256]
+//            [--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] [--peak-gbs 4800]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +24,7 @@
 
 #include "cuda/tuning.h"
 #include "dpo.h"
+#include "gen.h"
 #include "ops_grad.h"
 #include "model.h"
 #include "optim.h"
@@ -328,15 +338,258 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     return 0;
 }
 
+// ---- --what gen: generation through lib/gen.h (issue 11) ----
+
+// A case: nreq requests of n samples each, prompts of plo..phi tokens
+// (random ids), new tokens each (no end token: every sample runs to its
+// budget), slots decoded together, greedy or T=1 top-p 0.95; in --gen-case all or not.
+typedef struct GenCase {
+    const char *name;
+    int nreq, n, plo, phi, new_tokens, slots, greedy, all;
+} GenCase;
+
+static const GenCase gen_cases[] = {
+    {"b1", 1, 1, 512, 512, 64, 1, 1, 1},
+    {"b64", 64, 1, 512, 512, 128, 64, 0, 1},
+    // pq-summarize -n 10 --max-tokens 128 on the 15 bundled articles, every sample in a slot (-j 150)
+    {"n10", 15, 10, 500, 900, 128, 150, 0, 1},
+    // the same through pq-summarize's default -j 8: 8 slots
+    {"n10j8", 15, 10, 500, 900, 128, 8, 0, 0},
+    // 256 sequences of 2,048 tokens in the cache at once: one prompt is prefilled a step (the
+    // prefill budget), so 256 new tokens keep the first sequence until the last has started
+    {"b256", 256, 1, 1792, 1792, 256, 256, 1, 0},
+};
+
+typedef struct GenRun {
+    int V, bad;        // samples with a wrong length or id
+    long long samples; // finished
+} GenRun;
+
+static void gen_done(void *user, PqGenOut *outs, int n, const char *error, int cancelled) {
+    GenRun *run = user;
+    if (error || cancelled) {
+        fprintf(stderr, "bench-7b: generation: %s\n", error ? error : "cancelled");
+        run->bad++;
+        return;
+    }
+    for (int k = 0; k < n; k++) {
+        run->samples++;
+        for (int t = 0; t < outs[k].n; t++)
+            if (outs[k].ids[t] < 0 || outs[k].ids[t] >= run->V) run->bad++;
+    }
+}
+
+// Weight bytes a decode step reads: every matmul weight once (bf16), the LM
+// head, and the embedding rows of its tokens.
+static double weight_bytes(const PqConfig *c, long long rows) {
+    return 2.0 * (block_params(c) + (double)c->V * c->C + (double)rows * c->C);
+}
+
+// Runs one case; prints "gen:" lines and RESULT gen_<case>_* lines. Returns 1 when
+// a sample came back wrong.
+static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
+    const PqConfig *c = &m->cfg;
+    int R = k.nreq, G = k.new_tokens;
+    int kelem = c->dtype == PQ_F32 ? 4 : 2; // the paged cache's element on the GPU (gen.c's paged_new)
+    double kv_pos = 2.0 * c->KVH * c->HS * kelem; // bytes of one position's K and V in one layer
+    int *P = pq_xmalloc((size_t)R * sizeof *P), *admitted = pq_xmalloc((size_t)R * sizeof *admitted);
+    int32_t **prompts = pq_xmalloc((size_t)R * sizeof *prompts);
+    long long want_prompt = 0;
+    for (int r = 0; r < R; r++) {
+        P[r] = k.plo + (k.phi > k.plo ? (int)(rnd() % (uint64_t)(k.phi - k.plo + 1)) : 0);
+        if (P[r] + G > c->max_pos) P[r] = c->max_pos - G;
+        prompts[r] = pq_xmalloc((size_t)P[r] * sizeof **prompts);
+        for (int t = 0; t < P[r]; t++) prompts[r][t] = (int32_t)(rnd() % (uint64_t)c->V);
+        admitted[r] = -1;
+        want_prompt += P[r];
+    }
+    PqGenParams gp;
+    pq_gen_params_init(&gp);
+    gp.max_tokens = G;
+    gp.temperature = k.greedy ? 0.0f : 1.0f;
+    gp.top_p = k.greedy ? 1.0f : 0.95f;
+    size_t free0 = pq_dev_free_bytes();
+    int32_t no_eos[1] = {0};
+    PqGen *g = pq_gen_new(m, NULL, k.slots, no_eos, 0);
+    size_t free1 = pq_dev_free_bytes();
+    double kv_gb = free0 > free1 ? (double)(free0 - free1) / 1e9 : 0;
+    GenRun run = {c->V, 0, 0};
+    double t0 = now_s();
+    for (int r = 0; r < R; r++) pq_gen_submit(g, prompts[r], P[r], k.n, 1000 + (uint64_t)r, &gp, gen_done, &run);
+    // steps that prefill (with the decode rows that ride along) and steps that only decode
+    double pf_t = 0, pf_flops = 0, dc_t = 0, dc_wbytes = 0, dc_kvbytes = 0, kv_peak = 0;
+    long long pf_tok = 0, pf_gen = 0, pf_steps = 0, dc_gen = 0, dc_steps = 0, dc_rows = 0, seen = 0, pf_all = 0;
+    int next = 0, step = 0, off = 0, all_in = 0; // next request to be prefilled; off: the schedule model missed a step
+    while (pq_gen_pending(g) > 0) {
+        long long pf0, gn0, pf1, gn1;
+        pq_gen_counts(g, &pf0, &gn0, NULL);
+        double t = now_s();
+        pq_gen_step(g);
+        double dt = now_s() - t;
+        pq_gen_counts(g, &pf1, &gn1, NULL);
+        long long dpf = pf1 - pf0, dgn = gn1 - gn0;
+        // the prompts prefilled in this step (FIFO, whole prompts)
+        int first = next;
+        pf_all += dpf;
+        while (next < R && seen + P[next] <= pf_all) seen += P[next], admitted[next++] = step;
+        // rows decoding: the samples of requests prefilled earlier and not done; their contexts
+        long long rows = 0, nlive = 0;
+        double ctx_bytes = 0, attn = 0, live = 0;
+        for (int r = 0; r < R; r++) {
+            int s = admitted[r];
+            if (s < 0) continue;
+            if (s < step && step <= s + G - 1) {
+                int ctx = P[r] + (step - s);
+                rows += k.n;
+                for (int l = 0; l < c->L; l++) {
+                    int w = pq_layer_window(c, l), n = w > 0 && ctx > w + 1 ? w + 1 : ctx;
+                    ctx_bytes += (double)k.n * n * kv_pos;
+                    attn += 4.0 * k.n * n * c->NH * c->HS;
+                }
+            }
+            if (s <= step && step <= s + G - 1) live += P[r] + (double)k.n * (step - s), nlive += k.n;
+        }
+        if (live * kv_pos * c->L > kv_peak) kv_peak = live * kv_pos * c->L;
+        if (!all_in && nlive == (long long)R * k.n) { // said at once: a run cut short later still tells
+            all_in = 1;
+            printf("gen: %s: step %d: all %lld sequences in the cache, %.2f GB of KV in use (of %.1f GB allocated); "
+                   "peak device memory %.1f GB\n",
+                   k.name, step, nlive, live * kv_pos * c->L / 1e9, kv_gb, pq_dev_peak_bytes() / 1e9);
+            printf("RESULT gen_%s_all_in_kv_gb %.2f\nRESULT gen_%s_kv_gb %.1f\nRESULT gen_%s_peak_gb %.1f\n", k.name,
+                   live * kv_pos * c->L / 1e9, k.name, kv_gb, k.name, pq_dev_peak_bytes() / 1e9);
+            fflush(stdout);
+        }
+        int started = next - first;
+        long long seen_rows = dgn - (long long)k.n * started;
+        if (rows != seen_rows) { // the model is off: the rows seen, of the contexts it gives (an estimate)
+            if (!off)
+                printf("gen: %s: step %d: %lld rows expected, %lld generated less %d first tokens: rows and bytes "
+                       "estimated from here on (preemption or fewer slots than samples)\n",
+                       k.name, step, rows, dgn, k.n * started);
+            off = 1;
+            seen_rows = seen_rows < 0 ? 0 : seen_rows > k.slots ? k.slots : seen_rows;
+            double f = rows > 0 ? (double)seen_rows / rows : 0;
+            ctx_bytes *= f, attn *= f, rows = seen_rows;
+        }
+        if (dpf > 0) {
+            pf_t += dt, pf_tok += dpf, pf_gen += dgn, pf_steps++;
+            double f = 2 * block_params(c) * (double)(dpf + rows) + 2.0 * c->V * c->C * (double)(started + rows);
+            for (int r = first; r < next; r++) f += attn_flops(c, P[r], 1);
+            pf_flops += f + attn;
+        } else {
+            dc_t += dt, dc_gen += dgn, dc_steps++, dc_rows += rows;
+            dc_wbytes += weight_bytes(c, rows), dc_kvbytes += ctx_bytes;
+        }
+        step++;
+        if (step % 128 == 0) { // how far a run cut short got
+            printf("gen: %s: step %d, %.1f s: %lld tokens prefilled, %lld generated\n", k.name, step, now_s() - t0, pf1,
+                   gn1);
+            fflush(stdout);
+        }
+    }
+    double total = now_s() - t0;
+    long long prefilled, generated, steps;
+    pq_gen_counts(g, &prefilled, &generated, &steps);
+    pq_gen_free(g);
+    int rc = 0;
+    long long want = (long long)R * k.n * G;
+    if (run.bad || run.samples != (long long)R * k.n || generated != want) {
+        printf("gen: %s: FAIL: %lld samples of %d, %lld tokens of %lld, %d bad\n", k.name, run.samples, R * k.n,
+               generated, want, run.bad);
+        rc = 1;
+    }
+    const char *nm = k.name;
+    double pf_tps = pf_t > 0 ? pf_tok / pf_t : 0, mfu = pf_t > 0 ? pf_flops / pf_t / (peak * 1e12) : 0;
+    double dc_tps = dc_t > 0 ? dc_gen / dc_t : 0, ms = dc_steps ? 1e3 * dc_t / dc_steps : 0;
+    double gbs = dc_t > 0 ? (dc_wbytes + dc_kvbytes) / dc_t / 1e9 : 0, e2e = generated / total;
+    double per = dc_steps ? 1e9 * (double)dc_steps : 1; // GB a step
+    printf("gen: %s: %d request(s) x %d sample(s), prompts %d-%d tokens, %d new each, %d slots, %s: %lld tokens "
+           "generated in %.3f s (%lld steps): %.0f tok/s end to end\n",
+           nm, R, k.n, k.plo, k.phi, G, k.slots, k.greedy ? "greedy" : "T=1 top-p 0.95 on the device", generated,
+           total, steps, e2e);
+    printf("gen: %s: prefill %lld tokens in %lld step(s) (%lld tokens sampled in them), %.3f s: %.0f tok/s, "
+           "%.1f TFLOP/s, MFU %.1f%% (of %.0f)%s\n",
+           nm, pf_tok, pf_steps, pf_gen, pf_t, pf_tps, pf_t > 0 ? pf_flops / pf_t / 1e12 : 0, 100 * mfu, peak,
+           prefilled > want_prompt ? " (preempted sequences recomputed)" : "");
+    printf("gen: %s: decode %lld steps of %.1f rows on average, %.3f s: %.2f ms a step, %.0f tok/s; reads %.2f GB "
+           "a step (weights %.2f, KV %.2f, every row its whole context): %.0f GB/s, %.1f%% of %.0f GB/s\n",
+           nm, dc_steps, dc_steps ? (double)dc_rows / dc_steps : 0, dc_t, ms, dc_tps, (dc_wbytes + dc_kvbytes) / per,
+           dc_wbytes / per, dc_kvbytes / per, gbs,
+           100 * gbs / peak_gbs, peak_gbs);
+    printf("gen: %s: KV cache %.1f GB allocated, at most %.2f GB in use; peak device memory %.1f GB\n", nm, kv_gb,
+           kv_peak / 1e9, pq_dev_peak_bytes() / 1e9);
+    printf("RESULT gen_%s_e2e_tok_s %.0f\nRESULT gen_%s_prefill_tok_s %.0f\nRESULT gen_%s_prefill_mfu %.3f\n", nm, e2e,
+           nm, pf_tps, nm, mfu);
+    printf("RESULT gen_%s_decode_tok_s %.0f\nRESULT gen_%s_decode_step_ms %.2f\nRESULT gen_%s_decode_gbs %.0f\n"
+           "RESULT gen_%s_decode_bw_frac %.3f\n",
+           nm, dc_tps, nm, ms, nm, gbs, nm, gbs / peak_gbs);
+    printf("RESULT gen_%s_kv_gb %.1f\nRESULT gen_%s_kv_used_gb %.2f\nRESULT gen_%s_peak_gb %.1f\nRESULT gen_%s_ok %d\n",
+           nm, kv_gb, nm, kv_peak / 1e9, nm, pq_dev_peak_bytes() / 1e9, nm, !rc);
+    fflush(stdout); // a run killed in a later case keeps this one's lines
+    for (int r = 0; r < R; r++) free(prompts[r]);
+    free(prompts), free(P), free(admitted);
+    return rc;
+}
+
+// --gen-case: a comma-separated list of gen_cases' names, or all (b1, b64, n10).
+static int gen_bench(const PqModel *m, const char *which, int slots, int prompt, int new_tokens, int greedy,
+                     double peak, double peak_gbs) {
+    { // warm-up: the first products' plans, the first allocations
+        GenCase w = {"warm-up", 2, 2, 64, 64, 4, 4, 0, 0};
+        int32_t no_eos[1] = {0};
+        PqGen *g = pq_gen_new(m, NULL, w.slots, no_eos, 0);
+        GenRun run = {m->cfg.V, 0, 0};
+        PqGenParams gp;
+        pq_gen_params_init(&gp);
+        gp.max_tokens = w.new_tokens;
+        int32_t *ids = pq_xmalloc((size_t)w.plo * sizeof *ids);
+        for (int t = 0; t < w.plo; t++) ids[t] = (int32_t)(rnd() % (uint64_t)m->cfg.V);
+        for (int r = 0; r < w.nreq; r++) pq_gen_submit(g, ids, w.plo, w.n, 1, &gp, gen_done, &run);
+        while (pq_gen_pending(g) > 0) pq_gen_step(g);
+        pq_gen_free(g);
+        free(ids);
+    }
+    int rc = 0, ran = 0;
+    for (size_t i = 0; i < sizeof gen_cases / sizeof *gen_cases; i++) {
+        GenCase k = gen_cases[i];
+        size_t n = strlen(k.name);
+        int pick = 0;
+        for (const char *s = which; *s;) {
+            size_t l = strcspn(s, ",");
+            if ((l == n && !strncmp(s, k.name, n)) || (l == 3 && !strncmp(s, "all", 3) && k.all))
+                pick = 1;
+            s += l + (s[l] == ',');
+        }
+        if (!pick) continue;
+        if (slots > 0) k.slots = slots;
+        if (prompt > 0) k.plo = k.phi = prompt;
+        if (new_tokens > 0) k.new_tokens = new_tokens;
+        if (greedy) k.greedy = 1;
+        if (k.n > 1 && k.slots < k.nreq * k.n)
+            printf("gen: %s: %d slots for %d samples: rows and bytes of the decode are estimates\n", k.name, k.slots,
+                   k.nreq * k.n);
+        rc |= gen_case(m, k, peak, peak_gbs);
+        ran++;
+    }
+    if (!ran) {
+        fprintf(stderr, "bench-7b: --gen-case %s: no such case (b1, b64, n10, n10j8, b256, all)\n", which);
+        return 2;
+    }
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench-7b CONFIG.json [--seq T] [--seqs S] [--iters K] [--rank R] [--checkpoint auto|on|off] "
-                        "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops]\n");
+                        "[--peak-tflops P] [--device N] [--what logp|dpo|both|ops|gen] "
+                        "[--gen-case all|b1,b64,n10,n10j8,b256] [--gen-slots S] [--gen-prompt P] [--gen-new G] "
+                        "[--gen-greedy] [--peak-gbs G]\n");
         return 2;
     }
     int T = 2048, S = 2, iters = 3, r = 16, ckpt = 1, dev = 0;
-    double peak = 989;
-    const char *what = "both";
+    double peak = 989, peak_gbs = 4800;
+    const char *what = "both", *gen_which = "all";
+    int gen_slots = 0, gen_prompt = 0, gen_new = 0, gen_greedy = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "0";
         if (!strcmp(a, "--seq")) T = atoi(v), i++;
@@ -346,6 +599,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--peak-tflops")) peak = atof(v), i++;
         else if (!strcmp(a, "--device")) dev = atoi(v), i++;
         else if (!strcmp(a, "--what")) what = v, i++;
+        else if (!strcmp(a, "--peak-gbs")) peak_gbs = atof(v), i++;
+        else if (!strcmp(a, "--gen-case")) gen_which = v, i++;
+        else if (!strcmp(a, "--gen-slots")) gen_slots = atoi(v), i++;
+        else if (!strcmp(a, "--gen-prompt")) gen_prompt = atoi(v), i++;
+        else if (!strcmp(a, "--gen-new")) gen_new = atoi(v), i++;
+        else if (!strcmp(a, "--gen-greedy")) gen_greedy = 1;
         else if (!strcmp(a, "--no-checkpoint")) ckpt = PQ_CKPT_OFF;
         else if (!strcmp(a, "--checkpoint"))
             ckpt = !strcmp(v, "auto") ? PQ_CKPT_AUTO : !strcmp(v, "off") ? PQ_CKPT_OFF : PQ_CKPT_ON, i++;
@@ -383,6 +642,7 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "ops")) {
         rc = profile_ops(m, pos, N, r, peak);
     }
+    if (!strcmp(what, "gen")) rc = gen_bench(m, gen_which, gen_slots, gen_prompt, gen_new, gen_greedy, peak, peak_gbs);
     if (!strcmp(what, "logp") || !strcmp(what, "both")) {
         // forward log-probs as pq-logp runs them (LM head on the M response rows)
         double flops = 2 * P * N + fa + 2.0 * M * c->V * c->C;
