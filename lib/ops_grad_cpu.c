@@ -483,3 +483,123 @@ void pq_cpu_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p
         free(buf);
     }
 }
+
+// dropout_forward's threshold and scale for p (p 0: keep everything)
+static uint64_t drop_thr(float p, float *keep) {
+    *keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    if (p >= 1) return UINT64_MAX;
+    return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64
+}
+
+// buf (n, w) = drop(x[i0.., c0..]) of seed: rows of x of stride C from element (i0, c0)
+static void drop_block(float *buf, const float *x, int i0, int c0, int n, int w, int C, uint64_t seed, uint64_t thr,
+                       float keep) {
+    for (int i = 0; i < n; i++) {
+        size_t e0 = (size_t)(i0 + i) * C + c0;
+        const float *xr = x + e0;
+        float *br = buf + (size_t)i * w;
+        for (int c = 0; c < w; c++) br[c] = mix64(seed ^ mix64(e0 + c)) < thr ? 0.0f : xr[c] * keep;
+    }
+}
+
+// Blocks of LG_ROWS rows: each adapter's mask over the block into a buffer of the thread (still in cache
+// from the previous adapter's), then one sgemm against its A.
+#define LG_ROWS 64
+void pq_cpu_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed, float p,
+                          int n, int N, int C, int r) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int nb = (N + LG_ROWS - 1) / LG_ROWS;
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *buf = p > 0 ? pq_xmalloc((size_t)LG_ROWS * C * sizeof *buf) : NULL;
+#pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int i0 = b * LG_ROWS, m = N - i0 < LG_ROWS ? N - i0 : LG_ROWS;
+            for (int t = 0; t < n; t++) {
+                const float *xs = x + (size_t)i0 * C;
+                if (p > 0) drop_block(buf, x, i0, 0, m, C, C, seed[t], thr, keep), xs = buf;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r, C, 1.0f, xs, C, A[t], C, 0.0f,
+                            xa[t] + (size_t)i0 * r, r);
+            }
+        }
+        free(buf);
+    }
+}
+
+// Blocks of LG_COLS columns, one thread each (no sum across threads: deterministic), down the rows
+// LG_KROWS at a time: each adapter's mask over the block, then dA[t]'s columns += dxa[t]^T block.
+#define LG_COLS 256
+#define LG_KROWS 256
+void pq_cpu_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed, float p,
+                          int n, int N, int C, int r) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int nb = (C + LG_COLS - 1) / LG_COLS;
+    if (p <= 0) { // no mask: the products straight from x
+        for (int t = 0; t < n; t++) psgemm(1, 0, r, C, N, 1.0f, dxa[t], r, x, C, 1.0f, dA[t], C);
+        return;
+    }
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *buf = pq_xmalloc((size_t)LG_KROWS * LG_COLS * sizeof *buf);
+#pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int c0 = b * LG_COLS, w = C - c0 < LG_COLS ? C - c0 : LG_COLS;
+            for (int i0 = 0; i0 < N; i0 += LG_KROWS) {
+                int m = N - i0 < LG_KROWS ? N - i0 : LG_KROWS;
+                for (int t = 0; t < n; t++) {
+                    drop_block(buf, x, i0, c0, m, w, C, seed[t], thr, keep);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, w, m, 1.0f, dxa[t] + (size_t)i0 * r, r,
+                                buf, w, 1.0f, dA[t] + c0, C);
+                }
+            }
+        }
+        free(buf);
+    }
+}
+
+// Blocks of LG_ROWS rows: each adapter's dxa A into a buffer of the thread, added to dx through its mask.
+void pq_cpu_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed, float p,
+                          int n, int N, int C, int r) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int nb = (N + LG_ROWS - 1) / LG_ROWS;
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *buf = p > 0 ? pq_xmalloc((size_t)LG_ROWS * C * sizeof *buf) : NULL;
+#pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int i0 = b * LG_ROWS, m = N - i0 < LG_ROWS ? N - i0 : LG_ROWS;
+            float *d = dx + (size_t)i0 * C;
+            for (int t = 0; t < n; t++) {
+                const float *da = dxa[t] + (size_t)i0 * r;
+                if (p <= 0) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, C, r, 1.0f, da, r, A[t], C, 1.0f, d, C);
+                    continue;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, C, r, 1.0f, da, r, A[t], C, 0.0f, buf, C);
+                for (int i = 0; i < m; i++) {
+                    size_t e0 = (size_t)(i0 + i) * C;
+                    const float *br = buf + (size_t)i * C;
+                    float *dr = dx + e0;
+                    for (int c = 0; c < C; c++)
+                        if (!(mix64(seed[t] ^ mix64(e0 + c)) < thr)) dr[c] += br[c] * keep;
+                }
+            }
+        }
+        free(buf);
+    }
+}
+
+// out (N,OC) += scale xa B^T
+void pq_cpu_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
+    psgemm(0, 1, N, OC, r, scale, xa, r, B, r, 1.0f, out, OC);
+}
+
+// dB (OC,r) += scale dout^T xa; dxa (N,r) = scale dout B
+void pq_cpu_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B, float scale,
+                             int N, int OC, int r) {
+    psgemm(1, 0, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
+    psgemm(0, 0, N, r, OC, scale, dout, OC, B, r, 0.0f, dxa, r);
+}
