@@ -491,19 +491,25 @@ static uint64_t drop_thr(float p, float *keep) {
     return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64
 }
 
-// buf (n, w) = drop(x[i0.., c0..]) of seed: rows of x of stride C from element (i0, c0)
-static void drop_block(float *buf, const float *x, int i0, int c0, int n, int w, int C, uint64_t seed, uint64_t thr,
-                       float keep) {
-    for (int i = 0; i < n; i++) {
+// The block of x of m rows and w columns from element (i0, c0) (rows of stride C) through each of n masks:
+// bufs + t * m * w (m, w) = drop_t(block). Each element's index hashed once (into the row buffer h (w)),
+// each seed's hash on top of it.
+static void drop_blocks(float *bufs, uint64_t *h, const float *x, int i0, int c0, int m, int w, int C,
+                        const uint64_t *seed, int n, uint64_t thr, float keep) {
+    for (int i = 0; i < m; i++) {
         size_t e0 = (size_t)(i0 + i) * C + c0;
         const float *xr = x + e0;
-        float *br = buf + (size_t)i * w;
-        for (int c = 0; c < w; c++) br[c] = mix64(seed ^ mix64(e0 + c)) < thr ? 0.0f : xr[c] * keep;
+        for (int c = 0; c < w; c++) h[c] = mix64(e0 + c);
+        for (int t = 0; t < n; t++) {
+            float *br = bufs + ((size_t)t * m + i) * w;
+            uint64_t sd = seed[t];
+            for (int c = 0; c < w; c++) br[c] = mix64(sd ^ h[c]) < thr ? 0.0f : xr[c] * keep;
+        }
     }
 }
 
-// Blocks of LG_ROWS rows: each adapter's mask over the block into a buffer of the thread (still in cache
-// from the previous adapter's), then one sgemm against its A.
+// Blocks of LG_ROWS rows: the block through each adapter's mask into buffers of the thread, then one sgemm
+// per adapter against its A (no mask: straight from x).
 #define LG_ROWS 64
 void pq_cpu_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed, float p,
                           int n, int N, int C, int r) {
@@ -512,23 +518,24 @@ void pq_cpu_lora_xa_group(float *const *xa, const float *x, const float *const *
     int nb = (N + LG_ROWS - 1) / LG_ROWS;
 #pragma omp parallel num_threads(pq_cpu_threads())
     {
-        float *buf = p > 0 ? pq_xmalloc((size_t)LG_ROWS * C * sizeof *buf) : NULL;
+        float *bufs = p > 0 ? pq_xmalloc((size_t)n * LG_ROWS * C * sizeof *bufs) : NULL;
+        uint64_t *h = p > 0 ? pq_xmalloc((size_t)C * sizeof *h) : NULL;
 #pragma omp for schedule(static)
         for (int b = 0; b < nb; b++) {
             int i0 = b * LG_ROWS, m = N - i0 < LG_ROWS ? N - i0 : LG_ROWS;
-            for (int t = 0; t < n; t++) {
-                const float *xs = x + (size_t)i0 * C;
-                if (p > 0) drop_block(buf, x, i0, 0, m, C, C, seed[t], thr, keep), xs = buf;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r, C, 1.0f, xs, C, A[t], C, 0.0f,
+            if (p > 0) drop_blocks(bufs, h, x, i0, 0, m, C, C, seed, n, thr, keep);
+            for (int t = 0; t < n; t++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r, C, 1.0f,
+                            p > 0 ? bufs + (size_t)t * m * C : x + (size_t)i0 * C, C, A[t], C, 0.0f,
                             xa[t] + (size_t)i0 * r, r);
-            }
         }
-        free(buf);
+        free(bufs);
+        free(h);
     }
 }
 
 // Blocks of LG_COLS columns, one thread each (no sum across threads: deterministic), down the rows
-// LG_KROWS at a time: each adapter's mask over the block, then dA[t]'s columns += dxa[t]^T block.
+// LG_KROWS at a time: the block through each adapter's mask, then dA[t]'s columns += dxa[t]^T block.
 #define LG_COLS 256
 #define LG_KROWS 256
 void pq_cpu_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed, float p,
@@ -542,24 +549,26 @@ void pq_cpu_lora_dA_group(float *const *dA, const float *const *dxa, const float
     }
 #pragma omp parallel num_threads(pq_cpu_threads())
     {
-        float *buf = pq_xmalloc((size_t)LG_KROWS * LG_COLS * sizeof *buf);
+        float *bufs = pq_xmalloc((size_t)n * LG_KROWS * LG_COLS * sizeof *bufs);
+        uint64_t *h = pq_xmalloc((size_t)LG_COLS * sizeof *h);
 #pragma omp for schedule(static)
         for (int b = 0; b < nb; b++) {
             int c0 = b * LG_COLS, w = C - c0 < LG_COLS ? C - c0 : LG_COLS;
             for (int i0 = 0; i0 < N; i0 += LG_KROWS) {
                 int m = N - i0 < LG_KROWS ? N - i0 : LG_KROWS;
-                for (int t = 0; t < n; t++) {
-                    drop_block(buf, x, i0, c0, m, w, C, seed[t], thr, keep);
+                drop_blocks(bufs, h, x, i0, c0, m, w, C, seed, n, thr, keep);
+                for (int t = 0; t < n; t++)
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, w, m, 1.0f, dxa[t] + (size_t)i0 * r, r,
-                                buf, w, 1.0f, dA[t] + c0, C);
-                }
+                                bufs + (size_t)t * m * w, w, 1.0f, dA[t] + c0, C);
             }
         }
-        free(buf);
+        free(bufs);
+        free(h);
     }
 }
 
-// Blocks of LG_ROWS rows: each adapter's dxa A into a buffer of the thread, added to dx through its mask.
+// Blocks of LG_ROWS rows: each adapter's dxa A into a buffer of the thread, then dx's rows += the sum of the
+// buffers through their masks (each index hashed once). No mask: the sgemms straight into dx.
 void pq_cpu_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed, float p,
                           int n, int N, int C, int r) {
     float keep;
@@ -567,28 +576,28 @@ void pq_cpu_lora_dx_group(float *dx, const float *const *dxa, const float *const
     int nb = (N + LG_ROWS - 1) / LG_ROWS;
 #pragma omp parallel num_threads(pq_cpu_threads())
     {
-        float *buf = p > 0 ? pq_xmalloc((size_t)LG_ROWS * C * sizeof *buf) : NULL;
+        float *bufs = p > 0 ? pq_xmalloc((size_t)n * LG_ROWS * C * sizeof *bufs) : NULL;
 #pragma omp for schedule(static)
         for (int b = 0; b < nb; b++) {
             int i0 = b * LG_ROWS, m = N - i0 < LG_ROWS ? N - i0 : LG_ROWS;
             float *d = dx + (size_t)i0 * C;
-            for (int t = 0; t < n; t++) {
-                const float *da = dxa[t] + (size_t)i0 * r;
-                if (p <= 0) {
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, C, r, 1.0f, da, r, A[t], C, 1.0f, d, C);
-                    continue;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, C, r, 1.0f, da, r, A[t], C, 0.0f, buf, C);
-                for (int i = 0; i < m; i++) {
-                    size_t e0 = (size_t)(i0 + i) * C;
-                    const float *br = buf + (size_t)i * C;
-                    float *dr = dx + e0;
-                    for (int c = 0; c < C; c++)
-                        if (!(mix64(seed[t] ^ mix64(e0 + c)) < thr)) dr[c] += br[c] * keep;
+            for (int t = 0; t < n; t++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, C, r, 1.0f, dxa[t] + (size_t)i0 * r, r,
+                            A[t], C, p > 0 ? 0.0f : 1.0f, p > 0 ? bufs + (size_t)t * m * C : d, C);
+            if (p <= 0) continue;
+            for (int i = 0; i < m; i++) {
+                size_t e0 = (size_t)(i0 + i) * C;
+                float *dr = dx + e0;
+                for (int c = 0; c < C; c++) {
+                    uint64_t h = mix64(e0 + c);
+                    float s = 0.0f;
+                    for (int t = 0; t < n; t++)
+                        if (!(mix64(seed[t] ^ h) < thr)) s += bufs[((size_t)t * m + i) * C + c];
+                    dr[c] += s * keep;
                 }
             }
         }
-        free(buf);
+        free(bufs);
     }
 }
 
