@@ -1018,8 +1018,9 @@ __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, Lora
     __syncthreads();
     if (c >= C) return;
     float tot[LDX_ROWS];
+    uint64_t h[LDX_ROWS]; // each element's index hashed once for the group
 #pragma unroll
-    for (int i = 0; i < LDX_ROWS; i++) tot[i] = 0.0f;
+    for (int i = 0; i < LDX_ROWS; i++) tot[i] = 0.0f, h[i] = drop ? mix64((size_t)(i0 + i) * C + c) : 0;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const float *sx = sdx + t * LDX_ROWS * rp;
@@ -1036,10 +1037,8 @@ __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, Lora
                 for (int k = 0; k < 16; k++) acc[i] += sx[i * rp + k0 + k] * a[k];
         }
 #pragma unroll
-        for (int i = 0; i < LDX_ROWS; i++) {
-            size_t xi = (size_t)(i0 + i) * C + c;
-            tot[i] += drop ? (mix64(g.seed[t] ^ mix64(xi)) < thr ? 0.0f : acc[i] * keep) : acc[i];
-        }
+        for (int i = 0; i < LDX_ROWS; i++)
+            tot[i] += drop ? (mix64(g.seed[t] ^ h[i]) < thr ? 0.0f : acc[i] * keep) : acc[i];
     }
 #pragma unroll
     for (int i = 0; i < LDX_ROWS; i++)
