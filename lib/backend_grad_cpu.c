@@ -48,3 +48,22 @@ void pq_attention2_backward(float *dq, float *dk, float *dv, const float *dout, 
                             const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
     pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window);
 }
+void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed, float p, int n,
+                      int N, int C, int r) {
+    pq_cpu_lora_xa_group(xa, x, A, seed, p, n, N, C, r);
+}
+void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed, float p, int n,
+                      int N, int C, int r) {
+    pq_cpu_lora_dA_group(dA, dxa, x, seed, p, n, N, C, r);
+}
+void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed, float p, int n,
+                      int N, int C, int r) {
+    pq_cpu_lora_dx_group(dx, dxa, A, seed, p, n, N, C, r);
+}
+void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
+    pq_cpu_lora_up_forward(out, xa, B, scale, N, OC, r);
+}
+void pq_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B, float scale, int N,
+                         int OC, int r) {
+    pq_cpu_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
+}

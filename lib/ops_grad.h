@@ -8,6 +8,9 @@
 
 #include "ops.h"
 
+// The most adapters one lora_*_group call takes (q, k, v share an input; gate, up another).
+#define PQ_LORA_GROUP 4
+
 #define PQ_OPS_GRAD_DECLARE(P)                                                                                 \
     /* dout (N,C), inp (N,C), weight (C), rstd (N) -> dinp (N,C) += (the weight is frozen) */                  \
     void P##rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight,            \
@@ -43,7 +46,23 @@
        with dropout_forward's mask of seed over the N C elements (p 0: no mask). lora_backward with dinp      \
        NULL, then this, is dropout_forward(x) -> lora_backward(dinp = tmp) -> dx += dropout_forward(tmp). */  \
     void P##lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,   \
-                            int r);
+                            int r);                                                                            \
+    /* LoRA on a group of n (1..PQ_LORA_GROUP) adapters sharing one input x (N,C), adapter t with A[t] (r,C),    \
+       its dropout mask dropout_forward's of seed[t] over the N C elements (p 0: no mask, seed unused), each     \
+       reading x (or writing dx) once for the group. xa[t] (N,r) = drop_t(x) A[t]^T */                        \
+    void P##lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed,      \
+                          float p, int n, int N, int C, int r);                                               \
+    /* dA[t] (r,C) += dxa[t]^T drop_t(x), dxa[t] (N,r); the sum over the rows in a fixed order */             \
+    void P##lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed,     \
+                          float p, int n, int N, int C, int r);                                               \
+    /* dx (N,C) += sum_t drop_t(dxa[t] A[t]) */                                                                \
+    void P##lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed,    \
+                          float p, int n, int N, int C, int r);                                               \
+    /* LoRA's B side: xa (N,r), B (OC,r) -> out (N,OC) += scale xa B^T */                                      \
+    void P##lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r);  \
+    /* its backward: dout (N,OC) -> dB (OC,r) += scale dout^T xa; dxa (N,r) = scale dout B */                  \
+    void P##lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B,       \
+                             float scale, int N, int OC, int r);
 
 PQ_OPS_GRAD_DECLARE(pq_)
 PQ_OPS_GRAD_DECLARE(pq_cpu_)

@@ -483,3 +483,132 @@ void pq_cpu_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p
         free(buf);
     }
 }
+
+// dropout_forward's threshold and scale for p (p 0: keep everything)
+static uint64_t drop_thr(float p, float *keep) {
+    *keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    if (p >= 1) return UINT64_MAX;
+    return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64
+}
+
+// The block of x of m rows and w columns from element (i0, c0) (rows of stride C) through each of n masks:
+// bufs + t * m * w (m, w) = drop_t(block). Each element's index hashed once (into the row buffer h (w)),
+// each seed's hash on top of it.
+static void drop_blocks(float *bufs, uint64_t *h, const float *x, int i0, int c0, int m, int w, int C,
+                        const uint64_t *seed, int n, uint64_t thr, float keep) {
+    for (int i = 0; i < m; i++) {
+        size_t e0 = (size_t)(i0 + i) * C + c0;
+        const float *xr = x + e0;
+        for (int c = 0; c < w; c++) h[c] = mix64(e0 + c);
+        for (int t = 0; t < n; t++) {
+            float *br = bufs + ((size_t)t * m + i) * w;
+            uint64_t sd = seed[t];
+            for (int c = 0; c < w; c++) br[c] = mix64(sd ^ h[c]) < thr ? 0.0f : xr[c] * keep;
+        }
+    }
+}
+
+// Blocks of LG_ROWS rows: the block through each adapter's mask into buffers of the thread, then one sgemm
+// per adapter against its A (no mask: straight from x).
+#define LG_ROWS 64
+void pq_cpu_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed, float p,
+                          int n, int N, int C, int r) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int nb = (N + LG_ROWS - 1) / LG_ROWS;
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *bufs = p > 0 ? pq_xmalloc((size_t)n * LG_ROWS * C * sizeof *bufs) : NULL;
+        uint64_t *h = p > 0 ? pq_xmalloc((size_t)C * sizeof *h) : NULL;
+#pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int i0 = b * LG_ROWS, m = N - i0 < LG_ROWS ? N - i0 : LG_ROWS;
+            if (p > 0) drop_blocks(bufs, h, x, i0, 0, m, C, C, seed, n, thr, keep);
+            for (int t = 0; t < n; t++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r, C, 1.0f,
+                            p > 0 ? bufs + (size_t)t * m * C : x + (size_t)i0 * C, C, A[t], C, 0.0f,
+                            xa[t] + (size_t)i0 * r, r);
+        }
+        free(bufs);
+        free(h);
+    }
+}
+
+// Blocks of LG_COLS columns, one thread each (no sum across threads: deterministic), down the rows
+// LG_KROWS at a time: the block through each adapter's mask, then dA[t]'s columns += dxa[t]^T block.
+#define LG_COLS 256
+#define LG_KROWS 256
+void pq_cpu_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed, float p,
+                          int n, int N, int C, int r) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int nb = (C + LG_COLS - 1) / LG_COLS;
+    if (p <= 0) { // no mask: the products straight from x
+        for (int t = 0; t < n; t++) psgemm(1, 0, r, C, N, 1.0f, dxa[t], r, x, C, 1.0f, dA[t], C);
+        return;
+    }
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *bufs = pq_xmalloc((size_t)n * LG_KROWS * LG_COLS * sizeof *bufs);
+        uint64_t *h = pq_xmalloc((size_t)LG_COLS * sizeof *h);
+#pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int c0 = b * LG_COLS, w = C - c0 < LG_COLS ? C - c0 : LG_COLS;
+            for (int i0 = 0; i0 < N; i0 += LG_KROWS) {
+                int m = N - i0 < LG_KROWS ? N - i0 : LG_KROWS;
+                drop_blocks(bufs, h, x, i0, c0, m, w, C, seed, n, thr, keep);
+                for (int t = 0; t < n; t++)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, w, m, 1.0f, dxa[t] + (size_t)i0 * r, r,
+                                bufs + (size_t)t * m * w, w, 1.0f, dA[t] + c0, C);
+            }
+        }
+        free(bufs);
+        free(h);
+    }
+}
+
+// Blocks of LG_ROWS rows: each adapter's dxa A into a buffer of the thread, then dx's rows += the sum of the
+// buffers through their masks (each index hashed once). No mask: the sgemms straight into dx.
+void pq_cpu_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed, float p,
+                          int n, int N, int C, int r) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int nb = (N + LG_ROWS - 1) / LG_ROWS;
+#pragma omp parallel num_threads(pq_cpu_threads())
+    {
+        float *bufs = p > 0 ? pq_xmalloc((size_t)n * LG_ROWS * C * sizeof *bufs) : NULL;
+#pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int i0 = b * LG_ROWS, m = N - i0 < LG_ROWS ? N - i0 : LG_ROWS;
+            float *d = dx + (size_t)i0 * C;
+            for (int t = 0; t < n; t++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, C, r, 1.0f, dxa[t] + (size_t)i0 * r, r,
+                            A[t], C, p > 0 ? 0.0f : 1.0f, p > 0 ? bufs + (size_t)t * m * C : d, C);
+            if (p <= 0) continue;
+            for (int i = 0; i < m; i++) {
+                size_t e0 = (size_t)(i0 + i) * C;
+                float *dr = dx + e0;
+                for (int c = 0; c < C; c++) {
+                    uint64_t h = mix64(e0 + c);
+                    float s = 0.0f;
+                    for (int t = 0; t < n; t++)
+                        if (!(mix64(seed[t] ^ h) < thr)) s += bufs[((size_t)t * m + i) * C + c];
+                    dr[c] += s * keep;
+                }
+            }
+        }
+        free(bufs);
+    }
+}
+
+// out (N,OC) += scale xa B^T
+void pq_cpu_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
+    psgemm(0, 1, N, OC, r, scale, xa, r, B, r, 1.0f, out, OC);
+}
+
+// dB (OC,r) += scale dout^T xa; dxa (N,r) = scale dout B
+void pq_cpu_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B, float scale,
+                             int N, int OC, int r) {
+    psgemm(1, 0, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
+    psgemm(0, 0, N, r, OC, scale, dout, OC, B, r, 0.0f, dxa, r);
+}

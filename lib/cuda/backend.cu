@@ -864,4 +864,279 @@ extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, 
     CU_LAUNCHED();
 }
 
+// ---- LoRA on a group of adapters sharing one input (ops_grad.h's lora_*_group) ----
+
+// Up to PQ_LORA_GROUP adapters' pointers and seeds, passed by value to the kernels.
+struct LoraGroup {
+    const float *a[PQ_LORA_GROUP], *b[PQ_LORA_GROUP];
+    float *w[PQ_LORA_GROUP];
+    uint64_t seed[PQ_LORA_GROUP];
+};
+
+static LoraGroup lora_group(const float *const *a, const float *const *b, float *const *w, const uint64_t *seed,
+                            int n) {
+    LoraGroup g;
+    memset(&g, 0, sizeof g);
+    for (int t = 0; t < n; t++) {
+        g.a[t] = a ? a[t] : NULL, g.b[t] = b ? b[t] : NULL, g.w[t] = w ? w[t] : NULL;
+        g.seed[t] = seed ? seed[t] : 0;
+    }
+    return g;
+}
+
+// dropout_forward's threshold (p * 2^64, as the CPU) and scale; p 0: no mask
+static uint64_t drop_thr(float p, float *keep) {
+    *keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    if (p >= 1) return UINT64_MAX;
+    return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2;
+}
+
+// Element xi of x (v, 0 outside) through each adapter's mask into s[t * stride]: the index's hash once, each
+// seed's on top of it.
+template <int NT>
+__device__ __forceinline__ void drop_stage(float *s, int stride, float v, size_t xi, int in, const LoraGroup &g,
+                                           float keep, uint64_t thr, int drop) {
+    uint64_t h = drop && in ? mix64(xi) : 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) s[t * stride] = drop && in && mix64(g.seed[t] ^ h) < thr ? 0.0f : v * keep;
+}
+
+// xa[t] (N,r) = drop_t(x) A[t]^T (A in g.a, xa in g.w): a block owns LXA_ROWS rows and 16 of the r columns
+// (blockIdx.y) for every t, down C LXA_K columns at a time: x's chunk read once and staged through each t's
+// mask, A[t]'s chunk beside it; a thread sums one (row, column) of each t in registers.
+#define LXA_ROWS 16
+#define LXA_K 64
+template <int NT>
+__global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const float *x, float keep, uint64_t thr,
+                                                            int drop, int N, int C, int r) {
+    __shared__ float sx[NT][LXA_ROWS][LXA_K + 1];
+    __shared__ float sa[NT][16][LXA_K + 1];
+    int i0 = blockIdx.x * LXA_ROWS, k0 = blockIdx.y * 16, tid = threadIdx.x, ti = tid / 16, tk = tid % 16;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < C; c0 += LXA_K) {
+        for (int e = tid; e < LXA_ROWS * LXA_K; e += 256) {
+            int i = e / LXA_K, c = e % LXA_K, in = i0 + i < N && c0 + c < C;
+            size_t xi = (size_t)(i0 + i) * C + c0 + c;
+            drop_stage<NT>(&sx[0][i][c], LXA_ROWS * (LXA_K + 1), in ? x[xi] : 0.0f, xi, in, g, keep, thr, drop);
+        }
+        for (int e = tid; e < 16 * LXA_K; e += 256) {
+            int k = e / LXA_K, c = e % LXA_K, in = k0 + k < r && c0 + c < C;
+#pragma unroll
+            for (int t = 0; t < NT; t++) sa[t][k][c] = in ? g.a[t][(size_t)(k0 + k) * C + c0 + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int c = 0; c < LXA_K; c++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[t] += sx[t][ti][c] * sa[t][tk][c];
+        __syncthreads();
+    }
+    if (i0 + ti < N && k0 + tk < r)
+#pragma unroll
+        for (int t = 0; t < NT; t++) g.w[t][(size_t)(i0 + ti) * r + k0 + tk] = acc[t];
+}
+
+// dA[t] (r,C) += dxa[t]^T drop_t(x) (dxa in g.a, dA in g.w): a block owns LDA_COLS columns and 16 of the r rows
+// (blockIdx.z) over one split of the N rows (blockIdx.y), LDA_ROWS rows at a time staged as in the xa kernel;
+// its sums go to part (split, t, r, C), reduced in a fixed order after, or with one split straight into dA.
+#define LDA_COLS 64
+#define LDA_ROWS 16
+template <int NT>
+__global__ void __launch_bounds__(256) lora_dA_group_kernel(LoraGroup g, const float *x, float *part, int rows_per,
+                                                            float keep, uint64_t thr, int drop, int N, int C, int r) {
+    __shared__ float sx[NT][LDA_ROWS][LDA_COLS];
+    __shared__ float sd[NT][LDA_ROWS][16];
+    int c0 = blockIdx.x * LDA_COLS, s = blockIdx.y, k0 = blockIdx.z * 16, tid = threadIdx.x;
+    int tc = tid % LDA_COLS, tq = tid / LDA_COLS; // column tc; rows tq + 4j of the 16
+    int ib = s * rows_per, ie = N < ib + rows_per ? N : ib + rows_per;
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[t][j] = 0.0f;
+    for (int i0 = ib; i0 < ie; i0 += LDA_ROWS) {
+        for (int e = tid; e < LDA_ROWS * LDA_COLS; e += 256) {
+            int i = e / LDA_COLS, c = e % LDA_COLS, in = i0 + i < ie && c0 + c < C;
+            size_t xi = (size_t)(i0 + i) * C + c0 + c;
+            drop_stage<NT>(&sx[0][i][c], LDA_ROWS * LDA_COLS, in ? x[xi] : 0.0f, xi, in, g, keep, thr, drop);
+        }
+        for (int e = tid; e < LDA_ROWS * 16; e += 256) {
+            int i = e / 16, k = e % 16, in = i0 + i < ie && k0 + k < r;
+#pragma unroll
+            for (int t = 0; t < NT; t++) sd[t][i][k] = in ? g.a[t][(size_t)(i0 + i) * r + k0 + k] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int i = 0; i < LDA_ROWS; i++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xv = sx[t][i][tc];
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[t][j] += sd[t][i][tq + 4 * j] * xv;
+            }
+        __syncthreads();
+    }
+    int c = c0 + tc;
+    if (c >= C) return;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int k = k0 + tq + 4 * j;
+            if (k >= r) continue;
+            if (part) part[(((size_t)s * NT + t) * r + k) * C + c] = acc[t][j];
+            else g.w[t][(size_t)k * C + c] += acc[t][j];
+        }
+}
+
+// dA[t] (r,C) += the S splits' sums of part (S, n, r, C), in split order
+__global__ void lora_dA_reduce_kernel(LoraGroup g, const float *part, int S, int n, int r, int C) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x, rc = (size_t)r * C;
+    if (e >= (size_t)n * rc) return;
+    int t = (int)(e / rc);
+    size_t kc = e % rc;
+    float sum = 0.0f;
+    for (int s = 0; s < S; s++) sum += part[((size_t)s * n + t) * rc + kc];
+    g.w[t][kc] += sum;
+}
+
+// dx (N,C) += sum_t drop_t(dxa[t] A[t]) (dxa in g.a, A in g.b): lora_dx_dropout_kernel's tiles, each t's
+// product in registers added through its mask into a total, dx read and written once.
+template <int NT>
+__global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, LoraGroup g, float keep, uint64_t thr,
+                                                                 int drop, int N, int C, int r) {
+    extern __shared__ float sdx[]; // (NT, LDX_ROWS, rp): r padded with zeros to whole chunks of 16
+    int c = blockIdx.x * LDX_COLS + threadIdx.x, i0 = blockIdx.y * LDX_ROWS, rp = (r + 15) / 16 * 16;
+    int nr = N - i0 < LDX_ROWS ? N - i0 : LDX_ROWS;
+    for (int t = 0; t < NT; t++)
+        for (int e = threadIdx.x; e < LDX_ROWS * rp; e += blockDim.x) {
+            int i = e / rp, k = e % rp;
+            sdx[t * LDX_ROWS * rp + e] = i < nr && k < r ? g.a[t][(size_t)(i0 + i) * r + k] : 0.0f;
+        }
+    __syncthreads();
+    if (c >= C) return;
+    float tot[LDX_ROWS];
+    uint64_t h[LDX_ROWS]; // each element's index hashed once for the group
+#pragma unroll
+    for (int i = 0; i < LDX_ROWS; i++) tot[i] = 0.0f, h[i] = drop ? mix64((size_t)(i0 + i) * C + c) : 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float *sx = sdx + t * LDX_ROWS * rp;
+        float acc[LDX_ROWS];
+#pragma unroll
+        for (int i = 0; i < LDX_ROWS; i++) acc[i] = 0.0f;
+        for (int k0 = 0; k0 < r; k0 += 16) {
+            float a[16];
+#pragma unroll
+            for (int k = 0; k < 16; k++) a[k] = k0 + k < r ? g.b[t][(size_t)(k0 + k) * C + c] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < LDX_ROWS; i++)
+#pragma unroll
+                for (int k = 0; k < 16; k++) acc[i] += sx[i * rp + k0 + k] * a[k];
+        }
+#pragma unroll
+        for (int i = 0; i < LDX_ROWS; i++)
+            tot[i] += drop ? (mix64(g.seed[t] ^ h[i]) < thr ? 0.0f : acc[i] * keep) : acc[i];
+    }
+#pragma unroll
+    for (int i = 0; i < LDX_ROWS; i++)
+        if (i < nr) dx[(size_t)(i0 + i) * C + c] += tot[i];
+}
+
+#define LORA_GROUP_LAUNCH(kern, n, grid, block, smem, ...)                                                         \
+    switch (n) {                                                                                                   \
+    case 1: kern<1><<<grid, block, smem>>>(__VA_ARGS__); break;                                                    \
+    case 2: kern<2><<<grid, block, smem>>>(__VA_ARGS__); break;                                                    \
+    case 3: kern<3><<<grid, block, smem>>>(__VA_ARGS__); break;                                                    \
+    default: kern<4><<<grid, block, smem>>>(__VA_ARGS__); break;                                                   \
+    }
+
+extern "C" void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed,
+                                 float p, int n, int N, int C, int r) {
+    if (N <= 0 || r <= 0) return;
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    for (int t0 = 0; t0 < n; t0 += PQ_LORA_GROUP) { // more than a group: PQ_LORA_GROUP at a time
+        int m = n - t0 < PQ_LORA_GROUP ? n - t0 : PQ_LORA_GROUP;
+        LoraGroup g = lora_group(A + t0, NULL, xa + t0, seed ? seed + t0 : NULL, m);
+        dim3 grid((N + LXA_ROWS - 1) / LXA_ROWS, (r + 15) / 16);
+        LORA_GROUP_LAUNCH(lora_xa_group_kernel, m, grid, 256, 0, g, x, keep, thr, p > 0, N, C, r);
+        CU_LAUNCHED();
+    }
+}
+
+// The N rows in splits for about LDA_BLOCKS blocks in all (a function of the shape only: the same sums
+// in the same order on every run).
+#define LDA_BLOCKS 528
+extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed,
+                                 float p, int n, int N, int C, int r) {
+    if (N <= 0 || C <= 0 || r <= 0) return;
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    int base = (C + LDA_COLS - 1) / LDA_COLS * ((r + 15) / 16), chunks = (N + LDA_ROWS - 1) / LDA_ROWS;
+    int S = (LDA_BLOCKS + base - 1) / base;
+    if (S > chunks) S = chunks;
+    if (S < 1) S = 1;
+    int rows_per = (chunks + S - 1) / S * LDA_ROWS;
+    S = (N + rows_per - 1) / rows_per;
+    for (int t0 = 0; t0 < n; t0 += PQ_LORA_GROUP) {
+        int m = n - t0 < PQ_LORA_GROUP ? n - t0 : PQ_LORA_GROUP;
+        LoraGroup g = lora_group(dxa + t0, NULL, dA + t0, seed ? seed + t0 : NULL, m);
+        float *part = S > 1 ? (float *)pq_cuda_scratch(PQ_SCR_LORA, (size_t)S * m * r * C * sizeof(float)) : NULL;
+        dim3 grid((C + LDA_COLS - 1) / LDA_COLS, S, (r + 15) / 16);
+        LORA_GROUP_LAUNCH(lora_dA_group_kernel, m, grid, 256, 0, g, x, part, rows_per, keep, thr, p > 0, N, C, r);
+        CU_LAUNCHED();
+        if (part) {
+            size_t ne = (size_t)m * r * C;
+            lora_dA_reduce_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(g, part, S, m, r, C);
+            CU_LAUNCHED();
+        }
+    }
+}
+
+extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed,
+                                 float p, int n, int N, int C, int r) {
+    if (N <= 0 || C <= 0 || r <= 0) return;
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+    for (int t0 = 0; t0 < n; t0 += PQ_LORA_GROUP) {
+        int m = n - t0 < PQ_LORA_GROUP ? n - t0 : PQ_LORA_GROUP;
+        LoraGroup g = lora_group(dxa + t0, A + t0, NULL, seed ? seed + t0 : NULL, m);
+        dim3 grid((C + LDX_COLS - 1) / LDX_COLS, (N + LDX_ROWS - 1) / LDX_ROWS);
+        size_t smem = (size_t)m * LDX_ROWS * ((r + 15) / 16 * 16) * sizeof(float);
+        if (smem > 48 * 1024) {
+            void (*k[])(float *, LoraGroup, float, uint64_t, int, int, int, int) = {
+                lora_dx_group_kernel<1>, lora_dx_group_kernel<2>, lora_dx_group_kernel<3>, lora_dx_group_kernel<4>};
+            CU(cudaFuncSetAttribute(k[m - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        }
+        LORA_GROUP_LAUNCH(lora_dx_group_kernel, m, grid, LDX_COLS, smem, dx, g, keep, thr, p > 0, N, C, r);
+        CU_LAUNCHED();
+    }
+}
+
+// out (N,OC) += scale xa B^T
+extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
+    if (N <= 0) return;
+    sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
+}
+
+// dB (OC,r) += scale dout^T xa; dxa (N,r) = scale dout B (as lora_backward's first two products)
+extern "C" void pq_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B,
+                                    float scale, int N, int OC, int r) {
+    if (N <= 0) return;
+    if (lora_gemm_kind() == PQ_LORA_SGEMM_T) {
+        size_t big = (size_t)(OC > N ? OC : N) * r;
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, big * sizeof(float));
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, OC, r, N, scale, dout, OC, xa, r, 0.0f, t, OC);
+        from_col_major(dB, t, OC, r, 1);
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_T, N, r, OC, scale, dout, OC, B, r, 0.0f, t, N);
+        from_col_major(dxa, t, N, r, 0);
+        return;
+    }
+    sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
+    sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
+}
+
 extern "C" const char *pq_ops_backend(void) { return "cuda"; }

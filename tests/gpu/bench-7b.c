@@ -279,6 +279,56 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         }
         pq_cuda_set_lora_gemm(-1); // PQ_LORA_GEMM's again
     }
+    // LoRA as the trainer runs it: q,k,v (n 3) and gate,up (n 2) as groups over their shared input, o and down
+    // alone; forward xa group + up per adapter, backward up_backward per adapter + dA group + dx group, dropout
+    // 0.05 drawn inside (beside the per-projection lora + dropout_forward lines above)
+    double grp_fwd = 0, grp_bwd = 0;
+    {
+        float *gA[3], *gxa[3], *gdxa[3], *gdA[3];
+        uint64_t seeds[3] = {101, 102, 103};
+        for (int t = 0; t < 3; t++) {
+            gA[t] = dev_rand((size_t)r * W, 0.01f), gxa[t] = pq_dev_alloc((size_t)N * r * 4);
+            gdxa[t] = dev_rand((size_t)N * r, 0.01f), gdA[t] = pq_dev_alloc((size_t)r * W * 4);
+        }
+        const float *cA[3] = {gA[0], gA[1], gA[2]}, *cdxa[3] = {gdxa[0], gdxa[1], gdxa[2]};
+        static const int j0s[] = {PQ_Q, PQ_O, PQ_GATE, PQ_DOWN}, ns[] = {3, 1, 2, 1};
+        for (int g = 0; g < 4; g++) {
+            int j0 = j0s[g], n = ns[g], in, oc, ocs = 0, ocv[3];
+            pq_lin_shape(c, j0, &in, &oc);
+            for (int t = 0; t < n; t++) {
+                int i2;
+                pq_lin_shape(c, j0 + t, &i2, &ocv[t]);
+                ocs += ocv[t];
+            }
+            char name[64], gname[32] = "";
+            for (int t = 0; t < n; t++)
+                snprintf(gname + strlen(gname), sizeof gname - strlen(gname), "%s%s", t ? "," : "",
+                         pq_lin_modules[j0 + t]);
+            double f = 2.0 * N * r * in * n, fo = 2.0 * N * r * ocs, sf = 0, sb = 0;
+            snprintf(name, sizeof name, "lora_xa_group %s r=%d", gname, r);
+            TIME_OP(&ms, name, f, pq_lora_xa_group(gxa, x, cA, seeds, 0.05f, n, N, in, r));
+            sf += ms;
+            snprintf(name, sizeof name, "lora_up_forward %s r=%d", gname, r);
+            TIME_OP(&ms, name, fo, for (int t = 0; t < n; t++) pq_lora_up_forward(y, gxa[t], B, 2.0f, N, ocv[t], r));
+            sf += ms;
+            snprintf(name, sizeof name, "lora_up_backward %s r=%d", gname, r);
+            TIME_OP(&ms, name, 2 * fo,
+                    for (int t = 0; t < n; t++) pq_lora_up_backward(dB, gdxa[t], x, gxa[t], B, 2.0f, N, ocv[t], r));
+            sb += ms;
+            snprintf(name, sizeof name, "lora_dA_group %s r=%d", gname, r);
+            TIME_OP(&ms, name, f, pq_lora_dA_group(gdA, cdxa, x, seeds, 0.05f, n, N, in, r));
+            sb += ms;
+            snprintf(name, sizeof name, "lora_dx_group %s r=%d", gname, r);
+            TIME_OP(&ms, name, f, pq_lora_dx_group(z, cdxa, cA, seeds, 0.05f, n, N, in, r));
+            sb += ms;
+            printf("op: %-40s %9.3f ms forward, %.3f ms backward\n", gname, sf, sb);
+            grp_fwd += sf, grp_bwd += sb;
+        }
+        for (int t = 0; t < 3; t++) pq_dev_free(gA[t]), pq_dev_free(gxa[t]), pq_dev_free(gdxa[t]), pq_dev_free(gdA[t]);
+    }
+    printf("ops: LoRA + dropout per layer: per projection %.3f ms forward, %.3f ms backward; grouped %.3f ms "
+           "forward, %.3f ms backward\n",
+           lora_fwd, lora_bwd, grp_fwd, grp_bwd);
     double af = 0; // causal attention FLOPs of the forward over the records
     for (int i = 0; i < N; i++) af += 4.0 * (hpos[i] + 1) * NH * HS;
     TIME_OP(&ms, "attention_forward", af, pq_attention_forward(att, lse, q, k, v, pos, N, NH, KVH, HS, c->window));

@@ -305,6 +305,55 @@ static void test_lora(int with_dinp, int kind) {
     pq_cuda_set_lora_gemm(-1);
 }
 
+// The LoRA group ops (n adapters on one input, each its own dropout mask) and the B side's ops against their
+// CPU twins: row and column tiles with partial edges, ranks past the kernels' 16, dA over several row splits.
+static void test_lora_group(int n, int N, int C, int OC, int r, float p) {
+    size_t ne = (size_t)N * C, na = (size_t)r * C, nx = (size_t)N * r, no = (size_t)N * OC;
+    uint64_t seed[4] = {11, 0xabcdef12345ULL, 0x5eed, 7};
+    float *x = hrand(ne, 1), *dx = hrand(ne, 1), *gx = dev(x, ne * 4), *gdx = dev(dx, ne * 4);
+    float *A[4], *xa[4], *dxa[4], *dA[4], *gA[4], *gxa[4], *gdxa[4], *gdA[4];
+    for (int t = 0; t < n; t++) {
+        A[t] = hrand(na, 0.2f), dxa[t] = hrand(nx, 1), dA[t] = hrand(na, 1), xa[t] = hnan(nx);
+        gA[t] = dev(A[t], na * 4), gdxa[t] = dev(dxa[t], nx * 4), gdA[t] = dev(dA[t], na * 4), gxa[t] = dnan(nx);
+    }
+    char name[128];
+    pq_cpu_lora_xa_group(xa, x, (const float *const *)A, seed, p, n, N, C, r);
+    pq_lora_xa_group(gxa, gx, (const float *const *)gA, seed, p, n, N, C, r);
+    pq_cpu_lora_dA_group(dA, (const float *const *)dxa, x, seed, p, n, N, C, r);
+    pq_lora_dA_group(gdA, (const float *const *)gdxa, gx, seed, p, n, N, C, r);
+    pq_cpu_lora_dx_group(dx, (const float *const *)dxa, (const float *const *)A, seed, p, n, N, C, r);
+    pq_lora_dx_group(gdx, (const float *const *)gdxa, (const float *const *)gA, seed, p, n, N, C, r);
+    for (int t = 0; t < n; t++) {
+        snprintf(name, sizeof name, "lora_xa_group n=%d [%d] %dx%d r=%d p=%g", n, t, N, C, r, p);
+        cmp(name, xa[t], gxa[t], nx, 2e-5);
+        snprintf(name, sizeof name, "lora_dA_group n=%d [%d] %dx%d r=%d p=%g", n, t, N, C, r, p);
+        cmp(name, dA[t], gdA[t], na, 5e-5);
+    }
+    snprintf(name, sizeof name, "lora_dx_group n=%d %dx%d r=%d p=%g", n, N, C, r, p);
+    cmp(name, dx, gdx, ne, 2e-5);
+    // the B side on adapter 0's xa
+    float *B = hrand((size_t)OC * r, 0.2f), *out = hrand(no, 1), *dout = hrand(no, 1), *dB = hrand((size_t)OC * r, 1);
+    float *gB = dev(B, (size_t)OC * r * 4), *gout = dev(out, no * 4), *gdout = dev(dout, no * 4);
+    float *gdB = dev(dB, (size_t)OC * r * 4), *gxa0 = dev(xa[0], nx * 4);
+    pq_cpu_lora_up_forward(out, xa[0], B, 1.5f, N, OC, r);
+    pq_lora_up_forward(gout, gxa0, gB, 1.5f, N, OC, r);
+    snprintf(name, sizeof name, "lora_up_forward %dx%d r=%d", N, OC, r);
+    cmp(name, out, gout, no, 2e-5);
+    pq_cpu_lora_up_backward(dB, dxa[0], dout, xa[0], B, 1.5f, N, OC, r);
+    pq_lora_up_backward(gdB, gdxa[0], gdout, gxa0, gB, 1.5f, N, OC, r);
+    snprintf(name, sizeof name, "lora_up_backward dB %dx%d r=%d", N, OC, r);
+    cmp(name, dB, gdB, (size_t)OC * r, 2e-5);
+    snprintf(name, sizeof name, "lora_up_backward dxa %dx%d r=%d", N, OC, r);
+    cmp(name, dxa[0], gdxa[0], nx, 2e-5);
+    for (int t = 0; t < n; t++) {
+        free(A[t]), free(xa[t]), free(dxa[t]), free(dA[t]);
+        pq_dev_free(gA[t]), pq_dev_free(gxa[t]), pq_dev_free(gdxa[t]), pq_dev_free(gdA[t]);
+    }
+    free(x), free(dx), free(B), free(out), free(dout), free(dB);
+    float *g[] = {gx, gdx, gB, gout, gdout, gdB, gxa0};
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) pq_dev_free(g[i]);
+}
+
 static void test_rope(void) {
     int lens[] = {5, 300, 1, 60}, N, NH = 6, HS = 64;
     int32_t *pos = packing(lens, 4, &N);
@@ -574,6 +623,13 @@ static void g_lora(void) {
         test_lora(1, kind);
         test_lora(0, kind);
     }
+    for (int n = 1; n <= 4; n++) {
+        test_lora_group(n, 97, 200, 150, 8, 0.1f);
+        test_lora_group(n, 37, 300, 70, 40, 0.3f); // r past 16: two and a half chunks
+        test_lora_group(n, 20, 77, 33, 5, 0.0f);   // no dropout
+    }
+    test_lora_group(3, 1000, 1030, 300, 16, 0.05f); // dA over several row splits, partial column tiles
+    test_lora_group(2, 513, 3000, 64, 16, 0.05f);
 }
 static void g_rope(void) { test_rope(); }
 static void g_attention(void) {

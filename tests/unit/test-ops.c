@@ -179,6 +179,88 @@ static void test_lora_dx_dropout(int N, int C, int r, float p) {
     free(dxa), free(A), free(dx), free(ones), free(mask), free(want);
 }
 
+// The group ops of n adapters on one input against double-precision products through each adapter's
+// dropout_forward mask (of ones: which elements it zeroes, and the 1/(1-p) it scales the rest by).
+static void test_lora_group(int n, int N, int C, int r, float p) {
+    size_t ne = (size_t)N * C, na = (size_t)r * C, nx = (size_t)N * r;
+    float *x = rnd(ne, 1), *dx = rnd(ne, 1), *ones = pq_xmalloc(ne * 4), *mask = pq_xmalloc(ne * 4);
+    float *A[4], *xa[4], *dxa[4], *dA[4];
+    double *wdx = pq_xmalloc(ne * sizeof *wdx), *wxa[4], *wdA[4];
+    uint64_t seed[4] = {0x1234567ULL, 0xfeedf00dULL, 42, 0x9999};
+    for (size_t e = 0; e < ne; e++) ones[e] = 1.0f, wdx[e] = dx[e];
+    int zeros = 0;
+    for (int t = 0; t < n; t++) {
+        if (p > 0) pq_cpu_dropout_forward(mask, ones, p, seed[t], ne);
+        else memcpy(mask, ones, ne * 4);
+        A[t] = rnd(na, 1), dxa[t] = rnd(nx, 1), dA[t] = rnd(na, 1), xa[t] = pq_xmalloc(nx * 4);
+        wxa[t] = pq_xmalloc(nx * sizeof **wxa), wdA[t] = pq_xmalloc(na * sizeof **wdA);
+        for (size_t e = 0; e < na; e++) wdA[t][e] = dA[t][e];
+        for (size_t e = 0; e < nx; e++) wxa[t][e] = 0;
+        for (int i = 0; i < N; i++)
+            for (int c = 0; c < C; c++) {
+                size_t e = (size_t)i * C + c;
+                double xd = (double)x[e] * mask[e], s = 0;
+                zeros += mask[e] == 0;
+                for (int k = 0; k < r; k++) {
+                    wxa[t][(size_t)i * r + k] += xd * A[t][(size_t)k * C + c];
+                    wdA[t][(size_t)k * C + c] += (double)dxa[t][(size_t)i * r + k] * xd;
+                    s += (double)dxa[t][(size_t)i * r + k] * A[t][(size_t)k * C + c];
+                }
+                wdx[e] += mask[e] * s;
+            }
+    }
+    const float *const *Ac = (const float *const *)A, *const *dxac = (const float *const *)dxa;
+    pq_cpu_lora_xa_group(xa, x, Ac, seed, p, n, N, C, r);
+    pq_cpu_lora_dA_group(dA, dxac, x, seed, p, n, N, C, r);
+    pq_cpu_lora_dx_group(dx, dxac, Ac, seed, p, n, N, C, r);
+    char name[128];
+    for (int t = 0; t < n; t++) {
+        snprintf(name, sizeof name, "lora_xa_group n=%d [%d] %dx%d r=%d p=%g", n, t, N, C, r, p);
+        close_to(name, xa[t], wxa[t], nx, 1e-5);
+        snprintf(name, sizeof name, "lora_dA_group n=%d [%d] %dx%d r=%d p=%g", n, t, N, C, r, p);
+        close_to(name, dA[t], wdA[t], na, 1e-5);
+    }
+    snprintf(name, sizeof name, "lora_dx_group n=%d %dx%d r=%d p=%g (%d of %zu dropped)", n, N, C, r, p, zeros,
+             (size_t)n * ne);
+    close_to(name, dx, wdx, ne, 1e-5);
+    if (p > 0 && zeros == 0) printf("FAIL %s: nothing dropped\n", name), fails++;
+    for (int t = 0; t < n; t++) free(A[t]), free(xa[t]), free(dxa[t]), free(dA[t]), free(wxa[t]), free(wdA[t]);
+    free(x), free(dx), free(ones), free(mask), free(wdx);
+}
+
+// LoRA's B side: out += scale xa B^T; dB += scale dout^T xa; dxa = scale dout B, against double products
+static void test_lora_up(int N, int OC, int r) {
+    float *xa = rnd((size_t)N * r, 1), *B = rnd((size_t)OC * r, 1), *out = rnd((size_t)N * OC, 1);
+    float *dout = rnd((size_t)N * OC, 1), *dB = rnd((size_t)OC * r, 1), *dxa = rnd((size_t)N * r, 1);
+    double *wo = pq_xmalloc((size_t)N * OC * sizeof *wo), *wdB = pq_xmalloc((size_t)OC * r * sizeof *wdB);
+    double *wdxa = pq_xmalloc((size_t)N * r * sizeof *wdxa);
+    float sc = 1.75f;
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < OC; o++) {
+            double s = 0;
+            for (int k = 0; k < r; k++) s += (double)xa[(size_t)i * r + k] * B[(size_t)o * r + k];
+            wo[(size_t)i * OC + o] = out[(size_t)i * OC + o] + sc * s;
+        }
+    for (int o = 0; o < OC; o++)
+        for (int k = 0; k < r; k++) {
+            double s = 0;
+            for (int i = 0; i < N; i++) s += (double)dout[(size_t)i * OC + o] * xa[(size_t)i * r + k];
+            wdB[(size_t)o * r + k] = dB[(size_t)o * r + k] + sc * s;
+        }
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < r; k++) {
+            double s = 0;
+            for (int o = 0; o < OC; o++) s += (double)dout[(size_t)i * OC + o] * B[(size_t)o * r + k];
+            wdxa[(size_t)i * r + k] = sc * s;
+        }
+    pq_cpu_lora_up_forward(out, xa, B, sc, N, OC, r);
+    pq_cpu_lora_up_backward(dB, dxa, dout, xa, B, sc, N, OC, r);
+    close_to("lora_up_forward out", out, wo, (size_t)N * OC, 1e-5);
+    close_to("lora_up_backward dB", dB, wdB, (size_t)OC * r, 1e-5);
+    close_to("lora_up_backward dxa", dxa, wdxa, (size_t)N * r, 1e-5);
+    free(xa), free(B), free(out), free(dout), free(dB), free(dxa), free(wo), free(wdB), free(wdxa);
+}
+
 static void test_rmsnorm(int N, int C) {
     float *x = rnd((size_t)N * C, 3), *w = rnd(C, 1), *out = pq_xmalloc((size_t)N * C * 4), *rstd = pq_xmalloc(N * 4);
     double *want = pq_xmalloc((size_t)N * C * sizeof *want), *wr = pq_xmalloc(N * sizeof *wr);
@@ -346,6 +428,12 @@ int main(void) {
         test_lora(9, 20, 13, 4);
         test_lora_dx_dropout(37, 45, 5, 0.25f); // rows over one block, the last partial
         test_lora_dx_dropout(3, 8, 20, 0.0f);   // no dropout
+        test_lora_up(70, 33, 5);
+        for (int n = 1; n <= 3; n++) {
+            test_lora_group(n, 300, 270, 5, 0.25f); // row blocks (64) and column blocks (256), the last partial
+            test_lora_group(n, 7, 9, 20, 0.5f);     // under one block, r above C
+            test_lora_group(n, 67, 31, 3, 0.0f);    // no dropout
+        }
         test_rmsnorm(6, 50);
         test_residual_rmsnorm(7, 130);
         test_linear_group();
