@@ -3,6 +3,8 @@
 // counter-based RNG), checked against ops_paged_cpu.c by
 // tests/gpu/parity-paged.c.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -167,6 +169,165 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
+// The same attention for a bf16 cache and head size 64 or 128 (the 7B
+// models'), at the memory's pace: keys are scored TG = HS/8 lanes a key, each
+// lane reading 8 channels in one 16-byte load, KEYS_IN_FLIGHT keys a group
+// in flight; values are summed by warps over their own positions, lanes
+// across the channels (HS/32 each, one 4- or 8-byte load), and the warps'
+// sums added in shared memory at the end. Same splits, partials and results
+// as paged_attn_kernel (up to the order of the sums).
+#define FAST_KEYS 4 // keys a lane group has in flight
+template <int HS, int GM>
+__global__ void __launch_bounds__(ATT_THREADS)
+    paged_attn_fast_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *kp, const __nv_bfloat16 *vp,
+                           const int32_t *tables, int maxblk, const int32_t *len, int NH, int KVH, int BT, int window,
+                           int SL, int ns, float scale) {
+    constexpr int TG = HS / 8;        // lanes a key
+    constexpr int KPW = 32 / TG;      // keys a warp scores at once
+    constexpr int DPL = HS / 32;      // channels a lane sums in the value pass
+    extern __shared__ float sm[];     // q (G,HS), s (G,ATT_CH), alpha, m, l (G), red (ATT_WARPS,G,HS)
+    int sp = blockIdx.x, kh = blockIdx.y, i = blockIdx.z, G = NH / KVH;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lt = lane % TG, kg = lane / TG;
+    float *qs = sm, *s = qs + G * HS, *alpha = s + G * ATT_CH, *mm = alpha + G, *ll = mm + G;
+    for (int e = tid; e < G * HS; e += ATT_THREADS) qs[e] = q[((size_t)i * NH + (size_t)kh * G) * HS + e] * scale;
+    if (tid < G) mm[tid] = -INFINITY, ll[tid] = 0;
+    int n = len[i], lo = 0;
+    if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
+    int j0 = max(sp * SL, lo), j1 = min((sp + 1) * SL, n);
+    const int32_t *tab = tables + (size_t)i * maxblk;
+    size_t kd = (size_t)KVH * HS, ho = (size_t)kh * HS;
+    float acc[GM][DPL];
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+#pragma unroll
+        for (int d = 0; d < DPL; d++) acc[g][d] = 0;
+    __syncthreads();
+    for (int c0 = j0; c0 < j1; c0 += ATT_CH) {
+        int cn = min(ATT_CH, j1 - c0);
+        // scores: key t = b0 + kg + u * KPW * ATT_WARPS for lane group kg (the loop is the warp's, uniform:
+        // its shuffles need every lane)
+        for (int b0 = warp * KPW; b0 < cn; b0 += KPW * ATT_WARPS * FAST_KEYS) {
+            int base = b0 + kg;
+            uint4 kv[FAST_KEYS];
+#pragma unroll
+            for (int u = 0; u < FAST_KEYS; u++) {
+                int t = base + u * KPW * ATT_WARPS;
+                if (t < cn) {
+                    int j = c0 + t;
+                    const __nv_bfloat16 *kr = kp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho + lt * 8;
+                    kv[u] = *(const uint4 *)kr;
+                } else kv[u] = make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < FAST_KEYS; u++) {
+                int t = base + u * KPW * ATT_WARPS;
+                const __nv_bfloat16 *k8 = (const __nv_bfloat16 *)&kv[u];
+                float kf[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) kf[e] = __bfloat162float(k8[e]);
+#pragma unroll
+                for (int g = 0; g < GM; g++) {
+                    if (g >= G) break;
+                    const float *qg = qs + g * HS + lt * 8;
+                    float x = 0;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) x += qg[e] * kf[e];
+#pragma unroll
+                    for (int o = TG / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+                    if (lt == 0 && t < cn) s[g * ATT_CH + t] = x;
+                }
+            }
+        }
+        __syncthreads();
+        for (int g = warp; g < G; g += ATT_WARPS) {
+            float mx = -INFINITY;
+            for (int t = lane; t < cn; t += 32) mx = fmaxf(mx, s[g * ATT_CH + t]);
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float mold = mm[g], mnew = fmaxf(mold, mx), sum = 0;
+            for (int t = lane; t < cn; t += 32) {
+                float p = expf(s[g * ATT_CH + t] - mnew);
+                s[g * ATT_CH + t] = p;
+                sum += p;
+            }
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp();
+            if (lane == 0) {
+                float a = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+                alpha[g] = a;
+                mm[g] = mnew;
+                ll[g] = ll[g] * a + sum;
+            }
+        }
+        __syncthreads();
+        // values: warp w sums positions w, w + ATT_WARPS, ...; lane has channels [lane DPL, lane DPL + DPL)
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            if (g >= G) break;
+#pragma unroll
+            for (int d = 0; d < DPL; d++) acc[g][d] *= alpha[g];
+        }
+        for (int t0 = warp; t0 < cn; t0 += ATT_WARPS * FAST_KEYS) {
+            float vf[FAST_KEYS][DPL];
+#pragma unroll
+            for (int u = 0; u < FAST_KEYS; u++) {
+                int t = t0 + u * ATT_WARPS;
+                if (t < cn) {
+                    int j = c0 + t;
+                    const __nv_bfloat16 *vr = vp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho + lane * DPL;
+                    if (DPL == 4) {
+                        uint2 w = *(const uint2 *)vr;
+                        const __nv_bfloat16 *b = (const __nv_bfloat16 *)&w;
+#pragma unroll
+                        for (int d = 0; d < DPL; d++) vf[u][d] = __bfloat162float(b[d]);
+                    } else {
+                        uint32_t w = *(const uint32_t *)vr;
+                        const __nv_bfloat16 *b = (const __nv_bfloat16 *)&w;
+#pragma unroll
+                        for (int d = 0; d < DPL; d++) vf[u][d] = __bfloat162float(b[d]);
+                    }
+                } else {
+#pragma unroll
+                    for (int d = 0; d < DPL; d++) vf[u][d] = 0;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < FAST_KEYS; u++) {
+                int t = t0 + u * ATT_WARPS;
+                if (t >= cn) break;
+#pragma unroll
+                for (int g = 0; g < GM; g++) {
+                    if (g >= G) break;
+                    float p = s[g * ATT_CH + t];
+#pragma unroll
+                    for (int d = 0; d < DPL; d++) acc[g][d] += p * vf[u][d];
+                }
+            }
+        }
+        __syncthreads(); // s is rewritten by the next chunk
+    }
+    // the warps' sums
+    float *red = ll + G;
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+        if (g >= G) break;
+#pragma unroll
+        for (int d = 0; d < DPL; d++) red[((size_t)warp * G + g) * HS + lane * DPL + d] = acc[g][d];
+    }
+    __syncthreads();
+    for (int e = tid; e < G * HS; e += ATT_THREADS) {
+        int g = e / HS, d = e % HS;
+        float x = 0;
+        for (int w = 0; w < ATT_WARPS; w++) x += red[((size_t)w * G + g) * HS + d];
+        size_t h = (size_t)kh * G + g;
+        if (ns == 1) out[((size_t)i * NH + h) * HS + d] = ll[g] > 0 ? x / ll[g] : 0.0f;
+        else {
+            float *w = work + (((size_t)i * NH + h) * ns + sp) * (HS + 2);
+            w[2 + d] = x;
+            if (d == 0) w[0] = mm[g], w[1] = ll[g];
+        }
+    }
+}
+
 // grid N*NH: the splits' partials -> out (HS)
 __global__ void paged_combine_kernel(float *out, const float *work, int HS, int ns) {
     size_t ih = blockIdx.x;
@@ -218,6 +379,48 @@ static void attn_dispatch(float *out, float *work, const float *q, const void *k
 #undef PQ_ATT_CASE
 }
 
+// The fast kernel for a bf16 cache of head size 64 or 128; PQ_PAGED_FAST=0 keeps the general one (read once).
+static int fast_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("PQ_PAGED_FAST");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
+template <int HS, int GM>
+static void fast_launch(float *out, float *work, const float *q, const void *kp, const void *vp, const int32_t *tables,
+                        int maxblk, const int32_t *len, int N, int NH, int KVH, int BT, int window, int SL, int ns) {
+    int G = NH / KVH;
+    size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G + (size_t)ATT_WARPS * G * HS) * sizeof(float);
+    if (smem > 48 * 1024)
+        CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)smem));
+    paged_attn_fast_kernel<HS, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem>>>(
+        out, work, q, (const __nv_bfloat16 *)kp, (const __nv_bfloat16 *)vp, tables, maxblk, len, NH, KVH, BT, window,
+        SL, ns, 1.0f / sqrtf((float)HS));
+    CU_LAUNCHED();
+}
+
+static void fast_dispatch(float *out, float *work, const float *q, const void *kp, const void *vp,
+                          const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT,
+                          int window, int SL, int ns) {
+    int G = NH / KVH;
+#define PQ_FAST_CASE(GM)                                                                                              \
+    if (G <= GM) {                                                                                                    \
+        if (HS == 128) fast_launch<128, GM>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns); \
+        else fast_launch<64, GM>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);         \
+        return;                                                                                                       \
+    }
+    PQ_FAST_CASE(1)
+    PQ_FAST_CASE(2)
+    PQ_FAST_CASE(4)
+    PQ_FAST_CASE(8)
+    PQ_FAST_CASE(16)
+#undef PQ_FAST_CASE
+}
+
 static float *own_work;
 static size_t own_work_n;
 
@@ -238,7 +441,9 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
         }
         work = own_work;
     }
-    if (dt == PQ_BF16)
+    if (dt == PQ_BF16 && (HS == 128 || HS == 64) && fast_on())
+        fast_dispatch(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
+    else if (dt == PQ_BF16)
         attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     if (ns > 1) {
