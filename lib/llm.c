@@ -8,6 +8,7 @@
 // handle in the multi handle), or backing off (waiting for its wake time).
 #include "llm.h"
 #include "llm_local.h"
+#include "ops.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -127,9 +128,14 @@ void pq_llm_config_init(PqLlmConfig *c) {
     c->top_p = -1;
     c->top_k = -1;
     c->min_p = -1;
-    c->jobs = 8;
     c->retries = 6;
     c->timeout_s = 120;
+}
+
+void pq_llm_config_resolve(PqLlmConfig *c) {
+    if (c->jobs > 0) return;
+    int gpu_local = c->model && pq_llm_local_is_dir(c->model) && !strcmp(pq_ops_backend(), "cuda");
+    c->jobs = gpu_local ? PQ_LLM_LOCAL_GPU_JOBS : PQ_LLM_JOBS;
 }
 
 static int parse_double(const char *arg, double lo, double hi, double *out) {
@@ -231,6 +237,7 @@ bad: {
 // ---- setup ----
 
 PqLlm *pq_llm_new(PqLlmConfig *c, PqErr *e) {
+    pq_llm_config_resolve(c);
     cJSON *extra = c->extra;
     c->extra = NULL;
     if (!c->model || !*c->model) {

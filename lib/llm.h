@@ -22,7 +22,7 @@ typedef struct PqLlmConfig {
     double min_p;            // --min-p P; < 0: not sent
     int max_tokens;          // <= 0: not sent
     cJSON *extra;            // -o KEY=JSON fields merged into every body (owned)
-    int jobs;                // -j: requests in flight (default 8)
+    int jobs;                // -j: requests in flight; 0: the default (pq_llm_config_resolve)
     int retries;             // default 6
     double timeout_s;        // per request (default 120)
     double rpm, tpm;         // 0 = unlimited
@@ -61,6 +61,12 @@ typedef void (*PqLlmDone)(void *user, const PqLlmResult *res);
 typedef struct PqLlm PqLlm;
 
 void pq_llm_config_init(PqLlmConfig *c);
+// After the options: an unset -j becomes its default, 8 requests in flight,
+// or for a local model on the GPU 128 sequences decoded together (the GPU
+// reads the weights once a step for all of them).
+#define PQ_LLM_JOBS 8
+#define PQ_LLM_LOCAL_GPU_JOBS 128
+void pq_llm_config_resolve(PqLlmConfig *c);
 // Long options of the client; tools add them to their option table.
 enum { PQ_OPT_LLM_BASE = 1050 };
 #define PQ_LLM_LONGOPTS                                        \
@@ -99,7 +105,7 @@ enum { PQ_OPT_LLM_BASE = 1050 };
     "      --top-p P, --top-k K, --min-p P  truncation (top_p 1 is sent unless set; top_k and\n" \
     "                          min_p only when set); the local model applies them too\n" \
     "  -o, --option KEY=JSON   any other body field, e.g. -o max_completion_tokens=512\n"  \
-    "  -j, --jobs N            requests in flight (default 8)\n"                           \
+    "  -j, --jobs N            requests in flight (default 8; a local model on the GPU: 128)\n"                           \
     "      --retries N         retries on network errors, 408/409/429/5xx (default 6)\n"   \
     "      --timeout SEC       per request (default 120)\n"                                \
     "      --rpm N, --tpm N    requests / tokens per minute limits\n"                      \

@@ -16,9 +16,9 @@ void pq_llmtool_open(PqLlmTool *lt, PqTool *t, PqLlmConfig *cfg, long cap) {
     PqErr e;
     lt->tool = t;
     lt->unordered = cfg->unordered;
-    lt->limit = 2 * (cfg->jobs > 0 ? cfg->jobs : 1);
     lt->seq = 0;
-    if (!(lt->llm = pq_llm_new(cfg, &e))) pq_tool_die(t, "%s", e.msg);
+    if (!(lt->llm = pq_llm_new(cfg, &e))) pq_tool_die(t, "%s", e.msg); // (-j resolved)
+    lt->limit = 2 * (cfg->jobs > 0 ? cfg->jobs : 1);
     pq_reorder_init(&lt->reorder, cap);
 }
 

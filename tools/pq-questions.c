@@ -111,8 +111,9 @@ int main(int argc, char **argv) {
         if (!prompt) pq_tool_usage_error(t, "--prompt-file %s", e.msg);
         if (!strstr(prompt, "{article}")) pq_tool_usage_error(t, "--prompt-file %s: no {article} in it", prompt_file);
     }
-    int jobs = cfg.jobs > 0 ? cfg.jobs : 1;
     if (!cfg.model) pq_tool_usage_error(t, "--model NAME is required");
+    pq_llm_config_resolve(&cfg);
+    int jobs = cfg.jobs;
     pq_tool_open(t, argc, argv, optind);
     pq_llmtool_open(&L, t, &cfg, 4L * jobs + 64);
 

@@ -106,8 +106,9 @@ int main(int argc, char **argv) {
     }
     // Answering is a measurement: deterministic unless asked otherwise.
     if (cfg.temperature < 0) cfg.temperature = 0;
-    int jobs = cfg.jobs > 0 ? cfg.jobs : 1;
     if (!cfg.model) pq_tool_usage_error(t, "--model NAME is required");
+    pq_llm_config_resolve(&cfg);
+    int jobs = cfg.jobs;
     pq_tool_open(t, argc, argv, optind);
     pq_llmtool_open(&L, t, &cfg, 4L * jobs + 64);
 

@@ -167,6 +167,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!cfg.model) pq_tool_usage_error(&T, "--model NAME is required");
+    pq_llm_config_resolve(&cfg);
     policy = cfg.model;
     cJSON *pj = cJSON_CreateString(policy);
     policy_json = cJSON_PrintUnformatted(pj);

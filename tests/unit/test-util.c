@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "llm.h"
+#include "ops.h"
 #include "tool.h"
 #include "util.h"
 
@@ -122,7 +124,35 @@ static void test_json(void) {
     cJSON_Delete(o);
 }
 
+// -j's default: 8 requests for a server, a local model on the CPU 8, on the GPU 128; a -j given stays
+static void test_jobs(void) {
+    char dir[] = "/tmp/pq-test-jobs-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char cfgp[64];
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+    FILE *f = fopen(cfgp, "w");
+    CHECK(f != NULL);
+    if (f) fputs("{}", f), fclose(f);
+    PqLlmConfig c;
+    pq_llm_config_init(&c);
+    c.model = "gpt-4o-mini";
+    pq_llm_config_resolve(&c);
+    CHECK(c.jobs == PQ_LLM_JOBS);
+    pq_llm_config_init(&c);
+    c.model = dir;
+    pq_llm_config_resolve(&c);
+    CHECK(c.jobs == (!strcmp(pq_ops_backend(), "cuda") ? PQ_LLM_LOCAL_GPU_JOBS : PQ_LLM_JOBS));
+    pq_llm_config_init(&c);
+    c.model = dir;
+    c.jobs = 3;
+    pq_llm_config_resolve(&c);
+    CHECK(c.jobs == 3);
+    unlink(cfgp);
+    rmdir(dir);
+}
+
 int main(void) {
+    test_jobs();
     test_rng();
     test_shuffle();
     test_buf();
