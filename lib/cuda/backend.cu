@@ -480,6 +480,10 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
                                   int C, int OC) {
     if (N <= 0) return;
+    if (pq_cuda_gemv_fits(inp, weight, N, C)) {
+        pq_cuda_gemv(out, inp, weight, bias, N, C, OC);
+        return;
+    }
     pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight->data, weight->dtype, C, inp, C, N, 0.0f, out,
                    OC, PQ_SCR_ACT);
     if (bias) {
@@ -505,6 +509,12 @@ extern "C" void pq_linear_group_forward(float *const *out, const float *inp, con
     if (N <= 0) return;
     if (!group_same(w, n)) {
         for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+        return;
+    }
+    bool gemv = true; // few rows: each member through the GEMV kernel on the f32 input, nothing converted
+    for (int t = 0; t < n; t++) gemv = gemv && pq_cuda_gemv_fits(inp, &w[t], N, C);
+    if (gemv) {
+        for (int t = 0; t < n; t++) pq_cuda_gemv(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
         return;
     }
     float us;

@@ -74,4 +74,11 @@ void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
                     PqDtype adt, int lda, const float *B, int ldb, int bcols, float beta, float *C, int ldc,
                     int bslot);
 
+// out (N,OC) f32 = inp (N,C) f32 x W (OC,C)^T (+ bias) for few rows (gemv.cu): fits says whether the kernel
+// serves the product (N <= PQ_GEMV_MAX_N, bf16/f16 weights, C a multiple of 8, inp and W 16-byte aligned,
+// and not turned off by PQ_GEMV=0 or pq_cuda_set_gemv); pq_linear_forward and the group use it then.
+#define PQ_GEMV_MAX_N 8
+bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C);
+void pq_cuda_gemv(float *out, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC);
+
 #endif

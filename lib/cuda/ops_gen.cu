@@ -102,7 +102,8 @@ extern "C" void pq_attention_kv_forward(float *out, const float *q, const float 
     CU_LAUNCHED();
 }
 
-// On the device the tensor-core product of pq_linear_forward is used for any row count.
+// On the device pq_linear_forward serves any row count: up to 8 rows with bf16/f16 weights through its GEMV
+// kernel (gemv.cu), more through the tensor-core product.
 extern "C" void pq_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
                                        int C, int OC) {
     pq_linear_forward(out, inp, weight, bias, N, C, OC);

@@ -262,6 +262,40 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
                 pq_linear_group_backward(u, douts, &w->w[PQ_GATE], 2, N, C));
         lin_bwd += ms - gu_bwd;
     }
+    if (N >= 8) { // a decoding step's products (issue 11): 1 and 8 rows through the GEMV kernel (gemv.cu) and through
+      // cuBLASLt (PQ_GEMV=0), in GB/s of weights read (the H200's HBM: 4.8 TB/s). Each run takes the next
+      // layer's weight (the LM head is one), so that 32 MB of q_proj is not served from the 50 MB L2.
+        static const int js[] = {PQ_Q, PQ_GATE, PQ_DOWN, -1}; // -1: the LM head
+        static const char *const jn[] = {"q_proj", "gate_proj", "down_proj", "lm_head"};
+        int saved = reps, ROWS = 8;
+        reps = 100; // a product of ~10 us: many runs per read-back
+        float *go = pq_dev_alloc((size_t)ROWS * (c->V > W ? c->V : W) * 4);
+        for (int rows = 1; rows <= ROWS; rows += ROWS - 1)
+            for (int i = 0; i < 4; i++)
+                for (int on = 1; on >= 0; on--) {
+                    int j = js[i];
+                    const PqWeight *w0 = j < 0 ? &m->lm_head : &m->layers[0].w[j];
+                    double bytes = (double)w0->rows * w0->cols * (w0->dtype == PQ_F32 ? 4 : 2);
+                    pq_cuda_set_gemv(on);
+#define DECODE_PRODUCT(k)                                                                                          \
+    do {                                                                                                           \
+        const PqWeight *wk_ = j < 0 ? &m->lm_head : &m->layers[(k) % c->L].w[j];                                    \
+        pq_linear_forward(go, x, wk_, j < 0 ? NULL : m->layers[(k) % c->L].b[j], rows, wk_->cols, wk_->rows);    \
+    } while (0)
+                    DECODE_PRODUCT(0); // warm-up
+                    double t = sync_now();
+                    for (int k = 0; k < reps; k++) DECODE_PRODUCT(k);
+                    double dt = (sync_now() - t) / reps;
+#undef DECODE_PRODUCT
+                    char name[64];
+                    snprintf(name, sizeof name, "decode %s (%dx%d) N=%d %s", jn[i], w0->rows, w0->cols, rows,
+                             on ? "gemv" : "cublasLt");
+                    printf("op: %-40s %9.4f ms %8.1f GB/s\n", name, dt * 1e3, bytes / dt / 1e9);
+                }
+        pq_cuda_set_gemv(-1); // PQ_GEMV's again
+        reps = saved;
+        pq_dev_free(go);
+    }
     { // the LoRA products' kernels (PQ_LORA_GEMM) on q_proj's and gate_proj's shapes (the sums above: the default)
         static const char *kinds[PQ_LORA_KINDS] = {"sgemm", "tf32", "lt", "sgemm_t"};
         for (int kd = 0; kd < PQ_LORA_KINDS; kd++) {

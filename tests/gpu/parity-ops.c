@@ -192,8 +192,8 @@ static void test_linear(PqDtype dt, int bias) {
 
 // A group on one input against the CPU twins, forward and backward: q, k, v (n 3) or gate, up (n 2), the
 // weights joined at load (pq_dev_weights) or uploaded one by one; bias: a bitmask of the members with one
-static void test_linear_group(PqDtype dt, int n, int bias, int joined) {
-    int N = 133, C = 256, oc3[3] = {320, 64, 64}, oc2[2] = {448, 448};
+static void test_linear_group(PqDtype dt, int n, int bias, int joined, int N) {
+    int C = 256, oc3[3] = {320, 64, 64}, oc2[2] = {448, 448};
     const int *oc = n == 3 ? oc3 : oc2;
     PqWeight hw[3], dw[3];
     float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3], *gout[3], *dy[3], *gdy[3];
@@ -212,13 +212,14 @@ static void test_linear_group(PqDtype dt, int n, int bias, int joined) {
     pq_linear_group_forward(gout, dX, dw, (const float *const *)db, n, N, C);
     char name[96];
     for (int t = 0; t < n; t++) {
-        snprintf(name, sizeof name, "linear_group_forward %s n%d%s%s [%d]", pq_dtype_name(dt), n,
-                 b[t] ? " bias" : "", joined ? " joined" : "", t);
+        snprintf(name, sizeof name, "linear_group_forward %s n%d%s%s N=%d [%d]", pq_dtype_name(dt), n,
+                 b[t] ? " bias" : "", joined ? " joined" : "", N, t);
         cmp(name, out[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
     }
     pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, n, N, C);
     pq_linear_group_backward(gdx, (const float *const *)gdy, dw, n, N, C);
-    snprintf(name, sizeof name, "linear_group_backward %s n%d%s", pq_dtype_name(dt), n, joined ? " joined" : "");
+    snprintf(name, sizeof name, "linear_group_backward %s n%d%s N=%d", pq_dtype_name(dt), n, joined ? " joined" : "",
+             N);
     cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
     for (int t = 0; t < n; t++) {
         pq_dev_weight_free(&dw[t]);
@@ -230,8 +231,8 @@ static void test_linear_group(PqDtype dt, int n, int bias, int joined) {
 
 // activations beyond f16's range (65504) and gradients below its normals
 // (6.1e-5): the f16 product must scale them into range, not overflow or flush
-static void test_linear_range(PqDtype dt) {
-    int N = 64, C = 256, OC = 192;
+static void test_linear_range(PqDtype dt, int N) {
+    int C = 256, OC = 192;
     PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
     float *x = hrand((size_t)N * C, 3e5f), *dy = hrand((size_t)N * OC, 5e-7f);
     float *out = hnan((size_t)N * OC), *dx = pq_xcalloc((size_t)N * C, sizeof *dx);
@@ -240,15 +241,49 @@ static void test_linear_range(PqDtype dt) {
     pq_cpu_linear_forward(out, x, &hw, NULL, N, C, OC);
     pq_linear_forward(gout, dX, &dw, NULL, N, C, OC);
     char name[64];
-    snprintf(name, sizeof name, "linear_forward %s |x| to 3e5", pq_dtype_name(dt));
+    snprintf(name, sizeof name, "linear_forward %s |x| to 3e5 N=%d", pq_dtype_name(dt), N);
     cmp(name, out, gout, (size_t)N * OC, prod_tol(dt));
     pq_cpu_linear_backward(dx, dy, &hw, N, C, OC);
     pq_linear_backward(gdx, dDY, &dw, N, C, OC);
-    snprintf(name, sizeof name, "linear_backward %s |dy| to 5e-7", pq_dtype_name(dt));
+    snprintf(name, sizeof name, "linear_backward %s |dy| to 5e-7 N=%d", pq_dtype_name(dt), N);
     cmp(name, dx, gdx, (size_t)N * C, prod_tol(dt));
     pq_dev_weight_free(&dw);
     free((void *)hw.data), free(x), free(dy), free(out), free(dx);
     pq_dev_free(dX), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
+}
+
+// The few rows of a decoding step (N <= 8) with bf16/f16 weights run the GEMV kernel (gemv.cu), N = 9 and C
+// not a multiple of 8 or an input not 16-byte aligned the tensor-core product: each against the CPU twin,
+// the kernel on and off (pq_cuda_set_gemv, as PQ_GEMV=0). Mistral-7B's q_proj (4096 x 4096) and its
+// gate/up and down shapes scaled down (OC 3000 x C 1024, OC 1024 x C 14336: 8 input rows are 459 KB), C past
+// a multiple of 256 (lanes without a last vector), odd OC, a single output.
+static void test_linear_gemv(PqDtype dt, int C, int OC) {
+    static const int ns[] = {1, 2, 3, 5, 8, 9};
+    int NMAX = 9;
+    PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
+    float *x = hrand((size_t)NMAX * C + 4, 1), *b = hrand(OC, 1), *out = hnan((size_t)NMAX * OC);
+    float *dX = dev(x, ((size_t)NMAX * C + 4) * 4), *dB = dev(b, OC * 4);
+    for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+        int N = ns[i], bias = (int)(i & 1);
+        for (int off = 0; off < 2; off++) { // off: the input one float in (not 16-byte aligned)
+            if (off && N != 3) continue;
+            pq_cpu_linear_forward(out, x + off, &hw, bias ? b : NULL, N, C, OC);
+            for (int on = 1; on >= 0; on--) {
+                pq_cuda_set_gemv(on);
+                float *gout = dnan((size_t)N * OC);
+                pq_linear_forward(gout, dX + off, &dw, bias ? dB : NULL, N, C, OC);
+                char name[96];
+                snprintf(name, sizeof name, "linear_forward %s N=%d C=%d OC=%d%s%s%s", pq_dtype_name(dt), N, C, OC,
+                         bias ? " bias" : "", off ? " unaligned" : "", on ? "" : " gemv off");
+                cmp(name, out, gout, (size_t)N * OC, prod_tol(dt));
+                pq_dev_free(gout);
+            }
+            pq_cuda_set_gemv(-1);
+        }
+    }
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(x), free(b), free(out);
+    pq_dev_free(dX), pq_dev_free(dB);
 }
 
 // the rows of a decoding step (ops_gen.h): N = 1 and 3, odd C and OC
@@ -599,18 +634,33 @@ static void g_linear(void) {
         test_linear(PQ_BF16, b);
         test_linear(PQ_F16, b);
     }
-    test_linear_range(PQ_BF16);
-    test_linear_range(PQ_F16);
-    for (int j = 0; j < 2; j++) { // q, k, v: every member biased (Qwen2), none, and only some
-        test_linear_group(PQ_F32, 3, 7, j);
-        test_linear_group(PQ_BF16, 3, j ? 7 : 0, j);
-        test_linear_group(PQ_F16, 3, 7, j);
-        test_linear_group(PQ_BF16, 3, 5, j);
+    for (int k = 0; k < 2; k++) { // many rows (the tensor-core product) and a decoding step's (the GEMV kernel)
+        int N = k ? 4 : 64;
+        test_linear_range(PQ_BF16, N);
+        test_linear_range(PQ_F16, N);
     }
-    for (int j = 0; j < 2; j++) { // gate, up
-        test_linear_group(PQ_F32, 2, 0, j);
-        test_linear_group(PQ_BF16, 2, 0, j);
-        test_linear_group(PQ_F16, 2, j ? 2 : 0, j);
+    for (int k = 0; k < 3; k++) { // N: a training batch's rows, then a decoding step's 1 and 5 (the GEMV kernel)
+        int N = k == 0 ? 133 : k == 1 ? 1 : 5;
+        for (int j = 0; j < 2; j++) { // q, k, v: every member biased (Qwen2), none, and only some
+            test_linear_group(PQ_F32, 3, 7, j, N);
+            test_linear_group(PQ_BF16, 3, j ? 7 : 0, j, N);
+            test_linear_group(PQ_F16, 3, 7, j, N);
+            test_linear_group(PQ_BF16, 3, 5, j, N);
+        }
+        for (int j = 0; j < 2; j++) { // gate, up
+            test_linear_group(PQ_F32, 2, 0, j, N);
+            test_linear_group(PQ_BF16, 2, 0, j, N);
+            test_linear_group(PQ_F16, 2, j ? 2 : 0, j, N);
+        }
+    }
+    for (int d = 0; d < 2; d++) {
+        PqDtype dt = d ? PQ_F16 : PQ_BF16;
+        test_linear_gemv(dt, 4096, 4096);
+        test_linear_gemv(dt, 1024, 3000);
+        test_linear_gemv(dt, 14336, 1024);
+        test_linear_gemv(dt, 1000, 333);
+        test_linear_gemv(dt, 200, 1);
+        test_linear_gemv(dt, 100, 77); // C not a multiple of 8: the tensor-core product
     }
     for (int n = 1; n <= 3; n += 2) {
         test_linear_rows(PQ_F32, n);
