@@ -47,7 +47,7 @@ static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
 size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint) {
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
     size_t fl = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + 4 + (size_t)c->C + 2 * W + QD + 2 * KD +
-                3 * (size_t)(lora && lora->r > 0 ? lora->r : 1) + 2 * (size_t)c->H;
+                (size_t)(lora && lora->r > 0 ? lora->r : 1) + 2 * (size_t)c->H;
     return 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
 }
 
@@ -97,7 +97,7 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->dq = pq_dev_alloc(n * QD * 4);
     t->dk = pq_dev_alloc(n * KD * 4);
     t->dv = pq_dev_alloc(n * KD * 4);
-    t->dxa = pq_dev_alloc(3 * n * (t->lora->r > 0 ? t->lora->r : 1) * 4); // q, k, v's
+    t->dxa = pq_dev_alloc(n * (t->lora->r > 0 ? t->lora->r : 1) * 4);
     t->dgate = pq_dev_alloc(n * c->H * 4);
     t->dup = pq_dev_alloc(n * c->H * 4);
     t->cap = N;
@@ -152,97 +152,77 @@ static uint64_t drop_key(uint64_t seed, int l, int j) {
 
 static int dropping(const PqTrainer *t) { return t->dropout > 0 && t->drop_seed != 0; }
 
-// The adapted linears among j0 .. j0+n-1 (one input): their count, A, B, kept xa, gradients and mask seeds.
-typedef struct {
-    int m, j[PQ_LORA_GROUP];
-    const float *A[PQ_LORA_GROUP], *B[PQ_LORA_GROUP];
-    float *xa[PQ_LORA_GROUP], *dA[PQ_LORA_GROUP], *dB[PQ_LORA_GROUP];
-    uint64_t seed[PQ_LORA_GROUP];
-    float p; // the dropout probability, 0 when not dropping
-} LoraSet;
-
-static LoraSet lora_set(const PqTrainer *t, int l, int j0, int n, PqLayerActs *a) {
-    LoraSet g = {.p = dropping(t) ? t->dropout : 0.0f};
-    for (int j = j0; j < j0 + n; j++) {
-        const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j], *gr = &t->gab[l * PQ_NLIN + j];
-        if (!ab->A) continue;
-        g.j[g.m] = j, g.A[g.m] = ab->A, g.B[g.m] = ab->B, g.xa[g.m] = a->lora_xa[j];
-        g.dA[g.m] = gr->A, g.dB[g.m] = gr->B;
-        g.seed[g.m] = g.p > 0 ? drop_key(t->drop_seed, l, j) : 0;
-        g.m++;
+// out (N,OC) += scale * (drop(x) A^T) B^T of linear j, keeping xa (nothing where j is not adapted).
+static void lora_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
+    const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
+    if (!ab->A) return;
+    const float *xd = x;
+    if (dropping(t)) {
+        pq_dropout_forward(scr, x, t->dropout, drop_key(t->drop_seed, l, j), (size_t)N * in);
+        xd = scr;
     }
-    return g;
-}
-
-// out[j - j0] (N,OC_j) += scale * (drop_j(x) A_j^T) B_j^T for the adapted linears j0 .. j0+n-1 sharing the input
-// x (N,in), keeping each xa: x read once for all of them (each its own dropout mask).
-static void lora_group_forward(const PqTrainer *t, int l, int j0, int n, float *const *out, const float *x,
-                               PqLayerActs *a, int N) {
-    LoraSet g = lora_set(t, l, j0, n, a);
-    if (!g.m) return;
-    int in, oc, r = t->lora->r;
-    pq_lin_shape(&t->m->cfg, j0, &in, &oc);
-    pq_lora_xa_group(g.xa, x, g.A, g.seed, g.p, g.m, N, in, r);
-    for (int u = 0; u < g.m; u++) {
-        pq_lin_shape(&t->m->cfg, g.j[u], &in, &oc);
-        pq_lora_up_forward(out[g.j[u] - j0], g.xa[u], g.B[u], t->lora->scale, N, oc, r);
-    }
+    pq_lora_forward(out, xa, xd, ab->A, ab->B, t->lora->scale, N, in, oc, t->lora->r);
 }
 
 // out (N,OC) = x W^T + b + scale * (drop(x) A^T) B^T, keeping xa.
-static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, PqLayerActs *a, int N) {
+static void lin_forward(const PqTrainer *t, int l, int j, float *out, const float *x, float *xa, float *scr, int N) {
     const PqLayerW *w = &t->m->layers[l];
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
     pq_linear_forward(out, x, &w->w[j], w->b[j], N, in, oc);
-    lora_group_forward(t, l, j, 1, &out, x, a, N);
+    lora_forward(t, l, j, out, x, xa, scr, N);
 }
 
 // q (into qo), k (into ko), v from a->ln1: one product where the weights are joined (pq_dev_weights),
-// then the LoRA terms as one group.
+// then each LoRA term.
 static void qkv_forward(const PqTrainer *t, int l, float *qo, float *ko, PqLayerActs *a, int N) {
     const PqLayerW *w = &t->m->layers[l];
     float *out[3] = {qo, ko, a->v};
     const float *bias[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
     pq_linear_group_forward(out, a->ln1, &w->w[PQ_Q], bias, 3, N, t->m->cfg.C);
-    lora_group_forward(t, l, PQ_Q, 3, out, a->ln1, a, N);
+    for (int j = PQ_Q; j <= PQ_V; j++) lora_forward(t, l, j, out[j - PQ_Q], a->ln1, a->lora_xa[j], a->tmp, N);
 }
 
-// gate and up from a->ln2 as one group (the weights joined at load), then their LoRA terms as one.
+// gate and up from a->ln2 as one group (the weights joined at load), then each LoRA term.
 static void gate_up_forward(const PqTrainer *t, int l, PqLayerActs *a, int N) {
     const PqLayerW *w = &t->m->layers[l];
     float *out[2] = {a->gate, a->up};
     const float *bias[2] = {w->b[PQ_GATE], w->b[PQ_UP]};
     pq_linear_group_forward(out, a->ln2, &w->w[PQ_GATE], bias, 2, N, t->m->cfg.C);
-    lora_group_forward(t, l, PQ_GATE, 2, out, a->ln2, a, N);
+    for (int j = PQ_GATE; j <= PQ_UP; j++)
+        lora_forward(t, l, j, out[j - PQ_GATE], a->ln2, a->lora_xa[j], a->tmp, N);
 }
 
-// dx (N,in) += d/dx of lora_group_forward given dout[j - j0] (N,OC_j); LoRA grads +=. Each adapter's dxa in
-// its slice of t->dxa; dA and dx each in one pass over x and dx for the group, through the forward's masks.
-static void lora_group_backward(PqTrainer *t, int l, int j0, int n, float *dx, const float *const *dout,
-                                const float *x, PqLayerActs *a, int N) {
-    LoraSet g = lora_set(t, l, j0, n, a);
-    if (!g.m) return;
-    int in, oc, r = t->lora->r;
-    float *dxa[PQ_LORA_GROUP];
-    for (int u = 0; u < g.m; u++) {
-        dxa[u] = t->dxa + (size_t)u * N * r;
-        pq_lin_shape(&t->m->cfg, g.j[u], &in, &oc);
-        pq_lora_up_backward(g.dB[u], dxa[u], dout[g.j[u] - j0], g.xa[u], g.B[u], t->lora->scale, N, oc, r);
+// dx (N,in) += d/dx of lora_forward given dout (N,OC); LoRA grads +=.
+static void lora_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                          float *scr, int N) {
+    int in, oc;
+    pq_lin_shape(&t->m->cfg, j, &in, &oc);
+    const PqLoraAB *ab = &t->lora->ab[l * PQ_NLIN + j];
+    if (!ab->A) return;
+    const PqLoraAB *g = &t->gab[l * PQ_NLIN + j];
+    int r = t->lora->r;
+    float sc = t->lora->scale;
+    if (!dropping(t)) {
+        pq_lora_backward(dx, g->A, g->B, t->dxa, dout, x, xa, ab->A, ab->B, sc, N, in, oc, r);
+        return;
     }
-    pq_lin_shape(&t->m->cfg, j0, &in, &oc);
-    pq_lora_dA_group(g.dA, (const float *const *)dxa, x, g.seed, g.p, g.m, N, in, r);
-    pq_lora_dx_group(dx, (const float *const *)dxa, g.A, g.seed, g.p, g.m, N, in, r);
+    uint64_t key = drop_key(t->drop_seed, l, j);
+    pq_dropout_forward(scr, x, t->dropout, key, (size_t)N * in); // the dropped input again (for dA)
+    pq_lora_backward(NULL, g->A, g->B, t->dxa, dout, scr, xa, ab->A, ab->B, sc, N, in, oc, r);
+    pq_lora_dx_dropout(dx, t->dxa, ab->A, t->dropout, key, N, in, r); // dx += the same mask on dxa A
 }
 
 // dx (N,in) += d/dx of lin_forward given dout (N,OC); LoRA grads +=.
-static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, PqLayerActs *a,
-                         int N) {
+static void lin_backward(PqTrainer *t, int l, int j, float *dx, const float *dout, const float *x, const float *xa,
+                         float *scr, int N) {
     const PqLayerW *w = &t->m->layers[l];
     int in, oc;
     pq_lin_shape(&t->m->cfg, j, &in, &oc);
     pq_linear_backward(dx, dout, &w->w[j], N, in, oc);
-    lora_group_backward(t, l, j, 1, dx, &dout, x, a, N);
+    lora_backward(t, l, j, dx, dout, x, xa, scr, N);
 }
 
 // One block: xin (N,C) -> xout (N,C), activations into a.
@@ -264,11 +244,11 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
     else
         pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, N, c->NH, c->KVH, c->HS,
                              pq_layer_window(c, l));
-    lin_forward(t, l, PQ_O, a->x_mid, a->att, a, N);
+    lin_forward(t, l, PQ_O, a->x_mid, a->att, a->lora_xa[PQ_O], a->tmp, N);
     pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, a->x_mid, xin, w->ln2, N, C, c->eps); // x_mid += xin, normed
     gate_up_forward(t, l, a, N);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
-    lin_forward(t, l, PQ_DOWN, xout, a->mlp, a, N);
+    lin_forward(t, l, PQ_DOWN, xout, a->mlp, a->lora_xa[PQ_DOWN], a->tmp, N);
     pq_residual_forward(xout, a->x_mid, (size_t)N * C);
     (void)QD;
 }
@@ -339,16 +319,17 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         if (t->checkpoint && l < c->L - 1) layer_forward(t, l, xin, dh, a, N);
         // MLP: xout = x_mid + down(mlp); dx is d xout
         pq_dev_zero(dh, (size_t)N * c->H * sizeof(float));
-        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a, N);
+        lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->lora_xa[PQ_DOWN], s1, N);
         pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
         pq_dev_zero(dh, NC * sizeof(float));
         const float *dgu[2] = {t->dgate, t->dup}; // gate and up's input gradient as one group
         pq_linear_group_backward(dh, dgu, &w->w[PQ_GATE], 2, N, C);
-        lora_group_backward(t, l, PQ_GATE, 2, dh, dgu, a->ln2, a, N);
+        for (int j = PQ_GATE; j <= PQ_UP; j++)
+            lora_backward(t, l, j, dh, dgu[j - PQ_GATE], a->ln2, a->lora_xa[j], s1, N);
         pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->ln2_rstd, N, C); // dx = d x_mid
         // attention: x_mid = xin + o(att)
         pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));
-        lin_backward(t, l, PQ_O, dh, dx, a->att, a, N);
+        lin_backward(t, l, PQ_O, dh, dx, a->att, a->lora_xa[PQ_O], s1, N);
         if (t->ka0)
             pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, t->ka0, t->ka1,
                                    t->kb0, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
@@ -369,7 +350,7 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         pq_dev_zero(dh, NC * sizeof(float));
         const float *dqkv[3] = {t->dq, t->dk, t->dv}; // q, k, v's input gradient as one product
         pq_linear_group_backward(dh, dqkv, &w->w[PQ_Q], 3, N, C);
-        lora_group_backward(t, l, PQ_Q, 3, dh, dqkv, a->ln1, a, N);
+        for (int j = PQ_Q; j <= PQ_V; j++) lora_backward(t, l, j, dh, dqkv[j - PQ_Q], a->ln1, a->lora_xa[j], s1, N);
         pq_rmsnorm_backward(dx, dh, xin, w->ln1, a->ln1_rstd, N, C); // dx = d xin
     }
 }

@@ -39,8 +39,7 @@ typedef struct PqTrainer {
     float *hc, *lse, *logpc; // (M,C), (M), (M) their hidden states, log-sum-exp, logps
     float *dx, *dh, *dscr; // (N,C), (N, max(C,QD,H)) x2 backward scratch (kept: no device
                            // allocation per backward)
-    float *dq, *dk, *dv, *dgate, *dup;
-    float *dxa; // (3,N,r): a LoRA group's dxa, one slice per adapter (q, k, v the most)
+    float *dq, *dk, *dv, *dxa, *dgate, *dup;
 } PqTrainer;
 
 // m: the frozen base; lora: the adapter trained (with its targets and scale);
