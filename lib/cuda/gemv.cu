@@ -1,4 +1,4 @@
-// gemv.cu: the products of few rows (a decoding step's N <= 8) with bf16/f16
+// gemv.cu: the products of few rows (a decoding step's; up to 8, used for PQ_GEMV_MAX_N) with bf16/f16
 // weights, at the pace of reading the weights. cuBLAS's choice for such
 // shapes reads them far below the memory's bandwidth, and every step reads all
 // of them: out (N,OC) f32 = inp (N,C) f32 x W (OC,C)^T (+ bias). Each warp owns

@@ -16,7 +16,7 @@ extern "C" {
 enum { PQ_LORA_SGEMM = 0, PQ_LORA_TF32, PQ_LORA_LT, PQ_LORA_SGEMM_T, PQ_LORA_KINDS };
 void pq_cuda_set_lora_gemm(int kind);
 
-// The products of at most 8 rows with bf16/f16 weights (a decoding step's) run a memory-bound GEMV kernel
+// The products of PQ_GEMV_MAX_N rows (1) with bf16/f16 weights (batch-1 decoding's) run a memory-bound GEMV kernel
 // (gemv.cu) unless PQ_GEMV=0 (read once): cuBLASLt then, as for more rows. pq_cuda_set_gemv(0 or 1) turns it
 // off or on, -1: PQ_GEMV's choice again.
 void pq_cuda_set_gemv(int on);

@@ -252,7 +252,7 @@ static void test_linear_range(PqDtype dt, int N) {
     pq_dev_free(dX), pq_dev_free(dDY), pq_dev_free(gout), pq_dev_free(gdx);
 }
 
-// The few rows of a decoding step (N <= 8) with bf16/f16 weights run the GEMV kernel (gemv.cu), N = 9 and C
+// The rows of a decoding step (N <= PQ_GEMV_MAX_N) with bf16/f16 weights run the GEMV kernel (gemv.cu), more and C
 // not a multiple of 8 or an input not 16-byte aligned the tensor-core product: each against the CPU twin,
 // the kernel on and off (pq_cuda_set_gemv, as PQ_GEMV=0). Mistral-7B's q_proj (4096 x 4096) and its
 // gate/up and down shapes scaled down (OC 3000 x C 1024, OC 1024 x C 14336: 8 input rows are 459 KB), C past
