@@ -413,8 +413,12 @@ __global__ void __launch_bounds__(32 * NWARP) attn_dkv_kernel(float *dk, float *
 // products; f32 models: the exact kernels. PQ_ATTENTION forces one for every model.
 enum { ATT_F32, ATT_MM, ATT_CUDNN };
 static int attn_path = ATT_F32; // until a model says otherwise
+static PqDtype model_dt = PQ_F32; // the weights' dtype of the model loaded last (the LoRA products' default too)
+
+PqDtype pq_cuda_model_dtype(void) { return model_dt; }
 
 extern "C" void pq_ops_set_attention_dtype(PqDtype t) {
+    model_dt = t;
     const char *f = getenv("PQ_ATTENTION");
     if (f && !strcmp(f, "f32")) attn_path = ATT_F32;
     else if (f && !strcmp(f, "mm")) attn_path = ATT_MM;

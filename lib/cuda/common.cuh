@@ -53,6 +53,8 @@ void *pq_cuda_scratch(int slot, size_t bytes);
 // (pq_dev_upload, _copy, _zero) or any free makes them stale
 void pq_attention_note_write(const void *dst, size_t bytes);
 void pq_attention_note_free(void);
+// the weights' dtype of the model loaded last (pq_ops_set_attention_dtype), f32 before any
+PqDtype pq_cuda_model_dtype(void);
 
 // Elements per thread block for the 1-D elementwise kernels.
 #define PQ_EW_THREADS 256

@@ -8,11 +8,11 @@ extern "C" {
 #endif
 
 // The kernel of the LoRA products (f32, r small), otherwise PQ_LORA_GEMM=sgemm|tf32|lt|sgemm_t, read
-// once: cublasSgemm (the default), cublasGemmEx on tensor cores with TF32 inputs (10-bit mantissas: not
-// the default, its results differ), cuBLASLt f32 with the heuristic's algorithm (cublasSgemm where it has
+// once: cublasSgemm (an f32 model's default), cublasGemmEx on tensor cores with TF32 inputs (10-bit
+// mantissas: a bf16/f16 model's default), cuBLASLt f32 with the heuristic's algorithm (cublasSgemm where it has
 // none), or cublasSgemm computing the r-wide products (xa, dxa, dB) as their transposes, so that the
 // long side (N or OC) is the rows, put back in place by a small kernel.
-// pq_cuda_set_lora_gemm(-1): PQ_LORA_GEMM's choice again.
+// pq_cuda_set_lora_gemm(-1): PQ_LORA_GEMM's choice, or the model's default, again.
 enum { PQ_LORA_SGEMM = 0, PQ_LORA_TF32, PQ_LORA_LT, PQ_LORA_SGEMM_T, PQ_LORA_KINDS };
 void pq_cuda_set_lora_gemm(int kind);
 
