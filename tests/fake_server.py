@@ -327,8 +327,10 @@ class Conn(asyncio.Protocol):
             self.stream()
 
     def stream(self):
-        # [[fake:endless]]: 1 MiB at a time for as long as the client reads
-        while self.transport is not None and not self.paused:
+        # [[fake:endless]]: 1 MiB at a time for as long as the client reads. Once the client has hung up,
+        # write() neither sends nor pauses, and connection_lost waits for this loop to yield: is_closing()
+        # ends it (without it the server spun here, serving no other connection, and the test timed out).
+        while self.transport is not None and not self.transport.is_closing() and not self.paused:
             self.transport.write(b"a" * (1 << 20))
 
     def data_received(self, data):
