@@ -210,6 +210,13 @@ void pq_cpu_attention_kv_shared_forward(float *out, const float *q, const float 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+// Decoding one or two rows reads bf16 weights faster with a software prefetch
+// 1 KiB ahead of each weight row's loads (past a row's end: the next rows',
+// the next strip's): on one core here 7.8 -> 9.1 tok/s (Qwen2.5-0.5B shape,
+// interleaved runs), 2 threads 16.2 -> 18.5; f32 weights gained nothing.
+#define PF_BYTES 1024
+#define PF_ROWS 2
+
 // 16 weights from w + off (f32, or bf16 widened exactly); masked: the
 // lanes of m only (the rest 0).
 static inline __attribute__((always_inline)) __m512 load_w(const void *w, int bf16, size_t off) {
@@ -237,6 +244,9 @@ static inline __attribute__((always_inline)) void rows_block(float *out, const f
     int c = 0;
     for (; c + 16 <= C; c += 16) {
         __m512 wv[4];
+        if (bf16 && IB <= PF_ROWS)
+            _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
+                _mm_prefetch((const char *)w + ((size_t)(o0 + a) * C + c) * 2 + PF_BYTES, _MM_HINT_T0);
         _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) wv[a] = load_w(w, bf16, (size_t)(o0 + a) * C + c);
         _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) {
             __m512 xv = _mm512_loadu_ps(x + (size_t)b * C + c);
