@@ -91,8 +91,7 @@ void pq_cpu_linear_backward(float *dinp, const float *dout, const PqWeight *weig
 void pq_cpu_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
                           const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                           int r) {
-    psgemm(1, 0, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
-    psgemm(0, 0, N, r, OC, scale, dout, OC, B, r, 0.0f, dxa, r);
+    pq_cpu_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
     psgemm(1, 0, r, C, N, 1.0f, dxa, r, inp, C, 1.0f, dA, C);
     if (dinp) psgemm(0, 0, N, C, r, 1.0f, dxa, r, A, C, 1.0f, dinp, C);
 }
@@ -450,45 +449,23 @@ static inline uint64_t mix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-void pq_cpu_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
-    float keep = 1.0f / (1.0f - p);
-    uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64
-    if (p >= 1) thr = UINT64_MAX;
-#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = mix64(seed ^ mix64(i)) < thr ? 0.0f : inp[i] * keep;
-}
-
-// Blocks of LDX_ROWS rows: their dxa A into a buffer of the thread (one sgemm), added through the mask.
-#define LDX_ROWS 32
-void pq_cpu_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C, int r) {
-    float keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
-    uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64, as dropout_forward
-    if (p >= 1) thr = UINT64_MAX;
-    int nb = (N + LDX_ROWS - 1) / LDX_ROWS;
-#pragma omp parallel num_threads(pq_cpu_threads())
-    {
-        float *buf = pq_xmalloc((size_t)LDX_ROWS * C * sizeof *buf);
-#pragma omp for schedule(static)
-        for (int b = 0; b < nb; b++) {
-            int i0 = b * LDX_ROWS, n = N - i0 < LDX_ROWS ? N - i0 : LDX_ROWS;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, r, 1.0f, dxa + (size_t)i0 * r, r, A, C,
-                        0.0f, buf, C);
-            for (int i = 0; i < n; i++)
-                for (int c = 0; c < C; c++) {
-                    size_t x = (size_t)(i0 + i) * C + c;
-                    if (p > 0) dx[x] += mix64(seed ^ mix64(x)) < thr ? 0.0f : buf[(size_t)i * C + c] * keep;
-                    else dx[x] += buf[(size_t)i * C + c];
-                }
-        }
-        free(buf);
-    }
-}
-
 // dropout_forward's threshold and scale for p (p 0: keep everything)
 static uint64_t drop_thr(float p, float *keep) {
     *keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
     if (p >= 1) return UINT64_MAX;
     return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64
+}
+
+void pq_cpu_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
+#pragma omp parallel for num_threads(pq_cpu_threads()) schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = mix64(seed ^ mix64(i)) < thr ? 0.0f : inp[i] * keep;
+}
+
+// one adapter: lora_dx_group
+void pq_cpu_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C, int r) {
+    pq_cpu_lora_dx_group(dx, &dxa, &A, &seed, p, 1, N, C, r);
 }
 
 // The block of x of m rows and w columns from element (i0, c0) (rows of stride C) through each of n masks:

@@ -562,7 +562,7 @@ extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const f
     } else {
         sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
     }
-    sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
+    pq_lora_up_forward(out, xa, B, scale, N, OC, r);
 }
 
 // one thread per (token, head, d < HS/2); dir +1 forward, -1 backward
@@ -743,18 +743,7 @@ extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, 
                                  const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                                  int r) {
     if (N <= 0) return;
-    if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // dB and dxa column-major (OC or N the long side)
-        size_t big = (size_t)(OC > N ? OC : N) * r;
-        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, big * sizeof(float));
-        // dB (OC,r) col-major = scale dout^T xa, then dxa (N,r) col-major = scale dout B
-        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, OC, r, N, scale, dout, OC, xa, r, 0.0f, t, OC);
-        from_col_major(dB, t, OC, r, 1);
-        sgemm(CUBLAS_OP_T, CUBLAS_OP_T, N, r, OC, scale, dout, OC, B, r, 0.0f, t, N);
-        from_col_major(dxa, t, N, r, 0);
-    } else {
-        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa, r, dout, OC, 1.0f, dB, r);
-        sgemm(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B, r, dout, OC, 0.0f, dxa, r);
-    }
+    pq_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
     sgemm(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, C, dxa, r, 1.0f, dA, C);
     if (dinp) sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 1.0f, dinp, C);
 }
@@ -830,55 +819,24 @@ __global__ void dropout_kernel(float *out, const float *inp, float keep, uint64_
     if (i < n) out[i] = mix64(seed ^ mix64(i)) < thr ? 0.0f : inp[i] * keep;
 }
 
+// dropout_forward's threshold (p * 2^64, as the CPU) and scale; p 0: no mask
+static uint64_t drop_thr(float p, float *keep) {
+    *keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    if (p >= 1) return UINT64_MAX;
+    return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2;
+}
+
 extern "C" void pq_dropout_forward(float *out, const float *inp, float p, uint64_t seed, size_t n) {
     if (!n) return;
-    float keep = 1.0f / (1.0f - p);
-    uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64, as the CPU
-    if (p >= 1) thr = UINT64_MAX;
+    float keep;
+    uint64_t thr = drop_thr(p, &keep);
     dropout_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, inp, keep, thr, seed, n);
     CU_LAUNCHED();
 }
 
-// dx (N,C) += drop(dxa A): a block owns LDX_COLS columns (a thread each) of LDX_ROWS rows; the rows' dxa in
-// shared memory, A's column read 16 rows at a time into registers, the mask drawn as dropout_kernel draws it.
+// lora_dx_group's tiles: a block owns LDX_COLS columns (a thread each) of LDX_ROWS rows
 #define LDX_ROWS 16
 #define LDX_COLS 256
-__global__ void lora_dx_dropout_kernel(float *dx, const float *dxa, const float *A, float keep, uint64_t thr,
-                                       uint64_t seed, int drop, int N, int C, int r) {
-    extern __shared__ float sx[]; // (LDX_ROWS, r)
-    int c = blockIdx.x * LDX_COLS + threadIdx.x, i0 = blockIdx.y * LDX_ROWS;
-    int nr = N - i0 < LDX_ROWS ? N - i0 : LDX_ROWS;
-    for (int e = threadIdx.x; e < nr * r; e += blockDim.x) sx[e] = dxa[(size_t)i0 * r + e];
-    __syncthreads();
-    if (c >= C) return;
-    float acc[LDX_ROWS];
-    for (int i = 0; i < LDX_ROWS; i++) acc[i] = 0.0f;
-    for (int k0 = 0; k0 < r; k0 += 16) {
-        int kn = r - k0 < 16 ? r - k0 : 16;
-        float a[16];
-        for (int k = 0; k < 16; k++) a[k] = k < kn ? A[(size_t)(k0 + k) * C + c] : 0.0f;
-        for (int i = 0; i < nr; i++)
-            for (int k = 0; k < kn; k++) acc[i] += sx[i * r + k0 + k] * a[k];
-    }
-    for (int i = 0; i < nr; i++) {
-        size_t x = (size_t)(i0 + i) * C + c;
-        dx[x] += drop ? (mix64(seed ^ mix64(x)) < thr ? 0.0f : acc[i] * keep) : acc[i];
-    }
-}
-
-extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,
-                                   int r) {
-    if (N <= 0 || C <= 0 || r <= 0) return;
-    float keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
-    uint64_t thr = (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2; // p * 2^64, as the CPU
-    if (p >= 1) thr = UINT64_MAX;
-    dim3 grid((C + LDX_COLS - 1) / LDX_COLS, (N + LDX_ROWS - 1) / LDX_ROWS);
-    size_t smem = (size_t)LDX_ROWS * r * sizeof(float);
-    if (smem > 48 * 1024)
-        CU(cudaFuncSetAttribute(lora_dx_dropout_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    lora_dx_dropout_kernel<<<grid, LDX_COLS, smem>>>(dx, dxa, A, keep, thr, seed, p > 0, N, C, r);
-    CU_LAUNCHED();
-}
 
 // ---- LoRA on a group of adapters sharing one input (ops_grad.h's lora_*_group) ----
 
@@ -898,13 +856,6 @@ static LoraGroup lora_group(const float *const *a, const float *const *b, float 
         g.seed[t] = seed ? seed[t] : 0;
     }
     return g;
-}
-
-// dropout_forward's threshold (p * 2^64, as the CPU) and scale; p 0: no mask
-static uint64_t drop_thr(float p, float *keep) {
-    *keep = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
-    if (p >= 1) return UINT64_MAX;
-    return (uint64_t)((double)p * 18446744073709551616.0 / 2) * 2;
 }
 
 // Element xi of x (v, 0 outside) through each adapter's mask into s[t * stride]: the index's hash once, each
@@ -1018,7 +969,7 @@ __global__ void lora_dA_reduce_kernel(LoraGroup g, const float *part, int S, int
     g.w[t][kc] += sum;
 }
 
-// dx (N,C) += sum_t drop_t(dxa[t] A[t]) (dxa in g.a, A in g.b): lora_dx_dropout_kernel's tiles, each t's
+// dx (N,C) += sum_t drop_t(dxa[t] A[t]) (dxa in g.a, A in g.b): LDX_ROWS x LDX_COLS tiles, each t's
 // product in registers added through its mask into a total, dx read and written once.
 template <int NT>
 __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, LoraGroup g, float keep, uint64_t thr,
@@ -1130,6 +1081,12 @@ extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float
         LORA_GROUP_LAUNCH(lora_dx_group_kernel, m, grid, LDX_COLS, smem, dx, g, keep, thr, p > 0, N, C, r);
         CU_LAUNCHED();
     }
+}
+
+// one adapter: lora_dx_group's kernel
+extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,
+                                   int r) {
+    pq_lora_dx_group(dx, &dxa, &A, &seed, p, 1, N, C, r);
 }
 
 // out (N,OC) += scale xa B^T
