@@ -67,6 +67,31 @@ extern "C" void pq_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvC
 #define ATT_WARPS (ATT_THREADS / 32)
 #define ATT_CH 128 // positions scored per pass through shared memory
 
+// One chunk's online softmax, warps taking the heads: scores s (G, ATT_CH) of cn positions become their
+// exponentials on the new running maximum m (G); alpha (G) rescales the sums so far; l (G) is the new total.
+__device__ __forceinline__ void chunk_softmax(float *s, float *alpha, float *mm, float *ll, int G, int cn, int warp,
+                                              int lane) {
+    for (int g = warp; g < G; g += ATT_WARPS) {
+        float mx = -INFINITY;
+        for (int t = lane; t < cn; t += 32) mx = fmaxf(mx, s[g * ATT_CH + t]);
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float mold = mm[g], mnew = fmaxf(mold, mx), sum = 0;
+        for (int t = lane; t < cn; t += 32) {
+            float p = expf(s[g * ATT_CH + t] - mnew);
+            s[g * ATT_CH + t] = p;
+            sum += p;
+        }
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        __syncwarp();
+        if (lane == 0) {
+            float a = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+            alpha[g] = a;
+            mm[g] = mnew;
+            ll[g] = ll[g] * a + sum;
+        }
+    }
+}
+
 // One block per (split, KV head, row): the G query heads of the KV head read
 // each key and value once. Warps score positions (lanes across the head),
 // online softmax over chunks of ATT_CH, thread d accumulates channels d and
@@ -114,25 +139,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads();
-        for (int g = warp; g < G; g += ATT_WARPS) {
-            float mx = -INFINITY;
-            for (int t = lane; t < cn; t += 32) mx = fmaxf(mx, s[g * ATT_CH + t]);
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            float mold = mm[g], mnew = fmaxf(mold, mx), sum = 0;
-            for (int t = lane; t < cn; t += 32) {
-                float p = expf(s[g * ATT_CH + t] - mnew);
-                s[g * ATT_CH + t] = p;
-                sum += p;
-            }
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            __syncwarp();
-            if (lane == 0) {
-                float a = mold == -INFINITY ? 0.0f : expf(mold - mnew);
-                alpha[g] = a;
-                mm[g] = mnew;
-                ll[g] = ll[g] * a + sum;
-            }
-        }
+        chunk_softmax(s, alpha, mm, ll, G, cn, warp, lane);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -239,25 +246,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads();
-        for (int g = warp; g < G; g += ATT_WARPS) {
-            float mx = -INFINITY;
-            for (int t = lane; t < cn; t += 32) mx = fmaxf(mx, s[g * ATT_CH + t]);
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            float mold = mm[g], mnew = fmaxf(mold, mx), sum = 0;
-            for (int t = lane; t < cn; t += 32) {
-                float p = expf(s[g * ATT_CH + t] - mnew);
-                s[g * ATT_CH + t] = p;
-                sum += p;
-            }
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            __syncwarp();
-            if (lane == 0) {
-                float a = mold == -INFINITY ? 0.0f : expf(mold - mnew);
-                alpha[g] = a;
-                mm[g] = mnew;
-                ll[g] = ll[g] * a + sum;
-            }
-        }
+        chunk_softmax(s, alpha, mm, ll, G, cn, warp, lane);
         __syncthreads();
         // values: warp w sums positions w, w + ATT_WARPS, ...; lane has channels [lane DPL, lane DPL + DPL)
 #pragma unroll
