@@ -244,9 +244,6 @@ static inline __attribute__((always_inline)) void rows_block(float *out, const f
     int c = 0;
     for (; c + 16 <= C; c += 16) {
         __m512 wv[4];
-        if (bf16 && IB <= PF_ROWS)
-            _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
-                _mm_prefetch((const char *)w + ((size_t)(o0 + a) * C + c) * 2 + PF_BYTES, _MM_HINT_T0);
         _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) wv[a] = load_w(w, bf16, (size_t)(o0 + a) * C + c);
         _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) {
             __m512 xv = _mm512_loadu_ps(x + (size_t)b * C + c);
@@ -264,6 +261,61 @@ static inline __attribute__((always_inline)) void rows_block(float *out, const f
     }
     _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
         _Pragma("GCC unroll 12") for (int b = 0; b < IB; b++) out[(size_t)(i0 + b) * OC + o0 + a] = _mm512_reduce_add_ps(acc[a][b]);
+}
+
+// The same for bf16 weights at 1 or 2 input rows (decoding), 32 columns a
+// step: one 64-byte load holds 32 weights, the even ones widened by a shift
+// and the odd ones by a mask, against the input split the same way (xd:
+// per 32 columns, the 16 even then the 16 odd values); the last C % 32
+// columns as rows_block. Fewer instructions per byte than widening 16 at a
+// time (vpmovzxwd), which left one core reading below its bandwidth.
+static inline __attribute__((always_inline)) void rows_block_eo(float *out, const float *xd, const void *w, int C,
+                                                                int OC, int o0, int i0, const int WB, const int IB) {
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 acc[4][2], acc2[4][2];
+    _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
+        _Pragma("GCC unroll 2") for (int b = 0; b < IB; b++) acc[a][b] = acc2[a][b] = _mm512_setzero_ps();
+    const float *x = xd + (size_t)i0 * C;
+    int c = 0;
+    for (; c + 32 <= C; c += 32) {
+        __m512i wv[4];
+        _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) {
+            const char *p = (const char *)w + ((size_t)(o0 + a) * C + c) * 2;
+            _mm_prefetch(p + PF_BYTES, _MM_HINT_T0);
+            wv[a] = _mm512_loadu_si512((const void *)p);
+        }
+        _Pragma("GCC unroll 2") for (int b = 0; b < IB; b++) {
+            __m512 xe = _mm512_loadu_ps(x + (size_t)b * C + c), xo = _mm512_loadu_ps(x + (size_t)b * C + c + 16);
+            _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) {
+                acc[a][b] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv[a], 16)), xe, acc[a][b]);
+                acc2[a][b] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv[a], hi)), xo, acc2[a][b]);
+            }
+        }
+    }
+    for (; c < C; c += 16) {
+        __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+        __m512 wv[4];
+        _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) wv[a] = load_w_masked(w, 1, (size_t)(o0 + a) * C + c, m);
+        _Pragma("GCC unroll 2") for (int b = 0; b < IB; b++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)b * C + c);
+            _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++) acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int a = 0; a < WB; a++)
+        _Pragma("GCC unroll 2") for (int b = 0; b < IB; b++) out[(size_t)(i0 + b) * OC + o0 + a] =
+            _mm512_reduce_add_ps(_mm512_add_ps(acc[a][b], acc2[a][b]));
+}
+
+// x (N,C) -> xd (N,C) in rows_block_eo's order.
+static void split_even_odd(float *xd, const float *x, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *r = x + (size_t)i * C;
+        float *d = xd + (size_t)i * C;
+        int c = 0;
+        for (; c + 32 <= C; c += 32)
+            for (int j = 0; j < 16; j++) d[c + j] = r[c + 2 * j], d[c + 16 + j] = r[c + 2 * j + 1];
+        for (; c < C; c++) d[c] = r[c];
+    }
 }
 
 #define ROWS_BLOCK(WB, IB) rows_block(out, inp, w, bf16, C, OC, o0, i, WB, IB)
@@ -295,6 +347,24 @@ static inline __attribute__((always_inline)) void rows_part(float *out, const fl
 static void rows_direct(float *out, const float *inp, const PqWeight *weight, int N, int C, int OC) {
     int bf16 = weight->dtype == PQ_BF16, ns = (OC + 3) / 4;
     const void *w = weight->data;
+    if (bf16 && N <= PF_ROWS) {
+        float *xd = pq_xmalloc((size_t)N * C * sizeof *xd);
+        split_even_odd(xd, inp, N, C);
+#pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
+        for (int s = 0; s < ns; s++) {
+            int o0 = 4 * s;
+            if (o0 + 4 <= OC) {
+                if (N == 1) rows_block_eo(out, xd, w, C, OC, o0, 0, 4, 1);
+                else rows_block_eo(out, xd, w, C, OC, o0, 0, 4, 2);
+            } else
+                for (int o = o0; o < OC; o++) {
+                    if (N == 1) rows_block_eo(out, xd, w, C, OC, o, 0, 1, 1);
+                    else rows_block_eo(out, xd, w, C, OC, o, 0, 1, 2);
+                }
+        }
+        free(xd);
+        return;
+    }
     int nb = (N + 11) / 12, per = (N + nb - 1) / nb; // input blocks of <= 12
 #pragma omp parallel for schedule(static) num_threads(pq_cpu_threads())
     for (int s = 0; s < ns; s++) {

@@ -136,16 +136,16 @@ static void test_sampling(void) {
 
 // pq_cpu_linear_rows_forward (the decoding steps' products: in place up to
 // 32 rows (f32) or 48 (bf16), sgemm beyond) against a double reference, f32 and bf16 weights,
-// shapes off every block size. Under PQ_PRECISION=bf16 (test_generate.py
+// shapes off every block size (bf16 at 1-2 rows: 32 columns a step, then 16, then the rest). Under PQ_PRECISION=bf16 (test_generate.py
 // runs that too) bf16 weights multiply inputs rounded to bf16 from 2 rows.
 static void test_linear_rows(void) {
     int bfp = pq_cpu_bf16_products();
     PqRng rng;
     pq_rng_seed(&rng, 5);
-    const int Ns[] = {1, 2, 5, 6, 7, 12, 13, 24, 32, 33, 48, 49}, Cs[] = {16, 37, 96}, OCs[] = {1, 5, 8, 11};
+    const int Ns[] = {1, 2, 5, 6, 7, 12, 13, 24, 32, 33, 48, 49}, Cs[] = {16, 37, 50, 96}, OCs[] = {1, 5, 8, 11};
     for (int dt = 0; dt < 2; dt++)
         for (int a = 0; a < 12; a++)
-            for (int b = 0; b < 3; b++)
+            for (int b = 0; b < 4; b++)
                 for (int c = 0; c < 4; c++) {
                     int N = Ns[a], C = Cs[b], OC = OCs[c], with_bias = (a + c) % 2;
                     float *x = malloc(sizeof *x * (size_t)N * C), *w = malloc(sizeof *w * (size_t)OC * C);
