@@ -445,7 +445,8 @@ __global__ void amm_expand_kernel(__nv_bfloat16 *dst, const float *src, size_t n
 }
 static void amm_expand(void *dst, const float *src, int N, int NH, int SH, int HS) {
     size_t n = (size_t)N * NH * HS;
-    amm_expand_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__nv_bfloat16 *)dst, src, n, NH, SH, HS);
+    amm_expand_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dst, src, n,
+                                                                                         NH, SH, HS);
     CU_LAUNCHED();
 }
 
@@ -464,12 +465,12 @@ __global__ void amm_reduce_kernel(float *dst, const float *src, size_t n, int NH
 }
 static void amm_reduce(float *dst, const float *src, int N, int NH, int KVH, int HS) {
     size_t n = (size_t)N * KVH * HS;
-    amm_reduce_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dst, src, n, NH, KVH, HS);
+    amm_reduce_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(dst, src, n, NH, KVH, HS);
     CU_LAUNCHED();
 }
 
 static void amm_rowdot(float *D, const float *a, const float *b, size_t rows, int HS) {
-    attn_dot_kernel<<<pq_blocks(rows * 32, 256), 256>>>(D, a, b, (int)rows, HS);
+    attn_dot_kernel<<<pq_blocks(rows * 32, 256), 256, 0, pq_cuda_stream>>>(D, a, b, (int)rows, HS);
     CU_LAUNCHED();
 }
 
@@ -522,7 +523,8 @@ __global__ void __launch_bounds__(AMM_THREADS) amm_softmax_kernel(__nv_bfloat16 
     if (threadIdx.x == 0) lse[(size_t)i * NH + h] = m + logf(sum);
 }
 static void amm_softmax(void *P, float *lse, const float *S, PqAttnBlock b, const int32_t *pos, int NH, int window) {
-    amm_softmax_kernel<<<dim3(b.nq, NH), AMM_THREADS>>>((__nv_bfloat16 *)P, lse, S, b, pos, NH, window);
+    amm_softmax_kernel<<<dim3(b.nq, NH), AMM_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)P, lse, S, b, pos, NH,
+                                                                           window);
     CU_LAUNCHED();
 }
 
@@ -543,8 +545,8 @@ __global__ void __launch_bounds__(AMM_THREADS) amm_softmax_bwd_kernel(__nv_bfloa
 }
 static void amm_softmax_bwd(void *P, void *dS, const float *S, const float *dP, const float *lse, const float *D,
                             PqAttnBlock b, const int32_t *pos, int NH, int window, float scale) {
-    amm_softmax_bwd_kernel<<<dim3(b.nq, NH), AMM_THREADS>>>((__nv_bfloat16 *)P, (__nv_bfloat16 *)dS, S, dP, lse, D,
-                                                             b, pos, NH, window, scale);
+    amm_softmax_bwd_kernel<<<dim3(b.nq, NH), AMM_THREADS, 0, pq_cuda_stream>>>(
+        (__nv_bfloat16 *)P, (__nv_bfloat16 *)dS, S, dP, lse, D, b, pos, NH, window, scale);
     CU_LAUNCHED();
 }
 
@@ -578,7 +580,7 @@ __global__ void sd_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
     if (x < n) dst[x] = __float2bfloat16(src[x]);
 }
 static void sd_bf16(void *dst, const float *src, size_t n) {
-    sd_bf16_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((__nv_bfloat16 *)dst, src, n);
+    sd_bf16_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dst, src, n);
     CU_LAUNCHED();
 }
 
@@ -719,7 +721,7 @@ static bool sd_plan_build(SdPlan *sp, void **meta, const int32_t *pos, const int
     memcpy(m + o_rows, p->cb, 5 * (size_t)N * 4); // cb, cs, xb, xs, kx are one allocation, in this order
     char *d = NULL; // the entry's own metadata (sd_plan keeps several entries)
     CU(cudaMalloc((void **)&d, mbytes));
-    CU(cudaMemcpy(d, m, mbytes, cudaMemcpyHostToDevice));
+    pq_cuda_copy(d, m, mbytes, cudaMemcpyHostToDevice);
     *meta = d;
     free(m);
     PqSdpaCall *out[2] = {&sp->c1, &sp->c2};
@@ -835,7 +837,7 @@ static bool sd_forward(float *out, float *lse, const float *q, const float *k, c
     }
     if (ok) {
         sd_calls += 1 + (sp.c2.B > 0);
-        sd_merge_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS>>>(
+        sd_merge_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
             out, lse, (const __nv_bfloat16 *)O1, st1, (const __nv_bfloat16 *)O2, st2, sp.r, nq, NH, HS);
         CU_LAUNCHED();
     } else {
@@ -855,7 +857,7 @@ static bool sd_backward(float *dq, float *dk, float *dv, const float *dout, cons
     sd_bf16(Q, q, nq), sd_bf16(K, k, nk), sd_bf16(V, v, nk), sd_bf16(O, out, nq), sd_bf16(DO, dout, nq);
     float *st1 = (float *)sd_scratch(SD_ST1, (size_t)sp.c1.B * NH * sp.c1.smax_q * 4), *st2 = NULL;
     if (sp.c2.B) st2 = (float *)sd_scratch(SD_ST2, (size_t)sp.c2.B * NH * sp.c2.smax_q * 4);
-    sd_spread_kernel<<<pq_blocks(nl, PQ_EW_THREADS), PQ_EW_THREADS>>>(st1, st2, lse, sp.r, nl, NH);
+    sd_spread_kernel<<<pq_blocks(nl, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(st1, st2, lse, sp.r, nl, NH);
     CU_LAUNCHED();
     void *dq1 = sd_scratch(SD_DQ1, nq * 2), *dk1 = sd_scratch(SD_DK1, nk * 2), *dv1 = sd_scratch(SD_DV1, nk * 2);
     void *dq2 = NULL, *dk2 = NULL, *dv2 = NULL;
@@ -868,14 +870,14 @@ static bool sd_backward(float *dq, float *dk, float *dv, const float *dout, cons
     if (ok) {
         sd_calls += 1 + (sp.c2.B > 0);
         typedef const __nv_bfloat16 *bp;
-        sd_combine_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS>>>(dq, (bp)dq1, (bp)dq2, sp.r.xb, 1, nq,
-                                                                            (size_t)NH * HS);
+        sd_combine_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+            dq, (bp)dq1, (bp)dq2, sp.r.xb, 1, nq, (size_t)NH * HS);
         CU_LAUNCHED();
-        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS>>>(dk, (bp)dk1, (bp)dk2, sp.r.kx, 0, nk,
-                                                                            (size_t)KVH * HS);
+        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+            dk, (bp)dk1, (bp)dk2, sp.r.kx, 0, nk, (size_t)KVH * HS);
         CU_LAUNCHED();
-        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS>>>(dv, (bp)dv1, (bp)dv2, sp.r.kx, 0, nk,
-                                                                            (size_t)KVH * HS);
+        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+            dv, (bp)dv1, (bp)dv2, sp.r.kx, 0, nk, (size_t)KVH * HS);
         CU_LAUNCHED();
     } else {
         sd_fallback(err);
@@ -912,7 +914,8 @@ static void fwd_launch(float *out, float *lse, const float *q, const float *k, c
     size_t smem = (size_t)(BR * HS + BC * (HS + 1) + BC * HS) * sizeof(float);
     set_smem(attn_fwd_kernel<NV>, smem);
     dim3 grid((N + BR - 1) / BR, NH);
-    attn_fwd_kernel<NV><<<grid, 32 * NWARP, smem>>>(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window, scale);
+    attn_fwd_kernel<NV>
+        <<<grid, 32 * NWARP, smem, pq_cuda_stream>>>(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window, scale);
     CU_LAUNCHED();
 }
 
@@ -948,14 +951,14 @@ static void bwd_launch(float *dq, float *dk, float *dv, const float *dout, const
     size_t smem_q = (size_t)(2 * BR * HS + 2 * BC * (HS + 1)) * sizeof(float);
     set_smem(attn_dq_kernel<NV>, smem_q);
     dim3 gq((N + BR - 1) / BR, NH);
-    attn_dq_kernel<NV><<<gq, 32 * NWARP, smem_q>>>(dq, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS, window,
-                                                   scale);
+    attn_dq_kernel<NV><<<gq, 32 * NWARP, smem_q, pq_cuda_stream>>>(dq, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH,
+                                                                   KVH, HS, window, scale);
     CU_LAUNCHED();
     size_t smem_k = (size_t)(2 * BR * HS + 2 * BC * (HS + 1) + 2 * BC) * sizeof(float);
     set_smem(attn_dkv_kernel<NV>, smem_k);
     dim3 gk((N + BR - 1) / BR, KVH);
-    attn_dkv_kernel<NV><<<gk, 32 * NWARP, smem_k>>>(dk, dv, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS,
-                                                    window, scale);
+    attn_dkv_kernel<NV><<<gk, 32 * NWARP, smem_k, pq_cuda_stream>>>(dk, dv, dout, q, k, v, lse, D, pos, a0, a1, b0, N,
+                                                                    NH, KVH, HS, window, scale);
     CU_LAUNCHED();
 }
 
@@ -974,7 +977,7 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, co
     float scale = 1.0f / sqrtf((float)HS);
     float *D = (float *)pq_cuda_scratch(PQ_SCR_ATT, (size_t)N * NH * sizeof(float));
     size_t warps = (size_t)N * NH;
-    attn_dot_kernel<<<pq_blocks(warps * 32, 256), 256>>>(D, dout, out, (int)warps, HS);
+    attn_dot_kernel<<<pq_blocks(warps * 32, 256), 256, 0, pq_cuda_stream>>>(D, dout, out, (int)warps, HS);
     CU_LAUNCHED();
     NV_DISPATCH(HS, bwd_launch<NV>(dq, dk, dv, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS, window, scale));
 }

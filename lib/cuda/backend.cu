@@ -29,6 +29,8 @@ static cublasHandle_t blas;       // created on first use
 static void *scr[PQ_SCR_N];       // scratch buffers
 static size_t scr_cap[PQ_SCR_N];
 static size_t mem_peak;           // highest device memory in use seen (bytes)
+static cudaStream_t blas_stream;  // the stream blas is bound to
+cudaStream_t pq_cuda_stream = 0;  // the legacy default stream, but while graph.cu captures
 
 static void note_usage(void) {
     size_t fr, tot;
@@ -66,6 +68,10 @@ cublasHandle_t pq_cuda_blas(void) {
         ensure_device();
         CUBLAS(cublasCreate(&blas));
     }
+    if (blas_stream != pq_cuda_stream) {
+        CUBLAS(cublasSetStream(blas, pq_cuda_stream));
+        blas_stream = pq_cuda_stream;
+    }
     return blas;
 }
 
@@ -95,7 +101,7 @@ extern "C" void *pq_dev_alloc(size_t bytes) {
                 cudaGetErrorString(err));
         abort();
     }
-    CU(cudaMemset(p, 0, bytes ? bytes : 16));
+    CU(cudaMemsetAsync(p, 0, bytes ? bytes : 16, pq_cuda_stream));
     note_usage();
     return p;
 }
@@ -107,25 +113,36 @@ extern "C" void pq_dev_free(void *p) {
         CU(cudaFree(p));
     }
 }
+// Copies on pq_cuda_stream. On the legacy stream (the default) a plain cudaMemcpy, as before; on another an
+// async copy, and a host-bound one (an upload from pageable memory may still be in flight when the call
+// returns, a download must be done) waits for the stream.
+void pq_cuda_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (!pq_cuda_stream) {
+        CU(cudaMemcpy(dst, src, bytes, kind));
+        return;
+    }
+    CU(cudaMemcpyAsync(dst, src, bytes, kind, pq_cuda_stream));
+    if (kind != cudaMemcpyDeviceToDevice) CU(cudaStreamSynchronize(pq_cuda_stream));
+}
 extern "C" void pq_dev_upload(void *dst, const void *src, size_t bytes) {
     if (bytes) {
         pq_attention_note_write(dst, bytes);
-        CU(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+        pq_cuda_copy(dst, src, bytes, cudaMemcpyHostToDevice);
     }
 }
 extern "C" void pq_dev_download(void *dst, const void *src, size_t bytes) {
-    if (bytes) CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+    if (bytes) pq_cuda_copy(dst, src, bytes, cudaMemcpyDeviceToHost);
 }
 extern "C" void pq_dev_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) {
         pq_attention_note_write(dst, bytes);
-        CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+        pq_cuda_copy(dst, src, bytes, cudaMemcpyDeviceToDevice);
     }
 }
 extern "C" void pq_dev_zero(void *dst, size_t bytes) {
     if (bytes) {
         pq_attention_note_write(dst, bytes);
-        CU(cudaMemset(dst, 0, bytes));
+        CU(cudaMemsetAsync(dst, 0, bytes, pq_cuda_stream));
     }
 }
 
@@ -204,12 +221,12 @@ __global__ void absmax_kernel(unsigned *out, const float *x, size_t n) {
 static float f16_scale(const float *x, size_t n) {
     static unsigned *d_max;
     if (!d_max) CU(cudaMalloc(&d_max, sizeof *d_max));
-    CU(cudaMemset(d_max, 0, sizeof *d_max));
+    CU(cudaMemsetAsync(d_max, 0, sizeof *d_max, pq_cuda_stream));
     unsigned blocks = pq_blocks(n, PQ_EW_THREADS);
-    absmax_kernel<<<blocks < 1024 ? blocks : 1024, PQ_EW_THREADS>>>(d_max, x, n);
+    absmax_kernel<<<blocks < 1024 ? blocks : 1024, PQ_EW_THREADS, 0, pq_cuda_stream>>>(d_max, x, n);
     CU_LAUNCHED();
     unsigned u;
-    CU(cudaMemcpy(&u, d_max, sizeof u, cudaMemcpyDeviceToHost));
+    pq_cuda_copy(&u, d_max, sizeof u, cudaMemcpyDeviceToHost);
     float m;
     memcpy(&m, &u, sizeof m);
     if (!(m > 0.0f) || isinf(m)) return 1.0f;
@@ -228,11 +245,11 @@ static const void *to_dtype(int slot, const float *inp, size_t n, PqDtype adt, f
     void *o = pq_cuda_scratch(slot, n * 2);
     unsigned g = pq_blocks(n, PQ_EW_THREADS);
     if (adt == PQ_BF16) {
-        convert_kernel<<<g, PQ_EW_THREADS>>>((__nv_bfloat16 *)o, inp, 1.0f, n);
+        convert_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)o, inp, 1.0f, n);
     } else {
         float sc = f16_scale(inp, n);
         *unscale = 1.0f / sc;
-        convert_kernel<<<g, PQ_EW_THREADS>>>((__half *)o, inp, sc, n);
+        convert_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((__half *)o, inp, sc, n);
     }
     CU_LAUNCHED();
     return o;
@@ -302,7 +319,7 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
     LtPlan *p = lt_plan(ta, tb, M, N, K, lda, ldb, ldc, dt, beta == 0.0f);
     if (!p->ok) return false;
     cublasStatus_t st = cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, &p->algo, lt_ws,
-                                       LT_WORKSPACE, 0);
+                                       LT_WORKSPACE, pq_cuda_stream);
     if (st != CUBLAS_STATUS_SUCCESS) { // not expected: said once; this shape goes to cublasGemmEx from now on
         static bool said;
         if (!said)
@@ -423,10 +440,12 @@ extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWei
     size_t n = (size_t)N * C;
     if (!n) return;
     unsigned g = pq_blocks(n, PQ_EW_THREADS);
-    if (wte->dtype == PQ_F32) embedding_kernel<<<g, PQ_EW_THREADS>>>(out, ids, (const float *)wte->data, N, C);
+    if (wte->dtype == PQ_F32)
+        embedding_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, ids, (const float *)wte->data, N, C);
     else if (wte->dtype == PQ_BF16)
-        embedding_kernel<<<g, PQ_EW_THREADS>>>(out, ids, (const __nv_bfloat16 *)wte->data, N, C);
-    else embedding_kernel<<<g, PQ_EW_THREADS>>>(out, ids, (const __half *)wte->data, N, C);
+        embedding_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, ids, (const __nv_bfloat16 *)wte->data, N, C);
+    else
+        embedding_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, ids, (const __half *)wte->data, N, C);
     CU_LAUNCHED();
 }
 
@@ -447,7 +466,7 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp
 extern "C" void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                                    float eps) {
     if (N <= 0) return;
-    rmsnorm_forward_kernel<<<N, 256>>>(out, rstd, inp, weight, C, eps);
+    rmsnorm_forward_kernel<<<N, 256, 0, pq_cuda_stream>>>(out, rstd, inp, weight, C, eps);
     CU_LAUNCHED();
 }
 
@@ -472,7 +491,7 @@ __global__ void residual_rmsnorm_kernel(float *out, float *rstd, float *x, const
 extern "C" void pq_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight,
                                             int N, int C, float eps) {
     if (N <= 0) return;
-    residual_rmsnorm_kernel<<<N, 256>>>(out, rstd, x, y, weight, C, eps);
+    residual_rmsnorm_kernel<<<N, 256, 0, pq_cuda_stream>>>(out, rstd, x, y, weight, C, eps);
     CU_LAUNCHED();
 }
 
@@ -493,7 +512,8 @@ extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *
     pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight->data, weight->dtype, C, inp, C, N, 0.0f, out,
                    OC, PQ_SCR_ACT);
     if (bias) {
-        add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, bias, N, OC);
+        add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, bias, N,
+                                                                                                        OC);
         CU_LAUNCHED();
     }
 }
@@ -529,7 +549,8 @@ extern "C" void pq_linear_group_forward(float *const *out, const float *inp, con
         int OC = w[t].rows;
         gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, us, w[t].data, xb, w[0].dtype, C, C, 0.0f, out[t], OC);
         if (bias[t]) {
-            add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS>>>(out[t], bias[t], N, OC);
+            add_bias_kernel<<<pq_blocks((size_t)N * OC, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+                out[t], bias[t], N, OC);
             CU_LAUNCHED();
         }
     }
@@ -547,7 +568,7 @@ __global__ void from_col_major_kernel(float *dst, const float *src, int rows, in
 static void from_col_major(float *dst, const float *src, int rows, int cols, int acc) {
     size_t n = (size_t)rows * cols;
     if (!n) return;
-    from_col_major_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dst, src, rows, cols, acc);
+    from_col_major_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(dst, src, rows, cols, acc);
     CU_LAUNCHED();
 }
 
@@ -589,7 +610,7 @@ __global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq,
 static void rope(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
     size_t n = (size_t)N * NH * (HS / 2);
     if (!n) return;
-    rope_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(x, pos, inv_freq, N, NH, HS, dir);
+    rope_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(x, pos, inv_freq, N, NH, HS, dir);
     CU_LAUNCHED();
 }
 
@@ -609,7 +630,7 @@ __global__ void swiglu_forward_kernel(float *out, const float *gate, const float
 extern "C" void pq_swiglu_forward(float *out, const float *gate, const float *up, int N, int H) {
     size_t n = (size_t)N * H;
     if (!n) return;
-    swiglu_forward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, gate, up, n);
+    swiglu_forward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, gate, up, n);
     CU_LAUNCHED();
 }
 
@@ -621,7 +642,7 @@ __global__ void residual_kernel(float *x, const float *y, size_t n) {
 // x (n) += y (n)
 extern "C" void pq_residual_forward(float *x, const float *y, size_t n) {
     if (!n) return;
-    residual_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(x, y, n);
+    residual_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(x, y, n);
     CU_LAUNCHED();
 }
 
@@ -684,17 +705,17 @@ extern "C" void pq_logp_forward(float *logp, float *lse, const float *h, const P
     float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
     float us;
     const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
-    lse_init_kernel<<<pq_blocks(N, 256), 256>>>(m, s, tl, N);
+    lse_init_kernel<<<pq_blocks(N, 256), 256, 0, pq_cuda_stream>>>(m, s, tl, N);
     CU_LAUNCHED();
     for (int v0 = 0; v0 < V; v0 += vc) {
         int n = V - v0 < vc ? V - v0 : vc;
         const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
         // lg^T (n,N) col-major = W_chunk (n,C) h^T (C,N): lg row-major (N,n)
         gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, us, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
-        lse_chunk_kernel<<<N, 256>>>(m, s, tl, lg, targets, v0, n);
+        lse_chunk_kernel<<<N, 256, 0, pq_cuda_stream>>>(m, s, tl, lg, targets, v0, n);
         CU_LAUNCHED();
     }
-    logp_final_kernel<<<pq_blocks(N, 256), 256>>>(logp, lse, m, s, tl, targets, N);
+    logp_final_kernel<<<pq_blocks(N, 256), 256, 0, pq_cuda_stream>>>(logp, lse, m, s, tl, targets, N);
     CU_LAUNCHED();
 }
 
@@ -717,7 +738,7 @@ __global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const fl
 extern "C" void pq_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight,
                                     const float *rstd, int N, int C) {
     if (N <= 0) return;
-    rmsnorm_backward_kernel<<<N, 256>>>(dinp, dout, inp, weight, rstd, C);
+    rmsnorm_backward_kernel<<<N, 256, 0, pq_cuda_stream>>>(dinp, dout, inp, weight, rstd, C);
     CU_LAUNCHED();
 }
 
@@ -766,7 +787,8 @@ extern "C" void pq_swiglu_backward(float *dgate, float *dup, const float *dout, 
                                    int N, int H) {
     size_t n = (size_t)N * H;
     if (!n) return;
-    swiglu_backward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(dgate, dup, dout, gate, up, n);
+    swiglu_backward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(dgate, dup, dout, gate,
+                                                                                              up, n);
     CU_LAUNCHED();
 }
 
@@ -798,7 +820,7 @@ extern "C" void pq_logp_backward(float *dh, const float *dlogp, const float *h, 
         int n = V - v0 < vc ? V - v0 : vc;
         const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
         gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, n, N, C, us, w, hb, lm_head->dtype, C, C, 0.0f, lg, n);
-        logp_dz_kernel<<<N, 256>>>(lg, dlogp, targets, lse, v0, n);
+        logp_dz_kernel<<<N, 256, 0, pq_cuda_stream>>>(lg, dlogp, targets, lse, v0, n);
         CU_LAUNCHED();
         // dh^T (C,N) += W_chunk^T (C,n) dz^T (n,N)
         pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, n, 1.0f, w, lm_head->dtype, C, lg, n, N, 1.0f, dh, C,
@@ -830,7 +852,7 @@ extern "C" void pq_dropout_forward(float *out, const float *inp, float p, uint64
     if (!n) return;
     float keep;
     uint64_t thr = drop_thr(p, &keep);
-    dropout_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(out, inp, keep, thr, seed, n);
+    dropout_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, inp, keep, thr, seed, n);
     CU_LAUNCHED();
 }
 
@@ -1012,12 +1034,12 @@ __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, Lora
         if (i < nr) dx[(size_t)(i0 + i) * C + c] += tot[i];
 }
 
-#define LORA_GROUP_LAUNCH(kern, n, grid, block, smem, ...)                                                         \
-    switch (n) {                                                                                                   \
-    case 1: kern<1><<<grid, block, smem>>>(__VA_ARGS__); break;                                                    \
-    case 2: kern<2><<<grid, block, smem>>>(__VA_ARGS__); break;                                                    \
-    case 3: kern<3><<<grid, block, smem>>>(__VA_ARGS__); break;                                                    \
-    default: kern<4><<<grid, block, smem>>>(__VA_ARGS__); break;                                                   \
+#define LORA_GROUP_LAUNCH(kern, n, grid, block, smem, ...)                                                           \
+    switch (n) {                                                                                                     \
+    case 1: kern<1><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                      \
+    case 2: kern<2><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                      \
+    case 3: kern<3><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                      \
+    default: kern<4><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                     \
     }
 
 extern "C" void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed,
@@ -1057,7 +1079,8 @@ extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, cons
         CU_LAUNCHED();
         if (part) {
             size_t ne = (size_t)m * r * C;
-            lora_dA_reduce_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS>>>(g, part, S, m, r, C);
+            lora_dA_reduce_kernel<<<pq_blocks(ne, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(g, part, S, m, r,
+                                                                                                      C);
             CU_LAUNCHED();
         }
     }

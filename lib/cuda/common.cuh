@@ -33,9 +33,18 @@ void pq_cuda_fail(const char *what, const char *err, const char *file, int line)
 // After a kernel launch: launch errors now, execution errors at the next sync.
 #define CU_LAUNCHED() CU(cudaGetLastError())
 
-// The backend's single stream is the legacy default stream: every op is
-// ordered after the previous one and cudaMemcpy synchronises with the host.
+// The backend's single stream: every kernel launch, cuBLAS/cuBLASLt product,
+// cuDNN call and copy of the backend goes on it, so every op is ordered after
+// the previous one. It is the legacy default stream (0), where cudaMemcpy
+// synchronises with the host, except while graph.cu captures a decode step
+// into a CUDA graph on a stream of its own (PQ_CUDA_GRAPH=1). Downloads
+// synchronise with it before they return.
+extern cudaStream_t pq_cuda_stream;
+// the cuBLAS handle, bound to pq_cuda_stream
 cublasHandle_t pq_cuda_blas(void);
+
+// cudaMemcpy on pq_cuda_stream: a host-bound copy has completed when it returns
+void pq_cuda_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
 
 // Scratch buffers, one per purpose, grown on demand (never shrunk) and
 // reused by every op: device memory that is not an activation.

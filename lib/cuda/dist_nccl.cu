@@ -41,7 +41,7 @@ extern "C" int pq_comm_init(void **comm, const void *id, int rank, int world, co
 
 static int nccl_sum(void *comm, void *buf, size_t n, ncclDataType_t t, PqErr *e) {
     if (!comm || !n) return 0;
-    ncclResult_t r = ncclAllReduce(buf, buf, n, t, ncclSum, (ncclComm_t)comm, 0);
+    ncclResult_t r = ncclAllReduce(buf, buf, n, t, ncclSum, (ncclComm_t)comm, pq_cuda_stream);
     if (r != ncclSuccess) {
         pq_err(e, "ncclAllReduce: %s", ncclGetErrorString(r));
         return -1;

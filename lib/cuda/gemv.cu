@@ -118,7 +118,7 @@ template <typename T, int N> static void gemv_launch(float *out, const float *in
                                                       int C, int OC) {
     int warps = (OC + GemvShape<N>::R - 1) / GemvShape<N>::R;
     unsigned blocks = pq_blocks((size_t)warps, GEMV_WARPS);
-    gemv_kernel<T, N><<<blocks, GEMV_WARPS * 32>>>(out, inp, (const T *)w, bias, C, OC);
+    gemv_kernel<T, N><<<blocks, GEMV_WARPS * 32, 0, pq_cuda_stream>>>(out, inp, (const T *)w, bias, C, OC);
     CU_LAUNCHED();
 }
 

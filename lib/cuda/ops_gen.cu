@@ -23,7 +23,8 @@ extern "C" void pq_kv_append(float *kc, float *vc, const float *k, const float *
                              const int32_t *pos, int N, int KVH, int HS, int T) {
     if (N <= 0) return;
     size_t n = (size_t)N * KVH * HS;
-    kv_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(kc, vc, k, v, slot, pos, N, KVH * HS, T);
+    kv_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(kc, vc, k, v, slot, pos, N,
+                                                                                        KVH * HS, T);
     CU_LAUNCHED();
 }
 
@@ -97,8 +98,8 @@ extern "C" void pq_attention_kv_forward(float *out, const float *q, const float 
     if (HS > 4 * KV_THREADS) pq_cuda_fail("pq_attention_kv_forward", "head size over 512", __FILE__, __LINE__);
     dim3 grid(N, NH);
     size_t smem = (size_t)(HS + 2 * KV_THREADS) * sizeof(float);
-    attn_kv_kernel<<<grid, KV_THREADS, smem>>>(out, q, kc, vc, slot, pos, NH, KVH, HS, T, window,
-                                               1.0f / sqrtf((float)HS));
+    attn_kv_kernel<<<grid, KV_THREADS, smem, pq_cuda_stream>>>(out, q, kc, vc, slot, pos, NH, KVH, HS, T, window,
+                                                               1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
 }
 

@@ -55,8 +55,8 @@ extern "C" void pq_adamw_update(float *params, float *m, float *v, const float *
     // the scalars on the host, as pq_cpu_adamw_update computes them
     double bc1 = 1 - pow(b1, (double)t), bc2 = 1 - pow(b2, (double)t);
     double step = lr / bc1, bc2s = sqrt(bc2), decay = 1 - lr * wd;
-    adamw_kernel<<<grid_for(n), OPT_THREADS>>>(params, m, v, grads, n, b1, b2, 1 - b1, 1 - b2, step, bc2s, decay,
-                                               eps);
+    adamw_kernel<<<grid_for(n), OPT_THREADS, 0, pq_cuda_stream>>>(params, m, v, grads, n, b1, b2, 1 - b1, 1 - b2, step,
+                                                                  bc2s, decay, eps);
     CU_LAUNCHED();
 }
 
@@ -103,9 +103,9 @@ extern "C" double pq_sumsq(const float *x, size_t n) {
     need_device(x, "pq_sumsq", "x is not device memory");
     if (!buf) buf = (double *)pq_dev_alloc((OPT_BLOCKS + 1) * sizeof(double));
     unsigned nb = grid_for(n);
-    sumsq_part_kernel<<<nb, OPT_THREADS>>>(buf + 1, x, n);
+    sumsq_part_kernel<<<nb, OPT_THREADS, 0, pq_cuda_stream>>>(buf + 1, x, n);
     CU_LAUNCHED();
-    sumsq_final_kernel<<<1, OPT_THREADS>>>(buf, buf + 1, (int)nb);
+    sumsq_final_kernel<<<1, OPT_THREADS, 0, pq_cuda_stream>>>(buf, buf + 1, (int)nb);
     CU_LAUNCHED();
     double ss;
     pq_dev_download(&ss, buf, sizeof ss); // waits for the kernels
@@ -120,6 +120,6 @@ __global__ void scale_kernel(float *x, float c, size_t n) {
 extern "C" void pq_scale(float *x, float c, size_t n) {
     if (n == 0) return;
     need_device(x, "pq_scale", "x is not device memory");
-    scale_kernel<<<grid_for(n), OPT_THREADS>>>(x, c, n);
+    scale_kernel<<<grid_for(n), OPT_THREADS, 0, pq_cuda_stream>>>(x, c, n);
     CU_LAUNCHED();
 }

@@ -34,10 +34,11 @@ extern "C" void pq_paged_append(void *kp, void *vp, PqDtype dt, const float *k, 
     if (N <= 0) return;
     size_t n = (size_t)N * KVH * HS;
     if (dt == PQ_BF16)
-        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>(
+        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
             (__nv_bfloat16 *)kp, (__nv_bfloat16 *)vp, k, v, slot, N, KVH * HS);
-    else paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS>>>((float *)kp, (float *)vp, k, v, slot, N,
-                                                                             KVH * HS);
+    else
+        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((float *)kp, (float *)vp,
+                                                                                               k, v, slot, N, KVH * HS);
     CU_LAUNCHED();
 }
 
@@ -56,8 +57,8 @@ extern "C" void pq_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvC
                                      int BT, int KVH, int HS) {
     if (ncopy <= 0 || L <= 0) return;
     size_t row = (size_t)KVH * HS * (pq_dtype_size(dt) / 2);
-    copy_blocks_kernel<<<dim3(ncopy, L, 2), 256>>>((uint16_t *)kp, (uint16_t *)vp, copies, (size_t)NB * BT * row, BT,
-                                                   row);
+    copy_blocks_kernel<<<dim3(ncopy, L, 2), 256, 0, pq_cuda_stream>>>((uint16_t *)kp, (uint16_t *)vp, copies,
+                                                                      (size_t)NB * BT * row, BT, row);
     CU_LAUNCHED();
 }
 
@@ -344,9 +345,9 @@ static void attn_launch(float *out, float *work, const float *q, const void *kp,
                         int ns) {
     int G = NH / KVH;
     size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G) * sizeof(float);
-    paged_attn_kernel<T, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem>>>(out, work, q, (const T *)kp, (const T *)vp,
-                                                                      tables, maxblk, len, NH, KVH, HS, BT, window,
-                                                                      SL, ns, 1.0f / sqrtf((float)HS));
+    paged_attn_kernel<T, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
+        out, work, q, (const T *)kp, (const T *)vp, tables, maxblk, len, NH, KVH, HS, BT, window, SL, ns,
+        1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
 }
 
@@ -386,7 +387,7 @@ static void fast_launch(float *out, float *work, const float *q, const void *kp,
     if (smem > 48 * 1024)
         CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 (int)smem));
-    paged_attn_fast_kernel<HS, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem>>>(
+    paged_attn_fast_kernel<HS, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
         out, work, q, (const __nv_bfloat16 *)kp, (const __nv_bfloat16 *)vp, tables, maxblk, len, NH, KVH, BT, window,
         SL, ns, 1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
@@ -436,7 +437,7 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
         attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     if (ns > 1) {
-        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128>>>(out, work, HS, ns);
+        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 0, pq_cuda_stream>>>(out, work, HS, ns);
         CU_LAUNCHED();
     }
 }
@@ -678,6 +679,6 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(int32_t *ids, const
 
 extern "C" void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
     if (N <= 0) return;
-    sample_kernel<<<N, SMP_THREADS>>>(ids, logits, rows, V);
+    sample_kernel<<<N, SMP_THREADS, 0, pq_cuda_stream>>>(ids, logits, rows, V);
     CU_LAUNCHED();
 }

@@ -42,6 +42,7 @@ extern "C" {
 }
 
 namespace fe = cudnn_frontend;
+extern cudaStream_t pq_cuda_stream; // backend.cu: the backend's stream (common.cuh)
 // the frontend's handle on libcudnn when it loads it dynamically
 namespace cudnn_frontend {
 void *cudnn_dlhandle = nullptr;
@@ -60,6 +61,7 @@ struct Plan {
 int state = 0; // 0 not tried, 1 ready, -1 unusable
 char state_why[256];
 cudnnHandle_t handle;
+cudaStream_t handle_stream; // the stream handle is bound to (0 as created)
 std::map<Key, Plan> plans;
 void *ws_buf = nullptr;
 size_t ws_cap = 0;
@@ -237,6 +239,13 @@ int run(const PqSdpaCall *c, int bwd, std::unordered_map<int64_t, void *> &pack,
         pack[U_OFF_Q + 1] = pack[U_OFF_Q + 2] = pack[U_OFF_Q + 6] = pack[U_OFF_Q + 7] = (void *)c->off_k;
         if (!bwd) // the forward's graph has no offsets of the backward's tensors
             for (int64_t u = U_OFF_Q + 4; u <= U_OFF_Q + 7; u++) pack.erase(u);
+        if (handle_stream != pq_cuda_stream) {
+            if (fe::detail::set_stream(handle, pq_cuda_stream) != CUDNN_STATUS_SUCCESS) {
+                snprintf(err, errsz, "cudnnSetStream failed");
+                return -1;
+            }
+            handle_stream = pq_cuda_stream;
+        }
         fe::error_t e = p->g->execute(handle, pack, p->ws > 0 ? workspace(p->ws) : nullptr);
         if (!e.is_good()) {
             snprintf(err, errsz, "cuDNN attention %s failed: %s", bwd ? "backward" : "forward",
