@@ -1,6 +1,10 @@
 // backend_gen_cpu.c: binds the generation operations of ops_gen.h to their
 // CPU implementations. Left out of CUDA=1 builds (lib/cuda/ops_gen.cu).
 #include "ops_gen.h"
+#include "ops_graph.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 void pq_kv_append(float *kc, float *vc, const float *k, const float *v, const int32_t *slot, const int32_t *pos, int N,
                   int KVH, int HS, int T) {
@@ -18,4 +22,21 @@ void pq_attention_kv_shared_forward(float *out, const float *q, const float *kc,
                                     const int32_t *pos, const int32_t *base, const int32_t *blen, int N, int NH,
                                     int KVH, int HS, int T, int window) {
     pq_cpu_attention_kv_shared_forward(out, q, kc, vc, slot, pos, base, blen, N, NH, KVH, HS, T, window);
+}
+
+// CUDA graphs (ops_graph.h): none on the CPU, where a step's kernels are plain calls. With PQ_CUDA_GRAPH=1
+// gen.c still pads its decode steps as for a graph (its host side, tested on this build), run eagerly here.
+struct PqGraphs {
+    int unused;
+};
+PqGraphs *pq_graphs_new(void) {
+    static PqGraphs none;
+    const char *e = getenv("PQ_CUDA_GRAPH");
+    return e && !strcmp(e, "1") ? &none : NULL;
+}
+void pq_graphs_free(PqGraphs *gs) { (void)gs; }
+int pq_graphs_run(PqGraphs *gs, uint64_t key, uint64_t fp, void (*fn)(void *), void *arg) {
+    (void)gs, (void)key, (void)fp;
+    fn(arg);
+    return 0;
 }

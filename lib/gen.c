@@ -15,6 +15,7 @@
 
 #include "exp_fast.h"
 #include "ops_gen.h"
+#include "ops_graph.h"
 #include "ops_paged.h"
 #include "tool.h"
 
@@ -113,6 +114,7 @@ struct PqGen {
     PqSampleRow *srows, *d_srows;
     int32_t *sids, *d_sids;
     int scap;
+    PqGraphs *graphs; // PQ_CUDA_GRAPH=1 (paged, CUDA): decode steps as CUDA graphs (ops_graph.h), else NULL
     long long n_prefilled, n_generated, n_steps;
 };
 
@@ -335,6 +337,7 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->n_eos = n_eos;
     g->next_id = 1;
     g->shared = !g->paged && pq_attention_kv_shared_forward != NULL;
+    g->graphs = g->paged ? pq_graphs_new() : NULL;
     return g;
 }
 
@@ -404,6 +407,7 @@ void pq_gen_free(PqGen *g) {
         pq_dev_free(g->d_srows);
         pq_dev_free(g->d_sids);
     }
+    pq_graphs_free(g->graphs);
     free(g->slots);
     for (int l = 0; l < g->m->cfg.L; l++) pq_dev_free(g->kc[l]), pq_dev_free(g->vc[l]);
     free(g->kc);
@@ -898,11 +902,66 @@ static void paged_row(PqGen *g, int i, const Slot *sl, int pos) {
     for (int b = sl->kv.nblk; b < g->maxblk; b++) t[b] = 0;
 }
 
+// A step of decode rows only as a CUDA graph (g->graphs): its N rows padded to pq_graph_rows(N) (rows that
+// write no key, slot -1, and read one position of block 0, their logits ignored), its tables to
+// pq_graph_blocks(maxblk) blocks a row, and max_len to all of them, so every value the step's kernels take by
+// value is the key's. Audit of forward_kernels' launches for a replay:
+// - N (every kernel's grid and bound), maxblk (the tables' stride), max_len (the paged attention's splits,
+//   hence its grid and pwork's layout): the key; np is 0;
+// - ids, positions, slots, lengths, tables: read from the device (d_ids, d_pos, d_slot, d_plen, d_tab), uploaded
+//   before the replay; M = N and the logits' rows are the step's rows in order (rows NULL: no gather);
+// - the buffers (x .. logits, pwork, the pools): fp, their pointers (ensure_bufs, the tables or pwork growing
+//   moves them); pq_cuda_scratch's: its generation (graph.cu); the weights, LoRA and cuBLASLt workspace: fixed
+//   for the generator's life; the layer's window: fixed per layer.
+// Returns the key (0: the step runs eagerly) and pads N, M and the host arrays.
+static uint64_t graph_pad(PqGen *g, int *N, const int *rows, int M) {
+    int n = *N, nb = pq_graph_rows(n), mb = pq_graph_blocks(g->maxblk);
+    if (!g->graphs || g->np || M != n || !nb) return 0;
+    for (int i = 0; i < M; i++)
+        if (rows[i] != i) return 0;
+    if (nb > g->cap || nb > g->mcap) { // ensure_bufs drops the host arrays: keep this step's rows
+        size_t b = (size_t)n * 4;
+        int32_t *keep = pq_xmalloc(4 * b);
+        memcpy(keep, g->ids, b), memcpy((char *)keep + b, g->pos, b), memcpy((char *)keep + 2 * b, g->slot_of, b);
+        memcpy((char *)keep + 3 * b, g->plen, b);
+        ensure_bufs(g, nb, nb);
+        memcpy(g->ids, keep, b), memcpy(g->pos, (char *)keep + b, b), memcpy(g->slot_of, (char *)keep + 2 * b, b);
+        memcpy(g->plen, (char *)keep + 3 * b, b);
+        free(keep);
+    }
+    if ((size_t)nb * mb > g->tab_cap) { // as pq_gen_step grows them, keeping this step's tables
+        g->tab_cap = 2 * (size_t)nb * mb;
+        g->tab = pq_xrealloc(g->tab, g->tab_cap * sizeof *g->tab);
+        pq_dev_free(g->d_tab);
+        g->d_tab = pq_dev_alloc(g->tab_cap * sizeof *g->d_tab);
+    }
+    for (int i = n - 1; i >= 0; i--) { // rows of maxblk entries -> rows of mb (mb >= maxblk: back to front)
+        memmove(g->tab + (size_t)i * mb, g->tab + (size_t)i * g->maxblk, (size_t)g->maxblk * sizeof *g->tab);
+        for (int b = g->maxblk; b < mb; b++) g->tab[(size_t)i * mb + b] = 0;
+    }
+    for (int i = n; i < nb; i++) {
+        g->ids[i] = 0, g->pos[i] = 0, g->slot_of[i] = -1, g->plen[i] = 1;
+        for (int b = 0; b < mb; b++) g->tab[(size_t)i * mb + b] = 0;
+    }
+    g->maxblk = mb;
+    g->max_len = mb * BLOCK_T;
+    *N = nb;
+    return pq_graph_key(nb, mb);
+}
+
+typedef struct {
+    PqGen *g;
+    int N, M;
+    const int *rows; // NULL: the logits' rows are rows 0 .. M-1
+} FwdArgs;
+
+static void forward_kernels(void *arg);
+
 // ids/pos/slot_of (N) -> logits of the M rows in rows (M) into h_logits.
 static void forward(PqGen *g, int N, const int *rows, int M) {
     const PqModel *m = g->m;
     const PqConfig *c = &m->cfg;
-    size_t nc = (size_t)N * c->C;
+    uint64_t key = g->graphs ? graph_pad(g, &N, rows, M) : 0;
     pq_dev_upload(g->d_ids, g->ids, (size_t)N * 4);
     pq_dev_upload(g->d_pos, g->pos, (size_t)N * 4);
     pq_dev_upload(g->d_slot, g->slot_of, (size_t)N * 4);
@@ -910,7 +969,6 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
         pq_dev_upload(g->d_base, g->base_of, (size_t)N * 4);
         pq_dev_upload(g->d_blen, g->blen_of, (size_t)N * 4);
     }
-    size_t layer = (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem; // bytes of a layer's pool (paged)
     if (g->paged) {
         pq_dev_upload(g->d_plen, g->plen, (size_t)N * 4);
         pq_dev_upload(g->d_tab, g->tab, (size_t)N * g->maxblk * 4);
@@ -932,6 +990,26 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
             g->pwork_n = need;
         }
     }
+    FwdArgs a = {g, N, key ? N : M, key ? NULL : rows};
+    if (key) {
+        const void *p[] = {g->x,      g->ln,     g->q,   g->k,    g->v,     g->att,   g->lse,  g->tmp,
+                           g->gate,   g->up,     g->mlp, g->xa,   g->h,     g->logits, g->d_ids, g->d_pos,
+                           g->d_slot, g->d_plen, g->d_tab, g->pwork, g->kpool, g->vpool};
+        pq_graphs_run(g->graphs, key, pq_graph_fp(p, (int)(sizeof p / sizeof *p)), forward_kernels, &a);
+    } else forward_kernels(&a);
+    g->n_steps++;
+}
+
+// embedding -> logits of forward's step (a CUDA graph's body where g->graphs: see graph_pad)
+static void forward_kernels(void *arg) {
+    const FwdArgs *a = arg;
+    PqGen *g = a->g;
+    int N = a->N, M = a->M;
+    const int *rows = a->rows;
+    const PqModel *m = g->m;
+    const PqConfig *c = &m->cfg;
+    size_t nc = (size_t)N * c->C;
+    size_t layer = (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem; // bytes of a layer's pool (paged)
     pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
     for (int l = 0; l < c->L; l++) {
         const PqLayerW *w = &m->layers[l];
@@ -985,10 +1063,10 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
         lin(g, l, PQ_DOWN, g->tmp, g->mlp, N);
         pq_residual_forward(g->x, g->tmp, nc);
     }
-    for (int i = 0; i < M; i++) pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
-    pq_rmsnorm_forward(g->h, NULL, g->tmp, m->ln_f, M, c->C, c->eps);
+    for (int i = 0; rows && i < M; i++)
+        pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
+    pq_rmsnorm_forward(g->h, NULL, rows ? g->tmp : g->x, m->ln_f, M, c->C, c->eps);
     pq_linear_rows_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
-    g->n_steps++;
 }
 
 static void call_back(PqGen *g, Done *d) {

@@ -43,6 +43,7 @@ void pq_cpu_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const f
                          int KVH, int HS) {
     size_t kd = (size_t)KVH * HS;
     for (int i = 0; i < N; i++) {
+        if (slot[i] < 0) continue; // a row that pads a CUDA graph's step (gen.c): written nowhere
         size_t at = (size_t)slot[i] * kd;
         if (dt == PQ_BF16) {
             uint16_t *K = (uint16_t *)kp + at, *Vv = (uint16_t *)vp + at;

@@ -20,6 +20,7 @@ extern "C" {
 // ---- errors, device, handles, scratch ----
 
 void pq_cuda_fail(const char *what, const char *err, const char *file, int line) {
+    if (pq_cuda_graph_absorb(what, err, file, line)) return; // a capture's error fails the capture (graph.cu)
     fprintf(stderr, "pq: CUDA error %s at %s:%d: %s\n", err, file, line, what);
     abort();
 }
@@ -29,6 +30,7 @@ static cublasHandle_t blas;       // created on first use
 static void *scr[PQ_SCR_N];       // scratch buffers
 static size_t scr_cap[PQ_SCR_N];
 static size_t mem_peak;           // highest device memory in use seen (bytes)
+static unsigned scr_gen;          // bumped whenever a scratch buffer moves
 static cudaStream_t blas_stream;  // the stream blas is bound to
 cudaStream_t pq_cuda_stream = 0;  // the legacy default stream, but while graph.cu captures
 
@@ -75,6 +77,8 @@ cublasHandle_t pq_cuda_blas(void) {
     return blas;
 }
 
+unsigned pq_cuda_scratch_gen(void) { return scr_gen; }
+
 void *pq_cuda_scratch(int slot, size_t bytes) {
     if (bytes > scr_cap[slot]) {
         ensure_device();
@@ -82,6 +86,7 @@ void *pq_cuda_scratch(int slot, size_t bytes) {
         size_t cap = bytes + bytes / 4; // some headroom for the next, larger request
         CU(cudaMalloc(&scr[slot], cap));
         scr_cap[slot] = cap;
+        scr_gen++;
         note_usage();
     }
     return scr[slot];

@@ -30,6 +30,8 @@ void pq_cuda_fail(const char *what, const char *err, const char *file, int line)
         cublasStatus_t st_ = (call);                                                                                \
         if (st_ != CUBLAS_STATUS_SUCCESS) pq_cuda_fail(#call, cublasGetStatusString(st_), __FILE__, __LINE__);      \
     } while (0)
+// graph.cu: while a CUDA graph is captured, an error fails the capture instead (true: pq_cuda_fail returns)
+bool pq_cuda_graph_absorb(const char *what, const char *err, const char *file, int line);
 // After a kernel launch: launch errors now, execution errors at the next sync.
 #define CU_LAUNCHED() CU(cudaGetLastError())
 
@@ -42,6 +44,8 @@ void pq_cuda_fail(const char *what, const char *err, const char *file, int line)
 extern cudaStream_t pq_cuda_stream;
 // the cuBLAS handle, bound to pq_cuda_stream
 cublasHandle_t pq_cuda_blas(void);
+// the scratch buffers' generation: bumped whenever one moves (a CUDA graph that captured one is stale)
+unsigned pq_cuda_scratch_gen(void);
 
 // cudaMemcpy on pq_cuda_stream: a host-bound copy has completed when it returns
 void pq_cuda_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);

@@ -18,12 +18,13 @@ template <typename T> __device__ __forceinline__ T pq_st(float x);
 template <> __device__ __forceinline__ float pq_st<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 pq_st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// k, v (N,kd) -> kp, vp rows slot[i]
+// k, v (N,kd) -> kp, vp rows slot[i]; a negative slot (a row that pads a CUDA graph's step, gen.c) is not written
 template <typename T>
 __global__ void paged_append_kernel(T *kp, T *vp, const float *k, const float *v, const int32_t *slot, int N, int kd) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * kd) return;
     int i = (int)(idx / kd), e = (int)(idx % kd);
+    if (slot[i] < 0) return;
     size_t at = (size_t)slot[i] * kd + e;
     kp[at] = pq_st<T>(k[idx]);
     vp[at] = pq_st<T>(v[idx]);

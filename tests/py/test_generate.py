@@ -9,7 +9,10 @@
 # depend on the batch; n samples share one prefill of their prompt. All of it
 # twice: the flat KV cache (PQ_KV=flat) and the paged one (PQ_KV=paged), which
 # also runs with a pool of a few blocks (PQ_KV_BLOCKS), where samples are
-# preempted and recomputed, and must still give the same tokens.
+# preempted and recomputed, and must still give the same tokens. The paged one
+# again with PQ_CUDA_GRAPH=1, where decode steps are padded to a graph's
+# bucket of rows and table blocks (padding rows that write no key): the same
+# tokens.
 import json
 import os
 import random
@@ -33,7 +36,7 @@ failures = []
 
 
 def check(name, ok, detail=""):
-    name = "PQ_KV=%s: %s" % (KV.get("PQ_KV"), name)
+    name = "PQ_KV=%s%s: %s" % (KV.get("PQ_KV"), " PQ_CUDA_GRAPH=1" if KV.get("PQ_CUDA_GRAPH") else "", name)
     print(("ok   " if ok else "FAIL ") + name)
     if not ok:
         failures.append(name + (": " + detail if detail else ""))
@@ -44,7 +47,7 @@ def make(d, arch, *args):
                     *args], check=True)
 
 
-KV = {}  # PQ_KV and PQ_KV_BLOCKS of the runs
+KV = {}  # PQ_KV (and PQ_CUDA_GRAPH) of the runs
 # Under ASan/UBSan the code paths run once, not every size (the whole test took 454 s there):
 # two architectures (a window; q/k norms and tied embeddings), one batched and one refilled width.
 SAN = os.environ.get("PQ_FLAVOR") == "san"
@@ -77,9 +80,12 @@ def main():
     if not os.access(DRIVER, os.X_OK):
         print("FAIL: no driver " + DRIVER)
         sys.exit(1)
-    for kv in ("flat", "paged"):
+    for kv, graph in (("flat", False), ("paged", False), ("paged", True)):
+        KV.clear()
         KV["PQ_KV"] = kv
-        print("PQ_KV=" + kv)
+        if graph:
+            KV["PQ_CUDA_GRAPH"] = "1"
+        print("PQ_KV=" + kv + (" PQ_CUDA_GRAPH=1" if graph else ""))
         test_all(kv)
     if failures:
         print("FAILED:", *failures, sep="\n  ")
