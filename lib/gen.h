@@ -59,6 +59,12 @@ int pq_gen_pending(const PqGen *g);
 int pq_gen_step(PqGen *g);
 // Counters: prompt tokens prefilled, tokens generated, forward passes.
 void pq_gen_counts(const PqGen *g, long long *prefilled, long long *generated, long long *steps);
+typedef struct PqGenStats {
+    long long prefilled, generated, steps; // as pq_gen_counts
+    long long chunks; // paged: chunks short of a whole prompt (or preempted sequence) longer than the budget
+    long long mixed;  // paged: steps that computed such a chunk beside decoding rows
+} PqGenStats;
+void pq_gen_stats(const PqGen *g, PqGenStats *st);
 
 // The model's end tokens: eos_token_id of config.json and
 // generation_config.json (a number or a list) and tokenizer_config.json's
