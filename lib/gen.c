@@ -1033,10 +1033,11 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
         lin(g, l, PQ_DOWN, g->tmp, g->mlp, N);
         pq_residual_forward(g->x, g->tmp, nc);
     }
+    g->n_steps++;
+    if (M == 0) return; // (paged: a step of prompt chunks alone, none the last of its prompt)
     for (int i = 0; i < M; i++) pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
     pq_rmsnorm_forward(g->h, NULL, g->tmp, m->ln_f, M, c->C, c->eps);
     pq_linear_rows_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
-    g->n_steps++;
 }
 
 static void call_back(PqGen *g, Done *d) {
@@ -1120,7 +1121,7 @@ int pq_gen_step(PqGen *g) {
                 g->slots[s].state = SLOT_RUN;
         forward(g, N, rows, M);
         if (!g->paged) pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
-        else { // every row drawn on the device; logits come back only for prompts and grammars
+        else if (M > 0) { // every row drawn on the device; logits come back only for prompts and grammars
             if (M > g->scap) {
                 free(g->srows), free(g->sids), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
                 g->scap = M > 2 * g->scap ? M : 2 * g->scap;
