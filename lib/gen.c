@@ -730,6 +730,22 @@ static int continue_fills(PqGen *g) {
     return budget;
 }
 
+// Nothing runs and a preempted slot cannot fit while requests keep their
+// prompt's blocks for samples yet to start (which wait behind it): those
+// prompts give their blocks back, to be prefilled again when their samples
+// start. Returns whether any did.
+static int drop_prompts(PqGen *g) {
+    int n = 0;
+    for (Req *r = g->live; r; r = r->next)
+        if (r->prefilled && r->started < r->n && r->kv.nblk > 0) {
+            pq_kvpage_release(g->kp, &r->kv);
+            free(r->logits), r->logits = NULL;
+            r->prefilled = 0;
+            n++;
+        }
+    return n;
+}
+
 // Preempted slots take blocks again, oldest first, before anything new is
 // admitted; what they recompute (a chunk of it when it is longer than the
 // budget left) is added to budget, which is returned. *wait: one must still
@@ -747,6 +763,7 @@ static int resume(PqGen *g, int budget, int *wait, Done *d) {
                 finish(g, old, PQ_FINISH_LENGTH, -1, d); // longer than the whole cache
                 continue;
             }
+            if (running(g) == 0 && budget == 0 && drop_prompts(g)) continue; // else no one would move
             *wait = 1;
             return budget;
         }

@@ -44,7 +44,7 @@ def run(d, reqs, slots, kv, budget=None, blocks=None):
         env["PQ_KV_BLOCKS"] = str(blocks)
     inp = "".join(json.dumps(r) + "\n" for r in reqs)
     p = subprocess.run([DRIVER, d, "--slots", str(slots), "--threads", "2"], input=inp, capture_output=True,
-                       text=True, env=env)
+                       text=True, env=env, timeout=120)
     if p.returncode:
         sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
     lines = [json.loads(x) for x in p.stdout.splitlines()]
@@ -106,6 +106,18 @@ def main():
             check(arch + ": budget 5, 6 blocks (preempted, resumed in chunks) = transformers", few == want,
                   "%s\nvs %s" % (few, want))
             check(arch + ": 6 blocks preempt", cb["prefilled"] > plen and cb["chunks"] > 0, "%s vs %d" % (cb, plen))
+
+            # 2 slots, 6 blocks, prompts of 38 to 57 tokens, one of 3 samples: the blocks its prompt kept for its
+            # third sample once kept a preempted sample from resuming while nothing ran, for ever
+            common = [rnd.randrange(3, hi) for _ in range(37)]
+            tails, ns = (5, 12, 1, 20, 9), (1, 2, 1, 1, 3)
+            prompts = [common + [rnd.randrange(3, hi) for _ in range(n)] for n in tails]
+            want = [[hf_greedy(m, p, n_new, eos)] * k for p, k in zip(prompts, ns)]
+            reqs = [{"prompt": p, "n": k, "temperature": 0, "max_tokens": n_new} for p, k in zip(prompts, ns)]
+            plen = sum(map(len, prompts))
+            got, cg = run(d, reqs, 2, "paged", blocks=6)
+            check(arch + ": 2 slots, 6 blocks, 3 samples of a prompt kept = transformers", got == want,
+                  "%s\nvs %s" % (got, want))
     if failures:
         print("FAILED:", *failures, sep="\n  ")
         sys.exit(1)
