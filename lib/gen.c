@@ -48,6 +48,7 @@ struct Req {
     PqGenOut *outs; // [n]
     float *logits;  // (V) after the prompt's last token, once prefilled
     PqKvSeq kv;     // paged: the prompt's blocks, held until every sample has started
+    uint64_t *bhash; // paged, prefix cache: [P / BLOCK_T] hashes of the prompt up to each full block's end
     Req *qnext;     // the queue of requests with samples to start
     Req *prev, *next; // every live request
 };
@@ -74,6 +75,8 @@ typedef struct Slot {
     PqKvSeq kv;         // paged: its blocks
     long long age;      // paged: when the sample started (the youngest is preempted first)
     int chunk;          // paged, prefilling or resuming: positions [len, len + chunk) computed this step
+    int from;           // paged, prefilling or resuming: positions [0, from) shared from the prefix cache
+    int pub;            // paged, prefix cache: leading blocks of its prompt published (or shared)
 } Slot;
 
 struct PqGen {
@@ -121,6 +124,8 @@ struct PqGen {
     long long n_prefilled, n_generated, n_steps;
     long long n_chunks, n_mixed; // chunks of a prompt (or a resumed sequence) short of the whole; steps of
                                  // chunks beside decoding rows
+    int prefix_cache;            // paged: prompts share published blocks of earlier prompts (PQ_PREFIX_CACHE)
+    long long n_prefix_hit;      // prompt positions shared so, not prefilled
 };
 
 void pq_gen_params_init(PqGenParams *p) {
@@ -333,6 +338,8 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->prefill_budget = strcmp(pq_ops_backend(), "cuda") ? PREFILL_BUDGET : PREFILL_BUDGET_GPU;
     const char *pb = getenv("PQ_PREFILL_BUDGET");
     if (pb && atoi(pb) > 0) g->prefill_budget = atoi(pb);
+    const char *pc = getenv("PQ_PREFIX_CACHE");
+    g->prefix_cache = g->paged && !(pc && !strcmp(pc, "0"));
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
     if (g->paged) paged_new(g);
     else
@@ -374,6 +381,7 @@ static void req_free(Req *r) {
         for (int k = 0; k < r->n; k++) free(r->outs[k].ids), free(r->outs[k].text);
     free(r->outs);
     free(r->logits);
+    free(r->bhash);
     free(r);
 }
 
@@ -445,6 +453,12 @@ void pq_gen_submit(PqGen *g, const int32_t *prompt, int n_prompt, int n, uint64_
     r->cb = cb;
     r->user = user;
     r->outs = pq_xcalloc((size_t)r->n, sizeof *r->outs);
+    if (g->prefix_cache) {
+        int nb = n_prompt / BLOCK_T;
+        r->bhash = pq_xmalloc((size_t)(nb + 1) * sizeof *r->bhash);
+        for (int b = 0; b < nb; b++)
+            r->bhash[b] = pq_kvpage_hash(b ? r->bhash[b - 1] : 0, prompt + (size_t)b * BLOCK_T, BLOCK_T);
+    }
     if (g->qtail) g->qtail->qnext = r;
     else g->qhead = r;
     g->qtail = r;
@@ -469,6 +483,7 @@ void pq_gen_stats(const PqGen *g, PqGenStats *st) {
     st->steps = g->n_steps;
     st->chunks = g->n_chunks;
     st->mixed = g->n_mixed;
+    st->prefix_hit = g->n_prefix_hit;
 }
 
 // ---- the cache ----
@@ -712,6 +727,27 @@ static int filling(const Slot *sl) { return sl->state == SLOT_PREFILL || sl->sta
 // and a resumed one's tokens after it.
 static int fill_len(const Slot *sl) { return sl->r->P + (sl->state == SLOT_RESUME ? (int)sl->gen.len : 0); }
 
+// Slot sl, its table empty, about to compute n positions (its prompt first):
+// shares the blocks published for its prompt's leading full blocks, leaving
+// at least its last position to compute. Returns the positions shared.
+static int share_prefix(PqGen *g, Slot *sl, int n) {
+    sl->pub = 0;
+    if (!g->prefix_cache) return 0;
+    int P = sl->r->P, lim = (n - 1 < P ? n - 1 : P) / BLOCK_T;
+    while (sl->pub < lim && pq_kvpage_share(g->kp, &sl->kv, sl->r->bhash[sl->pub])) sl->pub++;
+    g->n_prefix_hit += sl->pub * BLOCK_T;
+    return sl->pub * BLOCK_T;
+}
+
+// Publishes the full blocks of slot sl's prompt among its first len
+// positions (their keys are written by this step's forward, before any
+// later step can share them).
+static void publish(PqGen *g, Slot *sl) {
+    if (!g->prefix_cache) return;
+    int full = (sl->len < sl->r->P ? sl->len : sl->r->P) / BLOCK_T;
+    for (; sl->pub < full; sl->pub++) pq_kvpage_publish(g->kp, sl->kv.table[sl->pub], sl->r->bhash[sl->pub]);
+}
+
 // Prompts (and recomputations) begun in earlier steps go on first, oldest
 // first: their next chunks within the budget. Returns the positions taken.
 static int continue_fills(PqGen *g) {
@@ -724,6 +760,7 @@ static int continue_fills(PqGen *g) {
         }
         if (!old) break;
         int left = g->prefill_budget - budget, n = fill_len(old) - old->len;
+        if (n < 1) abort(); // (a slot that has computed everything runs)
         old->chunk = n < left ? n : left;
         budget += old->chunk;
     }
@@ -773,10 +810,10 @@ static int resume(PqGen *g, int budget, int *wait, Done *d) {
             return budget;
         }
         PqErr e;
-        if (pq_kvpage_append(g->kp, &old->kv, n, NULL, &e) < 0) abort(); // counted above
         old->state = SLOT_RESUME;
-        old->len = 0;
-        old->chunk = n < left ? n : left;
+        old->len = old->from = share_prefix(g, old, n);
+        if (pq_kvpage_append(g->kp, &old->kv, n - old->len, NULL, &e) < 0) abort(); // counted above
+        old->chunk = n - old->len < left ? n - old->len : left;
         budget += old->chunk;
     }
 }
@@ -849,13 +886,14 @@ static int admit(PqGen *g, Done *d) {
             long need = (long)r->P + r->p.max_tokens;
             if (!g->paged) grow(g, need < g->Tmax ? (int)need : g->Tmax);
             start_sample(g, sl, r, r->started++);
+            sl->state = SLOT_PREFILL;
+            sl->len = sl->from = 0;
             if (g->paged) {
                 PqErr e;
-                if (pq_kvpage_append(g->kp, &sl->kv, r->P, NULL, &e) < 0) abort(); // counted above
+                sl->len = sl->from = share_prefix(g, sl, r->P);
+                if (pq_kvpage_append(g->kp, &sl->kv, r->P - sl->len, NULL, &e) < 0) abort(); // counted above
             }
-            sl->state = SLOT_PREFILL;
-            sl->len = 0;
-            sl->chunk = g->paged && r->P > left ? left : r->P;
+            sl->chunk = g->paged && r->P - sl->len > left ? left : r->P - sl->len;
             r->prefilling = 1;
             budget += sl->chunk;
         }
@@ -1084,7 +1122,7 @@ int pq_gen_step(PqGen *g) {
         if (st == SLOT_RUN) N++, M++, ndec++;
         else if (filling(sl) && sl->chunk > 0) {
             if (sl->len + sl->chunk == fill_len(sl)) M++; // its last chunk: logits for its next token
-            if (sl->chunk < fill_len(sl)) g->n_chunks++, partial = 1;
+            if (sl->chunk < fill_len(sl) - sl->from) g->n_chunks++, partial = 1;
         }
         if ((st == SLOT_RUN || filling(sl)) && sl->kv.nblk > g->maxblk) g->maxblk = sl->kv.nblk;
     }
@@ -1123,6 +1161,7 @@ int pq_gen_step(PqGen *g) {
                 }
                 sl->len += sl->chunk; // (a resumed slot runs again after the passes: not a decode row of pass 1)
                 g->n_prefilled += sl->chunk;
+                publish(g, sl);
                 sl->chunk = 0;
                 if (sl->len == n) rows[mi] = i - 1, row_slot[mi++] = s;
             } else if (sl->state == SLOT_RUN) {

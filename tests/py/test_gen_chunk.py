@@ -1,5 +1,5 @@
-# test_gen_chunk.py: chunked prefill of the paged KV cache (lib/gen.c,
-# through test-gen's driver). With a prefill budget of a few tokens a step
+# test_gen_chunk.py: chunked prefill and the prefix cache of the paged KV
+# cache (lib/gen.c, through test-gen's driver). With a prefill budget of a few tokens a step
 # (PQ_PREFILL_BUDGET), prompts longer than it are prefilled in chunks over
 # several steps, beside the slots that decode meanwhile; the greedy ids must
 # be transformers' (float64), the unchunked paged run's and the flat cache's,
@@ -7,6 +7,13 @@
 # few blocks (samples preempted, then recomputed in chunks) must give the
 # same ids. The driver's counters show the chunks and the steps that mixed
 # them with decoding, so the test fails if chunking silently turns off.
+# The prefix cache: requests sharing a long first part (the quiz tools'
+# instructions) share its full blocks, from a running request or from the
+# free blocks a finished one left; the ids must be the same as with
+# PQ_PREFIX_CACHE=0 and transformers', every prompt position either
+# prefilled or shared (one at a time: exactly the full blocks of the common
+# part, after the first request), also chunked and with a pool so small
+# that samples are preempted and cached blocks reused.
 import json
 import os
 import random
@@ -34,10 +41,12 @@ def check(name, ok, detail=""):
         failures.append(name + (": " + detail if detail else ""))
 
 
-def run(d, reqs, slots, kv, budget=None, blocks=None):
+def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True):
     env = dict(os.environ, PQ_KV=kv)
-    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS"):
+    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE"):
         env.pop(k, None)
+    if not prefix:
+        env["PQ_PREFIX_CACHE"] = "0"
     if budget:
         env["PQ_PREFILL_BUDGET"] = str(budget)
     if blocks:
@@ -110,14 +119,32 @@ def main():
             # 2 slots, 6 blocks, prompts of 38 to 57 tokens, one of 3 samples: the blocks its prompt kept for its
             # third sample once kept a preempted sample from resuming while nothing ran, for ever
             common = [rnd.randrange(3, hi) for _ in range(37)]
-            tails, ns = (5, 12, 1, 20, 9), (1, 2, 1, 1, 3)
+            tails, ns = (20, 5, 12, 1, 9), (1, 1, 2, 1, 3)
             prompts = [common + [rnd.randrange(3, hi) for _ in range(n)] for n in tails]
             want = [[hf_greedy(m, p, n_new, eos)] * k for p, k in zip(prompts, ns)]
             reqs = [{"prompt": p, "n": k, "temperature": 0, "max_tokens": n_new} for p, k in zip(prompts, ns)]
             plen = sum(map(len, prompts))
-            got, cg = run(d, reqs, 2, "paged", blocks=6)
+            got, cg = run(d, reqs, 2, "paged", blocks=6, prefix=False)
             check(arch + ": 2 slots, 6 blocks, 3 samples of a prompt kept = transformers", got == want,
                   "%s\nvs %s" % (got, want))
+
+            # the prefix cache on those prompts: 37 tokens in common (2 full blocks of 16), then 1 to 20 of their own
+            off, co = run(d, reqs, 1, "paged", prefix=False)
+            on, cn = run(d, reqs, 1, "paged")
+            check(arch + ": prefix cache off = transformers", off == want, "%s\nvs %s" % (off, want))
+            check(arch + ": prefix cache, one at a time = transformers", on == want, "%s\nvs %s" % (on, want))
+            check(arch + ": prefix cache off shares nothing", co["prefix_hit"] == 0 and co["prefilled"] == plen, str(co))
+            check(arch + ": one at a time, each request after the first shares the 2 full common blocks",
+                  cn["prefix_hit"] == 32 * (len(prompts) - 1) and cn["prefilled"] == co["prefilled"] - cn["prefix_hit"],
+                  "%s vs %s" % (cn, co))
+            for slots, budget, blocks in ((4, 7, None), (4, 5, 9), (2, None, 6)):
+                got, cg = run(d, reqs, slots, "paged", budget=budget, blocks=blocks)
+                what = "%d slots, budget %s, %s blocks" % (slots, budget, blocks)
+                check(arch + ": prefix cache, %s = transformers" % what, got == want, "%s\nvs %s" % (got, want))
+                check(arch + ": prefix cache, %s: blocks shared" % what, cg["prefix_hit"] > 0, str(cg))
+                if not blocks:  # no preemption: every prompt position prefilled or shared, once
+                    check(arch + ": prefix cache, %s: prefilled + shared = the prompts" % what,
+                          cg["prefilled"] + cg["prefix_hit"] == plen, "%s vs %d" % (cg, plen))
     if failures:
         print("FAILED:", *failures, sep="\n  ")
         sys.exit(1)

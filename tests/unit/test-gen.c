@@ -311,8 +311,8 @@ static int drive(int argc, char **argv) {
     PqGenStats st;
     pq_gen_stats(g, &st);
     printf("{\"prefilled\":%lld,\"generated\":%lld,\"steps\":%lld,\"chunks\":%lld,\"mixed\":%lld,"
-           "\"seconds\":%.6f}\n",
-           st.prefilled, st.generated, st.steps, st.chunks, st.mixed, dt);
+           "\"prefix_hit\":%lld,\"seconds\":%.6f}\n",
+           st.prefilled, st.generated, st.steps, st.chunks, st.mixed, st.prefix_hit, dt);
     free(outs);
     free(reqs);
     pq_gen_free(g);
