@@ -338,6 +338,8 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->prefill_budget = strcmp(pq_ops_backend(), "cuda") ? PREFILL_BUDGET : PREFILL_BUDGET_GPU;
     const char *pb = getenv("PQ_PREFILL_BUDGET");
     if (pb && atoi(pb) > 0) g->prefill_budget = atoi(pb);
+    // at most 2^15: a step's chunk and decode rows are one grid dimension of CUDA's paged attention (< 2^16)
+    if (g->prefill_budget > 1 << 15) g->prefill_budget = 1 << 15;
     const char *pc = getenv("PQ_PREFIX_CACHE");
     g->prefix_cache = g->paged && !(pc && !strcmp(pc, "0"));
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
