@@ -1,6 +1,7 @@
 // gen.c: generation (see gen.h). One step = admit queued samples into free
 // slots, one packed forward of every running slot's new tokens (prompts
-// being prefilled and one token per decoding slot) against the KV cache,
+// being prefilled, with the paged cache a chunk of a long one a step, and
+// one token per decoding slot) against the KV cache,
 // then sampling on the host, one RNG per sample. The n samples of a request
 // read its prompt's keys and values from the slot that prefilled it (the
 // CPU's pq_attention_kv_shared_forward); where the backend has no such
@@ -19,9 +20,12 @@
 #include "ops_paged.h"
 #include "tool.h"
 
-// Prompt tokens prefilled in one step at most (a longer prompt goes alone):
+// Prompt tokens prefilled in one step at most (PQ_PREFILL_BUDGET overrides):
 // on the GPU more, so that the products of a prefill step are large enough
 // to keep it busy (2,048 rows ran a 7B's prefill at 20% MFU on an H200).
+// With the paged cache a longer prompt is prefilled in chunks over several
+// steps, beside the decoding rows (which go on every step); with the flat
+// one it goes alone.
 #define PREFILL_BUDGET 2048
 #define PREFILL_BUDGET_GPU 8192
 // Initial positions per slot of the cache (grown by doubling).
@@ -45,6 +49,7 @@ struct Req {
     PqGenOut *outs; // [n]
     float *logits;  // (V) after the prompt's last token, once prefilled
     PqKvSeq kv;     // paged: the prompt's blocks, held until every sample has started
+    uint64_t *bhash; // paged, prefix cache: [P / BLOCK_T] hashes of the prompt up to each full block's end
     Req *qnext;     // the queue of requests with samples to start
     Req *prev, *next; // every live request
 };
@@ -70,6 +75,9 @@ typedef struct Slot {
     int32_t pick;       // token sampled this step (-1: none possible)
     PqKvSeq kv;         // paged: its blocks
     long long age;      // paged: when the sample started (the youngest is preempted first)
+    int chunk;          // paged, prefilling or resuming: positions [len, len + chunk) computed this step
+    int from;           // paged, prefilling or resuming: positions [0, from) shared from the prefix cache
+    int pub;            // paged, prefix cache: leading blocks of its prompt published (or shared)
 } Slot;
 
 struct PqGen {
@@ -116,6 +124,10 @@ struct PqGen {
     int scap;
     PqGraphs *graphs; // PQ_CUDA_GRAPH=1 (paged, CUDA): decode steps as CUDA graphs (ops_graph.h), else NULL
     long long n_prefilled, n_generated, n_steps;
+    long long n_chunks, n_mixed; // chunks of a prompt (or a resumed sequence) short of the whole; steps of
+                                 // chunks beside decoding rows
+    int prefix_cache;            // paged: prompts share published blocks of earlier prompts (PQ_PREFIX_CACHE)
+    long long n_prefix_hit;      // prompt positions shared so, not prefilled
 };
 
 void pq_gen_params_init(PqGenParams *p) {
@@ -326,6 +338,12 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->vc = pq_xcalloc((size_t)c->L, sizeof *g->vc);
     g->paged = kv_paged();
     g->prefill_budget = strcmp(pq_ops_backend(), "cuda") ? PREFILL_BUDGET : PREFILL_BUDGET_GPU;
+    const char *pb = getenv("PQ_PREFILL_BUDGET");
+    if (pb && atoi(pb) > 0) g->prefill_budget = atoi(pb);
+    // at most 2^15: a step's chunk and decode rows are one grid dimension of CUDA's paged attention (< 2^16)
+    if (g->prefill_budget > 1 << 15) g->prefill_budget = 1 << 15;
+    const char *pc = getenv("PQ_PREFIX_CACHE");
+    g->prefix_cache = g->paged && !(pc && !strcmp(pc, "0"));
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
     if (g->paged) paged_new(g);
     else
@@ -368,6 +386,7 @@ static void req_free(Req *r) {
         for (int k = 0; k < r->n; k++) free(r->outs[k].ids), free(r->outs[k].text);
     free(r->outs);
     free(r->logits);
+    free(r->bhash);
     free(r);
 }
 
@@ -440,6 +459,12 @@ void pq_gen_submit(PqGen *g, const int32_t *prompt, int n_prompt, int n, uint64_
     r->cb = cb;
     r->user = user;
     r->outs = pq_xcalloc((size_t)r->n, sizeof *r->outs);
+    if (g->prefix_cache) {
+        int nb = n_prompt / BLOCK_T;
+        r->bhash = pq_xmalloc((size_t)(nb + 1) * sizeof *r->bhash);
+        for (int b = 0; b < nb; b++)
+            r->bhash[b] = pq_kvpage_hash(b ? r->bhash[b - 1] : 0, prompt + (size_t)b * BLOCK_T, BLOCK_T);
+    }
     if (g->qtail) g->qtail->qnext = r;
     else g->qhead = r;
     g->qtail = r;
@@ -455,6 +480,16 @@ void pq_gen_counts(const PqGen *g, long long *prefilled, long long *generated, l
     if (prefilled) *prefilled = g->n_prefilled;
     if (generated) *generated = g->n_generated;
     if (steps) *steps = g->n_steps;
+}
+
+void pq_gen_stats(const PqGen *g, PqGenStats *st) {
+    memset(st, 0, sizeof *st);
+    st->prefilled = g->n_prefilled;
+    st->generated = g->n_generated;
+    st->steps = g->n_steps;
+    st->chunks = g->n_chunks;
+    st->mixed = g->n_mixed;
+    st->prefix_hit = g->n_prefix_hit;
 }
 
 // ---- the cache ----
@@ -692,10 +727,74 @@ static void paged_reserve(PqGen *g, Done *d) {
     }
 }
 
+static int filling(const Slot *sl) { return sl->state == SLOT_PREFILL || sl->state == SLOT_RESUME; }
+
+// The positions a prefilling or resuming slot computes in all: its prompt,
+// and a resumed one's tokens after it.
+static int fill_len(const Slot *sl) { return sl->r->P + (sl->state == SLOT_RESUME ? (int)sl->gen.len : 0); }
+
+// Slot sl, its table empty, about to compute n positions (its prompt first):
+// shares the blocks published for its prompt's leading full blocks, leaving
+// at least its last position to compute. Returns the positions shared.
+static int share_prefix(PqGen *g, Slot *sl, int n) {
+    sl->pub = 0;
+    if (!g->prefix_cache) return 0;
+    int P = sl->r->P, lim = (n - 1 < P ? n - 1 : P) / BLOCK_T;
+    while (sl->pub < lim && pq_kvpage_share(g->kp, &sl->kv, sl->r->bhash[sl->pub])) sl->pub++;
+    g->n_prefix_hit += sl->pub * BLOCK_T;
+    return sl->pub * BLOCK_T;
+}
+
+// Publishes the full blocks of slot sl's prompt among its first len
+// positions (their keys are written by this step's forward, before any
+// later step can share them).
+static void publish(PqGen *g, Slot *sl) {
+    if (!g->prefix_cache) return;
+    int full = (sl->len < sl->r->P ? sl->len : sl->r->P) / BLOCK_T;
+    for (; sl->pub < full; sl->pub++) pq_kvpage_publish(g->kp, sl->kv.table[sl->pub], sl->r->bhash[sl->pub]);
+}
+
+// Prompts (and recomputations) begun in earlier steps go on first, oldest
+// first: their next chunks within the budget. Returns the positions taken.
+static int continue_fills(PqGen *g) {
+    int budget = 0;
+    while (budget < g->prefill_budget) {
+        Slot *old = NULL;
+        for (int s = 0; s < g->S; s++) {
+            Slot *sl = &g->slots[s];
+            if (filling(sl) && sl->chunk == 0 && (!old || sl->age < old->age)) old = sl;
+        }
+        if (!old) break;
+        int left = g->prefill_budget - budget, n = fill_len(old) - old->len;
+        if (n < 1) abort(); // (a slot that has computed everything runs)
+        old->chunk = n < left ? n : left;
+        budget += old->chunk;
+    }
+    return budget;
+}
+
+// Nothing runs and a preempted slot cannot fit while requests keep their
+// prompt's blocks for samples yet to start (which wait behind it): those
+// prompts give their blocks back, to be prefilled again when their samples
+// start. Returns whether any did.
+static int drop_prompts(PqGen *g) {
+    int n = 0;
+    for (Req *r = g->live; r; r = r->next)
+        if (r->prefilled && r->started < r->n && r->kv.nblk > 0) {
+            pq_kvpage_release(g->kp, &r->kv);
+            free(r->logits), r->logits = NULL;
+            r->prefilled = 0;
+            n++;
+        }
+    return n;
+}
+
 // Preempted slots take blocks again, oldest first, before anything new is
-// admitted. Returns the positions they recompute (added to budget), or -1
-// when one must still wait (nothing new is admitted then).
-static int resume(PqGen *g, int budget, Done *d) {
+// admitted; what they recompute (a chunk of it when it is longer than the
+// budget left) is added to budget, which is returned. *wait: one must still
+// wait (nothing new is admitted then).
+static int resume(PqGen *g, int budget, int *wait, Done *d) {
+    *wait = 0;
     for (;;) {
         Slot *old = NULL;
         for (int s = 0; s < g->S; s++)
@@ -707,13 +806,21 @@ static int resume(PqGen *g, int budget, Done *d) {
                 finish(g, old, PQ_FINISH_LENGTH, -1, d); // longer than the whole cache
                 continue;
             }
-            return -1;
+            if (running(g) == 0 && budget == 0 && drop_prompts(g)) continue; // else no one would move
+            *wait = 1;
+            return budget;
         }
-        if (budget > 0 && budget + n > g->prefill_budget) return -1;
+        int left = g->prefill_budget - budget;
+        if (left <= 0) {
+            *wait = 1;
+            return budget;
+        }
         PqErr e;
-        if (pq_kvpage_append(g->kp, &old->kv, n, NULL, &e) < 0) abort(); // counted above
         old->state = SLOT_RESUME;
-        budget += n;
+        old->len = old->from = share_prefix(g, old, n);
+        if (pq_kvpage_append(g->kp, &old->kv, n - old->len, NULL, &e) < 0) abort(); // counted above
+        old->chunk = n - old->len < left ? n - old->len : left;
+        budget += old->chunk;
     }
 }
 
@@ -740,14 +847,9 @@ static int slot_with_prefix(PqGen *g, uint64_t id, const Slot *not) {
 static int admit(PqGen *g, Done *d) {
     int budget = 0;
     if (g->paged) {
-        int b = resume(g, 0, d);
-        if (b < 0) {
-            budget = 0;
-            for (int s = 0; s < g->S; s++)
-                if (g->slots[s].state == SLOT_RESUME) budget += g->slots[s].r->P + (int)g->slots[s].gen.len;
-            return budget;
-        }
-        budget = b;
+        int wait;
+        budget = resume(g, continue_fills(g), &wait, d);
+        if (wait) return budget;
     }
     while (g->qhead) {
         Req *r = g->qhead;
@@ -782,21 +884,24 @@ static int admit(PqGen *g, Done *d) {
                 fail_req(g, r, d, msg);
                 continue;
             }
-            if (budget > 0 && budget + r->P > g->prefill_budget) break;
+            int left = g->prefill_budget - budget;
+            if (g->paged ? left <= 0 : budget > 0 && r->P > left) break; // paged: the rest in later steps
             if (g->paged && blocks_for(r->P) > kv_avail(g)) break;
             Slot *sl = free_slot(g, r->id);
             if (!sl) break;
             long need = (long)r->P + r->p.max_tokens;
             if (!g->paged) grow(g, need < g->Tmax ? (int)need : g->Tmax);
             start_sample(g, sl, r, r->started++);
+            sl->state = SLOT_PREFILL;
+            sl->len = sl->from = 0;
             if (g->paged) {
                 PqErr e;
-                if (pq_kvpage_append(g->kp, &sl->kv, r->P, NULL, &e) < 0) abort(); // counted above
+                sl->len = sl->from = share_prefix(g, sl, r->P);
+                if (pq_kvpage_append(g->kp, &sl->kv, r->P - sl->len, NULL, &e) < 0) abort(); // counted above
             }
-            sl->state = SLOT_PREFILL;
-            sl->len = 0;
+            sl->chunk = g->paged && r->P - sl->len > left ? left : r->P - sl->len;
             r->prefilling = 1;
-            budget += r->P;
+            budget += sl->chunk;
         }
         while (r->started < r->n) {
             if (g->paged && !r->prefilling && kv_avail(g) < 1) break;
@@ -1063,6 +1168,7 @@ static void forward_kernels(void *arg) {
         lin(g, l, PQ_DOWN, g->tmp, g->mlp, N);
         pq_residual_forward(g->x, g->tmp, nc);
     }
+    if (M == 0) return; // (paged: a step of prompt chunks alone, none the last of its prompt)
     for (int i = 0; rows && i < M; i++)
         pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
     pq_rmsnorm_forward(g->h, NULL, rows ? g->tmp : g->x, m->ln_f, M, c->C, c->eps);
@@ -1089,13 +1195,18 @@ int pq_gen_step(PqGen *g) {
     if (g->paged) paged_reserve(g, &d);
     int N = budget, M = 0;
     g->maxblk = 1;
+    int ndec = 0, partial = 0;
     for (int s = 0; s < g->S; s++) {
-        int st = g->slots[s].state;
-        if (st == SLOT_RUN) N++, M++;
-        else if (st == SLOT_PREFILL || st == SLOT_RESUME) M++;
-        if ((st == SLOT_RUN || st == SLOT_PREFILL || st == SLOT_RESUME) && g->slots[s].kv.nblk > g->maxblk)
-            g->maxblk = g->slots[s].kv.nblk;
+        const Slot *sl = &g->slots[s];
+        int st = sl->state;
+        if (st == SLOT_RUN) N++, M++, ndec++;
+        else if (filling(sl) && sl->chunk > 0) {
+            if (sl->len + sl->chunk == fill_len(sl)) M++; // its last chunk: logits for its next token
+            if (sl->chunk < fill_len(sl) - sl->from) g->n_chunks++, partial = 1;
+        }
+        if ((st == SLOT_RUN || filling(sl)) && sl->kv.nblk > g->maxblk) g->maxblk = sl->kv.nblk;
     }
+    if (partial && ndec) g->n_mixed++;
     if (N > 0) {
         ensure_bufs(g, N, M);
         if (g->paged && (size_t)N * g->maxblk > g->tab_cap) {
@@ -1106,36 +1217,33 @@ int pq_gen_step(PqGen *g) {
             g->d_tab = pq_dev_alloc(g->tab_cap * sizeof *g->d_tab);
         }
         g->max_len = 0;
-        // paged: the rows of whole prompts first (g->np of them), then one row per decoding slot
+        // paged: the rows of chunks from position 0 first (g->np of them: their keys are all in this step's
+        // rows, for the fused attention), then those of later chunks and one row per decoding slot (paged
+        // attention, each row against its sequence's positions up to its own)
         g->np = 0;
         for (int s = 0; g->paged && s < g->S; s++) {
             const Slot *sl = &g->slots[s];
-            if (sl->state == SLOT_PREFILL) g->np += sl->r->P;
-            else if (sl->state == SLOT_RESUME) g->np += sl->r->P + (int)sl->gen.len;
+            if (filling(sl) && sl->len == 0) g->np += sl->chunk;
         }
         int *rows = pq_xmalloc((size_t)M * sizeof *rows), *row_slot = pq_xmalloc((size_t)M * sizeof *row_slot);
         int i = 0, mi = 0;
         for (int pass = 0; pass < 1 + g->paged; pass++)
         for (int s = 0; s < g->S; s++) {
             Slot *sl = &g->slots[s];
-            if (g->paged && (pass == 0) != (sl->state == SLOT_PREFILL || sl->state == SLOT_RESUME)) continue;
-            if (sl->state == SLOT_PREFILL) {
-                for (int t = 0; t < sl->r->P; t++, i++) {
-                    g->ids[i] = sl->r->prompt[t], g->pos[i] = t, g->slot_of[i] = s, g->base_of[i] = s, g->blen_of[i] = 0;
+            int fill = filling(sl) && sl->chunk > 0; // a prompt, or a preempted slot's prompt and tokens again
+            if (g->paged && (pass == 0) != (fill && sl->len == 0)) continue;
+            if (fill) {
+                int P = sl->r->P, n = fill_len(sl);
+                for (int t = sl->len; t < sl->len + sl->chunk; t++, i++) {
+                    g->ids[i] = t < P ? sl->r->prompt[t] : sl->gen.data[t - P], g->pos[i] = t;
+                    g->slot_of[i] = s, g->base_of[i] = s, g->blen_of[i] = 0;
                     if (g->paged) paged_row(g, i, sl, t);
                 }
-                sl->len = sl->r->P;
-                rows[mi] = i - 1, row_slot[mi++] = s;
-                g->n_prefilled += sl->r->P;
-            } else if (sl->state == SLOT_RESUME) { // prompt and tokens again (preempted)
-                int P = sl->r->P, n = P + (int)sl->gen.len;
-                for (int t = 0; t < n; t++, i++) {
-                    g->ids[i] = t < P ? sl->r->prompt[t] : sl->gen.data[t - P], g->pos[i] = t;
-                    paged_row(g, i, sl, t);
-                }
-                sl->len = n; // (running again after the passes: not a decode row of pass 1)
-                g->n_prefilled += n;
-                rows[mi] = i - 1, row_slot[mi++] = s;
+                sl->len += sl->chunk; // (a resumed slot runs again after the passes: not a decode row of pass 1)
+                g->n_prefilled += sl->chunk;
+                publish(g, sl);
+                sl->chunk = 0;
+                if (sl->len == n) rows[mi] = i - 1, row_slot[mi++] = s;
             } else if (sl->state == SLOT_RUN) {
                 g->ids[i] = sl->next_tok, g->pos[i] = sl->len, g->slot_of[i] = s;
                 g->base_of[i] = sl->base, g->blen_of[i] = sl->blen;
@@ -1145,10 +1253,11 @@ int pq_gen_step(PqGen *g) {
             }
         }
         for (int s = 0; s < g->S; s++)
-            if (g->slots[s].state == SLOT_RESUME) g->slots[s].state = SLOT_RUN;
+            if (g->slots[s].state == SLOT_RESUME && g->slots[s].len == fill_len(&g->slots[s]))
+                g->slots[s].state = SLOT_RUN;
         forward(g, N, rows, M);
         if (!g->paged) pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
-        else { // every row drawn on the device; logits come back only for prompts and grammars
+        else if (M > 0) { // every row drawn on the device; logits come back only for prompts and grammars
             if (M > g->scap) {
                 free(g->srows), free(g->sids), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
                 g->scap = M > 2 * g->scap ? M : 2 * g->scap;

@@ -4,7 +4,10 @@
 // per-sample seeded RNG (results never depend on what else is in the
 // batch), stops at end tokens, stop strings or a token budget, constrained
 // decoding (constrain.h), LoRA (the model's PqLora) applied. The n samples
-// of one request share its prompt: prefilled once, its KV copied.
+// of one request share its prompt: prefilled once, its KV copied. The
+// paged cache (PQ_KV=paged) prefills a long prompt in chunks beside the
+// decoding sequences (PQ_PREFILL_BUDGET) and shares the full blocks of a
+// prompt's beginning with later prompts that begin alike (PQ_PREFIX_CACHE).
 #ifndef PQ_GEN_H
 #define PQ_GEN_H
 
@@ -59,6 +62,13 @@ int pq_gen_pending(const PqGen *g);
 int pq_gen_step(PqGen *g);
 // Counters: prompt tokens prefilled, tokens generated, forward passes.
 void pq_gen_counts(const PqGen *g, long long *prefilled, long long *generated, long long *steps);
+typedef struct PqGenStats {
+    long long prefilled, generated, steps; // as pq_gen_counts
+    long long chunks; // paged: chunks short of a whole prompt (or preempted sequence) longer than the budget
+    long long mixed;  // paged: steps that computed such a chunk beside decoding rows
+    long long prefix_hit; // paged: prompt positions shared from earlier prompts' blocks (not in prefilled)
+} PqGenStats;
+void pq_gen_stats(const PqGen *g, PqGenStats *st);
 
 // The model's end tokens: eos_token_id of config.json and
 // generation_config.json (a number or a list) and tokenizer_config.json's

@@ -2,7 +2,12 @@
 // of fixed-size blocks of BT token positions, a free list, a block table per
 // sequence, reference counts so the n samples of a prompt share its blocks
 // (fork copies the table; the last partial block is copied on write when a
-// sharer appends). Pure host code: the memory (one pool per layer, blocks
+// sharer appends), and a prefix cache (vLLM's automatic prefix caching): a
+// full block can be published under a hash of the tokens of its sequence up
+// to its end, and a later sequence with the same prefix shares it instead of
+// computing it again; a published block keeps its hash and contents while
+// free, until the free blocks without one run out (then the least recently
+// freed is taken first). Pure host code: the memory (one pool per layer, blocks
 // of (BT,KVH,HS), see ops_paged.h) belongs to the caller, who also carries
 // out the block copies that appending asks for (pq_paged_copy_blocks).
 #ifndef PQ_KVPAGE_H
@@ -37,7 +42,8 @@ PqKvPage *pq_kvpage_new(int nblocks, int BT);
 void pq_kvpage_free(PqKvPage *kp);
 int pq_kvpage_block_tokens(const PqKvPage *kp); // BT
 int pq_kvpage_blocks(const PqKvPage *kp);       // nblocks
-int pq_kvpage_free_blocks(const PqKvPage *kp);
+int pq_kvpage_free_blocks(const PqKvPage *kp);   // free, published ones included
+int pq_kvpage_cached_blocks(const PqKvPage *kp); // free ones that keep a hash
 int pq_kvpage_ref(const PqKvPage *kp, int32_t block); // sharers of a block (0: free)
 
 void pq_kvseq_init(PqKvSeq *s); // empty (also what release leaves)
@@ -57,6 +63,16 @@ void pq_kvpage_fork(PqKvPage *kp, const PqKvSeq *src, PqKvSeq *dst);
 // list) and empties it; its table array is kept for reuse.
 void pq_kvpage_release(PqKvPage *kp, PqKvSeq *s);
 void pq_kvseq_free(PqKvPage *kp, PqKvSeq *s); // release, then free the table
+// The hash of a prefix: the n tokens of a block after a prefix of hash parent
+// (0 for the first block of a sequence).
+uint64_t pq_kvpage_hash(uint64_t parent, const int32_t *tokens, int n);
+// Block b (held; every position of it written) holds the prefix of hash h.
+// Nothing changes when b or another block already has a hash.
+void pq_kvpage_publish(PqKvPage *kp, int32_t b, uint64_t h);
+// s (its length a multiple of BT) shares the block published under hash h
+// (taken off the free blocks if no one held it): len += BT, returns 1; 0
+// (nothing changes) when no block has h.
+int pq_kvpage_share(PqKvPage *kp, PqKvSeq *s, uint64_t h);
 // A step's inputs for pq_paged_attention_forward: row i = seqs[i]'s block
 // table (padded with block 0 to maxblk, which must hold every table) and
 // length. Returns the longest length (its max_len).

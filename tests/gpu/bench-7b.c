@@ -574,6 +574,8 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
     double total = now_s() - t0;
     long long prefilled, generated, steps;
     pq_gen_counts(g, &prefilled, &generated, &steps);
+    PqGenStats gs;
+    pq_gen_stats(g, &gs);
     pq_gen_free(g);
     int rc = 0;
     long long want = (long long)R * k.n * G;
@@ -595,6 +597,9 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
            "%.1f TFLOP/s, MFU %.1f%% (of %.0f)%s\n",
            nm, pf_tok, pf_steps, pf_gen, pf_t, pf_tps, pf_t > 0 ? pf_flops / pf_t / 1e12 : 0, 100 * mfu, peak,
            prefilled > want_prompt ? " (preempted sequences recomputed)" : "");
+    printf("gen: %s: %lld prompt chunks short of a whole prompt (%lld steps beside decoding rows), %lld prompt "
+           "positions shared from the prefix cache\n",
+           nm, gs.chunks, gs.mixed, gs.prefix_hit);
     printf("gen: %s: decode %lld steps of %.1f rows on average, %.3f s: %.2f ms a step, %.0f tok/s; reads %.2f GB "
            "a step (weights %.2f, KV %.2f, every row its whole context): %.0f GB/s, %.1f%% of %.0f GB/s\n",
            nm, dc_steps, dc_steps ? (double)dc_rows / dc_steps : 0, dc_t, ms, dc_tps, (dc_wbytes + dc_kvbytes) / per,

@@ -308,9 +308,11 @@ static int drive(int argc, char **argv) {
         free(outs[i].line);
         cJSON_Delete(reqs[i]);
     }
-    long long pf, gn, stp;
-    pq_gen_counts(g, &pf, &gn, &stp);
-    printf("{\"prefilled\":%lld,\"generated\":%lld,\"steps\":%lld,\"seconds\":%.6f}\n", pf, gn, stp, dt);
+    PqGenStats st;
+    pq_gen_stats(g, &st);
+    printf("{\"prefilled\":%lld,\"generated\":%lld,\"steps\":%lld,\"chunks\":%lld,\"mixed\":%lld,"
+           "\"prefix_hit\":%lld,\"seconds\":%.6f}\n",
+           st.prefilled, st.generated, st.steps, st.chunks, st.mixed, st.prefix_hit, dt);
     free(outs);
     free(reqs);
     pq_gen_free(g);
