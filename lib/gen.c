@@ -127,6 +127,7 @@ struct PqGen {
     long long n_chunks, n_mixed; // chunks of a prompt (or a resumed sequence) short of the whole; steps of
                                  // chunks beside decoding rows
     int prefix_cache;            // paged: prompts share published blocks of earlier prompts (PQ_PREFIX_CACHE)
+    int chunking;                // paged: prompts longer than a step's budget left go in chunks (PQ_CHUNKED_PREFILL)
     long long n_prefix_hit;      // prompt positions shared so, not prefilled
 };
 
@@ -282,6 +283,15 @@ int pq_gen_eos_ids(const char *dir, const PqTokenizer *tok, int32_t *out, int ma
     return n;
 }
 
+// An environment variable that is 0 or 1, else def (said once if it is neither).
+static int env_flag(const char *name, int def) {
+    const char *s = getenv(name);
+    if (!s || !*s) return def;
+    if (!strcmp(s, "0") || !strcmp(s, "1")) return *s == '1';
+    fprintf(stderr, "pq: %s=%s is neither 0 nor 1; using the default (%d)\n", name, s, def);
+    return def;
+}
+
 // PQ_KV: "paged" or "flat" (read once); paged by default on CUDA.
 static int kv_paged(void) {
     static int mode = -1;
@@ -342,8 +352,13 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     if (pb && atoi(pb) > 0) g->prefill_budget = atoi(pb);
     // at most 2^15: a step's chunk and decode rows are one grid dimension of CUDA's paged attention (< 2^16)
     if (g->prefill_budget > 1 << 15) g->prefill_budget = 1 << 15;
-    const char *pc = getenv("PQ_PREFIX_CACHE");
-    g->prefix_cache = g->paged && !(pc && !strcmp(pc, "0"));
+    // Chunks and the rest of a prompt after a prefix hit run through the
+    // decode attention (each row reads its whole context): on the CPU a small
+    // share of a step; on the GPU unmeasured against whole prompts through the
+    // fused attention, so both are off there unless asked for.
+    int cpu = strcmp(pq_ops_backend(), "cuda") != 0;
+    g->chunking = g->paged && env_flag("PQ_CHUNKED_PREFILL", cpu);
+    g->prefix_cache = g->paged && env_flag("PQ_PREFIX_CACHE", cpu);
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
     if (g->paged) paged_new(g);
     else
@@ -811,7 +826,7 @@ static int resume(PqGen *g, int budget, int *wait, Done *d) {
             return budget;
         }
         int left = g->prefill_budget - budget;
-        if (left <= 0) {
+        if (g->chunking ? left <= 0 : budget > 0 && n > left) { // without chunks: a longer one goes alone
             *wait = 1;
             return budget;
         }
@@ -819,7 +834,7 @@ static int resume(PqGen *g, int budget, int *wait, Done *d) {
         old->state = SLOT_RESUME;
         old->len = old->from = share_prefix(g, old, n);
         if (pq_kvpage_append(g->kp, &old->kv, n - old->len, NULL, &e) < 0) abort(); // counted above
-        old->chunk = n - old->len < left ? n - old->len : left;
+        old->chunk = g->chunking && n - old->len > left ? left : n - old->len;
         budget += old->chunk;
     }
 }
@@ -885,7 +900,7 @@ static int admit(PqGen *g, Done *d) {
                 continue;
             }
             int left = g->prefill_budget - budget;
-            if (g->paged ? left <= 0 : budget > 0 && r->P > left) break; // paged: the rest in later steps
+            if (g->chunking ? left <= 0 : budget > 0 && r->P > left) break; // chunking: the rest in later steps
             if (g->paged && blocks_for(r->P) > kv_avail(g)) break;
             Slot *sl = free_slot(g, r->id);
             if (!sl) break;
@@ -899,7 +914,7 @@ static int admit(PqGen *g, Done *d) {
                 sl->len = sl->from = share_prefix(g, sl, r->P);
                 if (pq_kvpage_append(g->kp, &sl->kv, r->P - sl->len, NULL, &e) < 0) abort(); // counted above
             }
-            sl->chunk = g->paged && r->P - sl->len > left ? left : r->P - sl->len;
+            sl->chunk = g->chunking && r->P - sl->len > left ? left : r->P - sl->len;
             r->prefilling = 1;
             budget += sl->chunk;
         }

@@ -6,7 +6,8 @@
 # the n samples of a request must still share one prefill, and a pool of
 # few blocks (samples preempted, then recomputed in chunks) must give the
 # same ids. The driver's counters show the chunks and the steps that mixed
-# them with decoding, so the test fails if chunking silently turns off.
+# them with decoding, so the test fails if chunking silently turns off;
+# with PQ_CHUNKED_PREFILL=0 (the CUDA build's default) there are none.
 # The prefix cache: requests sharing a long first part (the quiz tools'
 # instructions) share its full blocks, from a running request or from the
 # free blocks a finished one left; the ids must be the same as with
@@ -41,12 +42,14 @@ def check(name, ok, detail=""):
         failures.append(name + (": " + detail if detail else ""))
 
 
-def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True):
+def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True, chunking=True):
     env = dict(os.environ, PQ_KV=kv)
-    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE"):
+    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE", "PQ_CHUNKED_PREFILL"):
         env.pop(k, None)
     if not prefix:
         env["PQ_PREFIX_CACHE"] = "0"
+    if not chunking:
+        env["PQ_CHUNKED_PREFILL"] = "0"
     if budget:
         env["PQ_PREFILL_BUDGET"] = str(budget)
     if blocks:
@@ -106,6 +109,10 @@ def main():
                   cc["chunks"] >= least and cc["mixed"] > 0 and cc["steps"] > cw["steps"], "%s vs %s" % (cc, cw))
             check(arch + ": chunked, the n samples share one prefill",
                   cc["prefilled"] == plen and cw["prefilled"] == plen, "%s %s vs %d" % (cc, cw, plen))
+            # chunking off (the CUDA build's default): a prompt longer than the budget goes alone, whole
+            alone, ca = run(d, reqs, 6, "paged", budget=7, chunking=False)
+            check(arch + ": PQ_CHUNKED_PREFILL=0, budget 7 = transformers, no chunks",
+                  alone == want and ca["chunks"] == 0 and ca["mixed"] == 0, "%s\n%s" % (alone, ca))
             # one slot: each prompt alone, in chunks of 1, 4, 16 tokens
             for b in (1, 4, 16):
                 one, c1 = run(d, reqs, 1, "paged", budget=b)
