@@ -55,7 +55,7 @@ def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True, chunking=True
     if blocks:
         env["PQ_KV_BLOCKS"] = str(blocks)
     inp = "".join(json.dumps(r) + "\n" for r in reqs)
-    p = subprocess.run([DRIVER, d, "--slots", str(slots), "--threads", "2"], input=inp, capture_output=True,
+    p = subprocess.run([DRIVER, d, "--slots", str(slots), "--threads", "1"], input=inp, capture_output=True,
                        text=True, env=env, timeout=120)
     if p.returncode:
         sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
