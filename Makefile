@@ -113,6 +113,9 @@ $(BIN)/%: $(B)/tools/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
 
+# The unit tests' shared headers (check.h, attn_test.h).
+$(TEST_SRC:%.c=$(B)/%.o): $(wildcard tests/unit/*.h)
+
 $(B)/tests/%: $(B)/tests/unit/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@

@@ -12,21 +12,11 @@
 #include <sys/stat.h>
 
 #include "chat.h"
+#include "check.h"
 #include "util.h"
 
-static int n_fail;
 static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-chat-XXXXXX";
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 // Writes DIR/tokenizer_config.json (into a fresh sub-directory of tmpdir).
 static const char *model_dir(const char *sub, const cJSON *cfg) {

@@ -18,21 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "gen.h"
 #include "ops_gen.h"
 #include "st_write.h"
 #include "tool.h"
-
-static int fails;
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (!(c)) {                                                                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                      \
-            fprintf(stderr, __VA_ARGS__);                                                                              \
-            fprintf(stderr, "\n");                                                                                     \
-            fails++;                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 // The filters written the slow, obvious way, in double: sort everything.
 static int by_desc(const void *a, const void *b) {
@@ -357,8 +347,8 @@ int main(int argc, char **argv) {
     test_sampling();
     test_linear_rows();
     test_shared_attention();
-    if (fails) {
-        fprintf(stderr, "test-gen: %d failures\n", fails);
+    if (n_fail) {
+        fprintf(stderr, "test-gen: %d failures\n", n_fail);
         return 1;
     }
     printf("test-gen: ok\n");

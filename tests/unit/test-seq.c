@@ -10,24 +10,13 @@
 #include <sys/stat.h>
 
 #include "chat.h"
+#include "check.h"
 #include "seq.h"
 #include "tokenizer.h"
 #include "util.h"
 
-static int n_fail, n_checks;
 static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-seq-XXXXXX";
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        n_checks++;                                               \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 static const char INSTRUCTION[] = "Create a very short summary of the text below, at most 2 sentences.\n\n";
 

@@ -7,22 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "tokenizer.h"
 #include "util.h"
 
-static int n_fail;
 static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-tok-XXXXXX";
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (!(cond)) {                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                  \
-            fputc('\n', stderr);                           \
-            n_fail++;                                      \
-        }                                                  \
-    } while (0)
 
 static const char *built[] = {"bl-llama3", "bl-qwen2", "spm-legacy", "spm-meta", "bl-splits"};
 
