@@ -12,10 +12,10 @@
 #include "chat.h"
 #include "check.h"
 #include "seq.h"
+#include "testdir.h"
 #include "tokenizer.h"
 #include "util.h"
 
-static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-seq-XXXXXX";
 
 static const char INSTRUCTION[] = "Create a very short summary of the text below, at most 2 sentences.\n\n";
@@ -331,17 +331,10 @@ static void test_bad_records(void) {
 }
 
 int main(void) {
-    const char *t = getenv("PQ_TOP");
-    snprintf(top, sizeof top, "%s", t ? t : ".");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (testdir_make(tmpdir)) return 1;
     test_combos();
     test_bad_records();
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tmpdir);
+    testdir_remove(tmpdir);
     printf("%d checks, %s\n", n_checks, n_fail ? "FAILED" : "ok");
     return n_fail != 0;
 }

@@ -8,10 +8,10 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "testdir.h"
 #include "tokenizer.h"
 #include "util.h"
 
-static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-tok-XXXXXX";
 
 static const char *built[] = {"bl-llama3", "bl-qwen2", "spm-legacy", "spm-meta", "bl-splits"};
@@ -275,21 +275,14 @@ static void test_threads(void) {
 }
 
 int main(void) {
-    const char *t = getenv("PQ_TOP");
-    snprintf(top, sizeof top, "%s", t ? t : ".");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (testdir_make(tmpdir)) return 1;
     test_invalid_utf8();
     test_nul();
     test_pair_merges();
     test_errors();
     test_api();
     test_threads();
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tmpdir);
+    testdir_remove(tmpdir);
     printf("%s\n", n_fail ? "FAILED" : "ok");
     return n_fail != 0;
 }
