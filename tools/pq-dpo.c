@@ -753,10 +753,8 @@ int main(int argc, char **argv) {
         case O_DATE: chat_date = optarg; break;
         case O_MAXLEN: max_len = (int)parse_int("--max-length", optarg, 2); break;
         case O_TRUNC:
-            if (!strcmp(optarg, "article")) policy = PQ_TRUNC_ARTICLE;
-            else if (!strcmp(optarg, "keep_start")) policy = PQ_TRUNC_KEEP_START;
-            else if (!strcmp(optarg, "keep_end")) policy = PQ_TRUNC_KEEP_END;
-            else pq_tool_usage_error(&T, "--truncate: article, keep_start or keep_end, not '%s'", optarg);
+            if ((policy = pq_trunc_parse(optarg)) < 0)
+                pq_tool_usage_error(&T, "--truncate: article, keep_start or keep_end, not '%s'", optarg);
             break;
         case 't': threads = (int)parse_int("--threads", optarg, 1); break;
         case O_RAW: raw = 1; break;

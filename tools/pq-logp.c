@@ -188,10 +188,8 @@ int main(int argc, char **argv) {
         case OPT_RAW: raw = 1; break;
         case OPT_DEVICE: device = optarg; break;
         case OPT_TRUNC:
-            if (!strcmp(optarg, "article")) policy = PQ_TRUNC_ARTICLE;
-            else if (!strcmp(optarg, "keep_start")) policy = PQ_TRUNC_KEEP_START;
-            else if (!strcmp(optarg, "keep_end")) policy = PQ_TRUNC_KEEP_END;
-            else pq_tool_usage_error(&T, "--truncate: article, keep_start or keep_end, not '%s'", optarg);
+            if ((policy = pq_trunc_parse(optarg)) < 0)
+                pq_tool_usage_error(&T, "--truncate: article, keep_start or keep_end, not '%s'", optarg);
             break;
         case OPT_MAXLEN:
         case 'b':

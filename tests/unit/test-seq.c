@@ -2,7 +2,7 @@
 // generation-prompt render, the response part decodes to the response and
 // its end of turn; both record forms give the same ids; truncation keeps
 // lengths within max_len and never touches the response; bad records fail
-// with a clear message.
+// with a clear message; the --truncate names.
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -330,10 +330,21 @@ static void test_bad_records(void) {
     pq_tokenizer_free(tok);
 }
 
+// --truncate's names, and nothing else (case and spelling exact).
+static void test_trunc_names(void) {
+    CHECK(pq_trunc_parse("article") == PQ_TRUNC_ARTICLE, "article");
+    CHECK(pq_trunc_parse("keep_start") == PQ_TRUNC_KEEP_START, "keep_start");
+    CHECK(pq_trunc_parse("keep_end") == PQ_TRUNC_KEEP_END, "keep_end");
+    static const char *bad[] = {"", "Article", "keep-start", "keep_end ", "keep", "none"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK(pq_trunc_parse(bad[i]) == -1, "'%s' is not a policy", bad[i]);
+}
+
 int main(void) {
     if (testdir_make(tmpdir)) return 1;
     test_combos();
     test_bad_records();
+    test_trunc_names();
     testdir_remove(tmpdir);
     printf("%d checks, %s\n", n_checks, n_fail ? "FAILED" : "ok");
     return n_fail != 0;
