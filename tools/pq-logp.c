@@ -226,11 +226,7 @@ int main(int argc, char **argv) {
     PqTokenizer *tok = NULL;
     PqChat *chat = NULL;
     if (!raw) {
-        PqBuf p = {0};
-        pq_buf_printf(&p, "%s/tokenizer.json", model_dir);
-        tok = pq_tokenizer_load(p.data, &e);
-        pq_buf_free(&p);
-        if (!tok) pq_tool_die(&T, "%s", e.msg);
+        if (!(tok = pq_tokenizer_load_dir(model_dir, &e))) pq_tool_die(&T, "%s", e.msg);
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);
         if (pq_chat_configure(chat, chat_vars, n_chat_vars, date, &e)) pq_tool_usage_error(&T, "%s", e.msg);
         if (pq_tokenizer_vocab_size(tok) > model->cfg.V)

@@ -249,10 +249,7 @@ static int drive(int argc, char **argv) {
     PqLora *lora = NULL;
     if (adapter && !(lora = pq_lora_load(adapter, m, &e))) return fprintf(stderr, "test-gen: %s\n", e.msg), 3;
     m->lora = lora;
-    PqBuf p = {0};
-    pq_buf_printf(&p, "%s/tokenizer.json", dir);
-    PqTokenizer *tok = pq_tokenizer_load(p.data, &e);
-    pq_buf_free(&p);
+    PqTokenizer *tok = pq_tokenizer_load_dir(dir, &e);
     int32_t eos[8];
     int n_eos = pq_gen_eos_ids(dir, tok, eos, 8);
     PqGen *g = pq_gen_new(m, tok, slots, eos, no_eos ? 0 : n_eos);

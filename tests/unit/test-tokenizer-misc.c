@@ -242,6 +242,17 @@ static void test_api(void) {
     char *d = pq_tokenizer_decode(t, ids, 5, 1); // specials and bad ids dropped, [INST] (not special) kept
     CHECK(!strcmp(d, "[INST]"), "skip_special: %s", d);
     free(d);
+    // from the model directory: the same tokenizer; a missing one named by its path
+    char dir[4096];
+    PqErr e;
+    snprintf(dir, sizeof dir, "%s/tests/golden/tokenizer/models/spm-legacy", top);
+    PqTokenizer *td = pq_tokenizer_load_dir(dir, &e);
+    CHECK(td && pq_tokenizer_vocab_size(td) == pq_tokenizer_vocab_size(t) &&
+              pq_tokenizer_token_id(td, "[INST]") == inst,
+          "load_dir: %s", td ? "a different tokenizer" : e.msg);
+    pq_tokenizer_free(td);
+    CHECK(!pq_tokenizer_load_dir("/nonexistent", &e) && strstr(e.msg, "/nonexistent/tokenizer.json"),
+          "load_dir of no directory: %s", e.msg);
     pq_tokenizer_free(t);
 }
 
