@@ -113,9 +113,15 @@ $(BIN)/%: $(B)/tools/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
 
+# The unit tests' shared headers (check.h, attn_test.h).
+$(TEST_SRC:%.c=$(B)/%.o): $(wildcard tests/unit/*.h)
+
 $(B)/tests/%: $(B)/tests/unit/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
+
+# The GPU tests' shared header (gpu_test.h).
+$(GPU_TEST_SRC:%.c=$(B)/%.o): $(wildcard tests/gpu/*.h)
 
 $(B)/gpu-tests/%: $(B)/tests/gpu/%.o $(LIBA)
 	@mkdir -p $(dir $@)

@@ -211,6 +211,13 @@ static int truncate_article(const PqTokenizer *tok, const PqChat *chat, const Pq
     return rc == 1 ? 0 : -1;
 }
 
+int pq_trunc_parse(const char *name) {
+    if (!strcmp(name, "article")) return PQ_TRUNC_ARTICLE;
+    if (!strcmp(name, "keep_start")) return PQ_TRUNC_KEEP_START;
+    if (!strcmp(name, "keep_end")) return PQ_TRUNC_KEEP_END;
+    return -1;
+}
+
 int pq_seq_build(const PqTokenizer *tok, const PqChat *chat, const PqMessage *prompt, int n_prompt,
                  const PqMessage *response, int max_len, int policy, PqSeq *out, PqErr *e) {
     memset(out, 0, sizeof *out);

@@ -23,6 +23,9 @@ int pq_pair_msgs(const cJSON *record, PqPairMsgs *out, PqErr *e);
 void pq_pair_msgs_free(PqPairMsgs *p);
 
 enum { PQ_TRUNC_ARTICLE = 0, PQ_TRUNC_KEEP_START, PQ_TRUNC_KEEP_END };
+// The policy a --truncate name gives ("article", "keep_start", "keep_end"),
+// or -1 for any other.
+int pq_trunc_parse(const char *name);
 
 // One sequence: template(prompt + response). ids[0..prompt_len) are the
 // prompt (masked), ids[prompt_len..len) the response, including the

@@ -471,6 +471,14 @@ PqTokenizer *pq_tokenizer_load(const char *path, PqErr *e) {
     return tok;
 }
 
+PqTokenizer *pq_tokenizer_load_dir(const char *dir, PqErr *e) {
+    PqBuf p = {0};
+    pq_buf_printf(&p, "%s/tokenizer.json", dir);
+    PqTokenizer *tok = pq_tokenizer_load(p.data, e);
+    pq_buf_free(&p);
+    return tok;
+}
+
 void pq_tokenizer_free(PqTokenizer *tok) {
     if (!tok) return;
     for (int32_t i = 0; i < tok->n_vocab; i++) free(tok->tok_str[i]);

@@ -24,6 +24,8 @@ typedef struct PqTokenizer PqTokenizer;
 // loaded tokenizer is read-only: encode and decode may run from many
 // threads at once.
 PqTokenizer *pq_tokenizer_load(const char *tokenizer_json_path, PqErr *e);
+// The same from a model directory: DIR/tokenizer.json.
+PqTokenizer *pq_tokenizer_load_dir(const char *dir, PqErr *e);
 void pq_tokenizer_free(PqTokenizer *tok);
 // Appends the ids of text to out. Added/special tokens written in the text
 // are matched as tokenizers does. add_special: also apply the

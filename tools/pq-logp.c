@@ -188,10 +188,8 @@ int main(int argc, char **argv) {
         case OPT_RAW: raw = 1; break;
         case OPT_DEVICE: device = optarg; break;
         case OPT_TRUNC:
-            if (!strcmp(optarg, "article")) policy = PQ_TRUNC_ARTICLE;
-            else if (!strcmp(optarg, "keep_start")) policy = PQ_TRUNC_KEEP_START;
-            else if (!strcmp(optarg, "keep_end")) policy = PQ_TRUNC_KEEP_END;
-            else pq_tool_usage_error(&T, "--truncate: article, keep_start or keep_end, not '%s'", optarg);
+            if ((policy = pq_trunc_parse(optarg)) < 0)
+                pq_tool_usage_error(&T, "--truncate: article, keep_start or keep_end, not '%s'", optarg);
             break;
         case OPT_MAXLEN:
         case 'b':
@@ -228,11 +226,7 @@ int main(int argc, char **argv) {
     PqTokenizer *tok = NULL;
     PqChat *chat = NULL;
     if (!raw) {
-        PqBuf p = {0};
-        pq_buf_printf(&p, "%s/tokenizer.json", model_dir);
-        tok = pq_tokenizer_load(p.data, &e);
-        pq_buf_free(&p);
-        if (!tok) pq_tool_die(&T, "%s", e.msg);
+        if (!(tok = pq_tokenizer_load_dir(model_dir, &e))) pq_tool_die(&T, "%s", e.msg);
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);
         if (pq_chat_configure(chat, chat_vars, n_chat_vars, date, &e)) pq_tool_usage_error(&T, "%s", e.msg);
         if (pq_tokenizer_vocab_size(tok) > model->cfg.V)

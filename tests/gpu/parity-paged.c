@@ -34,22 +34,10 @@ static void sync_dev(void) { // a download waits for every launch before it
     pq_dev_download(&h, d, sizeof h);
 }
 
+// max |got - want| / max(max |want|, 1e-6) <= tol, no NaN
 static void cmp(const char *name, const float *want, const float *got, size_t n, double tol) {
-    double mx = 0, err = 0;
-    size_t bad = (size_t)-1;
-    for (size_t i = 0; i < n; i++) mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
-    double den = mx > 1e-6 ? mx : 1e-6;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]) / den;
-        if (!(d <= tol) && bad == (size_t)-1) bad = i;
-        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
-    }
     checks++;
-    if (bad != (size_t)-1) {
-        failures++;
-        printf("FAIL %-60s err %.3g > %.3g (first at %zu: want %.9g got %.9g)\n", name, err, tol, bad, want[bad],
-               got[bad]);
-    } else printf("ok   %-60s err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
+    if (!close_rel(name, 60, want, got, n, tol)) failures++;
 }
 
 static void test_append(void) {

@@ -1,12 +1,15 @@
 // attn_test.h: what test-attn-mm.c and test-attn-plan.c share: random and
-// NaN-filled buffers, a relative-error comparison that counts failures, and
-// the attention layouts they run. Included by one test file each (statics).
+// NaN-filled buffers, a relative-error comparison that counts failures, the
+// attention layouts they run and the reference they compare against.
+// Included by one test file each (statics).
 #ifndef PQ_ATTN_TEST_H
 #define PQ_ATTN_TEST_H
 
 #include <math.h>
 #include <stdio.h>
 
+#include "ops.h"
+#include "ops_grad.h"
 #include "util.h"
 
 static int fails;
@@ -43,5 +46,20 @@ typedef struct Case {
     int N, NH, KVH, HS, window;
     int32_t *pos, *a0, *a1, *b0; // a0 NULL: plain attention
 } Case;
+
+// The reference (ops_cpu.c) of case c: out and lse from q, k, v, then dq,
+// dk, dv from dout and that forward.
+static void ref_attention(const Case *c, const float *q, const float *k, const float *v, const float *dout, float *out,
+                          float *lse, float *dq, float *dk, float *dv) {
+    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS, w = c->window;
+    if (c->a0) {
+        pq_cpu_attention2_forward(out, lse, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
+        pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS,
+                                   w);
+    } else {
+        pq_cpu_attention_forward(out, lse, q, k, v, c->pos, N, NH, KVH, HS, w);
+        pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, N, NH, KVH, HS, w);
+    }
+}
 
 #endif

@@ -24,14 +24,7 @@ static void run(const Case *c, int esz, int max_rows, size_t max_scores) {
     float *mout = nans(nq), *mlse = nans(nl), *mdq = nans(nq), *mdk = nans(nk), *mdv = nans(nk);
     PqAttnEngine E = *pq_attn_mm_cpu(esz);
     E.max_rows = max_rows, E.max_scores = max_scores;
-    if (c->a0) {
-        pq_cpu_attention2_forward(out, lse, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
-        pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS,
-                                   w);
-    } else {
-        pq_cpu_attention_forward(out, lse, q, k, v, c->pos, N, NH, KVH, HS, w);
-        pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, N, NH, KVH, HS, w);
-    }
+    ref_attention(c, q, k, v, dout, out, lse, dq, dk, dv);
     pq_attn_mm_forward(&E, mout, mlse, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
     // the backward from the reference forward, so its errors are its own
     pq_attn_mm_backward(&E, mdq, mdk, mdv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);

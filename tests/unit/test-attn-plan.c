@@ -123,18 +123,11 @@ static void run(const Case *c) {
         printf("ok   %s: visibility of %d rows (%d causal, %d cross segments, left bound %d)\n", c->name, c->N,
                p.causal.B, p.cross.B, p.left_bound);
     // (2) the calls, merged, against ops_cpu.c
-    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS, w = c->window;
+    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS;
     size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
     float *q = rnd(nq, 2), *k = rnd(nk, 2), *v = rnd(nk, 1), *dout = rnd(nq, 1);
     float *out = nans(nq), *lse = nans(nl), *dq = nans(nq), *dk = nans(nk), *dv = nans(nk);
-    if (c->a0) {
-        pq_cpu_attention2_forward(out, lse, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
-        pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS,
-                                   w);
-    } else {
-        pq_cpu_attention_forward(out, lse, q, k, v, c->pos, N, NH, KVH, HS, w);
-        pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, N, NH, KVH, HS, w);
-    }
+    ref_attention(c, q, k, v, dout, out, lse, dq, dk, dv);
     size_t ns1 = (size_t)p.causal.B * NH * p.causal.smax_q, ns2 = (size_t)p.cross.B * NH * p.cross.smax_q;
     float *o1 = nans(nq), *o2 = p.cross.B ? nans(nq) : NULL, *st1 = nans(ns1), *st2 = p.cross.B ? nans(ns2) : NULL;
     float *mout = nans(nq), *mlse = nans(nl);

@@ -12,21 +12,11 @@
 #include <sys/stat.h>
 
 #include "chat.h"
+#include "check.h"
+#include "testdir.h"
 #include "util.h"
 
-static int n_fail;
-static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-chat-XXXXXX";
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 // Writes DIR/tokenizer_config.json (into a fresh sub-directory of tmpdir).
 static const char *model_dir(const char *sub, const cJSON *cfg) {
@@ -243,17 +233,10 @@ static void test_loading(void) {
 }
 
 int main(void) {
-    const char *t = getenv("PQ_TOP");
-    snprintf(top, sizeof top, "%s", t ? t : ".");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (testdir_make(tmpdir)) return 1;
     test_goldens();
     test_loading();
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tmpdir);
+    testdir_remove(tmpdir);
     printf("%s\n", n_fail ? "FAILED" : "ok");
     return n_fail != 0;
 }

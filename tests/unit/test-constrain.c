@@ -8,19 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "constrain.h"
 #include "quiz.h"
-
-static int fails;
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (!(c)) {                                                                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                      \
-            fprintf(stderr, __VA_ARGS__);                                                                              \
-            fprintf(stderr, "\n");                                                                                     \
-            fails++;                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 static int count_unsure(const char *s) {
     int n = 0;
@@ -133,7 +123,7 @@ static void token_walks(const char *path, int mode, int nq, int max_tokens, int 
     PqTokenizer *tok = pq_tokenizer_load(path, &e);
     if (!tok) {
         fprintf(stderr, "FAIL %s\n", e.msg);
-        fails++;
+        n_fail++;
         return;
     }
     int V = pq_tokenizer_vocab_size(tok);
@@ -203,8 +193,8 @@ int main(void) {
     token_walks(path, PQ_CONSTRAIN_ANSWERS, 5, 40, 2);
     token_walks(path, PQ_CONSTRAIN_ASCII, 0, 30, 2);
     token_walks(path, PQ_CONSTRAIN_SUMMARY, 0, 12, 3);
-    if (fails) {
-        fprintf(stderr, "test-constrain: %d failures\n", fails);
+    if (n_fail) {
+        fprintf(stderr, "test-constrain: %d failures\n", n_fail);
         return 1;
     }
     printf("test-constrain: ok\n");

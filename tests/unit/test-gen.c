@@ -18,21 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "gen.h"
 #include "ops_gen.h"
 #include "st_write.h"
 #include "tool.h"
-
-static int fails;
-#define CHECK(c, ...)                                                                                                  \
-    do {                                                                                                               \
-        if (!(c)) {                                                                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                      \
-            fprintf(stderr, __VA_ARGS__);                                                                              \
-            fprintf(stderr, "\n");                                                                                     \
-            fails++;                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 // The filters written the slow, obvious way, in double: sort everything.
 static int by_desc(const void *a, const void *b) {
@@ -259,10 +249,7 @@ static int drive(int argc, char **argv) {
     PqLora *lora = NULL;
     if (adapter && !(lora = pq_lora_load(adapter, m, &e))) return fprintf(stderr, "test-gen: %s\n", e.msg), 3;
     m->lora = lora;
-    PqBuf p = {0};
-    pq_buf_printf(&p, "%s/tokenizer.json", dir);
-    PqTokenizer *tok = pq_tokenizer_load(p.data, &e);
-    pq_buf_free(&p);
+    PqTokenizer *tok = pq_tokenizer_load_dir(dir, &e);
     int32_t eos[8];
     int n_eos = pq_gen_eos_ids(dir, tok, eos, 8);
     PqGen *g = pq_gen_new(m, tok, slots, eos, no_eos ? 0 : n_eos);
@@ -357,8 +344,8 @@ int main(int argc, char **argv) {
     test_sampling();
     test_linear_rows();
     test_shared_attention();
-    if (fails) {
-        fprintf(stderr, "test-gen: %d failures\n", fails);
+    if (n_fail) {
+        fprintf(stderr, "test-gen: %d failures\n", n_fail);
         return 1;
     }
     printf("test-gen: ok\n");

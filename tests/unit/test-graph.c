@@ -8,21 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "ops.h"
 #include "ops_graph.h"
-
-static int n_fail, n_checks;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        n_checks++;                                               \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 static int ran;
 static void step(void *arg) { ran += *(int *)arg; }

@@ -10,21 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "jinja.h"
 #include "util.h"
 
-static int n_fail;
 static char top[2048];
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 static struct tm date(const char *ymd) {
     struct tm t = {0};

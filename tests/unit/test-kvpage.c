@@ -17,21 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "kvpage.h"
 #include "util.h"
-
-static int n_fail, n_checks;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        n_checks++;                                               \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 #define NSEQ 12
 

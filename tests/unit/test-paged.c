@@ -20,24 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "ops_gen.h"
 #include "kvpage.h"
 #include "ops_paged.h"
 #include "st_write.h"
 #include "util.h"
-
-static int n_fail, n_checks;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        n_checks++;                                               \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 static PqRng rng;
 static float urand(float a) { return a * (float)(pq_rng_uniform(&rng) * 2 - 1); }

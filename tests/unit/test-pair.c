@@ -5,21 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "eval.h"
 #include "pair.h"
-
-static int failures, checks;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        checks++;                                                \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-        }                                                        \
-    } while (0)
 
 static void test_prefer(void) {
     PqPairOpts o;
@@ -155,6 +143,6 @@ int main(void) {
     test_select();
     test_valid_split();
     test_eval();
-    printf("test-pair: %d checks, %d failures\n", checks, failures);
-    return failures ? 1 : 0;
+    printf("test-pair: %d checks, %d failures\n", n_checks, n_fail);
+    return n_fail ? 1 : 0;
 }

@@ -4,20 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "quiz.h"
-
-static int failures, checks;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        checks++;                                                 \
-        if (!(cond)) {                                            \
-            failures++;                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-        }                                                         \
-    } while (0)
 
 // ---- quiz replies ----
 
@@ -687,6 +675,6 @@ int main(void) {
     test_json_render();
     test_prompts();
     test_counts();
-    printf("test-quiz: %d checks, %d failures\n", checks, failures);
-    return failures ? 1 : 0;
+    printf("test-quiz: %d checks, %d failures\n", n_checks, n_fail);
+    return n_fail ? 1 : 0;
 }

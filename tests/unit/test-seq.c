@@ -2,7 +2,7 @@
 // generation-prompt render, the response part decodes to the response and
 // its end of turn; both record forms give the same ids; truncation keeps
 // lengths within max_len and never touches the response; bad records fail
-// with a clear message.
+// with a clear message; the --truncate names.
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,24 +10,13 @@
 #include <sys/stat.h>
 
 #include "chat.h"
+#include "check.h"
 #include "seq.h"
+#include "testdir.h"
 #include "tokenizer.h"
 #include "util.h"
 
-static int n_fail, n_checks;
-static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-seq-XXXXXX";
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        n_checks++;                                               \
-        if (!(cond)) {                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-            n_fail++;                                             \
-        }                                                         \
-    } while (0)
 
 static const char INSTRUCTION[] = "Create a very short summary of the text below, at most 2 sentences.\n\n";
 
@@ -341,18 +330,22 @@ static void test_bad_records(void) {
     pq_tokenizer_free(tok);
 }
 
+// --truncate's names, and nothing else (case and spelling exact).
+static void test_trunc_names(void) {
+    CHECK(pq_trunc_parse("article") == PQ_TRUNC_ARTICLE, "article");
+    CHECK(pq_trunc_parse("keep_start") == PQ_TRUNC_KEEP_START, "keep_start");
+    CHECK(pq_trunc_parse("keep_end") == PQ_TRUNC_KEEP_END, "keep_end");
+    static const char *bad[] = {"", "Article", "keep-start", "keep_end ", "keep", "none"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK(pq_trunc_parse(bad[i]) == -1, "'%s' is not a policy", bad[i]);
+}
+
 int main(void) {
-    const char *t = getenv("PQ_TOP");
-    snprintf(top, sizeof top, "%s", t ? t : ".");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (testdir_make(tmpdir)) return 1;
     test_combos();
     test_bad_records();
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tmpdir);
+    test_trunc_names();
+    testdir_remove(tmpdir);
     printf("%d checks, %s\n", n_checks, n_fail ? "FAILED" : "ok");
     return n_fail != 0;
 }

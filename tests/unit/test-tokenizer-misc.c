@@ -7,22 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
+#include "testdir.h"
 #include "tokenizer.h"
 #include "util.h"
 
-static int n_fail;
-static char top[2048];
 static char tmpdir[] = "/tmp/pq-test-tok-XXXXXX";
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (!(cond)) {                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                  \
-            fputc('\n', stderr);                           \
-            n_fail++;                                      \
-        }                                                  \
-    } while (0)
 
 static const char *built[] = {"bl-llama3", "bl-qwen2", "spm-legacy", "spm-meta", "bl-splits"};
 
@@ -252,6 +242,17 @@ static void test_api(void) {
     char *d = pq_tokenizer_decode(t, ids, 5, 1); // specials and bad ids dropped, [INST] (not special) kept
     CHECK(!strcmp(d, "[INST]"), "skip_special: %s", d);
     free(d);
+    // from the model directory: the same tokenizer; a missing one named by its path
+    char dir[4096];
+    PqErr e;
+    snprintf(dir, sizeof dir, "%s/tests/golden/tokenizer/models/spm-legacy", top);
+    PqTokenizer *td = pq_tokenizer_load_dir(dir, &e);
+    CHECK(td && pq_tokenizer_vocab_size(td) == pq_tokenizer_vocab_size(t) &&
+              pq_tokenizer_token_id(td, "[INST]") == inst,
+          "load_dir: %s", td ? "a different tokenizer" : e.msg);
+    pq_tokenizer_free(td);
+    CHECK(!pq_tokenizer_load_dir("/nonexistent", &e) && strstr(e.msg, "/nonexistent/tokenizer.json"),
+          "load_dir of no directory: %s", e.msg);
     pq_tokenizer_free(t);
 }
 
@@ -285,21 +286,14 @@ static void test_threads(void) {
 }
 
 int main(void) {
-    const char *t = getenv("PQ_TOP");
-    snprintf(top, sizeof top, "%s", t ? t : ".");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (testdir_make(tmpdir)) return 1;
     test_invalid_utf8();
     test_nul();
     test_pair_merges();
     test_errors();
     test_api();
     test_threads();
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tmpdir);
+    testdir_remove(tmpdir);
     printf("%s\n", n_fail ? "FAILED" : "ok");
     return n_fail != 0;
 }
