@@ -347,7 +347,8 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->kc = pq_xcalloc((size_t)c->L, sizeof *g->kc);
     g->vc = pq_xcalloc((size_t)c->L, sizeof *g->vc);
     g->paged = kv_paged();
-    g->prefill_budget = strcmp(pq_ops_backend(), "cuda") ? PREFILL_BUDGET : PREFILL_BUDGET_GPU;
+    int cpu = strcmp(pq_ops_backend(), "cuda") != 0;
+    g->prefill_budget = cpu ? PREFILL_BUDGET : PREFILL_BUDGET_GPU;
     const char *pb = getenv("PQ_PREFILL_BUDGET");
     if (pb && atoi(pb) > 0) g->prefill_budget = atoi(pb);
     // at most 2^15: a step's chunk and decode rows are one grid dimension of CUDA's paged attention (< 2^16)
@@ -356,7 +357,6 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     // decode attention (each row reads its whole context): on the CPU a small
     // share of a step; on the GPU unmeasured against whole prompts through the
     // fused attention, so both are off there unless asked for.
-    int cpu = strcmp(pq_ops_backend(), "cuda") != 0;
     g->chunking = g->paged && env_flag("PQ_CHUNKED_PREFILL", cpu);
     g->prefix_cache = g->paged && env_flag("PQ_PREFIX_CACHE", cpu);
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
@@ -1039,22 +1039,7 @@ static uint64_t graph_pad(PqGen *g, int *N, const int *rows, int M) {
     if (!g->graphs || g->np || M != n || !nb) return 0;
     for (int i = 0; i < M; i++)
         if (rows[i] != i) return 0;
-    if (nb > g->cap || nb > g->mcap) { // ensure_bufs drops the host arrays: keep this step's rows
-        size_t b = (size_t)n * 4;
-        int32_t *keep = pq_xmalloc(4 * b);
-        memcpy(keep, g->ids, b), memcpy((char *)keep + b, g->pos, b), memcpy((char *)keep + 2 * b, g->slot_of, b);
-        memcpy((char *)keep + 3 * b, g->plen, b);
-        ensure_bufs(g, nb, nb);
-        memcpy(g->ids, keep, b), memcpy(g->pos, (char *)keep + b, b), memcpy(g->slot_of, (char *)keep + 2 * b, b);
-        memcpy(g->plen, (char *)keep + 3 * b, b);
-        free(keep);
-    }
-    if ((size_t)nb * mb > g->tab_cap) { // as pq_gen_step grows them, keeping this step's tables
-        g->tab_cap = 2 * (size_t)nb * mb;
-        g->tab = pq_xrealloc(g->tab, g->tab_cap * sizeof *g->tab);
-        pq_dev_free(g->d_tab);
-        g->d_tab = pq_dev_alloc(g->tab_cap * sizeof *g->d_tab);
-    }
+    // (pq_gen_step made room for nb rows and nb x mb table entries)
     for (int i = n - 1; i >= 0; i--) { // rows of maxblk entries -> rows of mb (mb >= maxblk: back to front)
         memmove(g->tab + (size_t)i * mb, g->tab + (size_t)i * g->maxblk, (size_t)g->maxblk * sizeof *g->tab);
         for (int b = g->maxblk; b < mb; b++) g->tab[(size_t)i * mb + b] = 0;
@@ -1223,9 +1208,12 @@ int pq_gen_step(PqGen *g) {
     }
     if (partial && ndec) g->n_mixed++;
     if (N > 0) {
-        ensure_bufs(g, N, M);
-        if (g->paged && (size_t)N * g->maxblk > g->tab_cap) {
-            g->tab_cap = 2 * (size_t)N * g->maxblk;
+        // room for a CUDA graph's bucket too: graph_pad pads the rows and the tables in place
+        int rn = N, tb = g->maxblk;
+        if (g->graphs && pq_graph_rows(N)) rn = pq_graph_rows(N), tb = pq_graph_blocks(g->maxblk);
+        ensure_bufs(g, rn, rn > N ? rn : M);
+        if (g->paged && (size_t)rn * tb > g->tab_cap) {
+            g->tab_cap = 2 * (size_t)rn * tb;
             free(g->tab);
             pq_dev_free(g->d_tab);
             g->tab = pq_xmalloc(g->tab_cap * sizeof *g->tab);
