@@ -94,6 +94,35 @@ __device__ __forceinline__ void chunk_softmax(float *s, float *alpha, float *mm,
     }
 }
 
+// Both decode kernels' start: the G query heads of KV head kh of row i,
+// scaled, into qs; m and l reset; the positions [*j0, *j1) of split sp that
+// row i sees (its window's). Returns row i's table.
+__device__ __forceinline__ const int32_t *paged_begin(float *qs, float *mm, float *ll, const float *q,
+                                                      const int32_t *tables, int maxblk, const int32_t *len, int i,
+                                                      int kh, int G, int NH, int HS, int window, int SL, int sp,
+                                                      float scale, int *j0, int *j1) {
+    for (int e = threadIdx.x; e < G * HS; e += ATT_THREADS)
+        qs[e] = q[((size_t)i * NH + (size_t)kh * G) * HS + e] * scale;
+    if (threadIdx.x < G) mm[threadIdx.x] = -INFINITY, ll[threadIdx.x] = 0;
+    int n = len[i], lo = 0;
+    if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
+    *j0 = max(sp * SL, lo), *j1 = min((sp + 1) * SL, n);
+    return tables + (size_t)i * maxblk;
+}
+
+// And their end, for channel d of query head g (of KV head kh) summed to x:
+// the output when there is one split, else split sp's partial (m, l, o).
+__device__ __forceinline__ void paged_put(float *out, float *work, const float *mm, const float *ll, float x, int i,
+                                          int kh, int g, int d, int G, int NH, int HS, int ns, int sp) {
+    size_t h = (size_t)kh * G + g;
+    if (ns == 1) out[((size_t)i * NH + h) * HS + d] = ll[g] > 0 ? x / ll[g] : 0.0f;
+    else {
+        float *w = work + (((size_t)i * NH + h) * ns + sp) * (HS + 2);
+        w[2 + d] = x;
+        if (d == 0) w[0] = mm[g], w[1] = ll[g];
+    }
+}
+
 // One block per (split, KV head, row): the G query heads of the KV head read
 // each key and value once. Warps score positions (lanes across the head),
 // online softmax over chunks of ATT_CH, thread d accumulates channels d and
@@ -107,12 +136,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     int sp = blockIdx.x, kh = blockIdx.y, i = blockIdx.z, G = NH / KVH;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float *qs = sm, *s = qs + G * HS, *alpha = s + G * ATT_CH, *mm = alpha + G, *ll = mm + G;
-    for (int e = tid; e < G * HS; e += ATT_THREADS) qs[e] = q[((size_t)i * NH + (size_t)kh * G) * HS + e] * scale;
-    if (tid < G) mm[tid] = -INFINITY, ll[tid] = 0;
-    int n = len[i], lo = 0;
-    if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
-    int j0 = max(sp * SL, lo), j1 = min((sp + 1) * SL, n);
-    const int32_t *tab = tables + (size_t)i * maxblk;
+    int j0, j1;
+    const int32_t *tab = paged_begin(qs, mm, ll, q, tables, maxblk, len, i, kh, G, NH, HS, window, SL, sp, scale, &j0, &j1);
     size_t kd = (size_t)KVH * HS, ho = (size_t)kh * HS;
     float acc[GM][2];
 #pragma unroll
@@ -167,13 +192,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
         for (int g = 0; g < GM; g++) {
             if (g >= G) break;
-            size_t h = (size_t)kh * G + g;
-            if (ns == 1) out[((size_t)i * NH + h) * HS + d] = ll[g] > 0 ? acc[g][r] / ll[g] : 0.0f;
-            else {
-                float *w = work + (((size_t)i * NH + h) * ns + sp) * (HS + 2);
-                w[2 + d] = acc[g][r];
-                if (d == 0) w[0] = mm[g], w[1] = ll[g];
-            }
+            paged_put(out, work, mm, ll, acc[g][r], i, kh, g, d, G, NH, HS, ns, sp);
         }
     }
 }
@@ -198,12 +217,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     int sp = blockIdx.x, kh = blockIdx.y, i = blockIdx.z, G = NH / KVH;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lt = lane % TG, kg = lane / TG;
     float *qs = sm, *s = qs + G * HS, *alpha = s + G * ATT_CH, *mm = alpha + G, *ll = mm + G;
-    for (int e = tid; e < G * HS; e += ATT_THREADS) qs[e] = q[((size_t)i * NH + (size_t)kh * G) * HS + e] * scale;
-    if (tid < G) mm[tid] = -INFINITY, ll[tid] = 0;
-    int n = len[i], lo = 0;
-    if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
-    int j0 = max(sp * SL, lo), j1 = min((sp + 1) * SL, n);
-    const int32_t *tab = tables + (size_t)i * maxblk;
+    int j0, j1;
+    const int32_t *tab = paged_begin(qs, mm, ll, q, tables, maxblk, len, i, kh, G, NH, HS, window, SL, sp, scale, &j0, &j1);
     size_t kd = (size_t)KVH * HS, ho = (size_t)kh * HS;
     float acc[GM][DPL];
 #pragma unroll
@@ -309,13 +324,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         int g = e / HS, d = e % HS;
         float x = 0;
         for (int w = 0; w < ATT_WARPS; w++) x += red[((size_t)w * G + g) * HS + d];
-        size_t h = (size_t)kh * G + g;
-        if (ns == 1) out[((size_t)i * NH + h) * HS + d] = ll[g] > 0 ? x / ll[g] : 0.0f;
-        else {
-            float *w = work + (((size_t)i * NH + h) * ns + sp) * (HS + 2);
-            w[2 + d] = x;
-            if (d == 0) w[0] = mm[g], w[1] = ll[g];
-        }
+        paged_put(out, work, mm, ll, x, i, kh, g, d, G, NH, HS, ns, sp);
     }
 }
 
