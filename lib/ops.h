@@ -60,6 +60,33 @@ void pq_dev_weight_free(PqWeight *w);
 // the CPU leaves them as they are.
 void pq_dev_weights(PqWeight *w, int n);
 
+// ---- activation storage (PQ_ACTIVATIONS) ----
+// The scoring and training path (model.c's forward, train.c) keeps its
+// activations, the tensors between operations, as f32 (the default) or as
+// bf16 (round to nearest even; f32 inside every kernel, as PyTorch's bf16
+// training does). The choice is the process's, made once before any
+// activation buffer is allocated (pq_ops_act_choose); generation (gen.c,
+// ops_gen.h, ops_paged.h) always runs in f32 and refuses to start otherwise.
+// With bf16 storage the activation arguments keep their float * type in the
+// signatures below but point at bf16 elements: size them with pq_act_bytes,
+// offset them with pq_act_at, never index them on the host.
+// Activation arguments: every float * of ops.h and ops_grad.h that holds
+// (N, ...) token rows of the model's stream: x, inp, out, q, k, v, gate, up,
+// and their gradients d<x>. Always f32: rstd, lse, logp, dlogp, norm
+// weights, bias, inv_freq, and all of LoRA's own tensors (A, B, xa, dxa, dA,
+// dB).
+void pq_ops_set_act_dtype(PqDtype t); // PQ_F32 or PQ_BF16; any other is f32
+PqDtype pq_ops_act_dtype(void);
+size_t pq_act_size(void);             // bytes an activation element takes: 4 or 2
+size_t pq_act_bytes(size_t n);        // n elements
+float *pq_act_at(float *p, size_t n); // element n of an activation buffer
+const float *pq_act_at_c(const float *p, size_t n);
+// Reads PQ_ACTIVATIONS (f32, the default, or bf16) and sets the storage for a
+// model whose weights are of dtype t: bf16 only for bf16 and f16 weights (f32
+// models keep f32 end to end, said once on stderr when asked for bf16).
+// Returns the dtype set; -1 with a message in err (size n) for an unknown value.
+int pq_ops_act_choose(PqDtype t, char *err, size_t n);
+
 // ---- forward operations ----
 #define PQ_OPS_DECLARE(P)                                                                                      \
     /* ids (N), wte (V,C) -> out (N,C) */                                                                      \
