@@ -18,3 +18,6 @@ void pq_paged_attention_forward(float *out, const float *q, const void *kp, cons
 void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
     pq_cpu_sample(ids, logits, rows, N, V);
 }
+void pq_mask_logits(float *logits, const uint32_t *bits, const int32_t *rows, int n, int V) {
+    pq_cpu_mask_logits(logits, bits, rows, n, V);
+}

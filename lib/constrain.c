@@ -309,8 +309,13 @@ void pq_tok_text_free(PqTokText *t) {
 
 // ---- the mask ----
 
-int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
-                      float *logits) {
+// Masks logits (when not NULL: a -INFINITY logit stays out) and sets the bits of the allowed tokens (when not
+// NULL: V bits, cleared first). Returns how many are allowed.
+#define ALLOW(v) (allowed++, bits ? (void)(bits[(v) >> 5] |= 1u << ((v) & 31)) : (void)0)
+#define DENY(v) (logits ? (void)(logits[v] = -INFINITY) : (void)0)
+static int scan(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
+                float *logits, uint32_t *bits) {
+    if (bits) memset(bits, 0, PQ_CONSTRAIN_WORDS(tt->V) * sizeof *bits);
     int done = pq_cstate_done(s), allowed = 0;
     // the characters that may come next: a token starting otherwise is out at once
     unsigned char next[256];
@@ -328,12 +333,12 @@ int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int lef
     // what a text token leaves to write: the text is no longer empty
     int text_left = check ? pq_cstate_min_left(s) - (s->off == 0) : 0;
     for (int v = 0; v < tt->V; v++) {
-        if (logits[v] == -INFINITY) continue;
+        if (logits && logits[v] == -INFINITY) continue;
         int is_eos = 0;
         for (int k = 0; k < n_eos; k++) is_eos |= eos[k] == v;
         if (is_eos) {
-            if (done) allowed++;
-            else logits[v] = -INFINITY;
+            if (done) ALLOW(v);
+            else DENY(v);
             continue;
         }
         const char *p = first ? tt->first[v] : tt->text[v];
@@ -341,16 +346,28 @@ int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int lef
         PqCState c = *s;
         if (text_max && (first ? tt->first_all_text[v] : tt->all_text[v]) > (s->off == 0) && s->off + n <= text_max) {
             // inside a text, a token of text characters only: it fits (the common case, no feeding)
-            if (check && text_left > left - 1) logits[v] = -INFINITY;
-            else allowed++;
+            if (check && text_left > left - 1) DENY(v);
+            else ALLOW(v);
             continue;
         }
         if (tt->special[v] || n == 0 || !next[(unsigned char)p[0]] || pq_cstate_feed(&c, p, (size_t)n) ||
             (check && pq_cstate_min_left(&c) > left - 1)) {
-            logits[v] = -INFINITY;
+            DENY(v);
             continue;
         }
-        allowed++;
+        ALLOW(v);
     }
     return allowed;
+}
+#undef ALLOW
+#undef DENY
+
+int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
+                      float *logits) {
+    return scan(tt, s, first, left, eos, n_eos, logits, NULL);
+}
+
+int pq_constrain_bits(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
+                      uint32_t *bits) {
+    return scan(tt, s, first, left, eos, n_eos, NULL, bits);
 }

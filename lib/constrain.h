@@ -66,5 +66,11 @@ void pq_tok_text_free(PqTokText *t);
 // token begins the reply. Returns how many tokens stay allowed.
 int pq_constrain_mask(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
                       float *logits);
+// The same choice as a bit set, for masks applied where the logits are (the
+// device): bit v of bits (PQ_CONSTRAIN_WORDS(V) words, bit v & 31 of word
+// v >> 5) set when token v is allowed, whatever its logit. Returns how many.
+#define PQ_CONSTRAIN_WORDS(V) (((size_t)(V) + 31) / 32)
+int pq_constrain_bits(const PqTokText *tt, const PqCState *s, int first, int left, const int32_t *eos, int n_eos,
+                      uint32_t *bits);
 
 #endif

@@ -118,10 +118,14 @@ struct PqGen {
     PqKvCopy *d_copies;
     int d_copy_cap;
     long long tick;
-    // paged: draws by the counter RNG (pq_sample), on the device for unconstrained rows
+    // paged: draws by the counter RNG (pq_sample), on the device, grammars' masks too (pq_mask_logits)
     PqSampleRow *srows, *d_srows;
     int32_t *sids, *d_sids;
+    unsigned char *sdev; // row r's id is the device's (else picked on the host from downloaded logits)
     int scap;
+    uint32_t *mbits, *d_mbits; // the masks of the constrained rows, PQ_CONSTRAIN_WORDS(V) words each
+    int32_t *mrows, *d_mrows;  // their rows
+    int maskcap;
     PqGraphs *graphs; // PQ_CUDA_GRAPH=1 (paged, CUDA): decode steps as CUDA graphs (ops_graph.h), else NULL
     long long n_prefilled, n_generated, n_steps;
     long long n_chunks, n_mixed; // chunks of a prompt (or a resumed sequence) short of the whole; steps of
@@ -438,8 +442,13 @@ void pq_gen_free(PqGen *g) {
         pq_dev_free(g->d_copies);
         free(g->srows);
         free(g->sids);
+        free(g->sdev);
         pq_dev_free(g->d_srows);
         pq_dev_free(g->d_sids);
+        free(g->mbits);
+        free(g->mrows);
+        pq_dev_free(g->d_mbits);
+        pq_dev_free(g->d_mrows);
     }
     pq_graphs_free(g->graphs);
     free(g->slots);
@@ -1262,22 +1271,55 @@ int pq_gen_step(PqGen *g) {
         if (!g->paged) pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
         else if (M > 0) { // every row drawn on the device; logits come back only for prompts and grammars
             if (M > g->scap) {
-                free(g->srows), free(g->sids), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
+                free(g->srows), free(g->sids), free(g->sdev), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
                 g->scap = M > 2 * g->scap ? M : 2 * g->scap;
                 g->srows = pq_xmalloc((size_t)g->scap * sizeof *g->srows);
                 g->sids = pq_xmalloc((size_t)g->scap * sizeof *g->sids);
+                g->sdev = pq_xmalloc((size_t)g->scap);
                 g->d_srows = pq_dev_alloc((size_t)g->scap * sizeof *g->d_srows);
                 g->d_sids = pq_dev_alloc((size_t)g->scap * sizeof *g->d_sids);
             }
-            for (int r = 0; r < M; r++) g->srows[r] = sample_row(&g->slots[row_slot[r]]);
+            // a constrained row past its prompt takes its grammar's mask where its logits are: only its id
+            // comes back (a prompt's row keeps its logits for the samples that share them: picked on the host)
+            int nm = 0;
+            for (int r = 0; r < M; r++) {
+                const Slot *sl = &g->slots[row_slot[r]];
+                g->srows[r] = sample_row(sl);
+                g->sdev[r] = !sl->r->p.constrain || sl->state != SLOT_PREFILL;
+                if (sl->r->p.constrain && g->sdev[r]) nm++;
+            }
+            if (nm > 0) {
+                size_t W = PQ_CONSTRAIN_WORDS(c->V);
+                if (nm > g->maskcap) {
+                    free(g->mbits), free(g->mrows), pq_dev_free(g->d_mbits), pq_dev_free(g->d_mrows);
+                    g->maskcap = nm > 2 * g->maskcap ? nm : 2 * g->maskcap;
+                    g->mbits = pq_xmalloc((size_t)g->maskcap * W * sizeof *g->mbits);
+                    g->mrows = pq_xmalloc((size_t)g->maskcap * sizeof *g->mrows);
+                    g->d_mbits = pq_dev_alloc((size_t)g->maskcap * W * sizeof *g->d_mbits);
+                    g->d_mrows = pq_dev_alloc((size_t)g->maskcap * sizeof *g->d_mrows);
+                }
+                nm = 0;
+                for (int r = 0; r < M; r++)
+                    if (g->slots[row_slot[r]].r->p.constrain && g->sdev[r]) g->mrows[nm++] = r;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(pq_ops_threads())
+                for (int k = 0; k < nm; k++) {
+                    const Slot *sl = &g->slots[row_slot[g->mrows[k]]];
+                    int left = sl->r->p.max_tokens - (int)sl->gen.len;
+                    pq_constrain_bits(g->tt, &sl->cs, sl->gen.len == 0, left, g->eos, g->n_eos, g->mbits + k * W);
+                }
+                pq_dev_upload(g->d_mbits, g->mbits, (size_t)nm * W * sizeof *g->mbits);
+                pq_dev_upload(g->d_mrows, g->mrows, (size_t)nm * sizeof *g->mrows);
+                pq_mask_logits(g->logits, g->d_mbits, g->d_mrows, nm, c->V);
+            }
             pq_dev_upload(g->d_srows, g->srows, (size_t)M * sizeof *g->srows);
             pq_sample(g->d_sids, g->logits, g->d_srows, M, c->V);
             pq_dev_download(g->sids, g->d_sids, (size_t)M * sizeof *g->sids);
-            for (int r = 0; r < M; r++) {
-                const Slot *sl = &g->slots[row_slot[r]];
-                if (sl->state == SLOT_PREFILL || sl->r->p.constrain)
+            for (int r = 0; r < M; r++)
+                if (!g->sdev[r])
                     pq_dev_download(g->h_logits + (size_t)r * c->V, g->logits + (size_t)r * c->V, (size_t)c->V * 4);
-            }
+            for (int r = 0; r < M; r++) // a prompt's own row: its logits for the samples that follow
+                if (g->sdev[r] && g->slots[row_slot[r]].state == SLOT_PREFILL)
+                    pq_dev_download(g->h_logits + (size_t)r * c->V, g->logits + (size_t)r * c->V, (size_t)c->V * 4);
         }
         // prefilled prompts: keep their logits; followers copy the prompt
         for (int r = 0; r < M; r++) {
@@ -1317,7 +1359,7 @@ int pq_gen_step(PqGen *g) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(pq_ops_threads())
         for (int k = 0; k < nw; k++) {
             Slot *sl = &g->slots[who[k]];
-            sl->pick = g->paged && k < nrows && !sl->r->p.constrain ? g->sids[k] : pick(g, sl, lg[k]);
+            sl->pick = g->paged && k < nrows && g->sdev[k] ? g->sids[k] : pick(g, sl, lg[k]);
         }
         for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, &d);
         for (int k = nrows; k < nw; k++) free(lg[k]);

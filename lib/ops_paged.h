@@ -79,7 +79,11 @@ size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len);
        p, ties in id order), min-p (p >= min_p * max p), in that order (gen.c's pq_gen_probs), by the          \
        exponential race: argmax of z_v - log(-log u_v) over the kept, u_v = pq_sample_uniform. -INFINITY        \
        logits are never drawn; -1 when every logit is. */                                                      \
-    void P##sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V);
+    void P##sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V);                \
+    /* constrained decoding's masks where the logits are: for k < n, row rows[k] of logits (.,V) keeps token v  \
+       where bit v & 31 of bits[k * W + (v >> 5)] is set (W = (V + 31) / 32 words a row) and gets -INFINITY     \
+       elsewhere (gen.c's pq_constrain_bits, then sample) */                                                     \
+    void P##mask_logits(float *logits, const uint32_t *bits, const int32_t *rows, int n, int V);
 
 PQ_OPS_PAGED_DECLARE(pq_)
 PQ_OPS_PAGED_DECLARE(pq_cpu_)

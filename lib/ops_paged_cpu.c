@@ -197,3 +197,13 @@ void pq_cpu_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, i
         free(idx);
     }
 }
+
+void pq_cpu_mask_logits(float *logits, const uint32_t *bits, const int32_t *rows, int n, int V) {
+    size_t W = ((size_t)V + 31) / 32;
+    for (int k = 0; k < n; k++) {
+        float *x = logits + (size_t)rows[k] * V;
+        const uint32_t *b = bits + (size_t)k * W;
+        for (int v = 0; v < V; v++)
+            if (!(b[v >> 5] >> (v & 31) & 1)) x[v] = -INFINITY;
+    }
+}

@@ -692,3 +692,16 @@ extern "C" void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *
     sample_kernel<<<N, SMP_THREADS, 0, pq_cuda_stream>>>(ids, logits, rows, V);
     CU_LAUNCHED();
 }
+
+__global__ void mask_logits_kernel(float *logits, const uint32_t *bits, const int32_t *rows, int V, size_t W) {
+    int k = blockIdx.y, v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= V) return;
+    if (!(bits[(size_t)k * W + (v >> 5)] >> (v & 31) & 1)) logits[(size_t)rows[k] * V + v] = -INFINITY;
+}
+
+extern "C" void pq_mask_logits(float *logits, const uint32_t *bits, const int32_t *rows, int n, int V) {
+    if (n <= 0) return;
+    dim3 grid((unsigned)((V + 255) / 256), (unsigned)n);
+    mask_logits_kernel<<<grid, 256, 0, pq_cuda_stream>>>(logits, bits, rows, V, ((size_t)V + 31) / 32);
+    CU_LAUNCHED();
+}

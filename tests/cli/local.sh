@@ -4,8 +4,9 @@
 # output fields, seeded samples reproducible and independent of -j,
 # --top-k/--top-p/--min-p truncating (to the argmax at their limits), every
 # line out or rejected, --constrain quiz/answers giving parsable quizzes and
-# answers from a random model (0 rejects), fatal errors for broken model
-# and adapter directories, per-line errors for prompts over the context; a
+# answers from a random model (0 rejects), on the paged KV cache too (its
+# masks applied where the logits are; greedy quizzes as the flat cache's),
+# fatal errors for broken model and adapter directories, per-line errors for prompts over the context; a
 # Qwen3 model (q/k norms, head_dim != hidden / heads, a window) on the same
 # path, reproducible and independent of -j.
 set -eu
@@ -80,6 +81,30 @@ for x in z:
     assert len(x["judge_answers"]) == 5 and all(a in ("A", "B", "C", "D", "E", "Unsure") for a in x["judge_answers"])
     assert x["correct"] == sum(a == qq["answer"] for a, qq in zip(x["judge_answers"], x["questions"]))
 assert sum(a != "Unsure" for x in z for a in x["judge_answers"]) > 5, "letters chosen, not only Unsure"
+PY
+# the grammars on the paged KV cache, where the masks are applied where the logits are (pq_mask_logits: on
+# the GPU, only ids come back): greedy quizzes equal to the flat cache's, sampled quizzes and summaries parse
+"$b/pq-questions" --model "$d/m" --grammar quiz --max-tokens 300 --temperature 0 --no-progress \
+  <"$f/articles.jsonl" >"$d/q0.jsonl"
+PQ_KV=paged "$b/pq-questions" --model "$d/m" --grammar quiz --max-tokens 300 --temperature 0 --no-progress \
+  <"$f/articles.jsonl" >"$d/qp0.jsonl"
+[ "$(wc -l <"$d/q0.jsonl")" = 3 ] && cmp "$d/q0.jsonl" "$d/qp0.jsonl"
+PQ_KV=paged "$b/pq-questions" --model "$d/m" --grammar quiz --max-tokens 300 --seed 1 --no-progress \
+  --rejects "$d/qp.rej" <"$f/articles.jsonl" >"$d/qp.jsonl"
+PQ_KV=paged "$b/pq-summarize" --model "$d/m" -n 2 --temperature 1 --max-tokens 16 --constrain -t 1 --no-progress \
+  <"$f/articles.jsonl" >"$d/asciip.jsonl"
+"$PQ_PY" - "$d" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+q = [json.loads(l) for l in open(d + "/qp.jsonl")]
+assert len(q) == 3 and not os.path.getsize(d + "/qp.rej"), "paged: every constrained quiz parsed"
+for x in q:
+    assert len(x["questions"]) == 5 and all(len(qq["choices"]) == 5 for qq in x["questions"])
+a = [json.loads(l) for l in open(d + "/asciip.jsonl")]
+assert len(a) == 6 and len({x["summary"] for x in a}) > 1, "paged: 2 different summaries per article"
+for x in a:
+    w = x["summary"].split(" ")
+    assert x["summary"].isascii() and len(w) >= 5 and all(0 < len(t) <= 16 for t in w), x["summary"]
 PY
 # a budget the grammar cannot finish in: each line rejected with the reason
 rc=0; "$b/pq-quiz" --model "$d/m" --grammar answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \

@@ -204,7 +204,50 @@ static void sample_case(const char *what, int N, int V, PqSampleRow proto, int t
     pq_dev_free(dl), pq_dev_free(dr), pq_dev_free(di);
 }
 
+// constrained decoding's masks (pq_mask_logits) on some rows of a batch, one of them masked whole, then
+// the draw: masked logits and ids identical to the CPU twin's
+static void mask_case(int N, int V) {
+    size_t W = ((size_t)V + 31) / 32;
+    float *lg = hrand((size_t)N * V, 5);
+    int n = 0;
+    int32_t *mrows = pq_xmalloc((size_t)N * sizeof *mrows);
+    for (int i = 0; i < N; i += 2) mrows[n++] = i;
+    uint32_t *bits = pq_xmalloc((size_t)n * W * sizeof *bits);
+    for (size_t k = 0; k < (size_t)n * W; k++) bits[k] = (uint32_t)rnd() & (uint32_t)rnd() & (uint32_t)rnd();
+    memset(bits + W, 0, W * sizeof *bits); // row 2: nothing allowed
+    PqSampleRow *rows = pq_xmalloc((size_t)N * sizeof *rows);
+    for (int i = 0; i < N; i++)
+        rows[i] = (PqSampleRow){.seed = 5, .seq = (uint32_t)i, .step = 7, .temperature = i % 4 ? 0.9f : 0, .top_p = 0.95f};
+    float *dl = dev(lg, (size_t)N * V * 4);
+    uint32_t *db = dev(bits, (size_t)n * W * sizeof *bits);
+    int32_t *dm = dev(mrows, (size_t)n * sizeof *mrows);
+    PqSampleRow *dr = dev(rows, (size_t)N * sizeof *rows);
+    int32_t *want = pq_xmalloc((size_t)N * sizeof *want), *got = pq_xmalloc((size_t)N * sizeof *got);
+    int32_t *di = dev(want, (size_t)N * sizeof *di);
+    pq_cpu_mask_logits(lg, bits, mrows, n, V);
+    pq_cpu_sample(want, lg, rows, N, V);
+    pq_mask_logits(dl, db, dm, n, V);
+    pq_sample(di, dl, dr, N, V);
+    float *back = pq_xmalloc((size_t)N * V * 4);
+    pq_dev_download(back, dl, (size_t)N * V * 4);
+    pq_dev_download(got, di, (size_t)N * sizeof *got);
+    size_t diff = 0;
+    for (size_t k = 0; k < (size_t)N * V; k++) diff += back[k] != lg[k];
+    int bad = 0;
+    for (int i = 0; i < N; i++) bad += got[i] != want[i];
+    checks++;
+    if (diff || bad || want[2] != -1) {
+        failures++;
+        printf("FAIL mask_logits V %-44d %zu logits, %d ids differ; a row masked whole draws %d (want -1)\n", V, diff,
+               bad, got[2]);
+    } else printf("ok   mask_logits V %-44d %d of %d rows masked, logits and ids identical\n", V, n, N);
+    free(lg), free(mrows), free(bits), free(rows), free(want), free(got), free(back);
+    pq_dev_free(dl), pq_dev_free(db), pq_dev_free(dm), pq_dev_free(dr), pq_dev_free(di);
+}
+
 static void test_sample(void) {
+    mask_case(24, 32000);
+    mask_case(9, 152064);
     static const int Vs[] = {32000, 152064};
     for (int vi = 0; vi < 2; vi++) {
         int V = Vs[vi];

@@ -10,6 +10,7 @@
 
 #include "check.h"
 #include "constrain.h"
+#include "ops_paged.h"
 #include "quiz.h"
 
 static int count_unsure(const char *s) {
@@ -117,7 +118,8 @@ static void fixed_strings(void) {
           "mode names");
 }
 
-// Token walks: random logits, masked, argmax; the decoded ids parse.
+// Token walks: random logits, masked, argmax; the decoded ids parse. At every step the grammar's bit set
+// (pq_constrain_bits), applied by pq_cpu_mask_logits, masks exactly what pq_constrain_mask does.
 static void token_walks(const char *path, int mode, int nq, int max_tokens, int walks) {
     PqErr e;
     PqTokenizer *tok = pq_tokenizer_load(path, &e);
@@ -132,7 +134,9 @@ static void token_walks(const char *path, int mode, int nq, int max_tokens, int 
     if (eos < 0) eos = pq_tokenizer_token_id(tok, "<|endoftext|>");
     PqRng rng;
     pq_rng_seed(&rng, 99);
-    float *lg = malloc((size_t)V * sizeof *lg);
+    float *lg = malloc((size_t)V * sizeof *lg), *lg2 = malloc((size_t)V * sizeof *lg2);
+    uint32_t *bits = malloc(PQ_CONSTRAIN_WORDS(V) * sizeof *bits);
+    const int32_t row0 = 0;
     int32_t *ids = malloc((size_t)(max_tokens + 1) * sizeof *ids);
     PqBuf text = {0};
     for (int w = 0; w < walks; w++) {
@@ -141,8 +145,15 @@ static void token_walks(const char *path, int mode, int nq, int max_tokens, int 
         int n = 0, ended = 0;
         pq_buf_clear(&text);
         while (n < max_tokens) {
-            for (int v = 0; v < V; v++) lg[v] = (float)pq_rng_uniform(&rng);
+            for (int v = 0; v < V; v++) lg[v] = lg2[v] = (float)pq_rng_uniform(&rng);
             int k = pq_constrain_mask(tt, &s, n == 0, max_tokens - n, &eos, 1, lg);
+            // the same choice as bits, applied by the device op's CPU twin (paged generation's path)
+            int kb = pq_constrain_bits(tt, &s, n == 0, max_tokens - n, &eos, 1, bits);
+            pq_cpu_mask_logits(lg2, bits, &row0, 1, V);
+            int diff = 0;
+            for (int v = 0; v < V; v++) diff += lg2[v] != lg[v];
+            CHECK(kb == k && diff == 0, "%s step %d: bits allow %d tokens, the mask %d; %d logits differ", path, n,
+                  kb, k, diff);
             if (k == 0) break;
             int best = -1;
             for (int v = 0; v < V; v++)
@@ -168,6 +179,8 @@ static void token_walks(const char *path, int mode, int nq, int max_tokens, int 
     }
     pq_buf_free(&text);
     free(lg);
+    free(lg2);
+    free(bits);
     free(ids);
     pq_tok_text_free(tt);
     pq_tokenizer_free(tok);
