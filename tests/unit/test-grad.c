@@ -349,6 +349,22 @@ int main(void) {
     check_case(PQ_ARCH_MISTRAL, PQ_LOSS_SIGMOID, 0, 1);
     check_case(PQ_ARCH_QWEN3, PQ_LOSS_SIGMOID, 0.2f, 1);
     for (int arch = 0; arch < 4; arch++) check_bf16(arch, 0, 0);
+    { // --checkpoint auto's estimate: bf16 storage halves the activations, not LoRA's f32 tensors
+        PqConfig c = {.L = 32, .C = 4096, .NH = 32, .KVH = 8, .HS = 128, .H = 14336, .V = 32000};
+        // a small adapter of rank 16 on every linear: pq_trainer_bytes reads only its rank and targets
+        PqLora *lo = pq_lora_build(&(PqConfig){.L = 1, .C = 8, .NH = 1, .KVH = 1, .HS = 8, .H = 8}, 16, 32, 0x7f);
+        size_t b32 = pq_trainer_bytes(&c, lo, 4096, 0);
+        pq_ops_set_act_dtype(PQ_BF16);
+        size_t b16 = pq_trainer_bytes(&c, lo, 4096, 0);
+        pq_ops_set_act_dtype(PQ_F32);
+        printf("pq_trainer_bytes, Mistral-7B shape, 4096 tokens kept: f32 %.2f GiB, bf16 %.2f GiB\n", b32 / 1073741824.0,
+               b16 / 1073741824.0);
+        if (!(b16 < 0.55 * b32 && b16 > 0.5 * b32)) {
+            printf("FAIL pq_trainer_bytes: bf16 %zu of f32 %zu\n", b16, b32);
+            failures++;
+        }
+        pq_lora_free(lo);
+    }
     check_bf16(PQ_ARCH_MISTRAL, 0.2f, 0);
     check_bf16(PQ_ARCH_QWEN3, 0.2f, 1);
     if (failures) printf("%d failures\n", failures);
