@@ -2,8 +2,12 @@
 // (PQ_ACTIVATIONS=bf16, see ops.h). Each pq_* wrapper of backend_*_cpu.c
 // widens its activation inputs (and "+=" outputs) into scratch, runs the f32
 // pq_cpu_* operation, and rounds each activation output back to bf16 once, the
-// points where the CUDA backend's kernels round. With f32 storage the wrappers
-// call pq_cpu_* directly. The scratch is the process's: ops run from one thread.
+// points where the CUDA backend's kernels round. What an op keeps inside stays
+// f32: residual_rmsnorm_forward normalises the f32 sum x + y (x itself is
+// stored rounded); linear_group_backward sums its products into dinp in f32
+// and rounds once; lora_forward adds scale * xa B^T (xa f32) to the widened
+// out. With f32 storage the wrappers call pq_cpu_* directly. The scratch is
+// the process's: ops run from one thread.
 #ifndef PQ_ACT_CPU_H
 #define PQ_ACT_CPU_H
 
