@@ -340,6 +340,7 @@ static void paged_new(PqGen *g) {
 }
 
 PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int32_t *eos, int n_eos) {
+    if (pq_ops_act_dtype() != PQ_F32) return NULL; // its buffers and kernels are f32 (ops_gen.h, ops_paged.h)
     PqGen *g = pq_xcalloc(1, sizeof *g);
     const PqConfig *c = &m->cfg;
     g->m = m;

@@ -155,7 +155,10 @@ PqLlmLocal *pq_llm_local_new(const PqLlmConfig *c, PqErr *e) {
     l->constrain = !c->constrain ? PQ_CONSTRAIN_NONE : !strcmp(c->constrain, "auto") ? auto_mode()
                                                                                      : pq_constrain_mode(c->constrain);
     l->p.constrain = l->constrain;
-    l->gen = pq_gen_new(l->m, l->tok, c->jobs > 0 ? c->jobs : 8, eos, n_eos);
+    if (!(l->gen = pq_gen_new(l->m, l->tok, c->jobs > 0 ? c->jobs : 8, eos, n_eos))) {
+        pq_err(e, "generation runs with f32 activations only (PQ_ACTIVATIONS=bf16 is for scoring and training)");
+        goto fail;
+    }
     pq_rng_seed(&l->rng, (uint64_t)getpid() ^ (uint64_t)time(NULL) ^ (uint64_t)(pq_now() * 1e9));
     pq_buf_free(&p);
     return l;

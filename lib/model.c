@@ -358,24 +358,25 @@ PqLayerActs *pq_layer_acts_build(const PqConfig *c, const PqLora *lora, int N) {
     size_t big = (size_t)c->C > qd ? (size_t)c->C : qd;
     if ((size_t)c->H > big) big = (size_t)c->H;
     a->N = N;
-    a->x_in = pq_dev_alloc(n * c->C * 4);
-    a->ln1 = pq_dev_alloc(n * c->C * 4);
+    // activations in the process's storage (pq_act_bytes), norms' and attention's statistics and LoRA's xa f32
+    a->x_in = pq_dev_alloc(pq_act_bytes(n * c->C));
+    a->ln1 = pq_dev_alloc(pq_act_bytes(n * c->C));
     a->ln1_rstd = pq_dev_alloc(n * 4);
-    a->q = pq_dev_alloc(n * qd * 4);
-    a->k = pq_dev_alloc(n * kd * 4);
-    a->v = pq_dev_alloc(n * kd * 4);
-    a->att = pq_dev_alloc(n * qd * 4);
+    a->q = pq_dev_alloc(pq_act_bytes(n * qd));
+    a->k = pq_dev_alloc(pq_act_bytes(n * kd));
+    a->v = pq_dev_alloc(pq_act_bytes(n * kd));
+    a->att = pq_dev_alloc(pq_act_bytes(n * qd));
     a->att_lse = pq_dev_alloc(n * c->NH * 4);
-    a->x_mid = pq_dev_alloc(n * c->C * 4);
-    a->ln2 = pq_dev_alloc(n * c->C * 4);
+    a->x_mid = pq_dev_alloc(pq_act_bytes(n * c->C));
+    a->ln2 = pq_dev_alloc(pq_act_bytes(n * c->C));
     a->ln2_rstd = pq_dev_alloc(n * 4);
-    a->gate = pq_dev_alloc(n * c->H * 4);
-    a->up = pq_dev_alloc(n * c->H * 4);
-    a->mlp = pq_dev_alloc(n * c->H * 4);
-    a->tmp = pq_dev_alloc(n * big * 4);
+    a->gate = pq_dev_alloc(pq_act_bytes(n * c->H));
+    a->up = pq_dev_alloc(pq_act_bytes(n * c->H));
+    a->mlp = pq_dev_alloc(pq_act_bytes(n * c->H));
+    a->tmp = pq_dev_alloc(pq_act_bytes(n * big));
     if (c->qk_norm) {
-        a->q_raw = pq_dev_alloc(n * qd * 4);
-        a->k_raw = pq_dev_alloc(n * kd * 4);
+        a->q_raw = pq_dev_alloc(pq_act_bytes(n * qd));
+        a->k_raw = pq_dev_alloc(pq_act_bytes(n * kd));
         a->q_rstd = pq_dev_alloc(n * c->NH * 4);
         a->k_rstd = pq_dev_alloc(n * c->KVH * 4);
     }
@@ -436,7 +437,7 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     const PqConfig *c = &m->cfg;
     const PqLayerW *w = &m->layers[l];
     size_t nc = (size_t)N * c->C;
-    pq_dev_copy(a->x_in, x, nc * 4);
+    pq_dev_copy(a->x_in, x, pq_act_bytes(nc));
     pq_rmsnorm_forward(a->ln1, a->ln1_rstd, x, w->ln1, N, c->C, c->eps);
     lin_qkv(m, l, c->qk_norm ? a->q_raw : a->q, c->qk_norm ? a->k_raw : a->k, N, a);
     if (c->qk_norm) { // Qwen3: the rows of the norm are the heads
@@ -448,7 +449,7 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
     pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
     lin(m, l, PQ_O, a->tmp, a->att, N, a);
     pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, x, a->tmp, w->ln2, N, c->C, c->eps);
-    pq_dev_copy(a->x_mid, x, nc * 4);
+    pq_dev_copy(a->x_mid, x, pq_act_bytes(nc));
     lin_gate_up(m, l, N, a);
     pq_swiglu_forward(a->mlp, a->gate, a->up, N, c->H);
     lin(m, l, PQ_DOWN, a->tmp, a->mlp, N, a);
@@ -470,7 +471,7 @@ int pq_model_logp(const PqModel *m, const int32_t *ids, const int32_t *pos, cons
     int32_t *d_ids = pq_dev_alloc(ni), *d_pos = pq_dev_alloc(ni);
     pq_dev_upload(d_ids, ids, ni);
     pq_dev_upload(d_pos, pos, ni);
-    float *x = pq_dev_alloc((size_t)N * c->C * 4);
+    float *x = pq_dev_alloc(pq_act_bytes((size_t)N * c->C));
     PqLayerActs *a = pq_layer_acts_build(c, m->lora, N);
     pq_embedding_forward(x, d_ids, &m->wte, N, c->C);
     for (int l = 0; l < c->L; l++) pq_model_layer_forward(m, l, x, d_pos, N, a);
@@ -485,7 +486,8 @@ int pq_model_logp(const PqModel *m, const int32_t *ids, const int32_t *pos, cons
         }
         int j = i;
         while (j < N && targets[j] >= 0) tg[M + j - i] = targets[j], j++;
-        pq_dev_copy(a->ln2 + (size_t)M * c->C, x + (size_t)i * c->C, (size_t)(j - i) * c->C * 4);
+        pq_dev_copy(pq_act_at(a->ln2, (size_t)M * c->C), pq_act_at(x, (size_t)i * c->C),
+                    pq_act_bytes((size_t)(j - i) * c->C));
         M += j - i;
         i = j;
     }

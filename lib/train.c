@@ -34,21 +34,23 @@ static void bufs_free(PqTrainer *t) {
     t->cap = 0;
 }
 
-// What pq_layer_acts_build (model.c) allocates for N tokens, in bytes.
+// What pq_layer_acts_build (model.c) allocates for N tokens, in bytes:
+// activations at pq_act_size(), norm and attention statistics and LoRA's xa f32.
 static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
     size_t QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, big = c->C > c->H ? c->C : c->H;
-    size_t fl = 4 * (size_t)c->C + 2 + 2 * QD + 2 * KD + c->NH + 3 * (size_t)c->H + big;
+    size_t act = 4 * (size_t)c->C + 2 * QD + 2 * KD + 3 * (size_t)c->H + big, fl = 2 + (size_t)c->NH;
     if (lora)
         for (int j = 0; j < PQ_NLIN; j++)
             if (lora->targets >> j & 1) fl += (size_t)lora->r;
-    return 4 * N * fl;
+    return pq_act_bytes(N * act) + 4 * N * fl;
 }
 
 size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint) {
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
-    size_t fl = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + 4 + (size_t)c->C + 2 * W + QD + 2 * KD +
-                (size_t)(lora && lora->r > 0 ? lora->r : 1) + 2 * (size_t)c->H;
-    return 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
+    // xs, hf, hc, dx, dh, dscr, dq, dk, dv, dgate, dup; rstdf, lse, logpc, h_lp and dxa f32
+    size_t act = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + (size_t)c->C + 2 * W + QD + 2 * KD + 2 * (size_t)c->H;
+    size_t fl = 4 + (size_t)(lora && lora->r > 0 ? lora->r : 1);
+    return pq_act_bytes(n * act) + 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
 }
 
 static size_t weight_bytes(const PqWeight *w) { return (size_t)w->rows * w->cols * pq_dtype_size(w->dtype); }
@@ -78,11 +80,12 @@ static void bufs_reserve(PqTrainer *t, int N) {
     int na = t->checkpoint ? 1 : c->L;
     t->acts = pq_xcalloc((size_t)na, sizeof *t->acts);
     for (int i = 0; i < na; i++) t->acts[i] = pq_layer_acts_build(c, t->lora, N);
-    t->xs = pq_dev_alloc((size_t)(c->L + 1) * n * c->C * 4);
-    t->hf = pq_dev_alloc(n * c->C * 4);
+    // activations in the process's storage (pq_act_bytes); rstdf, lse, logpc and dxa f32
+    t->xs = pq_dev_alloc(pq_act_bytes((size_t)(c->L + 1) * n * c->C));
+    t->hf = pq_dev_alloc(pq_act_bytes(n * c->C));
     t->rstdf = pq_dev_alloc(n * 4);
     t->lse = pq_dev_alloc(n * 4);
-    t->hc = pq_dev_alloc(n * c->C * 4);
+    t->hc = pq_dev_alloc(pq_act_bytes(n * c->C));
     t->logpc = pq_dev_alloc(n * 4);
     t->rows = pq_xmalloc(2 * n * sizeof(int32_t));
     t->tgc = t->rows + n;
@@ -91,15 +94,15 @@ static void bufs_reserve(PqTrainer *t, int N) {
     t->d_ids = pq_dev_alloc(n * sizeof(int32_t));
     t->d_pos = pq_dev_alloc(n * sizeof(int32_t));
     t->d_tgc = pq_dev_alloc(n * sizeof(int32_t));
-    t->dx = pq_dev_alloc(n * c->C * 4);
-    t->dh = pq_dev_alloc(n * W * 4);
-    t->dscr = pq_dev_alloc(n * W * 4);
-    t->dq = pq_dev_alloc(n * QD * 4);
-    t->dk = pq_dev_alloc(n * KD * 4);
-    t->dv = pq_dev_alloc(n * KD * 4);
+    t->dx = pq_dev_alloc(pq_act_bytes(n * c->C));
+    t->dh = pq_dev_alloc(pq_act_bytes(n * W));
+    t->dscr = pq_dev_alloc(pq_act_bytes(n * W));
+    t->dq = pq_dev_alloc(pq_act_bytes(n * QD));
+    t->dk = pq_dev_alloc(pq_act_bytes(n * KD));
+    t->dv = pq_dev_alloc(pq_act_bytes(n * KD));
     t->dxa = pq_dev_alloc(n * (t->lora->r > 0 ? t->lora->r : 1) * 4);
-    t->dgate = pq_dev_alloc(n * c->H * 4);
-    t->dup = pq_dev_alloc(n * c->H * 4);
+    t->dgate = pq_dev_alloc(pq_act_bytes(n * c->H));
+    t->dup = pq_dev_alloc(pq_act_bytes(n * c->H));
     t->cap = N;
 }
 
@@ -134,13 +137,15 @@ void pq_trainer_zero_grad(PqTrainer *t) { pq_dev_zero(t->grads, t->lora->n_param
 
 // Between the full rows (N,C) and the compact rows (M,C) of those with a
 // target (rows[] ascending): one device copy per run of consecutive rows.
+// Both are activations (pq_act_at).
 static void rows_copy(const int32_t *rows, int M, int C, float *full, float *compact, int to_compact) {
     for (int a = 0; a < M;) {
         int b = a + 1;
         while (b < M && rows[b] == rows[b - 1] + 1) b++;
-        size_t bytes = (size_t)(b - a) * C * sizeof(float);
-        if (to_compact) pq_dev_copy(compact + (size_t)a * C, full + (size_t)rows[a] * C, bytes);
-        else pq_dev_copy(full + (size_t)rows[a] * C, compact + (size_t)a * C, bytes);
+        size_t bytes = pq_act_bytes((size_t)(b - a) * C);
+        float *f = pq_act_at(full, (size_t)rows[a] * C), *k = pq_act_at(compact, (size_t)a * C);
+        if (to_compact) pq_dev_copy(k, f, bytes);
+        else pq_dev_copy(f, k, bytes);
         a = b;
     }
 }
@@ -277,8 +282,9 @@ void pq_train_forward(PqTrainer *t, const int32_t *ids, const int32_t *pos, cons
     size_t NC = (size_t)N * c->C;
     pq_embedding_forward(t->xs, t->d_ids, &t->m->wte, N, c->C);
     for (int l = 0; l < c->L; l++)
-        layer_forward(t, l, t->xs + l * NC, t->xs + (l + 1) * NC, t->acts[t->checkpoint ? 0 : l], N);
-    pq_rmsnorm_forward(t->hf, t->rstdf, t->xs + c->L * NC, t->m->ln_f, N, c->C, c->eps);
+        layer_forward(t, l, pq_act_at(t->xs, l * NC), pq_act_at(t->xs, (l + 1) * NC),
+                      t->acts[t->checkpoint ? 0 : l], N);
+    pq_rmsnorm_forward(t->hf, t->rstdf, pq_act_at(t->xs, c->L * NC), t->m->ln_f, N, c->C, c->eps);
     // the LM head only for the rows that predict a response token
     int M = 0;
     for (int i = 0; i < N; i++)
@@ -302,33 +308,34 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
     int N = t->N, C = c->C;
     size_t NC = (size_t)N * C;
     float *dx = t->dx, *dh = t->dh, *s1 = t->dscr;
-    float *dlc = t->logpc, *dhc = t->dscr; // the compact rows of the LM head
+    // the compact rows of the LM head: dlogp f32 (logpc's room), dh an activation (dscr's)
+    float *dlc = t->logpc, *dhc = t->dscr;
     for (int i = 0; i < t->M; i++) t->h_lp[i] = dlogp[t->rows[i]];
     pq_dev_upload(dlc, t->h_lp, (size_t)t->M * sizeof(float));
-    pq_dev_zero(dhc, (size_t)t->M * C * sizeof(float));
+    pq_dev_zero(dhc, pq_act_bytes((size_t)t->M * C));
     pq_logp_backward(dhc, dlc, t->hc, &t->m->lm_head, t->d_tgc, t->lse, t->M, C, c->V);
-    pq_dev_zero(dh, NC * sizeof(float));
+    pq_dev_zero(dh, pq_act_bytes(NC));
     rows_copy(t->rows, t->M, C, dh, dhc, 0);
-    pq_dev_zero(dx, NC * sizeof(float));
-    pq_rmsnorm_backward(dx, dh, t->xs + c->L * NC, t->m->ln_f, t->rstdf, N, C);
+    pq_dev_zero(dx, pq_act_bytes(NC));
+    pq_rmsnorm_backward(dx, dh, pq_act_at(t->xs, c->L * NC), t->m->ln_f, t->rstdf, N, C);
     for (int l = c->L - 1; l >= 0; l--) {
         const PqLayerW *w = &t->m->layers[l];
         PqLayerActs *a = t->acts[t->checkpoint ? 0 : l];
-        const float *xin = t->xs + l * NC;
+        const float *xin = pq_act_at(t->xs, l * NC);
         // recompute (output unused, dh is scratch); the last layer's are still there from the forward
         if (t->checkpoint && l < c->L - 1) layer_forward(t, l, xin, dh, a, N);
         // MLP: xout = x_mid + down(mlp); dx is d xout
-        pq_dev_zero(dh, (size_t)N * c->H * sizeof(float));
+        pq_dev_zero(dh, pq_act_bytes((size_t)N * c->H));
         lin_backward(t, l, PQ_DOWN, dh, dx, a->mlp, a->lora_xa[PQ_DOWN], s1, N);
         pq_swiglu_backward(t->dgate, t->dup, dh, a->gate, a->up, N, c->H);
-        pq_dev_zero(dh, NC * sizeof(float));
+        pq_dev_zero(dh, pq_act_bytes(NC));
         const float *dgu[2] = {t->dgate, t->dup}; // gate and up's input gradient as one group
         pq_linear_group_backward(dh, dgu, &w->w[PQ_GATE], 2, N, C);
         for (int j = PQ_GATE; j <= PQ_UP; j++)
             lora_backward(t, l, j, dh, dgu[j - PQ_GATE], a->ln2, a->lora_xa[j], s1, N);
         pq_rmsnorm_backward(dx, dh, a->x_mid, w->ln2, a->ln2_rstd, N, C); // dx = d x_mid
         // attention: x_mid = xin + o(att)
-        pq_dev_zero(dh, (size_t)N * c->NH * c->HS * sizeof(float));
+        pq_dev_zero(dh, pq_act_bytes((size_t)N * c->NH * c->HS));
         lin_backward(t, l, PQ_O, dh, dx, a->att, a->lora_xa[PQ_O], s1, N);
         if (t->ka0)
             pq_attention2_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, t->ka0, t->ka1,
@@ -340,14 +347,14 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
         if (c->qk_norm) { // through the per-head norms (s1 free here: (N,W) >= (N,QD))
             size_t nq = (size_t)N * c->NH * c->HS, nk = (size_t)N * c->KVH * c->HS;
-            pq_dev_zero(s1, nq * sizeof(float));
+            pq_dev_zero(s1, pq_act_bytes(nq));
             pq_rmsnorm_backward(s1, t->dq, a->q_raw, w->q_norm, a->q_rstd, N * c->NH, c->HS);
-            pq_dev_copy(t->dq, s1, nq * sizeof(float));
-            pq_dev_zero(s1, nk * sizeof(float));
+            pq_dev_copy(t->dq, s1, pq_act_bytes(nq));
+            pq_dev_zero(s1, pq_act_bytes(nk));
             pq_rmsnorm_backward(s1, t->dk, a->k_raw, w->k_norm, a->k_rstd, N * c->KVH, c->HS);
-            pq_dev_copy(t->dk, s1, nk * sizeof(float));
+            pq_dev_copy(t->dk, s1, pq_act_bytes(nk));
         }
-        pq_dev_zero(dh, NC * sizeof(float));
+        pq_dev_zero(dh, pq_act_bytes(NC));
         const float *dqkv[3] = {t->dq, t->dk, t->dv}; // q, k, v's input gradient as one product
         pq_linear_group_backward(dh, dqkv, &w->w[PQ_Q], 3, N, C);
         for (int j = PQ_Q; j <= PQ_V; j++) lora_backward(t, l, j, dh, dqkv[j - PQ_Q], a->ln1, a->lora_xa[j], s1, N);

@@ -450,6 +450,7 @@ static void train_step(const long *idx, int n) {
     pq_json_add_float(o, "peak_mem_mb", pq_peak_rss_kb() / 1024.0);
     if (strcmp(pq_ops_backend(), "cpu")) pq_json_add_float(o, "peak_device_mem_mb", pq_dev_peak_bytes() / 1048576.0);
     cJSON_AddBoolToObject(o, "checkpoint", tr->checkpoint);
+    cJSON_AddStringToObject(o, "activations", pq_ops_act_dtype() == PQ_BF16 ? "bf16" : "f32");
     if (dist.world > 1) cJSON_AddNumberToObject(o, "world_size", dist.world);
     if (dist.rank == 0) pq_tool_emit(&T, o);
     cJSON_Delete(o);
@@ -832,6 +833,8 @@ int main(int argc, char **argv) {
     if (pq_dist_init(&dist, 600, &e)) pq_tool_die(&T, "%s", e.msg);
 
     if (!(M = pq_model_load(model_dir, &e))) pq_tool_die(&T, "%s", e.msg);
+    char aerr[256]; // the activations' storage, before any buffer exists
+    if (pq_ops_act_choose(M->cfg.dtype, aerr, sizeof aerr) < 0) pq_tool_usage_error(&T, "%s", aerr);
     if (!raw) {
         if (!(tok = pq_tokenizer_load_dir(model_dir, &e))) pq_tool_die(&T, "%s", e.msg);
         if (!(chat = pq_chat_load(model_dir, template_name, &e))) pq_tool_die(&T, "%s", e.msg);

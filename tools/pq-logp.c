@@ -217,6 +217,8 @@ int main(int argc, char **argv) {
     if (device && pq_device_select(device, &e)) pq_tool_die(&T, "%s", e.msg);
     PqModel *model = pq_model_load(model_dir, &e);
     if (!model) pq_tool_die(&T, "%s", e.msg);
+    char aerr[256];
+    if (pq_ops_act_choose(model->cfg.dtype, aerr, sizeof aerr) < 0) pq_tool_usage_error(&T, "%s", aerr);
     M = model;
     PqLora *lora = NULL;
     if (adapter_dir) {

@@ -1,5 +1,5 @@
 // test-gen: sampling filters against a naive reference and by frequency,
-// seeded sampling reproducible; with a model directory as argument, a
+// seeded sampling reproducible, no engine with bf16 activations; with a model directory as argument, a
 // driver for tests/py/test_generate.py: JSON requests in, generated ids out.
 //   test-gen                       unit tests
 //   test-gen --probs < cases.jsonl  pq_gen_probs of {"logits", "temperature",
@@ -337,6 +337,15 @@ static int probs_cases(void) {
     return 0;
 }
 
+// Generation runs in f32: a process that keeps bf16 activations
+// (PQ_ACTIVATIONS, ops.h) gets no engine, f32 storage does.
+static void test_act_refused(void) {
+    PqModel m = {0}; // never read when refused
+    pq_ops_set_act_dtype(PQ_BF16);
+    CHECK(pq_gen_new(&m, NULL, 1, NULL, 0) == NULL, "pq_gen_new built an engine with bf16 activations");
+    pq_ops_set_act_dtype(PQ_F32);
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "--probs")) return probs_cases();
     if (argc > 1) return drive(argc, argv);
@@ -344,6 +353,7 @@ int main(int argc, char **argv) {
     test_sampling();
     test_linear_rows();
     test_shared_attention();
+    test_act_refused();
     if (n_fail) {
         fprintf(stderr, "test-gen: %d failures\n", n_fail);
         return 1;

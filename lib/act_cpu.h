@@ -1,0 +1,29 @@
+// act_cpu.h: the CPU backend's f32 working copies of bf16 activations
+// (PQ_ACTIVATIONS=bf16, see ops.h). Each pq_* wrapper of backend_*_cpu.c
+// widens its activation inputs (and "+=" outputs) into scratch, runs the f32
+// pq_cpu_* operation, and rounds each activation output back to bf16 once, the
+// points where the CUDA backend's kernels round. What an op keeps inside stays
+// f32: residual_rmsnorm_forward normalises the f32 sum x + y (x itself is
+// stored rounded); linear_group_backward sums its products into dinp in f32
+// and rounds once; lora_forward adds scale * xa B^T (xa f32) to the widened
+// out. With f32 storage the wrappers call pq_cpu_* directly. The scratch is
+// the process's: ops run from one thread.
+#ifndef PQ_ACT_CPU_H
+#define PQ_ACT_CPU_H
+
+#include <stddef.h>
+
+#include "ops.h"
+
+enum { PQ_ACT_SLOTS = 8 };
+
+static inline int pq_act_bf16(void) { return pq_ops_act_dtype() == PQ_BF16; }
+// Scratch slot s (0 .. PQ_ACT_SLOTS - 1) of at least n floats, contents
+// undefined; kept for the next call (freed at exit).
+float *pq_act_scratch(int s, size_t n);
+// Slot s holding the n bf16 elements at p widened to f32; NULL when p is.
+float *pq_act_widen(int s, const float *p, size_t n);
+// dst (n bf16 elements) = src (n floats) rounded to nearest even.
+void pq_act_narrow(float *dst, const float *src, size_t n);
+
+#endif
