@@ -716,15 +716,8 @@ static void from_col_major(float *dst, const float *src, int rows, int cols, int
 }
 
 // inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T; out (N,OC) += scale xa B^T
-// (bf16 activations: through the fallback; the f32 LoRA products have no bf16 x f32 form)
-extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
-                                int N, int C, int OC, int r) {
-    if (N <= 0) return;
-    if (pq_cuda_act_bf16()) {
-        PqActFallback fb;
-        pq_lora_forward(fb.inout(out, (size_t)N * OC), xa, fb.in(inp, (size_t)N * C), A, B, scale, N, C, OC, r);
-        return;
-    }
+// xa (N,r) = inp A^T, inp f32
+static void lora_xa(float *xa, const float *inp, const float *A, int N, int C, int r) {
     if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // xa (N,r) col-major = inp A^T: N as the long side
         float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, (size_t)N * r * sizeof(float));
         sgemm(CUBLAS_OP_T, CUBLAS_OP_N, N, r, C, 1.0f, inp, C, A, C, 0.0f, t, N);
@@ -732,6 +725,22 @@ extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const f
     } else {
         sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
     }
+}
+
+// bf16 activations: xa from an f32 copy of inp (the fallback's: the f32 LoRA products have no bf16 x f32
+// form), then lora_up_forward's bf16 +=
+extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
+                                int N, int C, int OC, int r) {
+    if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        {
+            PqActFallback fb;
+            lora_xa(xa, fb.in(inp, (size_t)N * C), A, N, C, r);
+        }
+        pq_lora_up_forward(out, xa, B, scale, N, OC, r);
+        return;
+    }
+    lora_xa(xa, inp, A, N, C, r);
     pq_lora_up_forward(out, xa, B, scale, N, OC, r);
 }
 
@@ -1374,12 +1383,22 @@ extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, 
     pq_lora_dx_group(dx, &dxa, &A, &seed, p, 1, N, C, r);
 }
 
-// out (N,OC) += scale xa B^T (bf16 activations: out through the fallback's f32 copy)
+// out (n) bf16 += t (n) f32, the sum in f32 rounded once
+__global__ void act_add_kernel(__nv_bfloat16 *out, const float *t, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16_rn(__bfloat162float(out[i]) + t[i]);
+}
+
+// out (N,OC) += scale xa B^T. bf16 activations: the f32 product into scratch, then added to out (read once,
+// rounded once)
 extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
     if (N <= 0) return;
     if (pq_cuda_act_bf16()) {
-        PqActFallback fb;
-        pq_lora_up_forward(fb.inout(out, (size_t)N * OC), xa, B, scale, N, OC, r);
+        size_t n = (size_t)N * OC;
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, n * sizeof(float));
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 0.0f, t, OC);
+        act_add_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)out, t, n);
+        CU_LAUNCHED();
         return;
     }
     sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
