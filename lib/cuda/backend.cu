@@ -125,6 +125,12 @@ __global__ void act_narrow_kernel(__nv_bfloat16 *dst, const float *src, size_t n
     if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
+// out (n) bf16 += t (n) f32, the sum in f32 rounded once
+__global__ void act_add_kernel(__nv_bfloat16 *out, const float *t, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16_rn(__bfloat162float(out[i]) + t[i]);
+}
+
 void pq_act_widen(float *dst, const void *src, size_t n) {
     if (!n) return;
     act_widen_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
@@ -973,15 +979,26 @@ extern "C" void pq_linear_group_backward(float *dinp, const float *const *dout, 
 
 // dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;
 // dinp (N,C) += dxa A  (each written column-major as its transpose)
-// (bf16 activations: through the fallback, as lora_forward)
+// bf16 activations: dout and inp read as f32 copies (the fallback's: the LoRA products are f32), dinp's
+// product into f32 scratch and added into the bf16 dinp (read once, rounded once)
 extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
                                  const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                                  int r) {
     if (N <= 0) return;
     if (pq_cuda_act_bf16()) {
-        PqActFallback fb;
-        pq_lora_backward(fb.inout(dinp, (size_t)N * C), dA, dB, dxa, fb.in(dout, (size_t)N * OC),
-                         fb.in(inp, (size_t)N * C), xa, A, B, scale, N, C, OC, r);
+        {
+            PqActFallback fb;
+            pq_lora_backward(NULL, dA, dB, dxa, fb.in(dout, (size_t)N * OC), fb.in(inp, (size_t)N * C), xa, A, B,
+                             scale, N, C, OC, r);
+        }
+        if (dinp) {
+            size_t n = (size_t)N * C;
+            float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, n * sizeof(float));
+            sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 0.0f, t, C);
+            act_add_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dinp, t,
+                                                                                              n);
+            CU_LAUNCHED();
+        }
         return;
     }
     pq_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
@@ -1381,12 +1398,6 @@ extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float
 extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,
                                    int r) {
     pq_lora_dx_group(dx, &dxa, &A, &seed, p, 1, N, C, r);
-}
-
-// out (n) bf16 += t (n) f32, the sum in f32 rounded once
-__global__ void act_add_kernel(__nv_bfloat16 *out, const float *t, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2bfloat16_rn(__bfloat162float(out[i]) + t[i]);
 }
 
 // out (N,OC) += scale xa B^T. bf16 activations: the f32 product into scratch, then added to out (read once,
