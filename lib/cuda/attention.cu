@@ -591,9 +591,10 @@ struct SdRows {
     int smax1, smax2;
 };
 
-// twin: pq_attn_plan_merge. One thread per (row, head, dim); n = N NH HS
-__global__ void sd_merge_kernel(float *out, float *lse, const __nv_bfloat16 *o1, const float *st1,
-                                const __nv_bfloat16 *o2, const float *st2, SdRows r, size_t n, int NH, int HS) {
+// twin: pq_attn_plan_merge. One thread per (row, head, dim); n = N NH HS. T: the activations' type (out)
+template <typename T>
+__global__ void sd_merge_kernel(T *out, float *lse, const __nv_bfloat16 *o1, const float *st1, const __nv_bfloat16 *o2,
+                                const float *st2, SdRows r, size_t n, int NH, int HS) {
     size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (x >= n) return;
     int d = (int)(x % HS);
@@ -601,13 +602,13 @@ __global__ void sd_merge_kernel(float *out, float *lse, const __nv_bfloat16 *o1,
     int h = (int)(ih % NH), i = (int)(ih / NH);
     float l1 = st1[((size_t)r.cb[i] * NH + h) * r.smax1 + r.cs[i]];
     if (r.xb[i] < 0 || !o2) {
-        out[x] = __bfloat162float(o1[x]);
+        pq_st(out, x, __bfloat162float(o1[x]));
         if (lse && d == 0) lse[ih] = l1;
         return;
     }
     float l2 = st2[((size_t)r.xb[i] * NH + h) * r.smax2 + r.xs[i]];
     float m = fmaxf(l1, l2), l = m + logf(expf(l1 - m) + expf(l2 - m));
-    out[x] = expf(l1 - l) * __bfloat162float(o1[x]) + expf(l2 - l) * __bfloat162float(o2[x]);
+    pq_st(out, x, expf(l1 - l) * __bfloat162float(o1[x]) + expf(l2 - l) * __bfloat162float(o2[x]));
     if (lse && d == 0) lse[ih] = l;
 }
 
@@ -621,14 +622,15 @@ __global__ void sd_spread_kernel(float *st1, float *st2, const float *lse, SdRow
 }
 
 // twin: pq_attn_plan_combine, one tensor: dst (N, W) = a + b on rows whose flag (N) is set (b NULL: a)
-__global__ void sd_combine_kernel(float *dst, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const int32_t *flag,
+template <typename T>
+__global__ void sd_combine_kernel(T *dst, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const int32_t *flag,
                                   int flag_is_segment, size_t n, size_t W) {
     size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (x >= n) return;
     size_t i = x / W;
     float v = __bfloat162float(a[x]);
     if (b && (flag_is_segment ? flag[i] >= 0 : flag[i] != 0)) v += __bfloat162float(b[x]);
-    dst[x] = v;
+    pq_st(dst, x, v);
 }
 
 // Device scratch of the cuDNN path, grown on demand.
@@ -818,14 +820,27 @@ static bool sd_plan(SdPlan *sp, const int32_t *pos, const int32_t *a0, const int
     return true;
 }
 
-static bool sd_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
-                       const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
-                       int window) {
+// bf16 activations (bf): q, k, v are what cuDNN reads, as they are (copied where not 16-byte aligned)
+static const void *sd_in(bool bf, int slot, const float *src, size_t n) {
+    void *d;
+    if (!bf) {
+        d = sd_scratch(slot, n * 2);
+        sd_bf16(d, src, n);
+        return d;
+    }
+    if (!((uintptr_t)src & 15)) return src;
+    d = sd_scratch(slot, n * 2);
+    CU(cudaMemcpyAsync(d, src, n * 2, cudaMemcpyDeviceToDevice, pq_cuda_stream));
+    return d;
+}
+
+static bool sd_forward(bool bf, float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH,
+                       int KVH, int HS, int window) {
     SdPlan sp;
     if (!sd_plan(&sp, pos, a0, a1, b0, N, NH, KVH, HS, window)) return false;
     size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS;
-    void *Q = sd_scratch(SD_Q, nq * 2), *K = sd_scratch(SD_K, nk * 2), *V = sd_scratch(SD_V, nk * 2);
-    sd_bf16(Q, q, nq), sd_bf16(K, k, nk), sd_bf16(V, v, nk);
+    const void *Q = sd_in(bf, SD_Q, q, nq), *K = sd_in(bf, SD_K, k, nk), *V = sd_in(bf, SD_V, v, nk);
     void *O1 = sd_scratch(SD_O1, nq * 2), *O2 = NULL;
     float *st1 = (float *)sd_scratch(SD_ST1, (size_t)sp.c1.B * NH * sp.c1.smax_q * 4), *st2 = NULL;
     char err[320];
@@ -837,8 +852,14 @@ static bool sd_forward(float *out, float *lse, const float *q, const float *k, c
     }
     if (ok) {
         sd_calls += 1 + (sp.c2.B > 0);
-        sd_merge_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
-            out, lse, (const __nv_bfloat16 *)O1, st1, (const __nv_bfloat16 *)O2, st2, sp.r, nq, NH, HS);
+        unsigned g = pq_blocks(nq, PQ_EW_THREADS);
+        typedef const __nv_bfloat16 *bp;
+        if (bf)
+            sd_merge_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((pq_bf16 *)out, lse, (bp)O1, st1, (bp)O2, st2,
+                                                                     sp.r, nq, NH, HS);
+        else
+            sd_merge_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, lse, (bp)O1, st1, (bp)O2, st2, sp.r, nq, NH,
+                                                                     HS);
         CU_LAUNCHED();
     } else {
         sd_fallback(err);
@@ -846,15 +867,23 @@ static bool sd_forward(float *out, float *lse, const float *q, const float *k, c
     return ok;
 }
 
-static bool sd_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+// dst (n) of the activations' type T (the last argument only selects it) = sd_combine_kernel's sum
+template <typename T>
+static void sd_combine(float *dst, const void *a, const void *b, const int32_t *flag, int flag_is_segment, size_t n,
+                       size_t W, T *) {
+    sd_combine_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+        (T *)dst, (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)b, flag, flag_is_segment, n, W);
+    CU_LAUNCHED();
+}
+
+static bool sd_backward(bool bf, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                         const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
                         const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
     SdPlan sp;
     if (!sd_plan(&sp, pos, a0, a1, b0, N, NH, KVH, HS, window)) return false;
     size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
-    void *Q = sd_scratch(SD_Q, nq * 2), *K = sd_scratch(SD_K, nk * 2), *V = sd_scratch(SD_V, nk * 2);
-    void *O = sd_scratch(SD_O1, nq * 2), *DO = sd_scratch(SD_DO, nq * 2);
-    sd_bf16(Q, q, nq), sd_bf16(K, k, nk), sd_bf16(V, v, nk), sd_bf16(O, out, nq), sd_bf16(DO, dout, nq);
+    const void *Q = sd_in(bf, SD_Q, q, nq), *K = sd_in(bf, SD_K, k, nk), *V = sd_in(bf, SD_V, v, nk);
+    const void *O = sd_in(bf, SD_O1, out, nq), *DO = sd_in(bf, SD_DO, dout, nq);
     float *st1 = (float *)sd_scratch(SD_ST1, (size_t)sp.c1.B * NH * sp.c1.smax_q * 4), *st2 = NULL;
     if (sp.c2.B) st2 = (float *)sd_scratch(SD_ST2, (size_t)sp.c2.B * NH * sp.c2.smax_q * 4);
     sd_spread_kernel<<<pq_blocks(nl, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(st1, st2, lse, sp.r, nl, NH);
@@ -869,16 +898,15 @@ static bool sd_backward(float *dq, float *dk, float *dv, const float *dout, cons
     }
     if (ok) {
         sd_calls += 1 + (sp.c2.B > 0);
-        typedef const __nv_bfloat16 *bp;
-        sd_combine_kernel<<<pq_blocks(nq, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
-            dq, (bp)dq1, (bp)dq2, sp.r.xb, 1, nq, (size_t)NH * HS);
-        CU_LAUNCHED();
-        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
-            dk, (bp)dk1, (bp)dk2, sp.r.kx, 0, nk, (size_t)KVH * HS);
-        CU_LAUNCHED();
-        sd_combine_kernel<<<pq_blocks(nk, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
-            dv, (bp)dv1, (bp)dv2, sp.r.kx, 0, nk, (size_t)KVH * HS);
-        CU_LAUNCHED();
+        if (bf) {
+            sd_combine(dq, dq1, dq2, sp.r.xb, 1, nq, (size_t)NH * HS, (pq_bf16 *)NULL);
+            sd_combine(dk, dk1, dk2, sp.r.kx, 0, nk, (size_t)KVH * HS, (pq_bf16 *)NULL);
+            sd_combine(dv, dv1, dv2, sp.r.kx, 0, nk, (size_t)KVH * HS, (pq_bf16 *)NULL);
+        } else {
+            sd_combine(dq, dq1, dq2, sp.r.xb, 1, nq, (size_t)NH * HS, (float *)NULL);
+            sd_combine(dk, dk1, dk2, sp.r.kx, 0, nk, (size_t)KVH * HS, (float *)NULL);
+            sd_combine(dv, dv1, dv2, sp.r.kx, 0, nk, (size_t)KVH * HS, (float *)NULL);
+        }
     } else {
         sd_fallback(err);
     }
@@ -919,17 +947,34 @@ static void fwd_launch(float *out, float *lse, const float *q, const float *k, c
     CU_LAUNCHED();
 }
 
-static void attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
-                          const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
-                          int window) {
-    if (N <= 0) return;
-    if (attn_path == ATT_CUDNN && sd_forward(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window)) return;
+// the tensor-core or exact f32 paths (f32 activations)
+static void attention_fwd_f32(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *pos, const int32_t *a0, const int32_t *a1, const int32_t *b0, int N,
+                              int NH, int KVH, int HS, int window) {
     if (use_mm(HS)) {
         pq_attn_mm_forward(&amm_engine, out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
         return;
     }
     float scale = 1.0f / sqrtf((float)HS);
     NV_DISPATCH(HS, fwd_launch<NV>(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window, scale));
+}
+
+// bf16 activations: cuDNN reads q, k, v and writes out as they are; where it does not serve the call, the
+// other paths on f32 copies (the fallback)
+static void attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
+                          const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
+                          int window) {
+    if (N <= 0) return;
+    bool bf = pq_cuda_act_bf16();
+    if (attn_path == ATT_CUDNN && sd_forward(bf, out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window)) return;
+    if (bf) {
+        size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS;
+        PqActFallback fb;
+        attention_fwd_f32(fb.out(out, nq), lse, fb.in(q, nq), fb.in(k, nk), fb.in(v, nk), pos, a0, a1, b0, N, NH, KVH,
+                          HS, window);
+        return;
+    }
+    attention_fwd_f32(out, lse, q, k, v, pos, a0, a1, b0, N, NH, KVH, HS, window);
 }
 
 extern "C" void pq_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -962,13 +1007,10 @@ static void bwd_launch(float *dq, float *dk, float *dv, const float *dout, const
     CU_LAUNCHED();
 }
 
-static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                          const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
-                          const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
-    if (N <= 0) return;
-    if (attn_path == ATT_CUDNN && lse &&
-        sd_backward(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window))
-        return;
+static void attention_bwd_f32(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                              const float *v, const float *out, const float *lse, const int32_t *pos,
+                              const int32_t *a0, const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS,
+                              int window) {
     if (use_mm(HS)) {
         pq_attn_mm_backward(&amm_engine, dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS,
                             window);
@@ -980,6 +1022,24 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, co
     attn_dot_kernel<<<pq_blocks(warps * 32, 256), 256, 0, pq_cuda_stream>>>(D, dout, out, (int)warps, HS);
     CU_LAUNCHED();
     NV_DISPATCH(HS, bwd_launch<NV>(dq, dk, dv, dout, q, k, v, lse, D, pos, a0, a1, b0, N, NH, KVH, HS, window, scale));
+}
+
+static void attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                          const float *v, const float *out, const float *lse, const int32_t *pos, const int32_t *a0,
+                          const int32_t *a1, const int32_t *b0, int N, int NH, int KVH, int HS, int window) {
+    if (N <= 0) return;
+    bool bf = pq_cuda_act_bf16();
+    if (attn_path == ATT_CUDNN && lse &&
+        sd_backward(bf, dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window))
+        return;
+    if (bf) {
+        size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS;
+        PqActFallback fb;
+        attention_bwd_f32(fb.out(dq, nq), fb.out(dk, nk), fb.out(dv, nk), fb.in(dout, nq), fb.in(q, nq),
+                          fb.in(k, nk), fb.in(v, nk), fb.in(out, nq), lse, pos, a0, a1, b0, N, NH, KVH, HS, window);
+        return;
+    }
+    attention_bwd_f32(dq, dk, dv, dout, q, k, v, out, lse, pos, a0, a1, b0, N, NH, KVH, HS, window);
 }
 
 extern "C" void pq_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,

@@ -92,6 +92,58 @@ void *pq_cuda_scratch(int slot, size_t bytes) {
     return scr[slot];
 }
 
+// ---- activation storage: the bf16 fallback's pool and conversions ----
+
+static void *act_pool[PQ_ACT_FB_MAX];
+static size_t act_pool_cap[PQ_ACT_FB_MAX];
+static int act_fb_depth; // > 0 inside a PqActFallback: the ops run their f32 code
+
+bool pq_cuda_act_bf16(void) { return act_fb_depth == 0 && pq_ops_act_dtype() == PQ_BF16; }
+void pq_act_fallback_enter(void) { act_fb_depth++; }
+void pq_act_fallback_leave(void) { act_fb_depth--; }
+
+float *pq_act_pool(int k, size_t n) {
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    if (bytes > act_pool_cap[k]) { // (cudaFree waits for the kernels that may still read the old buffer)
+        ensure_device();
+        if (act_pool[k]) CU(cudaFree(act_pool[k]));
+        size_t cap = bytes + bytes / 4;
+        CU(cudaMalloc(&act_pool[k], cap));
+        act_pool_cap[k] = cap;
+        scr_gen++;
+        note_usage();
+    }
+    return (float *)act_pool[k];
+}
+
+__global__ void act_widen_kernel(float *dst, const __nv_bfloat16 *src, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __bfloat162float(src[i]);
+}
+__global__ void act_narrow_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+// out (n) bf16 += t (n) f32, the sum in f32 rounded once
+__global__ void act_add_kernel(__nv_bfloat16 *out, const float *t, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16_rn(__bfloat162float(out[i]) + t[i]);
+}
+
+void pq_act_widen(float *dst, const void *src, size_t n) {
+    if (!n) return;
+    act_widen_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+        dst, (const __nv_bfloat16 *)src, n);
+    CU_LAUNCHED();
+}
+void pq_act_narrow(void *dst, const float *src, size_t n) {
+    if (!n) return;
+    act_narrow_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dst, src,
+                                                                                         n);
+    CU_LAUNCHED();
+}
+
 extern "C" void pq_ops_set_threads(int n) { pq_cpu_set_threads(n); }
 extern "C" int pq_ops_threads(void) { return pq_cpu_threads(); }
 
@@ -269,16 +321,19 @@ struct LtPlan {
     cublasLtMatmulAlgo_t algo;
     bool ok; // false: no algorithm for this shape (cublasGemmEx serves it)
 };
-typedef std::tuple<int, int, int, int, int, int, int, int, int, int> LtKey; // ta tb M N K lda ldb ldc dt beta0
+// ta tb M N K lda ldb ldc dt beta0 ct bias
+typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int, int> LtKey;
 static std::map<LtKey, LtPlan> lt_plans;
 static cublasLtHandle_t lt;
 static void *lt_ws;
 static int lt_state; // 0 not decided, 1 on, -1 off (PQ_GEMM=cublas, or cuBLASLt failed)
 
-// The plan of a product's shape, made once: descriptors and the heuristic's first algorithm.
+// The plan of a product's shape, made once: descriptors and the heuristic's first algorithm. C (and D) of
+// dtype ct (f32, or bf16 for bf16 activations); bias: with cuBLASLt's bias epilogue (an f32 vector of M,
+// added in f32 before D is rounded; no plan where cuBLASLt refuses it).
 static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, int lda, int ldb, int ldc,
-                       cudaDataType dt, bool beta0) {
-    LtKey key(ta, tb, M, N, K, lda, ldb, ldc, (int)dt, beta0);
+                       cudaDataType dt, bool beta0, cudaDataType ct = CUDA_R_32F, bool bias = false) {
+    LtKey key(ta, tb, M, N, K, lda, ldb, ldc, (int)dt, beta0, (int)ct, bias);
     auto it = lt_plans.find(key);
     if (it != lt_plans.end()) return &it->second;
     LtPlan p;
@@ -288,7 +343,16 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int M, int N,
     CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     CUBLAS(cublasLtMatrixLayoutCreate(&p.a, dt, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M, lda));
     CUBLAS(cublasLtMatrixLayoutCreate(&p.b, dt, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K, ldb));
-    CUBLAS(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, M, N, ldc));
+    CUBLAS(cublasLtMatrixLayoutCreate(&p.c, ct, M, N, ldc));
+    bool epi_ok = true;
+    if (bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        int32_t bt = CUDA_R_32F;
+        epi_ok = cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) ==
+                     CUBLAS_STATUS_SUCCESS &&
+                 cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt) ==
+                     CUBLAS_STATUS_SUCCESS;
+    }
     cublasLtMatmulPreference_t pref;
     CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = LT_WORKSPACE;
@@ -300,7 +364,8 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int M, int N,
     CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align, sizeof align));
     cublasLtMatmulHeuristicResult_t res;
     int n = 0;
-    p.ok = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n) == CUBLAS_STATUS_SUCCESS &&
+    p.ok = epi_ok &&
+           cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n) == CUBLAS_STATUS_SUCCESS &&
            n > 0;
     if (p.ok) p.algo = res.algo;
     cublasLtMatmulPreferenceDestroy(pref);
@@ -308,9 +373,11 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int M, int N,
 }
 
 // C = alpha op(A) op(B) + beta C through cuBLASLt; false (nothing done) where it is off, has no
-// algorithm for the shape, or a pointer is not 16-byte aligned (cublasGemmEx serves those).
+// algorithm for the shape, or a pointer is not 16-byte aligned (cublasGemmEx serves those). C of dtype ct;
+// bias (f32, M) or NULL: added by the epilogue.
 static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
-                    const void *B, cudaDataType dt, int lda, int ldb, float beta, float *C, int ldc) {
+                    const void *B, cudaDataType dt, int lda, int ldb, float beta, void *C, int ldc,
+                    cudaDataType ct = CUDA_R_32F, const float *bias = NULL) {
     if (lt_state == 0) {
         const char *g = getenv("PQ_GEMM");
         lt_state = g && !strcmp(g, "cublas") ? -1 : 1;
@@ -320,9 +387,12 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
             lt_ws = pq_dev_alloc(LT_WORKSPACE);
         }
     }
-    if (lt_state < 0 || (((uintptr_t)A | (uintptr_t)B | (uintptr_t)C) & 15)) return false;
-    LtPlan *p = lt_plan(ta, tb, M, N, K, lda, ldb, ldc, dt, beta == 0.0f);
+    if (lt_state < 0 || (((uintptr_t)A | (uintptr_t)B | (uintptr_t)C | (uintptr_t)bias) & 15)) return false;
+    LtPlan *p = lt_plan(ta, tb, M, N, K, lda, ldb, ldc, dt, beta == 0.0f, ct, bias != NULL);
     if (!p->ok) return false;
+    if (bias && cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
+                    CUBLAS_STATUS_SUCCESS)
+        return false;
     cublasStatus_t st = cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, &p->algo, lt_ws,
                                        LT_WORKSPACE, pq_cuda_stream);
     if (st != CUBLAS_STATUS_SUCCESS) { // not expected: said once; this shape goes to cublasGemmEx from now on
@@ -350,6 +420,39 @@ static void gemm_raw(cublasOperation_t ta, cublasOperation_t tb, int M, int N, i
     if (lt_gemm(ta, tb, M, N, K, alpha, A, B, dt, lda, ldb, beta, C, ldc)) return;
     CUBLAS(cublasGemmEx(h, ta, tb, M, N, K, &alpha, A, dt, lda, B, dt, ldb, &beta, C, CUDA_R_32F, ldc,
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// one thread per element of col-major C (M,N), ldc: C bf16 = t (M,N) f32 packed + bias[row], rounded once
+__global__ void bias_narrow_kernel(__nv_bfloat16 *C, const float *t, const float *bias, int M, int N, int ldc) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (size_t)M * N) return;
+    size_t m = x % M, j = x / M;
+    C[j * ldc + m] = __float2bfloat16_rn(t[x] + bias[m]);
+}
+
+// bf16 activations: col-major C (M,N) bf16 = alpha op(A) op(B) (+ bias (M, f32) on each column) + beta C,
+// A and B bf16 (a weight and a bf16 activation, nothing converted), f32 accumulation, the sum (with beta C
+// and the bias) rounded once to C. Through cuBLASLt with the bias epilogue where it serves the shape, else
+// cublasGemmEx writing bf16, or (a bias without the epilogue, beta 0 only) f32 in scratch then bias_narrow.
+static void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
+                      const void *B, int lda, int ldb, float beta, void *C, int ldc, const float *bias) {
+    if (M == 0 || N == 0) return;
+    if (lt_gemm(ta, tb, M, N, K, alpha, A, B, CUDA_R_16BF, lda, ldb, beta, C, ldc, CUDA_R_16BF, bias)) return;
+    if (!bias) {
+        CUBLAS(cublasGemmEx(pq_cuda_blas(), ta, tb, M, N, K, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta,
+                            C, CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    if (beta != 0.0f) {
+        fprintf(stderr, "pq: internal error: a bf16 product with a bias and beta %g\n", beta);
+        abort();
+    }
+    size_t n = (size_t)M * N;
+    float *t = (float *)pq_cuda_scratch(PQ_SCR_ACT, n * sizeof(float));
+    gemm_raw(ta, tb, M, N, K, alpha, A, B, PQ_BF16, lda, ldb, 0.0f, t, M);
+    bias_narrow_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)C, t, bias,
+                                                                                          M, N, ldc);
+    CU_LAUNCHED();
 }
 
 void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K, float alpha, const void *A,
@@ -433,17 +536,15 @@ __device__ float block_max(float v) {
 
 // ---- forward operations ----
 
-template <typename T> __global__ void embedding_kernel(float *out, const int32_t *ids, const T *wte, int N, int C) {
+template <typename T, typename A>
+__global__ void embedding_kernel(A *out, const int32_t *ids, const T *wte, int N, int C) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * C) return;
     size_t i = idx / C, c = idx % C;
-    out[idx] = pq_ld(wte, (size_t)ids[i] * C + c);
+    pq_st(out, idx, pq_ld(wte, (size_t)ids[i] * C + c));
 }
 
-// ids (N), wte (V,C) -> out (N,C)
-extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C) {
-    size_t n = (size_t)N * C;
-    if (!n) return;
+template <typename A> static void embedding(A *out, const int32_t *ids, const PqWeight *wte, int N, int C, size_t n) {
     unsigned g = pq_blocks(n, PQ_EW_THREADS);
     if (wte->dtype == PQ_F32)
         embedding_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, ids, (const float *)wte->data, N, C);
@@ -454,49 +555,81 @@ extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWei
     CU_LAUNCHED();
 }
 
-// one block per row
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *weight, int C,
-                                       float eps) {
+// ids (N), wte (V,C) -> out (N,C)
+extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWeight *wte, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    if (pq_cuda_act_bf16()) embedding((pq_bf16 *)out, ids, wte, N, C, n);
+    else embedding(out, ids, wte, N, C, n);
+}
+
+// one block per row; T the activations' type (f32 or bf16)
+template <typename T>
+__global__ void rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const float *weight, int C, float eps) {
     size_t i = blockIdx.x;
-    const float *x = inp + i * C;
-    float *o = out + i * C;
+    const T *x = inp + i * C;
+    T *o = out + i * C;
     float ss = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += x[c] * x[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xv = pq_ld(x, c);
+        ss += xv * xv;
+    }
     ss = block_sum(ss);
     float r = (float)(1.0 / sqrt((double)ss / C + eps));
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = x[c] * r * weight[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) pq_st(o, c, pq_ld(x, c) * r * weight[c]);
     if (rstd && threadIdx.x == 0) rstd[i] = r;
 }
 
 extern "C" void pq_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                                    float eps) {
     if (N <= 0) return;
-    rmsnorm_forward_kernel<<<N, 256, 0, pq_cuda_stream>>>(out, rstd, inp, weight, C, eps);
+    if (pq_cuda_act_bf16())
+        rmsnorm_forward_kernel<<<N, 256, 0, pq_cuda_stream>>>((pq_bf16 *)out, rstd, (const pq_bf16 *)inp, weight, C,
+                                                              eps);
+    else
+        rmsnorm_forward_kernel<<<N, 256, 0, pq_cuda_stream>>>(out, rstd, inp, weight, C, eps);
     CU_LAUNCHED();
 }
 
-// one block per row: x += y, then the norm of the new x (twin: pq_cpu_residual_rmsnorm_forward)
-__global__ void residual_rmsnorm_kernel(float *out, float *rstd, float *x, const float *y, const float *weight, int C,
+// one block per row: x += y, then the norm of the new x (twin: pq_cpu_residual_rmsnorm_forward). f32: x
+// written in the first pass and read back. bf16: the norm is of the sum in f32 (not of its rounding), so the
+// first pass only sums squares and the second recomputes each x + y (the same thread's elements in both
+// passes), then stores x and out rounded.
+template <typename T>
+__global__ void residual_rmsnorm_kernel(T *out, float *rstd, T *x, const T *y, const float *weight, int C,
                                         float eps) {
+    constexpr bool f32 = sizeof(T) == sizeof(float);
     size_t i = blockIdx.x;
-    float *xi = x + i * C, *o = out + i * C;
-    const float *yi = y + i * C;
+    T *xi = x + i * C, *o = out + i * C;
+    const T *yi = y + i * C;
     float ss = 0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float v = xi[c] + yi[c];
-        xi[c] = v;
+        float v = pq_ld(xi, c) + pq_ld(yi, c);
+        if (f32) pq_st(xi, c, v);
         ss += v * v;
     }
     ss = block_sum(ss); // (synchronises: every x[c] of the row is written before it is read back below)
     float r = (float)(1.0 / sqrt((double)ss / C + eps));
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = xi[c] * r * weight[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        if (f32) {
+            pq_st(o, c, pq_ld(xi, c) * r * weight[c]);
+        } else {
+            float v = pq_ld(xi, c) + pq_ld(yi, c);
+            pq_st(xi, c, v);
+            pq_st(o, c, v * r * weight[c]);
+        }
+    }
     if (rstd && threadIdx.x == 0) rstd[i] = r;
 }
 
 extern "C" void pq_residual_rmsnorm_forward(float *out, float *rstd, float *x, const float *y, const float *weight,
                                             int N, int C, float eps) {
     if (N <= 0) return;
-    residual_rmsnorm_kernel<<<N, 256, 0, pq_cuda_stream>>>(out, rstd, x, y, weight, C, eps);
+    if (pq_cuda_act_bf16())
+        residual_rmsnorm_kernel<<<N, 256, 0, pq_cuda_stream>>>((pq_bf16 *)out, rstd, (pq_bf16 *)x,
+                                                               (const pq_bf16 *)y, weight, C, eps);
+    else
+        residual_rmsnorm_kernel<<<N, 256, 0, pq_cuda_stream>>>(out, rstd, x, y, weight, C, eps);
     CU_LAUNCHED();
 }
 
@@ -507,9 +640,20 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 
 // inp (N,C), weight (OC,C), bias (OC) -> out (N,OC). Column-major view:
 // out^T (OC,N) = W (OC,C) inp^T (C,N), W being the stored (C,OC) transposed.
+// bf16 activations: a bf16 weight's product reads inp and writes out as they are, the bias added by the
+// GEMM's epilogue; an f16 or f32 weight (not a bf16-storage model's: pq_ops_act_choose) through the fallback.
 extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
                                   int C, int OC) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        if (weight->dtype == PQ_BF16) {
+            gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight->data, inp, C, C, 0.0f, out, OC, bias);
+        } else {
+            PqActFallback fb;
+            pq_linear_forward(fb.out(out, (size_t)N * OC), fb.in(inp, (size_t)N * C), weight, bias, N, C, OC);
+        }
+        return;
+    }
     if (pq_cuda_gemv_fits(inp, weight, N, C)) {
         pq_cuda_gemv(out, inp, weight, bias, N, C, OC);
         return;
@@ -538,7 +682,7 @@ static bool group_same(const PqWeight *w, int n) {
 extern "C" void pq_linear_group_forward(float *const *out, const float *inp, const PqWeight *w,
                                         const float *const *bias, int n, int N, int C) {
     if (N <= 0) return;
-    if (!group_same(w, n)) {
+    if (!group_same(w, n) || pq_cuda_act_bf16()) { // (bf16 activations: nothing to convert once for all)
         for (int t = 0; t < n; t++) pq_linear_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
         return;
     }
@@ -578,9 +722,8 @@ static void from_col_major(float *dst, const float *src, int rows, int cols, int
 }
 
 // inp (N,C), A (r,C), B (OC,r) -> xa (N,r) = inp A^T; out (N,OC) += scale xa B^T
-extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
-                                int N, int C, int OC, int r) {
-    if (N <= 0) return;
+// xa (N,r) = inp A^T, inp f32
+static void lora_xa(float *xa, const float *inp, const float *A, int N, int C, int r) {
     if (lora_gemm_kind() == PQ_LORA_SGEMM_T) { // xa (N,r) col-major = inp A^T: N as the long side
         float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, (size_t)N * r * sizeof(float));
         sgemm(CUBLAS_OP_T, CUBLAS_OP_N, N, r, C, 1.0f, inp, C, A, C, 0.0f, t, N);
@@ -588,11 +731,28 @@ extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const f
     } else {
         sgemm(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, A, C, inp, C, 0.0f, xa, r);
     }
+}
+
+// bf16 activations: xa from an f32 copy of inp (the fallback's: the f32 LoRA products have no bf16 x f32
+// form), then lora_up_forward's bf16 +=
+extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
+                                int N, int C, int OC, int r) {
+    if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        {
+            PqActFallback fb;
+            lora_xa(xa, fb.in(inp, (size_t)N * C), A, N, C, r);
+        }
+        pq_lora_up_forward(out, xa, B, scale, N, OC, r);
+        return;
+    }
+    lora_xa(xa, inp, A, N, C, r);
     pq_lora_up_forward(out, xa, B, scale, N, OC, r);
 }
 
 // one thread per (token, head, d < HS/2); dir +1 forward, -1 backward
-__global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
+template <typename T>
+__global__ void rope_kernel(T *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
     int half = HS / 2;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * NH * half) return;
@@ -601,21 +761,25 @@ __global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq,
     size_t i = ih / NH;
     float a = (float)pos[i] * inv_freq[d];
     float c = cosf(a), s = sinf(a);
-    float *v = x + ih * HS;
-    float x0 = v[d], x1 = v[d + half];
+    T *v = x + ih * HS;
+    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
     if (dir > 0) {
-        v[d] = x0 * c - x1 * s;
-        v[d + half] = x1 * c + x0 * s;
+        pq_st(v, d, x0 * c - x1 * s);
+        pq_st(v, d + half, x1 * c + x0 * s);
     } else {
-        v[d] = x0 * c + x1 * s;
-        v[d + half] = x1 * c - x0 * s;
+        pq_st(v, d, x0 * c + x1 * s);
+        pq_st(v, d + half, x1 * c - x0 * s);
     }
 }
 
 static void rope(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
     size_t n = (size_t)N * NH * (HS / 2);
     if (!n) return;
-    rope_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(x, pos, inv_freq, N, NH, HS, dir);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (pq_cuda_act_bf16())
+        rope_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((pq_bf16 *)x, pos, inv_freq, N, NH, HS, dir);
+    else
+        rope_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(x, pos, inv_freq, N, NH, HS, dir);
     CU_LAUNCHED();
 }
 
@@ -624,30 +788,39 @@ extern "C" void pq_rope_forward(float *x, const int32_t *pos, const float *inv_f
     rope(x, pos, inv_freq, N, NH, HS, 1);
 }
 
-__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n) {
+template <typename T> __global__ void swiglu_forward_kernel(T *out, const T *gate, const T *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    float g = pq_ld(gate, i);
+    pq_st(out, i, g / (1.0f + expf(-g)) * pq_ld(up, i));
 }
 
 // gate (N,H), up (N,H) -> out (N,H)
 extern "C" void pq_swiglu_forward(float *out, const float *gate, const float *up, int N, int H) {
     size_t n = (size_t)N * H;
     if (!n) return;
-    swiglu_forward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, gate, up, n);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (pq_cuda_act_bf16())
+        swiglu_forward_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((pq_bf16 *)out, (const pq_bf16 *)gate,
+                                                                       (const pq_bf16 *)up, n);
+    else
+        swiglu_forward_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, gate, up, n);
     CU_LAUNCHED();
 }
 
-__global__ void residual_kernel(float *x, const float *y, size_t n) {
+template <typename T> __global__ void residual_kernel(T *x, const T *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += y[i];
+    if (i < n) pq_st(x, i, pq_ld(x, i) + pq_ld(y, i));
 }
 
 // x (n) += y (n)
 extern "C" void pq_residual_forward(float *x, const float *y, size_t n) {
     if (!n) return;
-    residual_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(x, y, n);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (pq_cuda_act_bf16())
+        residual_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((pq_bf16 *)x, (const pq_bf16 *)y, n);
+    else
+        residual_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(x, y, n);
     CU_LAUNCHED();
 }
 
@@ -699,17 +872,24 @@ __global__ void logp_final_kernel(float *logp, float *lse, const float *m, const
     logp[i] = targets[i] >= 0 ? tl[i] - l : 0.0f;
 }
 
-// h (N,C), lm_head (V,C), targets (N) -> logp (N), lse (N)
+// h (N,C), lm_head (V,C), targets (N) -> logp (N), lse (N). bf16 activations: h is already the bf16 the
+// product reads (a bf16 head); an f16 head's through the fallback.
 extern "C" void pq_logp_forward(float *logp, float *lse, const float *h, const PqWeight *lm_head,
                                 const int32_t *targets, int N, int C, int V) {
     if (N <= 0) return;
+    bool bf = pq_cuda_act_bf16();
+    if (bf && lm_head->dtype != PQ_BF16) {
+        PqActFallback fb;
+        pq_logp_forward(logp, lse, fb.in(h, (size_t)N * C), lm_head, targets, N, C, V);
+        return;
+    }
     int vc = vocab_chunk(N, V);
     size_t wsz = pq_dtype_size(lm_head->dtype);
     float *rows = (float *)pq_cuda_scratch(PQ_SCR_ROWS, (size_t)3 * N * sizeof(float));
     float *m = rows, *s = rows + N, *tl = rows + 2 * N;
     float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
-    float us;
-    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
+    float us = 1.0f;
+    const void *hb = bf ? (const void *)h : to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
     lse_init_kernel<<<pq_blocks(N, 256), 256, 0, pq_cuda_stream>>>(m, s, tl, N);
     CU_LAUNCHED();
     for (int v0 = 0; v0 < V; v0 += vc) {
@@ -726,49 +906,101 @@ extern "C" void pq_logp_forward(float *logp, float *lse, const float *h, const P
 
 // ---- backward operations ----
 
-__global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp, const float *weight,
-                                        const float *rstd, int C) {
+template <typename T>
+__global__ void rmsnorm_backward_kernel(T *dinp, const T *dout, const T *inp, const float *weight, const float *rstd,
+                                        int C) {
     size_t i = blockIdx.x;
-    const float *dy = dout + i * C, *x = inp + i * C;
-    float *dx = dinp + i * C;
+    const T *dy = dout + i * C, *x = inp + i * C;
+    T *dx = dinp + i * C;
     float dot = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += weight[c] * dy[c] * x[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += weight[c] * pq_ld(dy, c) * pq_ld(x, c);
     dot = block_sum(dot);
     float r = rstd[i];
     float k = dot * r * r * r / C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * dy[c] - x[c] * k;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        pq_st(dx, c, pq_ld(dx, c) + (r * weight[c] * pq_ld(dy, c) - pq_ld(x, c) * k));
 }
 
 // dout (N,C), inp (N,C), weight (C), rstd (N) -> dinp (N,C) +=
 extern "C" void pq_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *weight,
                                     const float *rstd, int N, int C) {
     if (N <= 0) return;
-    rmsnorm_backward_kernel<<<N, 256, 0, pq_cuda_stream>>>(dinp, dout, inp, weight, rstd, C);
+    if (pq_cuda_act_bf16())
+        rmsnorm_backward_kernel<<<N, 256, 0, pq_cuda_stream>>>((pq_bf16 *)dinp, (const pq_bf16 *)dout,
+                                                               (const pq_bf16 *)inp, weight, rstd, C);
+    else
+        rmsnorm_backward_kernel<<<N, 256, 0, pq_cuda_stream>>>(dinp, dout, inp, weight, rstd, C);
     CU_LAUNCHED();
 }
 
 // dout (N,OC), weight (OC,C) -> dinp (N,C) += dout weight. Column-major:
 // dinp^T (C,N) += W^T (C,OC) dout^T (OC,N), W^T being the stored (C,OC).
+// bf16 activations: a bf16 weight's product reads dout as it is and accumulates into dinp (beta 1: dinp read,
+// the sum in f32, rounded once); other weights through the fallback.
 extern "C" void pq_linear_backward(float *dinp, const float *dout, const PqWeight *weight, int N, int C, int OC) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        if (weight->dtype == PQ_BF16) {
+            gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, weight->data, dout, C, OC, 1.0f, dinp, C, NULL);
+        } else {
+            PqActFallback fb;
+            pq_linear_backward(fb.inout(dinp, (size_t)N * C), fb.in(dout, (size_t)N * OC), weight, N, C, OC);
+        }
+        return;
+    }
     pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, 1.0f, weight->data, weight->dtype, C, dout, OC, N, 1.0f, dinp,
                    C, PQ_SCR_ACT);
 }
 
 // dinp (N,C) += sum_t dout[t] (N,OC_t) w[t] (OC_t,C): one product per member accumulating into dinp (each
 // dout[t] is converted anyway, so gathering them side by side first would only add a copy)
+// bf16 activations: with n > 1 bf16 weights the members' products accumulate into an f32 copy of dinp (read
+// once, rounded once at the end, as one "+=" op), each reading its dout as it is; n 1: linear_backward's.
 extern "C" void pq_linear_group_backward(float *dinp, const float *const *dout, const PqWeight *w, int n, int N,
                                          int C) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16() && n > 1) {
+        bool bf = true;
+        for (int t = 0; t < n; t++) bf = bf && w[t].dtype == PQ_BF16;
+        PqActFallback fb;
+        float *acc = fb.inout(dinp, (size_t)N * C);
+        if (bf) {
+            for (int t = 0; t < n; t++) // acc^T (C,N) += W_t^T (C,OC_t) dout_t^T (OC_t,N), as pq_linear_backward
+                gemm_raw(CUBLAS_OP_N, CUBLAS_OP_N, C, N, w[t].rows, 1.0f, w[t].data, dout[t], PQ_BF16, C, w[t].rows,
+                         1.0f, acc, C);
+        } else {
+            for (int t = 0; t < n; t++)
+                pq_linear_backward(acc, fb.in(dout[t], (size_t)N * w[t].rows), &w[t], N, C, w[t].rows);
+        }
+        return;
+    }
     for (int t = 0; t < n; t++) pq_linear_backward(dinp, dout[t], &w[t], N, C, w[t].rows);
 }
 
 // dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;
 // dinp (N,C) += dxa A  (each written column-major as its transpose)
+// bf16 activations: dout and inp read as f32 copies (the fallback's: the LoRA products are f32), dinp's
+// product into f32 scratch and added into the bf16 dinp (read once, rounded once)
 extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
                                  const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                                  int r) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        {
+            PqActFallback fb;
+            pq_lora_backward(NULL, dA, dB, dxa, fb.in(dout, (size_t)N * OC), fb.in(inp, (size_t)N * C), xa, A, B,
+                             scale, N, C, OC, r);
+        }
+        if (dinp) {
+            size_t n = (size_t)N * C;
+            float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, n * sizeof(float));
+            sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 0.0f, t, C);
+            act_add_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dinp, t,
+                                                                                              n);
+            CU_LAUNCHED();
+        }
+        return;
+    }
     pq_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
     sgemm(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, C, dxa, r, 1.0f, dA, C);
     if (dinp) sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 1.0f, dinp, C);
@@ -778,13 +1010,13 @@ extern "C" void pq_rope_backward(float *dx, const int32_t *pos, const float *inv
     rope(dx, pos, inv_freq, N, NH, HS, -1);
 }
 
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
-                                       size_t n) {
+template <typename T>
+__global__ void swiglu_backward_kernel(T *dgate, T *dup, const T *dout, const T *gate, const T *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-    dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
-    dup[i] = dout[i] * g * s;
+    float g = pq_ld(gate, i), s = 1.0f / (1.0f + expf(-g)), dy = pq_ld(dout, i), u = pq_ld(up, i);
+    pq_st(dgate, i, dy * u * s * (1.0f + g * (1.0f - s)));
+    pq_st(dup, i, dy * g * s);
 }
 
 // dout (N,H), gate (N,H), up (N,H) -> dgate (N,H) =, dup (N,H) =
@@ -792,8 +1024,12 @@ extern "C" void pq_swiglu_backward(float *dgate, float *dup, const float *dout, 
                                    int N, int H) {
     size_t n = (size_t)N * H;
     if (!n) return;
-    swiglu_backward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(dgate, dup, dout, gate,
-                                                                                              up, n);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (pq_cuda_act_bf16())
+        swiglu_backward_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+            (pq_bf16 *)dgate, (pq_bf16 *)dup, (const pq_bf16 *)dout, (const pq_bf16 *)gate, (const pq_bf16 *)up, n);
+    else
+        swiglu_backward_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(dgate, dup, dout, gate, up, n);
     CU_LAUNCHED();
 }
 
@@ -812,15 +1048,25 @@ __global__ void logp_dz_kernel(float *z, const float *dlogp, const int32_t *targ
     }
 }
 
-// dlogp (N), h (N,C), lm_head (V,C), targets (N), lse (N) -> dh (N,C) +=
+// dlogp (N), h (N,C), lm_head (V,C), targets (N), lse (N) -> dh (N,C) +=. bf16 activations: h read as it
+// is (a bf16 head), dh accumulated over the vocab chunks in f32 (the fallback's copy) and rounded once;
+// an f16 head's through the fallback.
 extern "C" void pq_logp_backward(float *dh, const float *dlogp, const float *h, const PqWeight *lm_head,
                                  const int32_t *targets, const float *lse, int N, int C, int V) {
     if (N <= 0) return;
+    const void *hbf = NULL; // bf16 activations: the bf16 h the products read
+    PqActFallback *fb = NULL;
+    if (pq_cuda_act_bf16()) {
+        fb = new PqActFallback;
+        if (lm_head->dtype == PQ_BF16) hbf = h;
+        else h = fb->in(h, (size_t)N * C);
+        dh = fb->inout(dh, (size_t)N * C);
+    }
     int vc = vocab_chunk(N, V);
     size_t wsz = pq_dtype_size(lm_head->dtype);
     float *lg = (float *)pq_cuda_scratch(PQ_SCR_LOGITS, (size_t)N * vc * sizeof(float));
-    float us;
-    const void *hb = to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
+    float us = 1.0f;
+    const void *hb = hbf ? hbf : to_dtype(PQ_SCR_ACT, h, (size_t)N * C, lm_head->dtype, &us);
     for (int v0 = 0; v0 < V; v0 += vc) {
         int n = V - v0 < vc ? V - v0 : vc;
         const char *w = (const char *)lm_head->data + (size_t)v0 * C * wsz;
@@ -831,6 +1077,7 @@ extern "C" void pq_logp_backward(float *dh, const float *dlogp, const float *h, 
         pq_cuda_gemm_w(CUBLAS_OP_N, CUBLAS_OP_N, C, N, n, 1.0f, w, lm_head->dtype, C, lg, n, N, 1.0f, dh, C,
                        PQ_SCR_ACT2);
     }
+    delete fb; // (bf16 activations: dh narrowed back)
 }
 
 // splitmix64, exactly as ops_grad_cpu.c: the same (seed, index) gives the same mask
@@ -841,9 +1088,10 @@ __device__ __forceinline__ uint64_t mix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-__global__ void dropout_kernel(float *out, const float *inp, float keep, uint64_t thr, uint64_t seed, size_t n) {
+template <typename T>
+__global__ void dropout_kernel(T *out, const T *inp, float keep, uint64_t thr, uint64_t seed, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = mix64(seed ^ mix64(i)) < thr ? 0.0f : inp[i] * keep;
+    if (i < n) pq_st(out, i, mix64(seed ^ mix64(i)) < thr ? 0.0f : pq_ld(inp, i) * keep);
 }
 
 // dropout_forward's threshold (p * 2^64, as the CPU) and scale; p 0: no mask
@@ -857,7 +1105,12 @@ extern "C" void pq_dropout_forward(float *out, const float *inp, float p, uint64
     if (!n) return;
     float keep;
     uint64_t thr = drop_thr(p, &keep);
-    dropout_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, inp, keep, thr, seed, n);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (pq_cuda_act_bf16())
+        dropout_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((pq_bf16 *)out, (const pq_bf16 *)inp, keep, thr, seed,
+                                                                n);
+    else
+        dropout_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(out, inp, keep, thr, seed, n);
     CU_LAUNCHED();
 }
 
@@ -900,8 +1153,8 @@ __device__ __forceinline__ void drop_stage(float *s, int stride, float v, size_t
 // mask, A[t]'s chunk beside it; a thread sums one (row, column) of each t in registers.
 #define LXA_ROWS 16
 #define LXA_K 64
-template <int NT>
-__global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const float *x, float keep, uint64_t thr,
+template <int NT, typename T>
+__global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const T *x, float keep, uint64_t thr,
                                                             int drop, int N, int C, int r) {
     __shared__ float sx[NT][LXA_ROWS][LXA_K + 1];
     __shared__ float sa[NT][16][LXA_K + 1];
@@ -913,7 +1166,8 @@ __global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const f
         for (int e = tid; e < LXA_ROWS * LXA_K; e += 256) {
             int i = e / LXA_K, c = e % LXA_K, in = i0 + i < N && c0 + c < C;
             size_t xi = (size_t)(i0 + i) * C + c0 + c;
-            drop_stage<NT>(&sx[0][i][c], LXA_ROWS * (LXA_K + 1), in ? x[xi] : 0.0f, xi, in, g, keep, thr, drop);
+            drop_stage<NT>(&sx[0][i][c], LXA_ROWS * (LXA_K + 1), in ? pq_ld(x, xi) : 0.0f, xi, in, g, keep, thr,
+                           drop);
         }
         for (int e = tid; e < 16 * LXA_K; e += 256) {
             int k = e / LXA_K, c = e % LXA_K, in = k0 + k < r && c0 + c < C;
@@ -937,8 +1191,8 @@ __global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const f
 // its sums go to part (split, t, r, C), reduced in a fixed order after, or with one split straight into dA.
 #define LDA_COLS 64
 #define LDA_ROWS 16
-template <int NT>
-__global__ void __launch_bounds__(256) lora_dA_group_kernel(LoraGroup g, const float *x, float *part, int rows_per,
+template <int NT, typename T>
+__global__ void __launch_bounds__(256) lora_dA_group_kernel(LoraGroup g, const T *x, float *part, int rows_per,
                                                             float keep, uint64_t thr, int drop, int N, int C, int r) {
     __shared__ float sx[NT][LDA_ROWS][LDA_COLS];
     __shared__ float sd[NT][LDA_ROWS][16];
@@ -954,7 +1208,7 @@ __global__ void __launch_bounds__(256) lora_dA_group_kernel(LoraGroup g, const f
         for (int e = tid; e < LDA_ROWS * LDA_COLS; e += 256) {
             int i = e / LDA_COLS, c = e % LDA_COLS, in = i0 + i < ie && c0 + c < C;
             size_t xi = (size_t)(i0 + i) * C + c0 + c;
-            drop_stage<NT>(&sx[0][i][c], LDA_ROWS * LDA_COLS, in ? x[xi] : 0.0f, xi, in, g, keep, thr, drop);
+            drop_stage<NT>(&sx[0][i][c], LDA_ROWS * LDA_COLS, in ? pq_ld(x, xi) : 0.0f, xi, in, g, keep, thr, drop);
         }
         for (int e = tid; e < LDA_ROWS * 16; e += 256) {
             int i = e / 16, k = e % 16, in = i0 + i < ie && k0 + k < r;
@@ -998,8 +1252,8 @@ __global__ void lora_dA_reduce_kernel(LoraGroup g, const float *part, int S, int
 
 // dx (N,C) += sum_t drop_t(dxa[t] A[t]) (dxa in g.a, A in g.b): LDX_ROWS x LDX_COLS tiles, each t's
 // product in registers added through its mask into a total, dx read and written once.
-template <int NT>
-__global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, LoraGroup g, float keep, uint64_t thr,
+template <int NT, typename T>
+__global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(T *dx, LoraGroup g, float keep, uint64_t thr,
                                                                  int drop, int N, int C, int r) {
     extern __shared__ float sdx[]; // (NT, LDX_ROWS, rp): r padded with zeros to whole chunks of 16
     int c = blockIdx.x * LDX_COLS + threadIdx.x, i0 = blockIdx.y * LDX_ROWS, rp = (r + 15) / 16 * 16;
@@ -1036,37 +1290,49 @@ __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(float *dx, Lora
     }
 #pragma unroll
     for (int i = 0; i < LDX_ROWS; i++)
-        if (i < nr) dx[(size_t)(i0 + i) * C + c] += tot[i];
+        if (i < nr) {
+            size_t e = (size_t)(i0 + i) * C + c;
+            pq_st(dx, e, pq_ld(dx, e) + tot[i]);
+        }
 }
 
-#define LORA_GROUP_LAUNCH(kern, n, grid, block, smem, ...)                                                           \
+// (T the activations' type, a template parameter of the kernels after NT)
+#define LORA_GROUP_LAUNCH(kern, T, n, grid, block, smem, ...)                                                        \
     switch (n) {                                                                                                     \
-    case 1: kern<1><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                      \
-    case 2: kern<2><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                      \
-    case 3: kern<3><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                      \
-    default: kern<4><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                     \
+    case 1: kern<1, T><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                   \
+    case 2: kern<2, T><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                   \
+    case 3: kern<3, T><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                   \
+    default: kern<4, T><<<grid, block, smem, pq_cuda_stream>>>(__VA_ARGS__); break;                                  \
     }
 
-extern "C" void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed,
-                                 float p, int n, int N, int C, int r) {
-    if (N <= 0 || r <= 0) return;
+template <typename T>
+static void lora_xa_group(float *const *xa, const T *x, const float *const *A, const uint64_t *seed, float p, int n,
+                          int N, int C, int r) {
     float keep;
     uint64_t thr = drop_thr(p, &keep);
     for (int t0 = 0; t0 < n; t0 += PQ_LORA_GROUP) { // more than a group: PQ_LORA_GROUP at a time
         int m = n - t0 < PQ_LORA_GROUP ? n - t0 : PQ_LORA_GROUP;
         LoraGroup g = lora_group(A + t0, NULL, xa + t0, seed ? seed + t0 : NULL, m);
         dim3 grid((N + LXA_ROWS - 1) / LXA_ROWS, (r + 15) / 16);
-        LORA_GROUP_LAUNCH(lora_xa_group_kernel, m, grid, 256, 0, g, x, keep, thr, p > 0, N, C, r);
+        LORA_GROUP_LAUNCH(lora_xa_group_kernel, T, m, grid, 256, 0, g, x, keep, thr, p > 0, N, C, r);
         CU_LAUNCHED();
     }
+}
+
+// (bf16 activations: x read as bf16, everything else f32)
+extern "C" void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed,
+                                 float p, int n, int N, int C, int r) {
+    if (N <= 0 || r <= 0) return;
+    if (pq_cuda_act_bf16()) lora_xa_group(xa, (const pq_bf16 *)x, A, seed, p, n, N, C, r);
+    else lora_xa_group(xa, x, A, seed, p, n, N, C, r);
 }
 
 // The N rows in splits for about LDA_BLOCKS blocks in all (a function of the shape only: the same sums
 // in the same order on every run).
 #define LDA_BLOCKS 528
-extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed,
-                                 float p, int n, int N, int C, int r) {
-    if (N <= 0 || C <= 0 || r <= 0) return;
+template <typename T>
+static void lora_dA_group(float *const *dA, const float *const *dxa, const T *x, const uint64_t *seed, float p, int n,
+                          int N, int C, int r) {
     float keep;
     uint64_t thr = drop_thr(p, &keep);
     int base = (C + LDA_COLS - 1) / LDA_COLS * ((r + 15) / 16), chunks = (N + LDA_ROWS - 1) / LDA_ROWS;
@@ -1080,7 +1346,7 @@ extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, cons
         LoraGroup g = lora_group(dxa + t0, NULL, dA + t0, seed ? seed + t0 : NULL, m);
         float *part = S > 1 ? (float *)pq_cuda_scratch(PQ_SCR_LORA, (size_t)S * m * r * C * sizeof(float)) : NULL;
         dim3 grid((C + LDA_COLS - 1) / LDA_COLS, S, (r + 15) / 16);
-        LORA_GROUP_LAUNCH(lora_dA_group_kernel, m, grid, 256, 0, g, x, part, rows_per, keep, thr, p > 0, N, C, r);
+        LORA_GROUP_LAUNCH(lora_dA_group_kernel, T, m, grid, 256, 0, g, x, part, rows_per, keep, thr, p > 0, N, C, r);
         CU_LAUNCHED();
         if (part) {
             size_t ne = (size_t)m * r * C;
@@ -1091,9 +1357,16 @@ extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, cons
     }
 }
 
-extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed,
+extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed,
                                  float p, int n, int N, int C, int r) {
     if (N <= 0 || C <= 0 || r <= 0) return;
+    if (pq_cuda_act_bf16()) lora_dA_group(dA, dxa, (const pq_bf16 *)x, seed, p, n, N, C, r);
+    else lora_dA_group(dA, dxa, x, seed, p, n, N, C, r);
+}
+
+template <typename T>
+static void lora_dx_group(T *dx, const float *const *dxa, const float *const *A, const uint64_t *seed, float p, int n,
+                          int N, int C, int r) {
     float keep;
     uint64_t thr = drop_thr(p, &keep);
     for (int t0 = 0; t0 < n; t0 += PQ_LORA_GROUP) {
@@ -1102,13 +1375,23 @@ extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float
         dim3 grid((C + LDX_COLS - 1) / LDX_COLS, (N + LDX_ROWS - 1) / LDX_ROWS);
         size_t smem = (size_t)m * LDX_ROWS * ((r + 15) / 16 * 16) * sizeof(float);
         if (smem > 48 * 1024) {
-            void (*k[])(float *, LoraGroup, float, uint64_t, int, int, int, int) = {
-                lora_dx_group_kernel<1>, lora_dx_group_kernel<2>, lora_dx_group_kernel<3>, lora_dx_group_kernel<4>};
+            void (*k[])(T *, LoraGroup, float, uint64_t, int, int, int, int) = {
+                lora_dx_group_kernel<1, T>, lora_dx_group_kernel<2, T>, lora_dx_group_kernel<3, T>,
+                lora_dx_group_kernel<4, T>};
             CU(cudaFuncSetAttribute(k[m - 1], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         }
-        LORA_GROUP_LAUNCH(lora_dx_group_kernel, m, grid, LDX_COLS, smem, dx, g, keep, thr, p > 0, N, C, r);
+        LORA_GROUP_LAUNCH(lora_dx_group_kernel, T, m, grid, LDX_COLS, smem, dx, g, keep, thr, p > 0, N, C, r);
         CU_LAUNCHED();
     }
+}
+
+// (bf16 activations: dx read and written as bf16, each element rounded once per call; more than PQ_LORA_GROUP
+// adapters: once per group of them)
+extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed,
+                                 float p, int n, int N, int C, int r) {
+    if (N <= 0 || C <= 0 || r <= 0) return;
+    if (pq_cuda_act_bf16()) lora_dx_group((pq_bf16 *)dx, dxa, A, seed, p, n, N, C, r);
+    else lora_dx_group(dx, dxa, A, seed, p, n, N, C, r);
 }
 
 // one adapter: lora_dx_group's kernel
@@ -1117,9 +1400,18 @@ extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, 
     pq_lora_dx_group(dx, &dxa, &A, &seed, p, 1, N, C, r);
 }
 
-// out (N,OC) += scale xa B^T
+// out (N,OC) += scale xa B^T. bf16 activations: the f32 product into scratch, then added to out (read once,
+// rounded once)
 extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        size_t n = (size_t)N * OC;
+        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, n * sizeof(float));
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 0.0f, t, OC);
+        act_add_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)out, t, n);
+        CU_LAUNCHED();
+        return;
+    }
     sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
 }
 
@@ -1127,6 +1419,11 @@ extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, 
 extern "C" void pq_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B,
                                     float scale, int N, int OC, int r) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) { // (dout widened by the fallback)
+        PqActFallback fb;
+        pq_lora_up_backward(dB, dxa, fb.in(dout, (size_t)N * OC), xa, B, scale, N, OC, r);
+        return;
+    }
     if (lora_gemm_kind() == PQ_LORA_SGEMM_T) {
         size_t big = (size_t)(OC > N ? OC : N) * r;
         float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, big * sizeof(float));

@@ -78,6 +78,77 @@ __device__ __forceinline__ float pq_ld(const float *p, size_t i) { return p[i]; 
 __device__ __forceinline__ float pq_ld(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ float pq_ld(const __half *p, size_t i) { return __half2float(p[i]); }
 
+// ---- activation storage (ops.h's PQ_ACTIVATIONS) ----
+// With bf16 storage every activation argument of ops.h / ops_grad.h points at
+// __nv_bfloat16 elements (typed float *). Each op then loads them as f32,
+// computes in f32 and stores each activation output rounded once (to nearest
+// even); a "+=" output is read, accumulated in f32, rounded. The elementwise
+// kernels are templated on the activation type (pq_ld / pq_st); an op without
+// a native bf16 path widens its activations into f32 scratch, runs its f32
+// code and narrows its outputs back (PqActFallback), so every op is correct in
+// either storage.
+typedef __nv_bfloat16 pq_bf16;
+__device__ __forceinline__ void pq_st(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void pq_st(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+// Whether this op's activation arguments are bf16: the process's storage
+// (pq_ops_act_dtype), but f32 inside a PqActFallback (the f32 code it runs).
+bool pq_cuda_act_bf16(void);
+// n elements each way on pq_cuda_stream: dst f32 = src bf16; dst bf16 = src f32 rounded to nearest even
+void pq_act_widen(float *dst, const void *src, size_t n);
+void pq_act_narrow(void *dst, const float *src, size_t n);
+// The fallback pool's buffer k (f32 elements), grown on demand (never shrunk).
+float *pq_act_pool(int k, size_t n);
+void pq_act_fallback_enter(void);
+void pq_act_fallback_leave(void);
+
+// An op's fallback in bf16 storage, for as long as the object lives: in()
+// gives an f32 copy of a bf16 activation input, out() f32 scratch for an
+// "=" output, inout() an f32 copy of a "+=" or in-place one; the outputs are
+// narrowed back (rounded once) when the object goes out of scope, after the
+// f32 code has been queued on the stream. The same pointer asked twice (an
+// output that is also an input) gets the same copy. NULL stays NULL. Inside,
+// pq_cuda_act_bf16() is false, so the pq_* ops called see f32.
+#define PQ_ACT_FB_MAX 12
+struct PqActFallback {
+    struct Ent {
+        const void *orig;
+        float *wide;
+        size_t n;
+        bool wid, back; // widened from the original; narrowed back at the end
+    } e[PQ_ACT_FB_MAX];
+    int ne;
+    PqActFallback() : ne(0) { pq_act_fallback_enter(); }
+    ~PqActFallback() {
+        for (int i = 0; i < ne; i++)
+            if (e[i].back) pq_act_narrow((void *)e[i].orig, e[i].wide, e[i].n);
+        pq_act_fallback_leave();
+    }
+    PqActFallback(const PqActFallback &) = delete;
+    PqActFallback &operator=(const PqActFallback &) = delete;
+    float *get(const void *p, size_t n, bool widen, bool back) {
+        if (!p) return NULL;
+        for (int i = 0; i < ne; i++)
+            if (e[i].orig == p && e[i].n == n) { // (the arguments are gathered before the f32 code runs)
+                if (widen && !e[i].wid) pq_act_widen(e[i].wide, p, n);
+                e[i].wid = e[i].wid || widen, e[i].back = e[i].back || back;
+                return e[i].wide;
+            }
+        if (ne == PQ_ACT_FB_MAX) {
+            fprintf(stderr, "pq: internal error: more than %d activations in one bf16 fallback\n", PQ_ACT_FB_MAX);
+            abort();
+        }
+        float *w = pq_act_pool(ne, n);
+        if (widen) pq_act_widen(w, p, n);
+        e[ne].orig = p, e[ne].wide = w, e[ne].n = n, e[ne].wid = widen, e[ne].back = back;
+        ne++;
+        return w;
+    }
+    const float *in(const float *p, size_t n) { return get(p, n, true, false); }
+    float *out(float *p, size_t n) { return get(p, n, false, true); }
+    float *inout(float *p, size_t n) { return get(p, n, true, true); }
+};
+
 // C (M,N) col-major = alpha op(A) op(B) + beta C, where A is a weight (its
 // dtype) and B an f32 activation: B is converted to A's dtype (bf16/f16) in
 // scratch and the product runs on tensor cores with f32 accumulation; f32

@@ -28,6 +28,7 @@
 #include "ops_grad.h"
 #include "model.h"
 #include "optim.h"
+#include "st_write.h"
 #include "train.h"
 
 static double now_s(void) {
@@ -190,16 +191,31 @@ static float *dev_rand(size_t n, float a) {
     return d;
 }
 
+// n random activations (the storage's dtype: f32, or bf16 under PQ_ACTIVATIONS=bf16) in [-a, a]
+static float *dev_act_rand(size_t n, float a) {
+    if (pq_act_size() == 4) return dev_rand(n, a);
+    uint16_t *h = pq_xmalloc((n ? n : 1) * 2);
+    for (size_t i = 0; i < n; i++)
+        h[i] = pq_f32_to_bf16(a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1));
+    float *d = pq_dev_alloc(pq_act_bytes(n ? n : 1));
+    pq_dev_upload(d, h, n * 2);
+    free(h);
+    return d;
+}
+
 static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, double peak) {
     const PqConfig *c = &m->cfg;
     const PqLayerW *w = &m->layers[0];
     int C = c->C, H = c->H, NH = c->NH, KVH = c->KVH, HS = c->HS, QD = NH * HS, KD = KVH * HS;
     int W = C > H ? C : H;
     W = W > QD ? W : QD;
-    float *x = dev_rand((size_t)N * W, 1), *y = dev_rand((size_t)N * W, 1), *z = dev_rand((size_t)N * W, 1);
-    float *u = dev_rand((size_t)N * W, 1);
-    float *q = dev_rand((size_t)N * QD, 1), *k = dev_rand((size_t)N * KD, 1), *v = dev_rand((size_t)N * KD, 1);
-    float *att = dev_rand((size_t)N * QD, 1), *lse = pq_dev_alloc((size_t)N * NH * 4), *rstd = pq_dev_alloc((size_t)N * 4);
+    // (activations in the storage's dtype; buffers allocated as f32 are merely larger than bf16 needs)
+    float *x = dev_act_rand((size_t)N * W, 1), *y = dev_act_rand((size_t)N * W, 1);
+    float *z = dev_act_rand((size_t)N * W, 1), *u = dev_act_rand((size_t)N * W, 1);
+    float *q = dev_act_rand((size_t)N * QD, 1), *k = dev_act_rand((size_t)N * KD, 1);
+    float *v = dev_act_rand((size_t)N * KD, 1);
+    float *att = dev_act_rand((size_t)N * QD, 1);
+    float *lse = pq_dev_alloc((size_t)N * NH * 4), *rstd = pq_dev_alloc((size_t)N * 4);
     float *dq = pq_dev_alloc((size_t)N * QD * 4), *dk = pq_dev_alloc((size_t)N * KD * 4), *dv = pq_dev_alloc((size_t)N * KD * 4);
     float *A = dev_rand((size_t)r * W, 0.01f), *B = dev_rand((size_t)W * r, 0.01f), *xa = pq_dev_alloc((size_t)N * r * 4);
     float *dA = pq_dev_alloc((size_t)r * W * 4), *dB = pq_dev_alloc((size_t)W * r * 4), *dxa = pq_dev_alloc((size_t)N * r * 4);
@@ -213,8 +229,8 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
     int32_t *tg = pq_dev_alloc((size_t)M * 4);
     pq_dev_upload(tg, htg, (size_t)M * 4);
     float *lp = pq_dev_alloc((size_t)M * 4), *dlp = dev_rand((size_t)M, 1), *llse = pq_dev_alloc((size_t)M * 4);
-    printf("ops of one layer at %d tokens (%d records) on the %s backend, bf16 weights:\n", N, N / (hpos[N - 1] + 1),
-           pq_ops_backend());
+    printf("ops of one layer at %d tokens (%d records) on the %s backend, bf16 weights, %s activations:\n", N,
+           N / (hpos[N - 1] + 1), pq_ops_backend(), pq_dtype_name(pq_ops_act_dtype()));
     double ms, lin_fwd = 0, lin_bwd = 0, lora_fwd = 0, lora_bwd = 0, other_fwd = 0, other_bwd = 0;
     // q, k, v and gate, up one by one (the model runs each set as one group, timed below)
     double qkv_fwd = 0, qkv_bwd = 0, gu_fwd = 0, gu_bwd = 0;
@@ -711,8 +727,16 @@ int main(int argc, char **argv) {
         return 3;
     }
     const PqConfig *c = &m->cfg;
-    printf("model: %s shape, L=%d C=%d NH=%d KVH=%d H=%d V=%d, RANDOM bf16 weights made on the %s in %.1f s\n",
-           argv[1], c->L, c->C, c->NH, c->KVH, c->H, c->V, pq_ops_backend(), now_s() - t0);
+    // the activations' storage as the tools choose it (PQ_ACTIVATIONS=f32|bf16), before any activation buffer;
+    // generation runs f32 only
+    if (strcmp(what, "gen") && pq_ops_act_choose(c->dtype, e.msg, sizeof e.msg) < 0) {
+        fprintf(stderr, "bench-7b: %s\n", e.msg);
+        return 2;
+    }
+    const char *act = pq_dtype_name(pq_ops_act_dtype());
+    printf("model: %s shape, L=%d C=%d NH=%d KVH=%d H=%d V=%d, RANDOM bf16 weights made on the %s in %.1f s, "
+           "%s activations\n",
+           argv[1], c->L, c->C, c->NH, c->KVH, c->H, c->V, pq_ops_backend(), now_s() - t0, act);
     int N = T * S;
     int prompt = T / 2; // responses: the second half of each sequence
     int32_t *ids = pq_xmalloc((size_t)N * 4), *pos = pq_xmalloc((size_t)N * 4), *tg = pq_xmalloc((size_t)N * 4);
@@ -742,9 +766,9 @@ int main(int argc, char **argv) {
         double sum = 0;
         for (int k = 0; k < N; k++) sum += lp[k];
         if (!isfinite(sum)) rc = 1;
-        printf("logp: %d sequences x %d tokens, %.3f s per forward, %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% "
-               "(of %.0f TFLOP/s), mean logp %.3f\n",
-               S, T, dt, N / dt, flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), peak, sum / M);
+        printf("logp: %d sequences x %d tokens, %s activations, %.3f s per forward, %.0f tokens/s, %.1f TFLOP/s, "
+               "MFU %.1f%% (of %.0f TFLOP/s), mean logp %.3f\n",
+               S, T, act, dt, N / dt, flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), peak, sum / M);
         printf("RESULT logp_tokens_per_s %.0f\nRESULT logp_mfu %.3f\nRESULT logp_peak_gb %.1f\n", N / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
     }
@@ -794,10 +818,11 @@ int main(int argc, char **argv) {
         }
         dt /= iters;
         if (!isfinite(loss)) rc = 1;
-        printf("dpo: %d pair(s) of 2 x %d tokens, LoRA r=%d on q,k,v,o,gate,up,down, %s%s, %.3f s per step "
+        printf("dpo: %d pair(s) of 2 x %d tokens, %s activations, LoRA r=%d on q,k,v,o,gate,up,down, %s%s, "
+               "%.3f s per step "
                "(clipping and AdamW included), %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%%, loss %.4f, "
                "peak device memory %.1f GB\n",
-               np, T, r, tr->checkpoint ? "activation checkpointing" : "all activations kept",
+               np, T, act, r, tr->checkpoint ? "activation checkpointing" : "all activations kept",
                ckpt == PQ_CKPT_AUTO ? " (auto)" : "", dt, Nd / dt,
                flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), loss, pq_dev_peak_bytes() / 1e9);
         printf("RESULT dpo_tokens_per_s %.0f\nRESULT dpo_mfu %.3f\nRESULT dpo_peak_gb %.1f\n", Nd / dt,

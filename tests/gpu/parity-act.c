@@ -1,0 +1,701 @@
+// parity-act.c: every op of the CUDA backend with bf16 activation storage
+// (ops.h's PQ_ACTIVATIONS=bf16) against the CPU oracle as the contract
+// states it: random inputs rounded to bf16 are uploaded as bf16, the CUDA op
+// runs, its bf16 outputs come back widened; the oracle runs pq_cpu_* in f32
+// on the same (widened) values and rounds each activation output once to
+// bf16 (a "+=" output from its rounded start). f32 outputs (rstd, lse, logp,
+// LoRA's xa, dA, dB) are compared as they are. Tolerances, relative to the
+// output's largest magnitude: 0 where both sides round the same f32 (copies,
+// sums, dropout), two bf16 ulps (2^-6) where the f32 values may differ in
+// their last bits (kernels, products in another order), three after a chain
+// of rounded ops, and the bf16 products' own bound (attention's bf16 P,
+// logp's bf16 dz, TF32) added where the CUDA path has them. Native paths and
+// the widening fallback (f16/f32 weights, LoRA's products, attention's
+// tensor-core and f32 paths) are both exercised. Built only with CUDA=1; run
+// by scripts/gpu-check like every parity-* program. Exits 1 on any mismatch.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/sdpa.h"
+#include "cuda/tuning.h"
+#include "gpu_test.h"
+#include "ops_grad.h"
+#include "st_write.h"
+#include "util.h"
+
+#define TOL_EW 1.6e-2  // two ulps of the largest element (2^-7 each at worst)
+#define TOL_CH 2.4e-2  // three: after a chain of rounded ops
+#define TOL_ATT 4e-2   // attention's bf16 probabilities (parity-attn's 3e-2 vs the oracle) and the rounding
+#define TOL_LOGP 1e-3  // logp and lse (f32) from exact bf16 inputs
+#define TOL_DH 2.4e-2  // logp's dz in bf16 (parity-ops' 1.5e-2) and the rounding
+
+static int failures, checks;
+
+static float rb(float x) { return pq_bf16_to_f32(pq_f32_to_bf16(x)); }
+static void round_bf16(float *h, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = rb(h[i]);
+}
+// n random values in [-a, a) that bf16 holds exactly (host f32)
+static float *brand(size_t n, float a) {
+    float *p = hrand(n, a);
+    round_bf16(p, n);
+    return p;
+}
+// a device activation (bf16) of host values
+static float *bdev(const float *h, size_t n) {
+    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
+    for (size_t i = 0; i < n; i++) u[i] = pq_f32_to_bf16(h[i]);
+    float *d = pq_dev_alloc(pq_act_bytes(n));
+    pq_dev_upload(d, u, n * 2);
+    free(u);
+    return d;
+}
+// a device activation of n NaNs (an output not yet written)
+static float *bnan(size_t n) {
+    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
+    for (size_t i = 0; i < n; i++) u[i] = 0x7fc0;
+    float *d = pq_dev_alloc(pq_act_bytes(n));
+    pq_dev_upload(d, u, n * 2);
+    free(u);
+    return d;
+}
+// a device activation of n zeros
+static float *bdev_zero(size_t n) { return pq_dev_alloc(pq_act_bytes(n)); }
+// host f32 of n device bf16
+static float *bdown(const float *d, size_t n) {
+    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
+    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
+    pq_dev_download(u, d, n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(u[i]);
+    free(u);
+    return h;
+}
+
+static void verdict(const char *name, const float *want, const float *got, size_t n, double tol) {
+    double mx = 0, err = 0;
+    size_t bad = (size_t)-1;
+    for (size_t i = 0; i < n; i++) mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
+    double den = mx > 1e-6 ? mx : 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]) / den;
+        if (!(d <= tol) && bad == (size_t)-1) bad = i;
+        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
+    }
+    checks++;
+    if (bad != (size_t)-1) {
+        failures++;
+        printf("FAIL %-52s rel err %.3g > %.3g (first at %zu: cpu %.9g gpu %.9g, max|cpu| %.3g)\n", name, err, tol, bad,
+               want[bad], got[bad], mx);
+    } else {
+        printf("ok   %-52s rel err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
+    }
+}
+// an activation output: the oracle's f32 rounded to bf16 in place (the stored value, which a next op of the
+// oracle then reads), against the device's bf16
+static void acmp(const char *name, float *cpu, const float *gdev, size_t n, double tol) {
+    round_bf16(cpu, n);
+    float *g = bdown(gdev, n);
+    verdict(name, cpu, g, n, tol);
+    free(g);
+}
+// an f32 output
+static void fcmp(const char *name, const float *cpu, const float *gdev, size_t n, double tol) {
+    float *g = down(gdev, n);
+    verdict(name, cpu, g, n, tol);
+    free(g);
+}
+
+// a host weight (rows, cols) of dtype dt with values in [-a, a]
+static PqWeight hweight(int rows, int cols, PqDtype dt, float a) {
+    size_t n = (size_t)rows * cols;
+    float *v = hrand(n, a);
+    void *data;
+    if (dt == PQ_F32) {
+        data = v;
+    } else {
+        uint16_t *u = pq_xmalloc(n * 2);
+        for (size_t i = 0; i < n; i++) u[i] = dt == PQ_BF16 ? pq_f32_to_bf16(v[i]) : pq_f32_to_f16(v[i]);
+        free(v);
+        data = u;
+    }
+    return (PqWeight){data, dt, rows, cols};
+}
+
+static int32_t *packing(const int *lens, int nrec, int *N) {
+    int n = 0;
+    for (int r = 0; r < nrec; r++) n += lens[r];
+    int32_t *pos = pq_xmalloc((size_t)n * sizeof *pos);
+    int k = 0;
+    for (int r = 0; r < nrec; r++)
+        for (int i = 0; i < lens[r]; i++) pos[k++] = i;
+    *N = n;
+    return pos;
+}
+
+static void freev(void **p, size_t n) {
+    for (size_t i = 0; i < n; i++) pq_dev_free(p[i]);
+}
+#define DEV_FREE(...)                                                                                                \
+    do {                                                                                                             \
+        void *p_[] = {__VA_ARGS__};                                                                                  \
+        freev(p_, sizeof p_ / sizeof *p_);                                                                           \
+    } while (0)
+
+// ---- the ops ----
+
+static void test_embedding(PqDtype dt) {
+    int V = 1000, C = 96, N = 77;
+    PqWeight hw = hweight(V, C, dt, 3), dw = pq_dev_weight(hw);
+    int32_t *ids = pq_xmalloc(N * sizeof *ids);
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)(rnd() % V);
+    ids[0] = 0, ids[N - 1] = V - 1;
+    float *cpu = hnan((size_t)N * C), *gout = bnan((size_t)N * C);
+    int32_t *dids = dev(ids, N * sizeof *ids);
+    pq_cpu_embedding_forward(cpu, ids, &hw, N, C);
+    pq_embedding_forward(gout, dids, &dw, N, C);
+    char name[64];
+    snprintf(name, sizeof name, "embedding %s weights", pq_dtype_name(dt));
+    acmp(name, cpu, gout, (size_t)N * C, 0);
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(ids), free(cpu);
+    DEV_FREE(gout, dids);
+}
+
+static void test_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = brand(n, 2), *w = hrand(C, 1.5f), *dy = brand(n, 1), *dx = brand(n, 1);
+    float *out = hnan(n), *rstd = hnan(N);
+    float *gX = bdev(x, n), *gW = dev(w, C * 4), *gDY = bdev(dy, n), *gdx = bdev(dx, n);
+    float *gout = bnan(n), *grstd = dnan(N), *gout2 = bnan(n);
+    pq_cpu_rmsnorm_forward(out, rstd, x, w, N, C, 1e-5f);
+    pq_rmsnorm_forward(gout, grstd, gX, gW, N, C, 1e-5f);
+    pq_rmsnorm_forward(gout2, NULL, gX, gW, N, C, 1e-5f);
+    char name[80];
+    snprintf(name, sizeof name, "rmsnorm_forward rstd C=%d", C);
+    fcmp(name, rstd, grstd, N, 1e-5);
+    pq_cpu_rmsnorm_backward(dx, dy, x, w, rstd, N, C);
+    pq_rmsnorm_backward(gdx, gDY, gX, gW, grstd, N, C);
+    snprintf(name, sizeof name, "rmsnorm_forward out C=%d", C);
+    acmp(name, out, gout, n, TOL_EW);
+    snprintf(name, sizeof name, "rmsnorm_forward out (rstd NULL) C=%d", C);
+    acmp(name, out, gout2, n, TOL_EW);
+    snprintf(name, sizeof name, "rmsnorm_backward dinp += C=%d", C);
+    acmp(name, dx, gdx, n, TOL_EW);
+    free(x), free(w), free(dy), free(dx), free(out), free(rstd);
+    DEV_FREE(gX, gW, gDY, gdx, gout, grstd, gout2);
+}
+
+static void test_residual_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = brand(n, 2), *y = brand(n, 2), *w = hrand(C, 1.5f), *out = hnan(n), *rstd = hnan(N);
+    float *gX = bdev(x, n), *gY = bdev(y, n), *gW = dev(w, C * 4), *gout = bnan(n), *grstd = dnan(N);
+    pq_cpu_residual_rmsnorm_forward(out, rstd, x, y, w, N, C, 1e-5f);
+    pq_residual_rmsnorm_forward(gout, grstd, gX, gY, gW, N, C, 1e-5f);
+    char name[80];
+    snprintf(name, sizeof name, "residual_rmsnorm x += y C=%d", C);
+    acmp(name, x, gX, n, 0);
+    snprintf(name, sizeof name, "residual_rmsnorm out C=%d", C);
+    acmp(name, out, gout, n, TOL_EW);
+    snprintf(name, sizeof name, "residual_rmsnorm rstd C=%d", C);
+    fcmp(name, rstd, grstd, N, 1e-5);
+    free(x), free(y), free(w), free(out), free(rstd);
+    DEV_FREE(gX, gY, gW, gout, grstd);
+}
+
+// Qwen3's per-head q/k norm as model.c and train.c run it: RMSNorm over each head's HS values (N NH rows),
+// then RoPE; backward: RoPE's in place, then the norm's into a zeroed buffer. Each op rounds its output.
+static void test_qk_norm(int N, int NH, int HS) {
+    size_t n = (size_t)N * NH * HS;
+    int R = N * NH;
+    float *x = brand(n, 3), *w = hrand(HS, 1.5f), *dy = brand(n, 1), *inv = pq_xmalloc(HS / 2 * sizeof *inv);
+    int32_t *pos = pq_xmalloc((size_t)N * sizeof *pos);
+    for (int i = 0; i < N; i++) pos[i] = i % 37;
+    for (int d = 0; d < HS / 2; d++) inv[d] = powf(1e6f, -2.0f * d / HS);
+    float *y = hnan(n), *rstd = hnan(R), *dx = pq_xcalloc(n, sizeof *dx);
+    float *gX = bdev(x, n), *gW = dev(w, HS * 4), *gDY = bdev(dy, n), *gY = bnan(n), *gR = dnan(R);
+    float *ginv = dev(inv, HS / 2 * 4), *gdx = bdev_zero(n);
+    int32_t *gpos = dev(pos, (size_t)N * 4);
+    pq_cpu_rmsnorm_forward(y, rstd, x, w, R, HS, 1e-6f);
+    round_bf16(y, n);
+    pq_cpu_rope_forward(y, pos, inv, N, NH, HS);
+    pq_rmsnorm_forward(gY, gR, gX, gW, R, HS, 1e-6f);
+    pq_rope_forward(gY, gpos, ginv, N, NH, HS);
+    char name[80];
+    snprintf(name, sizeof name, "qk_norm + rope forward NH=%d HS=%d", NH, HS);
+    acmp(name, y, gY, n, TOL_CH);
+    pq_cpu_rope_backward(dy, pos, inv, N, NH, HS);
+    round_bf16(dy, n);
+    pq_cpu_rmsnorm_backward(dx, dy, x, w, rstd, R, HS);
+    pq_rope_backward(gDY, gpos, ginv, N, NH, HS);
+    pq_rmsnorm_backward(gdx, gDY, gX, gW, gR, R, HS);
+    snprintf(name, sizeof name, "qk_norm + rope backward NH=%d HS=%d", NH, HS);
+    acmp(name, dx, gdx, n, TOL_CH);
+    free(x), free(w), free(dy), free(inv), free(pos), free(y), free(rstd), free(dx);
+    DEV_FREE(gX, gW, gDY, gY, gR, ginv, gdx, gpos);
+}
+
+// dt bf16: the native product (cuBLASLt writing bf16, the bias by its epilogue, or the GemmEx / scratch
+// paths for shapes it refuses); f16 and f32 weights: the fallback
+static void test_linear(PqDtype dt, int bias, int N, int C, int OC) {
+    PqWeight hw = hweight(OC, C, dt, 0.1f), dw = pq_dev_weight(hw);
+    size_t nx = (size_t)N * C, ny = (size_t)N * OC;
+    float *x = brand(nx, 1), *b = hrand(OC, 1), *dy = brand(ny, 1), *dx = brand(nx, 1), *out = hnan(ny);
+    float *gX = bdev(x, nx), *gB = dev(b, OC * 4), *gDY = bdev(dy, ny), *gdx = bdev(dx, nx), *gout = bnan(ny);
+    pq_cpu_linear_forward(out, x, &hw, bias ? b : NULL, N, C, OC);
+    pq_linear_forward(gout, gX, &dw, bias ? gB : NULL, N, C, OC);
+    char name[96];
+    snprintf(name, sizeof name, "linear_forward %s%s %dx%d->%d", pq_dtype_name(dt), bias ? " bias" : "", N, C, OC);
+    acmp(name, out, gout, ny, TOL_EW);
+    pq_cpu_linear_backward(dx, dy, &hw, N, C, OC);
+    pq_linear_backward(gdx, gDY, &dw, N, C, OC);
+    snprintf(name, sizeof name, "linear_backward += %s %dx%d->%d", pq_dtype_name(dt), N, C, OC);
+    acmp(name, dx, gdx, nx, TOL_EW);
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(x), free(b), free(dy), free(dx), free(out);
+    DEV_FREE(gX, gB, gDY, gdx, gout);
+}
+
+// q, k, v (n 3) or gate, up (n 2) on one input, joined at load or not; bias: a bitmask of the members with one
+static void test_linear_group(PqDtype dt, int n, int bias, int joined, int N) {
+    int C = 256, oc3[3] = {320, 64, 64}, oc2[2] = {448, 448};
+    const int *oc = n == 3 ? oc3 : oc2;
+    PqWeight hw[3], dw[3];
+    float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3], *gout[3], *dy[3], *gdy[3];
+    for (int t = 0; t < n; t++) {
+        hw[t] = dw[t] = hweight(oc[t], C, dt, 0.1f);
+        if (bias >> t & 1) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
+        out[t] = hnan((size_t)N * oc[t]), gout[t] = bnan((size_t)N * oc[t]);
+        dy[t] = brand((size_t)N * oc[t], 1), gdy[t] = bdev(dy[t], (size_t)N * oc[t]);
+    }
+    if (joined) pq_dev_weights(dw, n);
+    else
+        for (int t = 0; t < n; t++) dw[t] = pq_dev_weight(hw[t]);
+    size_t nx = (size_t)N * C;
+    float *x = brand(nx, 1), *dx = brand(nx, 1), *gX = bdev(x, nx), *gdx = bdev(dx, nx);
+    pq_cpu_linear_group_forward(out, x, hw, (const float *const *)b, n, N, C);
+    pq_linear_group_forward(gout, gX, dw, (const float *const *)db, n, N, C);
+    char name[112];
+    for (int t = 0; t < n; t++) {
+        snprintf(name, sizeof name, "linear_group_forward %s n%d%s%s N=%d [%d]", pq_dtype_name(dt), n,
+                 b[t] ? " bias" : "", joined ? " joined" : "", N, t);
+        acmp(name, out[t], gout[t], (size_t)N * oc[t], TOL_EW);
+    }
+    pq_cpu_linear_group_backward(dx, (const float *const *)dy, hw, n, N, C);
+    pq_linear_group_backward(gdx, (const float *const *)gdy, dw, n, N, C);
+    snprintf(name, sizeof name, "linear_group_backward += %s n%d%s N=%d", pq_dtype_name(dt), n,
+             joined ? " joined" : "", N);
+    acmp(name, dx, gdx, nx, TOL_EW);
+    for (int t = 0; t < n; t++) {
+        pq_dev_weight_free(&dw[t]);
+        free((void *)hw[t].data), free(b[t]), free(out[t]), free(dy[t]);
+        DEV_FREE(db[t], gout[t], gdy[t]);
+    }
+    free(x), free(dx);
+    DEV_FREE(gX, gdx);
+}
+
+// lora_forward / lora_backward (the fallback) with the LoRA products' kernel kind
+static void test_lora(int with_dinp, int kind) {
+    static const char *kinds[PQ_LORA_KINDS] = {"sgemm", "tf32", "lt", "sgemm_t"};
+    double ftol = kind == PQ_LORA_TF32 ? 1e-2 : 2e-5, atol = kind == PQ_LORA_TF32 ? TOL_CH : TOL_EW;
+    pq_cuda_set_lora_gemm(kind);
+    int N = 97, C = 200, OC = 150, r = 8;
+    float sc = 2.0f;
+    size_t nx = (size_t)N * C, ny = (size_t)N * OC, nxa = (size_t)N * r;
+    float *x = brand(nx, 1), *A = hrand((size_t)r * C, 0.2f), *B = hrand((size_t)OC * r, 0.2f);
+    float *out = brand(ny, 1), *xa = hnan(nxa), *dy = brand(ny, 1), *dA = hrand((size_t)r * C, 1);
+    float *dB = hrand((size_t)OC * r, 1), *dx = brand(nx, 1), *dxa = hnan(nxa);
+    float *gx = bdev(x, nx), *gA = dev(A, (size_t)r * C * 4), *gB = dev(B, (size_t)OC * r * 4), *gout = bdev(out, ny);
+    float *gxa = dnan(nxa), *gdy = bdev(dy, ny), *gdA = dev(dA, (size_t)r * C * 4);
+    float *gdB = dev(dB, (size_t)OC * r * 4), *gdx = bdev(dx, nx), *gdxa = dnan(nxa);
+    pq_cpu_lora_forward(out, xa, x, A, B, sc, N, C, OC, r);
+    pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
+    char name[96];
+    snprintf(name, sizeof name, "lora_forward out += [%s]", kinds[kind]);
+    acmp(name, out, gout, ny, atol);
+    snprintf(name, sizeof name, "lora_forward xa (f32) [%s]", kinds[kind]);
+    fcmp(name, xa, gxa, nxa, ftol);
+    // the backward from the oracle's xa, on both sides
+    float *gxa_c = dev(xa, nxa * 4);
+    pq_cpu_lora_backward(with_dinp ? dx : NULL, dA, dB, dxa, dy, x, xa, A, B, sc, N, C, OC, r);
+    pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa_c, gA, gB, sc, N, C, OC, r);
+    snprintf(name, sizeof name, "lora_backward dA%s [%s]", with_dinp ? "" : " (no dinp)", kinds[kind]);
+    fcmp(name, dA, gdA, (size_t)r * C, ftol);
+    snprintf(name, sizeof name, "lora_backward dB%s [%s]", with_dinp ? "" : " (no dinp)", kinds[kind]);
+    fcmp(name, dB, gdB, (size_t)OC * r, ftol);
+    snprintf(name, sizeof name, "lora_backward dinp %s [%s]", with_dinp ? "+=" : "untouched", kinds[kind]);
+    acmp(name, dx, gdx, nx, with_dinp ? atol : 0);
+    free(x), free(A), free(B), free(out), free(xa), free(dy), free(dA), free(dB), free(dx), free(dxa);
+    DEV_FREE(gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa, gxa_c);
+    pq_cuda_set_lora_gemm(-1);
+}
+
+// the LoRA group kernels (x and dx bf16, native) and the B side's ops (the fallback)
+static void test_lora_group(int n, int N, int C, int OC, int r, float p) {
+    pq_cuda_set_lora_gemm(PQ_LORA_SGEMM);
+    size_t ne = (size_t)N * C, na = (size_t)r * C, nx = (size_t)N * r, no = (size_t)N * OC;
+    uint64_t seed[4] = {11, 0xabcdef12345ULL, 0x5eed, 7};
+    float *x = brand(ne, 1), *dx = brand(ne, 1), *gx = bdev(x, ne), *gdx = bdev(dx, ne);
+    float *A[4], *xa[4], *dxa[4], *dA[4], *gA[4], *gxa[4], *gdxa[4], *gdA[4];
+    for (int t = 0; t < n; t++) {
+        A[t] = hrand(na, 0.2f), dxa[t] = hrand(nx, 1), dA[t] = hrand(na, 1), xa[t] = hnan(nx);
+        gA[t] = dev(A[t], na * 4), gdxa[t] = dev(dxa[t], nx * 4), gdA[t] = dev(dA[t], na * 4), gxa[t] = dnan(nx);
+    }
+    char name[128];
+    pq_cpu_lora_xa_group(xa, x, (const float *const *)A, seed, p, n, N, C, r);
+    pq_lora_xa_group(gxa, gx, (const float *const *)gA, seed, p, n, N, C, r);
+    pq_cpu_lora_dA_group(dA, (const float *const *)dxa, x, seed, p, n, N, C, r);
+    pq_lora_dA_group(gdA, (const float *const *)gdxa, gx, seed, p, n, N, C, r);
+    pq_cpu_lora_dx_group(dx, (const float *const *)dxa, (const float *const *)A, seed, p, n, N, C, r);
+    pq_lora_dx_group(gdx, (const float *const *)gdxa, (const float *const *)gA, seed, p, n, N, C, r);
+    for (int t = 0; t < n; t++) {
+        snprintf(name, sizeof name, "lora_xa_group n=%d [%d] %dx%d r=%d p=%g", n, t, N, C, r, p);
+        fcmp(name, xa[t], gxa[t], nx, 2e-5);
+        snprintf(name, sizeof name, "lora_dA_group n=%d [%d] %dx%d r=%d p=%g", n, t, N, C, r, p);
+        fcmp(name, dA[t], gdA[t], na, 5e-5);
+    }
+    snprintf(name, sizeof name, "lora_dx_group += n=%d %dx%d r=%d p=%g", n, N, C, r, p);
+    acmp(name, dx, gdx, ne, TOL_EW);
+    float *B = hrand((size_t)OC * r, 0.2f), *out = brand(no, 1), *dout = brand(no, 1), *dB = hrand((size_t)OC * r, 1);
+    float *gB = dev(B, (size_t)OC * r * 4), *gout = bdev(out, no), *gdout = bdev(dout, no);
+    float *gdB = dev(dB, (size_t)OC * r * 4), *gxa0 = dev(xa[0], nx * 4);
+    pq_cpu_lora_up_forward(out, xa[0], B, 1.5f, N, OC, r);
+    pq_lora_up_forward(gout, gxa0, gB, 1.5f, N, OC, r);
+    snprintf(name, sizeof name, "lora_up_forward += %dx%d r=%d", N, OC, r);
+    acmp(name, out, gout, no, TOL_EW);
+    pq_cpu_lora_up_backward(dB, dxa[0], dout, xa[0], B, 1.5f, N, OC, r);
+    pq_lora_up_backward(gdB, gdxa[0], gdout, gxa0, gB, 1.5f, N, OC, r);
+    snprintf(name, sizeof name, "lora_up_backward dB %dx%d r=%d", N, OC, r);
+    fcmp(name, dB, gdB, (size_t)OC * r, 2e-5);
+    snprintf(name, sizeof name, "lora_up_backward dxa %dx%d r=%d", N, OC, r);
+    fcmp(name, dxa[0], gdxa[0], nx, 2e-5);
+    for (int t = 0; t < n; t++) {
+        free(A[t]), free(xa[t]), free(dxa[t]), free(dA[t]);
+        DEV_FREE(gA[t], gxa[t], gdxa[t], gdA[t]);
+    }
+    free(x), free(dx), free(B), free(out), free(dout), free(dB);
+    DEV_FREE(gx, gdx, gB, gout, gdout, gdB, gxa0);
+    pq_cuda_set_lora_gemm(-1);
+}
+
+static void test_rope(void) {
+    int lens[] = {5, 300, 1, 60}, N, NH = 6, HS = 64;
+    int32_t *pos = packing(lens, 4, &N);
+    float *inv = pq_xmalloc(HS / 2 * sizeof *inv);
+    for (int d = 0; d < HS / 2; d++) inv[d] = 1.0f / powf(10000.0f, 2.0f * d / HS);
+    size_t n = (size_t)N * NH * HS;
+    float *x = brand(n, 1), *gx = bdev(x, n), *ginv = dev(inv, HS / 2 * 4);
+    int32_t *gpos = dev(pos, N * 4);
+    pq_cpu_rope_forward(x, pos, inv, N, NH, HS);
+    pq_rope_forward(gx, gpos, ginv, N, NH, HS);
+    acmp("rope_forward in place", x, gx, n, TOL_EW);
+    pq_cpu_rope_backward(x, pos, inv, N, NH, HS);
+    pq_rope_backward(gx, gpos, ginv, N, NH, HS);
+    acmp("rope_backward in place", x, gx, n, TOL_CH);
+    free(pos), free(inv), free(x);
+    DEV_FREE(gx, gpos, ginv);
+}
+
+static void test_elementwise(void) {
+    int N = 131, H = 517;
+    size_t n = (size_t)N * H;
+    float *g = brand(n, 6), *u = brand(n, 2), *dy = brand(n, 1), *out = hnan(n), *dg = hnan(n), *du = hnan(n);
+    float *gg = bdev(g, n), *gu = bdev(u, n), *gdy = bdev(dy, n), *gout = bnan(n), *gdg = bnan(n), *gdu = bnan(n);
+    pq_cpu_swiglu_forward(out, g, u, N, H);
+    pq_swiglu_forward(gout, gg, gu, N, H);
+    acmp("swiglu_forward", out, gout, n, TOL_EW);
+    pq_cpu_swiglu_backward(dg, du, dy, g, u, N, H);
+    pq_swiglu_backward(gdg, gdu, gdy, gg, gu, N, H);
+    acmp("swiglu_backward dgate", dg, gdg, n, TOL_EW);
+    acmp("swiglu_backward dup", du, gdu, n, TOL_EW);
+    // dropout: the same mask, the same f32 product, the same rounding
+    float ps[] = {0.1f, 0.5f, 0.0f};
+    uint64_t seeds[] = {12345, 0xdeadbeefcafeULL, 3};
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        pq_cpu_dropout_forward(out, u, ps[k], seeds[k], n);
+        pq_dropout_forward(gout, gu, ps[k], seeds[k], n);
+        snprintf(name, sizeof name, "dropout_forward p=%g", ps[k]);
+        acmp(name, out, gout, n, 0);
+    }
+    pq_cpu_residual_forward(g, u, n);
+    pq_residual_forward(gg, gu, n);
+    acmp("residual_forward x += y", g, gg, n, 0);
+    // LoRA's input gradient through dropout (dx bf16 +=): tiles with partial edges, ranks around 16, no dropout
+    int shapes[][4] = {{N, H, 16, 10}, {37, 300, 5, 30}, {20, 77, 40, 0}};
+    for (int s = 0; s < 3; s++) {
+        int n2 = shapes[s][0], c2 = shapes[s][1], r2 = shapes[s][2];
+        float pd = (float)shapes[s][3] / 100;
+        size_t ne = (size_t)n2 * c2;
+        float *dxa = hrand((size_t)n2 * r2, 1), *A = hrand((size_t)r2 * c2, 1), *dx = brand(ne, 1);
+        float *gdxa = dev(dxa, (size_t)n2 * r2 * 4), *gA = dev(A, (size_t)r2 * c2 * 4), *gdx = bdev(dx, ne);
+        pq_cpu_lora_dx_dropout(dx, dxa, A, pd, 777 + s, n2, c2, r2);
+        pq_lora_dx_dropout(gdx, gdxa, gA, pd, 777 + s, n2, c2, r2);
+        char nm[96];
+        snprintf(nm, sizeof nm, "lora_dx_dropout += %dx%d r=%d p=%g", n2, c2, r2, pd);
+        acmp(nm, dx, gdx, ne, TOL_EW);
+        free(dxa), free(A), free(dx);
+        DEV_FREE(gdxa, gA, gdx);
+    }
+    free(g), free(u), free(dy), free(out), free(dg), free(du);
+    DEV_FREE(gg, gu, gdy, gout, gdg, gdu);
+}
+
+// Attention on path (PQ_ATTENTION: "cudnn" native bf16, "mm" and "f32" through the fallback), plain
+// (a0 NULL) or over two key ranges (attention2). q_off: q starts that many elements into its buffer (1:
+// not 16-byte aligned, copied for cuDNN).
+typedef struct {
+    const char *name;
+    int N, NH, KVH, HS, window, q_off;
+    const int32_t *pos, *a0, *a1, *b0;
+} Case;
+
+static void attention_case(const Case *c, const char *path) {
+    int N = c->N, NH = c->NH, KVH = c->KVH, HS = c->HS, w = c->window;
+    size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS, nl = (size_t)N * NH;
+    float *q = brand(nq, 2), *k = brand(nk, 2), *v = brand(nk, 1), *dout = brand(nq, 1);
+    float *out = hnan(nq), *lse = hnan(nl), *dq = hnan(nq), *dk = hnan(nk), *dv = hnan(nk);
+    // q at an offset inside a larger buffer: the prefix is zero
+    float *qh = pq_xcalloc(nq + c->q_off, sizeof *qh);
+    memcpy(qh + c->q_off, q, nq * sizeof *q);
+    float *gqbuf = bdev(qh, nq + c->q_off), *gq = pq_act_at(gqbuf, c->q_off);
+    float *gk = bdev(k, nk), *gv = bdev(v, nk), *gdout = bdev(dout, nq);
+    int32_t *gpos = dev(c->pos, (size_t)N * 4), *ga0 = NULL, *ga1 = NULL, *gb0 = NULL;
+    if (c->a0) ga0 = dev(c->a0, (size_t)N * 4), ga1 = dev(c->a1, (size_t)N * 4), gb0 = dev(c->b0, (size_t)N * 4);
+    float *gout = bnan(nq), *glse = dnan(nl), *gdq = bnan(nq), *gdk = bnan(nk), *gdv = bnan(nk);
+    setenv("PQ_ATTENTION", path, 1);
+    pq_ops_set_attention_dtype(PQ_BF16);
+    int calls0 = pq_attention_cudnn_calls();
+    if (c->a0) {
+        pq_cpu_attention2_forward(out, lse, q, k, v, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS, w);
+        pq_attention2_forward(gout, glse, gq, gk, gv, gpos, ga0, ga1, gb0, N, NH, KVH, HS, w);
+    } else {
+        pq_cpu_attention_forward(out, lse, q, k, v, c->pos, N, NH, KVH, HS, w);
+        pq_attention_forward(gout, glse, gq, gk, gv, gpos, N, NH, KVH, HS, w);
+    }
+    int cudnn = !strcmp(path, "cudnn");
+    double tol = strcmp(path, "f32") ? TOL_ATT : TOL_EW;
+    char name[160];
+    snprintf(name, sizeof name, "%s [%s] out", c->name, path);
+    acmp(name, out, gout, nq, tol); // (out rounded: the backward of both reads the stored bf16)
+    snprintf(name, sizeof name, "%s [%s] lse (f32)", c->name, path);
+    fcmp(name, lse, glse, nl, TOL_LOGP);
+    float *gout_c = bdev(out, nq), *glse_c = dev(lse, nl * 4);
+    if (c->a0) {
+        pq_cpu_attention2_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, c->a0, c->a1, c->b0, N, NH, KVH, HS,
+                                   w);
+        pq_attention2_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, ga0, ga1, gb0, N, NH, KVH, HS,
+                               w);
+    } else {
+        pq_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, c->pos, N, NH, KVH, HS, w);
+        pq_attention_backward(gdq, gdk, gdv, gdout, gq, gk, gv, gout_c, glse_c, gpos, N, NH, KVH, HS, w);
+    }
+    int calls = pq_attention_cudnn_calls() - calls0;
+    unsetenv("PQ_ATTENTION");
+    pq_ops_set_attention_dtype(PQ_BF16);
+    snprintf(name, sizeof name, "%s [%s] dq", c->name, path);
+    acmp(name, dq, gdq, nq, tol);
+    snprintf(name, sizeof name, "%s [%s] dk", c->name, path);
+    acmp(name, dk, gdk, nk, tol);
+    snprintf(name, sizeof name, "%s [%s] dv", c->name, path);
+    acmp(name, dv, gdv, nk, tol);
+    if (cudnn) // (whether cuDNN must serve a batch is parity-attn's check; here: which path was compared)
+        printf("     %s: %d cuDNN calls%s%s\n", c->name, calls, calls ? "" : ", the fallback served it: ",
+               calls ? "" : pq_attention_cudnn_error());
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv), free(qh);
+    DEV_FREE(gqbuf, gk, gv, gdout, gpos, ga0, ga1, gb0, gout, glse, gdq, gdk, gdv, gout_c, glse_c);
+}
+
+static void run_attention(const int *lens, int nrec, int NH, int KVH, int HS, int window, int q_off) {
+    Case c = {0};
+    int32_t *pos = packing(lens, nrec, &c.N);
+    char name[96];
+    snprintf(name, sizeof name, "attention N=%d %d/%d HS=%d w=%d%s", c.N, NH, KVH, HS, window,
+             q_off ? " q unaligned" : "");
+    c.name = name, c.NH = NH, c.KVH = KVH, c.HS = HS, c.window = window, c.q_off = q_off, c.pos = pos;
+    const char *paths[] = {"cudnn", "mm", "f32"};
+    for (int p = 0; p < 3; p++) attention_case(&c, paths[p]);
+    free(pos);
+}
+
+// a pair's two responses after one shared prompt, then a plain record
+static void run_attention2(int NH, int KVH, int HS, int window) {
+    int P = 37, Cn = 21, R = 26, X = 40, N = P + Cn + R + X;
+    int32_t *pos = pq_xmalloc(N * 4), *a0 = pq_xmalloc(N * 4), *a1 = pq_xmalloc(N * 4), *b0 = pq_xmalloc(N * 4);
+    for (int i = 0; i < N; i++) {
+        if (i < P + Cn) pos[i] = i, a0[i] = a1[i] = 0, b0[i] = 0;
+        else if (i < P + Cn + R) pos[i] = i - Cn, a0[i] = 0, a1[i] = P, b0[i] = P + Cn;
+        else pos[i] = i - (P + Cn + R), a0[i] = a1[i] = P + Cn + R, b0[i] = P + Cn + R;
+    }
+    char name[96];
+    snprintf(name, sizeof name, "attention2 N=%d %d/%d HS=%d w=%d", N, NH, KVH, HS, window);
+    Case c = {name, N, NH, KVH, HS, window, 0, pos, a0, a1, b0};
+    const char *paths[] = {"cudnn", "mm", "f32"};
+    for (int p = 0; p < 3; p++) attention_case(&c, paths[p]);
+    free(pos), free(a0), free(a1), free(b0);
+}
+
+// bf16 head: h read as bf16 (native), dh accumulated in f32 over the chunks; f16 head: the fallback
+static void test_logp(PqDtype dt, const char *chunk) {
+    if (chunk) setenv("PQ_CUDA_VOCAB_CHUNK", chunk, 1);
+    else unsetenv("PQ_CUDA_VOCAB_CHUNK");
+    int N = 150, C = 128, V = 5003;
+    PqWeight hw = hweight(V, C, dt, 0.5f), dw = pq_dev_weight(hw);
+    size_t nh = (size_t)N * C;
+    float *h = brand(nh, 1), *dl = hrand(N, 1), *dh = brand(nh, 1), *lp = hnan(N), *lse = hnan(N);
+    int32_t *tg = pq_xmalloc(N * sizeof *tg);
+    for (int i = 0; i < N; i++) tg[i] = i % 7 == 3 ? -1 : (int32_t)(rnd() % V);
+    tg[1] = 0, tg[2] = V - 1, dl[5] = 0;
+    float *gh = bdev(h, nh), *gdl = dev(dl, N * 4), *gdh = bdev(dh, nh), *glp = dnan(N), *glse = dnan(N);
+    int32_t *gtg = dev(tg, N * 4);
+    pq_cpu_logp_forward(lp, lse, h, &hw, tg, N, C, V);
+    pq_logp_forward(glp, glse, gh, &dw, gtg, N, C, V);
+    char name[80];
+    const char *ck = chunk ? chunk : "auto";
+    snprintf(name, sizeof name, "logp_forward logp %s head chunk %s", pq_dtype_name(dt), ck);
+    fcmp(name, lp, glp, N, TOL_LOGP);
+    snprintf(name, sizeof name, "logp_forward lse %s head chunk %s", pq_dtype_name(dt), ck);
+    fcmp(name, lse, glse, N, TOL_LOGP);
+    float *glse_c = dev(lse, N * 4);
+    pq_cpu_logp_backward(dh, dl, h, &hw, tg, lse, N, C, V);
+    pq_logp_backward(gdh, gdl, gh, &dw, gtg, glse_c, N, C, V);
+    snprintf(name, sizeof name, "logp_backward dh += %s head chunk %s", pq_dtype_name(dt), ck);
+    acmp(name, dh, gdh, nh, TOL_DH);
+    pq_dev_weight_free(&dw);
+    free((void *)hw.data), free(h), free(dl), free(dh), free(tg), free(lp), free(lse);
+    DEV_FREE(gh, gdl, gdh, gtg, glp, glse, glse_c);
+    unsetenv("PQ_CUDA_VOCAB_CHUNK");
+}
+
+// ---- groups, each runnable alone (scripts/gpu-check reruns them one by one when a run dies) ----
+
+static void g_embedding(void) {
+    test_embedding(PQ_BF16);
+    test_embedding(PQ_F16);
+    test_embedding(PQ_F32);
+}
+static void g_rmsnorm(void) {
+    test_rmsnorm(67, 4096);
+    test_rmsnorm(5, 100);
+    test_residual_rmsnorm(67, 4096);
+    test_residual_rmsnorm(5, 100);
+}
+static void g_qk_norm(void) { // Qwen3: 16 x 128 and 8 x 128, a tiny model's 24, an odd width
+    test_qk_norm(70, 16, 128);
+    test_qk_norm(70, 8, 128);
+    test_qk_norm(41, 4, 24);
+    test_qk_norm(9, 3, 80);
+}
+static void g_linear(void) {
+    // bf16 weights: a training batch, a single row, odd widths (cuBLASLt may refuse: GemmEx, or the bias by
+    // the scratch kernel); f16 and f32 weights through the fallback
+    int shapes[][3] = {{133, 256, 320}, {1, 256, 320}, {5, 100, 77}, {64, 1024, 24}};
+    for (int s = 0; s < 4; s++)
+        for (int b = 0; b < 2; b++) test_linear(PQ_BF16, b, shapes[s][0], shapes[s][1], shapes[s][2]);
+    for (int b = 0; b < 2; b++) {
+        test_linear(PQ_F16, b, 133, 256, 320);
+        test_linear(PQ_F32, b, 133, 256, 320);
+    }
+    for (int k = 0; k < 2; k++) {
+        int N = k ? 1 : 133;
+        for (int j = 0; j < 2; j++) { // q, k, v: every member biased (Qwen2), none, some
+            test_linear_group(PQ_BF16, 3, 7, j, N);
+            test_linear_group(PQ_BF16, 3, 0, j, N);
+            test_linear_group(PQ_BF16, 3, 5, j, N);
+            test_linear_group(PQ_F16, 3, 7, j, N);
+            test_linear_group(PQ_BF16, 2, 0, j, N); // gate, up
+            test_linear_group(PQ_F16, 2, 0, j, N);
+        }
+    }
+}
+static void g_lora(void) {
+    for (int kind = PQ_LORA_SGEMM; kind < PQ_LORA_KINDS; kind++) {
+        test_lora(1, kind);
+        test_lora(0, kind);
+    }
+    for (int n = 1; n <= 4; n++) {
+        test_lora_group(n, 97, 200, 150, 8, 0.1f);
+        test_lora_group(n, 37, 300, 70, 40, 0.3f);
+        test_lora_group(n, 20, 77, 33, 5, 0.0f);
+    }
+    test_lora_group(3, 1000, 1030, 300, 16, 0.05f);
+}
+static void g_rope(void) { test_rope(); }
+static void g_elementwise(void) { test_elementwise(); }
+static void g_attention(void) {
+    int lens1[] = {1, 37, 100, 64, 5}, lens2[] = {200}, lens3[] = {33, 31, 2, 90};
+    int hs[] = {16, 64, 80, 128, 256};
+    for (size_t i = 0; i < sizeof hs / sizeof *hs; i++) run_attention(lens1, 5, 8, 2, hs[i], 0, 0); // GQA 4:1
+    run_attention(lens1, 5, 4, 4, 64, 17, 0);  // window
+    run_attention(lens2, 1, 8, 1, 128, 40, 0); // one record, MQA, window
+    run_attention(lens3, 4, 6, 3, 48, 0, 0);
+    run_attention(lens3, 4, 6, 2, 128, 32, 1); // q not 16-byte aligned
+    run_attention(lens3, 4, 4, 2, 20, 0, 0);   // a head size cuDNN's plan refuses: the fallback
+}
+static void g_attention2(void) {
+    if (!pq_attention2_forward || !pq_attention2_backward) {
+        printf("FAIL attention2 missing from the CUDA backend\n");
+        failures++;
+        return;
+    }
+    run_attention2(8, 2, 64, 0);
+    run_attention2(4, 4, 128, 0);
+    run_attention2(6, 3, 32, 30);
+}
+static void g_logp(void) {
+    test_logp(PQ_BF16, NULL);
+    test_logp(PQ_BF16, "777");
+    test_logp(PQ_F16, "2048");
+}
+
+static const struct {
+    const char *name;
+    void (*run)(void);
+} groups[] = {
+    {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm}, {"linear", g_linear},
+    {"lora", g_lora},           {"rope", g_rope},             {"elementwise", g_elementwise},
+    {"attention", g_attention}, {"attention2", g_attention2}, {"logp", g_logp},
+};
+enum { NGROUPS = sizeof groups / sizeof *groups };
+
+int main(int argc, char **argv) {
+    pq_rng_seed(&gt_rng, 0x5eedbf16ULL);
+    int device = 0, want[NGROUPS] = {0}, any = 0;
+    for (int i = 1; i < argc; i++) {
+        int g = -1;
+        if (!strcmp(argv[i], "--list")) {
+            for (int k = 0; k < NGROUPS; k++) printf("%s\n", groups[k].name);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+            device = atoi(argv[++i]);
+            continue;
+        }
+        for (int k = 0; k < NGROUPS; k++)
+            if (!strcmp(argv[i], groups[k].name)) g = k;
+        if (g < 0) {
+            fprintf(stderr, "usage: parity-act [--device N] [--list] [GROUP...] (no GROUP: all)\n");
+            return 2;
+        }
+        want[g] = any = 1;
+    }
+    if (pq_ops_set_device(device)) {
+        fprintf(stderr, "parity-act: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
+        return 2;
+    }
+    pq_cpu_set_threads(0);
+    // bf16 storage for the whole run, as a bf16 model's pq_ops_act_choose sets it; the oracle (pq_cpu_*) is
+    // plain f32 on host arrays
+    pq_ops_set_act_dtype(PQ_BF16);
+    pq_ops_set_attention_dtype(PQ_BF16);
+    if (pq_ops_act_dtype() != PQ_BF16 || pq_act_size() != 2) {
+        printf("FAIL bf16 activation storage not set\n");
+        return 1;
+    }
+    for (int k = 0; k < NGROUPS; k++)
+        if (!any || want[k]) groups[k].run();
+    printf("%d of %d checks failed\n", failures, checks);
+    return failures ? 1 : 0;
+}
