@@ -152,6 +152,11 @@ void pq_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N,
     pq_cpu_rope_forward(xw, pos, inv_freq, N, NH, HS);
     pq_act_narrow(x, xw, n);
 }
+void pq_rope_qk_forward(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH,
+                        int HS) {
+    pq_rope_forward(q, pos, inv_freq, N, NH, HS);
+    pq_rope_forward(k, pos, inv_freq, N, KVH, HS);
+}
 void pq_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
                           int N, int NH, int KVH, int HS, int window) {
     if (!pq_act_bf16()) {

@@ -59,6 +59,11 @@ void pq_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int 
     pq_cpu_rope_backward(d, pos, inv_freq, N, NH, HS);
     pq_act_narrow(dx, d, n);
 }
+void pq_rope_qk_backward(float *dq, float *dk, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH,
+                         int HS) {
+    pq_rope_backward(dq, pos, inv_freq, N, NH, HS);
+    pq_rope_backward(dk, pos, inv_freq, N, KVH, HS);
+}
 void pq_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *pos, int N, int NH,
                            int KVH, int HS, int window) {

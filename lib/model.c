@@ -444,8 +444,7 @@ void pq_model_layer_forward(const PqModel *m, int l, float *x, const int32_t *po
         pq_rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * c->NH, c->HS, c->eps);
         pq_rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * c->KVH, c->HS, c->eps);
     }
-    pq_rope_forward(a->q, pos, m->inv_freq, N, c->NH, c->HS);
-    pq_rope_forward(a->k, pos, m->inv_freq, N, c->KVH, c->HS);
+    pq_rope_qk_forward(a->q, a->k, pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
     pq_attention_forward(a->att, a->att_lse, a->q, a->k, a->v, pos, N, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
     lin(m, l, PQ_O, a->tmp, a->att, N, a);
     pq_residual_rmsnorm_forward(a->ln2, a->ln2_rstd, x, a->tmp, w->ln2, N, c->C, c->eps);

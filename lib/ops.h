@@ -112,6 +112,9 @@ int pq_ops_act_choose(PqDtype t, char *err, size_t n);
                          int N, int C, int OC, int r);                                                         \
     /* in place: x (N,NH,HS) rotated by pos (N) with inv_freq (HS/2), HF's rotate_half pairing (i, i+HS/2) */  \
     void P##rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);          \
+    /* both of a layer's rotations in one pass: q (N,NH,HS) and k (N,KVH,HS), each as rope_forward */         \
+    void P##rope_qk_forward(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH,       \
+                            int KVH, int HS);                                                                  \
     /* causal GQA attention inside each record (see pos above), only keys j with i - j <= window when         \
        window > 0: q (N,NH,HS), k (N,KVH,HS), v (N,KVH,HS) -> out (N,NH,HS),                                   \
        lse (N,NH) log-sum-exp of the scaled scores (may be NULL; kept for backward) */                         \

@@ -401,3 +401,9 @@ void pq_cpu_logp_forward(float *logp, float *lse, const float *h, const PqWeight
     free(ps);
     free(tl);
 }
+
+void pq_cpu_rope_qk_forward(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH,
+                            int HS) {
+    pq_cpu_rope_forward(q, pos, inv_freq, N, NH, HS);
+    pq_cpu_rope_forward(k, pos, inv_freq, N, KVH, HS);
+}

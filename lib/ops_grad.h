@@ -27,6 +27,9 @@
                           int r);                                                                              \
     /* in place: dx (N,NH,HS), the gradient w.r.t. rope_forward's output, becomes that w.r.t. its input */     \
     void P##rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);        \
+    /* rope_qk_forward's backward: dq (N,NH,HS) and dk (N,KVH,HS) in place, each as rope_backward */          \
+    void P##rope_qk_backward(float *dq, float *dk, const int32_t *pos, const float *inv_freq, int N, int NH,    \
+                             int KVH, int HS);                                                                 \
     /* dout (N,NH,HS), q (N,NH,HS), k, v (N,KVH,HS), out (N,NH,HS), lse (N,NH) of attention_forward ->         \
        dq (N,NH,HS) =, dk (N,KVH,HS) =, dv (N,KVH,HS) = */                                                     \
     void P##attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,             \

@@ -589,3 +589,9 @@ void pq_cpu_lora_up_backward(float *dB, float *dxa, const float *dout, const flo
     psgemm(1, 0, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
     psgemm(0, 0, N, r, OC, scale, dout, OC, B, r, 0.0f, dxa, r);
 }
+
+void pq_cpu_rope_qk_backward(float *dq, float *dk, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH,
+                             int HS) {
+    pq_cpu_rope_backward(dq, pos, inv_freq, N, NH, HS);
+    pq_cpu_rope_backward(dk, pos, inv_freq, N, KVH, HS);
+}

@@ -241,8 +241,7 @@ static void layer_forward(PqTrainer *t, int l, const float *xin, float *xout, Pq
         pq_rmsnorm_forward(a->q, a->q_rstd, a->q_raw, w->q_norm, N * c->NH, c->HS, c->eps);
         pq_rmsnorm_forward(a->k, a->k_rstd, a->k_raw, w->k_norm, N * c->KVH, c->HS, c->eps);
     }
-    pq_rope_forward(a->q, t->pos, t->m->inv_freq, N, c->NH, c->HS);
-    pq_rope_forward(a->k, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
+    pq_rope_qk_forward(a->q, a->k, t->pos, t->m->inv_freq, N, c->NH, c->KVH, c->HS);
     if (t->ka0)
         pq_attention2_forward(a->att, a->att_lse, a->q, a->k, a->v, t->pos, t->ka0, t->ka1, t->kb0, N, c->NH, c->KVH,
                               c->HS, pq_layer_window(c, l));
@@ -343,8 +342,7 @@ void pq_train_backward(PqTrainer *t, const float *dlogp) {
         else
             pq_attention_backward(t->dq, t->dk, t->dv, dh, a->q, a->k, a->v, a->att, a->att_lse, t->pos, N, c->NH, c->KVH,
                                   c->HS, pq_layer_window(c, l));
-        pq_rope_backward(t->dq, t->pos, t->m->inv_freq, N, c->NH, c->HS);
-        pq_rope_backward(t->dk, t->pos, t->m->inv_freq, N, c->KVH, c->HS);
+        pq_rope_qk_backward(t->dq, t->dk, t->pos, t->m->inv_freq, N, c->NH, c->KVH, c->HS);
         if (c->qk_norm) { // through the per-head norms (s1 free here: (N,W) >= (N,QD))
             size_t nq = (size_t)N * c->NH * c->HS, nk = (size_t)N * c->KVH * c->HS;
             pq_dev_zero(s1, pq_act_bytes(nq));

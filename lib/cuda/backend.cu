@@ -788,6 +788,48 @@ extern "C" void pq_rope_forward(float *x, const int32_t *pos, const float *inv_f
     rope(x, pos, inv_freq, N, NH, HS, 1);
 }
 
+// q (N,NH,HS) and k (N,KVH,HS) in one launch: one thread per (token, head of q then k, d < HS/2)
+template <typename T>
+__global__ void rope_qk_kernel(T *q, T *k, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HS,
+                               int dir) {
+    int half = HS / 2, H = NH + KVH;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * H * half) return;
+    int d = (int)(idx % half);
+    size_t ih = idx / half; // token * H + head
+    size_t i = ih / H;
+    int h = (int)(ih % H);
+    float a = (float)pos[i] * inv_freq[d];
+    float c = cosf(a), s = sinf(a);
+    T *v = h < NH ? q + (i * NH + h) * HS : k + (i * KVH + (h - NH)) * HS;
+    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
+    if (dir > 0) {
+        pq_st(v, d, x0 * c - x1 * s);
+        pq_st(v, d + half, x1 * c + x0 * s);
+    } else {
+        pq_st(v, d, x0 * c + x1 * s);
+        pq_st(v, d + half, x1 * c - x0 * s);
+    }
+}
+
+static void rope_qk(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HS,
+                    int dir) {
+    size_t n = (size_t)N * (NH + KVH) * (HS / 2);
+    if (!n) return;
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (pq_cuda_act_bf16())
+        rope_qk_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>((pq_bf16 *)q, (pq_bf16 *)k, pos, inv_freq, N, NH,
+                                                                 KVH, HS, dir);
+    else
+        rope_qk_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(q, k, pos, inv_freq, N, NH, KVH, HS, dir);
+    CU_LAUNCHED();
+}
+
+extern "C" void pq_rope_qk_forward(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH,
+                                   int KVH, int HS) {
+    rope_qk(q, k, pos, inv_freq, N, NH, KVH, HS, 1);
+}
+
 template <typename T> __global__ void swiglu_forward_kernel(T *out, const T *gate, const T *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -1008,6 +1050,10 @@ extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, 
 
 extern "C" void pq_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
     rope(dx, pos, inv_freq, N, NH, HS, -1);
+}
+extern "C" void pq_rope_qk_backward(float *dq, float *dk, const int32_t *pos, const float *inv_freq, int N, int NH,
+                                    int KVH, int HS) {
+    rope_qk(dq, dk, pos, inv_freq, N, NH, KVH, HS, -1);
 }
 
 template <typename T>

@@ -394,6 +394,22 @@ static void test_rope(void) {
     pq_cpu_rope_backward(x, pos, inv, N, NH, HS);
     pq_rope_backward(gx, gpos, ginv, N, NH, HS);
     acmp("rope_backward in place", x, gx, n, TOL_CH);
+    // q and k (GQA) in one launch; the oracle's values, already rounded by acmp, restart both sides
+    int KVH = 2;
+    size_t nk = (size_t)N * KVH * HS;
+    float *k = brand(nk, 1), *gk = bdev(k, nk);
+    pq_dev_free(gx);
+    gx = bdev(x, n);
+    pq_cpu_rope_qk_forward(x, k, pos, inv, N, NH, KVH, HS);
+    pq_rope_qk_forward(gx, gk, gpos, ginv, N, NH, KVH, HS);
+    acmp("rope_qk_forward q", x, gx, n, TOL_EW);
+    acmp("rope_qk_forward k", k, gk, nk, TOL_EW);
+    pq_cpu_rope_qk_backward(x, k, pos, inv, N, NH, KVH, HS);
+    pq_rope_qk_backward(gx, gk, gpos, ginv, N, NH, KVH, HS);
+    acmp("rope_qk_backward q", x, gx, n, TOL_CH);
+    acmp("rope_qk_backward k", k, gk, nk, TOL_CH);
+    free(k);
+    pq_dev_free(gk);
     free(pos), free(inv), free(x);
     DEV_FREE(gx, gpos, ginv);
 }

@@ -403,6 +403,20 @@ static void test_rope(void) {
     pq_cpu_rope_backward(x, pos, inv, N, NH, HS);
     pq_rope_backward(gx, (int32_t *)gpos, ginv, N, NH, HS);
     cmp("rope_backward", x, gx, n, 2e-6);
+    // q and k of GQA heads in one launch, forward then backward
+    int KVH = 2;
+    size_t nk = (size_t)N * KVH * HS;
+    float *k = hrand(nk, 1), *gk = dev(k, nk * 4);
+    pq_dev_upload(gx, x, n * 4);
+    pq_cpu_rope_qk_forward(x, k, pos, inv, N, NH, KVH, HS);
+    pq_rope_qk_forward(gx, gk, (int32_t *)gpos, ginv, N, NH, KVH, HS);
+    cmp("rope_qk_forward q", x, gx, n, 2e-6);
+    cmp("rope_qk_forward k", k, gk, nk, 2e-6);
+    pq_cpu_rope_qk_backward(x, k, pos, inv, N, NH, KVH, HS);
+    pq_rope_qk_backward(gx, gk, (int32_t *)gpos, ginv, N, NH, KVH, HS);
+    cmp("rope_qk_backward q", x, gx, n, 2e-6);
+    cmp("rope_qk_backward k", k, gk, nk, 2e-6);
+    free(k), pq_dev_free(gk);
     free(pos), free(inv), free(x), pq_dev_free(gx), pq_dev_free(gpos), pq_dev_free(ginv);
 }
 
