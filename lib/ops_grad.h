@@ -78,11 +78,14 @@ PQ_OPS_GRAD_DECLARE(pq_cpu_)
 //   dB  += scale dout^T rb(xa)            lora_backward, lora_up_backward (f32)
 //   dxa = rb(scale dout rb(B))            lora_backward, lora_up_backward
 //   dA  += rb(dxa)^T drop(x)              lora_backward, lora_dA_group (f32)
-//   dx  += drop_mask(rb(dxa) rb(A))       lora_backward, lora_dx_dropout, lora_dx_group
-// out and dx are activations: the f32 sum (all of a group's terms with it) is
-// rounded once into them. xa and dxa are kept bf16-exact in their f32 buffers;
-// autocast also rounds the products' scale and out's sum separately and dA, dB
-// to bf16 before the f32 .grad, where pq keeps f32 (one rounding fewer each).
+//   dx  += mask (rb(dxa) rb(A))           lora_backward, lora_dx_dropout, lora_dx_group
+// (mask: drop's zeros and 1 / (1 - p), in f32). out and dx are activations:
+// the f32 sum (with all of a group's terms) is rounded once into them; xa and
+// dxa are kept bf16-exact in their f32 buffers. Where autocast rounds more, pq
+// keeps f32 (no product's operand differs): autocast rounds xa rb(B)^T, its
+// scaling and out's sum separately (dxa rb(A) and dx's sum likewise), scales
+// dout in bf16 before dxa's product (the same for a power-of-two scale) and
+// rounds dA and dB to bf16 before adding them to the f32 .grad.
 // These are the CPU's: the same operations on f32 arrays holding the
 // activations' (bf16) values, activation outputs left in f32 for the caller to
 // round once. The CPU backend's pq_lora_* run them in bf16 storage; the CUDA
