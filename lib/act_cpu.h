@@ -5,9 +5,12 @@
 // points where the CUDA backend's kernels round. What an op keeps inside stays
 // f32: residual_rmsnorm_forward normalises the f32 sum x + y (x itself is
 // stored rounded); linear_group_backward sums its products into dinp in f32
-// and rounds once; lora_forward adds scale * xa B^T (xa f32) to the widened
-// out. With f32 storage the wrappers call pq_cpu_* directly. The scratch is
-// the process's: ops run from one thread.
+// and rounds once. LoRA's ops run pq_cpu_lora_*_bf16 (ops_grad.h) on the
+// widened copies: bf16 copies of A and B, xa and dxa rounded to bf16 in their
+// f32 buffers, f32 sums, out and dx rounded once (as autocast, so
+// lora_forward adds scale * rb(xa) rb(B)^T to the widened out). With f32
+// storage the wrappers call pq_cpu_* directly. The scratch is the process's:
+// ops run from one thread.
 #ifndef PQ_ACT_CPU_H
 #define PQ_ACT_CPU_H
 

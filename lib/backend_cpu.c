@@ -6,7 +6,7 @@
 
 #include "act_cpu.h"
 #include "matmul_bf16.h"
-#include "ops.h"
+#include "ops_grad.h"
 #include "st_write.h"
 #include "util.h"
 
@@ -139,7 +139,7 @@ void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, co
     }
     size_t n = (size_t)N * OC;
     float *o = pq_act_widen(0, out, n);
-    pq_cpu_lora_forward(o, xa, pq_act_widen(1, inp, (size_t)N * C), A, B, scale, N, C, OC, r);
+    pq_cpu_lora_forward_bf16(o, xa, pq_act_widen(1, inp, (size_t)N * C), A, B, scale, N, C, OC, r);
     pq_act_narrow(out, o, n);
 }
 void pq_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {

@@ -1,7 +1,8 @@
 // backend_grad_cpu.c: binds the backward operations of ops_grad.h (pq_*) to
 // the plain-C ones (pq_cpu_*); the CUDA build links its own instead. With
 // bf16 activation storage each wrapper works on f32 copies (act_cpu.h): "+="
-// outputs are widened, accumulated in f32 and rounded once.
+// outputs are widened, accumulated in f32 and rounded once; LoRA's products
+// take bf16 operands (pq_cpu_lora_*_bf16, ops_grad.h).
 #include "act_cpu.h"
 #include "ops_grad.h"
 
@@ -45,8 +46,8 @@ void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float
     }
     size_t n = (size_t)N * C;
     float *d = pq_act_widen(0, dinp, n); // NULL stays NULL
-    pq_cpu_lora_backward(d, dA, dB, dxa, pq_act_widen(1, dout, (size_t)N * OC), pq_act_widen(2, inp, n), xa, A, B,
-                         scale, N, C, OC, r);
+    pq_cpu_lora_backward_bf16(d, dA, dB, dxa, pq_act_widen(1, dout, (size_t)N * OC), pq_act_widen(2, inp, n), xa, A,
+                              B, scale, N, C, OC, r);
     if (dinp) pq_act_narrow(dinp, d, n);
 }
 void pq_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
@@ -118,7 +119,7 @@ void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, float p, ui
     }
     size_t n = (size_t)N * C;
     float *d = pq_act_widen(0, dx, n);
-    pq_cpu_lora_dx_dropout(d, dxa, A, p, seed, N, C, r);
+    pq_cpu_lora_dx_dropout_bf16(d, dxa, A, p, seed, N, C, r);
     pq_act_narrow(dx, d, n);
 }
 void pq_attention2_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
@@ -156,7 +157,7 @@ void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, c
         pq_cpu_lora_xa_group(xa, x, A, seed, p, n, N, C, r);
         return;
     }
-    pq_cpu_lora_xa_group(xa, pq_act_widen(0, x, (size_t)N * C), A, seed, p, n, N, C, r);
+    pq_cpu_lora_xa_group_bf16(xa, pq_act_widen(0, x, (size_t)N * C), A, seed, p, n, N, C, r);
 }
 void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed, float p, int n,
                       int N, int C, int r) {
@@ -164,7 +165,7 @@ void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x,
         pq_cpu_lora_dA_group(dA, dxa, x, seed, p, n, N, C, r);
         return;
     }
-    pq_cpu_lora_dA_group(dA, dxa, pq_act_widen(0, x, (size_t)N * C), seed, p, n, N, C, r);
+    pq_cpu_lora_dA_group_bf16(dA, dxa, pq_act_widen(0, x, (size_t)N * C), seed, p, n, N, C, r);
 }
 void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed, float p, int n,
                       int N, int C, int r) {
@@ -174,7 +175,7 @@ void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A,
     }
     size_t nc = (size_t)N * C;
     float *d = pq_act_widen(0, dx, nc);
-    pq_cpu_lora_dx_group(d, dxa, A, seed, p, n, N, C, r);
+    pq_cpu_lora_dx_group_bf16(d, dxa, A, seed, p, n, N, C, r);
     pq_act_narrow(dx, d, nc);
 }
 void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
@@ -184,7 +185,7 @@ void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale
     }
     size_t n = (size_t)N * OC;
     float *o = pq_act_widen(0, out, n);
-    pq_cpu_lora_up_forward(o, xa, B, scale, N, OC, r);
+    pq_cpu_lora_up_forward_bf16(o, xa, B, scale, N, OC, r);
     pq_act_narrow(out, o, n);
 }
 void pq_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B, float scale, int N,
@@ -193,5 +194,5 @@ void pq_lora_up_backward(float *dB, float *dxa, const float *dout, const float *
         pq_cpu_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
         return;
     }
-    pq_cpu_lora_up_backward(dB, dxa, pq_act_widen(0, dout, (size_t)N * OC), xa, B, scale, N, OC, r);
+    pq_cpu_lora_up_backward_bf16(dB, dxa, pq_act_widen(0, dout, (size_t)N * OC), xa, B, scale, N, OC, r);
 }

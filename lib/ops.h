@@ -74,7 +74,10 @@ void pq_dev_weights(PqWeight *w, int n);
 // (N, ...) token rows of the model's stream: x, inp, out, q, k, v, gate, up,
 // and their gradients d<x>. Always f32: rstd, lse, logp, dlogp, norm
 // weights, bias, inv_freq, and all of LoRA's own tensors (A, B, xa, dxa, dA,
-// dB).
+// dB). LoRA's products then run as PyTorch autocast runs peft's: A and B f32
+// master weights, each product with bf16 operands (bf16 copies of A and B, xa
+// and dxa rounded to bf16 in their f32 buffers) and f32 accumulation, dA and
+// dB f32; the rounding points are ops_grad.h's (pq_cpu_lora_*_bf16).
 void pq_ops_set_act_dtype(PqDtype t); // PQ_F32 or PQ_BF16; any other is f32
 PqDtype pq_ops_act_dtype(void);
 size_t pq_act_size(void);             // bytes an activation element takes: 4 or 2

@@ -70,6 +70,46 @@
 PQ_OPS_GRAD_DECLARE(pq_)
 PQ_OPS_GRAD_DECLARE(pq_cpu_)
 
+// ---- LoRA with bf16 activation storage (PQ_ACTIVATIONS=bf16, ops.h) ----
+// As PyTorch autocast runs peft's LoRA: A and B stay f32 master weights (and
+// xa, dxa, dA, dB f32 buffers), but each product takes bf16 operands and
+// accumulates in f32. With rb() rounding to bf16 (nearest even) and drop(x)
+// the dropped input as dropout_forward stores it (x * mask / (1 - p) rounded;
+// x itself when p is 0):
+//   xa  = rb(drop(x) rb(A)^T)             lora_forward, lora_xa_group
+//   out += scale rb(xa) rb(B)^T           lora_forward, lora_up_forward
+//   dB  += scale dout^T rb(xa)            lora_backward, lora_up_backward (f32)
+//   dxa = rb(scale dout rb(B))            lora_backward, lora_up_backward
+//   dA  += rb(dxa)^T drop(x)              lora_backward, lora_dA_group (f32)
+//   dx  += mask (rb(dxa) rb(A))           lora_backward, lora_dx_dropout, lora_dx_group
+// (mask: drop's zeros and 1 / (1 - p), in f32). out and dx are activations:
+// the f32 sum (with all of a group's terms) is rounded once into them; xa and
+// dxa are kept bf16-exact in their f32 buffers. Where autocast rounds more, pq
+// keeps f32 (no product's operand differs): autocast rounds xa rb(B)^T, its
+// scaling and out's sum separately (dxa rb(A) and dx's sum likewise), scales
+// dout in bf16 before dxa's product (the same for a power-of-two scale) and
+// rounds dA and dB to bf16 before adding them to the f32 .grad.
+// These are the CPU's: the same operations on f32 arrays holding the
+// activations' (bf16) values, activation outputs left in f32 for the caller to
+// round once. The CPU backend's pq_lora_* run them in bf16 storage; the CUDA
+// backend's bf16 products follow them (tests/gpu/parity-act.c).
+void pq_cpu_lora_forward_bf16(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
+                              int N, int C, int OC, int r);
+void pq_cpu_lora_backward_bf16(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
+                               const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
+                               int r);
+void pq_cpu_lora_dx_dropout_bf16(float *dx, const float *dxa, const float *A, float p, uint64_t seed, int N, int C,
+                                 int r);
+void pq_cpu_lora_xa_group_bf16(float *const *xa, const float *x, const float *const *A, const uint64_t *seed, float p,
+                               int n, int N, int C, int r);
+void pq_cpu_lora_dA_group_bf16(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed,
+                               float p, int n, int N, int C, int r);
+void pq_cpu_lora_dx_group_bf16(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed,
+                               float p, int n, int N, int C, int r);
+void pq_cpu_lora_up_forward_bf16(float *out, const float *xa, const float *B, float scale, int N, int OC, int r);
+void pq_cpu_lora_up_backward_bf16(float *dB, float *dxa, const float *dout, const float *xa, const float *B,
+                                  float scale, int N, int OC, int r);
+
 // Optional operations: a backend may lack them (weak symbols, NULL then);
 // the trainer checks before using them.
 #define PQ_OPS_GRAD_OPT_DECLARE(P, ATTR)                                                                       \

@@ -125,12 +125,6 @@ __global__ void act_narrow_kernel(__nv_bfloat16 *dst, const float *src, size_t n
     if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
-// out (n) bf16 += t (n) f32, the sum in f32 rounded once
-__global__ void act_add_kernel(__nv_bfloat16 *out, const float *t, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2bfloat16_rn(__bfloat162float(out[i]) + t[i]);
-}
-
 void pq_act_widen(float *dst, const void *src, size_t n) {
     if (!n) return;
     act_widen_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
@@ -466,7 +460,8 @@ void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
 // The LoRA products' kernel: pq_cuda_set_lora_gemm's (bench-7b and parity-ops time and check each), else
 // PQ_LORA_GEMM's (read once), else by the model: TF32 tensor cores for a bf16/f16 model (its activations are
 // rounded to 16 bits at every product already; on an H200 a 7B layer's LoRA products took 0.078 ms for
-// q_proj's forward against sgemm's 0.102, 0.130 against 0.189 backward), sgemm for an f32 model.
+// q_proj's forward against sgemm's 0.102, 0.130 against 0.189 backward), sgemm for an f32 model. With bf16
+// activations the LoRA products are bf16 (lora16_* below) and the kind is not read.
 static int lora_gemm = -1, lora_env = -2; // -1: not set; lora_env -2: not read yet
 
 extern "C" void pq_cuda_set_lora_gemm(int kind) { lora_gemm = kind; }
@@ -733,17 +728,44 @@ static void lora_xa(float *xa, const float *inp, const float *A, int N, int C, i
     }
 }
 
-// bf16 activations: xa from an f32 copy of inp (the fallback's: the f32 LoRA products have no bf16 x f32
-// form), then lora_up_forward's bf16 +=
+// ---- bf16 activations: LoRA's products with bf16 operands (ops_grad.h's rounding points, as autocast) ----
+
+// k bf16 buffers of n[i] elements (each 16-byte aligned) carved from one scratch buffer, for one call: the
+// bf16 copies of A and B are made per call (the optimizer updates the f32 masters in place), and of xa/dxa
+static void lora16_bufs(pq_bf16 **p, const size_t *n, int k) {
+    size_t tot = 0;
+    for (int i = 0; i < k; i++) tot += (n[i] + 7) / 8 * 8;
+    pq_bf16 *b = (pq_bf16 *)pq_cuda_scratch(PQ_SCR_LORA, (tot ? tot : 8) * sizeof(pq_bf16));
+    for (int i = 0; i < k; i++) p[i] = b, b += (n[i] + 7) / 8 * 8;
+}
+
+// out (N,OC) bf16 += scale xa16 B16^T, the f32 sum (with out) rounded once; xa16 (N,r), B16 (OC,r) bf16
+static void lora16_up(float *out, const pq_bf16 *xa16, const pq_bf16 *B16, float scale, int N, int OC, int r) {
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B16, xa16, r, r, 1.0f, out, OC, NULL);
+}
+
+// dB (OC,r) += scale dout^T xa16 (f32); dxa16 (N,r) bf16 = scale dout B16 rounded once, widened into dxa (f32)
+static void lora16_up_back(float *dB, float *dxa, pq_bf16 *dxa16, const float *dout, const pq_bf16 *xa16,
+                           const pq_bf16 *B16, float scale, int N, int OC, int r) {
+    gemm_raw(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa16, dout, PQ_BF16, r, OC, 1.0f, dB, r);
+    gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B16, dout, r, OC, 0.0f, dxa16, r, NULL);
+    pq_act_widen(dxa, dxa16, (size_t)N * r);
+}
+
+// bf16 activations: xa (N,r) = inp A16^T rounded once to bf16 (the B side's operand), widened into xa; then
+// out += scale xa16 B16^T, rounded once. No activation widened.
 extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, const float *B, float scale,
                                 int N, int C, int OC, int r) {
     if (N <= 0) return;
     if (pq_cuda_act_bf16()) {
-        {
-            PqActFallback fb;
-            lora_xa(xa, fb.in(inp, (size_t)N * C), A, N, C, r);
-        }
-        pq_lora_up_forward(out, xa, B, scale, N, OC, r);
+        size_t n[3] = {(size_t)r * C, (size_t)OC * r, (size_t)N * r};
+        pq_bf16 *b[3];
+        lora16_bufs(b, n, 3);
+        pq_act_narrow(b[0], A, n[0]);
+        pq_act_narrow(b[1], B, n[1]);
+        gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, b[0], inp, C, C, 0.0f, b[2], r, NULL);
+        pq_act_widen(xa, b[2], n[2]);
+        lora16_up(out, b[2], b[1], scale, N, OC, r);
         return;
     }
     lora_xa(xa, inp, A, N, C, r);
@@ -1021,26 +1043,22 @@ extern "C" void pq_linear_group_backward(float *dinp, const float *const *dout, 
 
 // dB (OC,r) += scale dout^T xa;  dxa (N,r) = scale dout B;  dA (r,C) += dxa^T inp;
 // dinp (N,C) += dxa A  (each written column-major as its transpose)
-// bf16 activations: dout and inp read as f32 copies (the fallback's: the LoRA products are f32), dinp's
-// product into f32 scratch and added into the bf16 dinp (read once, rounded once)
+// bf16 activations: the products with bf16 operands as they are (dout, inp) or as bf16 copies (A, B, xa, dxa
+// rounded once), f32 accumulation; dA, dB f32, dinp += rounded once. No activation widened.
 extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float *dout, const float *inp,
                                  const float *xa, const float *A, const float *B, float scale, int N, int C, int OC,
                                  int r) {
     if (N <= 0) return;
     if (pq_cuda_act_bf16()) {
-        {
-            PqActFallback fb;
-            pq_lora_backward(NULL, dA, dB, dxa, fb.in(dout, (size_t)N * OC), fb.in(inp, (size_t)N * C), xa, A, B,
-                             scale, N, C, OC, r);
-        }
-        if (dinp) {
-            size_t n = (size_t)N * C;
-            float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, n * sizeof(float));
-            sgemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, A, C, dxa, r, 0.0f, t, C);
-            act_add_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dinp, t,
-                                                                                              n);
-            CU_LAUNCHED();
-        }
+        size_t n[4] = {(size_t)r * C, (size_t)OC * r, (size_t)N * r, (size_t)N * r};
+        pq_bf16 *b[4];
+        lora16_bufs(b, n, 4);
+        if (dinp) pq_act_narrow(b[0], A, n[0]);
+        pq_act_narrow(b[1], B, n[1]);
+        pq_act_narrow(b[2], xa, n[2]);
+        lora16_up_back(dB, dxa, b[3], dout, b[2], b[1], scale, N, OC, r);
+        gemm_raw(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, b[3], PQ_BF16, C, r, 1.0f, dA, C);
+        if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, b[0], b[3], C, r, 1.0f, dinp, C, NULL);
         return;
     }
     pq_lora_up_backward(dB, dxa, dout, xa, B, scale, N, OC, r);
@@ -1184,14 +1202,22 @@ static LoraGroup lora_group(const float *const *a, const float *const *b, float 
     return g;
 }
 
-// Element xi of x (v, 0 outside) through each adapter's mask into s[t * stride]: the index's hash once, each
-// seed's on top of it.
-template <int NT>
+// A LoRA product's operand with activations of type T: v itself for f32, rounded to bf16 for bf16 (ops_grad.h's
+// rounding points, as autocast: A, B, xa, dxa and the dropped x as bf16)
+template <typename T> __device__ __forceinline__ float lora_opnd(float v) { return v; }
+template <> __device__ __forceinline__ float lora_opnd<pq_bf16>(float v) {
+    return __bfloat162float(__float2bfloat16_rn(v));
+}
+
+// Element xi of x (v, 0 outside) through each adapter's mask into s[t * stride] (as a product's operand): the
+// index's hash once, each seed's on top of it.
+template <int NT, typename T>
 __device__ __forceinline__ void drop_stage(float *s, int stride, float v, size_t xi, int in, const LoraGroup &g,
                                            float keep, uint64_t thr, int drop) {
     uint64_t h = drop && in ? mix64(xi) : 0;
 #pragma unroll
-    for (int t = 0; t < NT; t++) s[t * stride] = drop && in && mix64(g.seed[t] ^ h) < thr ? 0.0f : v * keep;
+    for (int t = 0; t < NT; t++)
+        s[t * stride] = drop && in && mix64(g.seed[t] ^ h) < thr ? 0.0f : lora_opnd<T>(v * keep);
 }
 
 // xa[t] (N,r) = drop_t(x) A[t]^T (A in g.a, xa in g.w): a block owns LXA_ROWS rows and 16 of the r columns
@@ -1212,13 +1238,13 @@ __global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const T
         for (int e = tid; e < LXA_ROWS * LXA_K; e += 256) {
             int i = e / LXA_K, c = e % LXA_K, in = i0 + i < N && c0 + c < C;
             size_t xi = (size_t)(i0 + i) * C + c0 + c;
-            drop_stage<NT>(&sx[0][i][c], LXA_ROWS * (LXA_K + 1), in ? pq_ld(x, xi) : 0.0f, xi, in, g, keep, thr,
-                           drop);
+            drop_stage<NT, T>(&sx[0][i][c], LXA_ROWS * (LXA_K + 1), in ? pq_ld(x, xi) : 0.0f, xi, in, g, keep, thr,
+                              drop);
         }
         for (int e = tid; e < 16 * LXA_K; e += 256) {
             int k = e / LXA_K, c = e % LXA_K, in = k0 + k < r && c0 + c < C;
 #pragma unroll
-            for (int t = 0; t < NT; t++) sa[t][k][c] = in ? g.a[t][(size_t)(k0 + k) * C + c0 + c] : 0.0f;
+            for (int t = 0; t < NT; t++) sa[t][k][c] = in ? lora_opnd<T>(g.a[t][(size_t)(k0 + k) * C + c0 + c]) : 0.0f;
         }
         __syncthreads();
 #pragma unroll 8
@@ -1229,7 +1255,7 @@ __global__ void __launch_bounds__(256) lora_xa_group_kernel(LoraGroup g, const T
     }
     if (i0 + ti < N && k0 + tk < r)
 #pragma unroll
-        for (int t = 0; t < NT; t++) g.w[t][(size_t)(i0 + ti) * r + k0 + tk] = acc[t];
+        for (int t = 0; t < NT; t++) g.w[t][(size_t)(i0 + ti) * r + k0 + tk] = lora_opnd<T>(acc[t]);
 }
 
 // dA[t] (r,C) += dxa[t]^T drop_t(x) (dxa in g.a, dA in g.w): a block owns LDA_COLS columns and 16 of the r rows
@@ -1254,12 +1280,13 @@ __global__ void __launch_bounds__(256) lora_dA_group_kernel(LoraGroup g, const T
         for (int e = tid; e < LDA_ROWS * LDA_COLS; e += 256) {
             int i = e / LDA_COLS, c = e % LDA_COLS, in = i0 + i < ie && c0 + c < C;
             size_t xi = (size_t)(i0 + i) * C + c0 + c;
-            drop_stage<NT>(&sx[0][i][c], LDA_ROWS * LDA_COLS, in ? pq_ld(x, xi) : 0.0f, xi, in, g, keep, thr, drop);
+            drop_stage<NT, T>(&sx[0][i][c], LDA_ROWS * LDA_COLS, in ? pq_ld(x, xi) : 0.0f, xi, in, g, keep, thr,
+                              drop);
         }
         for (int e = tid; e < LDA_ROWS * 16; e += 256) {
             int i = e / 16, k = e % 16, in = i0 + i < ie && k0 + k < r;
 #pragma unroll
-            for (int t = 0; t < NT; t++) sd[t][i][k] = in ? g.a[t][(size_t)(i0 + i) * r + k0 + k] : 0.0f;
+            for (int t = 0; t < NT; t++) sd[t][i][k] = in ? lora_opnd<T>(g.a[t][(size_t)(i0 + i) * r + k0 + k]) : 0.0f;
         }
         __syncthreads();
 #pragma unroll 4
@@ -1307,7 +1334,7 @@ __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(T *dx, LoraGrou
     for (int t = 0; t < NT; t++)
         for (int e = threadIdx.x; e < LDX_ROWS * rp; e += blockDim.x) {
             int i = e / rp, k = e % rp;
-            sdx[t * LDX_ROWS * rp + e] = i < nr && k < r ? g.a[t][(size_t)(i0 + i) * r + k] : 0.0f;
+            sdx[t * LDX_ROWS * rp + e] = i < nr && k < r ? lora_opnd<T>(g.a[t][(size_t)(i0 + i) * r + k]) : 0.0f;
         }
     __syncthreads();
     if (c >= C) return;
@@ -1324,7 +1351,7 @@ __global__ void __launch_bounds__(LDX_COLS) lora_dx_group_kernel(T *dx, LoraGrou
         for (int k0 = 0; k0 < r; k0 += 16) {
             float a[16];
 #pragma unroll
-            for (int k = 0; k < 16; k++) a[k] = k0 + k < r ? g.b[t][(size_t)(k0 + k) * C + c] : 0.0f;
+            for (int k = 0; k < 16; k++) a[k] = k0 + k < r ? lora_opnd<T>(g.b[t][(size_t)(k0 + k) * C + c]) : 0.0f;
 #pragma unroll
             for (int i = 0; i < LDX_ROWS; i++)
 #pragma unroll
@@ -1365,7 +1392,7 @@ static void lora_xa_group(float *const *xa, const T *x, const float *const *A, c
     }
 }
 
-// (bf16 activations: x read as bf16, everything else f32)
+// (bf16 activations: x read as bf16, A and the dropped x as bf16 operands, xa rounded to bf16; f32 sums)
 extern "C" void pq_lora_xa_group(float *const *xa, const float *x, const float *const *A, const uint64_t *seed,
                                  float p, int n, int N, int C, int r) {
     if (N <= 0 || r <= 0) return;
@@ -1403,6 +1430,7 @@ static void lora_dA_group(float *const *dA, const float *const *dxa, const T *x,
     }
 }
 
+// (bf16 activations: x read as bf16, dxa and the dropped x as bf16 operands; f32 sums into dA)
 extern "C" void pq_lora_dA_group(float *const *dA, const float *const *dxa, const float *x, const uint64_t *seed,
                                  float p, int n, int N, int C, int r) {
     if (N <= 0 || C <= 0 || r <= 0) return;
@@ -1431,8 +1459,8 @@ static void lora_dx_group(T *dx, const float *const *dxa, const float *const *A,
     }
 }
 
-// (bf16 activations: dx read and written as bf16, each element rounded once per call; more than PQ_LORA_GROUP
-// adapters: once per group of them)
+// (bf16 activations: dxa and A as bf16 operands, dx read and written as bf16, each element rounded once per
+// call; more than PQ_LORA_GROUP adapters: once per group of them)
 extern "C" void pq_lora_dx_group(float *dx, const float *const *dxa, const float *const *A, const uint64_t *seed,
                                  float p, int n, int N, int C, int r) {
     if (N <= 0 || C <= 0 || r <= 0) return;
@@ -1446,16 +1474,16 @@ extern "C" void pq_lora_dx_dropout(float *dx, const float *dxa, const float *A, 
     pq_lora_dx_group(dx, &dxa, &A, &seed, p, 1, N, C, r);
 }
 
-// out (N,OC) += scale xa B^T. bf16 activations: the f32 product into scratch, then added to out (read once,
-// rounded once)
+// out (N,OC) += scale xa B^T. bf16 activations: bf16 copies of xa and B, the sum rounded once into out
 extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, float scale, int N, int OC, int r) {
     if (N <= 0) return;
     if (pq_cuda_act_bf16()) {
-        size_t n = (size_t)N * OC;
-        float *t = (float *)pq_cuda_scratch(PQ_SCR_LORA, n * sizeof(float));
-        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 0.0f, t, OC);
-        act_add_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)out, t, n);
-        CU_LAUNCHED();
+        size_t n[2] = {(size_t)OC * r, (size_t)N * r};
+        pq_bf16 *b[2];
+        lora16_bufs(b, n, 2);
+        pq_act_narrow(b[0], B, n[0]);
+        pq_act_narrow(b[1], xa, n[1]);
+        lora16_up(out, b[1], b[0], scale, N, OC, r);
         return;
     }
     sgemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, r, scale, B, r, xa, r, 1.0f, out, OC);
@@ -1465,9 +1493,13 @@ extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, 
 extern "C" void pq_lora_up_backward(float *dB, float *dxa, const float *dout, const float *xa, const float *B,
                                     float scale, int N, int OC, int r) {
     if (N <= 0) return;
-    if (pq_cuda_act_bf16()) { // (dout widened by the fallback)
-        PqActFallback fb;
-        pq_lora_up_backward(dB, dxa, fb.in(dout, (size_t)N * OC), xa, B, scale, N, OC, r);
+    if (pq_cuda_act_bf16()) { // dout bf16 as it is, bf16 copies of xa and B, dxa rounded once
+        size_t n[3] = {(size_t)OC * r, (size_t)N * r, (size_t)N * r};
+        pq_bf16 *b[3];
+        lora16_bufs(b, n, 3);
+        pq_act_narrow(b[0], B, n[0]);
+        pq_act_narrow(b[1], xa, n[1]);
+        lora16_up_back(dB, dxa, b[2], dout, b[1], b[0], scale, N, OC, r);
         return;
     }
     if (lora_gemm_kind() == PQ_LORA_SGEMM_T) {

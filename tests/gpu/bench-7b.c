@@ -312,17 +312,19 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         reps = saved;
         pq_dev_free(go);
     }
-    { // the LoRA products' kernels (PQ_LORA_GEMM) on q_proj's and gate_proj's shapes (the sums above: the default)
+    { // the LoRA products' kernels (PQ_LORA_GEMM) on q_proj's and gate_proj's shapes (the sums above: the default);
+      // bf16 activations have bf16 products whatever the kind: timed once
         static const char *kinds[PQ_LORA_KINDS] = {"sgemm", "tf32", "lt", "sgemm_t"};
-        for (int kd = 0; kd < PQ_LORA_KINDS; kd++) {
+        int b16 = pq_ops_act_dtype() == PQ_BF16;
+        for (int kd = 0; kd < (b16 ? 1 : PQ_LORA_KINDS); kd++) {
             pq_cuda_set_lora_gemm(kd);
             for (int j = PQ_Q; j <= PQ_GATE; j += PQ_GATE - PQ_Q) {
                 int in, oc;
                 pq_lin_shape(c, j, &in, &oc);
                 char name[64];
-                snprintf(name, sizeof name, "lora_forward %s r=%d %s", pq_lin_modules[j], r, kinds[kd]);
+                snprintf(name, sizeof name, "lora_forward %s r=%d %s", pq_lin_modules[j], r, b16 ? "bf16" : kinds[kd]);
                 TIME_OP(&ms, name, 2.0 * N * r * (in + oc), pq_lora_forward(y, xa, x, A, B, 2.0f, N, in, oc, r));
-                snprintf(name, sizeof name, "lora_backward %s r=%d %s", pq_lin_modules[j], r, kinds[kd]);
+                snprintf(name, sizeof name, "lora_backward %s r=%d %s", pq_lin_modules[j], r, b16 ? "bf16" : kinds[kd]);
                 TIME_OP(&ms, name, 4.0 * N * r * (in + oc),
                         pq_lora_backward(z, dA, dB, dxa, x, y, xa, A, B, 2.0f, N, in, oc, r));
             }

@@ -3,8 +3,9 @@
 # functional PyTorch forward in float64 that rounds to bf16 where the
 # contract says: once at each operation's activation output (the embedding,
 # each norm, each projection, LoRA's sum into it, RoPE, attention, SwiGLU,
-# each residual add), float64 between; norm statistics, LoRA's x A^T and the
-# LM head's log-softmax unrounded. Three checks keep it honest: the same
+# each residual add), float64 between; norm statistics and the LM head's
+# log-softmax unrounded; LoRA's products as autocast runs them (bf16 copies of
+# A and B, xa = x A^T rounded, ops_grad.h). Three checks keep it honest: the same
 # forward without rounding matches transformers (it is the model), pq's f32
 # run matches the unrounded forward, and pq's bf16 run matches the rounded
 # forward far closer than the unrounded one (so the mode cannot be ignored).
@@ -81,9 +82,9 @@ class Ref:
             y = y + self.w[p + "bias"]
         y = R(y)
         a = "base_model.model." + p + "lora_A.weight"
-        if a in self.lora:
-            xa = x @ self.lora[a].T  # f32 in pq, never rounded
-            y = R(y + self.scale * xa @ self.lora[a.replace("lora_A", "lora_B")].T)
+        if a in self.lora:  # as autocast: bf16 copies of the f32 A and B, xa rounded (ops_grad.h)
+            xa = R(x @ R(self.lora[a]).T)
+            y = R(y + self.scale * xa @ R(self.lora[a.replace("lora_A", "lora_B")]).T)
         return y
 
     def rms(self, x, w):
