@@ -277,24 +277,32 @@ static void test_qk_norm(int N, int NH, int HS) {
 }
 
 // dt bf16: the native product (cuBLASLt writing bf16, the bias by its epilogue, or the GemmEx / scratch
-// paths for shapes it refuses); f16 and f32 weights: the fallback
-static void test_linear(PqDtype dt, int bias, int N, int C, int OC) {
+// paths for shapes it refuses); f16 and f32 weights: the fallback. off > 0: every activation that many
+// elements into its buffer, not 16-byte aligned, which cuBLASLt never takes: the bf16 product through
+// cublasGemmEx writing bf16 (beta 1 for linear_backward), a bias through f32 scratch and bias_narrow_kernel
+static void test_linear(PqDtype dt, int bias, int N, int C, int OC, int off) {
     PqWeight hw = hweight(OC, C, dt, 0.1f), dw = pq_dev_weight(hw);
     size_t nx = (size_t)N * C, ny = (size_t)N * OC;
-    float *x = brand(nx, 1), *b = hrand(OC, 1), *dy = brand(ny, 1), *dx = brand(nx, 1), *out = hnan(ny);
-    float *gX = bdev(x, nx), *gB = dev(b, OC * 4), *gDY = bdev(dy, ny), *gdx = bdev(dx, nx), *gout = bnan(ny);
+    float *xh = brand(nx + off, 1), *b = hrand(OC, 1), *dyh = brand(ny + off, 1), *dxh = brand(nx + off, 1);
+    float *out = hnan(ny), *x = xh + off, *dy = dyh + off, *dx = dxh + off;
+    float *gXb = bdev(xh, nx + off), *gB = dev(b, OC * 4), *gDYb = bdev(dyh, ny + off), *gdxb = bdev(dxh, nx + off);
+    float *goutb = bnan(ny + off);
+    float *gX = pq_act_at(gXb, off), *gDY = pq_act_at(gDYb, off), *gdx = pq_act_at(gdxb, off);
+    float *gout = pq_act_at(goutb, off);
     pq_cpu_linear_forward(out, x, &hw, bias ? b : NULL, N, C, OC);
     pq_linear_forward(gout, gX, &dw, bias ? gB : NULL, N, C, OC);
-    char name[96];
-    snprintf(name, sizeof name, "linear_forward %s%s %dx%d->%d", pq_dtype_name(dt), bias ? " bias" : "", N, C, OC);
+    char name[96], at[16] = "";
+    if (off) snprintf(at, sizeof at, " at +%d", off);
+    snprintf(name, sizeof name, "linear_forward %s%s %dx%d->%d%s", pq_dtype_name(dt), bias ? " bias" : "", N, C, OC,
+             at);
     acmp(name, out, gout, ny, TOL_EW);
     pq_cpu_linear_backward(dx, dy, &hw, N, C, OC);
     pq_linear_backward(gdx, gDY, &dw, N, C, OC);
-    snprintf(name, sizeof name, "linear_backward += %s %dx%d->%d", pq_dtype_name(dt), N, C, OC);
+    snprintf(name, sizeof name, "linear_backward += %s %dx%d->%d%s", pq_dtype_name(dt), N, C, OC, at);
     acmp(name, dx, gdx, nx, TOL_EW);
     pq_dev_weight_free(&dw);
-    free((void *)hw.data), free(x), free(b), free(dy), free(dx), free(out);
-    DEV_FREE(gX, gB, gDY, gdx, gout);
+    free((void *)hw.data), free(xh), free(b), free(dyh), free(dxh), free(out);
+    DEV_FREE(gXb, gB, gDYb, gdxb, goutb);
 }
 
 // q, k, v (n 3) or gate, up (n 2) on one input, joined at load or not; bias: a bitmask of the members with one
@@ -651,10 +659,12 @@ static void g_linear(void) {
     // the scratch kernel); f16 and f32 weights through the fallback
     int shapes[][3] = {{133, 256, 320}, {1, 256, 320}, {5, 100, 77}, {64, 1024, 24}};
     for (int s = 0; s < 4; s++)
-        for (int b = 0; b < 2; b++) test_linear(PQ_BF16, b, shapes[s][0], shapes[s][1], shapes[s][2]);
+        for (int b = 0; b < 2; b++) test_linear(PQ_BF16, b, shapes[s][0], shapes[s][1], shapes[s][2], 0);
     for (int b = 0; b < 2; b++) {
-        test_linear(PQ_F16, b, 133, 256, 320);
-        test_linear(PQ_F32, b, 133, 256, 320);
+        test_linear(PQ_BF16, b, 133, 256, 320, 1); // cuBLASLt refuses: GemmEx, bias_narrow
+        test_linear(PQ_BF16, b, 5, 100, 77, 3);
+        test_linear(PQ_F16, b, 133, 256, 320, 0);
+        test_linear(PQ_F32, b, 133, 256, 320, 0);
     }
     for (int k = 0; k < 2; k++) {
         int N = k ? 1 : 133;
