@@ -13,9 +13,10 @@
 // order), three after a chain of rounded ops, and the bf16 products' own
 // bound (attention's bf16 P, logp's bf16 dz, TF32) added where the CUDA path
 // has them. Native paths and the widening fallback (f16/f32 weights,
-// attention's tensor-core and f32 paths) are both exercised. Built only with
-// CUDA=1; run by scripts/gpu-check like every parity-* program. Exits 1 on
-// any mismatch.
+// attention's tensor-core and f32 paths) are both exercised; group switch
+// runs some of them again after switching to f32 storage and back. Built
+// only with CUDA=1; run by scripts/gpu-check like every parity-* program.
+// Exits 1 on any mismatch.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,8 +47,12 @@ static float *brand(size_t n, float a) {
     round_bf16(p, n);
     return p;
 }
+// The activation helpers follow the process's storage (bf16 but in g_switch's f32 rounds): f32 copies and an
+// unrounded oracle there.
+static int act_f32(void) { return pq_act_size() == 4; }
 // a device activation (bf16) of host values
 static float *bdev(const float *h, size_t n) {
+    if (act_f32()) return dev(h, n * 4);
     uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
     for (size_t i = 0; i < n; i++) u[i] = pq_f32_to_bf16(h[i]);
     float *d = pq_dev_alloc(pq_act_bytes(n));
@@ -57,6 +62,7 @@ static float *bdev(const float *h, size_t n) {
 }
 // a device activation of n NaNs (an output not yet written)
 static float *bnan(size_t n) {
+    if (act_f32()) return dnan(n ? n : 1);
     uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
     for (size_t i = 0; i < n; i++) u[i] = 0x7fc0;
     float *d = pq_dev_alloc(pq_act_bytes(n));
@@ -68,6 +74,7 @@ static float *bnan(size_t n) {
 static float *bdev_zero(size_t n) { return pq_dev_alloc(pq_act_bytes(n)); }
 // host f32 of n device bf16
 static float *bdown(const float *d, size_t n) {
+    if (act_f32()) return down(d, n);
     uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
     float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
     pq_dev_download(u, d, n * 2);
@@ -98,7 +105,7 @@ static void verdict(const char *name, const float *want, const float *got, size_
 // an activation output: the oracle's f32 rounded to bf16 in place (the stored value, which a next op of the
 // oracle then reads), against the device's bf16
 static void acmp(const char *name, float *cpu, const float *gdev, size_t n, double tol) {
-    round_bf16(cpu, n);
+    if (!act_f32()) round_bf16(cpu, n);
     float *g = bdown(gdev, n);
     verdict(name, cpu, g, n, tol);
     free(g);
@@ -720,13 +727,34 @@ static void g_logp(void) {
     test_logp(PQ_F16, "2048");
 }
 
+// One process switching the storage between calls (pq_ops_set_act_dtype), bf16, f32, bf16 again, on the same
+// shapes: what the backend caches across calls (cuBLASLt's plans, keyed by C's dtype and the bias epilogue;
+// cuDNN's attention plans and the plan cache of positions; the fallback's pool; the scratch buffers) must
+// serve each storage as it is. The f32 round checks against the unrounded oracle, at the same tolerances.
+static void g_switch(void) {
+    int lens[] = {1, 37, 100, 64, 5};
+    for (int k = 0; k < 3; k++) {
+        pq_ops_set_act_dtype(k == 1 ? PQ_F32 : PQ_BF16);
+        printf("     storage %s\n", pq_dtype_name(pq_ops_act_dtype()));
+        for (int b = 0; b < 2; b++) {
+            test_linear(PQ_BF16, b, 133, 256, 320, 0);
+            test_linear(PQ_BF16, b, 133, 256, 320, 1);
+        }
+        test_linear(PQ_F16, 1, 133, 256, 320, 0);
+        test_linear_group(PQ_BF16, 3, 7, 1, 133);
+        run_attention(lens, 5, 8, 2, 64, 0, 0);
+        test_logp(PQ_BF16, "777");
+    }
+    pq_ops_set_act_dtype(PQ_BF16);
+}
+
 static const struct {
     const char *name;
     void (*run)(void);
 } groups[] = {
     {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm}, {"linear", g_linear},
     {"lora", g_lora},           {"rope", g_rope},             {"elementwise", g_elementwise},
-    {"attention", g_attention}, {"attention2", g_attention2}, {"logp", g_logp},
+    {"attention", g_attention}, {"attention2", g_attention2}, {"logp", g_logp},   {"switch", g_switch},
 };
 enum { NGROUPS = sizeof groups / sizeof *groups };
 
