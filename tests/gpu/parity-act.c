@@ -352,7 +352,12 @@ static void test_linear_group(PqDtype dt, int n, int bias, int joined, int N) {
 }
 
 // lora_forward / lora_backward (bf16 products, whatever the LoRA products' kernel kind of f32 storage) against
-// pq_cpu_lora_*_bf16; A and B f32 that bf16 does not hold, so that each rounding point shows
+// pq_cpu_lora_*_bf16; A and B f32 that bf16 does not hold, so that each rounding point shows. xa and dxa
+// are rounded results that later products read: an f32 sum in another order rounds one of them the other
+// way about once in 10^4 (the 1000-row case has 16000 of each), which moves a whole row of out or dinp and
+// a column of dA by a bf16 step of it, past same_share's step and fcmp's 1e-4. So each side's xa and dxa
+// are checked against the oracle's, and what is computed from them, from the device's own on both sides
+// (the oracle's pq_cpu_lora_forward_bf16 and _backward_bf16 are these calls in this order).
 static void test_lora(int with_dinp, int kind, int N, int C, int OC, int r) {
     static const char *kinds[PQ_LORA_KINDS] = {"sgemm", "tf32", "lt", "sgemm_t"};
     pq_cuda_set_lora_gemm(kind);
@@ -364,8 +369,10 @@ static void test_lora(int with_dinp, int kind, int N, int C, int OC, int r) {
     float *gx = bdev(x, nx), *gA = dev(A, (size_t)r * C * 4), *gB = dev(B, (size_t)OC * r * 4), *gout = bdev(out, ny);
     float *gxa = dnan(nxa), *gdy = bdev(dy, ny), *gdA = dev(dA, (size_t)r * C * 4);
     float *gdB = dev(dB, (size_t)OC * r * 4), *gdx = bdev(dx, nx), *gdxa = dnan(nxa);
-    pq_cpu_lora_forward_bf16(out, xa, x, A, B, sc, N, C, OC, r);
     pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
+    pq_cpu_lora_xa_group_bf16(&xa, x, (const float *const *)&A, NULL, 0.0f, 1, N, C, r);
+    float *hxa = down(gxa, nxa);
+    pq_cpu_lora_up_forward_bf16(out, hxa, B, sc, N, OC, r);
     char name[96];
     snprintf(name, sizeof name, "lora_forward out += %dx%d r=%d [%s]", N, OC, r, kinds[kind]);
     lcmp(name, out, gout, ny, TOL_EW);
@@ -373,8 +380,12 @@ static void test_lora(int with_dinp, int kind, int N, int C, int OC, int r) {
     xcmp(name, xa, gxa, nxa);
     // the backward from the oracle's xa, on both sides
     float *gxa_c = dev(xa, nxa * 4);
-    pq_cpu_lora_backward_bf16(with_dinp ? dx : NULL, dA, dB, dxa, dy, x, xa, A, B, sc, N, C, OC, r);
     pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa_c, gA, gB, sc, N, C, OC, r);
+    pq_cpu_lora_up_backward_bf16(dB, dxa, dy, xa, B, sc, N, OC, r);
+    float *hdxa = down(gdxa, nxa);
+    pq_cpu_lora_dA_group_bf16(&dA, (const float *const *)&hdxa, x, NULL, 0.0f, 1, N, C, r);
+    if (with_dinp)
+        pq_cpu_lora_dx_group_bf16(dx, (const float *const *)&hdxa, (const float *const *)&A, NULL, 0.0f, 1, N, C, r);
     snprintf(name, sizeof name, "lora_backward dxa (bf16 in f32)%s [%s]", with_dinp ? "" : " (no dinp)", kinds[kind]);
     xcmp(name, dxa, gdxa, nxa);
     snprintf(name, sizeof name, "lora_backward dA%s [%s]", with_dinp ? "" : " (no dinp)", kinds[kind]);
@@ -384,7 +395,8 @@ static void test_lora(int with_dinp, int kind, int N, int C, int OC, int r) {
     snprintf(name, sizeof name, "lora_backward dinp %s [%s]", with_dinp ? "+=" : "untouched", kinds[kind]);
     if (with_dinp) lcmp(name, dx, gdx, nx, TOL_EW);
     else acmp(name, dx, gdx, nx, 0);
-    free(x), free(A), free(B), free(out), free(xa), free(dy), free(dA), free(dB), free(dx), free(dxa);
+    free(x), free(A), free(B), free(out), free(xa), free(dy), free(dA), free(dB), free(dx), free(dxa), free(hxa);
+    free(hdxa);
     DEV_FREE(gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa, gxa_c);
     pq_cuda_set_lora_gemm(-1);
 }
