@@ -7,8 +7,9 @@
 // (and xa, dxa): at least SAME_MIN of the elements the reference's bf16, the
 // rest one bf16 step away at most (pq's f32 sums, in another order, sit on
 // the other side of a rounding now and then); dA and dB: within 1e-5 of the
-// reference computed from pq's own dxa. Through pq_dev_* buffers, so it runs
-// on the backend linked.
+// reference. What reads xa or dxa (out, dA, dinp) is computed from pq's own,
+// which are checked on their own. Through pq_dev_* buffers, so it runs on the
+// backend linked.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,16 +137,16 @@ static void test_lora(int N, int C, int OC, int r, int with_dinp) {
     float *gdx = act_up(dx, nx), *gdxa = f32_up(xa2, nxa);
     double *Ar = rounded(A, na), *Br = rounded(B, nb), *xd = rounded(x, nx);
     char name[128];
-    // forward
+    // forward; out from pq's own xa (an xa rounded the other way, once in 10^4, moves a whole row of out)
+    pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
+    float *hxa = f32_down(gxa, nxa), *hout = act_down(gout, ny);
     double *wxa = ref_xa(xd, Ar, N, C, r), *wout = pq_xmalloc(ny * sizeof *wout);
     for (int i = 0; i < N; i++)
         for (int o = 0; o < OC; o++) {
             double s = 0;
-            for (int k = 0; k < r; k++) s += wxa[(size_t)i * r + k] * Br[(size_t)o * r + k];
+            for (int k = 0; k < r; k++) s += (double)hxa[(size_t)i * r + k] * Br[(size_t)o * r + k];
             wout[(size_t)i * OC + o] = rb(out[(size_t)i * OC + o] + sc * s);
         }
-    pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
-    float *hxa = f32_down(gxa, nxa), *hout = act_down(gout, ny);
     snprintf(name, sizeof name, "lora_forward xa %dx%d r=%d", N, C, r);
     same(name, hxa, wxa, nxa);
     snprintf(name, sizeof name, "lora_forward out += %dx%d", N, OC);
