@@ -352,6 +352,12 @@ void pq_model_free(PqModel *m) {
 
 // ---- forward ----
 
+// pq_dev_alloc, counted in a->bytes
+static float *acts_alloc(PqLayerActs *a, size_t bytes) {
+    a->bytes += bytes;
+    return pq_dev_alloc(bytes);
+}
+
 PqLayerActs *pq_layer_acts_build(const PqConfig *c, const PqLora *lora, int N) {
     PqLayerActs *a = pq_xcalloc(1, sizeof *a);
     size_t n = (size_t)N, qd = (size_t)c->NH * c->HS, kd = (size_t)c->KVH * c->HS;
@@ -359,30 +365,30 @@ PqLayerActs *pq_layer_acts_build(const PqConfig *c, const PqLora *lora, int N) {
     if ((size_t)c->H > big) big = (size_t)c->H;
     a->N = N;
     // activations in the process's storage (pq_act_bytes), norms' and attention's statistics and LoRA's xa f32
-    a->x_in = pq_dev_alloc(pq_act_bytes(n * c->C));
-    a->ln1 = pq_dev_alloc(pq_act_bytes(n * c->C));
-    a->ln1_rstd = pq_dev_alloc(n * 4);
-    a->q = pq_dev_alloc(pq_act_bytes(n * qd));
-    a->k = pq_dev_alloc(pq_act_bytes(n * kd));
-    a->v = pq_dev_alloc(pq_act_bytes(n * kd));
-    a->att = pq_dev_alloc(pq_act_bytes(n * qd));
-    a->att_lse = pq_dev_alloc(n * c->NH * 4);
-    a->x_mid = pq_dev_alloc(pq_act_bytes(n * c->C));
-    a->ln2 = pq_dev_alloc(pq_act_bytes(n * c->C));
-    a->ln2_rstd = pq_dev_alloc(n * 4);
-    a->gate = pq_dev_alloc(pq_act_bytes(n * c->H));
-    a->up = pq_dev_alloc(pq_act_bytes(n * c->H));
-    a->mlp = pq_dev_alloc(pq_act_bytes(n * c->H));
-    a->tmp = pq_dev_alloc(pq_act_bytes(n * big));
+    a->x_in = acts_alloc(a, pq_act_bytes(n * c->C));
+    a->ln1 = acts_alloc(a, pq_act_bytes(n * c->C));
+    a->ln1_rstd = acts_alloc(a, n * 4);
+    a->q = acts_alloc(a, pq_act_bytes(n * qd));
+    a->k = acts_alloc(a, pq_act_bytes(n * kd));
+    a->v = acts_alloc(a, pq_act_bytes(n * kd));
+    a->att = acts_alloc(a, pq_act_bytes(n * qd));
+    a->att_lse = acts_alloc(a, n * c->NH * 4);
+    a->x_mid = acts_alloc(a, pq_act_bytes(n * c->C));
+    a->ln2 = acts_alloc(a, pq_act_bytes(n * c->C));
+    a->ln2_rstd = acts_alloc(a, n * 4);
+    a->gate = acts_alloc(a, pq_act_bytes(n * c->H));
+    a->up = acts_alloc(a, pq_act_bytes(n * c->H));
+    a->mlp = acts_alloc(a, pq_act_bytes(n * c->H));
+    a->tmp = acts_alloc(a, pq_act_bytes(n * big));
     if (c->qk_norm) {
-        a->q_raw = pq_dev_alloc(pq_act_bytes(n * qd));
-        a->k_raw = pq_dev_alloc(pq_act_bytes(n * kd));
-        a->q_rstd = pq_dev_alloc(n * c->NH * 4);
-        a->k_rstd = pq_dev_alloc(n * c->KVH * 4);
+        a->q_raw = acts_alloc(a, pq_act_bytes(n * qd));
+        a->k_raw = acts_alloc(a, pq_act_bytes(n * kd));
+        a->q_rstd = acts_alloc(a, n * c->NH * 4);
+        a->k_rstd = acts_alloc(a, n * c->KVH * 4);
     }
     if (lora)
         for (int j = 0; j < PQ_NLIN; j++)
-            if (lora->targets >> j & 1) a->lora_xa[j] = pq_dev_alloc(n * lora->r * 4);
+            if (lora->targets >> j & 1) a->lora_xa[j] = acts_alloc(a, n * lora->r * 4);
     return a;
 }
 

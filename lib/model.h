@@ -98,7 +98,8 @@ typedef struct PqLayerActs {
     float *gate, *up;     // (N,H) pre-activation
     float *mlp;           // (N,H) silu(gate) * up
     float *lora_xa[PQ_NLIN]; // (N,r) x A^T per adapted linear (NULL otherwise)
-    float *tmp;           // (N, max(C,H)) scratch
+    float *tmp;           // (N, max(C,QD,H)) scratch
+    size_t bytes;         // what all of these take (pq_trainer_bytes's estimate is held to it)
 } PqLayerActs;
 PqLayerActs *pq_layer_acts_build(const PqConfig *cfg, const PqLora *lora, int N);
 void pq_layer_acts_free(PqLayerActs *a);

@@ -37,8 +37,9 @@ static void bufs_free(PqTrainer *t) {
 // What pq_layer_acts_build (model.c) allocates for N tokens, in bytes:
 // activations at pq_act_size(), norm and attention statistics and LoRA's xa f32.
 static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
-    size_t QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, big = c->C > c->H ? c->C : c->H;
+    size_t QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, big = (size_t)max3(c->C, (int)QD, c->H);
     size_t act = 4 * (size_t)c->C + 2 * QD + 2 * KD + 3 * (size_t)c->H + big, fl = 2 + (size_t)c->NH;
+    if (c->qk_norm) act += QD + KD, fl += (size_t)c->NH + (size_t)c->KVH; // q_raw, k_raw and their rstd
     if (lora)
         for (int j = 0; j < PQ_NLIN; j++)
             if (lora->targets >> j & 1) fl += (size_t)lora->r;
@@ -47,9 +48,9 @@ static size_t acts_bytes(const PqConfig *c, const PqLora *lora, size_t N) {
 
 size_t pq_trainer_bytes(const PqConfig *c, const PqLora *lora, int N, int checkpoint) {
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
-    // xs, hf, hc, dx, dh, dscr, dq, dk, dv, dgate, dup; rstdf, lse, logpc, h_lp and dxa f32
+    // xs, hf, hc, dx, dh, dscr, dq, dk, dv, dgate, dup; rstdf, lse, logpc and dxa f32; d_k, d_ids, d_pos, d_tgc
     size_t act = (size_t)(c->L + 1) * c->C + 2 * (size_t)c->C + (size_t)c->C + 2 * W + QD + 2 * KD + 2 * (size_t)c->H;
-    size_t fl = 4 + (size_t)(lora && lora->r > 0 ? lora->r : 1);
+    size_t fl = 3 + (size_t)(lora && lora->r > 0 ? lora->r : 1);
     return pq_act_bytes(n * act) + 4 * n * fl + 24 * n + (size_t)(checkpoint ? 1 : c->L) * acts_bytes(c, lora, n);
 }
 
@@ -71,6 +72,12 @@ static void choose_checkpoint(PqTrainer *t, int N) {
     t->checkpoint = !(fr > reserve && pq_trainer_bytes(&t->m->cfg, t->lora, N, 0) <= fr - reserve);
 }
 
+// pq_dev_alloc, counted in t->dev_bytes
+static void *dev_alloc(PqTrainer *t, size_t bytes) {
+    t->dev_bytes += bytes;
+    return pq_dev_alloc(bytes);
+}
+
 static void bufs_reserve(PqTrainer *t, int N) {
     if (N <= t->cap) return;
     bufs_free(t);
@@ -79,30 +86,34 @@ static void bufs_reserve(PqTrainer *t, int N) {
     size_t n = N, QD = (size_t)c->NH * c->HS, KD = (size_t)c->KVH * c->HS, W = max3(c->C, (int)QD, c->H);
     int na = t->checkpoint ? 1 : c->L;
     t->acts = pq_xcalloc((size_t)na, sizeof *t->acts);
-    for (int i = 0; i < na; i++) t->acts[i] = pq_layer_acts_build(c, t->lora, N);
+    t->dev_bytes = 0;
+    for (int i = 0; i < na; i++) {
+        t->acts[i] = pq_layer_acts_build(c, t->lora, N);
+        t->dev_bytes += t->acts[i]->bytes;
+    }
     // activations in the process's storage (pq_act_bytes); rstdf, lse, logpc and dxa f32
-    t->xs = pq_dev_alloc(pq_act_bytes((size_t)(c->L + 1) * n * c->C));
-    t->hf = pq_dev_alloc(pq_act_bytes(n * c->C));
-    t->rstdf = pq_dev_alloc(n * 4);
-    t->lse = pq_dev_alloc(n * 4);
-    t->hc = pq_dev_alloc(pq_act_bytes(n * c->C));
-    t->logpc = pq_dev_alloc(n * 4);
+    t->xs = dev_alloc(t, pq_act_bytes((size_t)(c->L + 1) * n * c->C));
+    t->hf = dev_alloc(t, pq_act_bytes(n * c->C));
+    t->rstdf = dev_alloc(t, n * 4);
+    t->lse = dev_alloc(t, n * 4);
+    t->hc = dev_alloc(t, pq_act_bytes(n * c->C));
+    t->logpc = dev_alloc(t, n * 4);
     t->rows = pq_xmalloc(2 * n * sizeof(int32_t));
     t->tgc = t->rows + n;
-    t->d_k = pq_dev_alloc(3 * n * sizeof(int32_t));
+    t->d_k = dev_alloc(t, 3 * n * sizeof(int32_t));
     t->h_lp = pq_xmalloc(n * sizeof(float));
-    t->d_ids = pq_dev_alloc(n * sizeof(int32_t));
-    t->d_pos = pq_dev_alloc(n * sizeof(int32_t));
-    t->d_tgc = pq_dev_alloc(n * sizeof(int32_t));
-    t->dx = pq_dev_alloc(pq_act_bytes(n * c->C));
-    t->dh = pq_dev_alloc(pq_act_bytes(n * W));
-    t->dscr = pq_dev_alloc(pq_act_bytes(n * W));
-    t->dq = pq_dev_alloc(pq_act_bytes(n * QD));
-    t->dk = pq_dev_alloc(pq_act_bytes(n * KD));
-    t->dv = pq_dev_alloc(pq_act_bytes(n * KD));
-    t->dxa = pq_dev_alloc(n * (t->lora->r > 0 ? t->lora->r : 1) * 4);
-    t->dgate = pq_dev_alloc(pq_act_bytes(n * c->H));
-    t->dup = pq_dev_alloc(pq_act_bytes(n * c->H));
+    t->d_ids = dev_alloc(t, n * sizeof(int32_t));
+    t->d_pos = dev_alloc(t, n * sizeof(int32_t));
+    t->d_tgc = dev_alloc(t, n * sizeof(int32_t));
+    t->dx = dev_alloc(t, pq_act_bytes(n * c->C));
+    t->dh = dev_alloc(t, pq_act_bytes(n * W));
+    t->dscr = dev_alloc(t, pq_act_bytes(n * W));
+    t->dq = dev_alloc(t, pq_act_bytes(n * QD));
+    t->dk = dev_alloc(t, pq_act_bytes(n * KD));
+    t->dv = dev_alloc(t, pq_act_bytes(n * KD));
+    t->dxa = dev_alloc(t, n * (t->lora->r > 0 ? t->lora->r : 1) * 4);
+    t->dgate = dev_alloc(t, pq_act_bytes(n * c->H));
+    t->dup = dev_alloc(t, pq_act_bytes(n * c->H));
     t->cap = N;
 }
 

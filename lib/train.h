@@ -26,6 +26,7 @@ typedef struct PqTrainer {
     uint64_t drop_seed; // seed of the current forward's dropout masks
     // what the forward keeps, sized for cap tokens
     int cap, N;
+    size_t dev_bytes;  // what those buffers take in backend memory (pq_trainer_bytes(cap) is exactly this)
     const int32_t *pos, *targets; // of the current batch: pos = d_pos (backend), targets (caller's host memory)
     const int32_t *ka0, *ka1, *kb0; // attention2's key ranges (backend) when pairs share prompts, else NULL
     int32_t *d_k;                 // (3N) their backend copy

@@ -163,6 +163,16 @@ static void check_case(int arch, int loss, float dropout, int longer) {
     PqTrainer *t2 = pq_trainer_build(&tm.m, lora, 0, dropout);
     pq_trainer_zero_grad(t2);
     loss_of(t2, &cfg, pairs, 2, ds);
+    // --checkpoint auto decides with pq_trainer_bytes: it must be what the buffers take, both ways
+    for (int k = 0; k < 2; k++) {
+        const PqTrainer *tk = k ? t2 : t;
+        size_t est = pq_trainer_bytes(&tm.m.cfg, lora, tk->cap, tk->checkpoint);
+        if (est != tk->dev_bytes) {
+            printf("FAIL %s: pq_trainer_bytes %zu, the buffers of %d tokens (%s) take %zu\n", arch_name[arch], est,
+                   tk->cap, tk->checkpoint ? "checkpointed" : "kept", tk->dev_bytes);
+            failures++;
+        }
+    }
     double dmax = 0, gmax = 0;
     for (size_t i = 0; i < lora->n_params; i++) {
         dmax = fmax(dmax, fabs(t2->grads[i] - g[i]));
@@ -294,6 +304,12 @@ static void check_bf16(int arch, float dropout, int longer) {
         loss[k] = loss_of(t, &cfg, pairs, 2, 77);
         g[k] = pq_xmalloc(lora->n_params * sizeof(float));
         memcpy(g[k], t->grads, lora->n_params * sizeof(float));
+        size_t est = pq_trainer_bytes(&tm.m.cfg, lora, t->cap, t->checkpoint);
+        if (est != t->dev_bytes) { // (the estimate --checkpoint auto decides with, in either storage)
+            printf("FAIL bf16 %s: pq_trainer_bytes %zu, the buffers (storage %s, %s) take %zu\n", arch_name[arch],
+                   est, k ? "bf16" : "f32", t->checkpoint ? "checkpointed" : "kept", t->dev_bytes);
+            failures++;
+        }
         pq_trainer_free(t);
     }
     pq_ops_set_act_dtype(PQ_F32);
