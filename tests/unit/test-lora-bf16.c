@@ -16,19 +16,12 @@
 #include <string.h>
 
 #include "ops_grad.h"
+#include "ops_test.h"
 #include "st_write.h"
 #include "util.h"
 
 #define SAME_MIN 0.99
 
-static int fails;
-static PqRng rng;
-
-static float *rnd(size_t n, float s) {
-    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)(pq_rng_uniform(&rng) * 2 - 1) * s;
-    return p;
-}
 // v rounded as pq rounds an f32 (the f32 nearest v, then bf16's nearest even)
 static double rb(double v) { return pq_bf16_to_f32(pq_f32_to_bf16((float)v)); }
 static float *rnd16(size_t n, float s) { // values bf16 holds (activations)
@@ -91,23 +84,6 @@ static void same(const char *name, const float *got, const double *want, size_t 
         printf("ok   %s (%.2f%% of %zu as the reference rounds)\n", name, 100 * sh, n);
     }
 }
-// an f32 result
-static void close_to(const char *name, const float *got, const double *want, size_t n, double tol) {
-    double worst = 0;
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-        if (!(d <= worst)) worst = d, at = i;
-    }
-    if (!(worst <= tol)) {
-        printf("FAIL %s: element %zu = %.9g, want %.9g (rel err %.3g > %.3g)\n", name, at, got[at], want[at], worst,
-               tol);
-        fails++;
-    } else {
-        printf("ok   %s (max rel err %.2e)\n", name, worst);
-    }
-}
-
 // dropout_forward's mask of seed (0 or 1/(1-p) per element; all 1 for p 0)
 static float *mask_of(float p, uint64_t seed, size_t n) {
     float *ones = pq_xmalloc((n ? n : 1) * 4), *m = pq_xmalloc((n ? n : 1) * 4);
@@ -144,31 +120,15 @@ static void test_lora(int N, int C, int OC, int r, int with_dinp) {
     // forward; out from pq's own xa (an xa rounded the other way, once in 10^4, moves a whole row of out)
     pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
     float *hxa = f32_down(gxa, nxa), *hout = act_down(gout, ny);
-    double *wxa = ref_xa(xd, Ar, N, C, r), *wout = pq_xmalloc(ny * sizeof *wout);
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int k = 0; k < r; k++) s += (double)hxa[(size_t)i * r + k] * Br[(size_t)o * r + k];
-            wout[(size_t)i * OC + o] = rb(out[(size_t)i * OC + o] + sc * s);
-        }
+    double *wxa = ref_xa(xd, Ar, N, C, r), *wout = pq_xmalloc(ny * sizeof *wout), *pxa = widen(hxa, nxa);
+    ref_lora_up(wout, NULL, NULL, pxa, Br, out, NULL, NULL, sc, N, OC, r, rb);
     snprintf(name, sizeof name, "lora_forward xa %dx%d r=%d", N, C, r);
     same(name, hxa, wxa, nxa);
     snprintf(name, sizeof name, "lora_forward out += %dx%d", N, OC);
     same(name, hout, wout, ny);
     // backward from xa2 (its rounding is the product's)
     double *xr = rounded(xa2, nxa), *wdB = pq_xmalloc(nb * sizeof *wdB), *wdxa = pq_xmalloc(nxa * sizeof *wdxa);
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int i = 0; i < N; i++) s += (double)dy[(size_t)i * OC + o] * xr[(size_t)i * r + k];
-            wdB[(size_t)o * r + k] = dB[(size_t)o * r + k] + sc * s;
-        }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int o = 0; o < OC; o++) s += (double)dy[(size_t)i * OC + o] * Br[(size_t)o * r + k];
-            wdxa[(size_t)i * r + k] = rb(sc * s);
-        }
+    ref_lora_up(NULL, wdB, wdxa, xr, Br, NULL, dy, dB, sc, N, OC, r, rb);
     pq_dev_upload(gxa, xa2, nxa * 4);
     pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa, gA, gB, sc, N, C, OC, r);
     float *hdxa = f32_down(gdxa, nxa), *hdA = f32_down(gdA, na), *hdB = f32_down(gdB, nb), *hdx = act_down(gdx, nx);
@@ -196,8 +156,8 @@ static void test_lora(int N, int C, int OC, int r, int with_dinp) {
     snprintf(name, sizeof name, "lora_backward dinp %s", with_dinp ? "+=" : "untouched");
     same(name, hdx, wdx, nx);
     free(x), free(A), free(B), free(out), free(dy), free(xa2), free(dA), free(dB), free(dx);
-    free(Ar), free(Br), free(xd), free(wxa), free(wout), free(hxa), free(hout), free(xr), free(wdB), free(wdxa);
-    free(hdxa), free(hdA), free(hdB), free(hdx), free(wdA), free(wdx);
+    free(Ar), free(Br), free(xd), free(wxa), free(wout), free(pxa), free(hxa), free(hout), free(xr), free(wdB);
+    free(wdxa), free(hdxa), free(hdA), free(hdB), free(hdx), free(wdA), free(wdx);
     float *dev[] = {gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) pq_dev_free(dev[i]);
 }
@@ -211,24 +171,7 @@ static void test_lora_up(int N, int OC, int r) {
     float *gdB = f32_up(dB, nb), *gdxa = f32_up(xa, nxa);
     double *xr = rounded(xa, nxa), *Br = rounded(B, nb), *wout = pq_xmalloc(ny * sizeof *wout);
     double *wdB = pq_xmalloc(nb * sizeof *wdB), *wdxa = pq_xmalloc(nxa * sizeof *wdxa);
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int k = 0; k < r; k++) s += xr[(size_t)i * r + k] * Br[(size_t)o * r + k];
-            wout[(size_t)i * OC + o] = rb(out[(size_t)i * OC + o] + sc * s);
-        }
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int i = 0; i < N; i++) s += (double)dy[(size_t)i * OC + o] * xr[(size_t)i * r + k];
-            wdB[(size_t)o * r + k] = dB[(size_t)o * r + k] + sc * s;
-        }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int o = 0; o < OC; o++) s += (double)dy[(size_t)i * OC + o] * Br[(size_t)o * r + k];
-            wdxa[(size_t)i * r + k] = rb(sc * s);
-        }
+    ref_lora_up(wout, wdB, wdxa, xr, Br, out, dy, dB, sc, N, OC, r, rb);
     pq_lora_up_forward(gout, gxa, gB, sc, N, OC, r);
     pq_lora_up_backward(gdB, gdxa, gdy, gxa, gB, sc, N, OC, r);
     float *hout = act_down(gout, ny), *hdB = f32_down(gdB, nb), *hdxa = f32_down(gdxa, nxa);
