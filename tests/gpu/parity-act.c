@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../unit/act16.h"
 #include "cuda/sdpa.h"
 #include "cuda/tuning.h"
 #include "gpu_test.h"
@@ -51,15 +52,7 @@ static float *brand(size_t n, float a) {
 // unrounded oracle there.
 static int act_f32(void) { return pq_act_size() == 4; }
 // a device activation (bf16) of host values
-static float *bdev(const float *h, size_t n) {
-    if (act_f32()) return dev(h, n * 4);
-    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
-    for (size_t i = 0; i < n; i++) u[i] = pq_f32_to_bf16(h[i]);
-    float *d = pq_dev_alloc(pq_act_bytes(n));
-    pq_dev_upload(d, u, n * 2);
-    free(u);
-    return d;
-}
+static float *bdev(const float *h, size_t n) { return act_f32() ? dev(h, n * 4) : act16_up(h, n); }
 // a device activation of n NaNs (an output not yet written)
 static float *bnan(size_t n) {
     if (act_f32()) return dnan(n ? n : 1);
@@ -73,15 +66,7 @@ static float *bnan(size_t n) {
 // a device activation of n zeros
 static float *bdev_zero(size_t n) { return pq_dev_alloc(pq_act_bytes(n)); }
 // host f32 of n device bf16
-static float *bdown(const float *d, size_t n) {
-    if (act_f32()) return down(d, n);
-    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
-    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
-    pq_dev_download(u, d, n * 2);
-    for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(u[i]);
-    free(u);
-    return h;
-}
+static float *bdown(const float *d, size_t n) { return act_f32() ? down(d, n) : act16_down(d, n); }
 
 static void verdict(const char *name, const float *want, const float *got, size_t n, double tol) {
     checks++;
