@@ -1,7 +1,8 @@
 // ops_test.h: what the op tests against a double-precision reference share
-// (test-ops.c, test-lora-bf16.c): the failure count, seeded random inputs, a
-// relative-error comparison that counts failures, and LoRA's B side written
-// from its definition. Included by one test file each (statics).
+// (test-ops.c, test-lora-bf16.c, and through attn_test.h test-attn-mm.c and
+// test-attn-plan.c): the failure count, seeded random inputs, a relative-error
+// comparison that counts failures, and LoRA's B side written from its
+// definition. Included by one test file each (statics).
 #ifndef PQ_OPS_TEST_H
 #define PQ_OPS_TEST_H
 
