@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../unit/act16.h"
 #include "cuda/sdpa.h"
 #include "cuda/tuning.h"
 #include "gpu_test.h"
@@ -51,15 +52,7 @@ static float *brand(size_t n, float a) {
 // unrounded oracle there.
 static int act_f32(void) { return pq_act_size() == 4; }
 // a device activation (bf16) of host values
-static float *bdev(const float *h, size_t n) {
-    if (act_f32()) return dev(h, n * 4);
-    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
-    for (size_t i = 0; i < n; i++) u[i] = pq_f32_to_bf16(h[i]);
-    float *d = pq_dev_alloc(pq_act_bytes(n));
-    pq_dev_upload(d, u, n * 2);
-    free(u);
-    return d;
-}
+static float *bdev(const float *h, size_t n) { return act_f32() ? dev(h, n * 4) : act16_up(h, n); }
 // a device activation of n NaNs (an output not yet written)
 static float *bnan(size_t n) {
     if (act_f32()) return dnan(n ? n : 1);
@@ -73,34 +66,11 @@ static float *bnan(size_t n) {
 // a device activation of n zeros
 static float *bdev_zero(size_t n) { return pq_dev_alloc(pq_act_bytes(n)); }
 // host f32 of n device bf16
-static float *bdown(const float *d, size_t n) {
-    if (act_f32()) return down(d, n);
-    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
-    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
-    pq_dev_download(u, d, n * 2);
-    for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(u[i]);
-    free(u);
-    return h;
-}
+static float *bdown(const float *d, size_t n) { return act_f32() ? down(d, n) : act16_down(d, n); }
 
 static void verdict(const char *name, const float *want, const float *got, size_t n, double tol) {
-    double mx = 0, err = 0;
-    size_t bad = (size_t)-1;
-    for (size_t i = 0; i < n; i++) mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
-    double den = mx > 1e-6 ? mx : 1e-6;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - want[i]) / den;
-        if (!(d <= tol) && bad == (size_t)-1) bad = i;
-        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
-    }
     checks++;
-    if (bad != (size_t)-1) {
-        failures++;
-        printf("FAIL %-52s rel err %.3g > %.3g (first at %zu: cpu %.9g gpu %.9g, max|cpu| %.3g)\n", name, err, tol, bad,
-               want[bad], got[bad], mx);
-    } else {
-        printf("ok   %-52s rel err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
-    }
+    if (!close_cpu_gpu(name, 52, want, got, n, tol)) failures++;
 }
 // an activation output: the oracle's f32 rounded to bf16 in place (the stored value, which a next op of the
 // oracle then reads), against the device's bf16
@@ -159,33 +129,6 @@ static void xcmp(const char *name, const float *cpu, const float *gdev, size_t n
     free(g);
 }
 
-// a host weight (rows, cols) of dtype dt with values in [-a, a]
-static PqWeight hweight(int rows, int cols, PqDtype dt, float a) {
-    size_t n = (size_t)rows * cols;
-    float *v = hrand(n, a);
-    void *data;
-    if (dt == PQ_F32) {
-        data = v;
-    } else {
-        uint16_t *u = pq_xmalloc(n * 2);
-        for (size_t i = 0; i < n; i++) u[i] = dt == PQ_BF16 ? pq_f32_to_bf16(v[i]) : pq_f32_to_f16(v[i]);
-        free(v);
-        data = u;
-    }
-    return (PqWeight){data, dt, rows, cols};
-}
-
-static int32_t *packing(const int *lens, int nrec, int *N) {
-    int n = 0;
-    for (int r = 0; r < nrec; r++) n += lens[r];
-    int32_t *pos = pq_xmalloc((size_t)n * sizeof *pos);
-    int k = 0;
-    for (int r = 0; r < nrec; r++)
-        for (int i = 0; i < lens[r]; i++) pos[k++] = i;
-    *N = n;
-    return pos;
-}
-
 static void freev(void **p, size_t n) {
     for (size_t i = 0; i < n; i++) pq_dev_free(p[i]);
 }
@@ -199,7 +142,7 @@ static void freev(void **p, size_t n) {
 
 static void test_embedding(PqDtype dt) {
     int V = 1000, C = 96, N = 77;
-    PqWeight hw = hweight(V, C, dt, 3), dw = pq_dev_weight(hw);
+    PqWeight hw = hweight(V, C, dt, 3, NULL), dw = pq_dev_weight(hw);
     int32_t *ids = pq_xmalloc(N * sizeof *ids);
     for (int i = 0; i < N; i++) ids[i] = (int32_t)(rnd() % V);
     ids[0] = 0, ids[N - 1] = V - 1;
@@ -293,7 +236,7 @@ static void test_qk_norm(int N, int NH, int HS) {
 // elements into its buffer, not 16-byte aligned, which cuBLASLt never takes: the bf16 product through
 // cublasGemmEx writing bf16 (beta 1 for linear_backward), a bias through f32 scratch and bias_narrow_kernel
 static void test_linear(PqDtype dt, int bias, int N, int C, int OC, int off) {
-    PqWeight hw = hweight(OC, C, dt, 0.1f), dw = pq_dev_weight(hw);
+    PqWeight hw = hweight(OC, C, dt, 0.1f, NULL), dw = pq_dev_weight(hw);
     size_t nx = (size_t)N * C, ny = (size_t)N * OC;
     float *xh = brand(nx + off, 1), *b = hrand(OC, 1), *dyh = brand(ny + off, 1), *dxh = brand(nx + off, 1);
     float *out = hnan(ny), *x = xh + off, *dy = dyh + off, *dx = dxh + off;
@@ -324,7 +267,7 @@ static void test_linear_group(PqDtype dt, int n, int bias, int joined, int N) {
     PqWeight hw[3], dw[3];
     float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3], *gout[3], *dy[3], *gdy[3];
     for (int t = 0; t < n; t++) {
-        hw[t] = dw[t] = hweight(oc[t], C, dt, 0.1f);
+        hw[t] = dw[t] = hweight(oc[t], C, dt, 0.1f, NULL);
         if (bias >> t & 1) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
         out[t] = hnan((size_t)N * oc[t]), gout[t] = bnan((size_t)N * oc[t]);
         dy[t] = brand((size_t)N * oc[t], 1), gdy[t] = bdev(dy[t], (size_t)N * oc[t]);
@@ -632,7 +575,7 @@ static void test_logp(PqDtype dt, const char *chunk) {
     if (chunk) setenv("PQ_CUDA_VOCAB_CHUNK", chunk, 1);
     else unsetenv("PQ_CUDA_VOCAB_CHUNK");
     int N = 150, C = 128, V = 5003;
-    PqWeight hw = hweight(V, C, dt, 0.5f), dw = pq_dev_weight(hw);
+    PqWeight hw = hweight(V, C, dt, 0.5f, NULL), dw = pq_dev_weight(hw);
     size_t nh = (size_t)N * C;
     float *h = brand(nh, 1), *dl = hrand(N, 1), *dh = brand(nh, 1), *lp = hnan(N), *lse = hnan(N);
     int32_t *tg = pq_xmalloc(N * sizeof *tg);
@@ -765,10 +708,7 @@ static void g_switch(void) {
     pq_ops_set_act_dtype(PQ_BF16);
 }
 
-static const struct {
-    const char *name;
-    void (*run)(void);
-} groups[] = {
+static const GtGroup groups[] = {
     {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm}, {"linear", g_linear},
     {"lora", g_lora},           {"rope", g_rope},             {"elementwise", g_elementwise},
     {"attention", g_attention}, {"attention2", g_attention2}, {"logp", g_logp},   {"switch", g_switch},
@@ -777,30 +717,8 @@ enum { NGROUPS = sizeof groups / sizeof *groups };
 
 int main(int argc, char **argv) {
     pq_rng_seed(&gt_rng, 0x5eedbf16ULL);
-    int device = 0, want[NGROUPS] = {0}, any = 0;
-    for (int i = 1; i < argc; i++) {
-        int g = -1;
-        if (!strcmp(argv[i], "--list")) {
-            for (int k = 0; k < NGROUPS; k++) printf("%s\n", groups[k].name);
-            return 0;
-        }
-        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
-            device = atoi(argv[++i]);
-            continue;
-        }
-        for (int k = 0; k < NGROUPS; k++)
-            if (!strcmp(argv[i], groups[k].name)) g = k;
-        if (g < 0) {
-            fprintf(stderr, "usage: parity-act [--device N] [--list] [GROUP...] (no GROUP: all)\n");
-            return 2;
-        }
-        want[g] = any = 1;
-    }
-    if (pq_ops_set_device(device)) {
-        fprintf(stderr, "parity-act: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
-        return 2;
-    }
-    pq_cpu_set_threads(0);
+    int want[NGROUPS], rc = gt_args(argc, argv, "parity-act", groups, NGROUPS, want);
+    if (rc >= 0) return rc;
     // bf16 storage for the whole run, as a bf16 model's pq_ops_act_choose sets it; the oracle (pq_cpu_*) is
     // plain f32 on host arrays
     pq_ops_set_act_dtype(PQ_BF16);
@@ -810,7 +728,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (int k = 0; k < NGROUPS; k++)
-        if (!any || want[k]) groups[k].run();
+        if (want[k]) groups[k].run();
     printf("%d of %d checks failed\n", failures, checks);
     return failures ? 1 : 0;
 }

@@ -18,56 +18,9 @@ static int failures, checks;
 // max |gpu - cpu| / max(max |cpu|, floor) <= tol, and no NaN where cpu has none
 static void cmp(const char *name, const float *cpu, const float *gpu_dev, size_t n, double tol) {
     float *g = down(gpu_dev, n);
-    double mx = 0, err = 0;
-    size_t bad = (size_t)-1;
-    for (size_t i = 0; i < n; i++) mx = fabs(cpu[i]) > mx ? fabs(cpu[i]) : mx;
-    double den = mx > 1e-6 ? mx : 1e-6;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)g[i] - cpu[i]) / den;
-        if (!(d <= tol) && bad == (size_t)-1) bad = i;
-        if (d > err || isnan(d)) err = isnan(d) ? INFINITY : d;
-    }
     checks++;
-    if (bad != (size_t)-1) {
-        failures++;
-        printf("FAIL %-40s rel err %.3g > %.3g (first at %zu: cpu %.9g gpu %.9g, max|cpu| %.3g)\n", name, err, tol, bad,
-               cpu[bad], g[bad], mx);
-    } else {
-        printf("ok   %-40s rel err %.3g (tol %.3g, n %zu)\n", name, err, tol, n);
-    }
+    if (!close_cpu_gpu(name, 40, cpu, g, n, tol)) failures++;
     free(g);
-}
-
-// a host weight (rows, cols) of dtype dt with values in [-a, a]; vals gets
-// the exact f32 values it holds
-static PqWeight hweight(int rows, int cols, PqDtype dt, float a, float **vals) {
-    size_t n = (size_t)rows * cols;
-    float *v = hrand(n, a);
-    void *data;
-    if (dt == PQ_F32) {
-        data = pq_xmalloc(n * 4);
-        memcpy(data, v, n * 4);
-    } else {
-        uint16_t *u = pq_xmalloc(n * 2);
-        for (size_t i = 0; i < n; i++) u[i] = dt == PQ_BF16 ? pq_f32_to_bf16(v[i]) : pq_f32_to_f16(v[i]);
-        for (size_t i = 0; i < n; i++) v[i] = dt == PQ_BF16 ? pq_bf16_to_f32(u[i]) : pq_f16_to_f32(u[i]);
-        data = u;
-    }
-    if (vals) *vals = v;
-    else free(v);
-    return (PqWeight){data, dt, rows, cols};
-}
-
-// packed records of the given lengths: pos (N)
-static int32_t *packing(const int *lens, int nrec, int *N) {
-    int n = 0;
-    for (int r = 0; r < nrec; r++) n += lens[r];
-    int32_t *pos = pq_xmalloc((size_t)n * sizeof *pos);
-    int k = 0;
-    for (int r = 0; r < nrec; r++)
-        for (int i = 0; i < lens[r]; i++) pos[k++] = i;
-    *N = n;
-    return pos;
 }
 
 static double prod_tol(PqDtype dt) { return dt == PQ_F32 ? 2e-5 : 1.5e-2; }
@@ -728,10 +681,7 @@ static void g_gen(void) {
     test_gen(9);
 }
 
-static const struct {
-    const char *name;
-    void (*run)(void);
-} groups[] = {
+static const GtGroup groups[] = {
     {"memory", g_memory}, {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm},
     {"linear", g_linear},
     {"lora", g_lora},     {"rope", g_rope},           {"attention", g_attention}, {"attention2", g_attention2},
@@ -741,32 +691,10 @@ enum { NGROUPS = sizeof groups / sizeof *groups };
 
 int main(int argc, char **argv) {
     pq_rng_seed(&gt_rng, 0x9e3779b97f4a7c15ULL);
-    int device = 0, want[NGROUPS] = {0}, any = 0;
-    for (int i = 1; i < argc; i++) {
-        int g = -1;
-        if (!strcmp(argv[i], "--list")) {
-            for (int k = 0; k < NGROUPS; k++) printf("%s\n", groups[k].name);
-            return 0;
-        }
-        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
-            device = atoi(argv[++i]);
-            continue;
-        }
-        for (int k = 0; k < NGROUPS; k++)
-            if (!strcmp(argv[i], groups[k].name)) g = k;
-        if (g < 0) {
-            fprintf(stderr, "usage: parity-ops [--device N] [--list] [GROUP...] (no GROUP: all)\n");
-            return 2;
-        }
-        want[g] = any = 1;
-    }
-    if (pq_ops_set_device(device)) {
-        fprintf(stderr, "parity-ops: no CUDA device %d (backend %s)\n", device, pq_ops_backend());
-        return 2;
-    }
-    pq_cpu_set_threads(0);
+    int want[NGROUPS], rc = gt_args(argc, argv, "parity-ops", groups, NGROUPS, want);
+    if (rc >= 0) return rc;
     for (int k = 0; k < NGROUPS; k++)
-        if (!any || want[k]) groups[k].run();
+        if (want[k]) groups[k].run();
     printf("%d of %d checks failed\n", failures, checks);
     return failures ? 1 : 0;
 }

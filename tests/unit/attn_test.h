@@ -1,6 +1,7 @@
-// attn_test.h: what test-attn-mm.c and test-attn-plan.c share: random and
-// NaN-filled buffers, a relative-error comparison that counts failures, the
-// attention layouts they run and the reference they compare against.
+// attn_test.h: what test-attn-mm.c and test-attn-plan.c share: random
+// (ops_test.h) and NaN-filled buffers, a relative-error comparison that counts
+// failures, the attention layouts they run and the reference they compare
+// against.
 // Included by one test file each (statics).
 #ifndef PQ_ATTN_TEST_H
 #define PQ_ATTN_TEST_H
@@ -10,16 +11,9 @@
 
 #include "ops.h"
 #include "ops_grad.h"
+#include "ops_test.h"
 #include "util.h"
 
-static int fails;
-static PqRng rng;
-
-static float *rnd(size_t n, float s) {
-    float *p = pq_xmalloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)(pq_rng_uniform(&rng) * 2 - 1) * s;
-    return p;
-}
 static float *nans(size_t n) {
     float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
     for (size_t i = 0; i < n; i++) p[i] = NAN;

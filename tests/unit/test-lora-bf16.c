@@ -15,20 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "act16.h"
 #include "ops_grad.h"
+#include "ops_test.h"
 #include "st_write.h"
 #include "util.h"
 
 #define SAME_MIN 0.99
 
-static int fails;
-static PqRng rng;
-
-static float *rnd(size_t n, float s) {
-    float *p = pq_xmalloc((n ? n : 1) * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = (float)(pq_rng_uniform(&rng) * 2 - 1) * s;
-    return p;
-}
 // v rounded as pq rounds an f32 (the f32 nearest v, then bf16's nearest even)
 static double rb(double v) { return pq_bf16_to_f32(pq_f32_to_bf16((float)v)); }
 static float *rnd16(size_t n, float s) { // values bf16 holds (activations)
@@ -42,23 +36,7 @@ static double *rounded(const float *p, size_t n) {
     return d;
 }
 
-// device buffers: activations (bf16) and LoRA's f32 tensors
-static float *act_up(const float *h, size_t n) {
-    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
-    for (size_t i = 0; i < n; i++) u[i] = pq_f32_to_bf16(h[i]);
-    float *d = pq_dev_alloc(pq_act_bytes(n));
-    pq_dev_upload(d, u, n * 2);
-    free(u);
-    return d;
-}
-static float *act_down(const float *d, size_t n) {
-    uint16_t *u = pq_xmalloc((n ? n : 1) * 2);
-    float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
-    pq_dev_download(u, d, n * 2);
-    for (size_t i = 0; i < n; i++) h[i] = pq_bf16_to_f32(u[i]);
-    free(u);
-    return h;
-}
+// device buffers: activations (bf16, act16.h) and LoRA's f32 tensors
 static float *f32_up(const float *h, size_t n) {
     float *d = pq_dev_alloc(n * 4);
     pq_dev_upload(d, h, n * 4);
@@ -91,23 +69,6 @@ static void same(const char *name, const float *got, const double *want, size_t 
         printf("ok   %s (%.2f%% of %zu as the reference rounds)\n", name, 100 * sh, n);
     }
 }
-// an f32 result
-static void close_to(const char *name, const float *got, const double *want, size_t n, double tol) {
-    double worst = 0;
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-        if (!(d <= worst)) worst = d, at = i;
-    }
-    if (!(worst <= tol)) {
-        printf("FAIL %s: element %zu = %.9g, want %.9g (rel err %.3g > %.3g)\n", name, at, got[at], want[at], worst,
-               tol);
-        fails++;
-    } else {
-        printf("ok   %s (max rel err %.2e)\n", name, worst);
-    }
-}
-
 // dropout_forward's mask of seed (0 or 1/(1-p) per element; all 1 for p 0)
 static float *mask_of(float p, uint64_t seed, size_t n) {
     float *ones = pq_xmalloc((n ? n : 1) * 4), *m = pq_xmalloc((n ? n : 1) * 4);
@@ -136,42 +97,26 @@ static void test_lora(int N, int C, int OC, int r, int with_dinp) {
     float sc = 1.75f;
     float *x = rnd16(nx, 1), *A = rnd(na, 0.3f), *B = rnd(nb, 0.3f), *out = rnd16(ny, 1), *dy = rnd16(ny, 1);
     float *xa2 = rnd(nxa, 1), *dA = rnd(na, 1), *dB = rnd(nb, 1), *dx = rnd16(nx, 1);
-    float *gx = act_up(x, nx), *gA = f32_up(A, na), *gB = f32_up(B, nb), *gout = act_up(out, ny);
-    float *gxa = f32_up(xa2, nxa), *gdy = act_up(dy, ny), *gdA = f32_up(dA, na), *gdB = f32_up(dB, nb);
-    float *gdx = act_up(dx, nx), *gdxa = f32_up(xa2, nxa);
+    float *gx = act16_up(x, nx), *gA = f32_up(A, na), *gB = f32_up(B, nb), *gout = act16_up(out, ny);
+    float *gxa = f32_up(xa2, nxa), *gdy = act16_up(dy, ny), *gdA = f32_up(dA, na), *gdB = f32_up(dB, nb);
+    float *gdx = act16_up(dx, nx), *gdxa = f32_up(xa2, nxa);
     double *Ar = rounded(A, na), *Br = rounded(B, nb), *xd = rounded(x, nx);
     char name[128];
     // forward; out from pq's own xa (an xa rounded the other way, once in 10^4, moves a whole row of out)
     pq_lora_forward(gout, gxa, gx, gA, gB, sc, N, C, OC, r);
-    float *hxa = f32_down(gxa, nxa), *hout = act_down(gout, ny);
-    double *wxa = ref_xa(xd, Ar, N, C, r), *wout = pq_xmalloc(ny * sizeof *wout);
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int k = 0; k < r; k++) s += (double)hxa[(size_t)i * r + k] * Br[(size_t)o * r + k];
-            wout[(size_t)i * OC + o] = rb(out[(size_t)i * OC + o] + sc * s);
-        }
+    float *hxa = f32_down(gxa, nxa), *hout = act16_down(gout, ny);
+    double *wxa = ref_xa(xd, Ar, N, C, r), *wout = pq_xmalloc(ny * sizeof *wout), *pxa = widen(hxa, nxa);
+    ref_lora_up(wout, NULL, NULL, pxa, Br, out, NULL, NULL, sc, N, OC, r, rb);
     snprintf(name, sizeof name, "lora_forward xa %dx%d r=%d", N, C, r);
     same(name, hxa, wxa, nxa);
     snprintf(name, sizeof name, "lora_forward out += %dx%d", N, OC);
     same(name, hout, wout, ny);
     // backward from xa2 (its rounding is the product's)
     double *xr = rounded(xa2, nxa), *wdB = pq_xmalloc(nb * sizeof *wdB), *wdxa = pq_xmalloc(nxa * sizeof *wdxa);
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int i = 0; i < N; i++) s += (double)dy[(size_t)i * OC + o] * xr[(size_t)i * r + k];
-            wdB[(size_t)o * r + k] = dB[(size_t)o * r + k] + sc * s;
-        }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int o = 0; o < OC; o++) s += (double)dy[(size_t)i * OC + o] * Br[(size_t)o * r + k];
-            wdxa[(size_t)i * r + k] = rb(sc * s);
-        }
+    ref_lora_up(NULL, wdB, wdxa, xr, Br, NULL, dy, dB, sc, N, OC, r, rb);
     pq_dev_upload(gxa, xa2, nxa * 4);
     pq_lora_backward(with_dinp ? gdx : NULL, gdA, gdB, gdxa, gdy, gx, gxa, gA, gB, sc, N, C, OC, r);
-    float *hdxa = f32_down(gdxa, nxa), *hdA = f32_down(gdA, na), *hdB = f32_down(gdB, nb), *hdx = act_down(gdx, nx);
+    float *hdxa = f32_down(gdxa, nxa), *hdA = f32_down(gdA, na), *hdB = f32_down(gdB, nb), *hdx = act16_down(gdx, nx);
     // dA and dinp from pq's own dxa (a rare other rounding of it must not move them)
     double *wdA = pq_xmalloc(na * sizeof *wdA), *wdx = pq_xmalloc(nx * sizeof *wdx);
     for (int k = 0; k < r; k++)
@@ -196,8 +141,8 @@ static void test_lora(int N, int C, int OC, int r, int with_dinp) {
     snprintf(name, sizeof name, "lora_backward dinp %s", with_dinp ? "+=" : "untouched");
     same(name, hdx, wdx, nx);
     free(x), free(A), free(B), free(out), free(dy), free(xa2), free(dA), free(dB), free(dx);
-    free(Ar), free(Br), free(xd), free(wxa), free(wout), free(hxa), free(hout), free(xr), free(wdB), free(wdxa);
-    free(hdxa), free(hdA), free(hdB), free(hdx), free(wdA), free(wdx);
+    free(Ar), free(Br), free(xd), free(wxa), free(wout), free(pxa), free(hxa), free(hout), free(xr), free(wdB);
+    free(wdxa), free(hdxa), free(hdA), free(hdB), free(hdx), free(wdA), free(wdx);
     float *dev[] = {gx, gA, gB, gout, gxa, gdy, gdA, gdB, gdx, gdxa};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) pq_dev_free(dev[i]);
 }
@@ -207,31 +152,14 @@ static void test_lora_up(int N, int OC, int r) {
     size_t ny = (size_t)N * OC, nxa = (size_t)N * r, nb = (size_t)OC * r;
     float sc = 0.625f;
     float *xa = rnd(nxa, 1), *B = rnd(nb, 0.3f), *out = rnd16(ny, 1), *dy = rnd16(ny, 1), *dB = rnd(nb, 1);
-    float *gxa = f32_up(xa, nxa), *gB = f32_up(B, nb), *gout = act_up(out, ny), *gdy = act_up(dy, ny);
+    float *gxa = f32_up(xa, nxa), *gB = f32_up(B, nb), *gout = act16_up(out, ny), *gdy = act16_up(dy, ny);
     float *gdB = f32_up(dB, nb), *gdxa = f32_up(xa, nxa);
     double *xr = rounded(xa, nxa), *Br = rounded(B, nb), *wout = pq_xmalloc(ny * sizeof *wout);
     double *wdB = pq_xmalloc(nb * sizeof *wdB), *wdxa = pq_xmalloc(nxa * sizeof *wdxa);
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int k = 0; k < r; k++) s += xr[(size_t)i * r + k] * Br[(size_t)o * r + k];
-            wout[(size_t)i * OC + o] = rb(out[(size_t)i * OC + o] + sc * s);
-        }
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int i = 0; i < N; i++) s += (double)dy[(size_t)i * OC + o] * xr[(size_t)i * r + k];
-            wdB[(size_t)o * r + k] = dB[(size_t)o * r + k] + sc * s;
-        }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int o = 0; o < OC; o++) s += (double)dy[(size_t)i * OC + o] * Br[(size_t)o * r + k];
-            wdxa[(size_t)i * r + k] = rb(sc * s);
-        }
+    ref_lora_up(wout, wdB, wdxa, xr, Br, out, dy, dB, sc, N, OC, r, rb);
     pq_lora_up_forward(gout, gxa, gB, sc, N, OC, r);
     pq_lora_up_backward(gdB, gdxa, gdy, gxa, gB, sc, N, OC, r);
-    float *hout = act_down(gout, ny), *hdB = f32_down(gdB, nb), *hdxa = f32_down(gdxa, nxa);
+    float *hout = act16_down(gout, ny), *hdB = f32_down(gdB, nb), *hdxa = f32_down(gdxa, nxa);
     char name[96];
     snprintf(name, sizeof name, "lora_up_forward out += %dx%d r=%d", N, OC, r);
     same(name, hout, wout, ny);
@@ -250,7 +178,7 @@ static void test_lora_group(int n, int N, int C, int r, float p) {
     size_t ne = (size_t)N * C, na = (size_t)r * C, nxa = (size_t)N * r;
     uint64_t seed[4] = {0x1234567ULL, 0xfeedf00dULL, 42, 0x9999};
     float *x = rnd16(ne, 1), *dx = rnd16(ne, 1), *A[4], *dxa[4], *dA[4], *gA[4], *gxa[4], *gdxa[4], *gdA[4];
-    float *gx = act_up(x, ne), *gdx = act_up(dx, ne), *gdx1 = act_up(dx, ne);
+    float *gx = act16_up(x, ne), *gdx = act16_up(dx, ne), *gdx1 = act16_up(dx, ne);
     double *wxa[4], *wdA[4], *wdx = pq_xmalloc(ne * sizeof *wdx), *wdx1 = pq_xmalloc(ne * sizeof *wdx1);
     for (size_t e = 0; e < ne; e++) wdx[e] = wdx1[e] = 0;
     int zeros = 0;
@@ -293,7 +221,7 @@ static void test_lora_group(int n, int N, int C, int r, float p) {
         close_to(name, hdA, wdA[t], na, 1e-5);
         free(hxa), free(hdA);
     }
-    float *hdx = act_down(gdx, ne), *hdx1 = act_down(gdx1, ne);
+    float *hdx = act16_down(gdx, ne), *hdx1 = act16_down(gdx1, ne);
     snprintf(name, sizeof name, "lora_dx_group += n=%d %dx%d r=%d p=%g (%d of %zu dropped)", n, N, C, r, p, zeros,
              (size_t)n * ne);
     same(name, hdx, wdx, ne);

@@ -8,31 +8,9 @@
 
 #include "ops.h"
 #include "ops_grad.h"
+#include "ops_test.h"
 #include "st_write.h"
 #include "util.h"
-
-static int fails;
-static PqRng rng;
-
-static float urand(void) { return (float)(pq_rng_uniform(&rng) * 2 - 1); }
-static float *rnd(size_t n, float s) {
-    float *p = pq_xmalloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = urand() * s;
-    return p;
-}
-
-static void close_to(const char *what, const float *got, const double *want, size_t n, double tol) {
-    double worst = 0;
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-        if (!(d <= worst)) worst = d, at = i;
-    }
-    if (!(worst <= tol)) {
-        printf("FAIL %s: element %zu = %.9g, want %.9g (rel err %.3g > %.3g)\n", what, at, got[at], want[at], worst, tol);
-        fails++;
-    } else printf("ok   %s (max rel err %.2e)\n", what, worst);
-}
 
 // A weight (rows, cols) in dtype from f32 values; vals gets what the weight holds.
 static PqWeight weight(PqDtype t, int rows, int cols, float *vals, void **store) {
@@ -234,31 +212,16 @@ static void test_lora_up(int N, int OC, int r) {
     float *dout = rnd((size_t)N * OC, 1), *dB = rnd((size_t)OC * r, 1), *dxa = rnd((size_t)N * r, 1);
     double *wo = pq_xmalloc((size_t)N * OC * sizeof *wo), *wdB = pq_xmalloc((size_t)OC * r * sizeof *wdB);
     double *wdxa = pq_xmalloc((size_t)N * r * sizeof *wdxa);
+    double *xad = widen(xa, (size_t)N * r), *Bd = widen(B, (size_t)OC * r);
     float sc = 1.75f;
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) {
-            double s = 0;
-            for (int k = 0; k < r; k++) s += (double)xa[(size_t)i * r + k] * B[(size_t)o * r + k];
-            wo[(size_t)i * OC + o] = out[(size_t)i * OC + o] + sc * s;
-        }
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int i = 0; i < N; i++) s += (double)dout[(size_t)i * OC + o] * xa[(size_t)i * r + k];
-            wdB[(size_t)o * r + k] = dB[(size_t)o * r + k] + sc * s;
-        }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (int o = 0; o < OC; o++) s += (double)dout[(size_t)i * OC + o] * B[(size_t)o * r + k];
-            wdxa[(size_t)i * r + k] = sc * s;
-        }
+    ref_lora_up(wo, wdB, wdxa, xad, Bd, out, dout, dB, sc, N, OC, r, NULL);
     pq_cpu_lora_up_forward(out, xa, B, sc, N, OC, r);
     pq_cpu_lora_up_backward(dB, dxa, dout, xa, B, sc, N, OC, r);
     close_to("lora_up_forward out", out, wo, (size_t)N * OC, 1e-5);
     close_to("lora_up_backward dB", dB, wdB, (size_t)OC * r, 1e-5);
     close_to("lora_up_backward dxa", dxa, wdxa, (size_t)N * r, 1e-5);
     free(xa), free(B), free(out), free(dout), free(dB), free(dxa), free(wo), free(wdB), free(wdxa);
+    free(xad), free(Bd);
 }
 
 static void test_rmsnorm(int N, int C) {
