@@ -772,6 +772,14 @@ extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const f
     pq_lora_up_forward(out, xa, B, scale, N, OC, r);
 }
 
+// the pair (d, d + half) of one head v rotated by angle a (HF's rotate_half); dir +1 forward, -1 backward
+template <typename T> __device__ void rope_pair(T *v, int d, int half, float a, int dir) {
+    float c = cosf(a), s = dir > 0 ? sinf(a) : -sinf(a);
+    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
+    pq_st(v, d, x0 * c - x1 * s);
+    pq_st(v, d + half, x1 * c + x0 * s);
+}
+
 // one thread per (token, head, d < HS/2); dir +1 forward, -1 backward
 template <typename T>
 __global__ void rope_kernel(T *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
@@ -780,18 +788,7 @@ __global__ void rope_kernel(T *x, const int32_t *pos, const float *inv_freq, int
     if (idx >= (size_t)N * NH * half) return;
     int d = (int)(idx % half);
     size_t ih = idx / half; // token * NH + head
-    size_t i = ih / NH;
-    float a = (float)pos[i] * inv_freq[d];
-    float c = cosf(a), s = sinf(a);
-    T *v = x + ih * HS;
-    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
-    if (dir > 0) {
-        pq_st(v, d, x0 * c - x1 * s);
-        pq_st(v, d + half, x1 * c + x0 * s);
-    } else {
-        pq_st(v, d, x0 * c + x1 * s);
-        pq_st(v, d + half, x1 * c - x0 * s);
-    }
+    rope_pair(x + ih * HS, d, half, (float)pos[ih / NH] * inv_freq[d], dir);
 }
 
 static void rope(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {
@@ -821,17 +818,8 @@ __global__ void rope_qk_kernel(T *q, T *k, const int32_t *pos, const float *inv_
     size_t ih = idx / half; // token * H + head
     size_t i = ih / H;
     int h = (int)(ih % H);
-    float a = (float)pos[i] * inv_freq[d];
-    float c = cosf(a), s = sinf(a);
     T *v = h < NH ? q + (i * NH + h) * HS : k + (i * KVH + (h - NH)) * HS;
-    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
-    if (dir > 0) {
-        pq_st(v, d, x0 * c - x1 * s);
-        pq_st(v, d + half, x1 * c + x0 * s);
-    } else {
-        pq_st(v, d, x0 * c + x1 * s);
-        pq_st(v, d + half, x1 * c - x0 * s);
-    }
+    rope_pair(v, d, half, (float)pos[i] * inv_freq[d], dir);
 }
 
 static void rope_qk(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH, int HS,
