@@ -1315,11 +1315,9 @@ int pq_gen_step(PqGen *g) {
             pq_dev_upload(g->d_srows, g->srows, (size_t)M * sizeof *g->srows);
             pq_sample(g->d_sids, g->logits, g->d_srows, M, c->V);
             pq_dev_download(g->sids, g->d_sids, (size_t)M * sizeof *g->sids);
-            for (int r = 0; r < M; r++)
-                if (!g->sdev[r])
-                    pq_dev_download(g->h_logits + (size_t)r * c->V, g->logits + (size_t)r * c->V, (size_t)c->V * 4);
-            for (int r = 0; r < M; r++) // a prompt's own row: its logits for the samples that follow
-                if (g->sdev[r] && g->slots[row_slot[r]].state == SLOT_PREFILL)
+            for (int r = 0; r < M; r++) // a prompt's own row: its logits for the samples that follow (and its
+                                        // pick, when constrained)
+                if (g->slots[row_slot[r]].state == SLOT_PREFILL)
                     pq_dev_download(g->h_logits + (size_t)r * c->V, g->logits + (size_t)r * c->V, (size_t)c->V * 4);
         }
         // prefilled prompts: keep their logits; followers copy the prompt
