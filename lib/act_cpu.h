@@ -15,6 +15,7 @@
 #define PQ_ACT_CPU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ops.h"
 
@@ -28,5 +29,9 @@ float *pq_act_scratch(int s, size_t n);
 float *pq_act_widen(int s, const float *p, size_t n);
 // dst (n bf16 elements) = src (n floats) rounded to nearest even.
 void pq_act_narrow(float *dst, const float *src, size_t n);
+// The rotations' wrappers (rope_forward, rope_backward and their q,k pairs): x (N,NH,HS) rotated in place by f
+// (pq_cpu_rope_forward or pq_cpu_rope_backward), on an f32 copy with bf16 storage.
+typedef void (*PqRopeFn)(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);
+void pq_act_rope(PqRopeFn f, float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS);
 
 #endif

@@ -142,20 +142,23 @@ void pq_lora_forward(float *out, float *xa, const float *inp, const float *A, co
     pq_cpu_lora_forward_bf16(o, xa, pq_act_widen(1, inp, (size_t)N * C), A, B, scale, N, C, OC, r);
     pq_act_narrow(out, o, n);
 }
-void pq_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
+void pq_act_rope(PqRopeFn f, float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
     if (!pq_act_bf16()) {
-        pq_cpu_rope_forward(x, pos, inv_freq, N, NH, HS);
+        f(x, pos, inv_freq, N, NH, HS);
         return;
     }
     size_t n = (size_t)N * NH * HS;
     float *xw = pq_act_widen(0, x, n);
-    pq_cpu_rope_forward(xw, pos, inv_freq, N, NH, HS);
+    f(xw, pos, inv_freq, N, NH, HS);
     pq_act_narrow(x, xw, n);
+}
+void pq_rope_forward(float *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
+    pq_act_rope(pq_cpu_rope_forward, x, pos, inv_freq, N, NH, HS);
 }
 void pq_rope_qk_forward(float *q, float *k, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH,
                         int HS) {
-    pq_rope_forward(q, pos, inv_freq, N, NH, HS);
-    pq_rope_forward(k, pos, inv_freq, N, KVH, HS);
+    pq_act_rope(pq_cpu_rope_forward, q, pos, inv_freq, N, NH, HS);
+    pq_act_rope(pq_cpu_rope_forward, k, pos, inv_freq, N, KVH, HS);
 }
 void pq_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *pos,
                           int N, int NH, int KVH, int HS, int window) {

@@ -51,19 +51,12 @@ void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, const float
     if (dinp) pq_act_narrow(dinp, d, n);
 }
 void pq_rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int N, int NH, int HS) {
-    if (!pq_act_bf16()) {
-        pq_cpu_rope_backward(dx, pos, inv_freq, N, NH, HS);
-        return;
-    }
-    size_t n = (size_t)N * NH * HS;
-    float *d = pq_act_widen(0, dx, n);
-    pq_cpu_rope_backward(d, pos, inv_freq, N, NH, HS);
-    pq_act_narrow(dx, d, n);
+    pq_act_rope(pq_cpu_rope_backward, dx, pos, inv_freq, N, NH, HS);
 }
 void pq_rope_qk_backward(float *dq, float *dk, const int32_t *pos, const float *inv_freq, int N, int NH, int KVH,
                          int HS) {
-    pq_rope_backward(dq, pos, inv_freq, N, NH, HS);
-    pq_rope_backward(dk, pos, inv_freq, N, KVH, HS);
+    pq_act_rope(pq_cpu_rope_backward, dq, pos, inv_freq, N, NH, HS);
+    pq_act_rope(pq_cpu_rope_backward, dk, pos, inv_freq, N, KVH, HS);
 }
 void pq_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *pos, int N, int NH,
