@@ -125,13 +125,13 @@ __global__ void act_narrow_kernel(__nv_bfloat16 *dst, const float *src, size_t n
     if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
-void pq_act_widen(float *dst, const void *src, size_t n) {
+void pq_cuda_act_widen(float *dst, const void *src, size_t n) {
     if (!n) return;
     act_widen_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
         dst, (const __nv_bfloat16 *)src, n);
     CU_LAUNCHED();
 }
-void pq_act_narrow(void *dst, const float *src, size_t n) {
+void pq_cuda_act_narrow(void *dst, const float *src, size_t n) {
     if (!n) return;
     act_narrow_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((__nv_bfloat16 *)dst, src,
                                                                                          n);
@@ -749,7 +749,7 @@ static void lora16_up_back(float *dB, float *dxa, pq_bf16 *dxa16, const float *d
                            const pq_bf16 *B16, float scale, int N, int OC, int r) {
     gemm_raw(CUBLAS_OP_N, CUBLAS_OP_T, r, OC, N, scale, xa16, dout, PQ_BF16, r, OC, 1.0f, dB, r);
     gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, r, N, OC, scale, B16, dout, r, OC, 0.0f, dxa16, r, NULL);
-    pq_act_widen(dxa, dxa16, (size_t)N * r);
+    pq_cuda_act_widen(dxa, dxa16, (size_t)N * r);
 }
 
 // bf16 activations: xa (N,r) = inp A16^T rounded once to bf16 (the B side's operand), widened into xa; then
@@ -761,10 +761,10 @@ extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const f
         size_t n[3] = {(size_t)r * C, (size_t)OC * r, (size_t)N * r};
         pq_bf16 *b[3];
         lora16_bufs(b, n, 3);
-        pq_act_narrow(b[0], A, n[0]);
-        pq_act_narrow(b[1], B, n[1]);
+        pq_cuda_act_narrow(b[0], A, n[0]);
+        pq_cuda_act_narrow(b[1], B, n[1]);
         gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, r, N, C, 1.0f, b[0], inp, C, C, 0.0f, b[2], r, NULL);
-        pq_act_widen(xa, b[2], n[2]);
+        pq_cuda_act_widen(xa, b[2], n[2]);
         lora16_up(out, b[2], b[1], scale, N, OC, r);
         return;
     }
@@ -1041,9 +1041,9 @@ extern "C" void pq_lora_backward(float *dinp, float *dA, float *dB, float *dxa, 
         size_t n[4] = {(size_t)r * C, (size_t)OC * r, (size_t)N * r, (size_t)N * r};
         pq_bf16 *b[4];
         lora16_bufs(b, n, 4);
-        if (dinp) pq_act_narrow(b[0], A, n[0]);
-        pq_act_narrow(b[1], B, n[1]);
-        pq_act_narrow(b[2], xa, n[2]);
+        if (dinp) pq_cuda_act_narrow(b[0], A, n[0]);
+        pq_cuda_act_narrow(b[1], B, n[1]);
+        pq_cuda_act_narrow(b[2], xa, n[2]);
         lora16_up_back(dB, dxa, b[3], dout, b[2], b[1], scale, N, OC, r);
         gemm_raw(CUBLAS_OP_N, CUBLAS_OP_T, C, r, N, 1.0f, inp, b[3], PQ_BF16, C, r, 1.0f, dA, C);
         if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, C, N, r, 1.0f, b[0], b[3], C, r, 1.0f, dinp, C, NULL);
@@ -1469,8 +1469,8 @@ extern "C" void pq_lora_up_forward(float *out, const float *xa, const float *B, 
         size_t n[2] = {(size_t)OC * r, (size_t)N * r};
         pq_bf16 *b[2];
         lora16_bufs(b, n, 2);
-        pq_act_narrow(b[0], B, n[0]);
-        pq_act_narrow(b[1], xa, n[1]);
+        pq_cuda_act_narrow(b[0], B, n[0]);
+        pq_cuda_act_narrow(b[1], xa, n[1]);
         lora16_up(out, b[1], b[0], scale, N, OC, r);
         return;
     }
@@ -1485,8 +1485,8 @@ extern "C" void pq_lora_up_backward(float *dB, float *dxa, const float *dout, co
         size_t n[3] = {(size_t)OC * r, (size_t)N * r, (size_t)N * r};
         pq_bf16 *b[3];
         lora16_bufs(b, n, 3);
-        pq_act_narrow(b[0], B, n[0]);
-        pq_act_narrow(b[1], xa, n[1]);
+        pq_cuda_act_narrow(b[0], B, n[0]);
+        pq_cuda_act_narrow(b[1], xa, n[1]);
         lora16_up_back(dB, dxa, b[2], dout, b[1], b[0], scale, N, OC, r);
         return;
     }

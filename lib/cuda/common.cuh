@@ -95,8 +95,8 @@ __device__ __forceinline__ void pq_st(__nv_bfloat16 *p, size_t i, float v) { p[i
 // (pq_ops_act_dtype), but f32 inside a PqActFallback (the f32 code it runs).
 bool pq_cuda_act_bf16(void);
 // n elements each way on pq_cuda_stream: dst f32 = src bf16; dst bf16 = src f32 rounded to nearest even
-void pq_act_widen(float *dst, const void *src, size_t n);
-void pq_act_narrow(void *dst, const float *src, size_t n);
+void pq_cuda_act_widen(float *dst, const void *src, size_t n);
+void pq_cuda_act_narrow(void *dst, const float *src, size_t n);
 // The fallback pool's buffer k (f32 elements), grown on demand (never shrunk).
 float *pq_act_pool(int k, size_t n);
 void pq_act_fallback_enter(void);
@@ -121,7 +121,7 @@ struct PqActFallback {
     PqActFallback() : ne(0) { pq_act_fallback_enter(); }
     ~PqActFallback() {
         for (int i = 0; i < ne; i++)
-            if (e[i].back) pq_act_narrow((void *)e[i].orig, e[i].wide, e[i].n);
+            if (e[i].back) pq_cuda_act_narrow((void *)e[i].orig, e[i].wide, e[i].n);
         pq_act_fallback_leave();
     }
     PqActFallback(const PqActFallback &) = delete;
@@ -130,7 +130,7 @@ struct PqActFallback {
         if (!p) return NULL;
         for (int i = 0; i < ne; i++)
             if (e[i].orig == p && e[i].n == n) { // (the arguments are gathered before the f32 code runs)
-                if (widen && !e[i].wid) pq_act_widen(e[i].wide, p, n);
+                if (widen && !e[i].wid) pq_cuda_act_widen(e[i].wide, p, n);
                 e[i].wid = e[i].wid || widen, e[i].back = e[i].back || back;
                 return e[i].wide;
             }
@@ -139,7 +139,7 @@ struct PqActFallback {
             abort();
         }
         float *w = pq_act_pool(ne, n);
-        if (widen) pq_act_widen(w, p, n);
+        if (widen) pq_cuda_act_widen(w, p, n);
         e[ne].orig = p, e[ne].wide = w, e[ne].n = n, e[ne].wid = widen, e[ne].back = back;
         ne++;
         return w;
