@@ -27,6 +27,12 @@ if grep -l 'PQ_TINY_MODEL' "$PQ_TOP"/man/*.[17] >/dev/null 2>&1; then
   "$PQ_PY" "$PQ_TOP/tests/make_tiny_model.py" --arch llama --out "$PQ_TINY_MODEL" >/dev/null
   export PQ_TINY_MODEL
 fi
+# The same with bf16 weights, for examples of what only 16-bit models do.
+if grep -l 'PQ_TINY_BF16' "$PQ_TOP"/man/*.[17] >/dev/null 2>&1; then
+  PQ_TINY_BF16="$d/tiny-bf16"
+  "$PQ_PY" "$PQ_TOP/tests/make_tiny_model.py" --arch llama --dtype bf16 --out "$PQ_TINY_BF16" >/dev/null
+  export PQ_TINY_BF16
+fi
 
 # Extracts the commands of one page, one per line (roff escapes undone).
 extract() {
