@@ -8,17 +8,17 @@
 #include "st_write.h"
 #include "util.h"
 
-// p (n) rounded to bf16 in place
-static void round_bf16(float *p, size_t n) {
+// dst (n) = src (n) rounded to bf16 (dst may be src)
+static void round_to(float *dst, const float *src, size_t n) {
 #pragma omp parallel for simd num_threads(pq_cpu_threads()) schedule(static)
-    for (size_t i = 0; i < n; i++) p[i] = pq_bf16_to_f32(pq_f32_to_bf16(p[i]));
+    for (size_t i = 0; i < n; i++) dst[i] = pq_bf16_to_f32(pq_f32_to_bf16(src[i]));
 }
+static void round_bf16(float *p, size_t n) { round_to(p, p, n); }
 
 // a rounded copy of p (n), to free
 static float *rounded(const float *p, size_t n) {
     float *c = pq_xmalloc((n ? n : 1) * sizeof *c);
-#pragma omp parallel for simd num_threads(pq_cpu_threads()) schedule(static)
-    for (size_t i = 0; i < n; i++) c[i] = pq_bf16_to_f32(pq_f32_to_bf16(p[i]));
+    round_to(c, p, n);
     return c;
 }
 
