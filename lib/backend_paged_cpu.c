@@ -15,6 +15,13 @@ void pq_paged_attention_forward(float *out, const float *q, const void *kp, cons
                                 int BT, int window, int max_len, float *work) {
     pq_cpu_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
 }
+void pq_paged_prefill_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                              const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg, int nseg,
+                              int max_q, int N, int NH, int KVH, int HS, int BT, int NB, int window, int max_len,
+                              float *work) {
+    pq_cpu_paged_prefill_forward(out, q, kp, vp, dt, tables, maxblk, len, seg, nseg, max_q, N, NH, KVH, HS, BT, NB,
+                                 window, max_len, work);
+}
 void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
     pq_cpu_sample(ids, logits, rows, N, V);
 }

@@ -110,6 +110,8 @@ struct PqGen {
     int maxblk, max_len; // max_len: of the decode rows
     int prefill_budget;  // PREFILL_BUDGET, or PREFILL_BUDGET_GPU
     int np;              // paged: rows [0, np) prefill whole prompts (fused attention), [np, N) decode
+    int32_t *seg, *d_seg; // (cap + 1): rows [np, N) in segments, one a slot (pq_paged_prefill_forward)
+    int nseg, max_q;      // the segments, and the rows of the longest (> 1: a chunk after its context)
     float *lse;          // (cap, NH): the fused attention's log-sum-exp (unused)
     float *pwork;
     size_t pwork_n;
@@ -396,6 +398,8 @@ static void free_bufs(PqGen *g) {
     free(g->h_logits);
     pq_dev_free(g->d_plen);
     free(g->plen);
+    pq_dev_free(g->d_seg);
+    free(g->seg);
 }
 
 static void req_free(Req *r) {
@@ -995,6 +999,8 @@ static void ensure_bufs(PqGen *g, int N, int M) {
         g->blen_of = pq_xmalloc(n * 4);
         g->d_plen = pq_dev_alloc(n * 4);
         g->plen = pq_xmalloc(n * 4);
+        g->d_seg = pq_dev_alloc((n + 1) * 4);
+        g->seg = pq_xmalloc((n + 1) * 4);
         g->cap = cap;
     }
     if (M > g->mcap) {
@@ -1046,7 +1052,7 @@ static void paged_row(PqGen *g, int i, const Slot *sl, int pos) {
 // Returns the key (0: the step runs eagerly) and pads N, M and the host arrays.
 static uint64_t graph_pad(PqGen *g, int *N, const int *rows, int M) {
     int n = *N, nb = pq_graph_rows(n), mb = pq_graph_blocks(g->maxblk);
-    if (!g->graphs || g->np || M != n || !nb) return 0;
+    if (!g->graphs || g->np || g->max_q > 1 || M != n || !nb) return 0;
     for (int i = 0; i < M; i++)
         if (rows[i] != i) return 0;
     // (pq_gen_step made room for nb rows and nb x mb table entries)
@@ -1087,6 +1093,7 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     if (g->paged) {
         pq_dev_upload(g->d_plen, g->plen, (size_t)N * 4);
         pq_dev_upload(g->d_tab, g->tab, (size_t)N * g->maxblk * 4);
+        if (g->max_q > 1) pq_dev_upload(g->d_seg, g->seg, (size_t)(g->nseg + 1) * 4); // (never a graph's step)
         if (g->ncopy) {
             if (g->ncopy > g->d_copy_cap) {
                 pq_dev_free(g->d_copies);
@@ -1155,7 +1162,14 @@ static void forward_kernels(void *arg) {
                                      g->v + i * kd, g->d_pos + i, n, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
                 i += n;
             }
-            if (N > g->np)
+            // the rest read the cache: chunks after their context (cuDNN over the paged cache on the GPU) beside
+            // decoding rows, or decoding rows alone (the paged kernel; a CUDA graph's step is one of these)
+            if (N > g->np && g->max_q > 1)
+                pq_paged_prefill_forward(g->att + g->np * qd, g->q + g->np * qd, kl, vl, g->kdt,
+                                         g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
+                                         g->d_seg, g->nseg, g->max_q, N - g->np, c->NH, c->KVH, c->HS, BLOCK_T,
+                                         g->NB, pq_layer_window(c, l), g->max_len, g->pwork);
+            else if (N > g->np)
                 pq_paged_attention_forward(g->att + g->np * qd, g->q + g->np * qd, kl, vl, g->kdt,
                                            g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
                                            N - g->np, c->NH, c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l),
@@ -1240,11 +1254,17 @@ int pq_gen_step(PqGen *g) {
         }
         int *rows = pq_xmalloc((size_t)M * sizeof *rows), *row_slot = pq_xmalloc((size_t)M * sizeof *row_slot);
         int i = 0, mi = 0;
+        g->nseg = 0, g->max_q = 0;
         for (int pass = 0; pass < 1 + g->paged; pass++)
         for (int s = 0; s < g->S; s++) {
             Slot *sl = &g->slots[s];
             int fill = filling(sl) && sl->chunk > 0; // a prompt, or a preempted slot's prompt and tokens again
             if (g->paged && (pass == 0) != (fill && sl->len == 0)) continue;
+            if (pass == 1 && (fill || sl->state == SLOT_RUN)) { // a segment: this slot's rows of pass 1
+                int n = fill ? sl->chunk : 1;
+                g->seg[g->nseg++] = i - g->np;
+                if (n > g->max_q) g->max_q = n;
+            }
             if (fill) {
                 int P = sl->r->P, n = fill_len(sl);
                 for (int t = sl->len; t < sl->len + sl->chunk; t++, i++) {
@@ -1265,6 +1285,7 @@ int pq_gen_step(PqGen *g) {
                 rows[mi] = i++, row_slot[mi++] = s;
             }
         }
+        g->seg[g->nseg] = i - g->np;
         for (int s = 0; s < g->S; s++)
             if (g->slots[s].state == SLOT_RESUME && g->slots[s].len == fill_len(&g->slots[s]))
                 g->slots[s].state = SLOT_RUN;

@@ -74,6 +74,19 @@ size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len);
     void P##paged_attention_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,      \
                                     const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, \
                                     int HS, int BT, int window, int max_len, float *work);                         \
+    /* prefill with context: paged_attention_forward's result over rows [0, N) (the same arguments), where the  \
+       rows form nseg segments, segment s rows seg[s] .. seg[s + 1] - 1 (seg: device, nseg + 1 entries, seg[0] \
+       = 0, seg[nseg] = N), each consecutive positions of one sequence: one table, len[] rising by 1 from row to \
+       row (a prompt's chunk after its cached context, or one decoding row). max_q >= every segment's rows and  \
+       NB the blocks of one layer's pool (host values). The CUDA backend runs a bf16 cache's segments through    \
+       cuDNN's fused attention over the paged cache, one call for the batch (causal from the bottom right, the  \
+       window as a band), when some segment has more than one row (PQ_PAGED_ATTN, lib/cuda/paged.cu), and      \
+       paged_attention_forward's kernel otherwise or where cuDNN refuses; the CPU checks the segments (a        \
+       caller's error aborts), then runs paged_attention_forward. work: as paged_attention_forward's. */       \
+    void P##paged_prefill_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,        \
+                                  const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg,       \
+                                  int nseg, int max_q, int N, int NH, int KVH, int HS, int BT, int NB, int window,   \
+                                  int max_len, float *work);                                                       \
     /* logits (N,V), rows (N) -> ids (N): argmax at temperature 0, else a draw from softmax(logits /           \
        temperature) cut by top-k (ties with the k-th kept), top-p (the fewest most likely whose mass reaches    \
        p, ties in id order), min-p (p >= min_p * max p), in that order (gen.c's pq_gen_probs), by the          \

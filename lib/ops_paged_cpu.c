@@ -4,6 +4,7 @@
 #include "ops_paged.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,6 +128,32 @@ void pq_cpu_paged_attention_forward(float *out, const float *q, const void *kp, 
         free(s);
         free(acc);
     }
+}
+
+// A segment's promise broken: the caller's error (the CUDA backend would attend over other keys), so stop.
+static void bad_segments(int s, int r, const char *why) {
+    fprintf(stderr, "pq_paged_prefill_forward: segment %d, row %d: %s\n", s, r, why);
+    abort();
+}
+
+void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                                  const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg,
+                                  int nseg, int max_q, int N, int NH, int KVH, int HS, int BT, int NB, int window,
+                                  int max_len, float *work) {
+    if (nseg < 0 || seg[0] != 0 || seg[nseg] != N) bad_segments(nseg, N, "the segments do not cover rows [0, N)");
+    for (int s = 0; s < nseg; s++) {
+        int a = seg[s], b = seg[s + 1];
+        if (b <= a || b - a > max_q) bad_segments(s, a, "empty, decreasing or longer than max_q");
+        const int32_t *t0 = tables + (size_t)a * maxblk;
+        for (int r = a; r < b; r++) {
+            if (len[r] < 1 || len[r] > max_len || len[r] > maxblk * BT) bad_segments(s, r, "a length out of range");
+            if (r > a && len[r] != len[r - 1] + 1) bad_segments(s, r, "positions not consecutive");
+            const int32_t *t = tables + (size_t)r * maxblk;
+            for (int k = 0; k <= (len[r] - 1) / BT; k++)
+                if (t[k] != t0[k] || t[k] < 0 || t[k] >= NB) bad_segments(s, r, "another table, or a block out of the pool");
+        }
+    }
+    pq_cpu_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
 }
 
 // ---- sampling ----
