@@ -1052,7 +1052,7 @@ static void paged_row(PqGen *g, int i, const Slot *sl, int pos) {
 // Returns the key (0: the step runs eagerly) and pads N, M and the host arrays.
 static uint64_t graph_pad(PqGen *g, int *N, const int *rows, int M) {
     int n = *N, nb = pq_graph_rows(n), mb = pq_graph_blocks(g->maxblk);
-    if (!g->graphs || g->np || g->max_q > 1 || M != n || !nb) return 0;
+    if (!g->graphs || g->np || M != n || !nb) return 0;
     for (int i = 0; i < M; i++)
         if (rows[i] != i) return 0;
     // (pq_gen_step made room for nb rows and nb x mb table entries)
@@ -1074,6 +1074,7 @@ typedef struct {
     PqGen *g;
     int N, M;
     const int *rows; // NULL: the logits' rows are rows 0 .. M-1
+    int graph;       // a CUDA graph's step (graph_pad): the segments are not uploaded
 } FwdArgs;
 
 static void forward_kernels(void *arg);
@@ -1093,7 +1094,7 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
     if (g->paged) {
         pq_dev_upload(g->d_plen, g->plen, (size_t)N * 4);
         pq_dev_upload(g->d_tab, g->tab, (size_t)N * g->maxblk * 4);
-        if (g->max_q > 1) pq_dev_upload(g->d_seg, g->seg, (size_t)(g->nseg + 1) * 4); // (never a graph's step)
+        if (!key) pq_dev_upload(g->d_seg, g->seg, (size_t)(g->nseg + 1) * 4);
         if (g->ncopy) {
             if (g->ncopy > g->d_copy_cap) {
                 pq_dev_free(g->d_copies);
@@ -1112,7 +1113,7 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
             g->pwork_n = need;
         }
     }
-    FwdArgs a = {g, N, key ? N : M, key ? NULL : rows};
+    FwdArgs a = {g, N, key ? N : M, key ? NULL : rows, key != 0};
     if (key) {
         const void *p[] = {g->x,      g->ln,     g->q,   g->k,    g->v,     g->att,   g->lse,  g->tmp,
                            g->gate,   g->up,     g->mlp, g->xa,   g->h,     g->logits, g->d_ids, g->d_pos,
@@ -1162,9 +1163,9 @@ static void forward_kernels(void *arg) {
                                      g->v + i * kd, g->d_pos + i, n, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
                 i += n;
             }
-            // the rest read the cache: chunks after their context (cuDNN over the paged cache on the GPU) beside
-            // decoding rows, or decoding rows alone (the paged kernel; a CUDA graph's step is one of these)
-            if (N > g->np && g->max_q > 1)
+            // the rest read the cache, a segment a slot: chunks after their context beside decoding rows (the
+            // backend picks cuDNN or its paged kernel); a CUDA graph's step, decoding rows alone, the kernel
+            if (N > g->np && !a->graph)
                 pq_paged_prefill_forward(g->att + g->np * qd, g->q + g->np * qd, kl, vl, g->kdt,
                                          g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
                                          g->d_seg, g->nseg, g->max_q, N - g->np, c->NH, c->KVH, c->HS, BLOCK_T,

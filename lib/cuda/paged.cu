@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "sdpa.h"
 
 extern "C" {
 #include "ops_paged.h"
@@ -450,6 +451,104 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
         paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 0, pq_cuda_stream>>>(out, work, HS, ns);
         CU_LAUNCHED();
     }
+}
+
+// ---- prefill with context: cuDNN's fused attention over the paged cache ----
+
+static int cudnn_calls;
+static char cudnn_err[512];
+extern "C" int pq_paged_cudnn_calls(void) { return cudnn_calls; }
+extern "C" const char *pq_paged_cudnn_error(void) { return cudnn_err; }
+
+// PQ_PAGED_ATTN: auto (cuDNN when a segment has more than one row: a chunk after its context), cudnn (every
+// call, decoding rows too), kernel (the paged kernel alone)
+enum { PA_AUTO, PA_CUDNN, PA_KERNEL };
+static int paged_attn_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("PQ_PAGED_ATTN");
+        if (!e || !*e || !strcmp(e, "auto")) mode = PA_AUTO;
+        else if (!strcmp(e, "cudnn")) mode = PA_CUDNN;
+        else if (!strcmp(e, "kernel")) mode = PA_KERNEL;
+        else {
+            fprintf(stderr, "pq: PQ_PAGED_ATTN=%s: expected auto, cudnn or kernel\n", e);
+            exit(2);
+        }
+    }
+    return mode;
+}
+
+static inline int pow2_at_least(int n) {
+    int p = 1;
+    while (p < n) p *= 2;
+    return p;
+}
+
+// One block per segment of the call's B (nseg real, then padding): its rows, keys, first element and table
+// (mb entries: the row's maxblk, then block 0). A padding segment is one row past the real ones (N + its
+// number - nseg) reading one key of block 0: its output is never read.
+__global__ void paged_seg_kernel(int32_t *seq_q, int32_t *seq_k, int64_t *off, int32_t *ptab, const int32_t *seg,
+                                 const int32_t *len, const int32_t *tables, int maxblk, int mb, int nseg, int B,
+                                 int N, int64_t rowel) {
+    int s = blockIdx.x, real = s < nseg;
+    int a = real ? seg[s] : N + (s - nseg), b = real ? seg[s + 1] : a + 1;
+    if (threadIdx.x == 0) {
+        seq_q[s] = b - a;
+        seq_k[s] = real ? len[b - 1] : 1;
+        off[s] = (int64_t)a * rowel;
+        if (s == B - 1) off[B] = (int64_t)b * rowel;
+    }
+    for (int k = threadIdx.x; k < mb; k += blockDim.x)
+        ptab[(size_t)s * mb + k] = real && k < maxblk ? tables[(size_t)a * maxblk + k] : 0;
+}
+
+static void *pf_buf;
+static size_t pf_cap;
+
+// The segments through cuDNN: 0, or -1 with the reason in cudnn_err (nothing written).
+static int prefill_cudnn(float *out, const float *q, const void *kp, const void *vp, const int32_t *tables,
+                         int maxblk, const int32_t *len, const int32_t *seg, int nseg, int max_q, int N, int NH,
+                         int KVH, int HS, int BT, int NB, int window) {
+    // plans are cached by shape: the segments and table width go up in powers of two, the rows in
+    // pq_attn_plan_bucket's steps (as the training path's)
+    int B = pow2_at_least(nseg), mb = pow2_at_least(maxblk), sq = max_q <= 64 ? 64 : (max_q + 127) / 128 * 128;
+    size_t rowel = (size_t)NH * HS, rows = (size_t)N + (B - nseg);
+    size_t a16 = (rows * rowel * 2 + 255) / 256 * 256; // bytes of q's and out's bf16 copies, 256-aligned
+    size_t need = 2 * a16 + (size_t)(B + 1) * 8 + (size_t)B * 8 + (size_t)B * mb * 4;
+    if (need > pf_cap) {
+        if (pf_buf) CU(cudaFree(pf_buf));
+        pf_cap = need + need / 4;
+        CU(cudaMalloc(&pf_buf, pf_cap));
+    }
+    char *p = (char *)pf_buf;
+    pq_bf16 *q16 = (pq_bf16 *)p, *o16 = (pq_bf16 *)(p + a16);
+    int64_t *off = (int64_t *)(p + 2 * a16);
+    int32_t *seq_q = (int32_t *)(off + B + 1), *seq_k = seq_q + B, *ptab = seq_k + B;
+    paged_seg_kernel<<<B, 128, 0, pq_cuda_stream>>>(seq_q, seq_k, off, ptab, seg, len, tables, maxblk, mb, nseg, B, N,
+                                                   (int64_t)rowel);
+    CU_LAUNCHED();
+    pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
+    PqSdpaPagedCall c = {B,  sq, mb, BT, NB, NH, KVH, HS, window > 0 ? window + 1 : 0, 1.0f / sqrtf((float)HS),
+                         seq_q, seq_k, ptab, off};
+    if (pq_sdpa_paged_forward(&c, o16, q16, kp, vp, cudnn_err, sizeof cudnn_err)) return -1;
+    pq_cuda_act_widen(out, o16, (size_t)N * rowel);
+    cudnn_calls++;
+    return 0;
+}
+
+extern "C" void pq_paged_prefill_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                                         const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg,
+                                         int nseg, int max_q, int N, int NH, int KVH, int HS, int BT, int NB,
+                                         int window, int max_len, float *work) {
+    if (N <= 0) return;
+    static int said; // a refusal is said once (sdpa.cpp asks cuDNN once a shape); the kernel serves the call
+    int mode = paged_attn_mode();
+    if (dt == PQ_BF16 && (mode == PA_CUDNN || (mode == PA_AUTO && max_q > 1))) {
+        if (!prefill_cudnn(out, q, kp, vp, tables, maxblk, len, seg, nseg, max_q, N, NH, KVH, HS, BT, NB, window))
+            return;
+        if (!said++) fprintf(stderr, "pq: %s; the paged kernel serves the rows\n", cudnn_err);
+    }
+    pq_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
 }
 
 // ---- sampling ----

@@ -26,6 +26,16 @@ extern "C" int pq_sdpa_backward(const PqSdpaCall *, void *, void *, void *, cons
     return -1;
 }
 
+extern "C" int pq_sdpa_paged_validate(const PqSdpaPagedCall *, char *err, size_t errsz) {
+    snprintf(err, errsz, "built without the cudnn-frontend headers (scripts/setup installs them)");
+    return -1;
+}
+extern "C" int pq_sdpa_paged_forward(const PqSdpaPagedCall *, void *, const void *, const void *, const void *,
+                                     char *err, size_t errsz) {
+    snprintf(err, errsz, "built without the cudnn-frontend headers (scripts/setup installs them)");
+    return -1;
+}
+
 #else
 
 #include <dlfcn.h>
@@ -51,6 +61,7 @@ void *cudnn_dlhandle = nullptr;
 namespace {
 
 enum : int64_t { U_Q = 1, U_K, U_V, U_O, U_STATS, U_DO, U_DQ, U_DK, U_DV, U_SEQ_Q, U_SEQ_K, U_OFF_Q = 20 };
+enum : int64_t { U_PT_K = 40, U_PT_V }; // the paged graph's page tables
 
 typedef std::tuple<int, int, int, int, int, int, int, int, int, float> Key; // bwd, B, sq, sk, NH, KVH, HS, causal, lb, scale
 struct Plan {
@@ -187,15 +198,65 @@ std::shared_ptr<fe::graph::Graph> graph_of(const PqSdpaCall *c, int bwd, int sm 
     return g;
 }
 
-// The plan of a call's shape: built and kept, or nullptr with the reason in err.
-Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
-    Key key(bwd, c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS, c->causal, c->left_bound, c->scale);
-    auto it = plans.find(key);
-    if (it != plans.end()) return it->second.g ? &it->second : nullptr;
-    if (plans.size() >= 256) plans.clear(); // shapes are bucketed by the caller: rarely reached
-    Plan p;
+// The graph of a paged call (see PqSdpaPagedCall): ragged query rows, the pool as K and V containers read
+// through one page table a segment, causal from the bottom right.
+std::shared_ptr<fe::graph::Graph> paged_graph_of(const PqSdpaPagedCall *c, int sm = 0) {
+    auto g = std::make_shared<fe::graph::Graph>();
+    if (sm > 0) g->set_sm_version(sm).set_sm_count(132);
+    g->set_io_data_type(fe::DataType_t::BFLOAT16)
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
     int B = c->B;
-    auto g = graph_of(c, bwd);
+    int64_t blk = (int64_t)c->BT * c->KVH * c->HS; // elements of a block: BT rows of KVH heads
+    T oq = offsets(*g, "off_q", U_OFF_Q, B), oo = offsets(*g, "off_o", U_OFF_Q + 3, B);
+    T q = input_rows(*g, "q", U_Q, B, c->NH, c->smax_q, c->HS, oq);
+    auto container = [&](const char *name, int64_t uid) {
+        return g->tensor(fe::graph::Tensor_attributes()
+                             .set_name(name)
+                             .set_uid(uid)
+                             .set_dim({c->NB, c->KVH, c->BT, c->HS})
+                             .set_stride({blk, c->HS, (int64_t)c->KVH * c->HS, 1})
+                             .set_data_type(fe::DataType_t::BFLOAT16));
+    };
+    auto table = [&](const char *name, int64_t uid) {
+        return g->tensor(fe::graph::Tensor_attributes()
+                             .set_name(name)
+                             .set_uid(uid)
+                             .set_dim({B, 1, c->maxblk, 1})
+                             .set_stride({c->maxblk, c->maxblk, 1, 1})
+                             .set_data_type(fe::DataType_t::INT32));
+    };
+    auto lens = [&](const char *name, int64_t uid) {
+        return g->tensor(fe::graph::Tensor_attributes()
+                             .set_name(name)
+                             .set_uid(uid)
+                             .set_dim({B, 1, 1, 1})
+                             .set_stride({1, 1, 1, 1})
+                             .set_data_type(fe::DataType_t::INT32));
+    };
+    T k = container("k_pool", U_K), v = container("v_pool", U_V);
+    auto a = fe::graph::SDPA_attributes()
+                 .set_name("pq_sdpa_paged")
+                 .set_generate_stats(false)
+                 .set_attn_scale(c->scale)
+                 .set_padding_mask(true)
+                 .set_seq_len_q(lens("seq_q", U_SEQ_Q))
+                 .set_seq_len_kv(lens("seq_k", U_SEQ_K))
+                 .set_paged_attention_k_table(table("table_k", U_PT_K))
+                 .set_paged_attention_v_table(table("table_v", U_PT_V))
+                 .set_paged_attention_max_seq_len_kv(c->maxblk * c->BT)
+                 .set_diagonal_alignment(fe::DiagonalAlignment_t::BOTTOM_RIGHT)
+                 .set_diagonal_band_right_bound(0);
+    if (c->left_bound > 0) a.set_diagonal_band_left_bound(c->left_bound);
+    auto [o, st] = g->sdpa(q, k, v, a);
+    (void)st;
+    rows(o, "o", U_O, B, c->NH, c->smax_q, c->HS, oo);
+    o->set_output(true);
+    return g;
+}
+
+// Lowers a graph to a plan for this device: 0, or -1 with cuDNN's reason in msg.
+int lower(Plan &p, const std::shared_ptr<fe::graph::Graph> &g, std::string &msg) {
     fe::error_t e = g->validate();
     if (e.is_good()) e = g->build_operation_graph(handle);
     if (e.is_good()) e = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
@@ -203,15 +264,53 @@ Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
     if (e.is_good()) e = g->build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
     if (e.is_good()) e = g->get_workspace_size(p.ws);
     if (!e.is_good()) {
+        msg = e.get_message();
+        return -1;
+    }
+    p.g = g;
+    return 0;
+}
+
+// The plan of a call's shape: built and kept, or nullptr with the reason in err.
+Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
+    Key key(bwd, c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS, c->causal, c->left_bound, c->scale);
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second.g ? &it->second : nullptr;
+    if (plans.size() >= 256) plans.clear(); // shapes are bucketed by the caller: rarely reached
+    Plan p;
+    std::string msg;
+    if (lower(p, graph_of(c, bwd), msg)) {
         snprintf(err, errsz, "cuDNN refuses %s attention (%d segments, %d x %d, heads %d/%d of %d%s): %s",
-                 bwd ? "backward" : "forward", B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS,
-                 c->causal ? ", causal" : "", e.get_message().c_str());
+                 bwd ? "backward" : "forward", c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS,
+                 c->causal ? ", causal" : "", msg.c_str());
         plans[key] = Plan(); // refused: asked once
         return nullptr;
     }
-    p.g = g;
     plans[key] = p;
     return &plans[key];
+}
+
+// B, smax_q, maxblk, BT, NB, NH, KVH, HS, left bound, scale
+typedef std::tuple<int, int, int, int, int, int, int, int, int, float> PagedKey;
+std::map<PagedKey, Plan> paged_plans;
+
+Plan *paged_plan_for(const PqSdpaPagedCall *c, char *err, size_t errsz) {
+    PagedKey key(c->B, c->smax_q, c->maxblk, c->BT, c->NB, c->NH, c->KVH, c->HS, c->left_bound, c->scale);
+    auto it = paged_plans.find(key);
+    if (it != paged_plans.end()) return it->second.g ? &it->second : nullptr;
+    if (paged_plans.size() >= 256) paged_plans.clear(); // bucketed by the caller: rarely reached
+    Plan p;
+    std::string msg;
+    if (lower(p, paged_graph_of(c), msg)) {
+        snprintf(err, errsz,
+                 "cuDNN refuses paged attention (%d segments of up to %d rows, %d blocks of %d a table, heads %d/%d "
+                 "of %d, band %d): %s",
+                 c->B, c->smax_q, c->maxblk, c->BT, c->NH, c->KVH, c->HS, c->left_bound, msg.c_str());
+        paged_plans[key] = Plan();
+        return nullptr;
+    }
+    paged_plans[key] = p;
+    return &paged_plans[key];
 }
 
 void *workspace(int64_t bytes) {
@@ -221,6 +320,23 @@ void *workspace(int64_t bytes) {
         ws_buf = pq_dev_alloc(ws_cap);
     }
     return ws_buf;
+}
+
+// Binds the handle to the backend's stream and runs plan p on pack: 0, or -1 with the reason.
+int execute(Plan *p, std::unordered_map<int64_t, void *> &pack, const char *what, char *err, size_t errsz) {
+    if (handle_stream != pq_cuda_stream) {
+        if (fe::detail::set_stream(handle, pq_cuda_stream) != CUDNN_STATUS_SUCCESS) {
+            snprintf(err, errsz, "cudnnSetStream failed");
+            return -1;
+        }
+        handle_stream = pq_cuda_stream;
+    }
+    fe::error_t e = p->g->execute(handle, pack, p->ws > 0 ? workspace(p->ws) : nullptr);
+    if (!e.is_good()) {
+        snprintf(err, errsz, "cuDNN %s failed: %s", what, e.get_message().c_str());
+        return -1;
+    }
+    return 0;
 }
 
 int run(const PqSdpaCall *c, int bwd, std::unordered_map<int64_t, void *> &pack, char *err, size_t errsz) {
@@ -239,19 +355,7 @@ int run(const PqSdpaCall *c, int bwd, std::unordered_map<int64_t, void *> &pack,
         pack[U_OFF_Q + 1] = pack[U_OFF_Q + 2] = pack[U_OFF_Q + 6] = pack[U_OFF_Q + 7] = (void *)c->off_k;
         if (!bwd) // the forward's graph has no offsets of the backward's tensors
             for (int64_t u = U_OFF_Q + 4; u <= U_OFF_Q + 7; u++) pack.erase(u);
-        if (handle_stream != pq_cuda_stream) {
-            if (fe::detail::set_stream(handle, pq_cuda_stream) != CUDNN_STATUS_SUCCESS) {
-                snprintf(err, errsz, "cudnnSetStream failed");
-                return -1;
-            }
-            handle_stream = pq_cuda_stream;
-        }
-        fe::error_t e = p->g->execute(handle, pack, p->ws > 0 ? workspace(p->ws) : nullptr);
-        if (!e.is_good()) {
-            snprintf(err, errsz, "cuDNN attention %s failed: %s", bwd ? "backward" : "forward",
-                     e.get_message().c_str());
-            return -1;
-        }
+        if (execute(p, pack, bwd ? "attention backward" : "attention forward", err, errsz)) return -1;
     } catch (std::exception &e) {
         snprintf(err, errsz, "cuDNN attention: %s", e.what());
         return -1;
@@ -260,6 +364,50 @@ int run(const PqSdpaCall *c, int bwd, std::unordered_map<int64_t, void *> &pack,
 }
 
 } // namespace
+
+extern "C" int pq_sdpa_paged_validate(const PqSdpaPagedCall *c, char *err, size_t errsz) {
+    *err = 0;
+    if (!fe::cudnn_dlhandle && !(fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_GLOBAL))) {
+        snprintf(err, errsz, "cuDNN not found");
+        return -1;
+    }
+    try {
+        fe::error_t e = paged_graph_of(c, 90)->validate(); // as on an H100/H200, without asking a device
+        if (!e.is_good()) {
+            snprintf(err, errsz, "%s", e.get_message().c_str());
+            return -1;
+        }
+    } catch (std::exception &e) {
+        snprintf(err, errsz, "%s", e.what());
+        return -1;
+    }
+    return 0;
+}
+
+extern "C" int pq_sdpa_paged_forward(const PqSdpaPagedCall *c, void *o, const void *q, const void *kp, const void *vp,
+                                     char *err, size_t errsz) {
+    *err = 0;
+    if (open_cudnn() < 0) {
+        snprintf(err, errsz, "%s", state_why);
+        return -1;
+    }
+    try {
+        Plan *p = paged_plan_for(c, err, errsz);
+        if (!p) {
+            if (!*err) snprintf(err, errsz, "cuDNN refused this shape of paged attention earlier");
+            return -1;
+        }
+        std::unordered_map<int64_t, void *> pack = {
+            {U_Q, (void *)q},           {U_K, (void *)kp},          {U_V, (void *)vp},
+            {U_O, o},                   {U_SEQ_Q, (void *)c->seq_q}, {U_SEQ_K, (void *)c->seq_k},
+            {U_PT_K, (void *)c->table}, {U_PT_V, (void *)c->table}, {U_OFF_Q, (void *)c->off_q},
+            {U_OFF_Q + 3, (void *)c->off_q}};
+        return execute(p, pack, "paged attention", err, errsz);
+    } catch (std::exception &e) {
+        snprintf(err, errsz, "cuDNN paged attention: %s", e.what());
+        return -1;
+    }
+}
 
 extern "C" int pq_sdpa_validate(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
     *err = 0;

@@ -46,6 +46,20 @@ static void check(const char *name, const int32_t *pos, const int32_t *a0, const
     pq_attn_plan_free(&p);
 }
 
+// The graph of lib/cuda/paged.cu's prefill with context (pq_paged_prefill_forward), as it buckets a call:
+// B segments, up to smax_q rows each, tables of maxblk blocks of BT positions in a pool of NB blocks.
+static void check_paged(const char *name, int B, int smax_q, int maxblk, int NB, int NH, int KVH, int HS, int window) {
+    PqSdpaPagedCall c = {B, smax_q, maxblk, 16, NB, NH, KVH, HS, window > 0 ? window + 1 : 0,
+                         1.0f / sqrtf((float)HS), NULL, NULL, NULL, NULL};
+    char err[600];
+    checks++;
+    if (pq_sdpa_paged_validate(&c, err, sizeof err)) {
+        fails++;
+        printf("FAIL %s: paged graph (%d segments of up to %d rows, %d blocks a table): %s\n", name, B, smax_q,
+               maxblk, err);
+    } else printf("ok   %s: paged graph (%d segments of up to %d rows, %d blocks a table)\n", name, B, smax_q, maxblk);
+}
+
 static int32_t *records(const int *lens, int n, int *N) {
     int total = 0;
     for (int r = 0; r < n; r++) total += lens[r];
@@ -85,6 +99,12 @@ int main(void) {
     check("shared prompt 32/8 HS 128", pos, a0, a1, b0, N, 32, 8, 128, 0);
     check("shared prompt 28/4 HS 128 window 4096 (Qwen2-7B heads)", pos, a0, a1, b0, N, 28, 4, 128, 4096);
     free(pos), free(a0), free(a1), free(b0);
+    // prefill with context over the paged cache: chunks of 512 beside decoding rows, a 7B pool; small heads
+    check_paged("paged Mistral-7B 32/8 HS 128 window 4096, 64 segments", 64, 512, 128, 8192, 32, 8, 128, 4096);
+    check_paged("paged Llama-3-8B 32/8 HS 128, 1 segment", 1, 512, 256, 8192, 32, 8, 128, 0);
+    check_paged("paged Qwen2-7B 28/4 HS 128, 256 segments of 1 row", 256, 64, 128, 16384, 28, 4, 128, 0);
+    check_paged("paged tiny 4/2 HS 16", 4, 64, 8, 64, 4, 2, 16, 0);
+    check_paged("paged tiny 8/2 HS 64 window 17", 8, 128, 16, 256, 8, 2, 64, 17);
     printf("%d of %d graphs rejected\n", fails, checks);
     return fails ? 1 : 0;
 }
