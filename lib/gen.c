@@ -134,6 +134,7 @@ struct PqGen {
                                  // chunks beside decoding rows
     int prefix_cache;            // paged: prompts share published blocks of earlier prompts (PQ_PREFIX_CACHE)
     int chunking;                // paged: prompts longer than a step's budget left go in chunks (PQ_CHUNKED_PREFILL)
+    int paged_prompts;           // paged: whole prompts are segments too, not rows [0, np) (PQ_PAGED_PROMPTS)
     long long n_prefix_hit;      // prompt positions shared so, not prefilled
 };
 
@@ -360,12 +361,15 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     if (pb && atoi(pb) > 0) g->prefill_budget = atoi(pb);
     // at most 2^15: a step's chunk and decode rows are one grid dimension of CUDA's paged attention (< 2^16)
     if (g->prefill_budget > 1 << 15) g->prefill_budget = 1 << 15;
-    // Chunks and the rest of a prompt after a prefix hit run through the
-    // decode attention (each row reads its whole context): on the CPU a small
-    // share of a step; on the GPU unmeasured against whole prompts through the
-    // fused attention, so both are off there unless asked for.
+    // Chunks and the rest of a prompt after a prefix hit read their context
+    // from the cache (pq_paged_prefill_forward: on the GPU cuDNN's attention
+    // over the pool): on the CPU a small share of a step; on the GPU
+    // unmeasured against whole prompts through the fused attention, so both
+    // are off there unless asked for. PQ_PAGED_PROMPTS=1 sends whole prompts
+    // that way too, a step's prompts in one call (unmeasured: off).
     g->chunking = g->paged && env_flag("PQ_CHUNKED_PREFILL", cpu);
     g->prefix_cache = g->paged && env_flag("PQ_PREFIX_CACHE", cpu);
+    g->paged_prompts = g->paged && env_flag("PQ_PAGED_PROMPTS", 0);
     size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
     if (g->paged) paged_new(g);
     else
@@ -1251,7 +1255,7 @@ int pq_gen_step(PqGen *g) {
         g->np = 0;
         for (int s = 0; g->paged && s < g->S; s++) {
             const Slot *sl = &g->slots[s];
-            if (filling(sl) && sl->len == 0) g->np += sl->chunk;
+            if (filling(sl) && sl->len == 0 && !g->paged_prompts) g->np += sl->chunk;
         }
         int *rows = pq_xmalloc((size_t)M * sizeof *rows), *row_slot = pq_xmalloc((size_t)M * sizeof *row_slot);
         int i = 0, mi = 0;
@@ -1260,7 +1264,7 @@ int pq_gen_step(PqGen *g) {
         for (int s = 0; s < g->S; s++) {
             Slot *sl = &g->slots[s];
             int fill = filling(sl) && sl->chunk > 0; // a prompt, or a preempted slot's prompt and tokens again
-            if (g->paged && (pass == 0) != (fill && sl->len == 0)) continue;
+            if (g->paged && (pass == 0) != (fill && sl->len == 0 && !g->paged_prompts)) continue;
             if (pass == 1 && (fill || sl->state == SLOT_RUN)) { // a segment: this slot's rows of pass 1
                 int n = fill ? sl->chunk : 1;
                 g->seg[g->nseg++] = i - g->np;

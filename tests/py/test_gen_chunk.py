@@ -5,7 +5,8 @@
 # be transformers' (float64), the unchunked paged run's and the flat cache's,
 # the n samples of a request must still share one prefill, and a pool of
 # few blocks (samples preempted, then recomputed in chunks) must give the
-# same ids. The driver's counters show the chunks and the steps that mixed
+# same ids; so must whole prompts through the paged attention's segments
+# (PQ_PAGED_PROMPTS=1). The driver's counters show the chunks and the steps that mixed
 # them with decoding, so the test fails if chunking silently turns off;
 # with PQ_CHUNKED_PREFILL=0 (the CUDA build's default) there are none.
 # The prefix cache: requests sharing a long first part (the quiz tools'
@@ -42,10 +43,12 @@ def check(name, ok, detail=""):
         failures.append(name + (": " + detail if detail else ""))
 
 
-def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True, chunking=True):
+def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True, chunking=True, prompts=False):
     env = dict(os.environ, PQ_KV=kv)
-    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE", "PQ_CHUNKED_PREFILL"):
+    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE", "PQ_CHUNKED_PREFILL", "PQ_PAGED_PROMPTS"):
         env.pop(k, None)
+    if prompts:
+        env["PQ_PAGED_PROMPTS"] = "1"
     if not prefix:
         env["PQ_PREFIX_CACHE"] = "0"
     if not chunking:
@@ -103,6 +106,11 @@ def main():
             check(arch + ": paged = transformers", whole == want, "%s\nvs %s" % (whole, want))
             check(arch + ": paged, prefill budget 7 (chunked) = transformers", chunked == want,
                   "%s\nvs %s" % (chunked, want))
+            # whole prompts as segments of the paged attention too (PQ_PAGED_PROMPTS=1), chunked or not
+            for b in (None, 7):
+                seg, _ = run(d, reqs, 6, "paged", budget=b, prompts=True)
+                check(arch + ": PQ_PAGED_PROMPTS=1, budget %s = transformers" % b, seg == want,
+                      "%s\nvs %s" % (seg, want))
             check(arch + ": the default budget takes whole prompts", cw["chunks"] == 0 and cw["mixed"] == 0, str(cw))
             least = sum(-(-n // 7) for n in lens if n > 7)  # chunks a prompt longer than 7 takes at least
             check(arch + ": budget 7 chunks the long prompts beside decoding",
