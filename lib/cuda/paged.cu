@@ -504,6 +504,7 @@ __global__ void paged_seg_kernel(int32_t *seq_q, int32_t *seq_k, int64_t *off, i
 
 static void *pf_buf;
 static size_t pf_cap;
+static inline size_t pf_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // The segments through cuDNN: 0, or -1 with the reason in cudnn_err (nothing written).
 static int prefill_cudnn(float *out, const float *q, const void *kp, const void *vp, const int32_t *tables,
@@ -513,8 +514,12 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     // pq_attn_plan_bucket's steps (as the training path's)
     int B = pow2_at_least(nseg), mb = pow2_at_least(maxblk), sq = max_q <= 64 ? 64 : (max_q + 127) / 128 * 128;
     size_t rowel = (size_t)NH * HS, rows = (size_t)N + (B - nseg);
-    size_t a16 = (rows * rowel * 2 + 255) / 256 * 256; // bytes of q's and out's bf16 copies, 256-aligned
-    size_t need = 2 * a16 + (size_t)(B + 1) * 8 + (size_t)B * 8 + (size_t)B * mb * 4;
+    // q's and out's bf16 copies, the offsets, the lengths and the tables, each at a multiple of 256 bytes:
+    // cuDNN's tensors are declared 16-byte aligned (the front end's default), and execute refuses a pointer
+    // that is not (CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER)
+    size_t a16 = pf_align((size_t)rows * rowel * 2), o_off = 2 * a16, o_sq = o_off + pf_align((size_t)(B + 1) * 8);
+    size_t o_sk = o_sq + pf_align((size_t)B * 4), o_pt = o_sk + pf_align((size_t)B * 4);
+    size_t need = o_pt + pf_align((size_t)B * mb * 4);
     if (need > pf_cap) {
         if (pf_buf) CU(cudaFree(pf_buf));
         pf_cap = need + need / 4;
@@ -522,8 +527,8 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     }
     char *p = (char *)pf_buf;
     pq_bf16 *q16 = (pq_bf16 *)p, *o16 = (pq_bf16 *)(p + a16);
-    int64_t *off = (int64_t *)(p + 2 * a16);
-    int32_t *seq_q = (int32_t *)(off + B + 1), *seq_k = seq_q + B, *ptab = seq_k + B;
+    int64_t *off = (int64_t *)(p + o_off);
+    int32_t *seq_q = (int32_t *)(p + o_sq), *seq_k = (int32_t *)(p + o_sk), *ptab = (int32_t *)(p + o_pt);
     paged_seg_kernel<<<B, 128, 0, pq_cuda_stream>>>(seq_q, seq_k, off, ptab, seg, len, tables, maxblk, mb, nseg, B, N,
                                                    (int64_t)rowel);
     CU_LAUNCHED();
