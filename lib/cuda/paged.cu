@@ -470,9 +470,9 @@ static int paged_attn_mode(void) {
         if (!e || !*e || !strcmp(e, "auto")) mode = PA_AUTO;
         else if (!strcmp(e, "cudnn")) mode = PA_CUDNN;
         else if (!strcmp(e, "kernel")) mode = PA_KERNEL;
-        else {
-            fprintf(stderr, "pq: PQ_PAGED_ATTN=%s: expected auto, cudnn or kernel\n", e);
-            exit(2);
+        else { // (lib/ never exits: said, and the default serves, as PQ_KV's)
+            fprintf(stderr, "pq: PQ_PAGED_ATTN=%s is not auto, cudnn or kernel; using auto\n", e);
+            mode = PA_AUTO;
         }
     }
     return mode;
