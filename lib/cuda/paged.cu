@@ -533,8 +533,11 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
                                                    (int64_t)rowel);
     CU_LAUNCHED();
     pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
-    PqSdpaPagedCall c = {B,  sq, mb, BT, NB, NH, KVH, HS, window > 0 ? window + 1 : 0, 1.0f / sqrtf((float)HS),
-                         seq_q, seq_k, ptab, off};
+    // the window as a band only where it can cut: no key is further back than the tables reach (mb * BT
+    // positions), so a window at least that long is no band (as attn_plan.c's left_bound; fewer plans, and a
+    // windowed model's usual contexts leave cuDNN the plain bottom-right causal graph)
+    int band = window > 0 && window + 1 < mb * BT ? window + 1 : 0;
+    PqSdpaPagedCall c = {B, sq, mb, BT, NB, NH, KVH, HS, band, 1.0f / sqrtf((float)HS), seq_q, seq_k, ptab, off};
     if (pq_sdpa_paged_forward(&c, o16, q16, kp, vp, cudnn_err, sizeof cudnn_err)) return -1;
     pq_cuda_act_widen(out, o16, (size_t)N * rowel);
     cudnn_calls++;
