@@ -513,6 +513,10 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     // plans are cached by shape: the segments and table width go up in powers of two, the rows in
     // pq_attn_plan_bucket's steps (as the training path's)
     int B = pow2_at_least(nseg), mb = pow2_at_least(maxblk), sq = max_q <= 64 ? 64 : (max_q + 127) / 128 * 128;
+    // the tables reach at least the rows' bucket (short contexts: 64 rows against 16 or 32 positions), so the
+    // graph's largest query never exceeds its largest key sequence, a shape cuDNN's samples and tests avoid;
+    // the extra entries are block 0, past every seq_k
+    while (mb * BT < sq) mb *= 2;
     size_t rowel = (size_t)NH * HS, rows = (size_t)N + (B - nseg);
     // q's and out's bf16 copies, the offsets, the lengths and the tables, each at a multiple of 256 bytes:
     // cuDNN's tensors are declared 16-byte aligned (the front end's default), and execute refuses a pointer
