@@ -470,9 +470,9 @@ static int paged_attn_mode(void) {
         if (!e || !*e || !strcmp(e, "auto")) mode = PA_AUTO;
         else if (!strcmp(e, "cudnn")) mode = PA_CUDNN;
         else if (!strcmp(e, "kernel")) mode = PA_KERNEL;
-        else {
-            fprintf(stderr, "pq: PQ_PAGED_ATTN=%s: expected auto, cudnn or kernel\n", e);
-            exit(2);
+        else { // (lib/ never exits: said, and the default serves, as PQ_KV's)
+            fprintf(stderr, "pq: PQ_PAGED_ATTN=%s is not auto, cudnn or kernel; using auto\n", e);
+            mode = PA_AUTO;
         }
     }
     return mode;
@@ -504,6 +504,7 @@ __global__ void paged_seg_kernel(int32_t *seq_q, int32_t *seq_k, int64_t *off, i
 
 static void *pf_buf;
 static size_t pf_cap;
+static inline size_t pf_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // The segments through cuDNN: 0, or -1 with the reason in cudnn_err (nothing written).
 static int prefill_cudnn(float *out, const float *q, const void *kp, const void *vp, const int32_t *tables,
@@ -512,9 +513,17 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     // plans are cached by shape: the segments and table width go up in powers of two, the rows in
     // pq_attn_plan_bucket's steps (as the training path's)
     int B = pow2_at_least(nseg), mb = pow2_at_least(maxblk), sq = max_q <= 64 ? 64 : (max_q + 127) / 128 * 128;
+    // the tables reach at least the rows' bucket (short contexts: 64 rows against 16 or 32 positions), so the
+    // graph's largest query never exceeds its largest key sequence, a shape cuDNN's samples and tests avoid;
+    // the extra entries are block 0, past every seq_k
+    while (mb * BT < sq) mb *= 2;
     size_t rowel = (size_t)NH * HS, rows = (size_t)N + (B - nseg);
-    size_t a16 = (rows * rowel * 2 + 255) / 256 * 256; // bytes of q's and out's bf16 copies, 256-aligned
-    size_t need = 2 * a16 + (size_t)(B + 1) * 8 + (size_t)B * 8 + (size_t)B * mb * 4;
+    // q's and out's bf16 copies, the offsets, the lengths and the tables, each at a multiple of 256 bytes:
+    // cuDNN's tensors are declared 16-byte aligned (the front end's default), and execute refuses a pointer
+    // that is not (CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER)
+    size_t a16 = pf_align((size_t)rows * rowel * 2), o_off = 2 * a16, o_sq = o_off + pf_align((size_t)(B + 1) * 8);
+    size_t o_sk = o_sq + pf_align((size_t)B * 4), o_pt = o_sk + pf_align((size_t)B * 4);
+    size_t need = o_pt + pf_align((size_t)B * mb * 4);
     if (need > pf_cap) {
         if (pf_buf) CU(cudaFree(pf_buf));
         pf_cap = need + need / 4;
@@ -522,14 +531,17 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     }
     char *p = (char *)pf_buf;
     pq_bf16 *q16 = (pq_bf16 *)p, *o16 = (pq_bf16 *)(p + a16);
-    int64_t *off = (int64_t *)(p + 2 * a16);
-    int32_t *seq_q = (int32_t *)(off + B + 1), *seq_k = seq_q + B, *ptab = seq_k + B;
+    int64_t *off = (int64_t *)(p + o_off);
+    int32_t *seq_q = (int32_t *)(p + o_sq), *seq_k = (int32_t *)(p + o_sk), *ptab = (int32_t *)(p + o_pt);
     paged_seg_kernel<<<B, 128, 0, pq_cuda_stream>>>(seq_q, seq_k, off, ptab, seg, len, tables, maxblk, mb, nseg, B, N,
                                                    (int64_t)rowel);
     CU_LAUNCHED();
     pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
-    PqSdpaPagedCall c = {B,  sq, mb, BT, NB, NH, KVH, HS, window > 0 ? window + 1 : 0, 1.0f / sqrtf((float)HS),
-                         seq_q, seq_k, ptab, off};
+    // the window as a band only where it can cut: no key is further back than the tables reach (mb * BT
+    // positions), so a window at least that long is no band (as attn_plan.c's left_bound; fewer plans, and a
+    // windowed model's usual contexts leave cuDNN the plain bottom-right causal graph)
+    int band = window > 0 && window + 1 < mb * BT ? window + 1 : 0;
+    PqSdpaPagedCall c = {B, sq, mb, BT, NB, NH, KVH, HS, band, 1.0f / sqrtf((float)HS), seq_q, seq_k, ptab, off};
     if (pq_sdpa_paged_forward(&c, o16, q16, kp, vp, cudnn_err, sizeof cudnn_err)) return -1;
     pq_cuda_act_widen(out, o16, (size_t)N * rowel);
     cudnn_calls++;
