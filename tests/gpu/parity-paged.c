@@ -187,10 +187,10 @@ static char paged_mode(void) {
 
 // One call: nseg sequences, sequence s with ctx[s] positions cached and rows[s] query rows after them (one row
 // a position, its own key appended), in a pool of random blocks with spare ones; tables padded with block 0 past
-// a sequence's blocks (gen.c's); maxblk at least wide (0: the longest sequence's). Against the CPU twin; and
-// whether cuDNN served it where the mode says.
+// a sequence's blocks (gen.c's); maxblk at least wide (0: the longest sequence's); pool blocks NB (0: half as
+// many again as the sequences take). Against the CPU twin; and whether cuDNN served it where the mode says.
 static void prefill_case(PqDtype dt, int NH, int KVH, int HS, int window, const int *ctx, const int *rows, int nseg,
-                         int wide) {
+                         int wide, int pool) {
     enum { BT = 16 };
     int N = 0, max_q = 0, max_len = 0, maxblk = wide, total = 0;
     for (int s = 0; s < nseg; s++) {
@@ -199,7 +199,7 @@ static void prefill_case(PqDtype dt, int NH, int KVH, int HS, int window, const 
         max_q = rows[s] > max_q ? rows[s] : max_q, max_len = L > max_len ? L : max_len;
         maxblk = nb > maxblk ? nb : maxblk;
     }
-    int NB = total + total / 2 + 3;
+    int NB = pool >= total ? pool : total + total / 2 + 3;
     int *perm = pq_xmalloc((size_t)NB * sizeof *perm), used = 0;
     for (int b = 0; b < NB; b++) perm[b] = b;
     pq_rng_shuffle_int(&gt_rng, perm, NB);
@@ -242,8 +242,8 @@ static void prefill_case(PqDtype dt, int NH, int KVH, int HS, int window, const 
     char segs[200] = "", name[320];
     for (int s = 0, o = 0; s < nseg && o < (int)sizeof segs - 16; s++)
         o += snprintf(segs + o, sizeof segs - o, "%s%d+%d", s ? "," : "", ctx[s], rows[s]);
-    snprintf(name, sizeof name, "prefill %s %d/%d HS %d window %d, %d segs %s, maxblk %d, N %d [%s]", pq_dtype_name(dt),
-             NH, KVH, HS, window, nseg, segs, maxblk, N, served ? "cuDNN" : "kernel");
+    snprintf(name, sizeof name, "prefill %s %d/%d HS %d window %d, %d segs %s, maxblk %d, N %d, NB %d [%s]",
+             pq_dtype_name(dt), NH, KVH, HS, window, nseg, segs, maxblk, N, NB, served ? "cuDNN" : "kernel");
     checks++;
     if (expect && !served) {
         // head sizes other than 64 and 128 may be refused by a cuDNN version (as parity-attn): the kernel serves
@@ -281,18 +281,23 @@ static void test_prefill(void) {
     static const int c7[] = {0, 15, 16, 17, 250, 1023, 64}, r7[] = {1, 1, 1, 1, 1, 1, 1};
     // long: chunks of 300 and 257 after their contexts beside a decoding row (59 blocks a table, N 558)
     static const int cl[] = {640, 0, 900}, rl[] = {300, 257, 1};
+    // the shape of c5 again (5 segments of up to 64 rows, 17 blocks a table, the same pool): cuDNN's plan for
+    // it is reused, with other lengths, tables and rows
+    static const int c5b[] = {50, 3, 7, 120, 200}, r5b[] = {20, 40, 1, 1, 60};
     for (int di = 0; di < 2; di++) {
         PqDtype dt = di ? PQ_F32 : PQ_BF16;
-        prefill_case(dt, 32, 8, 128, 0, c5, r5, 5, 0);
-        prefill_case(dt, 8, 2, 64, 0, c5, r5, 5, 0);
-        prefill_case(dt, 8, 2, 64, 20, c3, r3, 3, 0);   // the window cuts into the chunk
-        prefill_case(dt, 32, 8, 128, 7, c5, r5, 5, 0);  // a window shorter than a block
-        prefill_case(dt, 32, 8, 128, 4096, c3, r3, 3, 0); // Mistral's window, past every context
-        prefill_case(dt, 8, 2, 128, 0, c1, r1, 1, 0);
-        prefill_case(dt, 8, 2, 64, 0, c1, r1, 1, 6);    // tables wider than the sequence (gen.c's maxblk)
-        prefill_case(dt, 32, 8, 128, 0, c7, r7, 7, 0);
-        prefill_case(dt, 8, 2, 64, 33, c7, r7, 7, 0);
-        prefill_case(dt, 32, 8, 128, 0, cl, rl, 3, 0);
+        prefill_case(dt, 32, 8, 128, 0, c5, r5, 5, 0, 200);
+        prefill_case(dt, 32, 8, 128, 0, c5b, r5b, 5, 0, 200);
+        prefill_case(dt, 8, 2, 64, 0, c5, r5, 5, 0, 0);
+        prefill_case(dt, 8, 2, 64, 20, c3, r3, 3, 0, 0);     // the window cuts into the chunk
+        prefill_case(dt, 32, 8, 128, 7, c5, r5, 5, 0, 0);    // a window shorter than a block
+        prefill_case(dt, 32, 8, 128, 4096, c3, r3, 3, 0, 0); // Mistral's window, past every context
+        prefill_case(dt, 8, 2, 128, 0, c1, r1, 1, 0, 0);
+        prefill_case(dt, 8, 2, 64, 0, c1, r1, 1, 6, 0);      // tables wider than the sequence (gen.c's maxblk)
+        prefill_case(dt, 32, 8, 128, 0, c7, r7, 7, 0, 0);
+        prefill_case(dt, 8, 2, 64, 33, c7, r7, 7, 0, 0);
+        prefill_case(dt, 32, 8, 128, 0, cl, rl, 3, 0, 0);
+        prefill_case(dt, 32, 8, 128, 0, c3, r3, 3, 0, 3000); // a pool of 3,000 blocks (gen.c's are large)
     }
     printf("prefill: cuDNN paged calls after: %d (%d in this group)%s%s\n", pq_paged_cudnn_calls(),
            pq_paged_cudnn_calls() - calls0, pq_paged_cudnn_error()[0] ? "; last refusal: " : "",
