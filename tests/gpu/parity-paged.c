@@ -1,20 +1,28 @@
 // parity-paged.c: the paged generation kernels (lib/cuda/paged.cu) against
 // their CPU twins (ops_paged_cpu.c): KV append and block copies exactly;
 // decode attention over random block tables (shared prefixes, GQA 1/2/4/8,
-// windows, one and many splits) within f32 and bf16 tolerances; sampling
+// windows, one and many splits) within f32 and bf16 tolerances; prefill
+// over the cache in segments (pq_paged_prefill_forward: chunks after their
+// context, prompts from position 0, decoding rows; GQA 8/2 and 32/8, HS 64
+// and 128, windows cutting into a chunk, segment counts and table widths
+// that are not powers of two, random blocks of a larger pool) against the
+// CPU twin, bf16 caches through cuDNN (which must serve them where
+// PQ_PAGED_ATTN says, the group run once per mode by scripts/gpu-check)
+// and f32 ones through the kernel; sampling
 // (greedy, temperature, top-k, top-p, min-p, ties, masked logits, V 32k and
 // 152k) to the same ids for the same (seed, seq, step). Then timings: decode
 // attention of one Mistral-7B-shaped layer (32/8 heads, HS 128, bf16 cache,
 // blocks of 16) at batch 1/64/256 and contexts 512-2048, with the KV bytes
 // read per second, and sampling of 64/256 rows. Built only with CUDA=1; run
 // by scripts/gpu-check (RESULT lines for its table).
-//   parity-paged [--list] [GROUP]   GROUP: append attention sample time
+//   parity-paged [--list] [GROUP]   GROUP: append attention prefill sample time
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "cuda/sdpa.h"
 #include "gpu_test.h"
 #include "ops_paged.h"
 #include "st_write.h"
@@ -167,6 +175,133 @@ static void test_attention(void) {
     attention_case(2, 32, 8, 128, 16, 4096, PQ_BF16, len);
     len[0] = 300;
     attention_case(1, 16, 1, 256, 32, 0, PQ_BF16, len); // G 16, HS 256
+}
+
+// ---- prefill over the paged cache in segments ----
+
+// PQ_PAGED_ATTN as lib/cuda/paged.cu reads it (once a process): 'a'uto, 'c'udnn, 'k'ernel
+static char paged_mode(void) {
+    const char *e = getenv("PQ_PAGED_ATTN");
+    return !e || !*e || !strcmp(e, "auto") ? 'a' : !strcmp(e, "cudnn") ? 'c' : 'k';
+}
+
+// One call: nseg sequences, sequence s with ctx[s] positions cached and rows[s] query rows after them (one row
+// a position, its own key appended), in a pool of random blocks with spare ones; tables padded with block 0 past
+// a sequence's blocks (gen.c's); maxblk at least wide (0: the longest sequence's); pool blocks NB (0: half as
+// many again as the sequences take). Against the CPU twin; and whether cuDNN served it where the mode says.
+static void prefill_case(PqDtype dt, int NH, int KVH, int HS, int window, const int *ctx, const int *rows, int nseg,
+                         int wide, int pool) {
+    enum { BT = 16 };
+    int N = 0, max_q = 0, max_len = 0, maxblk = wide, total = 0;
+    for (int s = 0; s < nseg; s++) {
+        int L = ctx[s] + rows[s], nb = (L + BT - 1) / BT;
+        N += rows[s], total += nb;
+        max_q = rows[s] > max_q ? rows[s] : max_q, max_len = L > max_len ? L : max_len;
+        maxblk = nb > maxblk ? nb : maxblk;
+    }
+    int NB = pool >= total ? pool : total + total / 2 + 3;
+    int *perm = pq_xmalloc((size_t)NB * sizeof *perm), used = 0;
+    for (int b = 0; b < NB; b++) perm[b] = b;
+    pq_rng_shuffle_int(&gt_rng, perm, NB);
+    int32_t *stab = pq_xmalloc((size_t)nseg * maxblk * sizeof *stab);
+    for (int s = 0; s < nseg; s++)
+        for (int b = 0; b < maxblk; b++)
+            stab[(size_t)s * maxblk + b] = b < (ctx[s] + rows[s] + BT - 1) / BT ? perm[used++] : 0;
+    int32_t *tables = pq_xmalloc((size_t)N * maxblk * sizeof *tables), *len = pq_xmalloc((size_t)N * sizeof *len);
+    int32_t *seg = pq_xmalloc((size_t)(nseg + 1) * sizeof *seg);
+    for (int s = 0, i = 0; s < nseg; s++) {
+        seg[s] = i;
+        for (int t = ctx[s]; t < ctx[s] + rows[s]; t++, i++) {
+            len[i] = t + 1;
+            memcpy(tables + (size_t)i * maxblk, stab + (size_t)s * maxblk, (size_t)maxblk * sizeof *tables);
+        }
+    }
+    seg[nseg] = N;
+    size_t n = (size_t)NB * BT * KVH * HS, bytes = n * pq_dtype_size(dt), qn = (size_t)N * NH * HS;
+    void *kp = pq_xmalloc(bytes), *vp = pq_xmalloc(bytes);
+    for (size_t x = 0; x < n; x++) {
+        float a = urand(1), c = urand(1);
+        if (dt == PQ_BF16) ((uint16_t *)kp)[x] = pq_f32_to_bf16(a), ((uint16_t *)vp)[x] = pq_f32_to_bf16(c);
+        else ((float *)kp)[x] = a, ((float *)vp)[x] = c;
+    }
+    size_t nw = pq_paged_attention_work(N, NH, KVH, HS, max_len);
+    float *q = hrand(qn, 2), *want = hnan(qn), *work = nw ? pq_xmalloc(nw * 4) : NULL;
+    pq_cpu_paged_prefill_forward(want, q, kp, vp, dt, tables, maxblk, len, seg, nseg, max_q, N, NH, KVH, HS, BT, NB,
+                                 window, max_len, work);
+    void *dkp = dev(kp, bytes), *dvp = dev(vp, bytes);
+    float *dq = dev(q, qn * 4), *dout = dnan(qn), *dwork = nw ? dnan(nw) : NULL;
+    int32_t *dtab = dev(tables, (size_t)N * maxblk * sizeof *tables), *dlen = dev(len, (size_t)N * sizeof *len);
+    int32_t *dseg = dev(seg, (size_t)(nseg + 1) * sizeof *seg);
+    int calls0 = pq_paged_cudnn_calls();
+    pq_paged_prefill_forward(dout, dq, dkp, dvp, dt, dtab, maxblk, dlen, dseg, nseg, max_q, N, NH, KVH, HS, BT, NB,
+                             window, max_len, dwork);
+    float *got = down(dout, qn);
+    int served = pq_paged_cudnn_calls() - calls0;
+    char mode = paged_mode();
+    int expect = dt == PQ_BF16 && (mode == 'c' || (mode == 'a' && max_q > 1));
+    char segs[200] = "", name[320];
+    for (int s = 0, o = 0; s < nseg && o < (int)sizeof segs - 16; s++)
+        o += snprintf(segs + o, sizeof segs - o, "%s%d+%d", s ? "," : "", ctx[s], rows[s]);
+    snprintf(name, sizeof name, "prefill %s %d/%d HS %d window %d, %d segs %s, maxblk %d, N %d, NB %d [%s]",
+             pq_dtype_name(dt), NH, KVH, HS, window, nseg, segs, maxblk, N, NB, served ? "cuDNN" : "kernel");
+    checks++;
+    if (expect && !served) {
+        // head sizes other than 64 and 128 may be refused by a cuDNN version (as parity-attn): the kernel serves
+        if (HS != 64 && HS != 128 && !strncmp(pq_paged_cudnn_error(), "cuDNN refuses", 13))
+            printf("ok   %s: %s (the kernel served it)\n", name, pq_paged_cudnn_error());
+        else {
+            failures++;
+            printf("FAIL %s: cuDNN served none of it, PQ_PAGED_ATTN %c (%s)\n", name, mode, pq_paged_cudnn_error());
+        }
+    } else if (!expect && served) {
+        failures++;
+        printf("FAIL %s: %d cuDNN calls where PQ_PAGED_ATTN %c wants the kernel\n", name, served, mode);
+    } else printf("ok   %s: %s as PQ_PAGED_ATTN %c wants\n", name, served ? "cuDNN served it" : "the kernel served it", mode);
+    // cuDNN: q and out rounded to bf16 and the probabilities in bf16 (parity-attn's cuDNN rows allow 3e-2
+    // against the f32 oracle); the kernel: f32 arithmetic on the cache's values
+    cmp(name, want, got, qn, served ? 1e-2 : dt == PQ_BF16 ? 1e-4 : 2e-5);
+    free(perm), free(stab), free(tables), free(len), free(seg), free(kp), free(vp), free(q), free(want), free(work);
+    free(got);
+    pq_dev_free(dkp), pq_dev_free(dvp), pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork), pq_dev_free(dtab);
+    pq_dev_free(dlen), pq_dev_free(dseg);
+}
+
+static void test_prefill(void) {
+    int calls0 = pq_paged_cudnn_calls();
+    printf("prefill: PQ_PAGED_ATTN %s; cuDNN paged calls before: %d\n",
+           getenv("PQ_PAGED_ATTN") ? getenv("PQ_PAGED_ATTN") : "(auto)", calls0);
+    // a chunk of 29 after a context of 37, a prompt of 45 from 0, decoding rows at 101 and 1, a chunk of 64 after
+    // 200: 5 segments, 17 blocks a table
+    static const int c5[] = {37, 0, 100, 0, 200}, r5[] = {29, 45, 1, 1, 64};
+    // 3 segments: a chunk after its context, a decoding row, a prompt from 0
+    static const int c3[] = {37, 300, 0}, r3[] = {29, 1, 13};
+    // one chunk alone
+    static const int c1[] = {37}, r1[] = {29};
+    // decoding rows only (max_q 1: the kernel unless PQ_PAGED_ATTN=cudnn), 7 of them
+    static const int c7[] = {0, 15, 16, 17, 250, 1023, 64}, r7[] = {1, 1, 1, 1, 1, 1, 1};
+    // long: chunks of 300 and 257 after their contexts beside a decoding row (59 blocks a table, N 558)
+    static const int cl[] = {640, 0, 900}, rl[] = {300, 257, 1};
+    // the shape of c5 again (5 segments of up to 64 rows, 17 blocks a table, the same pool): cuDNN's plan for
+    // it is reused, with other lengths, tables and rows
+    static const int c5b[] = {50, 3, 7, 120, 200}, r5b[] = {20, 40, 1, 1, 60};
+    for (int di = 0; di < 2; di++) {
+        PqDtype dt = di ? PQ_F32 : PQ_BF16;
+        prefill_case(dt, 32, 8, 128, 0, c5, r5, 5, 0, 200);
+        prefill_case(dt, 32, 8, 128, 0, c5b, r5b, 5, 0, 200);
+        prefill_case(dt, 8, 2, 64, 0, c5, r5, 5, 0, 0);
+        prefill_case(dt, 8, 2, 64, 20, c3, r3, 3, 0, 0);     // the window cuts into the chunk
+        prefill_case(dt, 32, 8, 128, 7, c5, r5, 5, 0, 0);    // a window shorter than a block
+        prefill_case(dt, 32, 8, 128, 4096, c3, r3, 3, 0, 0); // Mistral's window, past every context
+        prefill_case(dt, 8, 2, 128, 0, c1, r1, 1, 0, 0);
+        prefill_case(dt, 8, 2, 64, 0, c1, r1, 1, 6, 0);      // tables wider than the sequence (gen.c's maxblk)
+        prefill_case(dt, 32, 8, 128, 0, c7, r7, 7, 0, 0);
+        prefill_case(dt, 8, 2, 64, 33, c7, r7, 7, 0, 0);
+        prefill_case(dt, 32, 8, 128, 0, cl, rl, 3, 0, 0);
+        prefill_case(dt, 32, 8, 128, 0, c3, r3, 3, 0, 3000); // a pool of 3,000 blocks (gen.c's are large)
+    }
+    printf("prefill: cuDNN paged calls after: %d (%d in this group)%s%s\n", pq_paged_cudnn_calls(),
+           pq_paged_cudnn_calls() - calls0, pq_paged_cudnn_error()[0] ? "; last refusal: " : "",
+           pq_paged_cudnn_error());
 }
 
 static void sample_case(const char *what, int N, int V, PqSampleRow proto, int ties, int masked) {
@@ -331,10 +466,11 @@ static void test_time(void) {
 }
 
 int main(int argc, char **argv) {
-    static const char *groups[] = {"append", "attention", "sample", "time"};
-    void (*fns[])(void) = {test_append, test_attention, test_sample, test_time};
+    static const char *groups[] = {"append", "attention", "prefill", "sample", "time"};
+    void (*fns[])(void) = {test_append, test_attention, test_prefill, test_sample, test_time};
+    enum { NG = sizeof groups / sizeof *groups };
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
-        for (int g = 0; g < 4; g++) printf("%s\n", groups[g]);
+        for (int g = 0; g < NG; g++) printf("%s\n", groups[g]);
         return 0;
     }
     if (strcmp(pq_ops_backend(), "cuda") != 0 || pq_ops_set_device(0) < 0) {
@@ -342,13 +478,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     int known = argc < 2;
-    for (int g = 0; g < 4; g++) known |= argc > 1 && strcmp(argv[1], groups[g]) == 0;
+    for (int g = 0; g < NG; g++) known |= argc > 1 && strcmp(argv[1], groups[g]) == 0;
     if (!known) {
         fprintf(stderr, "usage: parity-paged [--list] [GROUP]\n");
         return 2;
     }
     pq_rng_seed(&gt_rng, 7);
-    for (int g = 0; g < 4; g++)
+    for (int g = 0; g < NG; g++)
         if (argc < 2 || strcmp(argv[1], groups[g]) == 0) fns[g]();
     printf("%d of %d checks failed\n", failures, checks);
     return failures ? 1 : 0;

@@ -7,7 +7,12 @@
 // copies move the first n positions of every layer; the pieces together
 // with kvpage.h over decode steps with forks, copies on write and a
 // re-fork (as gen.c will drive them) match contiguous attention on each
-// sample's own history. Sampling: exact argmax
+// sample's own history. Prefill over the cache in segments (a chunk after
+// its context, a prompt from position 0, decoding rows) equals decode
+// attention bit for bit and contiguous attention; each broken promise of
+// the segments (coverage, an empty or too long segment, positions not
+// consecutive, another table, a block outside the pool, a length out of
+// range) aborts with its message, in a forked child. Sampling: exact argmax
 // at temperature 0 (lowest id among ties, -INFINITY never), the same ids
 // for the same (seed, seq, step), different draws for different steps, only
 // tokens inside the top-k/top-p/min-p cut. The distribution itself is
@@ -16,9 +21,12 @@
 //   test-paged sample < "V T top_k top_p min_p draws seed" line, then V logits
 // prints the count of each id over draws steps.
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "ops_gen.h"
@@ -311,6 +319,183 @@ static void test_flow(PqDtype dt, int window) {
     free(K), free(V), free(mk), free(mv);
 }
 
+// ---- prefill over the paged cache in segments ----
+
+// The arguments of one pq_cpu_paged_prefill_forward call.
+typedef struct {
+    float *out, *q, *work;
+    void *kp, *vp;
+    PqDtype dt;
+    int32_t *tables, *len, *seg;
+    int maxblk, nseg, max_q, N, NH, KVH, HS, BT, NB, window, max_len;
+} PrefillCall;
+
+static void prefill_call(const PrefillCall *c) {
+    pq_cpu_paged_prefill_forward(c->out, c->q, c->kp, c->vp, c->dt, c->tables, c->maxblk, c->len, c->seg, c->nseg,
+                                 c->max_q, c->N, c->NH, c->KVH, c->HS, c->BT, c->NB, c->window, c->max_len, c->work);
+}
+
+// Runs the call in a forked child, on one thread; its stderr (up to cap - 1 bytes) into err. Returns the signal that ended the
+// child (0: it returned).
+static int prefill_child(const PrefillCall *c, char *err, size_t cap) {
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], 2);
+        alarm(60);            // a hang ends as SIGALRM
+        pq_cpu_set_threads(1); // (OpenMP's threads of the parent are not in the child)
+        prefill_call(c);
+        _exit(0);
+    }
+    close(fd[1]);
+    size_t n = 0;
+    ssize_t r;
+    while ((r = read(fd[0], err + n, cap - 1 - n)) > 0 && (n += (size_t)r) < cap - 1) {}
+    err[n] = 0;
+    close(fd[0]);
+    int st;
+    if (waitpid(pid, &st, 0) != pid) return -1;
+    return WIFSIGNALED(st) ? WTERMSIG(st) : WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+// The call with one promise broken (made by edit on a copy of the valid arguments) aborts with want on stderr.
+static void prefill_broken(const char *what, const PrefillCall *c, const char *want) {
+    char err[1024];
+    int sig = prefill_child(c, err, sizeof err);
+    CHECK(sig == SIGABRT && strstr(err, want), "prefill, %s: signal %d, stderr \"%s\", want SIGABRT and \"%s\"", what,
+          sig, err, want);
+}
+
+// Five sequences in a pool of random blocks, their rows in segments as gen.c makes them: a chunk of 29 after a
+// context of 37, a prompt of 20 from position 0, a decoding row at 50, one at 1, a chunk of 5 after 16 (a block's
+// end); the segments' output equals decode attention's bit for bit and contiguous attention's; then each
+// promise broken.
+static void test_prefill(PqDtype dt, int window) {
+    enum { S = 5, BT = 16, KVH = 2, NH = 8, HS = 32, NB = 23 };
+    static const int ctx[S] = {37, 0, 49, 0, 16}, rows[S] = {29, 20, 1, 1, 5};
+    int N = 0, max_len = 0, max_q = 0, maxblk = 0;
+    for (int s = 0; s < S; s++) {
+        N += rows[s], max_q = rows[s] > max_q ? rows[s] : max_q;
+        int L = ctx[s] + rows[s], nb = (L + BT - 1) / BT;
+        max_len = L > max_len ? L : max_len, maxblk = nb > maxblk ? nb : maxblk;
+    }
+    size_t kd = (size_t)KVH * HS, es = pq_dtype_size(dt), qn = (size_t)N * NH * HS;
+    void *kp = pq_xmalloc((size_t)NB * BT * kd * es), *vp = pq_xmalloc((size_t)NB * BT * kd * es);
+    for (size_t r = 0; r < (size_t)NB * BT * kd; r++) {
+        float a = urand(1), b = urand(1);
+        if (dt == PQ_BF16) ((uint16_t *)kp)[r] = pq_f32_to_bf16(a), ((uint16_t *)vp)[r] = pq_f32_to_bf16(b);
+        else ((float *)kp)[r] = a, ((float *)vp)[r] = b;
+    }
+    // each sequence's blocks drawn from the pool, the last block of the pool among them
+    int perm[NB], used = 0, stab[S][8];
+    for (int b = 0; b < NB; b++) perm[b] = b;
+    pq_rng_shuffle_int(&rng, perm, NB);
+    for (int s = 0; s < S; s++)
+        for (int b = 0; b < maxblk; b++) stab[s][b] = b < (ctx[s] + rows[s] + BT - 1) / BT ? perm[used++] : 0;
+    int has_last = 0;
+    for (int s = 0; s < S; s++)
+        for (int b = 0; b < (ctx[s] + rows[s] + BT - 1) / BT; b++) has_last |= stab[s][b] == NB - 1;
+    if (!has_last) stab[0][0] = NB - 1; // (block NB - 1 was left over: sequence 0 takes it instead)
+    int32_t *tables = pq_xmalloc((size_t)N * maxblk * sizeof *tables), *len = pq_xmalloc((size_t)N * sizeof *len);
+    int32_t seg[S + 1], slot[64], pos[64];
+    for (int s = 0, i = 0; s < S; s++) {
+        seg[s] = i;
+        for (int t = ctx[s]; t < ctx[s] + rows[s]; t++, i++) {
+            len[i] = t + 1, slot[i] = s, pos[i] = t;
+            for (int b = 0; b < maxblk; b++) tables[(size_t)i * maxblk + b] = stab[s][b];
+        }
+    }
+    seg[S] = N;
+    // the sequences' keys and values in a contiguous cache (S, max_len) as f32
+    float *kc = pq_xcalloc((size_t)S * max_len * kd, sizeof *kc), *vc = pq_xcalloc((size_t)S * max_len * kd, sizeof *vc);
+    for (int s = 0; s < S; s++)
+        for (int j = 0; j < ctx[s] + rows[s]; j++)
+            for (size_t d = 0; d < kd; d++) {
+                size_t src = ((size_t)stab[s][j / BT] * BT + j % BT) * kd + d, dst = ((size_t)s * max_len + j) * kd + d;
+                kc[dst] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)kp)[src]) : ((float *)kp)[src];
+                vc[dst] = dt == PQ_BF16 ? pq_bf16_to_f32(((uint16_t *)vp)[src]) : ((float *)vp)[src];
+            }
+    float *q = pq_xmalloc(qn * sizeof *q), *out = pq_xmalloc(qn * sizeof *out), *dec = pq_xmalloc(qn * sizeof *dec);
+    float *want = pq_xmalloc(qn * sizeof *want);
+    for (size_t x = 0; x < qn; x++) q[x] = urand(2), out[x] = dec[x] = NAN;
+    size_t nw = pq_paged_attention_work(N, NH, KVH, HS, max_len);
+    float *work = nw ? pq_xmalloc(nw * sizeof *work) : NULL;
+    PrefillCall c = {out, q, work, kp, vp, dt, tables, len, seg, maxblk, S, max_q, N, NH, KVH, HS, BT, NB, window,
+                     max_len};
+    prefill_call(&c);
+    pq_cpu_paged_attention_forward(dec, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
+    pq_cpu_attention_kv_forward(want, q, kc, vc, slot, pos, N, NH, KVH, HS, max_len, window);
+    double err = 0;
+    for (size_t x = 0; x < qn; x++) {
+        double d = fabs((double)out[x] - want[x]);
+        err = d > err || isnan(d) ? (isnan(d) ? INFINITY : d) : err;
+    }
+    CHECK(memcmp(out, dec, qn * sizeof *out) == 0, "prefill %s window %d: not decode attention's bits",
+          pq_dtype_name(dt), window);
+    CHECK(err < 2e-5, "prefill %s window %d: max err %.3g against contiguous attention", pq_dtype_name(dt), window, err);
+
+    // the valid call in a child returns (the harness itself can tell)
+    char buf[1024];
+    CHECK(prefill_child(&c, buf, sizeof buf) == 0 && buf[0] == 0, "prefill, valid segments in a child: \"%s\"", buf);
+    // each promise broken on a copy of the arguments (segment 0: rows 0..28, 1: 29..48, 2: 49, 3: 50, 4: 51..55)
+    int32_t *t2 = pq_xmalloc((size_t)N * maxblk * sizeof *t2), *l2 = pq_xmalloc((size_t)N * sizeof *l2), s2[S + 1];
+#define RESET() (memcpy(t2, tables, (size_t)N * maxblk * sizeof *t2), memcpy(l2, len, (size_t)N * sizeof *l2), \
+                 memcpy(s2, seg, sizeof s2), b = c, b.tables = t2, b.len = l2, b.seg = s2)
+    PrefillCall b;
+    char want_msg[160];
+#define MSG(s, r, why) (snprintf(want_msg, sizeof want_msg, "pq_paged_prefill_forward: segment %d, row %d: %s\n", \
+                                 s, r, why), want_msg)
+    const char *cover = "the segments do not cover rows [0, N)", *shape = "empty, decreasing or longer than max_q";
+    const char *range = "a length out of range", *consec = "positions not consecutive";
+    const char *table = "another table, or a block out of the pool";
+    RESET(), s2[0] = 1;
+    prefill_broken("seg[0] = 1", &b, MSG(S, N, cover));
+    RESET(), s2[S] = N - 1;
+    prefill_broken("seg[nseg] = N - 1", &b, MSG(S, N, cover));
+    RESET(), b.nseg = S - 1;
+    prefill_broken("a segment left out", &b, MSG(S - 1, N, cover));
+    RESET(), s2[3] = s2[2];
+    prefill_broken("an empty segment", &b, MSG(2, 49, shape));
+    RESET(), s2[2] = 28;
+    prefill_broken("a decreasing boundary", &b, MSG(1, 29, shape));
+    RESET(), b.max_q = max_q - 1;
+    prefill_broken("a segment longer than max_q", &b, MSG(0, 0, shape));
+    RESET(), l2[10]++;
+    prefill_broken("a position skipped", &b, MSG(0, 10, consec));
+    RESET(), l2[40] = l2[39];
+    prefill_broken("a position repeated", &b, MSG(1, 40, consec));
+    RESET(), s2[2] = 50, s2[3] = 51, s2[4] = N, b.nseg = S - 1; // segment 1 takes the decoding row at 50 too
+    prefill_broken("two sequences in one segment", &b, MSG(1, 49, consec));
+    RESET(), l2[50] = 0;
+    prefill_broken("a length 0", &b, MSG(3, 50, range));
+    RESET(), b.max_len = max_len - 1;
+    prefill_broken("a length above max_len", &b, MSG(0, 28, range));
+    RESET(), l2[49] = maxblk * BT + 1, b.max_len = maxblk * BT + 1;
+    prefill_broken("a length past the table", &b, MSG(2, 49, range));
+    RESET(), t2[(size_t)7 * maxblk + 1] = stab[1][0];
+    prefill_broken("a row with another table", &b, MSG(0, 7, table));
+    RESET();
+    for (int i = 51; i < 56; i++) t2[(size_t)i * maxblk + 1] = NB;
+    prefill_broken("a block = NB", &b, MSG(4, 51, table));
+    RESET();
+    for (int i = 29; i < 49; i++) t2[(size_t)i * maxblk] = -1;
+    prefill_broken("a block -1", &b, MSG(1, 29, table));
+#undef RESET
+#undef MSG
+    // still valid: padding past a row's blocks may differ; one segment may be exactly max_q rows
+    memcpy(t2, tables, (size_t)N * maxblk * sizeof *t2);
+    for (int i = 29; i < 49; i++) t2[(size_t)i * maxblk + maxblk - 1] = i % 2 ? -1 : NB + i; // prompt: 2 blocks used
+    b = c, b.tables = t2;
+    CHECK(prefill_child(&b, buf, sizeof buf) == 0, "prefill: padding past the used blocks refused: \"%s\"", buf);
+    free(t2), free(l2);
+    free(kp), free(vp), free(tables), free(len), free(kc), free(vc), free(q), free(out), free(dec), free(want);
+    free(work);
+}
+
 // driver for tests/py/test_paged_sample.py
 static int driver(void) {
     int V, draws;
@@ -350,6 +535,8 @@ int main(int argc, char **argv) {
     test_attention_all();
     test_flow(PQ_F32, 0);
     test_flow(PQ_BF16, 5);
+    test_prefill(PQ_F32, 0);
+    test_prefill(PQ_BF16, 7);
     test_sample();
     printf("test-paged: %d checks, %d failed\n", n_checks, n_fail);
     return n_fail != 0;
