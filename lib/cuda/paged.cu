@@ -537,6 +537,8 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
                                                    (int64_t)rowel);
     CU_LAUNCHED();
     pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
+    if (rows > (size_t)N) // the padding segments' rows: read by cuDNN, never used; zeros, not uninitialised memory
+        CU(cudaMemsetAsync(q16 + (size_t)N * rowel, 0, (rows - N) * rowel * sizeof *q16, pq_cuda_stream));
     // the window as a band only where it can cut: no key is further back than the tables reach (mb * BT
     // positions), so a window at least that long is no band (as attn_plan.c's left_bound; fewer plans, and a
     // windowed model's usual contexts leave cuDNN the plain bottom-right causal graph)
