@@ -563,12 +563,12 @@ char *pq_gen_profile_json(const PqGenProfile *p) {
     pq_buf_printf(&b, "{");
     for (int k = 0; k < PQ_GP_KINDS; k++) {
         const PqGenProfileKind *x = &p->k[k];
-        pq_buf_printf(&b, "%s\"%s\":{\"steps\":%lld,\"rows\":%lld,\"wall_ms\":%.4f", k ? "," : "", prof_kinds[k],
+        pq_buf_printf(&b, "%s\"%s\":{\"steps\":%lld,\"rows\":%lld,\"wall_ms\":%.6f", k ? "," : "", prof_kinds[k],
                       x->steps, x->rows, x->wall_ms);
         for (int h = 0; h < 2; h++) {
             pq_buf_printf(&b, ",\"%s\":{", h ? "host_ms" : "ms");
             for (int ph = 0; ph < PQ_GP_PHASES; ph++)
-                pq_buf_printf(&b, "%s\"%s\":%.4f", ph ? "," : "", prof_phases[ph], h ? x->host_ms[ph] : x->ms[ph]);
+                pq_buf_printf(&b, "%s\"%s\":%.6f", ph ? "," : "", prof_phases[ph], h ? x->host_ms[ph] : x->ms[ph]);
             pq_buf_printf(&b, "}");
         }
         pq_buf_printf(&b, "}");

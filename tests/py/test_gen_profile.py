@@ -75,7 +75,7 @@ def check_profile(name, prof, stats, want):
               "%s vs %s" % ((x["steps"], x["rows"]), want[k]))
         if x["steps"] == 0:
             continue
-        ran = [ph for ph in PHASES if ph != "graph"]
+        ran = [ph for ph in PHASES if ph != "graph"]  # (a flat cache's upload takes tens of nanoseconds)
         check(name + ": %s: every phase took time, no graph (CPU)" % k,
               all(x["ms"][ph] > 0 and x["host_ms"][ph] > 0 for ph in ran) and x["ms"]["graph"] == 0 and
               x["host_ms"]["graph"] == 0, json.dumps(x))
