@@ -490,7 +490,8 @@ static double weight_bytes(const PqConfig *c, long long rows) {
 
 // PQ_GEN_PROFILE=1: where a step's time went, a line per kind of step (phases with time: the device's ms a step,
 // its share of the wall time, the host's ms a step between the same marks), and RESULT
-// gen_<case>_prof_<kind>_<phase>_ms (a step, the device's) and _wall_ms for decode and prefill steps.
+// gen_<case>_prof_<kind>_<phase>_ms (a step, the device's), _<phase>_host_ms and _wall_ms for decode and
+// prefill steps.
 static void gen_profile_print(const char *nm, const PqGenProfile *p) {
     for (int k = 0; k < PQ_GP_IDLE; k++) {
         const PqGenProfileKind *x = &p->k[k];
@@ -508,8 +509,9 @@ static void gen_profile_print(const char *nm, const PqGenProfile *p) {
         printf("\n");
         printf("RESULT gen_%s_prof_%s_wall_ms %.4f\n", nm, pq_gen_profile_kind(k), x->wall_ms / n);
         for (int ph = 0; ph < PQ_GP_PHASES; ph++)
-            printf("RESULT gen_%s_prof_%s_%s_ms %.4f\n", nm, pq_gen_profile_kind(k), pq_gen_profile_phase(ph),
-                   x->ms[ph] / n);
+            printf("RESULT gen_%s_prof_%s_%s_ms %.4f\nRESULT gen_%s_prof_%s_%s_host_ms %.4f\n", nm,
+                   pq_gen_profile_kind(k), pq_gen_profile_phase(ph), x->ms[ph] / n, nm, pq_gen_profile_kind(k),
+                   pq_gen_profile_phase(ph), x->host_ms[ph] / n);
     }
 }
 
