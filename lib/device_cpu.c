@@ -1,9 +1,11 @@
 // device_cpu.c: the CPU backend's answers to the device calls of ops.h (no
-// devices to select; f32 attention; host memset; peak resident set; available memory). Left out of CUDA=1
-// builds, where lib/cuda/backend.cu provides them.
+// devices to select; f32 attention; host memset; peak resident set; available
+// memory; timing marks by the clock). Left out of CUDA=1 builds, where
+// lib/cuda/backend.cu provides them.
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "ops.h"
 
@@ -30,4 +32,21 @@ size_t pq_dev_peak_bytes(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru)) return 0;
     return (size_t)ru.ru_maxrss * 1024; // kilobytes on Linux
+}
+
+// The marks of ops.h: the clock at the call (ms).
+static double mark_at[PQ_DEV_MARKS];
+static unsigned char mark_set[PQ_DEV_MARKS];
+
+void pq_dev_mark(int k) {
+    if (k < 0 || k >= PQ_DEV_MARKS) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    mark_at[k] = (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    mark_set[k] = 1;
+}
+
+double pq_dev_mark_ms(int a, int b) {
+    if (a < 0 || b < 0 || a >= PQ_DEV_MARKS || b >= PQ_DEV_MARKS || !mark_set[a] || !mark_set[b]) return -1;
+    return mark_at[b] - mark_at[a];
 }

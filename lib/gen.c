@@ -136,6 +136,12 @@ struct PqGen {
     int chunking;                // paged: prompts longer than a step's budget left go in chunks (PQ_CHUNKED_PREFILL)
     int paged_prompts;           // paged: whole prompts are segments too, not rows [0, np) (PQ_PAGED_PROMPTS)
     long long n_prefix_hit;      // prompt positions shared so, not prefilled
+    // PQ_GEN_PROFILE=1 (gen.h): this step's marks 0 .. pk-1, the phase each ends and the host's clock at each
+    int prof, pk;
+    unsigned char pph[PQ_DEV_MARKS];
+    double phost[PQ_DEV_MARKS]; // ms
+    double pt0;                 // the step's start, ms
+    PqGenProfile pacc;
 };
 
 void pq_gen_params_init(PqGenParams *p) {
@@ -382,6 +388,12 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->next_id = 1;
     g->shared = !g->paged && pq_attention_kv_shared_forward != NULL;
     g->graphs = g->paged ? pq_graphs_new() : NULL;
+    g->prof = env_flag("PQ_GEN_PROFILE", 0);
+    if (g->prof && 4 * c->L + 8 > PQ_DEV_MARKS) {
+        fprintf(stderr, "pq: PQ_GEN_PROFILE: %d layers take more than the backend's %d marks; not profiled\n", c->L,
+                PQ_DEV_MARKS);
+        g->prof = 0;
+    }
     return g;
 }
 
@@ -427,6 +439,11 @@ static void req_unlink(PqGen *g, Req *r) {
 
 void pq_gen_free(PqGen *g) {
     if (!g) return;
+    if (g->prof) { // (gpu-check and the tools' users read this line)
+        char *j = pq_gen_profile_json(&g->pacc);
+        fprintf(stderr, "pq: PQ_GEN_PROFILE: %s\n", j);
+        free(j);
+    }
     while (g->live) {
         Req *r = g->live;
         req_unlink(g, r);
@@ -523,6 +540,73 @@ void pq_gen_stats(const PqGen *g, PqGenStats *st) {
     st->chunks = g->n_chunks;
     st->mixed = g->n_mixed;
     st->prefix_hit = g->n_prefix_hit;
+}
+
+// ---- the profile (PQ_GEN_PROFILE) ----
+
+static const char *const prof_kinds[PQ_GP_KINDS] = {"decode", "prefill", "idle"};
+static const char *const prof_phases[PQ_GP_PHASES] = {"sched", "upload", "embed", "qkv",    "attn", "o",
+                                                      "mlp",   "head",   "graph", "sample", "pick"};
+
+const char *pq_gen_profile_kind(int k) { return k >= 0 && k < PQ_GP_KINDS ? prof_kinds[k] : "?"; }
+const char *pq_gen_profile_phase(int ph) { return ph >= 0 && ph < PQ_GP_PHASES ? prof_phases[ph] : "?"; }
+
+int pq_gen_profile(const PqGen *g, PqGenProfile *p) {
+    memset(p, 0, sizeof *p);
+    if (!g->prof) return 0;
+    *p = g->pacc;
+    return 1;
+}
+
+char *pq_gen_profile_json(const PqGenProfile *p) {
+    PqBuf b = {0};
+    pq_buf_printf(&b, "{");
+    for (int k = 0; k < PQ_GP_KINDS; k++) {
+        const PqGenProfileKind *x = &p->k[k];
+        pq_buf_printf(&b, "%s\"%s\":{\"steps\":%lld,\"rows\":%lld,\"wall_ms\":%.6f", k ? "," : "", prof_kinds[k],
+                      x->steps, x->rows, x->wall_ms);
+        for (int h = 0; h < 2; h++) {
+            pq_buf_printf(&b, ",\"%s\":{", h ? "host_ms" : "ms");
+            for (int ph = 0; ph < PQ_GP_PHASES; ph++)
+                pq_buf_printf(&b, "%s\"%s\":%.6f", ph ? "," : "", prof_phases[ph], h ? x->host_ms[ph] : x->ms[ph]);
+            pq_buf_printf(&b, "}");
+        }
+        pq_buf_printf(&b, "}");
+    }
+    pq_buf_printf(&b, "}");
+    return b.data;
+}
+
+// The step's next mark, ending a phase.
+static void prof_mark(PqGen *g, int phase) {
+    if (!g->prof || g->pk >= PQ_DEV_MARKS) return;
+    pq_dev_mark(g->pk);
+    g->pph[g->pk] = (unsigned char)phase;
+    g->phost[g->pk++] = pq_now() * 1e3;
+}
+
+static void prof_begin(PqGen *g) {
+    if (!g->prof) return;
+    g->pk = 0;
+    g->pt0 = pq_now() * 1e3;
+    prof_mark(g, 0); // (mark 0 ends no phase)
+}
+
+// The step's last mark (the host's work after the sampling), then its phases added to those of its kind: one
+// wait for the device, on the last mark.
+static void prof_end(PqGen *g, int kind, int rows) {
+    if (!g->prof) return;
+    prof_mark(g, PQ_GP_PICK);
+    pq_dev_mark_ms(0, g->pk - 1);
+    PqGenProfileKind *x = &g->pacc.k[kind];
+    x->wall_ms += pq_now() * 1e3 - g->pt0;
+    x->steps++;
+    x->rows += rows;
+    for (int i = 1; i < g->pk; i++) {
+        double ms = pq_dev_mark_ms(i - 1, i);
+        x->ms[g->pph[i]] += ms > 0 ? ms : 0;
+        x->host_ms[g->pph[i]] += g->phost[i] - g->phost[i - 1];
+    }
 }
 
 // ---- the cache ----
@@ -1079,6 +1163,7 @@ typedef struct {
     int N, M;
     const int *rows; // NULL: the logits' rows are rows 0 .. M-1
     int graph;       // a CUDA graph's step (graph_pad): the segments are not uploaded
+    int prof;        // PQ_GEN_PROFILE's marks between the phases (never in a graph's step)
 } FwdArgs;
 
 static void forward_kernels(void *arg);
@@ -1117,12 +1202,14 @@ static void forward(PqGen *g, int N, const int *rows, int M) {
             g->pwork_n = need;
         }
     }
-    FwdArgs a = {g, N, key ? N : M, key ? NULL : rows, key != 0};
+    prof_mark(g, PQ_GP_UPLOAD);
+    FwdArgs a = {g, N, key ? N : M, key ? NULL : rows, key != 0, g->prof && !key};
     if (key) {
         const void *p[] = {g->x,      g->ln,     g->q,   g->k,    g->v,     g->att,   g->lse,  g->tmp,
                            g->gate,   g->up,     g->mlp, g->xa,   g->h,     g->logits, g->d_ids, g->d_pos,
                            g->d_slot, g->d_plen, g->d_tab, g->pwork, g->kpool, g->vpool};
         pq_graphs_run(g->graphs, key, pq_graph_fp(p, (int)(sizeof p / sizeof *p)), forward_kernels, &a);
+        prof_mark(g, PQ_GP_GRAPH);
     } else forward_kernels(&a);
     g->n_steps++;
 }
@@ -1138,6 +1225,7 @@ static void forward_kernels(void *arg) {
     size_t nc = (size_t)N * c->C;
     size_t layer = (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem; // bytes of a layer's pool (paged)
     pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
+    if (a->prof) prof_mark(g, PQ_GP_EMBED);
     for (int l = 0; l < c->L; l++) {
         const PqLayerW *w = &m->layers[l];
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln1, N, c->C, c->eps);
@@ -1151,6 +1239,7 @@ static void forward_kernels(void *arg) {
             lin(g, l, PQ_K, g->k, g->ln, N);
         }
         lin(g, l, PQ_V, g->v, g->ln, N);
+        if (a->prof) prof_mark(g, PQ_GP_QKV);
         pq_rope_forward(g->q, g->d_pos, m->inv_freq, N, c->NH, c->HS);
         pq_rope_forward(g->k, g->d_pos, m->inv_freq, N, c->KVH, c->HS);
         if (g->paged) {
@@ -1188,20 +1277,24 @@ static void forward_kernels(void *arg) {
             pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS,
                                     g->T, pq_layer_window(c, l));
         }
+        if (a->prof) prof_mark(g, PQ_GP_ATTN);
         lin(g, l, PQ_O, g->tmp, g->att, N);
         pq_residual_forward(g->x, g->tmp, nc);
+        if (a->prof) prof_mark(g, PQ_GP_O);
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
         lin(g, l, PQ_GATE, g->gate, g->ln, N);
         lin(g, l, PQ_UP, g->up, g->ln, N);
         pq_swiglu_forward(g->mlp, g->gate, g->up, N, c->H);
         lin(g, l, PQ_DOWN, g->tmp, g->mlp, N);
         pq_residual_forward(g->x, g->tmp, nc);
+        if (a->prof) prof_mark(g, PQ_GP_MLP);
     }
     if (M == 0) return; // (paged: a step of prompt chunks alone, none the last of its prompt)
     for (int i = 0; rows && i < M; i++)
         pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
     pq_rmsnorm_forward(g->h, NULL, rows ? g->tmp : g->x, m->ln_f, M, c->C, c->eps);
     pq_linear_rows_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
+    if (a->prof) prof_mark(g, PQ_GP_HEAD);
 }
 
 static void call_back(PqGen *g, Done *d) {
@@ -1220,6 +1313,7 @@ int pq_gen_step(PqGen *g) {
     const PqConfig *c = &g->m->cfg;
     Done d = {0};
     long long gen0 = g->n_generated;
+    prof_begin(g);
     int budget = admit(g, &d);
     if (g->paged) paged_reserve(g, &d);
     int N = budget, M = 0;
@@ -1294,6 +1388,7 @@ int pq_gen_step(PqGen *g) {
         for (int s = 0; s < g->S; s++)
             if (g->slots[s].state == SLOT_RESUME && g->slots[s].len == fill_len(&g->slots[s]))
                 g->slots[s].state = SLOT_RUN;
+        prof_mark(g, PQ_GP_SCHED);
         forward(g, N, rows, M);
         if (!g->paged) pq_dev_download(g->h_logits, g->logits, (size_t)M * c->V * 4);
         else if (M > 0) { // every row drawn on the device; logits come back only for prompts and grammars
@@ -1346,6 +1441,7 @@ int pq_gen_step(PqGen *g) {
                 if (g->slots[row_slot[r]].state == SLOT_PREFILL)
                     pq_dev_download(g->h_logits + (size_t)r * c->V, g->logits + (size_t)r * c->V, (size_t)c->V * 4);
         }
+        prof_mark(g, PQ_GP_SAMPLE);
         // prefilled prompts: keep their logits; followers copy the prompt
         for (int r = 0; r < M; r++) {
             Slot *sl = &g->slots[row_slot[r]];
@@ -1400,5 +1496,6 @@ int pq_gen_step(PqGen *g) {
             if (g->paged) pq_kvpage_release(g->kp, &r->kv);
         }
     call_back(g, &d);
+    prof_end(g, N == 0 ? PQ_GP_IDLE : budget > 0 ? PQ_GP_PREFILL : PQ_GP_DECODE, N);
     return (int)(g->n_generated - gen0);
 }

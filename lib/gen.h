@@ -72,6 +72,60 @@ typedef struct PqGenStats {
 } PqGenStats;
 void pq_gen_stats(const PqGen *g, PqGenStats *st);
 
+// ---- where a step's time goes (PQ_GEN_PROFILE=1) ----
+// With PQ_GEN_PROFILE=1 in the environment when pq_gen_new runs, every step
+// is cut into phases by timing marks (pq_dev_mark, ops.h) and each phase's
+// time is summed over the generator's life, by kind of step: steps whose
+// rows all decode, steps with prefill rows (prompts, chunks of prompts,
+// preempted sequences recomputed; decode rows may ride along), and steps
+// that ran no forward. A phase's ms is on the backend's timeline (CUDA:
+// events, the time the device took from the mark before to the phase's
+// mark, idle gaps while it waited for the host's launches included); its
+// host_ms is the host's clock between the same two marks (where the host
+// waits for the device, a download, the wait is in the phase that waits).
+// A forward phase whose host_ms comes close to its ms (or passes it): the
+// device waited for the host's launches.
+// wall_ms: the host's clock from pq_gen_step's entry to its end; the phases
+// sum to no more than it (wall_ms minus their sum is what no mark saw).
+// Phases, in a step's order: sched (the host: admitting, the paged cache's
+// blocks, the step's rows), upload (ids, positions, tables and the paged
+// cache's copies on write), embed, then summed over the layers: qkv (the
+// norm, the q/k/v products, q/k norms), attn (rope, KV append, attention),
+// o (o product, residual), mlp (the norm, gate/up products, swiglu, down
+// product, residual); head (the last rows' final norm and lm_head), graph
+// (PQ_CUDA_GRAPH=1: a decode step's forward, embed to head, as one phase,
+// whether its graph is replayed, captured, or run eagerly on its bucket's
+// first sight; never marked inside: run without PQ_CUDA_GRAPH for the
+// layers' phases), sample (the paged cache: grammars' masks, the
+// device's sampler, downloads of ids and of prompts' logits; the flat cache:
+// the logits' download), pick (the host: tokens picked on the host, stop
+// strings, finished requests' callbacks). Profiling changes no result; it
+// waits for the device once at the end of a step (where the step has not
+// already waited for its ids) and costs the host a few microseconds a mark
+// (4 a layer). pq_gen_free then writes "pq: PQ_GEN_PROFILE: " and
+// pq_gen_profile_json's object as one line on stderr.
+enum { PQ_GP_DECODE = 0, PQ_GP_PREFILL, PQ_GP_IDLE, PQ_GP_KINDS };
+enum {
+    PQ_GP_SCHED = 0, PQ_GP_UPLOAD, PQ_GP_EMBED, PQ_GP_QKV, PQ_GP_ATTN, PQ_GP_O, PQ_GP_MLP, PQ_GP_HEAD, PQ_GP_GRAPH,
+    PQ_GP_SAMPLE, PQ_GP_PICK, PQ_GP_PHASES
+};
+typedef struct PqGenProfileKind {
+    long long steps, rows;         // steps of the kind; rows they computed (before a CUDA graph's padding)
+    double wall_ms;                // summed over those steps
+    double ms[PQ_GP_PHASES];       // the backend's timeline
+    double host_ms[PQ_GP_PHASES];  // the host's clock between the same marks
+} PqGenProfileKind;
+typedef struct PqGenProfile {
+    PqGenProfileKind k[PQ_GP_KINDS];
+} PqGenProfile;
+// Fills p; returns 1, or 0 (p zeroed) when the generator is not profiled.
+int pq_gen_profile(const PqGen *g, PqGenProfile *p);
+const char *pq_gen_profile_kind(int k);   // "decode", "prefill", "idle"
+const char *pq_gen_profile_phase(int ph); // "sched" .. "pick", as above
+// One line of JSON (no newline; free it): {"decode": {"steps", "rows",
+// "wall_ms", "ms": {phase: ms, ...}, "host_ms": {...}}, "prefill": ..., "idle": ...}.
+char *pq_gen_profile_json(const PqGenProfile *p);
+
 // The model's end tokens: eos_token_id of config.json and
 // generation_config.json (a number or a list) and tokenizer_config.json's
 // eos_token (tok may be NULL). Returns how many (<= max) were written.

@@ -163,5 +163,19 @@ size_t pq_dev_peak_bytes(void);
 // Memory free for more buffers now: the device's free memory (CUDA), the
 // system's MemAvailable (CPU), in bytes (0 when unknown).
 size_t pq_dev_free_bytes(void);
+// Timing marks on the backend's timeline (PQ_GEN_PROFILE, gen.h): pq_dev_mark(k)
+// records mark k (0 <= k < PQ_DEV_MARKS; others are ignored) after the work
+// issued so far: CUDA records an event (created on first use) on the
+// backend's stream, so the mark is the time the device reaches it, not the
+// time of the call; the CPU reads the monotonic clock at the call, its ops
+// being synchronous. pq_dev_mark_ms(a, b) waits for mark b and returns the
+// milliseconds from mark a to mark b (-1 when either was not recorded). A
+// mark recorded again replaces its time. Never inside a CUDA graph's capture:
+// CUDA records nothing there and the mark reads as not recorded. The
+// process's marks are one set (one user at a time); unused, they cost
+// nothing. A recorded event costs the host a few microseconds.
+#define PQ_DEV_MARKS 1024
+void pq_dev_mark(int k);
+double pq_dev_mark_ms(int a, int b);
 
 #endif

@@ -65,6 +65,33 @@ extern "C" size_t pq_dev_peak_bytes(void) {
     return mem_peak;
 }
 
+// The marks of ops.h: events on pq_cuda_stream, created on first use. pq_cuda_stream is not the legacy stream
+// only while graph.cu captures a step: no mark is recorded there (an event recorded in a capture has no time).
+static cudaEvent_t mark_ev[PQ_DEV_MARKS];
+static bool mark_set[PQ_DEV_MARKS];
+
+extern "C" void pq_dev_mark(int k) {
+    if (k < 0 || k >= PQ_DEV_MARKS) return;
+    mark_set[k] = false;
+    if (pq_cuda_stream) {
+        cudaStreamCaptureStatus st;
+        if (cudaStreamIsCapturing(pq_cuda_stream, &st) != cudaSuccess || st != cudaStreamCaptureStatusNone) return;
+    }
+    ensure_device();
+    if (!mark_ev[k]) CU(cudaEventCreate(&mark_ev[k]));
+    CU(cudaEventRecord(mark_ev[k], pq_cuda_stream));
+    mark_set[k] = true;
+}
+
+extern "C" double pq_dev_mark_ms(int a, int b) {
+    if (a < 0 || b < 0 || a >= PQ_DEV_MARKS || b >= PQ_DEV_MARKS || !mark_set[a] || !mark_set[b]) return -1;
+    CU(cudaEventSynchronize(mark_ev[b]));
+    CU(cudaEventSynchronize(mark_ev[a]));
+    float ms = 0;
+    CU(cudaEventElapsedTime(&ms, mark_ev[a], mark_ev[b]));
+    return ms;
+}
+
 cublasHandle_t pq_cuda_blas(void) {
     if (!blas) {
         ensure_device();

@@ -11,7 +11,8 @@
 // cache's size, for the cases of --gen-case (b1, b64, n10, n10j8: n10 in
 // 8 slots, b256; all: b1, b64, n10), their slots, prompt and new tokens
 // overridden by --gen-slots, --gen-prompt, --gen-new, greedy everywhere
-// with --gen-greedy.
+// with --gen-greedy. With PQ_GEN_PROFILE=1 (gen.h) each case also says
+// where its steps' time went, phase by phase.
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
 //            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N]
 //            [--what logp|dpo|both|ops|gen] [--gen-case all|b1,b64,n10,n10j8,b256]
@@ -487,6 +488,33 @@ static double weight_bytes(const PqConfig *c, long long rows) {
     return 2.0 * (block_params(c) + (double)c->V * c->C + (double)rows * c->C);
 }
 
+// PQ_GEN_PROFILE=1: where a step's time went, a line per kind of step (phases with time: the device's ms a step,
+// its share of the wall time, the host's ms a step between the same marks), and RESULT
+// gen_<case>_prof_<kind>_<phase>_ms (a step, the device's), _<phase>_host_ms and _wall_ms for decode and
+// prefill steps.
+static void gen_profile_print(const char *nm, const PqGenProfile *p) {
+    for (int k = 0; k < PQ_GP_IDLE; k++) {
+        const PqGenProfileKind *x = &p->k[k];
+        if (!x->steps) continue;
+        double n = (double)x->steps, sum = 0;
+        for (int ph = 0; ph < PQ_GP_PHASES; ph++) sum += x->ms[ph];
+        printf("gen: %s: profile, %s: %lld steps of %.1f rows, %.3f ms a step (wall), %.1f%% marked; ms a step "
+               "(share) host ms:",
+               nm, pq_gen_profile_kind(k), x->steps, x->rows / n, x->wall_ms / n,
+               x->wall_ms > 0 ? 100 * sum / x->wall_ms : 0);
+        for (int ph = 0; ph < PQ_GP_PHASES; ph++)
+            if (x->ms[ph] > 0 || x->host_ms[ph] > 0)
+                printf(" %s %.3f (%.1f%%) %.3f", pq_gen_profile_phase(ph), x->ms[ph] / n,
+                       x->wall_ms > 0 ? 100 * x->ms[ph] / x->wall_ms : 0, x->host_ms[ph] / n);
+        printf("\n");
+        printf("RESULT gen_%s_prof_%s_wall_ms %.4f\n", nm, pq_gen_profile_kind(k), x->wall_ms / n);
+        for (int ph = 0; ph < PQ_GP_PHASES; ph++)
+            printf("RESULT gen_%s_prof_%s_%s_ms %.4f\nRESULT gen_%s_prof_%s_%s_host_ms %.4f\n", nm,
+                   pq_gen_profile_kind(k), pq_gen_profile_phase(ph), x->ms[ph] / n, nm, pq_gen_profile_kind(k),
+                   pq_gen_profile_phase(ph), x->host_ms[ph] / n);
+    }
+}
+
 // Runs one case; prints "gen:" lines and RESULT gen_<case>_* lines. Returns 1 when
 // a sample came back wrong.
 static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
@@ -594,6 +622,8 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
     pq_gen_counts(g, &prefilled, &generated, &steps);
     PqGenStats gs;
     pq_gen_stats(g, &gs);
+    PqGenProfile prof;
+    int profiled = pq_gen_profile(g, &prof);
     pq_gen_free(g);
     int rc = 0;
     long long want = (long long)R * k.n * G;
@@ -632,6 +662,7 @@ static int gen_case(const PqModel *m, GenCase k, double peak, double peak_gbs) {
            nm, dc_tps, nm, ms, nm, gbs, nm, gbs / peak_gbs);
     printf("RESULT gen_%s_kv_gb %.1f\nRESULT gen_%s_kv_used_gb %.2f\nRESULT gen_%s_peak_gb %.1f\nRESULT gen_%s_ok %d\n",
            nm, kv_gb, nm, kv_peak / 1e9, nm, pq_dev_peak_bytes() / 1e9, nm, !rc);
+    if (profiled) gen_profile_print(nm, &prof);
     fflush(stdout); // a run killed in a later case keeps this one's lines
     for (int r = 0; r < R; r++) free(prompts[r]);
     free(prompts), free(P), free(admitted);

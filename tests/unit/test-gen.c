@@ -11,7 +11,9 @@
 // "quiz"}; one line out per request, in input order: {"samples": [{"ids",
 // "text", "finish"}]}; then {"prefilled": P, "generated": G, "steps": S,
 // "seconds": generation time}. --no-eos 1: never stop at an end token
-// (benchmarks).
+// (benchmarks). With PQ_GEN_PROFILE=1 the generator's profile (gen.h) comes
+// as one line on stderr, "pq: PQ_GEN_PROFILE: {...}", when it is freed
+// (tests/py/test_gen_profile.py).
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
