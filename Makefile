@@ -120,7 +120,7 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
 
-# The GPU tests' shared headers (gpu_test.h; parity-act.c also the unit tests' act16.h).
+# The GPU tests' shared headers (gpu_test.h, parity_ops.h; that one includes the unit tests' act16.h).
 $(GPU_TEST_SRC:%.c=$(B)/%.o): $(wildcard tests/gpu/*.h) tests/unit/act16.h
 
 $(B)/gpu-tests/%: $(B)/tests/gpu/%.o $(LIBA)
