@@ -120,7 +120,7 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(LIBA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBA) $(LDLIBS) -o $@
 
-# The GPU tests' shared headers (gpu_test.h; parity-act.c also the unit tests' act16.h).
+# The GPU tests' shared headers (gpu_test.h, parity_ops.h; that one includes the unit tests' act16.h).
 $(GPU_TEST_SRC:%.c=$(B)/%.o): $(wildcard tests/gpu/*.h) tests/unit/act16.h
 
 $(B)/gpu-tests/%: $(B)/tests/gpu/%.o $(LIBA)
@@ -166,6 +166,27 @@ clean:
 
 .PHONY: all bin check tools-and-tests cuda-build cuda-gpu-tests install clean
 .SECONDARY:
+
+# make cpu-parity: parity-ops and parity-act (tests/gpu) linked against the
+# CPU library, tests/cpu-parity/cuda_stubs.c standing in for their CUDA-only
+# calls, and run. pq_* is then pq_cpu_* behind the CPU backend's activation
+# storage, so every check must pass: it checks the programs' own logic (the
+# storage helpers, oracles and groups of tests/gpu/parity_ops.h) where no GPU
+# is, never a kernel. Not part of make check.
+ifneq ($(CUDA),1)
+CPU_PARITY := parity-ops parity-act
+cpu-parity: $(CPU_PARITY:%=$(B)/cpu-parity/%)
+	@rc=0; for p in $(CPU_PARITY); do \
+	  $(B)/cpu-parity/$$p >$(B)/cpu-parity/$$p.log 2>&1 || { grep -a '^FAIL' $(B)/cpu-parity/$$p.log; rc=1; }; \
+	  echo "cpu-parity: $$p: $$(tail -n 1 $(B)/cpu-parity/$$p.log)"; \
+	done; exit $$rc
+
+$(B)/cpu-parity/%: $(B)/tests/gpu/%.o $(B)/tests/cpu-parity/cuda_stubs.o $(LIBA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -Wl,--allow-multiple-definition $(B)/tests/cpu-parity/cuda_stubs.o $< $(LIBA) $(LDLIBS) -o $@
+endif
+
+.PHONY: cpu-parity
 
 # make fuzz: the Jinja interpreter under libFuzzer with ASan/UBSan for
 # FUZZ_TIME seconds, seeded with the real templates and tests/fuzz/seeds/

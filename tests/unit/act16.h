@@ -1,5 +1,5 @@
 // act16.h: bf16 activations in pq_dev_* buffers (pq_act_bytes each), what
-// test-lora-bf16.c and tests/gpu/parity-act.c share: host floats uploaded
+// test-lora-bf16.c and tests/gpu/parity_ops.h share: host floats uploaded
 // rounded to bf16, and a buffer's bf16 downloaded widened to f32. Included by
 // one test file each (statics).
 #ifndef PQ_ACT16_H
