@@ -158,20 +158,54 @@ void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, co
 
 // ---- sampling ----
 
-// ids ordered by z descending, then id ascending
-static int cmp_z(const void *a, const void *b, void *ctx) {
-    const float *z = ctx;
-    int i = *(const int *)a, j = *(const int *)b;
-    return z[i] < z[j] ? 1 : z[i] > z[j] ? -1 : (i > j) - (i < j);
+// Sorts idx (n ids, ascending) by z descending, ties in id order: a stable
+// LSD radix sort of an order-preserving key (3 passes of 11 bits), O(n)
+// where a comparison sort of a vocabulary (150k ids) cost milliseconds a
+// row. key, tmp: n scratch entries each.
+static void sort_desc(int *idx, int n, const float *z, uint32_t *key, uint32_t *ktmp, int *tmp) {
+    for (int i = 0; i < n; i++) {
+        float f = z[idx[i]] == 0 ? 0.0f : z[idx[i]]; // -0 and +0 tie, as the comparison did
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); // a > b <=> u(a) > u(b)
+        key[i] = ~u;                                     // ascending key: descending z
+    }
+    uint32_t cnt[2048];
+    for (int shift = 0; shift < 32; shift += 11) {
+        memset(cnt, 0, sizeof cnt);
+        for (int i = 0; i < n; i++) cnt[(key[i] >> shift) & 2047]++;
+        uint32_t at = 0;
+        for (int b = 0; b < 2048; b++) {
+            uint32_t c = cnt[b];
+            cnt[b] = at;
+            at += c;
+        }
+        for (int i = 0; i < n; i++) {
+            uint32_t d = cnt[(key[i] >> shift) & 2047]++;
+            tmp[d] = idx[i], ktmp[d] = key[i];
+        }
+        memcpy(idx, tmp, (size_t)n * sizeof *idx);
+        memcpy(key, ktmp, (size_t)n * sizeof *key);
+    }
 }
 
-static int32_t sample_row(const float *x, const PqSampleRow *r, int V, float *z, int *idx) {
+// Scratch of one thread's rows: V entries each.
+typedef struct {
+    float *z;
+    int *idx, *tmp;
+    uint32_t *key, *ktmp;
+    double *e;
+} SampleWork;
+
+static int32_t sample_row(const float *x, const PqSampleRow *r, int V, const SampleWork *w) {
     if (!(r->temperature > 0)) {
         int best = -1;
         for (int v = 0; v < V; v++)
             if (x[v] != -INFINITY && (best < 0 || x[v] > x[best])) best = v;
         return best;
     }
+    float *z = w->z;
+    int *idx = w->idx;
     int n = 0;
     float zmax = -INFINITY;
     for (int v = 0; v < V; v++) {
@@ -181,7 +215,7 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, float *z,
     }
     if (n == 0) return -1;
     // every finite token, most likely first: the cuts below keep a prefix
-    qsort_r(idx, (size_t)n, sizeof *idx, cmp_z, z);
+    sort_desc(idx, n, z, w->key, w->ktmp, w->tmp);
     int keep = n;
     if (r->top_k > 0 && r->top_k < n) {
         float thr = z[idx[r->top_k - 1]];
@@ -189,11 +223,11 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, float *z,
         while (keep < n && z[idx[keep]] >= thr) keep++;
     }
     if (r->top_p < 1) {
-        double Z = 0, before = 0;
-        for (int i = 0; i < keep; i++) Z += exp((double)z[idx[i]] - zmax);
+        double Z = 0, before = 0, *e = w->e;
+        for (int i = 0; i < keep; i++) Z += e[i] = exp((double)z[idx[i]] - zmax);
         double target = (double)r->top_p * Z;
         int i = 0;
-        for (; i < keep && (i == 0 || before < target); i++) before += exp((double)z[idx[i]] - zmax);
+        for (; i < keep && (i == 0 || before < target); i++) before += e[i];
         keep = i;
     }
     if (r->min_p > 0) { // (a min_p above 1 keeps the most likely, as 1 does)
@@ -214,14 +248,14 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, float *z,
 }
 
 void pq_cpu_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V) {
-#pragma omp parallel num_threads(pq_cpu_threads())
+#pragma omp parallel num_threads(N > 1 ? pq_cpu_threads() : 1)
     {
-        float *z = pq_xmalloc((size_t)V * sizeof *z);
-        int *idx = pq_xmalloc((size_t)V * sizeof *idx);
+        SampleWork w = {pq_xmalloc((size_t)V * sizeof *w.z),        pq_xmalloc((size_t)V * sizeof *w.idx),
+                        pq_xmalloc((size_t)V * sizeof *w.tmp),      pq_xmalloc((size_t)V * sizeof *w.key),
+                        pq_xmalloc((size_t)V * sizeof *w.ktmp),     pq_xmalloc((size_t)V * sizeof *w.e)};
 #pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < N; i++) ids[i] = sample_row(logits + (size_t)i * V, &rows[i], V, z, idx);
-        free(z);
-        free(idx);
+        for (int i = 0; i < N; i++) ids[i] = sample_row(logits + (size_t)i * V, &rows[i], V, &w);
+        free(w.z), free(w.idx), free(w.tmp), free(w.key), free(w.ktmp), free(w.e);
     }
 }
 
