@@ -151,6 +151,7 @@ cuda-gpu-tests: $(GPU_TESTS)
 check: all
 	$(MAKE) SAN=1 tools-and-tests
 	$(MAKE) cuda-build
+	$(MAKE) cpu-parity
 	sh tests/run build/rel build/san
 
 tools-and-tests: $(TOOLS) $(TESTS)
@@ -167,18 +168,24 @@ clean:
 .PHONY: all bin check tools-and-tests cuda-build cuda-gpu-tests install clean
 .SECONDARY:
 
-# make cpu-parity: parity-ops and parity-act (tests/gpu) linked against the
-# CPU library, tests/cpu-parity/cuda_stubs.c standing in for their CUDA-only
-# calls, and run. pq_* is then pq_cpu_* behind the CPU backend's activation
-# storage, so every check must pass: it checks the programs' own logic (the
-# storage helpers, oracles and groups of tests/gpu/parity_ops.h) where no GPU
-# is, never a kernel. Not part of make check.
+# make cpu-parity: parity-ops, parity-act and parity-paged (tests/gpu) linked
+# against the CPU library, tests/cpu-parity/cuda_stubs.c standing in for
+# their CUDA-only calls, and run. pq_* is then pq_cpu_* behind the CPU
+# backend's activation storage, so every check must pass: it checks the
+# programs' own logic (the storage helpers, oracles and groups of
+# tests/gpu/parity_ops.h; parity-paged's inputs, whose segments the CPU twin
+# verifies) where no GPU is, never a kernel. parity-paged takes one group a
+# run, with PQ_PAGED_ATTN=kernel (no cuDNN here; its timings left out).
+# Part of make check (about 15 s).
 ifneq ($(CUDA),1)
-CPU_PARITY := parity-ops parity-act
+CPU_PARITY := parity-ops parity-act parity-paged
+CPU_PARITY_RUNS := parity-ops parity-act parity-paged:append parity-paged:attention parity-paged:prefill \
+                   parity-paged:sample
 cpu-parity: $(CPU_PARITY:%=$(B)/cpu-parity/%)
-	@rc=0; for p in $(CPU_PARITY); do \
-	  $(B)/cpu-parity/$$p >$(B)/cpu-parity/$$p.log 2>&1 || { grep -a '^FAIL' $(B)/cpu-parity/$$p.log; rc=1; }; \
-	  echo "cpu-parity: $$p: $$(tail -n 1 $(B)/cpu-parity/$$p.log)"; \
+	@rc=0; for r in $(CPU_PARITY_RUNS); do \
+	  p=$${r%%:*}; g=$${r#"$$p"}; g=$${g#:}; l=$(B)/cpu-parity/$$p$${g:+-$$g}.log; \
+	  PQ_PAGED_ATTN=kernel $(B)/cpu-parity/$$p $$g >$$l 2>&1 || { grep -a '^FAIL' $$l; tail -n 3 $$l; rc=1; }; \
+	  echo "cpu-parity: $$p$${g:+ $$g}: $$(tail -n 1 $$l)"; \
 	done; exit $$rc
 
 $(B)/cpu-parity/%: $(B)/tests/gpu/%.o $(B)/tests/cpu-parity/cuda_stubs.o $(LIBA)

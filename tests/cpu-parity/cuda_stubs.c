@@ -1,4 +1,4 @@
-// cuda_stubs.c: the CUDA-only calls of tests/gpu/parity-ops.c and parity-act.c, for make
+// cuda_stubs.c: the CUDA-only calls of tests/gpu/parity-ops.c, parity-act.c and parity-paged.c, for make
 // cpu-parity, which links them against the CPU library: a device that is
 // there (linked first, it wins over device_cpu.c's "no device"), and the
 // CUDA backend's switches and counters as no-ops.
@@ -14,3 +14,5 @@ void pq_cuda_set_gemv(int on) { (void)on; }
 void pq_cuda_set_lora_gemm(int kind) { (void)kind; }
 int pq_attention_cudnn_calls(void) { return 0; }
 const char *pq_attention_cudnn_error(void) { return "the CPU backend"; }
+int pq_paged_cudnn_calls(void) { return 0; }
+const char *pq_paged_cudnn_error(void) { return ""; }
