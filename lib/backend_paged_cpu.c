@@ -28,3 +28,7 @@ void pq_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N
 void pq_mask_logits(float *logits, const uint32_t *bits, const int32_t *rows, int n, int V) {
     pq_cpu_mask_logits(logits, bits, rows, n, V);
 }
+void pq_row_lse(float *lse, const float *logits, int N, int V) { pq_cpu_row_lse(lse, logits, N, V); }
+void pq_token_logp(float *lp, const float *logits, const int32_t *ids, const float *lse, int N, int V) {
+    pq_cpu_token_logp(lp, logits, ids, lse, N, V);
+}

@@ -93,6 +93,11 @@ size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len);
        exponential race: argmax of z_v - log(-log u_v) over the kept, u_v = pq_sample_uniform. -INFINITY        \
        logits are never drawn; -1 when every logit is. */                                                      \
     void P##sample(int32_t *ids, const float *logits, const PqSampleRow *rows, int N, int V);                \
+    /* the log-probabilities generation reports for its tokens: lse (N) = log sum_v exp(logits[i*V + v]) of  \
+       each row (-INFINITY logits count 0; taken before any mask, so the model's own distribution) */          \
+    void P##row_lse(float *lse, const float *logits, int N, int V);                                              \
+    /* lp (N) = logits[i*V + ids[i]] - lse[i] (0 where ids[i] < 0): after sample, whose token a mask kept */    \
+    void P##token_logp(float *lp, const float *logits, const int32_t *ids, const float *lse, int N, int V);     \
     /* constrained decoding's masks where the logits are: for k < n, row rows[k] of logits (.,V) keeps token v  \
        where bit v & 31 of bits[k * W + (v >> 5)] is set (W = (V + 31) / 32 words a row) and gets -INFINITY     \
        elsewhere (gen.c's pq_constrain_bits, then sample) */                                                     \

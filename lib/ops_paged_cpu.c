@@ -259,6 +259,22 @@ void pq_cpu_sample(int32_t *ids, const float *logits, const PqSampleRow *rows, i
     }
 }
 
+void pq_cpu_row_lse(float *lse, const float *logits, int N, int V) {
+    for (int i = 0; i < N; i++) {
+        const float *x = logits + (size_t)i * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        double sum = 0;
+        if (mx != -INFINITY)
+            for (int v = 0; v < V; v++) sum += x[v] == -INFINITY ? 0.0 : exp((double)x[v] - mx);
+        lse[i] = mx == -INFINITY ? -INFINITY : (float)(mx + log(sum));
+    }
+}
+
+void pq_cpu_token_logp(float *lp, const float *logits, const int32_t *ids, const float *lse, int N, int V) {
+    for (int i = 0; i < N; i++) lp[i] = ids[i] >= 0 ? logits[(size_t)i * V + ids[i]] - lse[i] : 0.0f;
+}
+
 void pq_cpu_mask_logits(float *logits, const uint32_t *bits, const int32_t *rows, int n, int V) {
     size_t W = ((size_t)V + 31) / 32;
     for (int k = 0; k < n; k++) {

@@ -818,3 +818,50 @@ extern "C" void pq_mask_logits(float *logits, const uint32_t *bits, const int32_
     mask_logits_kernel<<<grid, 256, 0, pq_cuda_stream>>>(logits, bits, rows, V, ((size_t)V + 31) / 32);
     CU_LAUNCHED();
 }
+
+// ---- the log-probabilities of drawn tokens ----
+
+#define LSE_THREADS 256
+
+// one block a row: its max, then the sum of exp(x - max) (f32 within a thread, a tree across them)
+__global__ void row_lse_kernel(float *lse, const float *logits, int V) {
+    __shared__ float red[LSE_THREADS];
+    const float *x = logits + (size_t)blockIdx.x * V;
+    float m = -INFINITY;
+    for (int v = threadIdx.x; v < V; v += LSE_THREADS) m = fmaxf(m, x[v]);
+    red[threadIdx.x] = m;
+    __syncthreads();
+    for (int s = LSE_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
+        __syncthreads();
+    }
+    m = red[0];
+    __syncthreads();
+    float sum = 0;
+    if (m != -INFINITY)
+        for (int v = threadIdx.x; v < V; v += LSE_THREADS) sum += x[v] == -INFINITY ? 0.0f : expf(x[v] - m);
+    red[threadIdx.x] = sum;
+    __syncthreads();
+    for (int s = LSE_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) lse[blockIdx.x] = m == -INFINITY ? -INFINITY : m + logf(red[0]);
+}
+
+extern "C" void pq_row_lse(float *lse, const float *logits, int N, int V) {
+    if (N <= 0) return;
+    row_lse_kernel<<<N, LSE_THREADS, 0, pq_cuda_stream>>>(lse, logits, V);
+    CU_LAUNCHED();
+}
+
+__global__ void token_logp_kernel(float *lp, const float *logits, const int32_t *ids, const float *lse, int N, int V) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) lp[i] = ids[i] >= 0 ? logits[(size_t)i * V + ids[i]] - lse[i] : 0.0f;
+}
+
+extern "C" void pq_token_logp(float *lp, const float *logits, const int32_t *ids, const float *lse, int N, int V) {
+    if (N <= 0) return;
+    token_logp_kernel<<<pq_blocks((size_t)N, 128), 128, 0, pq_cuda_stream>>>(lp, logits, ids, lse, N, V);
+    CU_LAUNCHED();
+}
