@@ -68,6 +68,9 @@ typedef struct Slot {
     int len;            // positions of the cache in use
     int32_t next_tok;   // sampled, to be fed in the next step
     PqTokens gen;       // generated ids
+    float *lp;          // their log-probabilities (gen.len of them), lp_cap allocated
+    int lp_cap;
+    float pick_lp;      // the log-probability of pick
     PqBuf text;         // their text
     PqRng rng;
     PqCState cs;
@@ -123,6 +126,7 @@ struct PqGen {
     // paged: draws by the counter RNG (pq_sample), on the device, grammars' masks too (pq_mask_logits)
     PqSampleRow *srows, *d_srows;
     int32_t *sids, *d_sids;
+    float *slp, *d_slp, *d_slse; // the drawn tokens' log-probabilities; their rows' log-sum-exp (pq_row_lse)
     unsigned char *sdev; // row r's id is the device's (else picked on the host from downloaded logits)
     int scap;
     uint32_t *mbits, *d_mbits; // the masks of the constrained rows, PQ_CONSTRAIN_WORDS(V) words each
@@ -423,7 +427,7 @@ static void req_free(Req *r) {
     for (int i = 0; i < r->p.n_stop; i++) free(r->stop[i]);
     free(r->stop);
     if (r->outs)
-        for (int k = 0; k < r->n; k++) free(r->outs[k].ids), free(r->outs[k].text);
+        for (int k = 0; k < r->n; k++) free(r->outs[k].ids), free(r->outs[k].text), free(r->outs[k].logp);
     free(r->outs);
     free(r->logits);
     free(r->bhash);
@@ -455,6 +459,7 @@ void pq_gen_free(PqGen *g) {
         pq_tokens_free(&g->slots[s].gen);
         pq_buf_free(&g->slots[s].text);
         free(g->slots[s].work);
+        free(g->slots[s].lp);
         if (g->paged) pq_kvseq_free(g->kp, &g->slots[s].kv);
     }
     if (g->paged) {
@@ -471,6 +476,9 @@ void pq_gen_free(PqGen *g) {
         free(g->sdev);
         pq_dev_free(g->d_srows);
         pq_dev_free(g->d_sids);
+        free(g->slp);
+        pq_dev_free(g->d_slp);
+        pq_dev_free(g->d_slse);
         free(g->mbits);
         free(g->mrows);
         pq_dev_free(g->d_mbits);
@@ -678,6 +686,8 @@ static void finish(PqGen *g, Slot *sl, int why, int cut, Done *d) {
     o->n = (int)sl->gen.len;
     o->ids = pq_xmalloc((size_t)(o->n + 1) * sizeof *o->ids);
     if (o->n) memcpy(o->ids, sl->gen.data, (size_t)o->n * sizeof *o->ids);
+    o->logp = pq_xmalloc((size_t)(o->n + 1) * sizeof *o->logp);
+    if (o->n) memcpy(o->logp, sl->lp, (size_t)o->n * sizeof *o->logp);
     o->finish = why;
     if (g->tok) {
         if (cut >= 0) o->text = pq_xstrndup(sl->text.data ? sl->text.data : "", (size_t)cut);
@@ -691,7 +701,7 @@ static void finish(PqGen *g, Slot *sl, int why, int cut, Done *d) {
 }
 
 // Takes token t as slot sl's next: the end, or appended (and fed next step).
-static void take(PqGen *g, Slot *sl, int32_t t, Done *d) {
+static void take(PqGen *g, Slot *sl, int32_t t, float lp, Done *d) {
     Req *r = sl->r;
     int first = sl->gen.len == 0;
     if (t < 0) { // nothing fits the grammar
@@ -704,6 +714,11 @@ static void take(PqGen *g, Slot *sl, int32_t t, Done *d) {
             return;
         }
     pq_tokens_push(&sl->gen, t);
+    if ((int)sl->gen.len > sl->lp_cap) {
+        sl->lp_cap = 2 * (int)sl->gen.len + 16;
+        sl->lp = pq_xrealloc(sl->lp, (size_t)sl->lp_cap * sizeof *sl->lp);
+    }
+    sl->lp[sl->gen.len - 1] = lp;
     g->n_generated++;
     if (g->tt) {
         size_t from = sl->text.len;
@@ -740,8 +755,17 @@ static PqSampleRow sample_row(const Slot *sl) {
     return row;
 }
 
-// The next token of slot sl from logits (V) (overwritten: masked, scaled).
+// The next token of slot sl from logits (V) (overwritten: masked, scaled), its log-probability under the
+// model (the unmasked logits) in sl->pick_lp.
+static int32_t pick_token(PqGen *g, Slot *sl, float *logits);
 static int32_t pick(PqGen *g, Slot *sl, float *logits) {
+    float lse;
+    pq_cpu_row_lse(&lse, logits, 1, g->m->cfg.V);
+    int32_t t = pick_token(g, sl, logits);
+    pq_cpu_token_logp(&sl->pick_lp, logits, &t, &lse, 1, g->m->cfg.V); // (a token the mask kept: its logit intact)
+    return t;
+}
+static int32_t pick_token(PqGen *g, Slot *sl, float *logits) {
     const Req *r = sl->r;
     if (r->p.constrain) {
         int left = r->p.max_tokens - (int)sl->gen.len;
@@ -1038,7 +1062,8 @@ static int admit(PqGen *g, Done *d) {
                 sl->state = SLOT_RUN; // for take()
                 float *row = pq_xmalloc((size_t)g->m->cfg.V * sizeof *row);
                 memcpy(row, r->logits, (size_t)g->m->cfg.V * sizeof *row);
-                take(g, sl, pick(g, sl, row), d);
+                int32_t t = pick(g, sl, row);
+                take(g, sl, t, sl->pick_lp, d);
                 free(row);
             }
         }
@@ -1394,12 +1419,16 @@ int pq_gen_step(PqGen *g) {
         else if (M > 0) { // every row drawn on the device; logits come back only for prompts and grammars
             if (M > g->scap) {
                 free(g->srows), free(g->sids), free(g->sdev), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
+                free(g->slp), pq_dev_free(g->d_slp), pq_dev_free(g->d_slse);
                 g->scap = M > 2 * g->scap ? M : 2 * g->scap;
                 g->srows = pq_xmalloc((size_t)g->scap * sizeof *g->srows);
                 g->sids = pq_xmalloc((size_t)g->scap * sizeof *g->sids);
                 g->sdev = pq_xmalloc((size_t)g->scap);
                 g->d_srows = pq_dev_alloc((size_t)g->scap * sizeof *g->d_srows);
                 g->d_sids = pq_dev_alloc((size_t)g->scap * sizeof *g->d_sids);
+                g->slp = pq_xmalloc((size_t)g->scap * sizeof *g->slp);
+                g->d_slp = pq_dev_alloc((size_t)g->scap * sizeof *g->d_slp);
+                g->d_slse = pq_dev_alloc((size_t)g->scap * sizeof *g->d_slse);
             }
             // a constrained row past its prompt takes its grammar's mask where its logits are: only its id
             // comes back (a prompt's row keeps its logits for the samples that share them: picked on the host)
@@ -1410,6 +1439,7 @@ int pq_gen_step(PqGen *g) {
                 g->sdev[r] = !sl->r->p.constrain || sl->state != SLOT_PREFILL;
                 if (sl->r->p.constrain && g->sdev[r]) nm++;
             }
+            pq_row_lse(g->d_slse, g->logits, M, c->V); // the model's distribution, before any mask
             if (nm > 0) {
                 size_t W = PQ_CONSTRAIN_WORDS(c->V);
                 if (nm > g->maskcap) {
@@ -1435,7 +1465,9 @@ int pq_gen_step(PqGen *g) {
             }
             pq_dev_upload(g->d_srows, g->srows, (size_t)M * sizeof *g->srows);
             pq_sample(g->d_sids, g->logits, g->d_srows, M, c->V);
+            pq_token_logp(g->d_slp, g->logits, g->d_sids, g->d_slse, M, c->V);
             pq_dev_download(g->sids, g->d_sids, (size_t)M * sizeof *g->sids);
+            pq_dev_download(g->slp, g->d_slp, (size_t)M * sizeof *g->slp);
             for (int r = 0; r < M; r++) // a prompt's own row: its logits for the samples that follow (and its
                                         // pick, when constrained)
                 if (g->slots[row_slot[r]].state == SLOT_PREFILL)
@@ -1480,9 +1512,10 @@ int pq_gen_step(PqGen *g) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(pq_ops_threads())
         for (int k = 0; k < nw; k++) {
             Slot *sl = &g->slots[who[k]];
-            sl->pick = g->paged && k < nrows && g->sdev[k] ? g->sids[k] : pick(g, sl, lg[k]);
+            if (g->paged && k < nrows && g->sdev[k]) sl->pick = g->sids[k], sl->pick_lp = g->slp[k];
+            else sl->pick = pick(g, sl, lg[k]);
         }
-        for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, &d);
+        for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, g->slots[who[k]].pick_lp, &d);
         for (int k = nrows; k < nw; k++) free(lg[k]);
         free(who);
         free(lg);

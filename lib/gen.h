@@ -34,6 +34,8 @@ void pq_gen_params_init(PqGenParams *p); // temperature 1, top_p 1, top_k 0, min
 enum { PQ_FINISH_EOS = 0, PQ_FINISH_STOP, PQ_FINISH_LENGTH };
 typedef struct PqGenOut {
     int32_t *ids; // generated tokens (the end token not included)
+    float *logp;  // their log-probabilities under the model (log softmax of its logits at temperature 1,
+                  // before any truncation or grammar: what pq-logp gives the same text), n of them
     int n;
     char *text;   // decoded (NULL without a tokenizer); cut before a stop string
     int finish;   // PQ_FINISH_*

@@ -64,6 +64,9 @@ def run(d, reqs, *args, blocks=None):
     if p.returncode:
         sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
     lines = [json.loads(x) for x in p.stdout.splitlines()]
+    for r in lines[:-1]:  # the tokens' log-probabilities are test_gen_logp.py's (floats: batch-dependent bits)
+        for s in r.get("samples", []):
+            s.pop("logp", None)
     return lines[:-1], lines[-1]
 
 

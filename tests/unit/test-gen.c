@@ -9,7 +9,7 @@
 // A request: {"prompt": [ids], "n": 1, "seed": 0, "temperature": 0,
 // "top_k": 0, "top_p": 1, "max_tokens": 8, "stop": ["..."], "constrain":
 // "quiz"}; one line out per request, in input order: {"samples": [{"ids",
-// "text", "finish"}]}; then {"prefilled": P, "generated": G, "steps": S,
+// "logp" (each id's log-probability, gen.h), "text", "finish"}]}; then {"prefilled": P, "generated": G, "steps": S,
 // "seconds": generation time}. --no-eos 1: never stop at an end token
 // (benchmarks). With PQ_GEN_PROFILE=1 the generator's profile (gen.h) comes
 // as one line on stderr, "pq: PQ_GEN_PROFILE: {...}", when it is freed
@@ -225,6 +225,8 @@ static void on_done(void *user, PqGenOut *o, int n, const char *error, int cance
             cJSON *s = cJSON_CreateObject();
             cJSON *ids = cJSON_AddArrayToObject(s, "ids");
             for (int t = 0; t < o[k].n; t++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(o[k].ids[t]));
+            cJSON *lp = cJSON_AddArrayToObject(s, "logp");
+            for (int t = 0; t < o[k].n; t++) cJSON_AddItemToArray(lp, cJSON_CreateNumber(o[k].logp[t]));
             if (o[k].text) cJSON_AddStringToObject(s, "text", o[k].text);
             static const char *const why[] = {"eos", "stop", "length"};
             cJSON_AddStringToObject(s, "finish", why[o[k].finish]);
