@@ -408,6 +408,59 @@ static void test_sample(void) {
     }
 }
 
+// row_lse then token_logp (generation's log-probabilities) against the twins: N rows of V logits (some -inf, a
+// row all -inf), ids drawn by the twin sampler after a mask of every other row (-1 where nothing is allowed),
+// the log-sum-exp taken before the mask as gen.c does
+static void logp_case(int N, int V) {
+    size_t W = ((size_t)V + 31) / 32;
+    float *lg = hrand((size_t)N * V, 8);
+    for (size_t k = 0; k < (size_t)N * V; k += 37) lg[k] = -INFINITY;
+    for (int v = 0; v < V; v++) lg[(size_t)3 * V + v] = -INFINITY;
+    int n = 0;
+    int32_t *mrows = pq_xmalloc((size_t)N * sizeof *mrows);
+    for (int i = 0; i < N; i += 2) mrows[n++] = i;
+    uint32_t *bits = pq_xmalloc((size_t)n * W * sizeof *bits);
+    for (size_t k = 0; k < (size_t)n * W; k++) bits[k] = (uint32_t)rnd() & (uint32_t)rnd();
+    PqSampleRow *rows = pq_xmalloc((size_t)N * sizeof *rows);
+    for (int i = 0; i < N; i++) rows[i] = (PqSampleRow){.seed = 11, .seq = (uint32_t)i, .temperature = 0.8f, .top_p = 1};
+    float *dl = dev(lg, (size_t)N * V * 4), *lse = pq_xmalloc((size_t)N * 4), *lp = pq_xmalloc((size_t)N * 4);
+    int32_t *ids = pq_xmalloc((size_t)N * sizeof *ids);
+    pq_cpu_row_lse(lse, lg, N, V);
+    pq_cpu_mask_logits(lg, bits, mrows, n, V);
+    pq_cpu_sample(ids, lg, rows, N, V);
+    pq_cpu_token_logp(lp, lg, ids, lse, N, V);
+    float *dlse = dnan((size_t)N), *dlp = dnan((size_t)N);
+    int32_t *di = dev(ids, (size_t)N * sizeof *ids);
+    uint32_t *db = dev(bits, (size_t)n * W * sizeof *bits);
+    int32_t *dm = dev(mrows, (size_t)n * sizeof *mrows);
+    pq_row_lse(dlse, dl, N, V);
+    pq_mask_logits(dl, db, dm, n, V);
+    pq_token_logp(dlp, dl, di, dlse, N, V);
+    float *glse = down(dlse, (size_t)N), *glp = down(dlp, (size_t)N);
+    char name[96];
+    // the all -inf row: -inf both ways (rel_err would call it NaN); then compared as finite
+    checks++;
+    if (!(glse[3] == -INFINITY && lse[3] == -INFINITY && ids[3] == -1 && glp[3] == 0)) {
+        printf("FAIL row_lse of an all -inf row V %d: cpu %g gpu %g, logp %g\n", V, lse[3], glse[3], glp[3]);
+        failures++;
+    } else printf("ok   row_lse of an all -inf row V %d: -inf, its token -1, logp 0\n", V);
+    lse[3] = glse[3] = 0;
+    snprintf(name, sizeof name, "row_lse %d x %d", N, V);
+    checks++;
+    if (!close_cpu_gpu(name, 60, lse, glse, (size_t)N, 1e-5)) failures++;
+    snprintf(name, sizeof name, "token_logp %d x %d (half the rows masked)", N, V);
+    checks++;
+    if (!close_cpu_gpu(name, 60, lp, glp, (size_t)N, 1e-4)) failures++;
+    free(lg), free(mrows), free(bits), free(rows), free(lse), free(lp), free(ids), free(glse), free(glp);
+    pq_dev_free(dl), pq_dev_free(dlse), pq_dev_free(dlp), pq_dev_free(di), pq_dev_free(db), pq_dev_free(dm);
+}
+
+static void test_logp(void) {
+    logp_case(40, 32000);
+    logp_case(7, 152064);
+    logp_case(5, 100);
+}
+
 static void test_time(void) {
     // decode attention, one Mistral-7B layer
     static const int Ns[] = {1, 64, 256}, Ls[] = {512, 1024, 2048};
@@ -466,8 +519,8 @@ static void test_time(void) {
 }
 
 int main(int argc, char **argv) {
-    static const char *groups[] = {"append", "attention", "prefill", "sample", "time"};
-    void (*fns[])(void) = {test_append, test_attention, test_prefill, test_sample, test_time};
+    static const char *groups[] = {"append", "attention", "prefill", "sample", "logp", "time"};
+    void (*fns[])(void) = {test_append, test_attention, test_prefill, test_sample, test_logp, test_time};
     enum { NG = sizeof groups / sizeof *groups };
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
         for (int g = 0; g < NG; g++) printf("%s\n", groups[g]);
