@@ -158,12 +158,6 @@ void pq_gen_params_init(PqGenParams *p) {
 
 // ---- sampling ----
 
-static int cmp_desc(const void *a, const void *b, void *ctx) {
-    const float *p = ctx;
-    float x = p[*(const int *)a], y = p[*(const int *)b];
-    return x < y ? 1 : x > y ? -1 : (*(const int *)a - *(const int *)b);
-}
-
 // The k-th largest finite value of x (n), by selection on a copy.
 static float kth_largest(const float *x, int n, int k, float *tmp) {
     int m = 0;
@@ -215,10 +209,11 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
     for (int v = 0; v < V; v++) probs[v] *= inv;
     if (top_p < 1) {
         int n = 0;
-        int *idx = pq_xmalloc((size_t)V * sizeof *idx);
+        int *idx = pq_xmalloc((size_t)V * 2 * sizeof *idx);
+        uint32_t *key = pq_xmalloc((size_t)V * 2 * sizeof *key);
         for (int v = 0; v < V; v++)
             if (probs[v] > 0) idx[n++] = v;
-        qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, probs);
+        pq_sort_desc(idx, n, probs, key, key + V, idx + V); // most likely first, ties in id order
         // keep a token while the mass of the more likely ones is below p
         double before = 0, kept = 0;
         int i = 0;
@@ -229,6 +224,7 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
         for (; i < n; i++) probs[idx[i]] = 0;
         for (int v = 0; v < V; v++) probs[v] = (float)(probs[v] / kept);
         free(idx);
+        free(key);
     }
     if (min_p > 0) {
         float top = 0;

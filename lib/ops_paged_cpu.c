@@ -158,37 +158,6 @@ void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, co
 
 // ---- sampling ----
 
-// Sorts idx (n ids, ascending) by z descending, ties in id order: a stable
-// LSD radix sort of an order-preserving key (3 passes of 11 bits), O(n)
-// where a comparison sort of a vocabulary (150k ids) cost milliseconds a
-// row. key, tmp: n scratch entries each.
-static void sort_desc(int *idx, int n, const float *z, uint32_t *key, uint32_t *ktmp, int *tmp) {
-    for (int i = 0; i < n; i++) {
-        float f = z[idx[i]] == 0 ? 0.0f : z[idx[i]]; // -0 and +0 tie, as the comparison did
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); // a > b <=> u(a) > u(b)
-        key[i] = ~u;                                     // ascending key: descending z
-    }
-    uint32_t cnt[2048];
-    for (int shift = 0; shift < 32; shift += 11) {
-        memset(cnt, 0, sizeof cnt);
-        for (int i = 0; i < n; i++) cnt[(key[i] >> shift) & 2047]++;
-        uint32_t at = 0;
-        for (int b = 0; b < 2048; b++) {
-            uint32_t c = cnt[b];
-            cnt[b] = at;
-            at += c;
-        }
-        for (int i = 0; i < n; i++) {
-            uint32_t d = cnt[(key[i] >> shift) & 2047]++;
-            tmp[d] = idx[i], ktmp[d] = key[i];
-        }
-        memcpy(idx, tmp, (size_t)n * sizeof *idx);
-        memcpy(key, ktmp, (size_t)n * sizeof *key);
-    }
-}
-
 // Scratch of one thread's rows: V entries each.
 typedef struct {
     float *z;
@@ -215,7 +184,7 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, const Sam
     }
     if (n == 0) return -1;
     // every finite token, most likely first: the cuts below keep a prefix
-    sort_desc(idx, n, z, w->key, w->ktmp, w->tmp);
+    pq_sort_desc(idx, n, z, w->key, w->ktmp, w->tmp);
     int keep = n;
     if (r->top_k > 0 && r->top_k < n) {
         float thr = z[idx[r->top_k - 1]];

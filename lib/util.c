@@ -257,3 +257,33 @@ int pq_clean_stale_dirs(const char *path, const char *prog, PqErr *e) {
     free(parent);
     return rc < 0 ? rc : cleaned;
 }
+
+// pq_sort_desc (util.h): a stable LSD radix sort of an order-preserving key
+// (3 passes of 11 bits), O(n) where a comparison sort of a vocabulary (150k
+// ids) cost milliseconds a row.
+void pq_sort_desc(int *idx, int n, const float *z, uint32_t *key, uint32_t *ktmp, int *tmp) {
+    for (int i = 0; i < n; i++) {
+        float f = z[idx[i]] == 0 ? 0.0f : z[idx[i]]; // -0 and +0 tie, as the comparison did
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); // a > b <=> u(a) > u(b)
+        key[i] = ~u;                                     // ascending key: descending z
+    }
+    uint32_t cnt[2048];
+    for (int shift = 0; shift < 32; shift += 11) {
+        memset(cnt, 0, sizeof cnt);
+        for (int i = 0; i < n; i++) cnt[(key[i] >> shift) & 2047]++;
+        uint32_t at = 0;
+        for (int b = 0; b < 2048; b++) {
+            uint32_t c = cnt[b];
+            cnt[b] = at;
+            at += c;
+        }
+        for (int i = 0; i < n; i++) {
+            uint32_t d = cnt[(key[i] >> shift) & 2047]++;
+            tmp[d] = idx[i], ktmp[d] = key[i];
+        }
+        memcpy(idx, tmp, (size_t)n * sizeof *idx);
+        memcpy(key, ktmp, (size_t)n * sizeof *key);
+    }
+}

@@ -62,4 +62,9 @@ int pq_clean_stale_dirs(const char *path, const char *prog, PqErr *e);
 double pq_now(void); // monotonic seconds
 long pq_peak_rss_kb(void); // peak resident set size of this process, in KiB
 
+// Sorts idx (n ids, in ascending order) by z[id] descending, ties (-0 = +0
+// included) in id order: the order samplers cut top-k / top-p from. key,
+// ktmp, tmp: n scratch entries each.
+void pq_sort_desc(int *idx, int n, const float *z, uint32_t *key, uint32_t *ktmp, int *tmp);
+
 #endif
