@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_fast.h"
 #include "st_write.h"
 #include "util.h"
 
@@ -233,10 +234,21 @@ void pq_cpu_row_lse(float *lse, const float *logits, int N, int V) {
         const float *x = logits + (size_t)i * V;
         float mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        if (mx == -INFINITY) {
+            lse[i] = -INFINITY;
+            continue;
+        }
+        // every host pick pays this pass over the vocabulary: pq_gen_probs's vectorized exp, summed in f32
+        // lanes a chunk of 1024 at a time, the chunks in double
         double sum = 0;
-        if (mx != -INFINITY)
-            for (int v = 0; v < V; v++) sum += x[v] == -INFINITY ? 0.0 : exp((double)x[v] - mx);
-        lse[i] = mx == -INFINITY ? -INFINITY : (float)(mx + log(sum));
+        for (int v0 = 0; v0 < V; v0 += 1024) {
+            int v1 = v0 + 1024 < V ? v0 + 1024 : V;
+            float part = 0;
+#pragma omp simd reduction(+ : part)
+            for (int v = v0; v < v1; v++) part += x[v] == -INFINITY ? 0.0f : pq_exp_fast(x[v] - mx);
+            sum += part;
+        }
+        lse[i] = (float)(mx + log(sum));
     }
 }
 
