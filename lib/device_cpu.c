@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "ops.h"
+#include "util.h"
 
 const char *pq_ops_backend(void) { return "cpu"; }
 int pq_ops_set_device(int n) {
@@ -40,9 +40,7 @@ static unsigned char mark_set[PQ_DEV_MARKS];
 
 void pq_dev_mark(int k) {
     if (k < 0 || k >= PQ_DEV_MARKS) return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    mark_at[k] = (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    mark_at[k] = pq_now() * 1e3;
     mark_set[k] = 1;
 }
 
