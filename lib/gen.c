@@ -696,8 +696,9 @@ static void finish(PqGen *g, Slot *sl, int why, int cut, Done *d) {
     if (++r->finished == r->n) done_push(d, r);
 }
 
-// Takes token t as slot sl's next: the end, or appended (and fed next step).
-static void take(PqGen *g, Slot *sl, int32_t t, float lp, Done *d) {
+// Takes token t as slot sl's next: the end, or appended (and fed next step), with its log-probability
+// sl->pick_lp.
+static void take(PqGen *g, Slot *sl, int32_t t, Done *d) {
     Req *r = sl->r;
     int first = sl->gen.len == 0;
     if (t < 0) { // nothing fits the grammar
@@ -714,7 +715,7 @@ static void take(PqGen *g, Slot *sl, int32_t t, float lp, Done *d) {
         sl->lp_cap = 2 * (int)sl->gen.len + 16;
         sl->lp = pq_xrealloc(sl->lp, (size_t)sl->lp_cap * sizeof *sl->lp);
     }
-    sl->lp[sl->gen.len - 1] = lp;
+    sl->lp[sl->gen.len - 1] = sl->pick_lp;
     g->n_generated++;
     if (g->tt) {
         size_t from = sl->text.len;
@@ -1058,8 +1059,7 @@ static int admit(PqGen *g, Done *d) {
                 sl->state = SLOT_RUN; // for take()
                 float *row = pq_xmalloc((size_t)g->m->cfg.V * sizeof *row);
                 memcpy(row, r->logits, (size_t)g->m->cfg.V * sizeof *row);
-                int32_t t = pick(g, sl, row);
-                take(g, sl, t, sl->pick_lp, d);
+                take(g, sl, pick(g, sl, row), d);
                 free(row);
             }
         }
@@ -1261,8 +1261,7 @@ static void forward_kernels(void *arg) {
         }
         lin(g, l, PQ_V, g->v, g->ln, N);
         if (a->prof) prof_mark(g, PQ_GP_QKV);
-        pq_rope_forward(g->q, g->d_pos, m->inv_freq, N, c->NH, c->HS);
-        pq_rope_forward(g->k, g->d_pos, m->inv_freq, N, c->KVH, c->HS);
+        pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
         if (g->paged) {
             void *kl = (char *)g->kpool + l * layer, *vl = (char *)g->vpool + l * layer;
             pq_paged_append(kl, vl, g->kdt, g->k, g->v, g->d_slot, N, c->KVH, c->HS);
@@ -1511,7 +1510,7 @@ int pq_gen_step(PqGen *g) {
             if (g->paged && k < nrows && g->sdev[k]) sl->pick = g->sids[k], sl->pick_lp = g->slp[k];
             else sl->pick = pick(g, sl, lg[k]);
         }
-        for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, g->slots[who[k]].pick_lp, &d);
+        for (int k = 0; k < nw; k++) take(g, &g->slots[who[k]], g->slots[who[k]].pick, &d);
         for (int k = nrows; k < nw; k++) free(lg[k]);
         free(who);
         free(lg);
