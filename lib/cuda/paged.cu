@@ -10,6 +10,7 @@
 #include "sdpa.h"
 
 extern "C" {
+#include "attn_plan.h"
 #include "ops_paged.h"
 }
 
@@ -512,7 +513,7 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
                          int KVH, int HS, int BT, int NB, int window) {
     // plans are cached by shape: the segments and table width go up in powers of two, the rows in
     // pq_attn_plan_bucket's steps (as the training path's)
-    int B = pow2_at_least(nseg), mb = pow2_at_least(maxblk), sq = max_q <= 64 ? 64 : (max_q + 127) / 128 * 128;
+    int B = pow2_at_least(nseg), mb = pow2_at_least(maxblk), sq = pq_attn_plan_bucket(max_q);
     // the tables reach at least the rows' bucket (short contexts: 64 rows against 16 or 32 positions), so the
     // graph's largest query never exceeds its largest key sequence, a shape cuDNN's samples and tests avoid;
     // the extra entries are block 0, past every seq_k
@@ -821,37 +822,23 @@ extern "C" void pq_mask_logits(float *logits, const uint32_t *bits, const int32_
 
 // ---- the log-probabilities of drawn tokens ----
 
-#define LSE_THREADS 256
-
-// one block a row: its max, then the sum of exp(x - max) (f32 within a thread, a tree across them)
-__global__ void row_lse_kernel(float *lse, const float *logits, int V) {
-    __shared__ float red[LSE_THREADS];
+// one block a row, the sampler's: its max, then the sum of exp(x - max) in double (blk_max, blk_sum_d)
+__global__ void __launch_bounds__(SMP_THREADS) row_lse_kernel(float *lse, const float *logits, int V) {
+    __shared__ SmpShared sh;
     const float *x = logits + (size_t)blockIdx.x * V;
     float m = -INFINITY;
-    for (int v = threadIdx.x; v < V; v += LSE_THREADS) m = fmaxf(m, x[v]);
-    red[threadIdx.x] = m;
-    __syncthreads();
-    for (int s = LSE_THREADS / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
-        __syncthreads();
-    }
-    m = red[0];
-    __syncthreads();
-    float sum = 0;
+    for (int v = threadIdx.x; v < V; v += SMP_THREADS) m = fmaxf(m, x[v]);
+    m = blk_max(m, &sh);
+    double sum = 0;
     if (m != -INFINITY)
-        for (int v = threadIdx.x; v < V; v += LSE_THREADS) sum += x[v] == -INFINITY ? 0.0f : expf(x[v] - m);
-    red[threadIdx.x] = sum;
-    __syncthreads();
-    for (int s = LSE_THREADS / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) lse[blockIdx.x] = m == -INFINITY ? -INFINITY : m + logf(red[0]);
+        for (int v = threadIdx.x; v < V; v += SMP_THREADS) sum += x[v] == -INFINITY ? 0.0 : (double)expf(x[v] - m);
+    sum = blk_sum_d(sum, &sh);
+    if (threadIdx.x == 0) lse[blockIdx.x] = m == -INFINITY ? -INFINITY : m + (float)log(sum);
 }
 
 extern "C" void pq_row_lse(float *lse, const float *logits, int N, int V) {
     if (N <= 0) return;
-    row_lse_kernel<<<N, LSE_THREADS, 0, pq_cuda_stream>>>(lse, logits, V);
+    row_lse_kernel<<<N, SMP_THREADS, 0, pq_cuda_stream>>>(lse, logits, V);
     CU_LAUNCHED();
 }
 
