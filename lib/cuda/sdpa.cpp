@@ -132,6 +132,15 @@ T input_rows(fe::graph::Graph &g, const char *name, int64_t uid, int B, int H, i
     rows(t, name, uid, B, H, S, HS, off);
     return t;
 }
+// the (B) sequence lengths of one side (int32, device)
+T lengths(fe::graph::Graph &g, const char *name, int64_t uid, int B) {
+    return g.tensor(fe::graph::Tensor_attributes()
+                        .set_name(name)
+                        .set_uid(uid)
+                        .set_dim({B, 1, 1, 1})
+                        .set_stride({1, 1, 1, 1})
+                        .set_data_type(fe::DataType_t::INT32));
+}
 T stats_tensor(const T &t, int B, int NH, int S) {
     t->set_name("stats").set_uid(U_STATS).set_dim({B, NH, S, 1}).set_stride({(int64_t)NH * S, S, 1, 1}).set_data_type(
         fe::DataType_t::FLOAT);
@@ -160,18 +169,7 @@ std::shared_ptr<fe::graph::Graph> graph_of(const PqSdpaCall *c, int bwd, int sm 
     T q = input_rows(*g, "q", U_Q, B, c->NH, c->smax_q, c->HS, oq);
     T k = input_rows(*g, "k", U_K, B, c->KVH, c->smax_k, c->HS, ok);
     T v = input_rows(*g, "v", U_V, B, c->KVH, c->smax_k, c->HS, ov);
-    T sq = g->tensor(fe::graph::Tensor_attributes()
-                         .set_name("seq_q")
-                         .set_uid(U_SEQ_Q)
-                         .set_dim({B, 1, 1, 1})
-                         .set_stride({1, 1, 1, 1})
-                         .set_data_type(fe::DataType_t::INT32));
-    T sk = g->tensor(fe::graph::Tensor_attributes()
-                         .set_name("seq_k")
-                         .set_uid(U_SEQ_K)
-                         .set_dim({B, 1, 1, 1})
-                         .set_stride({1, 1, 1, 1})
-                         .set_data_type(fe::DataType_t::INT32));
+    T sq = lengths(*g, "seq_q", U_SEQ_Q, B), sk = lengths(*g, "seq_k", U_SEQ_K, B);
     if (!bwd) {
         auto a = fe::graph::SDPA_attributes().set_name("pq_sdpa").set_generate_stats(true);
         masks(a, c, sq, sk);
@@ -226,22 +224,14 @@ std::shared_ptr<fe::graph::Graph> paged_graph_of(const PqSdpaPagedCall *c, int s
                              .set_stride({c->maxblk, c->maxblk, 1, 1})
                              .set_data_type(fe::DataType_t::INT32));
     };
-    auto lens = [&](const char *name, int64_t uid) {
-        return g->tensor(fe::graph::Tensor_attributes()
-                             .set_name(name)
-                             .set_uid(uid)
-                             .set_dim({B, 1, 1, 1})
-                             .set_stride({1, 1, 1, 1})
-                             .set_data_type(fe::DataType_t::INT32));
-    };
     T k = container("k_pool", U_K), v = container("v_pool", U_V);
     auto a = fe::graph::SDPA_attributes()
                  .set_name("pq_sdpa_paged")
                  .set_generate_stats(false)
                  .set_attn_scale(c->scale)
                  .set_padding_mask(true)
-                 .set_seq_len_q(lens("seq_q", U_SEQ_Q))
-                 .set_seq_len_kv(lens("seq_k", U_SEQ_K))
+                 .set_seq_len_q(lengths(*g, "seq_q", U_SEQ_Q, B))
+                 .set_seq_len_kv(lengths(*g, "seq_k", U_SEQ_K, B))
                  .set_paged_attention_k_table(table("table_k", U_PT_K))
                  .set_paged_attention_v_table(table("table_v", U_PT_V))
                  .set_paged_attention_max_seq_len_kv(c->maxblk * c->BT)
@@ -271,23 +261,32 @@ int lower(Plan &p, const std::shared_ptr<fe::graph::Graph> &g, std::string &msg)
     return 0;
 }
 
+// The plan of key's shape in cache, the graph made by make() lowered the first time: nullptr when cuDNN
+// refuses it (then, the first time, its reason in msg; a refusal is kept, so each shape is asked once).
+template <typename K, typename Make> Plan *cached_plan(std::map<K, Plan> &cache, const K &key, Make make,
+                                                       std::string &msg) {
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second.g ? &it->second : nullptr;
+    if (cache.size() >= 256) cache.clear(); // shapes are bucketed by the callers: rarely reached
+    Plan p;
+    if (lower(p, make(), msg)) {
+        cache[key] = Plan();
+        return nullptr;
+    }
+    cache[key] = p;
+    return &cache[key];
+}
+
 // The plan of a call's shape: built and kept, or nullptr with the reason in err.
 Plan *plan_for(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
     Key key(bwd, c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS, c->causal, c->left_bound, c->scale);
-    auto it = plans.find(key);
-    if (it != plans.end()) return it->second.g ? &it->second : nullptr;
-    if (plans.size() >= 256) plans.clear(); // shapes are bucketed by the caller: rarely reached
-    Plan p;
     std::string msg;
-    if (lower(p, graph_of(c, bwd), msg)) {
+    Plan *p = cached_plan(plans, key, [&] { return graph_of(c, bwd); }, msg);
+    if (!p && !msg.empty())
         snprintf(err, errsz, "cuDNN refuses %s attention (%d segments, %d x %d, heads %d/%d of %d%s): %s",
                  bwd ? "backward" : "forward", c->B, c->smax_q, c->smax_k, c->NH, c->KVH, c->HS,
                  c->causal ? ", causal" : "", msg.c_str());
-        plans[key] = Plan(); // refused: asked once
-        return nullptr;
-    }
-    plans[key] = p;
-    return &plans[key];
+    return p;
 }
 
 // B, smax_q, maxblk, BT, NB, NH, KVH, HS, left bound, scale
@@ -296,21 +295,14 @@ std::map<PagedKey, Plan> paged_plans;
 
 Plan *paged_plan_for(const PqSdpaPagedCall *c, char *err, size_t errsz) {
     PagedKey key(c->B, c->smax_q, c->maxblk, c->BT, c->NB, c->NH, c->KVH, c->HS, c->left_bound, c->scale);
-    auto it = paged_plans.find(key);
-    if (it != paged_plans.end()) return it->second.g ? &it->second : nullptr;
-    if (paged_plans.size() >= 256) paged_plans.clear(); // bucketed by the caller: rarely reached
-    Plan p;
     std::string msg;
-    if (lower(p, paged_graph_of(c), msg)) {
+    Plan *p = cached_plan(paged_plans, key, [&] { return paged_graph_of(c); }, msg);
+    if (!p && !msg.empty())
         snprintf(err, errsz,
                  "cuDNN refuses paged attention (%d segments of up to %d rows, %d blocks of %d a table, heads %d/%d "
                  "of %d, band %d): %s",
                  c->B, c->smax_q, c->maxblk, c->BT, c->NH, c->KVH, c->HS, c->left_bound, msg.c_str());
-        paged_plans[key] = Plan();
-        return nullptr;
-    }
-    paged_plans[key] = p;
-    return &paged_plans[key];
+    return p;
 }
 
 void *workspace(int64_t bytes) {
@@ -363,16 +355,16 @@ int run(const PqSdpaCall *c, int bwd, std::unordered_map<int64_t, void *> &pack,
     return 0;
 }
 
-} // namespace
-
-extern "C" int pq_sdpa_paged_validate(const PqSdpaPagedCall *c, char *err, size_t errsz) {
+// Whether cuDNN's front end accepts the graph make(90) builds for an H100/H200, without asking a device: 0, or
+// -1 with the reason.
+template <typename Make> int validate_for_sm90(Make make, char *err, size_t errsz) {
     *err = 0;
     if (!fe::cudnn_dlhandle && !(fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_GLOBAL))) {
         snprintf(err, errsz, "cuDNN not found");
         return -1;
     }
     try {
-        fe::error_t e = paged_graph_of(c, 90)->validate(); // as on an H100/H200, without asking a device
+        fe::error_t e = make(90)->validate();
         if (!e.is_good()) {
             snprintf(err, errsz, "%s", e.get_message().c_str());
             return -1;
@@ -382,6 +374,12 @@ extern "C" int pq_sdpa_paged_validate(const PqSdpaPagedCall *c, char *err, size_
         return -1;
     }
     return 0;
+}
+
+} // namespace
+
+extern "C" int pq_sdpa_paged_validate(const PqSdpaPagedCall *c, char *err, size_t errsz) {
+    return validate_for_sm90([&](int sm) { return paged_graph_of(c, sm); }, err, errsz);
 }
 
 extern "C" int pq_sdpa_paged_forward(const PqSdpaPagedCall *c, void *o, const void *q, const void *kp, const void *vp,
@@ -410,23 +408,7 @@ extern "C" int pq_sdpa_paged_forward(const PqSdpaPagedCall *c, void *o, const vo
 }
 
 extern "C" int pq_sdpa_validate(const PqSdpaCall *c, int bwd, char *err, size_t errsz) {
-    *err = 0;
-    if (!fe::cudnn_dlhandle && !(fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_GLOBAL))) {
-        snprintf(err, errsz, "cuDNN not found");
-        return -1;
-    }
-    try {
-        auto g = graph_of(c, bwd, 90); // as on an H100/H200, without asking a device
-        fe::error_t e = g->validate();
-        if (!e.is_good()) {
-            snprintf(err, errsz, "%s", e.get_message().c_str());
-            return -1;
-        }
-    } catch (std::exception &e) {
-        snprintf(err, errsz, "%s", e.what());
-        return -1;
-    }
-    return 0;
+    return validate_for_sm90([&](int sm) { return graph_of(c, bwd, sm); }, err, errsz);
 }
 
 extern "C" int pq_sdpa_forward(const PqSdpaCall *c, void *o, float *stats, const void *q, const void *k,
