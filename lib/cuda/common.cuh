@@ -169,5 +169,13 @@ void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
 #define PQ_GEMV_MAX_N 1
 bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C);
 void pq_cuda_gemv(float *out, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC);
+// The same kernel, one launch for a decoding step's fusions (ops_gen.h): the n <= PQ_GROUP_MAX products of one
+// input (out[t] = inp x w[t]^T + bias[t]); x += inp x w^T + bias; out = silu(inp x wg^T + bg) * (inp x wu^T + bu).
+// Each returns false, launching nothing, where the kernel does not serve every product (fits, one dtype, C).
+bool pq_cuda_gemv_group(float *const *out, const float *inp, const PqWeight *w, const float *const *bias, int n,
+                        int N, int C);
+bool pq_cuda_gemv_add(float *x, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC);
+bool pq_cuda_gemv_swiglu(float *out, const float *inp, const PqWeight *wg, const PqWeight *wu, const float *bg,
+                         const float *bu, int N, int C, int H);
 
 #endif

@@ -5,9 +5,13 @@
 // R rows of W and reads them with 16-byte loads (8 weights), several in flight;
 // the input rows (f32, small, cached in L1/L2) are read where they are, so no
 // conversion (and no f16 scaling: the weight becomes f32, not the input).
+// One launch also serves a decoding step's fusions (ops_gen.h, PQ_DECODE_FUSE):
+// a layer's q, k and v side by side, a product added to the residual stream,
+// and the MLP's gate and up with silu(gate) * up in the epilogue.
 #include <string.h>
 
 #include "common.cuh"
+#include "ops_gen.h"
 #include "tuning.h"
 
 #define GEMV_WARPS 4 // warps per block: small blocks, so that OC = 1024 still fills the SMs
@@ -36,45 +40,67 @@ __device__ __forceinline__ void gemv_unpack(uint4 q, float *f, const __half *) {
     }
 }
 
-// Warp g owns rows g*R .. g*R+R-1 (those past OC read row OC-1 again and write nothing). Lane l reads the
-// 16-byte vectors l, l+32, ... of each row (C/8 per row), U of them per row before using any.
-template <typename T, int N>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_kernel(float *out, const float *inp, const T *w, const float *bias, int C, int OC) {
-    const int R = GemvShape<N>::R, U = GemvShape<N>::U;
+// What one launch computes: up to PQ_GROUP_MAX products of the same input, their warps side by side (a layer's
+// q, k and v), each written to its own out[t]; or one product added to out (the residual stream); or the MLP's
+// gate and up products, silu(gate) * up written where neither is kept.
+enum { GEMV_STORE, GEMV_ADD, GEMV_SWIGLU };
+struct GemvJob {
+    const void *w[PQ_GROUP_MAX]; // SWIGLU: w[0] the gate's, w[1] the up's
+    const float *bias[PQ_GROUP_MAX];
+    float *out[PQ_GROUP_MAX];
+    int rows[PQ_GROUP_MAX]; // out[t] is (N, rows[t])
+    int wend[PQ_GROUP_MAX]; // warps of products 0 .. t (past n: all of them)
+    int n;                  // products (SWIGLU: 1, of rows[0] outputs)
+};
+static_assert(PQ_GROUP_MAX == 3, "gemv_kernel picks a job's product among three");
+
+// The warp's output rows row0 .. row0+R-1 of product t read RW weight rows (R, or 2R for SWIGLU: the gate's then
+// the up's; rows past the product's read its last again and write nothing). Lane l reads the 16-byte vectors l,
+// l+32, ... of each row (C/8 per row), U of them per row before using any (U R or U RW/2 loads in flight alike).
+template <typename T, int N, int EPI>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, const float *inp, int C) {
+    const int R = GemvShape<N>::R, RW = EPI == GEMV_SWIGLU ? 2 * R : R;
+    const int U = EPI == GEMV_SWIGLU && GemvShape<N>::U > 1 ? GemvShape<N>::U / 2 : GemvShape<N>::U;
     int lane = threadIdx.x & 31;
-    int row0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * R;
-    if (row0 >= OC) return; // the whole warp
-    const uint4 *wr[R];
+    int wi = blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
+    if (wi >= job.wend[PQ_GROUP_MAX - 1]) return; // the whole warp
+    int t = wi < job.wend[0] ? 0 : wi < job.wend[1] ? 1 : 2;
+    // (the job's fields read at constant indices: a runtime index would copy the job to the stack)
+    const T *w = (const T *)(t == 0 ? job.w[0] : t == 1 ? job.w[1] : job.w[2]);
+    int OC = t == 0 ? job.rows[0] : t == 1 ? job.rows[1] : job.rows[2];
+    int row0 = (wi - (t == 0 ? 0 : t == 1 ? job.wend[0] : job.wend[1])) * R;
+    const uint4 *wr[RW];
 #pragma unroll
-    for (int r = 0; r < R; r++) wr[r] = (const uint4 *)(w + (size_t)min(row0 + r, OC - 1) * C);
-    float acc[N][R];
+    for (int r = 0; r < RW; r++)
+        wr[r] = (const uint4 *)((EPI == GEMV_SWIGLU && r >= R ? (const T *)job.w[1] : w) +
+                                (size_t)min(row0 + r % R, OC - 1) * C);
+    float acc[N][RW];
 #pragma unroll
     for (int n = 0; n < N; n++)
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[n][r] = 0.0f;
+        for (int r = 0; r < RW; r++) acc[n][r] = 0.0f;
     int nv = C / 8; // 16-byte vectors per row
     for (int v0 = lane; v0 < nv; v0 += 32 * U) {
-        uint4 q[U][R];
+        uint4 q[U][RW];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = v0 + u * 32;
 #pragma unroll
-            for (int r = 0; r < R; r++) q[u][r] = v < nv ? __ldcs(wr[r] + v) : make_uint4(0, 0, 0, 0);
+            for (int r = 0; r < RW; r++) q[u][r] = v < nv ? __ldcs(wr[r] + v) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = v0 + u * 32;
             if (v >= nv) break;
-            float f[R][8];
+            float f[RW][8];
 #pragma unroll
-            for (int r = 0; r < R; r++) gemv_unpack(q[u][r], f[r], (const T *)0);
+            for (int r = 0; r < RW; r++) gemv_unpack(q[u][r], f[r], (const T *)0);
 #pragma unroll
             for (int n = 0; n < N; n++) {
                 const float4 *x = (const float4 *)(inp + (size_t)n * C) + 2 * v;
                 float4 a = __ldg(x), b = __ldg(x + 1);
 #pragma unroll
-                for (int r = 0; r < R; r++)
+                for (int r = 0; r < RW; r++)
                     acc[n][r] += f[r][0] * a.x + f[r][1] * a.y + f[r][2] * a.z + f[r][3] * a.w + f[r][4] * b.x +
                                  f[r][5] * b.y + f[r][6] * b.z + f[r][7] * b.w;
             }
@@ -83,16 +109,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int n = 0; n < N; n++)
 #pragma unroll
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < RW; r++)
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) acc[n][r] += __shfl_xor_sync(0xffffffffu, acc[n][r], off);
-    // every lane holds the N*R sums (<= 32): lane n*R+r writes out[n][row0+r]
+    // every lane holds the N*RW sums (N*R <= 32 outputs): lane n*R+r writes out[n][row0+r]
+    float *out = t == 0 ? job.out[0] : t == 1 ? job.out[1] : job.out[2];
+    const float *bias = t == 0 ? job.bias[0] : t == 1 ? job.bias[1] : job.bias[2];
 #pragma unroll
     for (int n = 0; n < N; n++)
 #pragma unroll
         for (int r = 0; r < R; r++) {
             int row = row0 + r;
-            if (lane == n * R + r && row < OC) out[(size_t)n * OC + row] = acc[n][r] + (bias ? bias[row] : 0.0f);
+            if (lane != n * R + r || row >= OC) continue;
+            float y = acc[n][r] + (bias ? bias[row] : 0.0f);
+            size_t o = (size_t)n * OC + row;
+            if (EPI == GEMV_STORE) out[o] = y;
+            else if (EPI == GEMV_ADD) out[o] += y;
+            else { // (swiglu_forward_kernel's expression)
+                float u = acc[n][R + r] + (job.bias[1] ? job.bias[1][row] : 0.0f);
+                out[o] = y / (1.0f + expf(-y)) * u;
+            }
         }
 }
 
@@ -114,30 +150,69 @@ bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C) {
            C % 8 == 0 && !(((uintptr_t)inp | (uintptr_t)w->data) & 15);
 }
 
-template <typename T, int N> static void gemv_launch(float *out, const float *inp, const void *w, const float *bias,
-                                                      int C, int OC) {
-    int warps = (OC + GemvShape<N>::R - 1) / GemvShape<N>::R;
-    unsigned blocks = pq_blocks((size_t)warps, GEMV_WARPS);
-    gemv_kernel<T, N><<<blocks, GEMV_WARPS * 32, 0, pq_cuda_stream>>>(out, inp, (const T *)w, bias, C, OC);
+// job's warps: R output rows each, product after product
+template <typename T, int N, int EPI> static void gemv_launch(GemvJob job, const float *inp, int C) {
+    int warps = 0;
+    for (int t = 0; t < PQ_GROUP_MAX; t++)
+        job.wend[t] = warps += t < job.n ? (job.rows[t] + GemvShape<N>::R - 1) / GemvShape<N>::R : 0;
+    if (!warps) return;
+    gemv_kernel<T, N, EPI><<<pq_blocks((size_t)warps, GEMV_WARPS), GEMV_WARPS * 32, 0, pq_cuda_stream>>>(job, inp, C);
     CU_LAUNCHED();
 }
 
-template <typename T> static void gemv_t(float *out, const float *inp, const void *w, const float *bias, int N,
-                                         int C, int OC) {
+template <typename T, int EPI> static void gemv_t(const GemvJob &job, const float *inp, int N, int C) {
     switch (N) {
-    case 1: gemv_launch<T, 1>(out, inp, w, bias, C, OC); break;
-    case 2: gemv_launch<T, 2>(out, inp, w, bias, C, OC); break;
-    case 3: gemv_launch<T, 3>(out, inp, w, bias, C, OC); break;
-    case 4: gemv_launch<T, 4>(out, inp, w, bias, C, OC); break;
-    case 5: gemv_launch<T, 5>(out, inp, w, bias, C, OC); break;
-    case 6: gemv_launch<T, 6>(out, inp, w, bias, C, OC); break;
-    case 7: gemv_launch<T, 7>(out, inp, w, bias, C, OC); break;
-    default: gemv_launch<T, 8>(out, inp, w, bias, C, OC); break;
+    case 1: gemv_launch<T, 1, EPI>(job, inp, C); break;
+    case 2: gemv_launch<T, 2, EPI>(job, inp, C); break;
+    case 3: gemv_launch<T, 3, EPI>(job, inp, C); break;
+    case 4: gemv_launch<T, 4, EPI>(job, inp, C); break;
+    case 5: gemv_launch<T, 5, EPI>(job, inp, C); break;
+    case 6: gemv_launch<T, 6, EPI>(job, inp, C); break;
+    case 7: gemv_launch<T, 7, EPI>(job, inp, C); break;
+    default: gemv_launch<T, 8, EPI>(job, inp, C); break;
     }
 }
 
+template <int EPI> static void gemv_run(const GemvJob &job, PqDtype dt, const float *inp, int N, int C) {
+    if (dt == PQ_BF16) gemv_t<__nv_bfloat16, EPI>(job, inp, N, C);
+    else gemv_t<__half, EPI>(job, inp, N, C);
+}
+
 void pq_cuda_gemv(float *out, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC) {
-    if (OC <= 0) return;
-    if (w->dtype == PQ_BF16) gemv_t<__nv_bfloat16>(out, inp, w->data, bias, N, C, OC);
-    else gemv_t<__half>(out, inp, w->data, bias, N, C, OC);
+    GemvJob job = {};
+    job.w[0] = w->data, job.bias[0] = bias, job.out[0] = out, job.rows[0] = OC, job.n = 1;
+    gemv_run<GEMV_STORE>(job, w->dtype, inp, N, C);
+}
+
+bool pq_cuda_gemv_group(float *const *out, const float *inp, const PqWeight *w, const float *const *bias, int n,
+                        int N, int C) {
+    if (n < 1 || n > PQ_GROUP_MAX) return false;
+    for (int t = 0; t < n; t++)
+        if (!pq_cuda_gemv_fits(inp, &w[t], N, C) || w[t].dtype != w[0].dtype || w[t].cols != C) return false;
+    GemvJob job = {};
+    for (int t = 0; t < n; t++)
+        job.w[t] = w[t].data, job.bias[t] = bias[t], job.out[t] = out[t], job.rows[t] = w[t].rows;
+    job.n = n;
+    gemv_run<GEMV_STORE>(job, w[0].dtype, inp, N, C);
+    return true;
+}
+
+bool pq_cuda_gemv_add(float *x, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC) {
+    if (!pq_cuda_gemv_fits(inp, w, N, C) || w->rows != OC) return false;
+    GemvJob job = {};
+    job.w[0] = w->data, job.bias[0] = bias, job.out[0] = x, job.rows[0] = OC, job.n = 1;
+    gemv_run<GEMV_ADD>(job, w->dtype, inp, N, C);
+    return true;
+}
+
+bool pq_cuda_gemv_swiglu(float *out, const float *inp, const PqWeight *wg, const PqWeight *wu, const float *bg,
+                         const float *bu, int N, int C, int H) {
+    if (!pq_cuda_gemv_fits(inp, wg, N, C) || !pq_cuda_gemv_fits(inp, wu, N, C) || wg->dtype != wu->dtype ||
+        wg->rows != H || wu->rows != H)
+        return false;
+    GemvJob job = {};
+    job.w[0] = wg->data, job.w[1] = wu->data, job.bias[0] = bg, job.bias[1] = bu, job.out[0] = out, job.rows[0] = H;
+    job.n = 1;
+    gemv_run<GEMV_SWIGLU>(job, wg->dtype, inp, N, C);
+    return true;
 }
