@@ -18,6 +18,18 @@ void pq_linear_rows_forward(float *out, const float *inp, const PqWeight *weight
                             int OC) {
     pq_cpu_linear_rows_forward(out, inp, weight, bias, N, C, OC);
 }
+void pq_linear_rows_group_forward(float *const *out, const float *inp, const PqWeight *w, const float *const *bias,
+                                  int n, int N, int C) {
+    pq_cpu_linear_rows_group_forward(out, inp, w, bias, n, N, C);
+}
+void pq_gate_up_forward(float *out, float *gate, float *up, const float *inp, const PqWeight *wg, const PqWeight *wu,
+                        const float *bg, const float *bu, int N, int C, int H) {
+    pq_cpu_gate_up_forward(out, gate, up, inp, wg, wu, bg, bu, N, C, H);
+}
+void pq_linear_rows_add_forward(float *x, float *tmp, const float *inp, const PqWeight *w, const float *bias, int N,
+                                int C, int OC) {
+    pq_cpu_linear_rows_add_forward(x, tmp, inp, w, bias, N, C, OC);
+}
 void pq_attention_kv_shared_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot,
                                     const int32_t *pos, const int32_t *base, const int32_t *blen, int N, int NH,
                                     int KVH, int HS, int T, int window) {

@@ -26,7 +26,25 @@
        out (N,OC). The CPU reads bf16 weights in place when N is small (no tile conversion: batch-1 decoding  \
        is bound by reading the weights once), f32 through sgemv; otherwise, and on CUDA, pq_linear_forward. */ \
     void P##linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,  \
-                                int C, int OC);
+                                int C, int OC);                                                                    \
+    /* The fusions of a decoding step's products (issue 11: fewer launches a layer at batch 1). Each is, on the   \
+       CPU, the composition it names, so a CPU build's numbers do not change; CUDA does each in one GEMV launch    \
+       where the kernel serves the rows (PQ_DECODE_FUSE=1, gemv.cu), else composes it too.                       \
+       Several products of one input (a layer's q, k, v): out[t] (N, w[t].rows) = inp (N,C) x w[t]^T + bias[t]    \
+       (NULL: none), t < n <= PQ_GROUP_MAX: n calls of linear_rows_forward. */                                    \
+    void P##linear_rows_group_forward(float *const *out, const float *inp, const PqWeight *w,                     \
+                                      const float *const *bias, int n, int N, int C);                             \
+    /* The MLP's first half, out (N,H) = silu(inp x wg^T + bg) * (inp x wu^T + bu): linear_rows_forward into      \
+       gate (N,H) and up (N,H), then swiglu_forward (the fused kernel leaves gate and up alone) */                \
+    void P##gate_up_forward(float *out, float *gate, float *up, const float *inp, const PqWeight *wg,              \
+                            const PqWeight *wu, const float *bg, const float *bu, int N, int C, int H);            \
+    /* A product into the residual stream, x (N,OC) += inp (N,C) x w^T + bias: linear_rows_forward into tmp       \
+       (N,OC), then residual_forward (the fused kernel leaves tmp alone) */                                       \
+    void P##linear_rows_add_forward(float *x, float *tmp, const float *inp, const PqWeight *w, const float *bias, \
+                                    int N, int C, int OC);
+
+// the products linear_rows_group_forward takes at most (q, k, v)
+#define PQ_GROUP_MAX 3
 
 PQ_OPS_GEN_DECLARE(pq_)
 PQ_OPS_GEN_DECLARE(pq_cpu_)

@@ -433,3 +433,23 @@ void pq_cpu_linear_rows_forward(float *out, const float *inp, const PqWeight *we
         for (int i = 0; i < N; i++)
             for (int o = 0; o < OC; o++) out[(size_t)i * OC + o] += bias[o];
 }
+
+// ---- the fusions of a decoding step's products: on the CPU, the compositions they name ----
+
+void pq_cpu_linear_rows_group_forward(float *const *out, const float *inp, const PqWeight *w, const float *const *bias,
+                                      int n, int N, int C) {
+    for (int t = 0; t < n; t++) pq_cpu_linear_rows_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+}
+
+void pq_cpu_gate_up_forward(float *out, float *gate, float *up, const float *inp, const PqWeight *wg,
+                            const PqWeight *wu, const float *bg, const float *bu, int N, int C, int H) {
+    pq_cpu_linear_rows_forward(gate, inp, wg, bg, N, C, H);
+    pq_cpu_linear_rows_forward(up, inp, wu, bu, N, C, H);
+    pq_cpu_swiglu_forward(out, gate, up, N, H);
+}
+
+void pq_cpu_linear_rows_add_forward(float *x, float *tmp, const float *inp, const PqWeight *w, const float *bias, int N,
+                                    int C, int OC) {
+    pq_cpu_linear_rows_forward(tmp, inp, w, bias, N, C, OC);
+    pq_cpu_residual_forward(x, tmp, (size_t)N * OC);
+}

@@ -1,11 +1,13 @@
 // ops_gen.cu: the CUDA versions of ops_gen.h (KV cache append, attention of
 // a step's tokens against the cache), checked against ops_gen_cpu.c.
 #include <math.h>
+#include <string.h>
 
 #include "common.cuh"
 
 extern "C" {
 #include "ops_gen.h"
+#include "tuning.h"
 }
 
 // k (N,KVH,HS), v (N,KVH,HS) -> kc, vc (S,T,KVH,HS) at [slot[i], pos[i]]
@@ -103,9 +105,57 @@ extern "C" void pq_attention_kv_forward(float *out, const float *q, const float 
     CU_LAUNCHED();
 }
 
-// On the device pq_linear_forward serves any row count: up to 8 rows with bf16/f16 weights through its GEMV
+// On the device pq_linear_forward serves any row count: PQ_GEMV_MAX_N rows with bf16/f16 weights through its GEMV
 // kernel (gemv.cu), more through the tensor-core product.
 extern "C" void pq_linear_rows_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
                                        int C, int OC) {
     pq_linear_forward(out, inp, weight, bias, N, C, OC);
+}
+
+// ---- a decoding step's fusions (PQ_DECODE_FUSE: tuning.h) ----
+
+static int fuse_state = -1;
+
+extern "C" void pq_cuda_set_decode_fuse(int on) { fuse_state = on < 0 ? -1 : on != 0; }
+
+static bool fuse_on(void) {
+    if (fuse_state < 0) {
+        const char *s = getenv("PQ_DECODE_FUSE");
+        fuse_state = s && !strcmp(s, "1");
+    }
+    return fuse_state != 0;
+}
+
+extern "C" void pq_linear_rows_group_forward(float *const *out, const float *inp, const PqWeight *w,
+                                             const float *const *bias, int n, int N, int C) {
+    if (N <= 0) return;
+    if (fuse_on()) {
+        if (!pq_cuda_gemv_group(out, inp, w, bias, n, N, C)) pq_linear_group_forward(out, inp, w, bias, n, N, C);
+        return;
+    }
+    for (int t = 0; t < n; t++) pq_linear_rows_forward(out[t], inp, &w[t], bias[t], N, C, w[t].rows);
+}
+
+extern "C" void pq_gate_up_forward(float *out, float *gate, float *up, const float *inp, const PqWeight *wg,
+                                   const PqWeight *wu, const float *bg, const float *bu, int N, int C, int H) {
+    if (N <= 0) return;
+    if (fuse_on()) {
+        if (pq_cuda_gemv_swiglu(out, inp, wg, wu, bg, bu, N, C, H)) return;
+        float *const outs[2] = {gate, up};
+        const float *const bs[2] = {bg, bu};
+        PqWeight ws[2] = {*wg, *wu};
+        pq_linear_group_forward(outs, inp, ws, bs, 2, N, C);
+    } else {
+        pq_linear_rows_forward(gate, inp, wg, bg, N, C, H);
+        pq_linear_rows_forward(up, inp, wu, bu, N, C, H);
+    }
+    pq_swiglu_forward(out, gate, up, N, H);
+}
+
+extern "C" void pq_linear_rows_add_forward(float *x, float *tmp, const float *inp, const PqWeight *w,
+                                           const float *bias, int N, int C, int OC) {
+    if (N <= 0) return;
+    if (fuse_on() && pq_cuda_gemv_add(x, inp, w, bias, N, C, OC)) return;
+    pq_linear_rows_forward(tmp, inp, w, bias, N, C, OC);
+    pq_residual_forward(x, tmp, (size_t)N * OC);
 }
