@@ -1136,6 +1136,26 @@ static void lin(PqGen *g, int l, int j, float *out, const float *inp, int N) {
                         lo->r);
 }
 
+// whether layer l's product j has a LoRA pair (lin adds it; the fusions below take the bare products)
+static int lora_on(const PqGen *g, int l, int j) {
+    const PqLora *lo = g->m->lora;
+    return lo && lo->ab[l * PQ_NLIN + j].A;
+}
+
+// x += layer l's product j of inp (o_proj, down_proj): one fused product where it has no LoRA pair
+static void residual_lin(PqGen *g, int l, int j, const float *inp, int N) {
+    const PqConfig *c = &g->m->cfg;
+    int in, oc;
+    pq_lin_shape(c, j, &in, &oc);
+    const PqLayerW *w = &g->m->layers[l];
+    if (!lora_on(g, l, j)) {
+        pq_linear_rows_add_forward(g->x, g->tmp, inp, &w->w[j], w->b[j], N, in, oc);
+        return;
+    }
+    lin(g, l, j, g->tmp, inp, N);
+    pq_residual_forward(g->x, g->tmp, (size_t)N * oc);
+}
+
 // Row i of a paged step: position pos of slot sl (its key written to the
 // pool slot of pos, attending to positions <= pos through sl's table).
 static void paged_row(PqGen *g, int i, const Slot *sl, int pos) {
@@ -1243,7 +1263,6 @@ static void forward_kernels(void *arg) {
     const int *rows = a->rows;
     const PqModel *m = g->m;
     const PqConfig *c = &m->cfg;
-    size_t nc = (size_t)N * c->C;
     size_t layer = (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem; // bytes of a layer's pool (paged)
     pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
     if (a->prof) prof_mark(g, PQ_GP_EMBED);
@@ -1255,11 +1274,16 @@ static void forward_kernels(void *arg) {
             pq_rmsnorm_forward(g->q, NULL, g->tmp, w->q_norm, N * c->NH, c->HS, c->eps);
             lin(g, l, PQ_K, g->tmp, g->ln, N);
             pq_rmsnorm_forward(g->k, NULL, g->tmp, w->k_norm, N * c->KVH, c->HS, c->eps);
-        } else {
+            lin(g, l, PQ_V, g->v, g->ln, N);
+        } else if (lora_on(g, l, PQ_Q) || lora_on(g, l, PQ_K) || lora_on(g, l, PQ_V)) {
             lin(g, l, PQ_Q, g->q, g->ln, N);
             lin(g, l, PQ_K, g->k, g->ln, N);
+            lin(g, l, PQ_V, g->v, g->ln, N);
+        } else { // q, k, v: one product of ln (PQ_DECODE_FUSE)
+            float *const out[3] = {g->q, g->k, g->v};
+            const float *const b[3] = {w->b[PQ_Q], w->b[PQ_K], w->b[PQ_V]};
+            pq_linear_rows_group_forward(out, g->ln, &w->w[PQ_Q], b, 3, N, c->C);
         }
-        lin(g, l, PQ_V, g->v, g->ln, N);
         if (a->prof) prof_mark(g, PQ_GP_QKV);
         pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
         if (g->paged) {
@@ -1298,15 +1322,18 @@ static void forward_kernels(void *arg) {
                                     g->T, pq_layer_window(c, l));
         }
         if (a->prof) prof_mark(g, PQ_GP_ATTN);
-        lin(g, l, PQ_O, g->tmp, g->att, N);
-        pq_residual_forward(g->x, g->tmp, nc);
+        residual_lin(g, l, PQ_O, g->att, N);
         if (a->prof) prof_mark(g, PQ_GP_O);
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
-        lin(g, l, PQ_GATE, g->gate, g->ln, N);
-        lin(g, l, PQ_UP, g->up, g->ln, N);
-        pq_swiglu_forward(g->mlp, g->gate, g->up, N, c->H);
-        lin(g, l, PQ_DOWN, g->tmp, g->mlp, N);
-        pq_residual_forward(g->x, g->tmp, nc);
+        if (!lora_on(g, l, PQ_GATE) && !lora_on(g, l, PQ_UP)) {
+            pq_gate_up_forward(g->mlp, g->gate, g->up, g->ln, &w->w[PQ_GATE], &w->w[PQ_UP], w->b[PQ_GATE],
+                               w->b[PQ_UP], N, c->C, c->H);
+        } else {
+            lin(g, l, PQ_GATE, g->gate, g->ln, N);
+            lin(g, l, PQ_UP, g->up, g->ln, N);
+            pq_swiglu_forward(g->mlp, g->gate, g->up, N, c->H);
+        }
+        residual_lin(g, l, PQ_DOWN, g->mlp, N);
         if (a->prof) prof_mark(g, PQ_GP_MLP);
     }
     if (M == 0) return; // (paged: a step of prompt chunks alone, none the last of its prompt)
