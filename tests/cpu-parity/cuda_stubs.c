@@ -11,6 +11,7 @@ int pq_ops_set_device(int n) {
     return 0;
 }
 void pq_cuda_set_gemv(int on) { (void)on; }
+void pq_cuda_set_decode_fuse(int on) { (void)on; }
 void pq_cuda_set_lora_gemm(int kind) { (void)kind; }
 int pq_attention_cudnn_calls(void) { return 0; }
 const char *pq_attention_cudnn_error(void) { return "the CPU backend"; }

@@ -91,6 +91,64 @@ static void test_linear_rows(PqDtype dt, int N) {
     pq_dev_free(dX), pq_dev_free(dB), pq_dev_free(gout);
 }
 
+// A decoding step's fusions (ops_gen.h, PQ_DECODE_FUSE): q, k, v as one product (every member biased, as
+// Qwen2's, or none), gate and up with SwiGLU, o_proj added to the residual stream, each against the CPU's
+// compositions, the fusions on and off: N = 1 (one GEMV launch each), 3 (the group through the tensor-core
+// product), the input one float in (not 16-byte aligned: the compositions). Mistral-7B's shapes scaled down:
+// C 1024, k and v 256 wide, H 2816 (OC past a multiple of GEMV_WARPS's rows), and a C past 256's multiples.
+static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, int bias) {
+    int oc[3] = {C, KV, KV};
+    PqWeight hw[3], dw[3], hg = hweight(H, C, dt, 0.1f, NULL), hu = hweight(H, C, dt, 0.1f, NULL);
+    PqWeight dg = pq_dev_weight(hg), du = pq_dev_weight(hu), ho = hweight(C, C, dt, 0.1f, NULL);
+    PqWeight dwo = pq_dev_weight(ho);
+    float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3];
+    for (int t = 0; t < 3; t++) {
+        hw[t] = hweight(oc[t], C, dt, 0.1f, NULL), dw[t] = pq_dev_weight(hw[t]);
+        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
+        out[t] = hnan((size_t)N * oc[t]);
+    }
+    size_t nx = (size_t)N * C, nh = (size_t)N * H;
+    float *x = hrand(nx + 4, 1), *res = hrand(nx, 2), *gX = dev(x, (nx + 4) * 4);
+    float *mlp = hnan(nh), *gate = hnan(nh), *up = hnan(nh), *tmp = hnan(nx), *xr = pq_xmalloc(nx * 4);
+    memcpy(xr, res, nx * 4);
+    pq_cpu_linear_rows_group_forward(out, x + off, hw, (const float *const *)b, 3, N, C);
+    const float *bgu = H == C ? b[0] : NULL, *dbgu = H == C ? db[0] : NULL; // (gate's and up's, where H = C)
+    pq_cpu_gate_up_forward(mlp, gate, up, x + off, &hg, &hu, bgu, bgu, N, C, H);
+    pq_cpu_linear_rows_add_forward(xr, tmp, x + off, &ho, b[0], N, C, C);
+    for (int on = 1; on >= 0; on--) {
+        pq_cuda_set_decode_fuse(on);
+        float *gout[3], *gmlp = dnan(nh), *ggate = dnan(nh), *gup = dnan(nh), *gtmp = dnan(nx);
+        float *gres = dev(res, nx * 4);
+        for (int t = 0; t < 3; t++) gout[t] = dnan((size_t)N * oc[t]);
+        pq_linear_rows_group_forward(gout, gX + off, dw, (const float *const *)db, 3, N, C);
+        pq_gate_up_forward(gmlp, ggate, gup, gX + off, &dg, &du, dbgu, dbgu, N, C, H);
+        pq_linear_rows_add_forward(gres, gtmp, gX + off, &dwo, db[0], N, C, C);
+        char name[112], what[64];
+        snprintf(what, sizeof what, "%s C=%d N=%d%s%s%s", pq_dtype_name(dt), C, N, bias ? " bias" : "",
+                 off ? " unaligned" : "", on ? " fused" : "");
+        for (int t = 0; t < 3; t++) {
+            snprintf(name, sizeof name, "linear_rows_group_forward %s [%d]", what, t);
+            fcmp(name, out[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
+        }
+        snprintf(name, sizeof name, "gate_up_forward %s H=%d", what, H);
+        fcmp(name, mlp, gmlp, nh, prod_tol(dt));
+        snprintf(name, sizeof name, "linear_rows_add_forward %s", what);
+        fcmp(name, xr, gres, nx, prod_tol(dt));
+        for (int t = 0; t < 3; t++) pq_dev_free(gout[t]);
+        DEV_FREE(gmlp, ggate, gup, gtmp, gres);
+    }
+    pq_cuda_set_decode_fuse(-1);
+    for (int t = 0; t < 3; t++) {
+        pq_dev_weight_free(&dw[t]);
+        free((void *)hw[t].data), free(b[t]), free(out[t]);
+        pq_dev_free(db[t]);
+    }
+    PqWeight *dws[] = {&dg, &du, &dwo}, *hws[] = {&hg, &hu, &ho};
+    for (int i = 0; i < 3; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
+    free(x), free(res), free(mlp), free(gate), free(up), free(tmp), free(xr);
+    pq_dev_free(gX);
+}
+
 static void test_memory(void) {
     size_t n = 1000;
     float *d = pq_dev_alloc(n * 4), *h = hrand(n, 1), zero[1000] = {0};
@@ -197,6 +255,17 @@ static void g_linear(void) {
         test_linear_rows(PQ_F16, n);
     }
 }
+static void g_fused(void) {
+    for (int d = 0; d < 2; d++) {
+        PqDtype dt = d ? PQ_F16 : PQ_BF16;
+        test_decode_fused(dt, 1024, 256, 2816, 1, 0, 0);
+        test_decode_fused(dt, 1024, 256, 2816, 1, 0, 1);
+        test_decode_fused(dt, 1024, 256, 1024, 3, 0, 1);
+        test_decode_fused(dt, 1032, 128, 700, 1, 1, 0);
+        test_decode_fused(dt, 1032, 128, 700, 1, 0, 1);
+    }
+    test_decode_fused(PQ_F32, 256, 64, 300, 1, 0, 1); // f32 weights: never the GEMV kernel
+}
 static void g_lora(void) {
     for (int kind = PQ_LORA_SGEMM; kind < PQ_LORA_KINDS; kind++) { // each PQ_LORA_GEMM
         test_lora(1, kind, 97, 200, 150, 8);
@@ -245,7 +314,7 @@ static void g_gen(void) {
 
 static const GtGroup groups[] = {
     {"memory", g_memory}, {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm},
-    {"linear", g_linear},
+    {"linear", g_linear}, {"fused", g_fused},
     {"lora", g_lora},     {"rope", g_rope},           {"attention", g_attention}, {"attention2", g_attention2},
     {"elementwise", g_elementwise}, {"logp", g_logp}, {"gen", g_gen},
 };
