@@ -28,6 +28,7 @@
 #include "gen.h"
 #include "ops_grad.h"
 #include "model.h"
+#include "ops_gen.h"
 #include "optim.h"
 #include "st_write.h"
 #include "train.h"
@@ -310,6 +311,43 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
                     printf("op: %-40s %9.4f ms %8.1f GB/s\n", name, dt * 1e3, bytes / dt / 1e9);
                 }
         pq_cuda_set_gemv(-1); // PQ_GEMV's again
+        // a decoding step's fusions at 1 row (PQ_DECODE_FUSE, ops_gen.h), one GEMV launch each against the
+        // products one by one (and their SwiGLU, residual): q, k, v; gate, up + SwiGLU; o_proj + residual
+        static const char *const fn[] = {"q,k,v", "gate,up+swiglu", "o_proj+residual"};
+        double gb_fused[3] = {0};
+        for (int f = 0; f < 3; f++)
+            for (int on = 1; on >= 0; on--) {
+                const PqLayerW *w0 = &m->layers[0];
+                int j0 = f == 0 ? PQ_Q : f == 1 ? PQ_GATE : PQ_O, nj = f == 0 ? 3 : f == 1 ? 2 : 1;
+                double bytes = 0;
+                for (int j = j0; j < j0 + nj; j++)
+                    bytes += (double)w0->w[j].rows * w0->w[j].cols * (w0->w[j].dtype == PQ_F32 ? 4 : 2);
+                pq_cuda_set_decode_fuse(on);
+#define DECODE_FUSED(k)                                                                                            \
+    do {                                                                                                           \
+        const PqLayerW *wk_ = &m->layers[(k) % c->L];                                                              \
+        if (f == 0) {                                                                                              \
+            float *const o_[3] = {go, go + QD, go + QD + KD};                                                      \
+            const float *const b_[3] = {wk_->b[PQ_Q], wk_->b[PQ_K], wk_->b[PQ_V]};                                 \
+            pq_linear_rows_group_forward(o_, x, &wk_->w[PQ_Q], b_, 3, 1, C);                                       \
+        } else if (f == 1)                                                                                         \
+            pq_gate_up_forward(go, go + H, go + 2 * (size_t)H, x, &wk_->w[PQ_GATE], &wk_->w[PQ_UP], NULL, NULL, 1, \
+                               C, H);                                                                              \
+        else pq_linear_rows_add_forward(go, go + C, x, &wk_->w[PQ_O], wk_->b[PQ_O], 1, QD, C);                     \
+    } while (0)
+                DECODE_FUSED(0); // warm-up
+                double t = sync_now();
+                for (int k = 0; k < reps; k++) DECODE_FUSED(k);
+                double dt = (sync_now() - t) / reps;
+#undef DECODE_FUSED
+                char name[64];
+                snprintf(name, sizeof name, "decode %s N=1 %s", fn[f], on ? "fused" : "one by one");
+                printf("op: %-40s %9.4f ms %8.1f GB/s\n", name, dt * 1e3, bytes / dt / 1e9);
+                if (on) gb_fused[f] = bytes / dt / 1e9;
+                else printf("RESULT decode_fused_%d_gbs %.1f\nRESULT decode_unfused_%d_gbs %.1f\n", f, gb_fused[f], f,
+                            bytes / dt / 1e9);
+            }
+        pq_cuda_set_decode_fuse(-1); // PQ_DECODE_FUSE's again
         reps = saved;
         pq_dev_free(go);
     }
