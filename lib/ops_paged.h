@@ -55,6 +55,11 @@ static inline PQ_HD double pq_sample_uniform(uint64_t key, int v) {
 // heads and contexts up to max_len takes nsplit splits of *split_len
 // positions (a multiple of 64), enough blocks to fill a GPU.
 int pq_paged_splits(int N, int KVH, int max_len, int *split_len);
+// How many: blocks (row, KV head, split) to aim for, and the fewest positions a split (defaults 264 and 128:
+// two blocks an H200 SM), or PQ_PAGED_SPLITS=BLOCKS[,MIN] (read once), or this setter's (0: the default; -1, -1:
+// the variable's again). For measuring the kernel's parallelism (parity-paged's timing): a generator's CUDA
+// graphs and work buffers assume it does not change during its life.
+void pq_paged_set_splits(int target_blocks, int min_split);
 // Floats of work paged_attention_forward needs (0 when it takes one split).
 size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len);
 

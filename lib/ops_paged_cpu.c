@@ -16,11 +16,39 @@
 #define TARGET_BLOCKS 264
 #define MIN_SPLIT 128
 
+static int split_target = -1, split_min = -1; // -1: not yet read from PQ_PAGED_SPLITS
+
+void pq_paged_set_splits(int target_blocks, int min_split) {
+    split_target = target_blocks < 0 ? -1 : target_blocks ? target_blocks : TARGET_BLOCKS;
+    split_min = min_split < 0 ? -1 : min_split ? min_split : MIN_SPLIT;
+}
+
+static void split_params(int *target, int *min) {
+    if (split_target < 0 || split_min < 0) {
+        int t = TARGET_BLOCKS, m = MIN_SPLIT;
+        const char *e = getenv("PQ_PAGED_SPLITS");
+        if (e && *e) {
+            char *end;
+            long a = strtol(e, &end, 10), b = m;
+            if (*end == ',') b = strtol(end + 1, &end, 10);
+            if (*end || a < 1 || a > 1 << 20 || b < 64 || b > 1 << 20)
+                fprintf(stderr, "pq: PQ_PAGED_SPLITS=%s is not BLOCKS[,MIN] (1..%d, 64..%d): %d,%d used\n", e, 1 << 20,
+                        1 << 20, t, m);
+            else t = (int)a, m = (int)b;
+        }
+        if (split_target < 0) split_target = t;
+        if (split_min < 0) split_min = m;
+    }
+    *target = split_target, *min = split_min;
+}
+
 int pq_paged_splits(int N, int KVH, int max_len, int *split_len) {
+    int target, min_split;
+    split_params(&target, &min_split);
     long have = (long)N * KVH;
     if (have < 1) have = 1; // (no rows: one split, no work)
-    int ns = have >= TARGET_BLOCKS ? 1 : (int)((TARGET_BLOCKS + have - 1) / have);
-    int most = (max_len + MIN_SPLIT - 1) / MIN_SPLIT;
+    int ns = have >= target ? 1 : (int)((target + have - 1) / have);
+    int most = (max_len + min_split - 1) / min_split;
     if (ns > most) ns = most;
     if (ns < 1) ns = 1;
     int sl = (max_len + ns - 1) / ns;

@@ -120,6 +120,24 @@ static void test_attention_all(void) {
     CHECK(pq_paged_splits(1, 8, 2048, NULL) > 1 && pq_paged_splits(256, 8, 2048, NULL) == 1, "split choice");
     int SL, ns = pq_paged_splits(2, 4, 1000, &SL);
     CHECK(SL % 64 == 0 && (long)ns * SL >= 1000 && (long)(ns - 1) * SL < 1000, "splits cover the context");
+    // more blocks wanted (as parity-paged's timing tries): many rows split too, and still equal the flat cache's
+    CHECK(pq_paged_splits(64, 8, 600, NULL) == 1, "64 rows of 600: one split by default");
+    pq_paged_set_splits(8 * 64 * 4, 64);
+    CHECK(pq_paged_splits(64, 8, 600, NULL) == 4, "64 rows of 600 at 2048 blocks: %d splits",
+          pq_paged_splits(64, 8, 600, NULL));
+    int n = 64;
+    for (int i = 0; i < n; i++) len[i] = 1 + (int)pq_rng_below(&rng, 300);
+    test_attention(n, 32, 8, 16, 16, 0, PQ_BF16, len, 1);
+    test_attention(n, 16, 8, 32, 16, 9, PQ_F32, len, 1);
+    // PQ_PAGED_SPLITS, read again after set_splits(-1, -1); a malformed one leaves the defaults
+    setenv("PQ_PAGED_SPLITS", "4096,64", 1);
+    pq_paged_set_splits(-1, -1);
+    CHECK(pq_paged_splits(64, 8, 600, NULL) == 5, "PQ_PAGED_SPLITS=4096,64: %d splits", pq_paged_splits(64, 8, 600, NULL));
+    setenv("PQ_PAGED_SPLITS", "4096,x", 1);
+    pq_paged_set_splits(-1, -1);
+    CHECK(pq_paged_splits(64, 8, 600, NULL) == 1, "PQ_PAGED_SPLITS=4096,x: the defaults");
+    unsetenv("PQ_PAGED_SPLITS");
+    pq_paged_set_splits(-1, -1);
 }
 
 static void test_append_copy(void) {
