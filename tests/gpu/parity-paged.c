@@ -462,33 +462,45 @@ static void test_logp(void) {
 }
 
 static void test_time(void) {
-    // decode attention, one Mistral-7B layer
+    // decode attention, one Mistral-7B layer, at the default splits and at more blocks (pq_paged_set_splits:
+    // the kernel's parallelism, PQ_PAGED_SPLITS' candidates: RESULT paged_attn_s<BLOCKS>_...)
     static const int Ns[] = {1, 64, 256}, Ls[] = {512, 1024, 2048};
+    static const int St[][2] = {{0, 0}, {1056, 64}, {2112, 64}};
     int *len = pq_xmalloc(256 * sizeof *len);
     for (int ni = 0; ni < 3; ni++)
         for (int li = 0; li < 3; li++) {
             int N = Ns[ni], T = Ls[li];
             for (int i = 0; i < N; i++) len[i] = T;
             Batch b = batch(N, 32, 8, 128, 16, PQ_BF16, len, 0);
-            size_t qn = (size_t)N * 32 * 128, nw = pq_paged_attention_work(N, 32, 8, 128, T);
-            float *dq = dnan(qn), *dout = dnan(qn), *dwork = nw ? dnan(nw) : NULL;
+            size_t qn = (size_t)N * 32 * 128;
+            float *dq = dnan(qn), *dout = dnan(qn);
             pq_dev_zero(dq, qn * 4);
-            int reps = 20;
-            pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, PQ_BF16, b.dtables, b.maxblk, b.dlen, N, 32, 8, 128, 16,
-                                       0, T, dwork);
-            sync_dev();
-            double t0 = now_s();
-            for (int r = 0; r < reps; r++)
+            for (int si = 0; si < 3; si++) {
+                pq_paged_set_splits(St[si][0], St[si][1]);
+                size_t nw = pq_paged_attention_work(N, 32, 8, 128, T);
+                float *dwork = nw ? dnan(nw) : NULL;
+                int reps = 20;
                 pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, PQ_BF16, b.dtables, b.maxblk, b.dlen, N, 32, 8, 128,
                                            16, 0, T, dwork);
-            sync_dev();
-            double ms = (now_s() - t0) / reps * 1e3;
-            double gb = 2.0 * N * T * 8 * 128 * 2 / 1e9; // K and V, bf16
-            printf("decode attention 7B layer, batch %3d, context %4d: %.3f ms, %.0f GB/s of KV read (%d splits)\n", N,
-                   T, ms, gb / (ms * 1e-3), pq_paged_splits(N, 8, T, NULL));
-            printf("RESULT paged_attn_b%d_t%d_ms %.4f\nRESULT paged_attn_b%d_t%d_gbs %.0f\n", N, T, ms, N, T,
-                   gb / (ms * 1e-3));
-            pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork);
+                sync_dev();
+                double t0 = now_s();
+                for (int r = 0; r < reps; r++)
+                    pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, PQ_BF16, b.dtables, b.maxblk, b.dlen, N, 32, 8,
+                                               128, 16, 0, T, dwork);
+                sync_dev();
+                double ms = (now_s() - t0) / reps * 1e3;
+                double gb = 2.0 * N * T * 8 * 128 * 2 / 1e9; // K and V, bf16
+                char set[32] = "";
+                if (St[si][0]) snprintf(set, sizeof set, "s%d_", St[si][0]);
+                printf("decode attention 7B layer, batch %3d, context %4d: %.3f ms, %.0f GB/s of KV read "
+                       "(%d splits%s)\n",
+                       N, T, ms, gb / (ms * 1e-3), pq_paged_splits(N, 8, T, NULL), si ? ", more blocks" : "");
+                printf("RESULT paged_attn_%sb%d_t%d_ms %.4f\n", set, N, T, ms);
+                printf("RESULT paged_attn_%sb%d_t%d_gbs %.0f\n", set, N, T, gb / (ms * 1e-3));
+                pq_dev_free(dwork);
+            }
+            pq_paged_set_splits(-1, -1);
+            pq_dev_free(dq), pq_dev_free(dout);
             batch_free(&b);
         }
     free(len);
