@@ -146,7 +146,7 @@ static bool gemv_on(void) {
 }
 
 bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C) {
-    return gemv_on() && N >= 1 && N <= PQ_GEMV_MAX_N && (w->dtype == PQ_BF16 || w->dtype == PQ_F16) && C > 0 &&
+    return gemv_on() && !pq_cuda_act_bf16() && N >= 1 && N <= PQ_GEMV_MAX_N && (w->dtype == PQ_BF16 || w->dtype == PQ_F16) && C > 0 &&
            C % 8 == 0 && !(((uintptr_t)inp | (uintptr_t)w->data) & 15);
 }
 
