@@ -8,6 +8,7 @@
 
 #include "common.cuh"
 #include "sdpa.h"
+#include "tuning.h"
 
 extern "C" {
 #include "attn_plan.h"
@@ -201,13 +202,14 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 // The same attention for a bf16 cache and head size 64 or 128 (the 7B
 // models'), at the memory's pace: keys are scored TG = HS/8 lanes a key, each
-// lane reading 8 channels in one 16-byte load, KEYS_IN_FLIGHT keys a group
+// lane reading 8 channels in one 16-byte load, KEYS keys a group
 // in flight; values are summed by warps over their own positions, lanes
 // across the channels (HS/32 each, one 4- or 8-byte load), and the warps'
 // sums added in shared memory at the end. Same splits, partials and results
 // as paged_attn_kernel (up to the order of the sums).
-#define FAST_KEYS 4 // keys a lane group has in flight
-template <int HS, int GM>
+// KEYS: keys a lane group has in flight (4, or 8 under PQ_PAGED_KEYS=8: half the round trips to memory of a
+// split, twice the registers)
+template <int HS, int GM, int KEYS>
 __global__ void __launch_bounds__(ATT_THREADS)
     paged_attn_fast_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *kp, const __nv_bfloat16 *vp,
                            const int32_t *tables, int maxblk, const int32_t *len, int NH, int KVH, int BT, int window,
@@ -232,11 +234,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
         int cn = min(ATT_CH, j1 - c0);
         // scores: key t = b0 + kg + u * KPW * ATT_WARPS for lane group kg (the loop is the warp's, uniform:
         // its shuffles need every lane)
-        for (int b0 = warp * KPW; b0 < cn; b0 += KPW * ATT_WARPS * FAST_KEYS) {
+        for (int b0 = warp * KPW; b0 < cn; b0 += KPW * ATT_WARPS * KEYS) {
             int base = b0 + kg;
-            uint4 kv[FAST_KEYS];
+            uint4 kv[KEYS];
 #pragma unroll
-            for (int u = 0; u < FAST_KEYS; u++) {
+            for (int u = 0; u < KEYS; u++) {
                 int t = base + u * KPW * ATT_WARPS;
                 if (t < cn) {
                     int j = c0 + t;
@@ -245,7 +247,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 } else kv[u] = make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int u = 0; u < FAST_KEYS; u++) {
+            for (int u = 0; u < KEYS; u++) {
                 int t = base + u * KPW * ATT_WARPS;
                 const __nv_bfloat16 *k8 = (const __nv_bfloat16 *)&kv[u];
                 float kf[8];
@@ -274,10 +276,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int d = 0; d < DPL; d++) acc[g][d] *= alpha[g];
         }
-        for (int t0 = warp; t0 < cn; t0 += ATT_WARPS * FAST_KEYS) {
-            float vf[FAST_KEYS][DPL];
+        for (int t0 = warp; t0 < cn; t0 += ATT_WARPS * KEYS) {
+            float vf[KEYS][DPL];
 #pragma unroll
-            for (int u = 0; u < FAST_KEYS; u++) {
+            for (int u = 0; u < KEYS; u++) {
                 int t = t0 + u * ATT_WARPS;
                 if (t < cn) {
                     int j = c0 + t;
@@ -299,7 +301,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 }
             }
 #pragma unroll
-            for (int u = 0; u < FAST_KEYS; u++) {
+            for (int u = 0; u < KEYS; u++) {
                 int t = t0 + u * ATT_WARPS;
                 if (t >= cn) break;
 #pragma unroll
@@ -391,28 +393,44 @@ static int fast_on(void) {
     return on;
 }
 
-template <int HS, int GM>
+template <int HS, int GM, int KEYS>
 static void fast_launch(float *out, float *work, const float *q, const void *kp, const void *vp, const int32_t *tables,
                         int maxblk, const int32_t *len, int N, int NH, int KVH, int BT, int window, int SL, int ns) {
     int G = NH / KVH;
     size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G + (size_t)ATT_WARPS * G * HS) * sizeof(float);
     if (smem > 48 * 1024)
-        CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM, KEYS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 (int)smem));
-    paged_attn_fast_kernel<HS, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
+    paged_attn_fast_kernel<HS, GM, KEYS><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
         out, work, q, (const __nv_bfloat16 *)kp, (const __nv_bfloat16 *)vp, tables, maxblk, len, NH, KVH, BT, window,
         SL, ns, 1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
 }
 
+// PQ_PAGED_KEYS=8 (read once; pq_cuda_set_paged_keys overrides): the fast kernel's keys in flight, else 4
+static int keys_set = -1;
+extern "C" void pq_cuda_set_paged_keys(int keys) { keys_set = keys < 0 ? -1 : keys == 8 ? 8 : 4; }
+static int paged_keys(void) {
+    if (keys_set < 0) {
+        const char *e = getenv("PQ_PAGED_KEYS");
+        keys_set = e && !strcmp(e, "8") ? 8 : 4;
+    }
+    return keys_set;
+}
+
 static void fast_dispatch(float *out, float *work, const float *q, const void *kp, const void *vp,
                           const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT,
                           int window, int SL, int ns) {
-    int G = NH / KVH;
+    int G = NH / KVH, keys = paged_keys();
 #define PQ_FAST_CASE(GM)                                                                                              \
     if (G <= GM) {                                                                                                    \
-        if (HS == 128) fast_launch<128, GM>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns); \
-        else fast_launch<64, GM>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);         \
+        if (HS == 128 && keys == 8)                                                                                   \
+            fast_launch<128, GM, 8>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);       \
+        else if (HS == 128)                                                                                           \
+            fast_launch<128, GM, 4>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);       \
+        else if (keys == 8)                                                                                           \
+            fast_launch<64, GM, 8>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);        \
+        else fast_launch<64, GM, 4>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);      \
         return;                                                                                                       \
     }
     PQ_FAST_CASE(1)

@@ -28,6 +28,11 @@ void pq_cuda_set_gemv(int on);
 // variable's choice again.
 void pq_cuda_set_decode_fuse(int on);
 
+// The paged decode kernel for bf16 caches of head size 64 or 128 keeps 4 keys a lane group in flight, or 8 under
+// PQ_PAGED_KEYS=8 (read once): half the round trips to memory of a split, for gpu-check to measure.
+// pq_cuda_set_paged_keys(4 or 8) overrides, -1: the variable's choice again.
+void pq_cuda_set_paged_keys(int keys);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "cuda/sdpa.h"
+#include "cuda/tuning.h"
 #include "gpu_test.h"
 #include "ops_paged.h"
 #include "st_write.h"
@@ -137,6 +138,8 @@ static void batch_free(Batch *b) {
     pq_dev_free(b->dkp), pq_dev_free(b->dvp), pq_dev_free(b->dtables), pq_dev_free(b->dlen);
 }
 
+static const char *variant = ""; // the kernel's settings, when not the defaults
+
 static void attention_case(int N, int NH, int KVH, int HS, int BT, int window, PqDtype dt, const int *len) {
     Batch b = batch(N, NH, KVH, HS, BT, dt, len, 1);
     size_t qn = (size_t)N * NH * HS, nw = pq_paged_attention_work(N, NH, KVH, HS, b.max_len);
@@ -149,15 +152,16 @@ static void attention_case(int N, int NH, int KVH, int HS, int BT, int window, P
     float *got = down(dout, qn);
     char name[160];
     int ns = pq_paged_splits(N, KVH, b.max_len, NULL);
-    snprintf(name, sizeof name, "attention %s N %d %d/%d HS %d BT %d window %d, %d splits", pq_dtype_name(dt), N, NH,
-             KVH, HS, BT, window, ns);
+    snprintf(name, sizeof name, "attention %s N %d %d/%d HS %d BT %d window %d, %d splits%s", pq_dtype_name(dt), N,
+             NH, KVH, HS, BT, window, ns, variant);
     cmp(name, want, got, qn, dt == PQ_BF16 ? 1e-4 : 2e-5);
     free(q), free(want), free(work), free(got);
     pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork);
     batch_free(&b);
 }
 
-static void test_attention(void) {
+// fast: only the cases of the fast kernel (bf16, head size 64 or 128)
+static void attention_cases(int fast) {
     static const int G[] = {1, 2, 4, 8};
     int len[256];
     for (int gi = 0; gi < 4; gi++) {
@@ -165,16 +169,33 @@ static void test_attention(void) {
         for (int i = 0; i < n; i++) len[i] = 1 + (int)(rnd() % 3000);
         len[0] = 1;
         attention_case(n, 2 * G[gi], 2, 128, 16, 0, PQ_BF16, len);
-        attention_case(n, 2 * G[gi], 2, 64, 16, 100, PQ_F32, len);
+        if (!fast) attention_case(n, 2 * G[gi], 2, 64, 16, 100, PQ_F32, len);
+        else attention_case(n, 2 * G[gi], 2, 64, 16, 100, PQ_BF16, len);
         n = 96;
         for (int i = 0; i < n; i++) len[i] = 1 + (int)(rnd() % 400);
         attention_case(n, 8 * G[gi], 8, 128, 16, gi == 3 ? 4096 : 0, PQ_BF16, len);
-        attention_case(n, 4 * G[gi], 4, 80, 7, 33, PQ_F32, len);
+        if (!fast) attention_case(n, 4 * G[gi], 4, 80, 7, 33, PQ_F32, len);
     }
     len[0] = 2048, len[1] = 700;
     attention_case(2, 32, 8, 128, 16, 4096, PQ_BF16, len);
     len[0] = 300;
-    attention_case(1, 16, 1, 256, 32, 0, PQ_BF16, len); // G 16, HS 256
+    if (!fast) attention_case(1, 16, 1, 256, 32, 0, PQ_BF16, len); // G 16, HS 256
+    else attention_case(1, 16, 1, 64, 32, 0, PQ_BF16, len);        // G 16
+}
+
+// the defaults; then the fast kernel with 8 keys in flight (PQ_PAGED_KEYS=8), alone and with more splits
+// (PQ_PAGED_SPLITS=2112,64), gpu-check's candidates
+static void test_attention(void) {
+    attention_cases(0);
+    pq_cuda_set_paged_keys(8);
+    variant = ", 8 keys in flight";
+    attention_cases(1);
+    pq_paged_set_splits(2112, 64);
+    variant = ", 8 keys in flight, 2112 blocks";
+    attention_cases(1);
+    pq_paged_set_splits(-1, -1);
+    pq_cuda_set_paged_keys(-1);
+    variant = "";
 }
 
 // ---- prefill over the paged cache in segments ----
@@ -465,7 +486,7 @@ static void test_time(void) {
     // decode attention, one Mistral-7B layer, at the default splits and at more blocks (pq_paged_set_splits:
     // the kernel's parallelism, PQ_PAGED_SPLITS' candidates: RESULT paged_attn_s<BLOCKS>_...)
     static const int Ns[] = {1, 64, 256}, Ls[] = {512, 1024, 2048};
-    static const int St[][2] = {{0, 0}, {1056, 64}, {2112, 64}};
+    static const int St[][3] = {{0, 0, 4}, {1056, 64, 4}, {2112, 64, 4}, {0, 0, 8}, {1056, 64, 8}}; // + keys
     int *len = pq_xmalloc(256 * sizeof *len);
     for (int ni = 0; ni < 3; ni++)
         for (int li = 0; li < 3; li++) {
@@ -475,8 +496,9 @@ static void test_time(void) {
             size_t qn = (size_t)N * 32 * 128;
             float *dq = dnan(qn), *dout = dnan(qn);
             pq_dev_zero(dq, qn * 4);
-            for (int si = 0; si < 3; si++) {
+            for (int si = 0; si < (int)(sizeof St / sizeof *St); si++) {
                 pq_paged_set_splits(St[si][0], St[si][1]);
+                pq_cuda_set_paged_keys(St[si][2]);
                 size_t nw = pq_paged_attention_work(N, 32, 8, 128, T);
                 float *dwork = nw ? dnan(nw) : NULL;
                 int reps = 20;
@@ -490,16 +512,19 @@ static void test_time(void) {
                 sync_dev();
                 double ms = (now_s() - t0) / reps * 1e3;
                 double gb = 2.0 * N * T * 8 * 128 * 2 / 1e9; // K and V, bf16
-                char set[32] = "";
-                if (St[si][0]) snprintf(set, sizeof set, "s%d_", St[si][0]);
+                char set[32] = "", *at = set; // RESULT paged_attn_[s<BLOCKS>_][k8_]b..
+                if (St[si][0]) at += sprintf(at, "s%d_", St[si][0]);
+                if (St[si][2] == 8) strcpy(at, "k8_");
                 printf("decode attention 7B layer, batch %3d, context %4d: %.3f ms, %.0f GB/s of KV read "
                        "(%d splits%s)\n",
-                       N, T, ms, gb / (ms * 1e-3), pq_paged_splits(N, 8, T, NULL), si ? ", more blocks" : "");
+                       N, T, ms, gb / (ms * 1e-3), pq_paged_splits(N, 8, T, NULL),
+                       St[si][2] == 8 ? ", 8 keys in flight" : "");
                 printf("RESULT paged_attn_%sb%d_t%d_ms %.4f\n", set, N, T, ms);
                 printf("RESULT paged_attn_%sb%d_t%d_gbs %.0f\n", set, N, T, gb / (ms * 1e-3));
                 pq_dev_free(dwork);
             }
             pq_paged_set_splits(-1, -1);
+            pq_cuda_set_paged_keys(-1);
             pq_dev_free(dq), pq_dev_free(dout);
             batch_free(&b);
         }
