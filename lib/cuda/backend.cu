@@ -588,6 +588,7 @@ extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWei
 // one block per row; T the activations' type (f32 or bf16)
 template <typename T>
 __global__ void rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const float *weight, int C, float eps) {
+    pq_pdl_launch_dependents(); // (a decoding step's next product, PQ_PDL: common.cuh)
     size_t i = blockIdx.x;
     const T *x = inp + i * C;
     T *o = out + i * C;

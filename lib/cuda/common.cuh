@@ -35,6 +35,22 @@ bool pq_cuda_graph_absorb(const char *what, const char *err, const char *file, i
 // After a kernel launch: launch errors now, execution errors at the next sync.
 #define CU_LAUNCHED() CU(cudaGetLastError())
 
+// Programmatic dependent launch (Hopper): a kernel launched with it (gemv.cu, PQ_PDL=1) may start while the
+// kernel before it in the stream finishes; pq_pdl_wait() is where it waits for that kernel's results (before its
+// first read of anything the kernel before wrote, and its first write). pq_pdl_launch_dependents() in a kernel
+// lets such a dependent start once every block of this one has called it (rather than once they have all
+// exited). Both do nothing on older GPUs, and where the launch did not ask for it.
+__device__ __forceinline__ void pq_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pq_pdl_launch_dependents(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // The backend's single stream: every kernel launch, cuBLAS/cuBLASLt product,
 // cuDNN call and copy of the backend goes on it, so every op is ordered after
 // the previous one. It is the legacy default stream (0), where cudaMemcpy

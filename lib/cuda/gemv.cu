@@ -79,7 +79,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, cons
     for (int n = 0; n < N; n++)
 #pragma unroll
         for (int r = 0; r < RW; r++) acc[n][r] = 0.0f;
-    int nv = C / 8; // 16-byte vectors per row
+    pq_pdl_launch_dependents(); // (the next product's weights may start to stream in beside this one's tail)
+    int nv = C / 8;             // 16-byte vectors per row
     for (int v0 = lane; v0 < nv; v0 += 32 * U) {
         uint4 q[U][RW];
 #pragma unroll
@@ -88,6 +89,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, cons
 #pragma unroll
             for (int r = 0; r < RW; r++) q[u][r] = v < nv ? __ldcs(wr[r] + v) : make_uint4(0, 0, 0, 0);
         }
+        // launched with PQ_PDL: the first weights are on their way while the kernel before ends; the input is
+        // its output (a no-op after the first time, and without PDL)
+        pq_pdl_wait();
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = v0 + u * 32;
@@ -112,6 +116,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, cons
         for (int r = 0; r < RW; r++)
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) acc[n][r] += __shfl_xor_sync(0xffffffffu, acc[n][r], off);
+    pq_pdl_wait(); // (a lane without a vector waits here: every write after the kernel before has ended)
     // every lane holds the N*RW sums (N*R <= 32 outputs): lane n*R+r writes out[n][row0+r]
     float *out = t == 0 ? job.out[0] : t == 1 ? job.out[1] : job.out[2];
     const float *bias = t == 0 ? job.bias[0] : t == 1 ? job.bias[1] : job.bias[2];
@@ -150,13 +155,38 @@ bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C) {
            C % 8 == 0 && !(((uintptr_t)inp | (uintptr_t)w->data) & 15);
 }
 
+// PQ_PDL=1 (read once; pq_cuda_set_pdl overrides): the kernel launched as a programmatic dependent of the one
+// before it (common.cuh), so its launch and first weight reads overlap that kernel's end
+static int pdl_state = -1;
+
+extern "C" void pq_cuda_set_pdl(int on) { pdl_state = on < 0 ? -1 : on != 0; }
+
+static bool pdl_on(void) {
+    if (pdl_state < 0) {
+        const char *s = getenv("PQ_PDL");
+        pdl_state = s && !strcmp(s, "1");
+    }
+    return pdl_state != 0;
+}
+
 // job's warps: R output rows each, product after product
 template <typename T, int N, int EPI> static void gemv_launch(GemvJob job, const float *inp, int C) {
     int warps = 0;
     for (int t = 0; t < PQ_GROUP_MAX; t++)
         job.wend[t] = warps += t < job.n ? (job.rows[t] + GemvShape<N>::R - 1) / GemvShape<N>::R : 0;
     if (!warps) return;
-    gemv_kernel<T, N, EPI><<<pq_blocks((size_t)warps, GEMV_WARPS), GEMV_WARPS * 32, 0, pq_cuda_stream>>>(job, inp, C);
+    unsigned blocks = pq_blocks((size_t)warps, GEMV_WARPS);
+    if (pdl_on()) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(blocks), cfg.blockDim = dim3(GEMV_WARPS * 32), cfg.stream = pq_cuda_stream;
+        cfg.attrs = at, cfg.numAttrs = 1;
+        CU(cudaLaunchKernelEx(&cfg, gemv_kernel<T, N, EPI>, job, inp, C));
+        return;
+    }
+    gemv_kernel<T, N, EPI><<<blocks, GEMV_WARPS * 32, 0, pq_cuda_stream>>>(job, inp, C);
     CU_LAUNCHED();
 }
 

@@ -218,6 +218,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     constexpr int KPW = 32 / TG;      // keys a warp scores at once
     constexpr int DPL = HS / 32;      // channels a lane sums in the value pass
     extern __shared__ float sm[];     // q (G,HS), s (G,ATT_CH), alpha, m, l (G), red (ATT_WARPS,G,HS)
+    pq_pdl_launch_dependents(); // (o_proj's product, PQ_PDL: common.cuh)
     int sp = blockIdx.x, kh = blockIdx.y, i = blockIdx.z, G = NH / KVH;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lt = lane % TG, kg = lane / TG;
     float *qs = sm, *s = qs + G * HS, *alpha = s + G * ATT_CH, *mm = alpha + G, *ll = mm + G;
@@ -334,6 +335,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 // grid N*NH: the splits' partials -> out (HS)
 __global__ void paged_combine_kernel(float *out, const float *work, int HS, int ns) {
+    pq_pdl_launch_dependents(); // (o_proj's product, PQ_PDL: common.cuh)
     size_t ih = blockIdx.x;
     const float *w = work + ih * ns * (HS + 2);
     float M = -INFINITY, L = 0;

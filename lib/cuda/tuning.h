@@ -33,6 +33,11 @@ void pq_cuda_set_decode_fuse(int on);
 // pq_cuda_set_paged_keys(4 or 8) overrides, -1: the variable's choice again.
 void pq_cuda_set_paged_keys(int keys);
 
+// PQ_PDL=1 (read once): the GEMV kernel (gemv.cu) launched as a programmatic dependent of the kernel before it
+// (Hopper's PDL), its first weight reads overlapping that kernel's end; rmsnorm and the paged decode attention
+// let it start early. Off until gpu-check measures it. pq_cuda_set_pdl(0 or 1) overrides, -1: the variable's.
+void pq_cuda_set_pdl(int on);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,7 @@ int pq_ops_set_device(int n) {
 void pq_cuda_set_gemv(int on) { (void)on; }
 void pq_cuda_set_decode_fuse(int on) { (void)on; }
 void pq_cuda_set_paged_keys(int keys) { (void)keys; }
+void pq_cuda_set_pdl(int on) { (void)on; }
 void pq_cuda_set_lora_gemm(int kind) { (void)kind; }
 int pq_attention_cudnn_calls(void) { return 0; }
 const char *pq_attention_cudnn_error(void) { return "the CPU backend"; }
