@@ -93,9 +93,10 @@ static void test_linear_rows(PqDtype dt, int N) {
 
 // A decoding step's fusions (ops_gen.h, PQ_DECODE_FUSE): q, k, v as one product (every member biased, as
 // Qwen2's, or none), gate and up with SwiGLU, o_proj added to the residual stream, each against the CPU's
-// compositions, the fusions on and off: N = 1 (one GEMV launch each), 3 (the group through the tensor-core
-// product), the input one float in (not 16-byte aligned: the compositions). Mistral-7B's shapes scaled down:
-// C 1024, k and v 256 wide, H 2816 (OC past a multiple of GEMV_WARPS's rows), and a C past 256's multiples.
+// compositions, the fusions on (with PQ_PDL's launches too) and off: N = 1 (one GEMV launch each), 3 (the group
+// through the tensor-core product), the input one float in (not 16-byte aligned: the compositions). Mistral-7B's
+// shapes scaled down: C 1024, k and v 256 wide, H 2816 (OC past a multiple of GEMV_WARPS's rows), and a C past
+// 256's multiples. The three run back to back, so with PDL each product's start overlaps the one before.
 static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, int bias) {
     int oc[3] = {C, KV, KV};
     PqWeight hw[3], dw[3], hg = hweight(H, C, dt, 0.1f, NULL), hu = hweight(H, C, dt, 0.1f, NULL);
@@ -115,8 +116,15 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
     const float *bgu = H == C ? b[0] : NULL, *dbgu = H == C ? db[0] : NULL; // (gate's and up's, where H = C)
     pq_cpu_gate_up_forward(mlp, gate, up, x + off, &hg, &hu, bgu, bgu, N, C, H);
     pq_cpu_linear_rows_add_forward(xr, tmp, x + off, &ho, b[0], N, C, C);
-    for (int on = 1; on >= 0; on--) {
-        pq_cuda_set_decode_fuse(on);
+    // and q, k, v of an RMSNorm computed just before, into a buffer poisoned with NaN: a product that read its
+    // input before the kernel before had written it (PDL's wait misplaced) would give NaN
+    float *nw = hrand(C, 1), *ln = hnan(nx), *nout[3], *gnw = dev(nw, C * 4);
+    for (int t = 0; t < 3; t++) nout[t] = hnan((size_t)N * oc[t]);
+    pq_cpu_rmsnorm_forward(ln, NULL, x + off, nw, N, C, 1e-5f);
+    pq_cpu_linear_rows_group_forward(nout, ln, hw, (const float *const *)b, 3, N, C);
+    for (int on = 2; on >= 0; on--) { // 2: fused, the GEMV launched as a programmatic dependent (PQ_PDL)
+        pq_cuda_set_decode_fuse(on > 0);
+        pq_cuda_set_pdl(on == 2);
         float *gout[3], *gmlp = dnan(nh), *ggate = dnan(nh), *gup = dnan(nh), *gtmp = dnan(nx);
         float *gres = dev(res, nx * 4);
         for (int t = 0; t < 3; t++) gout[t] = dnan((size_t)N * oc[t]);
@@ -125,7 +133,7 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
         pq_linear_rows_add_forward(gres, gtmp, gX + off, &dwo, db[0], N, C, C);
         char name[112], what[64];
         snprintf(what, sizeof what, "%s C=%d N=%d%s%s%s", pq_dtype_name(dt), C, N, bias ? " bias" : "",
-                 off ? " unaligned" : "", on ? " fused" : "");
+                 off ? " unaligned" : "", on == 2 ? " fused, PDL" : on ? " fused" : "");
         for (int t = 0; t < 3; t++) {
             snprintf(name, sizeof name, "linear_rows_group_forward %s [%d]", what, t);
             fcmp(name, out[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
@@ -134,10 +142,19 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
         fcmp(name, mlp, gmlp, nh, prod_tol(dt));
         snprintf(name, sizeof name, "linear_rows_add_forward %s", what);
         fcmp(name, xr, gres, nx, prod_tol(dt));
+        float *gln = dnan(nx);
+        pq_rmsnorm_forward(gln, NULL, gX + off, gnw, N, C, 1e-5f);
+        pq_linear_rows_group_forward(gout, gln, dw, (const float *const *)db, 3, N, C);
+        for (int t = 0; t < 3; t++) {
+            snprintf(name, sizeof name, "rmsnorm, then linear_rows_group_forward %s [%d]", what, t);
+            fcmp(name, nout[t], gout[t], (size_t)N * oc[t], prod_tol(dt));
+        }
+        pq_dev_free(gln);
         for (int t = 0; t < 3; t++) pq_dev_free(gout[t]);
         DEV_FREE(gmlp, ggate, gup, gtmp, gres);
     }
     pq_cuda_set_decode_fuse(-1);
+    pq_cuda_set_pdl(-1);
     for (int t = 0; t < 3; t++) {
         pq_dev_weight_free(&dw[t]);
         free((void *)hw[t].data), free(b[t]), free(out[t]);
@@ -145,8 +162,9 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
     }
     PqWeight *dws[] = {&dg, &du, &dwo}, *hws[] = {&hg, &hu, &ho};
     for (int i = 0; i < 3; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
-    free(x), free(res), free(mlp), free(gate), free(up), free(tmp), free(xr);
-    pq_dev_free(gX);
+    free(x), free(res), free(mlp), free(gate), free(up), free(tmp), free(xr), free(nw), free(ln);
+    for (int t = 0; t < 3; t++) free(nout[t]);
+    pq_dev_free(gX), pq_dev_free(gnw);
 }
 
 static void test_memory(void) {
