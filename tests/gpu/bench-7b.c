@@ -314,15 +314,16 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         // a decoding step's fusions at 1 row (PQ_DECODE_FUSE, ops_gen.h), one GEMV launch each against the
         // products one by one (and their SwiGLU, residual): q, k, v; gate, up + SwiGLU; o_proj + residual
         static const char *const fn[] = {"q,k,v", "gate,up+swiglu", "o_proj+residual"};
-        double gb_fused[3] = {0};
+        double gb_fused[3] = {0}, gb_pdl[3] = {0};
         for (int f = 0; f < 3; f++)
-            for (int on = 1; on >= 0; on--) {
+            for (int on = 2; on >= 0; on--) { // 2: fused, launched as programmatic dependents (PQ_PDL)
                 const PqLayerW *w0 = &m->layers[0];
                 int j0 = f == 0 ? PQ_Q : f == 1 ? PQ_GATE : PQ_O, nj = f == 0 ? 3 : f == 1 ? 2 : 1;
                 double bytes = 0;
                 for (int j = j0; j < j0 + nj; j++)
                     bytes += (double)w0->w[j].rows * w0->w[j].cols * (w0->w[j].dtype == PQ_F32 ? 4 : 2);
-                pq_cuda_set_decode_fuse(on);
+                pq_cuda_set_decode_fuse(on > 0);
+                pq_cuda_set_pdl(on == 2);
 #define DECODE_FUSED(k)                                                                                            \
     do {                                                                                                           \
         const PqLayerW *wk_ = &m->layers[(k) % c->L];                                                              \
@@ -341,13 +342,17 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
                 double dt = (sync_now() - t) / reps;
 #undef DECODE_FUSED
                 char name[64];
-                snprintf(name, sizeof name, "decode %s N=1 %s", fn[f], on ? "fused" : "one by one");
+                snprintf(name, sizeof name, "decode %s N=1 %s", fn[f],
+                         on == 2 ? "fused, PDL" : on ? "fused" : "one by one");
                 printf("op: %-40s %9.4f ms %8.1f GB/s\n", name, dt * 1e3, bytes / dt / 1e9);
-                if (on) gb_fused[f] = bytes / dt / 1e9;
-                else printf("RESULT decode_fused_%d_gbs %.1f\nRESULT decode_unfused_%d_gbs %.1f\n", f, gb_fused[f], f,
-                            bytes / dt / 1e9);
+                if (on == 2) gb_pdl[f] = bytes / dt / 1e9;
+                else if (on) gb_fused[f] = bytes / dt / 1e9;
+                else printf("RESULT decode_pdl_%d_gbs %.1f\nRESULT decode_fused_%d_gbs %.1f\n"
+                            "RESULT decode_unfused_%d_gbs %.1f\n",
+                            f, gb_pdl[f], f, gb_fused[f], f, bytes / dt / 1e9);
             }
-        pq_cuda_set_decode_fuse(-1); // PQ_DECODE_FUSE's again
+        pq_cuda_set_decode_fuse(-1); // PQ_DECODE_FUSE's and PQ_PDL's again
+        pq_cuda_set_pdl(-1);
         reps = saved;
         pq_dev_free(go);
     }
