@@ -231,6 +231,17 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
         for (int d = 0; d < DPL; d++) acc[g][d] = 0;
     __syncthreads();
+    // (up to 4 heads a KV head: Mistral's, Llama 3's) the lane's 8 channels of the heads' scaled q in registers,
+    // read once: the score loop would read them from shared memory for every key, 8 bytes of q for each byte of
+    // key. Heads past G hold 0: scored, never stored, so the loop over heads has no exit to diverge on.
+    constexpr bool QREG = GM <= 4;
+    float qr[QREG ? GM : 1][8];
+    if constexpr (QREG) {
+#pragma unroll
+        for (int g = 0; g < GM; g++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) qr[g][e] = g < G ? qs[g * HS + lt * 8 + e] : 0.0f;
+    }
     for (int c0 = j0; c0 < j1; c0 += ATT_CH) {
         int cn = min(ATT_CH, j1 - c0);
         // scores: key t = b0 + kg + u * KPW * ATT_WARPS for lane group kg (the loop is the warp's, uniform:
@@ -256,14 +267,19 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 for (int e = 0; e < 8; e++) kf[e] = __bfloat162float(k8[e]);
 #pragma unroll
                 for (int g = 0; g < GM; g++) {
-                    if (g >= G) break;
-                    const float *qg = qs + g * HS + lt * 8;
+                    if (!QREG && g >= G) break;
                     float x = 0;
+                    if constexpr (QREG) {
 #pragma unroll
-                    for (int e = 0; e < 8; e++) x += qg[e] * kf[e];
+                        for (int e = 0; e < 8; e++) x += qr[g][e] * kf[e];
+                    } else {
+                        const float *qg = qs + g * HS + lt * 8;
+#pragma unroll
+                        for (int e = 0; e < 8; e++) x += qg[e] * kf[e];
+                    }
 #pragma unroll
                     for (int o = TG / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-                    if (lt == 0 && t < cn) s[g * ATT_CH + t] = x;
+                    if (lt == 0 && t < cn && g < G) s[g * ATT_CH + t] = x;
                 }
             }
         }
