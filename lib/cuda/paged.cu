@@ -207,6 +207,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
 // across the channels (HS/32 each, one 4- or 8-byte load), and the warps'
 // sums added in shared memory at the end. Same splits, partials and results
 // as paged_attn_kernel (up to the order of the sums).
+// a lane's DPL bf16 channels of a value row, one load
+template <int DPL> struct ValueLoad;
+template <> struct ValueLoad<4> { typedef uint2 T; };
+template <> struct ValueLoad<2> { typedef uint32_t T; };
+
 // KEYS: keys a lane group has in flight (4, or 8 under PQ_PAGED_KEYS=8: half the round trips to memory of a
 // split, twice the registers)
 template <int HS, int GM, int KEYS>
@@ -248,15 +253,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
         // its shuffles need every lane)
         for (int b0 = warp * KPW; b0 < cn; b0 += KPW * ATT_WARPS * KEYS) {
             int base = b0 + kg;
+            // (a key past the chunk reads the chunk's last again, its score never stored: no load behind a
+            // branch, so the KEYS loads are in flight together rather than one after another)
             uint4 kv[KEYS];
 #pragma unroll
             for (int u = 0; u < KEYS; u++) {
-                int t = base + u * KPW * ATT_WARPS;
-                if (t < cn) {
-                    int j = c0 + t;
-                    const __nv_bfloat16 *kr = kp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho + lt * 8;
-                    kv[u] = *(const uint4 *)kr;
-                } else kv[u] = make_uint4(0, 0, 0, 0);
+                int j = c0 + min(base + u * KPW * ATT_WARPS, cn - 1);
+                kv[u] = *(const uint4 *)(kp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho + lt * 8);
             }
 #pragma unroll
             for (int u = 0; u < KEYS; u++) {
@@ -294,28 +297,21 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int d = 0; d < DPL; d++) acc[g][d] *= alpha[g];
         }
         for (int t0 = warp; t0 < cn; t0 += ATT_WARPS * KEYS) {
+            // (as the keys': past the chunk, its last value again, never summed; the loads all in flight
+            // before the first is used)
+            typedef typename ValueLoad<DPL>::T VL;
+            VL raw[KEYS];
+#pragma unroll
+            for (int u = 0; u < KEYS; u++) {
+                int j = c0 + min(t0 + u * ATT_WARPS, cn - 1);
+                raw[u] = *(const VL *)(vp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho + lane * DPL);
+            }
             float vf[KEYS][DPL];
 #pragma unroll
             for (int u = 0; u < KEYS; u++) {
-                int t = t0 + u * ATT_WARPS;
-                if (t < cn) {
-                    int j = c0 + t;
-                    const __nv_bfloat16 *vr = vp + ((size_t)tab[j / BT] * BT + j % BT) * kd + ho + lane * DPL;
-                    if (DPL == 4) {
-                        uint2 w = *(const uint2 *)vr;
-                        const __nv_bfloat16 *b = (const __nv_bfloat16 *)&w;
+                const __nv_bfloat16 *b = (const __nv_bfloat16 *)&raw[u];
 #pragma unroll
-                        for (int d = 0; d < DPL; d++) vf[u][d] = __bfloat162float(b[d]);
-                    } else {
-                        uint32_t w = *(const uint32_t *)vr;
-                        const __nv_bfloat16 *b = (const __nv_bfloat16 *)&w;
-#pragma unroll
-                        for (int d = 0; d < DPL; d++) vf[u][d] = __bfloat162float(b[d]);
-                    }
-                } else {
-#pragma unroll
-                    for (int d = 0; d < DPL; d++) vf[u][d] = 0;
-                }
+                for (int d = 0; d < DPL; d++) vf[u][d] = __bfloat162float(b[d]);
             }
 #pragma unroll
             for (int u = 0; u < KEYS; u++) {
