@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 extern "C" {
 #include "ops.h"
@@ -34,6 +35,16 @@ void pq_cuda_fail(const char *what, const char *err, const char *file, int line)
 bool pq_cuda_graph_absorb(const char *what, const char *err, const char *file, int line);
 // After a kernel launch: launch errors now, execution errors at the next sync.
 #define CU_LAUNCHED() CU(cudaGetLastError())
+
+// A switch read once from the environment: *state is -1 until then, after it 0 where the variable name is "0", 1
+// where it is "1", dflt where it is unset or anything else; a setter stores 0 or 1, or -1 to read it again.
+static inline bool pq_env_switch(int *state, const char *name, bool dflt) {
+    if (*state < 0) {
+        const char *e = getenv(name);
+        *state = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "1") ? 1 : dflt;
+    }
+    return *state != 0;
+}
 
 // Programmatic dependent launch (Hopper): a kernel launched with it (gemv.cu, PQ_PDL=1) may start while the
 // kernel before it in the stream finishes; pq_pdl_wait() is where it waits for that kernel's results (before its

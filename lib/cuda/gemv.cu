@@ -142,17 +142,10 @@ static int gemv_state = -1;
 
 extern "C" void pq_cuda_set_gemv(int on) { gemv_state = on < 0 ? -1 : on != 0; }
 
-static bool gemv_on(void) {
-    if (gemv_state < 0) {
-        const char *s = getenv("PQ_GEMV");
-        gemv_state = !(s && !strcmp(s, "0"));
-    }
-    return gemv_state != 0;
-}
-
 bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C) {
-    return gemv_on() && !pq_cuda_act_bf16() && N >= 1 && N <= PQ_GEMV_MAX_N && (w->dtype == PQ_BF16 || w->dtype == PQ_F16) && C > 0 &&
-           C % 8 == 0 && !(((uintptr_t)inp | (uintptr_t)w->data) & 15);
+    return pq_env_switch(&gemv_state, "PQ_GEMV", true) && !pq_cuda_act_bf16() && N >= 1 && N <= PQ_GEMV_MAX_N &&
+           (w->dtype == PQ_BF16 || w->dtype == PQ_F16) && C > 0 && C % 8 == 0 &&
+           !(((uintptr_t)inp | (uintptr_t)w->data) & 15);
 }
 
 // PQ_PDL=1 (read once; pq_cuda_set_pdl overrides): the kernel launched as a programmatic dependent of the one
@@ -161,14 +154,6 @@ static int pdl_state = -1;
 
 extern "C" void pq_cuda_set_pdl(int on) { pdl_state = on < 0 ? -1 : on != 0; }
 
-static bool pdl_on(void) {
-    if (pdl_state < 0) {
-        const char *s = getenv("PQ_PDL");
-        pdl_state = s && !strcmp(s, "1");
-    }
-    return pdl_state != 0;
-}
-
 // job's warps: R output rows each, product after product
 template <typename T, int N, int EPI> static void gemv_launch(GemvJob job, const float *inp, int C) {
     int warps = 0;
@@ -176,7 +161,7 @@ template <typename T, int N, int EPI> static void gemv_launch(GemvJob job, const
         job.wend[t] = warps += t < job.n ? (job.rows[t] + GemvShape<N>::R - 1) / GemvShape<N>::R : 0;
     if (!warps) return;
     unsigned blocks = pq_blocks((size_t)warps, GEMV_WARPS);
-    if (pdl_on()) {
+    if (pq_env_switch(&pdl_state, "PQ_PDL", false)) {
         cudaLaunchAttribute at[1];
         at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         at[0].val.programmaticStreamSerializationAllowed = 1;

@@ -118,13 +118,7 @@ static int fuse_state = -1;
 
 extern "C" void pq_cuda_set_decode_fuse(int on) { fuse_state = on < 0 ? -1 : on != 0; }
 
-static bool fuse_on(void) {
-    if (fuse_state < 0) {
-        const char *s = getenv("PQ_DECODE_FUSE");
-        fuse_state = s && !strcmp(s, "1");
-    }
-    return fuse_state != 0;
-}
+static bool fuse_on(void) { return pq_env_switch(&fuse_state, "PQ_DECODE_FUSE", false); }
 
 extern "C" void pq_linear_rows_group_forward(float *const *out, const float *inp, const PqWeight *w,
                                              const float *const *bias, int n, int N, int C) {

@@ -400,11 +400,7 @@ static void attn_dispatch(float *out, float *work, const float *q, const void *k
 // The fast kernel for a bf16 cache of head size 64 or 128; PQ_PAGED_FAST=0 keeps the general one (read once).
 static int fast_on(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("PQ_PAGED_FAST");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on;
+    return pq_env_switch(&on, "PQ_PAGED_FAST", true);
 }
 
 template <int HS, int GM, int KEYS>
