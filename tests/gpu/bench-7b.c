@@ -184,6 +184,15 @@ static double sync_now(void) {
         else printf("op: %-40s %9.3f ms\n", name, dt_ * 1e3);                                                     \
     } while (0)
 
+// secs = seconds a call CALL(k) takes, k the rep (CALL(0) first, untimed: the warm-up)
+#define TIME_REPS(secs, CALL)                                                                                      \
+    do {                                                                                                           \
+        CALL(0);                                                                                                   \
+        double t_ = sync_now();                                                                                    \
+        for (int k_ = 0; k_ < reps; k_++) CALL(k_);                                                                \
+        (secs) = (sync_now() - t_) / reps;                                                                         \
+    } while (0)
+
 static float *dev_rand(size_t n, float a) {
     float *h = pq_xmalloc((n ? n : 1) * sizeof *h);
     for (size_t i = 0; i < n; i++) h[i] = a * (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1);
@@ -300,10 +309,8 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
         const PqWeight *wk_ = j < 0 ? &m->lm_head : &m->layers[(k) % c->L].w[j];                                    \
         pq_linear_forward(go, x, wk_, j < 0 ? NULL : m->layers[(k) % c->L].b[j], rows, wk_->cols, wk_->rows);    \
     } while (0)
-                    DECODE_PRODUCT(0); // warm-up
-                    double t = sync_now();
-                    for (int k = 0; k < reps; k++) DECODE_PRODUCT(k);
-                    double dt = (sync_now() - t) / reps;
+                    double dt;
+                    TIME_REPS(dt, DECODE_PRODUCT);
 #undef DECODE_PRODUCT
                     char name[64];
                     snprintf(name, sizeof name, "decode %s (%dx%d) N=%d %s", jn[i], w0->rows, w0->cols, rows,
@@ -336,10 +343,8 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
                                C, H);                                                                              \
         else pq_linear_rows_add_forward(go, go + C, x, &wk_->w[PQ_O], wk_->b[PQ_O], 1, QD, C);                     \
     } while (0)
-                DECODE_FUSED(0); // warm-up
-                double t = sync_now();
-                for (int k = 0; k < reps; k++) DECODE_FUSED(k);
-                double dt = (sync_now() - t) / reps;
+                double dt;
+                TIME_REPS(dt, DECODE_FUSED);
 #undef DECODE_FUSED
                 char name[64];
                 snprintf(name, sizeof name, "decode %s N=1 %s", fn[f],
