@@ -586,20 +586,40 @@ extern "C" void pq_embedding_forward(float *out, const int32_t *ids, const PqWei
 }
 
 // one block per row; T the activations' type (f32 or bf16)
+#define RMS_U 8
 template <typename T>
 __global__ void rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const float *weight, int C, float eps) {
     pq_pdl_launch_dependents(); // (a decoding step's next product, PQ_PDL: common.cuh)
     size_t i = blockIdx.x;
     const T *x = inp + i * C;
     T *o = out + i * C;
+    // A thread's elements c, c + blockDim, ... in batches of RMS_U, each batch's loads in flight together (one
+    // at a time, each a round trip to L2, they set the pace of a decoding step's few rows: SASS); the same sums
+    // in the same order (past C: + 0)
     float ss = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float xv = pq_ld(x, c);
-        ss += xv * xv;
+    for (int c0 = threadIdx.x; c0 < C; c0 += RMS_U * blockDim.x) {
+        float xv[RMS_U];
+#pragma unroll
+        for (int u = 0; u < RMS_U; u++) {
+            int c = c0 + u * blockDim.x;
+            xv[u] = c < C ? pq_ld(x, c) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < RMS_U; u++) ss += xv[u] * xv[u];
     }
     ss = block_sum(ss);
     float r = (float)(1.0 / sqrt((double)ss / C + eps));
-    for (int c = threadIdx.x; c < C; c += blockDim.x) pq_st(o, c, pq_ld(x, c) * r * weight[c]);
+    for (int c0 = threadIdx.x; c0 < C; c0 += RMS_U * blockDim.x) {
+        float xv[RMS_U], wv[RMS_U];
+#pragma unroll
+        for (int u = 0; u < RMS_U; u++) {
+            int c = c0 + u * blockDim.x;
+            xv[u] = c < C ? pq_ld(x, c) : 0.0f, wv[u] = c < C ? weight[c] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < RMS_U; u++)
+            if (c0 + u * (int)blockDim.x < C) pq_st(o, c0 + u * blockDim.x, xv[u] * r * wv[u]);
+    }
     if (rstd && threadIdx.x == 0) rstd[i] = r;
 }
 
