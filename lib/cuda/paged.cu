@@ -618,6 +618,24 @@ struct SmpShared {
     double above;
 };
 
+// a block's passes over a row of V logits, SMP_BATCH elements of a thread's (v, v + SMP_THREADS, ...) loaded
+// together (one at a time, each a round trip to L2, they set a one-row pass's pace), then handed to f in
+// order; past V, nothing
+#define SMP_BATCH 8
+template <typename F> __device__ __forceinline__ void row_pass(const float *x, int V, F f) {
+    for (int v0 = threadIdx.x; v0 < V; v0 += SMP_BATCH * SMP_THREADS) {
+        float xv[SMP_BATCH];
+#pragma unroll
+        for (int u = 0; u < SMP_BATCH; u++) {
+            int v = v0 + u * SMP_THREADS;
+            xv[u] = v < V ? x[v] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < SMP_BATCH; u++)
+            if (v0 + u * SMP_THREADS < V) f(v0 + u * SMP_THREADS, xv[u]);
+    }
+}
+
 __device__ float blk_max(float x, SmpShared *sh) {
     for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
     __syncthreads();
@@ -677,8 +695,9 @@ __global__ void __launch_bounds__(SMP_THREADS) sample_kernel(int32_t *ids, const
     if (!(r.temperature > 0)) {
         double bk = 0;
         int bi = -1;
-        for (int v = tid; v < V; v += SMP_THREADS)
-            if (x[v] != -INFINITY && (bi < 0 || x[v] > bk)) bk = x[v], bi = v;
+        row_pass(x, V, [&](int v, float xv) {
+            if (xv != -INFINITY && (bi < 0 || xv > bk)) bk = xv, bi = v;
+        });
         int best = blk_argmax(bk, bi, &sh);
         if (tid == 0) ids[i] = best;
         return;
@@ -855,11 +874,10 @@ __global__ void __launch_bounds__(SMP_THREADS) row_lse_kernel(float *lse, const 
     __shared__ SmpShared sh;
     const float *x = logits + (size_t)blockIdx.x * V;
     float m = -INFINITY;
-    for (int v = threadIdx.x; v < V; v += SMP_THREADS) m = fmaxf(m, x[v]);
+    row_pass(x, V, [&](int, float xv) { m = fmaxf(m, xv); });
     m = blk_max(m, &sh);
     double sum = 0;
-    if (m != -INFINITY)
-        for (int v = threadIdx.x; v < V; v += SMP_THREADS) sum += x[v] == -INFINITY ? 0.0 : (double)expf(x[v] - m);
+    if (m != -INFINITY) row_pass(x, V, [&](int, float xv) { sum += xv == -INFINITY ? 0.0 : (double)expf(xv - m); });
     sum = blk_sum_d(sum, &sh);
     if (threadIdx.x == 0) lse[blockIdx.x] = m == -INFINITY ? -INFINITY : m + (float)log(sum);
 }
