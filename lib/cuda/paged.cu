@@ -346,22 +346,34 @@ __global__ void __launch_bounds__(ATT_THREADS)
 }
 
 // grid N*NH: the splits' partials -> out (HS)
+// (each split's m and l read once into shared memory by as many threads, and a thread's channel of 8 splits
+// loaded together: read one after another by every thread, they were two round trips a split; the same sums
+// in the same order)
+#define COMBINE_BATCH 8
 __global__ void paged_combine_kernel(float *out, const float *work, int HS, int ns) {
     pq_pdl_launch_dependents(); // (o_proj's product, PQ_PDL: common.cuh)
+    extern __shared__ float ml[]; // (m, l) of each split
     size_t ih = blockIdx.x;
     const float *w = work + ih * ns * (HS + 2);
+    for (int sp = threadIdx.x; sp < ns; sp += blockDim.x)
+        ml[2 * sp] = w[sp * (HS + 2)], ml[2 * sp + 1] = w[sp * (HS + 2) + 1];
+    __syncthreads();
     float M = -INFINITY, L = 0;
     for (int sp = 0; sp < ns; sp++)
-        if (w[sp * (HS + 2) + 1] > 0) M = fmaxf(M, w[sp * (HS + 2)]);
-    for (int sp = 0; sp < ns; sp++) {
-        const float *a = w + sp * (HS + 2);
-        if (a[1] > 0) L += a[1] * expf(a[0] - M);
-    }
+        if (ml[2 * sp + 1] > 0) M = fmaxf(M, ml[2 * sp]);
+    for (int sp = 0; sp < ns; sp++)
+        if (ml[2 * sp + 1] > 0) L += ml[2 * sp + 1] * expf(ml[2 * sp] - M);
     for (int d = threadIdx.x; d < HS; d += blockDim.x) {
         float x = 0;
-        for (int sp = 0; sp < ns; sp++) {
-            const float *a = w + sp * (HS + 2);
-            if (a[1] > 0) x += a[2 + d] * expf(a[0] - M);
+        for (int s0 = 0; s0 < ns; s0 += COMBINE_BATCH) {
+            float o[COMBINE_BATCH];
+#pragma unroll
+            for (int u = 0; u < COMBINE_BATCH; u++) o[u] = s0 + u < ns ? w[(s0 + u) * (HS + 2) + 2 + d] : 0.0f;
+#pragma unroll
+            for (int u = 0; u < COMBINE_BATCH; u++) {
+                int sp = s0 + u;
+                if (sp < ns && ml[2 * sp + 1] > 0) x += o[u] * expf(ml[2 * sp] - M);
+            }
         }
         out[ih * HS + d] = x / L;
     }
@@ -477,7 +489,8 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
         attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     if (ns > 1) {
-        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 0, pq_cuda_stream>>>(out, work, HS, ns);
+        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 2 * ns * sizeof(float), pq_cuda_stream>>>(out, work,
+                                                                                                      HS, ns);
         CU_LAUNCHED();
     }
 }
