@@ -908,6 +908,35 @@ extern "C" void pq_swiglu_forward(float *out, const float *gate, const float *up
     CU_LAUNCHED();
 }
 
+// ---- a decoding step's fusions with more rows than the GEMV serves (PQ_DECODE_FUSE: ops_gen.cu) ----
+
+bool pq_cuda_linear_add(float *x, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC) {
+    if (pq_cuda_act_bf16() || w->dtype == PQ_F32 || bias || w->cols != C || w->rows != OC || N <= 0) return false;
+    float us;
+    const void *xb = to_dtype(PQ_SCR_ACT, inp, (size_t)N * C, w->dtype, &us);
+    gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, us, w->data, xb, w->dtype, C, C, 1.0f, x, OC); // beta 1: x +=
+    return true;
+}
+
+bool pq_cuda_mlp_bf16(float *x, float *gate, float *up, float *mlp, const float *ln, const PqWeight *wg,
+                      const PqWeight *wu, const PqWeight *wd, const float *bg, const float *bu, const float *bd, int N,
+                      int C, int H) {
+    if (pq_cuda_act_bf16() || N <= 0 || bg || bu || bd || wg->dtype != PQ_BF16 || wu->dtype != PQ_BF16 ||
+        wd->dtype != PQ_BF16 || wg->rows != H || wu->rows != H || wg->cols != C || wu->cols != C || wd->rows != C ||
+        wd->cols != H)
+        return false;
+    float us;
+    const void *xb = to_dtype(PQ_SCR_ACT, ln, (size_t)N * C, PQ_BF16, &us);
+    pq_bf16 *gb = (pq_bf16 *)gate, *ub = (pq_bf16 *)up, *mb = (pq_bf16 *)mlp;
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, H, N, C, 1.0f, wg->data, xb, C, C, 0.0f, gb, H, NULL);
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, H, N, C, 1.0f, wu->data, xb, C, C, 0.0f, ub, H, NULL);
+    size_t n = (size_t)N * H;
+    swiglu_forward_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(mb, gb, ub, n);
+    CU_LAUNCHED();
+    gemm_raw(CUBLAS_OP_T, CUBLAS_OP_N, C, N, H, 1.0f, wd->data, mb, PQ_BF16, H, H, 1.0f, x, C); // beta 1: x +=
+    return true;
+}
+
 template <typename T> __global__ void residual_kernel(T *x, const T *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) pq_st(x, i, pq_ld(x, i) + pq_ld(y, i));

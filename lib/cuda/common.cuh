@@ -205,5 +205,12 @@ bool pq_cuda_gemv_group(float *const *out, const float *inp, const PqWeight *w, 
 bool pq_cuda_gemv_add(float *x, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC);
 bool pq_cuda_gemv_swiglu(float *out, const float *inp, const PqWeight *wg, const PqWeight *wu, const float *bg,
                          const float *bu, int N, int C, int H);
+// More rows (backend.cu, PQ_DECODE_FUSE): x (N,C) += inp x w^T through the product's own epilogue (inp converted
+// once; bf16/f16 weights, no bias); the MLP of pq_mlp_forward with bf16 intermediates (bf16 weights, no biases,
+// gate, up and mlp (N,H) f32 buffers holding bf16). False, nothing done, where they do not apply.
+bool pq_cuda_linear_add(float *x, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC);
+bool pq_cuda_mlp_bf16(float *x, float *gate, float *up, float *mlp, const float *ln, const PqWeight *wg,
+                      const PqWeight *wu, const PqWeight *wd, const float *bg, const float *bu, const float *bd, int N,
+                      int C, int H);
 
 #endif
