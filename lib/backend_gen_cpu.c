@@ -30,6 +30,11 @@ void pq_linear_rows_add_forward(float *x, float *tmp, const float *inp, const Pq
                                 int C, int OC) {
     pq_cpu_linear_rows_add_forward(x, tmp, inp, w, bias, N, C, OC);
 }
+void pq_mlp_forward(float *x, float *tmp, float *gate, float *up, float *mlp, const float *ln, const PqWeight *wg,
+                    const PqWeight *wu, const PqWeight *wd, const float *bg, const float *bu, const float *bd, int N,
+                    int C, int H) {
+    pq_cpu_mlp_forward(x, tmp, gate, up, mlp, ln, wg, wu, wd, bg, bu, bd, N, C, H);
+}
 void pq_attention_kv_shared_forward(float *out, const float *q, const float *kc, const float *vc, const int32_t *slot,
                                     const int32_t *pos, const int32_t *base, const int32_t *blen, int N, int NH,
                                     int KVH, int HS, int T, int window) {

@@ -41,7 +41,15 @@
     /* A product into the residual stream, x (N,OC) += inp (N,C) x w^T + bias: linear_rows_forward into tmp       \
        (N,OC), then residual_forward (the fused kernel leaves tmp alone) */                                       \
     void P##linear_rows_add_forward(float *x, float *tmp, const float *inp, const PqWeight *w, const float *bias, \
-                                    int N, int C, int OC);
+                                    int N, int C, int OC);                                                         \
+    /* The whole MLP into the residual stream, x (N,C) += (silu(ln wg^T + bg) * (ln wu^T + bu)) wd^T + bd:       \
+       gate_up_forward into mlp (N,H) (gate, up (N,H) scratch), then linear_rows_add_forward (tmp (N,C)). CUDA,  \
+       more rows than the GEMV serves, bf16 weights, no biases (PQ_DECODE_FUSE): gate and up written in bf16,    \
+       SwiGLU from them in bf16, the down product added to x by its own epilogue (bf16 inference's rounding; the \
+       f32 intermediates' traffic and three launches gone). */                                                   \
+    void P##mlp_forward(float *x, float *tmp, float *gate, float *up, float *mlp, const float *ln,                \
+                        const PqWeight *wg, const PqWeight *wu, const PqWeight *wd, const float *bg, const float *bu, \
+                        const float *bd, int N, int C, int H);
 
 // the products linear_rows_group_forward takes at most (q, k, v)
 #define PQ_GROUP_MAX 3

@@ -453,3 +453,10 @@ void pq_cpu_linear_rows_add_forward(float *x, float *tmp, const float *inp, cons
     pq_cpu_linear_rows_forward(tmp, inp, w, bias, N, C, OC);
     pq_cpu_residual_forward(x, tmp, (size_t)N * OC);
 }
+
+void pq_cpu_mlp_forward(float *x, float *tmp, float *gate, float *up, float *mlp, const float *ln, const PqWeight *wg,
+                        const PqWeight *wu, const PqWeight *wd, const float *bg, const float *bu, const float *bd, int N,
+                        int C, int H) {
+    pq_cpu_gate_up_forward(mlp, gate, up, ln, wg, wu, bg, bu, N, C, H);
+    pq_cpu_linear_rows_add_forward(x, tmp, mlp, wd, bd, N, H, C);
+}

@@ -149,7 +149,20 @@ extern "C" void pq_gate_up_forward(float *out, float *gate, float *up, const flo
 extern "C" void pq_linear_rows_add_forward(float *x, float *tmp, const float *inp, const PqWeight *w,
                                            const float *bias, int N, int C, int OC) {
     if (N <= 0) return;
-    if (fuse_on() && pq_cuda_gemv_add(x, inp, w, bias, N, C, OC)) return;
+    if (fuse_on() && (pq_cuda_gemv_add(x, inp, w, bias, N, C, OC) || pq_cuda_linear_add(x, inp, w, bias, N, C, OC)))
+        return;
     pq_linear_rows_forward(tmp, inp, w, bias, N, C, OC);
     pq_residual_forward(x, tmp, (size_t)N * OC);
+}
+
+// (the rows the GEMV serves take its fused launches, through the composition)
+extern "C" void pq_mlp_forward(float *x, float *tmp, float *gate, float *up, float *mlp, const float *ln,
+                               const PqWeight *wg, const PqWeight *wu, const PqWeight *wd, const float *bg,
+                               const float *bu, const float *bd, int N, int C, int H) {
+    if (N <= 0) return;
+    if (fuse_on() && !pq_cuda_gemv_fits(ln, wg, N, C) &&
+        pq_cuda_mlp_bf16(x, gate, up, mlp, ln, wg, wu, wd, bg, bu, bd, N, C, H))
+        return;
+    pq_gate_up_forward(mlp, gate, up, ln, wg, wu, bg, bu, N, C, H);
+    pq_linear_rows_add_forward(x, tmp, mlp, wd, bd, N, H, C);
 }
