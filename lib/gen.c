@@ -1325,15 +1325,15 @@ static void forward_kernels(void *arg) {
         residual_lin(g, l, PQ_O, g->att, N);
         if (a->prof) prof_mark(g, PQ_GP_O);
         pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
-        if (!lora_on(g, l, PQ_GATE) && !lora_on(g, l, PQ_UP)) {
-            pq_gate_up_forward(g->mlp, g->gate, g->up, g->ln, &w->w[PQ_GATE], &w->w[PQ_UP], w->b[PQ_GATE],
-                               w->b[PQ_UP], N, c->C, c->H);
+        if (!lora_on(g, l, PQ_GATE) && !lora_on(g, l, PQ_UP) && !lora_on(g, l, PQ_DOWN)) {
+            pq_mlp_forward(g->x, g->tmp, g->gate, g->up, g->mlp, g->ln, &w->w[PQ_GATE], &w->w[PQ_UP],
+                           &w->w[PQ_DOWN], w->b[PQ_GATE], w->b[PQ_UP], w->b[PQ_DOWN], N, c->C, c->H);
         } else {
             lin(g, l, PQ_GATE, g->gate, g->ln, N);
             lin(g, l, PQ_UP, g->up, g->ln, N);
             pq_swiglu_forward(g->mlp, g->gate, g->up, N, c->H);
+            residual_lin(g, l, PQ_DOWN, g->mlp, N);
         }
-        residual_lin(g, l, PQ_DOWN, g->mlp, N);
         if (a->prof) prof_mark(g, PQ_GP_MLP);
     }
     if (M == 0) return; // (paged: a step of prompt chunks alone, none the last of its prompt)
