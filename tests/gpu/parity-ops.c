@@ -92,16 +92,17 @@ static void test_linear_rows(PqDtype dt, int N) {
 }
 
 // A decoding step's fusions (ops_gen.h, PQ_DECODE_FUSE): q, k, v as one product (every member biased, as
-// Qwen2's, or none), gate and up with SwiGLU, o_proj added to the residual stream, each against the CPU's
-// compositions, the fusions on (with PQ_PDL's launches too) and off: N = 1 (one GEMV launch each), 3 (the group
-// through the tensor-core product), the input one float in (not 16-byte aligned: the compositions). Mistral-7B's
+// Qwen2's, or none), gate and up with SwiGLU, o_proj added to the residual stream, the whole MLP added to it,
+// each against the CPU's compositions, the fusions on (with PQ_PDL's launches too) and off: N = 1 (one GEMV
+// launch each), 3 and 64 (the group through the tensor-core product; without biases, o_proj added by its own
+// epilogue and the MLP's bf16 chain), the input one float in (not 16-byte aligned: no GEMV). Mistral-7B's
 // shapes scaled down: C 1024, k and v 256 wide, H 2816 (OC past a multiple of GEMV_WARPS's rows), and a C past
-// 256's multiples. The three run back to back, so with PDL each product's start overlaps the one before.
+// 256's multiples. The products run back to back, so with PDL each one's start overlaps the one before.
 static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, int bias) {
     int oc[3] = {C, KV, KV};
     PqWeight hw[3], dw[3], hg = hweight(H, C, dt, 0.1f, NULL), hu = hweight(H, C, dt, 0.1f, NULL);
     PqWeight dg = pq_dev_weight(hg), du = pq_dev_weight(hu), ho = hweight(C, C, dt, 0.1f, NULL);
-    PqWeight dwo = pq_dev_weight(ho);
+    PqWeight dwo = pq_dev_weight(ho), hd = hweight(C, H, dt, 0.05f, NULL), dd = pq_dev_weight(hd);
     float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3];
     for (int t = 0; t < 3; t++) {
         hw[t] = hweight(oc[t], C, dt, 0.1f, NULL), dw[t] = pq_dev_weight(hw[t]);
@@ -116,6 +117,10 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
     const float *bgu = H == C ? b[0] : NULL, *dbgu = H == C ? db[0] : NULL; // (gate's and up's, where H = C)
     pq_cpu_gate_up_forward(mlp, gate, up, x + off, &hg, &hu, bgu, bgu, N, C, H);
     pq_cpu_linear_rows_add_forward(xr, tmp, x + off, &ho, b[0], N, C, C);
+    // the whole MLP into the residual stream (its biases: none, or gate's and up's where H = C)
+    float *xm = pq_xmalloc(nx * 4), *mlp2 = hnan(nh);
+    memcpy(xm, res, nx * 4);
+    pq_cpu_mlp_forward(xm, tmp, gate, up, mlp2, x + off, &hg, &hu, &hd, bgu, bgu, NULL, N, C, H);
     // and q, k, v of an RMSNorm computed just before, into a buffer poisoned with NaN: a product that read its
     // input before the kernel before had written it (PDL's wait misplaced) would give NaN
     float *nw = hrand(C, 1), *ln = hnan(nx), *nout[3], *gnw = dev(nw, C * 4);
@@ -142,6 +147,11 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
         fcmp(name, mlp, gmlp, nh, prod_tol(dt));
         snprintf(name, sizeof name, "linear_rows_add_forward %s", what);
         fcmp(name, xr, gres, nx, prod_tol(dt));
+        float *gxm = dev(res, nx * 4);
+        pq_mlp_forward(gxm, gtmp, ggate, gup, gmlp, gX + off, &dg, &du, &dd, dbgu, dbgu, NULL, N, C, H);
+        snprintf(name, sizeof name, "mlp_forward %s H=%d", what, H);
+        fcmp(name, xm, gxm, nx, prod_tol(dt));
+        pq_dev_free(gxm);
         float *gln = dnan(nx);
         pq_rmsnorm_forward(gln, NULL, gX + off, gnw, N, C, 1e-5f);
         pq_linear_rows_group_forward(gout, gln, dw, (const float *const *)db, 3, N, C);
@@ -160,9 +170,9 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
         free((void *)hw[t].data), free(b[t]), free(out[t]);
         pq_dev_free(db[t]);
     }
-    PqWeight *dws[] = {&dg, &du, &dwo}, *hws[] = {&hg, &hu, &ho};
-    for (int i = 0; i < 3; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
-    free(x), free(res), free(mlp), free(gate), free(up), free(tmp), free(xr), free(nw), free(ln);
+    PqWeight *dws[] = {&dg, &du, &dwo, &dd}, *hws[] = {&hg, &hu, &ho, &hd};
+    for (int i = 0; i < 4; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
+    free(x), free(res), free(mlp), free(gate), free(up), free(tmp), free(xr), free(nw), free(ln), free(xm), free(mlp2);
     for (int t = 0; t < 3; t++) free(nout[t]);
     pq_dev_free(gX), pq_dev_free(gnw);
 }
@@ -279,6 +289,8 @@ static void g_fused(void) {
         test_decode_fused(dt, 1024, 256, 2816, 1, 0, 0);
         test_decode_fused(dt, 1024, 256, 2816, 1, 0, 1);
         test_decode_fused(dt, 1024, 256, 1024, 3, 0, 1);
+        test_decode_fused(dt, 1024, 256, 2816, 64, 0, 0); // bf16: the MLP's bf16 chain, o_proj by its epilogue
+        test_decode_fused(dt, 1024, 256, 1024, 64, 0, 1);
         test_decode_fused(dt, 1032, 128, 700, 1, 1, 0);
         test_decode_fused(dt, 1032, 128, 700, 1, 0, 1);
     }
