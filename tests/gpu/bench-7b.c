@@ -289,6 +289,21 @@ static int profile_ops(const PqModel *m, const int32_t *hpos, int N, int r, doub
                 pq_linear_group_backward(u, douts, &w->w[PQ_GATE], 2, N, C));
         lin_bwd += ms - gu_bwd;
     }
+    if (pq_act_size() == 4) { // generation's whole MLP into the residual at these rows (f32 storage, ops_gen.h):
+      // PQ_DECODE_FUSE's bf16 intermediates and epilogue add against the f32 composition, in rows/s
+        float *mb = pq_dev_alloc((size_t)N * H * 4), *tb = pq_dev_alloc((size_t)N * C * 4);
+        double f = 2.0 * N * C * 3.0 * H, rs[2] = {0, 0};
+        for (int on = 1; on >= 0; on--) {
+            pq_cuda_set_decode_fuse(on);
+            TIME_OP(&ms, on ? "mlp_forward, PQ_DECODE_FUSE (bf16 chain)" : "mlp_forward, f32 composition", f,
+                    pq_mlp_forward(u, tb, y, z, mb, x, &w->w[PQ_GATE], &w->w[PQ_UP], &w->w[PQ_DOWN], w->b[PQ_GATE],
+                                   w->b[PQ_UP], w->b[PQ_DOWN], N, C, H));
+            rs[on] = N / (ms * 1e-3);
+        }
+        pq_cuda_set_decode_fuse(-1);
+        printf("RESULT ops_mlp_fused_rows_s %.0f\nRESULT ops_mlp_rows_s %.0f\n", rs[1], rs[0]);
+        pq_dev_free(mb), pq_dev_free(tb);
+    }
     if (N >= 8) { // a decoding step's products (issue 11): 1 and 8 rows through the GEMV kernel (gemv.cu) and through
       // cuBLASLt (PQ_GEMV=0), in GB/s of weights read (the H200's HBM: 4.8 TB/s). Each run takes the next
       // layer's weight (the LM head is one), so that 32 MB of q_proj is not served from the 50 MB L2.
