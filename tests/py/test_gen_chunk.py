@@ -16,7 +16,6 @@
 # prefilled or shared (one at a time: exactly the full blocks of the common
 # part, after the first request), also chunked and with a pool so small
 # that samples are preempted and cached blocks reused.
-import json
 import os
 import random
 import subprocess
@@ -27,6 +26,7 @@ import torch
 import transformers
 
 import qwen3ref  # noqa: F401 (registers Qwen3 with the Auto classes)
+from gendrv import drive
 
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("PQ_BUILD", os.path.join(TOP, "build", "rel"))
@@ -44,9 +44,7 @@ def check(name, ok, detail=""):
 
 
 def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True, chunking=True, prompts=False):
-    env = dict(os.environ, PQ_KV=kv)
-    for k in ("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE", "PQ_CHUNKED_PREFILL", "PQ_PAGED_PROMPTS"):
-        env.pop(k, None)
+    env = {"PQ_KV": kv}
     if prompts:
         env["PQ_PAGED_PROMPTS"] = "1"
     if not prefix:
@@ -57,13 +55,10 @@ def run(d, reqs, slots, kv, budget=None, blocks=None, prefix=True, chunking=True
         env["PQ_PREFILL_BUDGET"] = str(budget)
     if blocks:
         env["PQ_KV_BLOCKS"] = str(blocks)
-    inp = "".join(json.dumps(r) + "\n" for r in reqs)
-    p = subprocess.run([DRIVER, d, "--slots", str(slots), "--threads", "1"], input=inp, capture_output=True,
-                       text=True, env=env, timeout=120)
-    if p.returncode:
-        sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
-    lines = [json.loads(x) for x in p.stdout.splitlines()]
-    return [[s["ids"] for s in r["samples"]] for r in lines[:-1]], lines[-1]
+    lines, stats, _ = drive(DRIVER, d, reqs, ["--slots", str(slots), "--threads", "1"], env_set=env, timeout=120,
+                            unset=("PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE", "PQ_CHUNKED_PREFILL",
+                                   "PQ_PAGED_PROMPTS"))
+    return [[s["ids"] for s in r["samples"]] for r in lines], stats
 
 
 def hf_greedy(m, prompt, n_new, eos):

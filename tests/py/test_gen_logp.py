@@ -19,6 +19,8 @@ import tempfile
 import torch
 import transformers
 
+from gendrv import drive
+
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("PQ_BUILD", os.path.join(TOP, "build", "rel"))
 DRIVER = os.path.join(BUILD, "tests", "test-gen")
@@ -36,17 +38,10 @@ def check(name, ok, detail=""):
 
 
 def generate(d, reqs, kv, blocks=None):
-    env = dict(os.environ, PQ_KV=kv)
-    env.pop("PQ_KV_BLOCKS", None)
-    if blocks:
-        env["PQ_KV_BLOCKS"] = str(blocks)
-    inp = "".join(json.dumps(r) + "\n" for r in reqs)
-    p = subprocess.run([DRIVER, d, "--slots", "4", "--threads", "1"], input=inp, capture_output=True, text=True,
-                       env=env, timeout=300)
-    if p.returncode:
-        sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
-    lines = [json.loads(x) for x in p.stdout.splitlines()]
-    return [r["samples"] for r in lines[:-1]], lines[-1]
+    env = {"PQ_KV": kv, **({"PQ_KV_BLOCKS": str(blocks)} if blocks else {})}
+    lines, stats, _ = drive(DRIVER, d, reqs, ["--slots", "4", "--threads", "1"], unset=("PQ_KV_BLOCKS",),
+                            env_set=env, timeout=300)
+    return [r["samples"] for r in lines], stats
 
 
 def hf_token_logps(m, prompt, ids):

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+from gendrv import drive
+
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("PQ_BUILD", os.path.join(TOP, "build", "rel"))
 DRIVER = os.path.join(BUILD, "tests", "test-gen")
@@ -34,24 +36,19 @@ def check(name, ok, detail=""):
 
 
 def run(d, reqs, kv, profile, budget=None, blocks=None, slots=4):
-    env = dict(os.environ, PQ_KV=kv)
-    for k in ("PQ_GEN_PROFILE", "PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE", "PQ_CHUNKED_PREFILL",
-              "PQ_PAGED_PROMPTS", "PQ_CUDA_GRAPH"):
-        env.pop(k, None)
+    env = {"PQ_KV": kv}
     if profile:
         env["PQ_GEN_PROFILE"] = "1"
     if budget:
         env["PQ_PREFILL_BUDGET"] = str(budget)
     if blocks:
         env["PQ_KV_BLOCKS"] = str(blocks)
-    inp = "".join(json.dumps(r) + "\n" for r in reqs)
-    p = subprocess.run([DRIVER, d, "--slots", str(slots), "--threads", "1", "--no-eos", "1"], input=inp,
-                       capture_output=True, text=True, env=env, timeout=120)
-    if p.returncode:
-        sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
-    lines = [json.loads(x) for x in p.stdout.splitlines()]
-    prof = [x[len(PREFIX):] for x in p.stderr.splitlines() if x.startswith(PREFIX)]
-    return [[s["ids"] for s in r["samples"]] for r in lines[:-1]], lines[-1], prof
+    lines, stats, err = drive(DRIVER, d, reqs, ["--slots", str(slots), "--threads", "1", "--no-eos", "1"],
+                              env_set=env, timeout=120,
+                              unset=("PQ_GEN_PROFILE", "PQ_PREFILL_BUDGET", "PQ_KV_BLOCKS", "PQ_PREFIX_CACHE",
+                                     "PQ_CHUNKED_PREFILL", "PQ_PAGED_PROMPTS", "PQ_CUDA_GRAPH"))
+    prof = [x[len(PREFIX):] for x in err.splitlines() if x.startswith(PREFIX)]
+    return [[s["ids"] for s in r["samples"]] for r in lines], stats, prof
 
 
 def check_profile(name, prof, stats, want):

@@ -13,7 +13,6 @@
 # again with PQ_CUDA_GRAPH=1, where decode steps are padded to a graph's
 # bucket of rows and table blocks (padding rows that write no key): the same
 # tokens.
-import json
 import os
 import random
 import subprocess
@@ -25,6 +24,7 @@ import torch
 import transformers
 
 import qwen3ref  # noqa: F401 (registers Qwen3 with the Auto classes)
+from gendrv import drive
 
 TOP = os.environ.get("PQ_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("PQ_BUILD", os.path.join(TOP, "build", "rel"))
@@ -56,18 +56,12 @@ LITE = SAN
 
 
 def run(d, reqs, *args, blocks=None):
-    inp = "".join(json.dumps(r) + "\n" for r in reqs)
-    env = dict(os.environ, **KV)
-    if blocks:
-        env["PQ_KV_BLOCKS"] = str(blocks)
-    p = subprocess.run([DRIVER, d, *args], input=inp, capture_output=True, text=True, env=env)
-    if p.returncode:
-        sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
-    lines = [json.loads(x) for x in p.stdout.splitlines()]
-    for r in lines[:-1]:  # the tokens' log-probabilities are test_gen_logp.py's (floats: batch-dependent bits)
+    lines, stats, _ = drive(DRIVER, d, reqs, args,
+                            env_set=dict(KV, **({"PQ_KV_BLOCKS": str(blocks)} if blocks else {})))
+    for r in lines:  # the tokens' log-probabilities are test_gen_logp.py's (floats: batch-dependent bits)
         for s in r.get("samples", []):
             s.pop("logp", None)
-    return lines[:-1], lines[-1]
+    return lines, stats
 
 
 def hf_greedy(m, prompt, n_new, eos):
