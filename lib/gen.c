@@ -125,8 +125,8 @@ struct PqGen {
     long long tick;
     // paged: draws by the counter RNG (pq_sample), on the device, grammars' masks too (pq_mask_logits)
     PqSampleRow *srows, *d_srows;
-    int32_t *sids, *d_sids;
-    float *slp, *d_slp, *d_slse; // the drawn tokens' log-probabilities; their rows' log-sum-exp (pq_row_lse)
+    int32_t *sids, *d_sids; // (2 scap): the drawn ids, then at scap (slp, d_slp) their log-probabilities
+    float *slp, *d_slp, *d_slse; // (d_slse: the rows' log-sum-exp, pq_row_lse)
     unsigned char *sdev; // row r's id is the device's (else picked on the host from downloaded logits)
     int scap;
     uint32_t *mbits, *d_mbits; // the masks of the constrained rows, PQ_CONSTRAIN_WORDS(V) words each
@@ -472,8 +472,6 @@ void pq_gen_free(PqGen *g) {
         free(g->sdev);
         pq_dev_free(g->d_srows);
         pq_dev_free(g->d_sids);
-        free(g->slp);
-        pq_dev_free(g->d_slp);
         pq_dev_free(g->d_slse);
         free(g->mbits);
         free(g->mrows);
@@ -1441,15 +1439,14 @@ int pq_gen_step(PqGen *g) {
         else if (M > 0) { // every row drawn on the device; logits come back only for prompts and grammars
             if (M > g->scap) {
                 free(g->srows), free(g->sids), free(g->sdev), pq_dev_free(g->d_srows), pq_dev_free(g->d_sids);
-                free(g->slp), pq_dev_free(g->d_slp), pq_dev_free(g->d_slse);
+                pq_dev_free(g->d_slse);
                 g->scap = M > 2 * g->scap ? M : 2 * g->scap;
                 g->srows = pq_xmalloc((size_t)g->scap * sizeof *g->srows);
-                g->sids = pq_xmalloc((size_t)g->scap * sizeof *g->sids);
+                g->sids = pq_xmalloc((size_t)g->scap * 2 * sizeof *g->sids);
                 g->sdev = pq_xmalloc((size_t)g->scap);
                 g->d_srows = pq_dev_alloc((size_t)g->scap * sizeof *g->d_srows);
-                g->d_sids = pq_dev_alloc((size_t)g->scap * sizeof *g->d_sids);
-                g->slp = pq_xmalloc((size_t)g->scap * sizeof *g->slp);
-                g->d_slp = pq_dev_alloc((size_t)g->scap * sizeof *g->d_slp);
+                g->d_sids = pq_dev_alloc((size_t)g->scap * 2 * sizeof *g->d_sids);
+                g->slp = (float *)(g->sids + g->scap), g->d_slp = (float *)(g->d_sids + g->scap);
                 g->d_slse = pq_dev_alloc((size_t)g->scap * sizeof *g->d_slse);
             }
             // a constrained row past its prompt takes its grammar's mask where its logits are: only its id
@@ -1488,8 +1485,8 @@ int pq_gen_step(PqGen *g) {
             pq_dev_upload(g->d_srows, g->srows, (size_t)M * sizeof *g->srows);
             pq_sample(g->d_sids, g->logits, g->d_srows, M, c->V);
             pq_token_logp(g->d_slp, g->logits, g->d_sids, g->d_slse, M, c->V);
-            pq_dev_download(g->sids, g->d_sids, (size_t)M * sizeof *g->sids);
-            pq_dev_download(g->slp, g->d_slp, (size_t)M * sizeof *g->slp);
+            // ids and their log-probabilities in one copy (a synchronising round trip each, else)
+            pq_dev_download(g->sids, g->d_sids, ((size_t)g->scap + M) * sizeof *g->sids);
             for (int r = 0; r < M; r++) // a prompt's own row: its logits for the samples that follow (and its
                                         // pick, when constrained)
                 if (g->slots[row_slot[r]].state == SLOT_PREFILL)
