@@ -61,12 +61,12 @@ void pq_dev_weight_free(PqWeight *w);
 void pq_dev_weights(PqWeight *w, int n);
 
 // ---- activation storage (PQ_ACTIVATIONS) ----
-// The scoring and training path (model.c's forward, train.c) keeps its
-// activations, the tensors between operations, as f32 (the default) or as
-// bf16 (round to nearest even; f32 inside every kernel, as PyTorch's bf16
-// training does). The choice is the process's, made once before any
-// activation buffer is allocated (pq_ops_act_choose); generation (gen.c,
-// ops_gen.h, ops_paged.h) always runs in f32 and refuses to start otherwise.
+// The scoring, training and generation paths (model.c's forward, train.c,
+// gen.c) keep their activations, the tensors between operations, as f32
+// (the default) or as bf16 (round to nearest even; f32 inside every kernel,
+// as PyTorch's bf16 training does). The choice is the process's, made once before any
+// activation buffer is allocated (pq_ops_act_choose); generation's logits
+// and caches keep their own dtypes (ops_gen.h, ops_paged.h).
 // With bf16 storage the activation arguments keep their float * type in the
 // signatures below but point at bf16 elements: size them with pq_act_bytes,
 // offset them with pq_act_at, never index them on the host.

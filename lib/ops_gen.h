@@ -1,7 +1,10 @@
 // ops_gen.h: the operations generation adds to ops.h: a KV cache per layer
-// and attention of new tokens against it. Same conventions as ops.h (f32,
-// token-major, device pointers); pq_cpu_* in ops_gen_cpu.c (the oracle),
-// pq_* bound by backend_gen_cpu.c or lib/cuda/ops_gen.cu.
+// and attention of new tokens against it. Same conventions as ops.h
+// (token-major, device pointers); pq_cpu_* in ops_gen_cpu.c (the oracle, f32),
+// pq_* bound by backend_gen_cpu.c or lib/cuda/ops_gen.cu. Activation storage
+// (ops.h): q, k, v, out, inp, x, tmp, gate, up, mlp, ln and h are activations
+// (bf16 elements with PQ_ACTIVATIONS=bf16); the flat caches kc, vc and the
+// logits stay f32. The pq_* fusions round where their compositions round.
 //
 // The cache of one layer holds S slots (sequences) of T positions:
 // kc, vc (S,T,KVH,HS). Token i of a step belongs to slot slot[i] at
@@ -49,7 +52,11 @@
        f32 intermediates' traffic and three launches gone). */                                                   \
     void P##mlp_forward(float *x, float *tmp, float *gate, float *up, float *mlp, const float *ln,                \
                         const PqWeight *wg, const PqWeight *wu, const PqWeight *wd, const float *bg, const float *bu, \
-                        const float *bd, int N, int C, int H);
+                        const float *bd, int N, int C, int H);                                                     \
+    /* The LM head: logits (N,V) = h (N,C) x lm_head^T. h is an activation (either storage); logits are f32 in   \
+       both (sampling and the reported log-probabilities read them), as pq_logp_forward's: h widened, then       \
+       linear_rows_forward. */                                                                                   \
+    void P##logits_forward(float *logits, const float *h, const PqWeight *lm_head, int N, int C, int V);
 
 // the products linear_rows_group_forward takes at most (q, k, v)
 #define PQ_GROUP_MAX 3

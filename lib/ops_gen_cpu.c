@@ -460,3 +460,7 @@ void pq_cpu_mlp_forward(float *x, float *tmp, float *gate, float *up, float *mlp
     pq_cpu_gate_up_forward(mlp, gate, up, ln, wg, wu, bg, bu, N, C, H);
     pq_cpu_linear_rows_add_forward(x, tmp, mlp, wd, bd, N, H, C);
 }
+
+void pq_cpu_logits_forward(float *logits, const float *h, const PqWeight *lm_head, int N, int C, int V) {
+    pq_cpu_linear_rows_forward(logits, h, lm_head, NULL, N, C, V);
+}

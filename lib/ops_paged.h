@@ -3,9 +3,11 @@
 // attention of one query row per sequence over it (GQA, sliding window,
 // split along the context as in flash-decoding), and sampling (temperature,
 // top-k, top-p, min-p) drawn with a counter-based RNG so that every backend
-// draws the same token. Same conventions as ops.h (f32 activations,
-// device pointers); pq_cpu_* in ops_paged_cpu.c (the oracle), pq_* bound by
-// backend_paged_cpu.c or lib/cuda/paged.cu.
+// draws the same token. Same conventions as ops.h (device pointers);
+// pq_cpu_* in ops_paged_cpu.c (the oracle, f32), pq_* bound by
+// backend_paged_cpu.c or lib/cuda/paged.cu. Activation storage (ops.h): k, v,
+// q and out are activations; the pools have their own dtype; logits, lse,
+// lp and work are f32 in either storage.
 //
 // The cache of one layer: kp, vp (NB*BT,KVH,HS) of dtype PQ_F32 or PQ_BF16,
 // row block * BT + offset; the layers' pools lie one after another (layer l

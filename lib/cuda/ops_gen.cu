@@ -25,6 +25,11 @@ extern "C" void pq_kv_append(float *kc, float *vc, const float *k, const float *
                              const int32_t *pos, int N, int KVH, int HS, int T) {
     if (N <= 0) return;
     size_t n = (size_t)N * KVH * HS;
+    if (pq_cuda_act_bf16()) { // (the flat cache is f32: k and v widened)
+        PqActFallback fb;
+        pq_kv_append(kc, vc, fb.in(k, n), fb.in(v, n), slot, pos, N, KVH, HS, T);
+        return;
+    }
     kv_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(kc, vc, k, v, slot, pos, N,
                                                                                         KVH * HS, T);
     CU_LAUNCHED();
@@ -97,6 +102,12 @@ extern "C" void pq_attention_kv_forward(float *out, const float *q, const float 
                                         const int32_t *slot, const int32_t *pos, int N, int NH, int KVH, int HS, int T,
                                         int window) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) {
+        size_t n = (size_t)N * NH * HS;
+        PqActFallback fb;
+        pq_attention_kv_forward(fb.out(out, n), fb.in(q, n), kc, vc, slot, pos, N, NH, KVH, HS, T, window);
+        return;
+    }
     if (HS > 4 * KV_THREADS) pq_cuda_fail("pq_attention_kv_forward", "head size over 512", __FILE__, __LINE__);
     dim3 grid(N, NH);
     size_t smem = (size_t)(HS + 2 * KV_THREADS) * sizeof(float);
@@ -165,4 +176,15 @@ extern "C" void pq_mlp_forward(float *x, float *tmp, float *gate, float *up, flo
         return;
     pq_gate_up_forward(mlp, gate, up, ln, wg, wu, bg, bu, N, C, H);
     pq_linear_rows_add_forward(x, tmp, mlp, wd, bd, N, H, C);
+}
+
+// bf16 activations: h widened (the logits' few rows), then the f32 product into the f32 logits, the GEMV's at one row
+extern "C" void pq_logits_forward(float *logits, const float *h, const PqWeight *lm_head, int N, int C, int V) {
+    if (N <= 0) return;
+    if (!pq_cuda_act_bf16()) {
+        pq_linear_rows_forward(logits, h, lm_head, NULL, N, C, V);
+        return;
+    }
+    PqActFallback fb;
+    pq_linear_rows_forward(logits, fb.in(h, (size_t)N * C), lm_head, NULL, N, C, V);
 }

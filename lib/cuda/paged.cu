@@ -21,29 +21,37 @@ template <typename T> __device__ __forceinline__ T pq_st(float x);
 template <> __device__ __forceinline__ float pq_st<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 pq_st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// k, v (N,kd) -> kp, vp rows slot[i]; a negative slot (a row that pads a CUDA graph's step, gen.c) is not written
-template <typename T>
-__global__ void paged_append_kernel(T *kp, T *vp, const float *k, const float *v, const int32_t *slot, int N, int kd) {
+// k, v (N,kd) of the activations' type A -> kp, vp rows slot[i]; a negative slot (a row that pads a CUDA graph's
+// step, gen.c) is not written
+template <typename T, typename A>
+__global__ void paged_append_kernel(T *kp, T *vp, const A *k, const A *v, const int32_t *slot, int N, int kd) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * kd) return;
     int i = (int)(idx / kd), e = (int)(idx % kd);
     if (slot[i] < 0) return;
     size_t at = (size_t)slot[i] * kd + e;
-    kp[at] = pq_st<T>(k[idx]);
-    vp[at] = pq_st<T>(v[idx]);
+    kp[at] = pq_st<T>(pq_ld(k, idx));
+    vp[at] = pq_st<T>(pq_ld(v, idx));
+}
+
+template <typename A>
+static void paged_append(void *kp, void *vp, PqDtype dt, const A *k, const A *v, const int32_t *slot, int N, int kd) {
+    size_t n = (size_t)N * kd;
+    if (dt == PQ_BF16)
+        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+            (__nv_bfloat16 *)kp, (__nv_bfloat16 *)vp, k, v, slot, N, kd);
+    else
+        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((float *)kp, (float *)vp,
+                                                                                               k, v, slot, N, kd);
+    CU_LAUNCHED();
 }
 
 extern "C" void pq_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const float *v, const int32_t *slot,
                                 int N, int KVH, int HS) {
     if (N <= 0) return;
-    size_t n = (size_t)N * KVH * HS;
-    if (dt == PQ_BF16)
-        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(
-            (__nv_bfloat16 *)kp, (__nv_bfloat16 *)vp, k, v, slot, N, KVH * HS);
-    else
-        paged_append_kernel<<<pq_blocks(n, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>((float *)kp, (float *)vp,
-                                                                                               k, v, slot, N, KVH * HS);
-    CU_LAUNCHED();
+    if (pq_cuda_act_bf16())
+        paged_append(kp, vp, dt, (const pq_bf16 *)k, (const pq_bf16 *)v, slot, N, KVH * HS);
+    else paged_append(kp, vp, dt, k, v, slot, N, KVH * HS);
 }
 
 // grid (ncopy, L, 2: K or V); u16 units of a row (2 per f32 element)
@@ -470,6 +478,13 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
                                            const int32_t *tables, int maxblk, const int32_t *len, int N, int NH,
                                            int KVH, int HS, int BT, int window, int max_len, float *work) {
     if (N <= 0) return;
+    if (pq_cuda_act_bf16()) { // q widened, out rounded once: a decoding step's few rows (the kernels read f32 q)
+        size_t n = (size_t)N * NH * HS;
+        PqActFallback fb;
+        pq_paged_attention_forward(fb.out(out, n), fb.in(q, n), kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT,
+                                   window, max_len, work);
+        return;
+    }
     if (HS > 2 * ATT_THREADS || NH % KVH || NH / KVH > 16 || (dt != PQ_F32 && dt != PQ_BF16))
         pq_cuda_fail("pq_paged_attention_forward", "head size > 256, query group > 16 or a dtype not f32/bf16",
                      __FILE__, __LINE__);
@@ -578,7 +593,9 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     paged_seg_kernel<<<B, 128, 0, pq_cuda_stream>>>(seq_q, seq_k, off, ptab, seg, len, tables, maxblk, mb, nseg, B, N,
                                                    (int64_t)rowel);
     CU_LAUNCHED();
-    pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
+    if (pq_cuda_act_bf16()) // (bf16 activations: q as it is, into the buffer that has the padding rows)
+        CU(cudaMemcpyAsync(q16, q, (size_t)N * rowel * sizeof *q16, cudaMemcpyDeviceToDevice, pq_cuda_stream));
+    else pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
     if (rows > (size_t)N) // the padding segments' rows: read by cuDNN, never used; zeros, not uninitialised memory
         CU(cudaMemsetAsync(q16 + (size_t)N * rowel, 0, (rows - N) * rowel * sizeof *q16, pq_cuda_stream));
     // the window as a band only where it can cut: no key is further back than the tables reach (mb * BT
@@ -587,7 +604,9 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     int band = window > 0 && window + 1 < mb * BT ? window + 1 : 0;
     PqSdpaPagedCall c = {B, sq, mb, BT, NB, NH, KVH, HS, band, 1.0f / sqrtf((float)HS), seq_q, seq_k, ptab, off};
     if (pq_sdpa_paged_forward(&c, o16, q16, kp, vp, cudnn_err, sizeof cudnn_err)) return -1;
-    pq_cuda_act_widen(out, o16, (size_t)N * rowel);
+    if (pq_cuda_act_bf16())
+        CU(cudaMemcpyAsync(out, o16, (size_t)N * rowel * sizeof *o16, cudaMemcpyDeviceToDevice, pq_cuda_stream));
+    else pq_cuda_act_widen(out, o16, (size_t)N * rowel);
     cudnn_calls++;
     return 0;
 }
