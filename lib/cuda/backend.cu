@@ -685,9 +685,14 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
 // out^T (OC,N) = W (OC,C) inp^T (C,N), W being the stored (C,OC) transposed.
 // bf16 activations: a bf16 weight's product reads inp and writes out as they are, the bias added by the
 // GEMM's epilogue; an f16 or f32 weight (not a bf16-storage model's: pq_ops_act_choose) through the fallback.
+// Few rows with 16-bit weights, in either storage: the GEMV kernel (gemv.cu).
 extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *weight, const float *bias, int N,
                                   int C, int OC) {
     if (N <= 0) return;
+    if (pq_cuda_gemv_fits(inp, weight, N, C)) { // (either storage)
+        pq_cuda_gemv(out, inp, weight, bias, N, C, OC);
+        return;
+    }
     if (pq_cuda_act_bf16()) {
         if (weight->dtype == PQ_BF16) {
             gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight->data, inp, C, C, 0.0f, out, OC, bias);
@@ -695,10 +700,6 @@ extern "C" void pq_linear_forward(float *out, const float *inp, const PqWeight *
             PqActFallback fb;
             pq_linear_forward(fb.out(out, (size_t)N * OC), fb.in(inp, (size_t)N * C), weight, bias, N, C, OC);
         }
-        return;
-    }
-    if (pq_cuda_gemv_fits(inp, weight, N, C)) {
-        pq_cuda_gemv(out, inp, weight, bias, N, C, OC);
         return;
     }
     pq_cuda_gemm_w(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, 1.0f, weight->data, weight->dtype, C, inp, C, N, 0.0f, out,

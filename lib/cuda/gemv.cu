@@ -1,13 +1,15 @@
 // gemv.cu: the products of few rows (a decoding step's; up to 8, used for PQ_GEMV_MAX_N) with bf16/f16
 // weights, at the pace of reading the weights. cuBLAS's choice for such
 // shapes reads them far below the memory's bandwidth, and every step reads all
-// of them: out (N,OC) f32 = inp (N,C) f32 x W (OC,C)^T (+ bias). Each warp owns
+// of them: out (N,OC) = inp (N,C) x W (OC,C)^T (+ bias), inp and out in the
+// activations' storage (f32, or bf16 rounded once: ops.h). Each warp owns
 // R rows of W and reads them with 16-byte loads (8 weights), several in flight;
-// the input rows (f32, small, cached in L1/L2) are read where they are, so no
+// the input rows (small, cached in L1/L2) are read where they are, so no
 // conversion (and no f16 scaling: the weight becomes f32, not the input).
 // One launch also serves a decoding step's fusions (ops_gen.h, PQ_DECODE_FUSE):
 // a layer's q, k and v side by side, a product added to the residual stream,
-// and the MLP's gate and up with silu(gate) * up in the epilogue.
+// and the MLP's gate and up with silu(gate) * up in the epilogue; with bf16
+// activations each rounds where its composition's ops round.
 #include <string.h>
 
 #include "common.cuh"
@@ -47,18 +49,33 @@ enum { GEMV_STORE, GEMV_ADD, GEMV_SWIGLU };
 struct GemvJob {
     const void *w[PQ_GROUP_MAX]; // SWIGLU: w[0] the gate's, w[1] the up's
     const float *bias[PQ_GROUP_MAX];
-    float *out[PQ_GROUP_MAX];
+    void *out[PQ_GROUP_MAX]; // of the activations' type
     int rows[PQ_GROUP_MAX]; // out[t] is (N, rows[t])
     int wend[PQ_GROUP_MAX]; // warps of products 0 .. t (past n: all of them)
     int n;                  // products (SWIGLU: 1, of rows[0] outputs)
 };
 static_assert(PQ_GROUP_MAX == 3, "gemv_kernel picks a job's product among three");
 
+// 8 input values of row n, vector v (16-byte aligned): two 16-byte loads of f32, one of bf16
+__device__ __forceinline__ void gemv_in(const float *inp, size_t at, float *f) {
+    const float4 *x = (const float4 *)(inp + at);
+    float4 a = __ldg(x), b = __ldg(x + 1);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void gemv_in(const __nv_bfloat16 *inp, size_t at, float *f) {
+    gemv_unpack(__ldg((const uint4 *)(inp + at)), f, (const __nv_bfloat16 *)0);
+}
+// a value as its composition stores it: rounded to bf16 with bf16 activations, as it is with f32
+__device__ __forceinline__ float gemv_as(float v, const float *) { return v; }
+__device__ __forceinline__ float gemv_as(float v, const __nv_bfloat16 *) {
+    return __bfloat162float(__float2bfloat16_rn(v));
+}
+
 // The warp's output rows row0 .. row0+R-1 of product t read RW weight rows (R, or 2R for SWIGLU: the gate's then
 // the up's; rows past the product's read its last again and write nothing). Lane l reads the 16-byte vectors l,
 // l+32, ... of each row (C/8 per row), U of them per row before using any (U R or U RW/2 loads in flight alike).
-template <typename T, int N, int EPI>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, const float *inp, int C) {
+template <typename T, typename A, int N, int EPI>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, const A *inp, int C) {
     const int R = GemvShape<N>::R, RW = EPI == GEMV_SWIGLU ? 2 * R : R;
     const int U = EPI == GEMV_SWIGLU && GemvShape<N>::U > 1 ? GemvShape<N>::U / 2 : GemvShape<N>::U;
     int lane = threadIdx.x & 31;
@@ -101,12 +118,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, cons
             for (int r = 0; r < RW; r++) gemv_unpack(q[u][r], f[r], (const T *)0);
 #pragma unroll
             for (int n = 0; n < N; n++) {
-                const float4 *x = (const float4 *)(inp + (size_t)n * C) + 2 * v;
-                float4 a = __ldg(x), b = __ldg(x + 1);
+                float a[8];
+                gemv_in(inp, (size_t)n * C + 8 * (size_t)v, a);
 #pragma unroll
                 for (int r = 0; r < RW; r++)
-                    acc[n][r] += f[r][0] * a.x + f[r][1] * a.y + f[r][2] * a.z + f[r][3] * a.w + f[r][4] * b.x +
-                                 f[r][5] * b.y + f[r][6] * b.z + f[r][7] * b.w;
+                    acc[n][r] += f[r][0] * a[0] + f[r][1] * a[1] + f[r][2] * a[2] + f[r][3] * a[3] + f[r][4] * a[4] +
+                                 f[r][5] * a[5] + f[r][6] * a[6] + f[r][7] * a[7];
             }
         }
     }
@@ -118,7 +135,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, cons
             for (int off = 16; off > 0; off >>= 1) acc[n][r] += __shfl_xor_sync(0xffffffffu, acc[n][r], off);
     pq_pdl_wait(); // (a lane without a vector waits here: every write after the kernel before has ended)
     // every lane holds the N*RW sums (N*R <= 32 outputs): lane n*R+r writes out[n][row0+r]
-    float *out = t == 0 ? job.out[0] : t == 1 ? job.out[1] : job.out[2];
+    A *out = (A *)(t == 0 ? job.out[0] : t == 1 ? job.out[1] : job.out[2]);
     const float *bias = t == 0 ? job.bias[0] : t == 1 ? job.bias[1] : job.bias[2];
 #pragma unroll
     for (int n = 0; n < N; n++)
@@ -128,11 +145,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(GemvJob job, cons
             if (lane != n * R + r || row >= OC) continue;
             float y = acc[n][r] + (bias ? bias[row] : 0.0f);
             size_t o = (size_t)n * OC + row;
-            if (EPI == GEMV_STORE) out[o] = y;
-            else if (EPI == GEMV_ADD) out[o] += y;
-            else { // (swiglu_forward_kernel's expression)
-                float u = acc[n][R + r] + (job.bias[1] ? job.bias[1][row] : 0.0f);
-                out[o] = y / (1.0f + expf(-y)) * u;
+            if (EPI == GEMV_STORE) pq_st(out, o, y);
+            else if (EPI == GEMV_ADD) pq_st(out, o, pq_ld(out, o) + gemv_as(y, inp)); // (the product, then the add)
+            else { // (swiglu_forward_kernel's expression, on gate and up as stored)
+                float g = gemv_as(y, inp), u = gemv_as(acc[n][R + r] + (job.bias[1] ? job.bias[1][row] : 0.0f), inp);
+                pq_st(out, o, g / (1.0f + expf(-g)) * u);
             }
         }
 }
@@ -143,7 +160,7 @@ static int gemv_state = -1;
 extern "C" void pq_cuda_set_gemv(int on) { gemv_state = on < 0 ? -1 : on != 0; }
 
 bool pq_cuda_gemv_fits(const float *inp, const PqWeight *w, int N, int C) {
-    return pq_env_switch(&gemv_state, "PQ_GEMV", true) && !pq_cuda_act_bf16() && N >= 1 && N <= PQ_GEMV_MAX_N &&
+    return pq_env_switch(&gemv_state, "PQ_GEMV", true) && N >= 1 && N <= PQ_GEMV_MAX_N &&
            (w->dtype == PQ_BF16 || w->dtype == PQ_F16) && C > 0 && C % 8 == 0 &&
            !(((uintptr_t)inp | (uintptr_t)w->data) & 15);
 }
@@ -155,7 +172,7 @@ static int pdl_state = -1;
 extern "C" void pq_cuda_set_pdl(int on) { pdl_state = on < 0 ? -1 : on != 0; }
 
 // job's warps: R output rows each, product after product
-template <typename T, int N, int EPI> static void gemv_launch(GemvJob job, const float *inp, int C) {
+template <typename T, typename A, int N, int EPI> static void gemv_launch(GemvJob job, const A *inp, int C) {
     int warps = 0;
     for (int t = 0; t < PQ_GROUP_MAX; t++)
         job.wend[t] = warps += t < job.n ? (job.rows[t] + GemvShape<N>::R - 1) / GemvShape<N>::R : 0;
@@ -168,29 +185,34 @@ template <typename T, int N, int EPI> static void gemv_launch(GemvJob job, const
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3(blocks), cfg.blockDim = dim3(GEMV_WARPS * 32), cfg.stream = pq_cuda_stream;
         cfg.attrs = at, cfg.numAttrs = 1;
-        CU(cudaLaunchKernelEx(&cfg, gemv_kernel<T, N, EPI>, job, inp, C));
+        CU(cudaLaunchKernelEx(&cfg, gemv_kernel<T, A, N, EPI>, job, inp, C));
         return;
     }
-    gemv_kernel<T, N, EPI><<<blocks, GEMV_WARPS * 32, 0, pq_cuda_stream>>>(job, inp, C);
+    gemv_kernel<T, A, N, EPI><<<blocks, GEMV_WARPS * 32, 0, pq_cuda_stream>>>(job, inp, C);
     CU_LAUNCHED();
 }
 
-template <typename T, int EPI> static void gemv_t(const GemvJob &job, const float *inp, int N, int C) {
+template <typename T, typename A, int EPI> static void gemv_t(const GemvJob &job, const A *inp, int N, int C) {
     switch (N) {
-    case 1: gemv_launch<T, 1, EPI>(job, inp, C); break;
-    case 2: gemv_launch<T, 2, EPI>(job, inp, C); break;
-    case 3: gemv_launch<T, 3, EPI>(job, inp, C); break;
-    case 4: gemv_launch<T, 4, EPI>(job, inp, C); break;
-    case 5: gemv_launch<T, 5, EPI>(job, inp, C); break;
-    case 6: gemv_launch<T, 6, EPI>(job, inp, C); break;
-    case 7: gemv_launch<T, 7, EPI>(job, inp, C); break;
-    default: gemv_launch<T, 8, EPI>(job, inp, C); break;
+    case 1: gemv_launch<T, A, 1, EPI>(job, inp, C); break;
+    case 2: gemv_launch<T, A, 2, EPI>(job, inp, C); break;
+    case 3: gemv_launch<T, A, 3, EPI>(job, inp, C); break;
+    case 4: gemv_launch<T, A, 4, EPI>(job, inp, C); break;
+    case 5: gemv_launch<T, A, 5, EPI>(job, inp, C); break;
+    case 6: gemv_launch<T, A, 6, EPI>(job, inp, C); break;
+    case 7: gemv_launch<T, A, 7, EPI>(job, inp, C); break;
+    default: gemv_launch<T, A, 8, EPI>(job, inp, C); break;
     }
 }
 
+template <typename T, int EPI> static void gemv_a(const GemvJob &job, const float *inp, int N, int C) {
+    if (pq_cuda_act_bf16()) gemv_t<T, pq_bf16, EPI>(job, (const pq_bf16 *)inp, N, C);
+    else gemv_t<T, float, EPI>(job, inp, N, C);
+}
+
 template <int EPI> static void gemv_run(const GemvJob &job, PqDtype dt, const float *inp, int N, int C) {
-    if (dt == PQ_BF16) gemv_t<__nv_bfloat16, EPI>(job, inp, N, C);
-    else gemv_t<__half, EPI>(job, inp, N, C);
+    if (dt == PQ_BF16) gemv_a<__nv_bfloat16, EPI>(job, inp, N, C);
+    else gemv_a<__half, EPI>(job, inp, N, C);
 }
 
 void pq_cuda_gemv(float *out, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC) {
