@@ -349,7 +349,6 @@ static void paged_new(PqGen *g) {
 }
 
 PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int32_t *eos, int n_eos) {
-    if (pq_ops_act_dtype() != PQ_F32) return NULL; // its buffers and kernels are f32 (ops_gen.h, ops_paged.h)
     PqGen *g = pq_xcalloc(1, sizeof *g);
     const PqConfig *c = &m->cfg;
     g->m = m;
@@ -1082,17 +1081,18 @@ static void ensure_bufs(PqGen *g, int N, int M) {
         size_t n = (size_t)cap, qd = (size_t)c->NH * c->HS, kd = (size_t)c->KVH * c->HS;
         size_t big = (size_t)c->C > qd ? (size_t)c->C : qd;
         int r = g->m->lora ? g->m->lora->r : 1;
-        g->x = pq_dev_alloc(n * c->C * 4);
-        g->ln = pq_dev_alloc(n * c->C * 4);
-        g->q = pq_dev_alloc(n * qd * 4);
-        g->k = pq_dev_alloc(n * kd * 4);
-        g->v = pq_dev_alloc(n * kd * 4);
-        g->att = pq_dev_alloc(n * qd * 4);
+        // activations in the process's storage (ops.h: PQ_ACTIVATIONS); lse and LoRA's xa f32
+        g->x = pq_dev_alloc(pq_act_bytes(n * c->C));
+        g->ln = pq_dev_alloc(pq_act_bytes(n * c->C));
+        g->q = pq_dev_alloc(pq_act_bytes(n * qd));
+        g->k = pq_dev_alloc(pq_act_bytes(n * kd));
+        g->v = pq_dev_alloc(pq_act_bytes(n * kd));
+        g->att = pq_dev_alloc(pq_act_bytes(n * qd));
         g->lse = pq_dev_alloc(n * (size_t)c->NH * 4);
-        g->tmp = pq_dev_alloc(n * big * 4);
-        g->gate = pq_dev_alloc(n * c->H * 4);
-        g->up = pq_dev_alloc(n * c->H * 4);
-        g->mlp = pq_dev_alloc(n * c->H * 4);
+        g->tmp = pq_dev_alloc(pq_act_bytes(n * big));
+        g->gate = pq_dev_alloc(pq_act_bytes(n * c->H));
+        g->up = pq_dev_alloc(pq_act_bytes(n * c->H));
+        g->mlp = pq_dev_alloc(pq_act_bytes(n * c->H));
         g->xa = pq_dev_alloc(n * (size_t)r * 4);
         g->d_ids = pq_dev_alloc(n * 4);
         g->d_pos = pq_dev_alloc(n * 4);
@@ -1115,8 +1115,8 @@ static void ensure_bufs(PqGen *g, int N, int M) {
         pq_dev_free(g->logits);
         free(g->h_logits);
         g->mcap = M > 2 * g->mcap ? M : 2 * g->mcap;
-        g->h = pq_dev_alloc((size_t)g->mcap * c->C * 4);
-        g->logits = pq_dev_alloc((size_t)g->mcap * c->V * 4);
+        g->h = pq_dev_alloc(pq_act_bytes((size_t)g->mcap * c->C));
+        g->logits = pq_dev_alloc((size_t)g->mcap * c->V * 4); // (f32 in either storage: ops_gen.h)
         g->h_logits = pq_xmalloc((size_t)g->mcap * c->V * 4);
     }
 }
@@ -1294,19 +1294,20 @@ static void forward_kernels(void *arg) {
             for (int i = 0; i < g->np;) {
                 int n = 1;
                 while (i + n < g->np && g->pos[i + n] != 0) n++;
-                pq_attention_forward(g->att + i * qd, g->lse + (size_t)i * c->NH, g->q + i * qd, g->k + i * kd,
-                                     g->v + i * kd, g->d_pos + i, n, c->NH, c->KVH, c->HS, pq_layer_window(c, l));
+                pq_attention_forward(pq_act_at(g->att, i * qd), g->lse + (size_t)i * c->NH, pq_act_at(g->q, i * qd),
+                                     pq_act_at(g->k, i * kd), pq_act_at(g->v, i * kd), g->d_pos + i, n, c->NH, c->KVH,
+                                     c->HS, pq_layer_window(c, l));
                 i += n;
             }
             // the rest read the cache, a segment a slot: chunks after their context beside decoding rows (the
             // backend picks cuDNN or its paged kernel); a CUDA graph's step, decoding rows alone, the kernel
             if (N > g->np && !a->graph)
-                pq_paged_prefill_forward(g->att + g->np * qd, g->q + g->np * qd, kl, vl, g->kdt,
+                pq_paged_prefill_forward(pq_act_at(g->att, g->np * qd), pq_act_at(g->q, g->np * qd), kl, vl, g->kdt,
                                          g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
                                          g->d_seg, g->nseg, g->max_q, N - g->np, c->NH, c->KVH, c->HS, BLOCK_T,
                                          g->NB, pq_layer_window(c, l), g->max_len, g->pwork);
             else if (N > g->np)
-                pq_paged_attention_forward(g->att + g->np * qd, g->q + g->np * qd, kl, vl, g->kdt,
+                pq_paged_attention_forward(pq_act_at(g->att, g->np * qd), pq_act_at(g->q, g->np * qd), kl, vl, g->kdt,
                                            g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
                                            N - g->np, c->NH, c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l),
                                            g->max_len, g->pwork);
@@ -1320,9 +1321,15 @@ static void forward_kernels(void *arg) {
                                     g->T, pq_layer_window(c, l));
         }
         if (a->prof) prof_mark(g, PQ_GP_ATTN);
-        residual_lin(g, l, PQ_O, g->att, N);
-        if (a->prof) prof_mark(g, PQ_GP_O);
-        pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
+        if (pq_ops_act_dtype() == PQ_BF16) { // pq-logp's rounding points (model.c): the norm of the unrounded sum x + o_proj
+            lin(g, l, PQ_O, g->tmp, g->att, N);
+            if (a->prof) prof_mark(g, PQ_GP_O);
+            pq_residual_rmsnorm_forward(g->ln, NULL, g->x, g->tmp, w->ln2, N, c->C, c->eps);
+        } else {
+            residual_lin(g, l, PQ_O, g->att, N);
+            if (a->prof) prof_mark(g, PQ_GP_O);
+            pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
+        }
         if (!lora_on(g, l, PQ_GATE) && !lora_on(g, l, PQ_UP) && !lora_on(g, l, PQ_DOWN)) {
             pq_mlp_forward(g->x, g->tmp, g->gate, g->up, g->mlp, g->ln, &w->w[PQ_GATE], &w->w[PQ_UP],
                            &w->w[PQ_DOWN], w->b[PQ_GATE], w->b[PQ_UP], w->b[PQ_DOWN], N, c->C, c->H);
@@ -1336,9 +1343,10 @@ static void forward_kernels(void *arg) {
     }
     if (M == 0) return; // (paged: a step of prompt chunks alone, none the last of its prompt)
     for (int i = 0; rows && i < M; i++)
-        pq_dev_copy(g->tmp + (size_t)i * c->C, g->x + (size_t)rows[i] * c->C, (size_t)c->C * 4);
+        pq_dev_copy(pq_act_at(g->tmp, (size_t)i * c->C), pq_act_at(g->x, (size_t)rows[i] * c->C),
+                    pq_act_bytes(c->C));
     pq_rmsnorm_forward(g->h, NULL, rows ? g->tmp : g->x, m->ln_f, M, c->C, c->eps);
-    pq_linear_rows_forward(g->logits, g->h, &m->lm_head, NULL, M, c->C, c->V);
+    pq_logits_forward(g->logits, g->h, &m->lm_head, M, c->C, c->V);
     if (a->prof) prof_mark(g, PQ_GP_HEAD);
 }
 

@@ -50,9 +50,9 @@ typedef void (*PqGenDone)(void *user, PqGenOut *outs, int n, const char *error, 
 typedef struct PqGen PqGen;
 
 // slots: sequences decoded together. tok may be NULL (no text, no stop
-// strings, no constraints). eos: the end tokens (copied). NULL when the
-// process keeps bf16 activations (PQ_ACTIVATIONS, ops.h): generation runs in
-// f32 only.
+// strings, no constraints). eos: the end tokens (copied). Its step buffers
+// take the process's activation storage (PQ_ACTIVATIONS, ops.h), chosen
+// before this call.
 PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int32_t *eos, int n_eos);
 void pq_gen_free(PqGen *g);
 // Queues a request: n samples of a continuation of prompt (copied); sample k

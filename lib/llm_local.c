@@ -123,6 +123,11 @@ PqLlmLocal *pq_llm_local_new(const PqLlmConfig *c, PqErr *e) {
     if (c->threads > 0) pq_ops_set_threads(c->threads);
     PqBuf p = {0};
     if (!(l->m = pq_model_load(dir, e))) goto fail;
+    char aerr[160]; // PQ_ACTIVATIONS: the storage of generation's activations too (ops.h)
+    if (pq_ops_act_choose(l->m->cfg.dtype, aerr, sizeof aerr) < 0) {
+        pq_err(e, "%s", aerr);
+        goto fail;
+    }
     if (c->adapter) {
         if (!(l->lora = pq_lora_load(c->adapter, l->m, e))) goto fail;
         l->m->lora = l->lora;
@@ -155,10 +160,7 @@ PqLlmLocal *pq_llm_local_new(const PqLlmConfig *c, PqErr *e) {
     l->constrain = !c->constrain ? PQ_CONSTRAIN_NONE : !strcmp(c->constrain, "auto") ? auto_mode()
                                                                                      : pq_constrain_mode(c->constrain);
     l->p.constrain = l->constrain;
-    if (!(l->gen = pq_gen_new(l->m, l->tok, c->jobs > 0 ? c->jobs : 8, eos, n_eos))) {
-        pq_err(e, "generation runs with f32 activations only (PQ_ACTIVATIONS=bf16 is for scoring and training)");
-        goto fail;
-    }
+    l->gen = pq_gen_new(l->m, l->tok, c->jobs > 0 ? c->jobs : 8, eos, n_eos);
     pq_rng_seed(&l->rng, (uint64_t)getpid() ^ (uint64_t)time(NULL) ^ (uint64_t)(pq_now() * 1e9));
     pq_buf_free(&p);
     return l;

@@ -5,8 +5,7 @@
 # while pq-logp and the training loss move from the f32 run's (the storage is
 # used); an f32 model keeps f32 (said on stderr, the same output as f32); an
 # unknown value is a usage error (exit 2) of both tools; generation
-# (pq-summarize on a local model) does not read it and writes what it writes
-# without it.
+# (pq-summarize on a local model) takes the storage too.
 set -eu
 export OMP_WAIT_POLICY=passive
 d=$(mktemp -d)
@@ -59,10 +58,23 @@ for t in "pq-logp" "pq-dpo --no-save"; do
   [ "$rc" -eq 2 ] || { echo "$t: PQ_ACTIVATIONS=fp8 exited $rc, want 2"; cat "$d/err"; exit 1; }
   grep -q "PQ_ACTIVATIONS=fp8: expected f32 or bf16" "$d/err" || { cat "$d/err"; exit 1; }
 done
-# generation does not read it
+# generation reads it too (pq-summarize on a local model): bf16 storage on the bf16 model writes a summary per
+# article like f32's (tests/py/test_gen_act_bf16.py checks its numbers), an f32 model is unchanged, an unknown
+# value is refused
 "$b/pq-summarize" --model "$d/m" --temperature 0 --max-tokens 4 --no-progress \
   <"$PQ_TOP/tests/fixtures/articles.jsonl" >"$d/s32.jsonl"
 PQ_ACTIVATIONS=bf16 "$b/pq-summarize" --model "$d/m" --temperature 0 --max-tokens 4 --no-progress \
   <"$PQ_TOP/tests/fixtures/articles.jsonl" >"$d/s16.jsonl"
-cmp "$d/s32.jsonl" "$d/s16.jsonl"
+[ "$(wc -l <"$d/s16.jsonl")" -eq "$(wc -l <"$d/s32.jsonl")" ] && [ -s "$d/s16.jsonl" ] || {
+  echo "pq-summarize bf16: $(wc -l <"$d/s16.jsonl") lines, f32: $(wc -l <"$d/s32.jsonl")"; exit 1; }
+"$b/pq-summarize" --model "$d/f" --temperature 0 --max-tokens 4 --no-progress \
+  <"$PQ_TOP/tests/fixtures/articles.jsonl" >"$d/sf32.jsonl"
+PQ_ACTIVATIONS=bf16 "$b/pq-summarize" --model "$d/f" --temperature 0 --max-tokens 4 --no-progress \
+  <"$PQ_TOP/tests/fixtures/articles.jsonl" >"$d/sf16.jsonl" 2>/dev/null
+cmp "$d/sf32.jsonl" "$d/sf16.jsonl"
+rc=0
+PQ_ACTIVATIONS=fp8 "$b/pq-summarize" --model "$d/m" --max-tokens 4 --no-progress \
+  <"$PQ_TOP/tests/fixtures/articles.jsonl" >/dev/null 2>"$d/err" || rc=$?
+[ "$rc" -ne 0 ] && grep -q "PQ_ACTIVATIONS=fp8: expected f32 or bf16" "$d/err" || {
+  echo "pq-summarize PQ_ACTIVATIONS=fp8: exit $rc"; cat "$d/err"; exit 1; }
 echo ok

@@ -823,9 +823,8 @@ int main(int argc, char **argv) {
         return 3;
     }
     const PqConfig *c = &m->cfg;
-    // the activations' storage as the tools choose it (PQ_ACTIVATIONS=f32|bf16), before any activation buffer;
-    // generation runs f32 only
-    if (strcmp(what, "gen") && pq_ops_act_choose(c->dtype, e.msg, sizeof e.msg) < 0) {
+    // the activations' storage as the tools choose it (PQ_ACTIVATIONS=f32|bf16), before any activation buffer
+    if (pq_ops_act_choose(c->dtype, e.msg, sizeof e.msg) < 0) {
         fprintf(stderr, "bench-7b: %s\n", e.msg);
         return 2;
     }
