@@ -180,7 +180,7 @@ clean:
 ifneq ($(CUDA),1)
 CPU_PARITY := parity-ops parity-act parity-paged
 CPU_PARITY_RUNS := parity-ops parity-act parity-paged:append parity-paged:attention parity-paged:prefill \
-                   parity-paged:sample parity-paged:logp
+                   parity-paged:sample parity-paged:logp parity-paged:act
 cpu-parity: $(CPU_PARITY:%=$(B)/cpu-parity/%)
 	@rc=0; for r in $(CPU_PARITY_RUNS); do \
 	  p=$${r%%:*}; g=$${r#"$$p"}; g=$${g#:}; l=$(B)/cpu-parity/$$p$${g:+-$$g}.log; \

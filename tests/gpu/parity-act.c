@@ -4,13 +4,15 @@
 // on the shapes of bf16's paths, at bf16's tolerances (parity_ops.h says
 // them). Native paths and the widening fallback (f16/f32 weights,
 // attention's tensor-core and f32 paths) are both exercised; group switch
-// runs some of them again after switching to f32 storage and back. Built
+// runs some of them again after switching to f32 storage and back; group gen
+// runs generation's products and fusions (ops_gen.h) in bf16 storage. Built
 // only with CUDA=1; run by scripts/gpu-check like every parity-* program.
 // Exits 1 on any mismatch.
 #include <stdio.h>
 
 #include "cuda/tuning.h"
 #include "gpu_test.h"
+#include "ops_gen.h"
 #include "ops_grad.h"
 #include "parity_ops.h"
 
@@ -99,6 +101,108 @@ static void g_logp(void) {
     test_logp(PQ_F16, "2048");
 }
 
+// ---- generation in bf16 storage (ops_gen.h: PQ_ACTIVATIONS=bf16 in pq-summarize) ----
+
+// oracle: out (N,OC) = rb(inp x W^T + bias), the storage's rounding of linear_rows_forward
+static void rows_oracle(float *out, const float *inp, const PqWeight *w, const float *bias, int N, int C, int OC) {
+    pq_cpu_linear_rows_forward(out, inp, w, bias, N, C, OC);
+    round_act(out, (size_t)N * OC);
+}
+
+// A decoding step's fusions in bf16 storage, the fused GEMV launches (PQ_DECODE_FUSE, with PQ_PDL too) and the
+// compositions, against the oracle's compositions rounded where their ops round: q, k, v (each product rounded
+// once), gate and up (each rounded, then SwiGLU of the rounded pair, rounded), a product added to the residual
+// stream (the product rounded, then the sum), the whole MLP; and the LM head from a bf16 input into f32 logits.
+// N 1 and 3: the GEMV reading bf16 (every launch of gemv.cu's bf16 path); 64: the products; unaligned input
+// (one element in): never the GEMV. Besides the tolerance, 99% of the elements must round alike (same_share).
+static void test_gen_fused(int C, int KV, int H, int N, int off, int bias) {
+    PqDtype dt = PQ_BF16;
+    int oc[3] = {C, KV, KV};
+    PqWeight hw[3], dw[3], hg = hweight(H, C, dt, 0.1f, NULL), hu = hweight(H, C, dt, 0.1f, NULL);
+    PqWeight dg = pq_dev_weight(hg), du = pq_dev_weight(hu), ho = hweight(C, C, dt, 0.1f, NULL);
+    PqWeight dwo = pq_dev_weight(ho), hd = hweight(C, H, dt, 0.05f, NULL), dd = pq_dev_weight(hd);
+    PqWeight hl = hweight(1000, C, dt, 0.1f, NULL), dl = pq_dev_weight(hl);
+    float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3];
+    for (int t = 0; t < 3; t++) {
+        hw[t] = hweight(oc[t], C, dt, 0.1f, NULL), dw[t] = pq_dev_weight(hw[t]);
+        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
+        out[t] = hnan((size_t)N * oc[t]);
+    }
+    size_t nx = (size_t)N * C, nh = (size_t)N * H;
+    float *xh = brand(nx + off, 1), *x = xh + off, *res = brand(nx, 2), *gXb = bdev(xh, nx + off);
+    const float *gX = pq_act_at_c(gXb, off);
+    const float *bgu = H == C ? b[0] : NULL, *dbgu = H == C ? db[0] : NULL; // (gate's and up's, where H = C)
+    float *gate = hnan(nh), *up = hnan(nh), *mlp = hnan(nh), *tmp = hnan(nx), *xr = pq_xmalloc(nx * 4);
+    float *down = hnan(nx), *xm = pq_xmalloc(nx * 4), *logits = hnan((size_t)N * 1000);
+    for (int t = 0; t < 3; t++) rows_oracle(out[t], x, &hw[t], b[t], N, C, oc[t]);
+    rows_oracle(gate, x, &hg, bgu, N, C, H);
+    rows_oracle(up, x, &hu, bgu, N, C, H);
+    pq_cpu_swiglu_forward(mlp, gate, up, N, H);
+    round_act(mlp, nh);
+    rows_oracle(tmp, x, &ho, b[0], N, C, C);
+    memcpy(xr, res, nx * 4);
+    pq_cpu_residual_forward(xr, tmp, nx);
+    round_act(xr, nx);
+    rows_oracle(down, mlp, &hd, NULL, N, H, C);
+    memcpy(xm, res, nx * 4);
+    pq_cpu_residual_forward(xm, down, nx);
+    round_act(xm, nx);
+    pq_cpu_linear_rows_forward(logits, x, &hl, NULL, N, C, 1000);
+    for (int on = 2; on >= 0; on--) { // 2: fused, the GEMV launched as a programmatic dependent (PQ_PDL)
+        pq_cuda_set_decode_fuse(on > 0);
+        pq_cuda_set_pdl(on == 2);
+        float *gout[3], *gmlp = bnan(nh), *ggate = bnan(nh), *gup = bnan(nh), *gtmp = bnan(nx);
+        float *gres = bdev(res, nx), *gxm = bdev(res, nx), *glog = dnan((size_t)N * 1000);
+        for (int t = 0; t < 3; t++) gout[t] = bnan((size_t)N * oc[t]);
+        pq_linear_rows_group_forward(gout, gX, dw, (const float *const *)db, 3, N, C);
+        pq_gate_up_forward(gmlp, ggate, gup, gX, &dg, &du, dbgu, dbgu, N, C, H);
+        pq_linear_rows_add_forward(gres, gtmp, gX, &dwo, db[0], N, C, C);
+        float *gmlp2 = bnan(nh);
+        pq_mlp_forward(gxm, gtmp, ggate, gup, gmlp2, gX, &dg, &du, &dd, dbgu, dbgu, NULL, N, C, H);
+        pq_logits_forward(glog, gX, &dl, N, C, 1000);
+        char name[112], what[64];
+        snprintf(what, sizeof what, "bf16 act C=%d N=%d%s%s%s", C, N, bias ? " bias" : "", off ? " unaligned" : "",
+                 on == 2 ? " fused, PDL" : on ? " fused" : "");
+        for (int t = 0; t < 3; t++) {
+            snprintf(name, sizeof name, "linear_rows_group_forward %s [%d]", what, t);
+            lcmp(name, out[t], gout[t], (size_t)N * oc[t], TOL_EW);
+        }
+        snprintf(name, sizeof name, "gate_up_forward %s H=%d", what, H);
+        lcmp(name, mlp, gmlp, nh, TOL_CH);
+        snprintf(name, sizeof name, "linear_rows_add_forward %s", what);
+        lcmp(name, xr, gres, nx, TOL_EW);
+        snprintf(name, sizeof name, "mlp_forward %s H=%d", what, H);
+        lcmp(name, xm, gxm, nx, TOL_CH);
+        snprintf(name, sizeof name, "logits_forward %s (f32 logits)", what);
+        fcmp(name, logits, glog, (size_t)N * 1000, prod_tol(dt));
+        for (int t = 0; t < 3; t++) pq_dev_free(gout[t]);
+        DEV_FREE(gmlp, ggate, gup, gtmp, gres, gxm, glog, gmlp2);
+    }
+    pq_cuda_set_decode_fuse(-1);
+    pq_cuda_set_pdl(-1);
+    for (int t = 0; t < 3; t++) {
+        pq_dev_weight_free(&dw[t]);
+        free((void *)hw[t].data), free(b[t]), free(out[t]);
+        pq_dev_free(db[t]);
+    }
+    PqWeight *dws[] = {&dg, &du, &dwo, &dd, &dl}, *hws[] = {&hg, &hu, &ho, &hd, &hl};
+    for (int i = 0; i < 5; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
+    free(xh), free(res), free(gate), free(up), free(mlp), free(tmp), free(xr), free(down), free(xm), free(logits);
+    pq_dev_free(gXb);
+}
+static void g_gen(void) {
+    for (int N = 1; N <= 8; N *= 2) { // the GEMV's row counts (and f16 weights through it)
+        test_linear(PQ_BF16, 1, N, 1024, 320, 0);
+        test_linear(PQ_BF16, 0, N, 1032, 77, 0);
+        test_linear(PQ_F16, 1, N, 1024, 320, 0);
+    }
+    test_gen_fused(1024, 256, 2816, 1, 0, 0);
+    test_gen_fused(1024, 256, 2816, 1, 0, 1);
+    test_gen_fused(1024, 256, 1024, 3, 0, 1);
+    test_gen_fused(1024, 256, 2816, 64, 0, 0);
+    test_gen_fused(1032, 128, 700, 1, 1, 0);
+}
+
 // One process switching the storage between calls (pq_ops_set_act_dtype), bf16, f32, bf16 again, on the same
 // shapes: what the backend caches across calls (cuBLASLt's plans, keyed by C's dtype and the bias epilogue;
 // cuDNN's attention plans and the plan cache of positions; the fallback's pool; the scratch buffers) must
@@ -123,7 +227,8 @@ static void g_switch(void) {
 static const GtGroup groups[] = {
     {"embedding", g_embedding}, {"rmsnorm", g_rmsnorm},       {"qk_norm", g_qk_norm}, {"linear", g_linear},
     {"lora", g_lora},           {"rope", g_rope},             {"elementwise", g_elementwise},
-    {"attention", g_attention}, {"attention2", g_attention2}, {"logp", g_logp},   {"switch", g_switch},
+    {"attention", g_attention}, {"attention2", g_attention2}, {"logp", g_logp},   {"gen", g_gen},
+    {"switch", g_switch},
 };
 enum { NGROUPS = sizeof groups / sizeof *groups };
 

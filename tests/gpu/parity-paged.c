@@ -10,18 +10,21 @@
 // PQ_PAGED_ATTN says, the group run once per mode by scripts/gpu-check)
 // and f32 ones through the kernel; sampling
 // (greedy, temperature, top-k, top-p, min-p, ties, masked logits, V 32k and
-// 152k) to the same ids for the same (seed, seq, step). Then timings: decode
+// 152k) to the same ids for the same (seed, seq, step); some of these again
+// in bf16 activation storage (group act: q, k, v and out bf16, as generation
+// keeps them with PQ_ACTIVATIONS=bf16). Then timings: decode
 // attention of one Mistral-7B-shaped layer (32/8 heads, HS 128, bf16 cache,
 // blocks of 16) at batch 1/64/256 and contexts 512-2048, with the KV bytes
 // read per second, and sampling of 64/256 rows. Built only with CUDA=1; run
 // by scripts/gpu-check (RESULT lines for its table).
-//   parity-paged [--list] [GROUP]   GROUP: append attention prefill sample time
+//   parity-paged [--list] [GROUP]   GROUP: append attention prefill sample logp act time
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "../unit/act16.h"
 #include "cuda/sdpa.h"
 #include "cuda/tuning.h"
 #include "gpu_test.h"
@@ -49,6 +52,30 @@ static void cmp(const char *name, const float *want, const float *got, size_t n,
     if (!close_rel(name, 60, want, got, n, tol)) failures++;
 }
 
+// Group act runs the cases in bf16 activation storage (PQ_ACTIVATIONS=bf16, ops.h: generation's q, k, v and
+// attention outputs are bf16): the host inputs rounded as stored, the oracle's outputs rounded once.
+static int act16;
+static float rb(float x) { return pq_bf16_to_f32(pq_f32_to_bf16(x)); }
+// a device activation of host values (rounded in place first in bf16 storage)
+static float *adev(float *h, size_t n) {
+    if (!act16) return dev(h, n * 4);
+    for (size_t i = 0; i < n; i++) h[i] = rb(h[i]);
+    return act16_up(h, n);
+}
+static float *anan(size_t n) { // an output not yet written
+    if (!act16) return dnan(n);
+    float *h = hnan(n), *d = act16_up(h, n);
+    free(h);
+    return d;
+}
+static float *adown(const float *d, float *want, size_t n) { // (the oracle's want rounded as stored)
+    if (!act16) return down(d, n);
+    for (size_t i = 0; i < n; i++) want[i] = rb(want[i]);
+    return act16_down(d, n);
+}
+// outputs within one bf16 step of the oracle's rounded value (|out| <= 1: 2^-8) and the tolerance
+static double act_tol(double tol) { return act16 && tol < 8e-3 ? 8e-3 : tol; }
+
 static void test_append(void) {
     int L = 2, NB = 9, BT = 16, KVH = 4, HS = 64, N = 20;
     size_t kd = (size_t)KVH * HS, per = (size_t)NB * BT * kd;
@@ -60,7 +87,7 @@ static void test_append(void) {
         float *k = hrand(N * kd, 2), *v = hrand(N * kd, 2);
         int32_t slot[20];
         for (int i = 0; i < N; i++) slot[i] = (int32_t)(i * 7 % (NB * BT));
-        float *dkk = dev(k, N * kd * 4), *dvv = dev(v, N * kd * 4);
+        float *dkk = adev(k, N * kd), *dvv = adev(v, N * kd);
         int32_t *ds = dev(slot, sizeof slot);
         pq_cpu_paged_append((char *)hk + per * es, (char *)hv + per * es, dt, k, v, slot, N, KVH, HS);
         pq_paged_append((char *)dk + per * es, (char *)dv + per * es, dt, dkk, dvv, ds, N, KVH, HS);
@@ -74,8 +101,8 @@ static void test_append(void) {
         checks++;
         if (memcmp(gk, hk, bytes) || memcmp(gv, hv, bytes)) {
             failures++;
-            printf("FAIL append + copy blocks %s: pools differ\n", pq_dtype_name(dt));
-        } else printf("ok   append + copy blocks %s: pools identical\n", pq_dtype_name(dt));
+            printf("FAIL append + copy blocks %s%s: pools differ\n", pq_dtype_name(dt), act16 ? ", bf16 k, v" : "");
+        } else printf("ok   append + copy blocks %s%s: pools identical\n", pq_dtype_name(dt), act16 ? ", bf16 k, v" : "");
         free(hk), free(hv), free(gk), free(gv), free(k), free(v);
         pq_dev_free(dk), pq_dev_free(dv), pq_dev_free(dkk), pq_dev_free(dvv), pq_dev_free(ds), pq_dev_free(dcp);
     }
@@ -143,18 +170,18 @@ static const char *variant = ""; // the kernel's settings, when not the defaults
 static void attention_case(int N, int NH, int KVH, int HS, int BT, int window, PqDtype dt, const int *len) {
     Batch b = batch(N, NH, KVH, HS, BT, dt, len, 1);
     size_t qn = (size_t)N * NH * HS, nw = pq_paged_attention_work(N, NH, KVH, HS, b.max_len);
-    float *q = hrand(qn, 2), *want = hnan(qn), *dq = dev(q, qn * 4), *dout = dnan(qn);
+    float *q = hrand(qn, 2), *want = hnan(qn), *dq = adev(q, qn), *dout = anan(qn);
     float *work = nw ? pq_xmalloc(nw * 4) : NULL, *dwork = nw ? dnan(nw) : NULL;
     pq_cpu_paged_attention_forward(want, q, b.kp, b.vp, dt, b.tables, b.maxblk, b.len, N, NH, KVH, HS, BT, window,
                                    b.max_len, work);
     pq_paged_attention_forward(dout, dq, b.dkp, b.dvp, dt, b.dtables, b.maxblk, b.dlen, N, NH, KVH, HS, BT, window,
                                b.max_len, dwork);
-    float *got = down(dout, qn);
+    float *got = adown(dout, want, qn);
     char name[160];
     int ns = pq_paged_splits(N, KVH, b.max_len, NULL);
-    snprintf(name, sizeof name, "attention %s N %d %d/%d HS %d BT %d window %d, %d splits%s", pq_dtype_name(dt), N,
-             NH, KVH, HS, BT, window, ns, variant);
-    cmp(name, want, got, qn, dt == PQ_BF16 ? 1e-4 : 2e-5);
+    snprintf(name, sizeof name, "attention %s N %d %d/%d HS %d BT %d window %d, %d splits%s%s", pq_dtype_name(dt),
+             N, NH, KVH, HS, BT, window, ns, variant, act16 ? ", bf16 q, out" : "");
+    cmp(name, want, got, qn, act_tol(dt == PQ_BF16 ? 1e-4 : 2e-5));
     free(q), free(want), free(work), free(got);
     pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork);
     batch_free(&b);
@@ -247,24 +274,26 @@ static void prefill_case(PqDtype dt, int NH, int KVH, int HS, int window, const 
     }
     size_t nw = pq_paged_attention_work(N, NH, KVH, HS, max_len);
     float *q = hrand(qn, 2), *want = hnan(qn), *work = nw ? pq_xmalloc(nw * 4) : NULL;
+    float *dq = adev(q, qn), *dout = anan(qn); // (q rounded first in bf16 storage: the oracle's input too)
     pq_cpu_paged_prefill_forward(want, q, kp, vp, dt, tables, maxblk, len, seg, nseg, max_q, N, NH, KVH, HS, BT, NB,
                                  window, max_len, work);
     void *dkp = dev(kp, bytes), *dvp = dev(vp, bytes);
-    float *dq = dev(q, qn * 4), *dout = dnan(qn), *dwork = nw ? dnan(nw) : NULL;
+    float *dwork = nw ? dnan(nw) : NULL;
     int32_t *dtab = dev(tables, (size_t)N * maxblk * sizeof *tables), *dlen = dev(len, (size_t)N * sizeof *len);
     int32_t *dseg = dev(seg, (size_t)(nseg + 1) * sizeof *seg);
     int calls0 = pq_paged_cudnn_calls();
     pq_paged_prefill_forward(dout, dq, dkp, dvp, dt, dtab, maxblk, dlen, dseg, nseg, max_q, N, NH, KVH, HS, BT, NB,
                              window, max_len, dwork);
-    float *got = down(dout, qn);
+    float *got = adown(dout, want, qn);
     int served = pq_paged_cudnn_calls() - calls0;
     char mode = paged_mode();
     int expect = dt == PQ_BF16 && (mode == 'c' || (mode == 'a' && max_q > 1));
     char segs[200] = "", name[320];
     for (int s = 0, o = 0; s < nseg && o < (int)sizeof segs - 16; s++)
         o += snprintf(segs + o, sizeof segs - o, "%s%d+%d", s ? "," : "", ctx[s], rows[s]);
-    snprintf(name, sizeof name, "prefill %s %d/%d HS %d window %d, %d segs %s, maxblk %d, N %d, NB %d [%s]",
-             pq_dtype_name(dt), NH, KVH, HS, window, nseg, segs, maxblk, N, NB, served ? "cuDNN" : "kernel");
+    snprintf(name, sizeof name, "prefill %s %d/%d HS %d window %d, %d segs %s, maxblk %d, N %d, NB %d%s [%s]",
+             pq_dtype_name(dt), NH, KVH, HS, window, nseg, segs, maxblk, N, NB, act16 ? ", bf16 q, out" : "",
+             served ? "cuDNN" : "kernel");
     checks++;
     if (expect && !served) {
         // head sizes other than 64 and 128 may be refused by a cuDNN version (as parity-attn): the kernel serves
@@ -280,7 +309,7 @@ static void prefill_case(PqDtype dt, int NH, int KVH, int HS, int window, const 
     } else printf("ok   %s: %s as PQ_PAGED_ATTN %c wants\n", name, served ? "cuDNN served it" : "the kernel served it", mode);
     // cuDNN: q and out rounded to bf16 and the probabilities in bf16 (parity-attn's cuDNN rows allow 3e-2
     // against the f32 oracle); the kernel: f32 arithmetic on the cache's values
-    cmp(name, want, got, qn, served ? 1e-2 : dt == PQ_BF16 ? 1e-4 : 2e-5);
+    cmp(name, want, got, qn, act_tol(served ? 1e-2 : dt == PQ_BF16 ? 1e-4 : 2e-5));
     free(perm), free(stab), free(tables), free(len), free(seg), free(kp), free(vp), free(q), free(want), free(work);
     free(got);
     pq_dev_free(dkp), pq_dev_free(dvp), pq_dev_free(dq), pq_dev_free(dout), pq_dev_free(dwork), pq_dev_free(dtab);
@@ -555,9 +584,29 @@ static void test_time(void) {
         }
 }
 
+// bf16 activation storage (generation with PQ_ACTIVATIONS=bf16): the append, a decode batch of each kernel,
+// prefill segments through cuDNN (q and out bf16 as they are) and through the kernel
+static void test_act(void) {
+    pq_ops_set_act_dtype(PQ_BF16);
+    act16 = 1;
+    test_append();
+    int len[96];
+    for (int i = 0; i < 96; i++) len[i] = 1 + (int)(rnd() % 400);
+    attention_case(96, 32, 8, 128, 16, 0, PQ_BF16, len); // the fast kernel
+    attention_case(3, 8, 2, 64, 16, 100, PQ_F32, len);   // the general one, an f32 cache
+    static const int c5[] = {37, 0, 100, 0, 200}, r5[] = {29, 45, 1, 1, 64};
+    static const int c7[] = {0, 15, 16, 17, 250, 1023, 64}, r7[] = {1, 1, 1, 1, 1, 1, 1};
+    prefill_case(PQ_BF16, 32, 8, 128, 0, c5, r5, 5, 0, 200);
+    prefill_case(PQ_BF16, 8, 2, 64, 20, c5, r5, 5, 0, 0);
+    prefill_case(PQ_BF16, 32, 8, 128, 0, c7, r7, 7, 0, 0);
+    prefill_case(PQ_F32, 8, 2, 64, 0, c5, r5, 5, 0, 0);
+    act16 = 0;
+    pq_ops_set_act_dtype(PQ_F32);
+}
+
 int main(int argc, char **argv) {
-    static const char *groups[] = {"append", "attention", "prefill", "sample", "logp", "time"};
-    void (*fns[])(void) = {test_append, test_attention, test_prefill, test_sample, test_logp, test_time};
+    static const char *groups[] = {"append", "attention", "prefill", "sample", "logp", "act", "time"};
+    void (*fns[])(void) = {test_append, test_attention, test_prefill, test_sample, test_logp, test_act, test_time};
     enum { NG = sizeof groups / sizeof *groups };
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
         for (int g = 0; g < NG; g++) printf("%s\n", groups[g]);
