@@ -17,10 +17,6 @@ extern "C" {
 
 // ---- append, copies ----
 
-template <typename T> __device__ __forceinline__ T pq_st(float x);
-template <> __device__ __forceinline__ float pq_st<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 pq_st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
 // k, v (N,kd) of the activations' type A -> kp, vp rows slot[i]; a negative slot (a row that pads a CUDA graph's
 // step, gen.c) is not written
 template <typename T, typename A>
@@ -30,8 +26,8 @@ __global__ void paged_append_kernel(T *kp, T *vp, const A *k, const A *v, const 
     int i = (int)(idx / kd), e = (int)(idx % kd);
     if (slot[i] < 0) return;
     size_t at = (size_t)slot[i] * kd + e;
-    kp[at] = pq_st<T>(pq_ld(k, idx));
-    vp[at] = pq_st<T>(pq_ld(v, idx));
+    pq_st(kp, at, pq_ld(k, idx));
+    pq_st(vp, at, pq_ld(v, idx));
 }
 
 template <typename A>
@@ -107,13 +103,16 @@ __device__ __forceinline__ void chunk_softmax(float *s, float *alpha, float *mm,
 
 // Both decode kernels' start: the G query heads of KV head kh of row i,
 // scaled, into qs; m and l reset; the positions [*j0, *j1) of split sp that
-// row i sees (its window's). Returns row i's table.
-__device__ __forceinline__ const int32_t *paged_begin(float *qs, float *mm, float *ll, const float *q,
+// row i sees (its window's). Returns row i's table. q and out are activations
+// of type A (f32, or bf16 with PQ_ACTIVATIONS=bf16: read widened, written
+// rounded once); work is f32.
+template <typename A>
+__device__ __forceinline__ const int32_t *paged_begin(float *qs, float *mm, float *ll, const A *q,
                                                       const int32_t *tables, int maxblk, const int32_t *len, int i,
                                                       int kh, int G, int NH, int HS, int window, int SL, int sp,
                                                       float scale, int *j0, int *j1) {
     for (int e = threadIdx.x; e < G * HS; e += ATT_THREADS)
-        qs[e] = q[((size_t)i * NH + (size_t)kh * G) * HS + e] * scale;
+        qs[e] = pq_ld(q, ((size_t)i * NH + (size_t)kh * G) * HS + e) * scale;
     if (threadIdx.x < G) mm[threadIdx.x] = -INFINITY, ll[threadIdx.x] = 0;
     int n = len[i], lo = 0;
     if (window > 0 && n - 1 - window > lo) lo = n - 1 - window;
@@ -123,10 +122,11 @@ __device__ __forceinline__ const int32_t *paged_begin(float *qs, float *mm, floa
 
 // And their end, for channel d of query head g (of KV head kh) summed to x:
 // the output when there is one split, else split sp's partial (m, l, o).
-__device__ __forceinline__ void paged_put(float *out, float *work, const float *mm, const float *ll, float x, int i,
+template <typename A>
+__device__ __forceinline__ void paged_put(A *out, float *work, const float *mm, const float *ll, float x, int i,
                                           int kh, int g, int d, int G, int NH, int HS, int ns, int sp) {
     size_t h = (size_t)kh * G + g;
-    if (ns == 1) out[((size_t)i * NH + h) * HS + d] = ll[g] > 0 ? x / ll[g] : 0.0f;
+    if (ns == 1) pq_st(out, ((size_t)i * NH + h) * HS + d, ll[g] > 0 ? x / ll[g] : 0.0f);
     else {
         float *w = work + (((size_t)i * NH + h) * ns + sp) * (HS + 2);
         w[2 + d] = x;
@@ -138,9 +138,9 @@ __device__ __forceinline__ void paged_put(float *out, float *work, const float *
 // each key and value once. Warps score positions (lanes across the head),
 // online softmax over chunks of ATT_CH, thread d accumulates channels d and
 // d + 128 of the G heads. One split: the output; more: (m, l, o) partials.
-template <typename T, int GM>
+template <typename T, int GM, typename A>
 __global__ void __launch_bounds__(ATT_THREADS)
-    paged_attn_kernel(float *out, float *work, const float *q, const T *kp, const T *vp, const int32_t *tables,
+    paged_attn_kernel(A *out, float *work, const A *q, const T *kp, const T *vp, const int32_t *tables,
                       int maxblk, const int32_t *len, int NH, int KVH, int HS, int BT, int window, int SL, int ns,
                       float scale) {
     extern __shared__ float sm[]; // q (G,HS), s (G,ATT_CH), alpha (G), m (G), l (G)
@@ -222,9 +222,9 @@ template <> struct ValueLoad<2> { typedef uint32_t T; };
 
 // KEYS: keys a lane group has in flight (4, or 8 under PQ_PAGED_KEYS=8: half the round trips to memory of a
 // split, twice the registers)
-template <int HS, int GM, int KEYS>
+template <int HS, int GM, int KEYS, typename A>
 __global__ void __launch_bounds__(ATT_THREADS)
-    paged_attn_fast_kernel(float *out, float *work, const float *q, const __nv_bfloat16 *kp, const __nv_bfloat16 *vp,
+    paged_attn_fast_kernel(A *out, float *work, const A *q, const __nv_bfloat16 *kp, const __nv_bfloat16 *vp,
                            const int32_t *tables, int maxblk, const int32_t *len, int NH, int KVH, int BT, int window,
                            int SL, int ns, float scale) {
     constexpr int TG = HS / 8;        // lanes a key
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 // loaded together: read one after another by every thread, they were two round trips a split; the same sums
 // in the same order)
 #define COMBINE_BATCH 8
-__global__ void paged_combine_kernel(float *out, const float *work, int HS, int ns) {
+template <typename A> __global__ void paged_combine_kernel(A *out, const float *work, int HS, int ns) {
     pq_pdl_launch_dependents(); // (o_proj's product, PQ_PDL: common.cuh)
     extern __shared__ float ml[]; // (m, l) of each split
     size_t ih = blockIdx.x;
@@ -383,30 +383,30 @@ __global__ void paged_combine_kernel(float *out, const float *work, int HS, int 
                 if (sp < ns && ml[2 * sp + 1] > 0) x += o[u] * expf(ml[2 * sp] - M);
             }
         }
-        out[ih * HS + d] = x / L;
+        pq_st(out, ih * HS + d, x / L);
     }
 }
 
-template <typename T, int GM>
-static void attn_launch(float *out, float *work, const float *q, const void *kp, const void *vp, const int32_t *tables,
+template <typename T, int GM, typename A>
+static void attn_launch(A *out, float *work, const A *q, const void *kp, const void *vp, const int32_t *tables,
                         int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT, int window, int SL,
                         int ns) {
     int G = NH / KVH;
     size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G) * sizeof(float);
-    paged_attn_kernel<T, GM><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
+    paged_attn_kernel<T, GM, A><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
         out, work, q, (const T *)kp, (const T *)vp, tables, maxblk, len, NH, KVH, HS, BT, window, SL, ns,
         1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
 }
 
-template <typename T>
-static void attn_dispatch(float *out, float *work, const float *q, const void *kp, const void *vp,
+template <typename T, typename A>
+static void attn_dispatch(A *out, float *work, const A *q, const void *kp, const void *vp,
                           const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT,
                           int window, int SL, int ns) {
     int G = NH / KVH;
 #define PQ_ATT_CASE(GM)                                                                                               \
     if (G <= GM) {                                                                                                    \
-        attn_launch<T, GM>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);          \
+        attn_launch<T, GM, A>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);       \
         return;                                                                                                       \
     }
     PQ_ATT_CASE(1)
@@ -423,15 +423,15 @@ static int fast_on(void) {
     return pq_env_switch(&on, "PQ_PAGED_FAST", true);
 }
 
-template <int HS, int GM, int KEYS>
-static void fast_launch(float *out, float *work, const float *q, const void *kp, const void *vp, const int32_t *tables,
+template <int HS, int GM, int KEYS, typename A>
+static void fast_launch(A *out, float *work, const A *q, const void *kp, const void *vp, const int32_t *tables,
                         int maxblk, const int32_t *len, int N, int NH, int KVH, int BT, int window, int SL, int ns) {
     int G = NH / KVH;
     size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G + (size_t)ATT_WARPS * G * HS) * sizeof(float);
     if (smem > 48 * 1024)
-        CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM, KEYS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM, KEYS, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 (int)smem));
-    paged_attn_fast_kernel<HS, GM, KEYS><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
+    paged_attn_fast_kernel<HS, GM, KEYS, A><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
         out, work, q, (const __nv_bfloat16 *)kp, (const __nv_bfloat16 *)vp, tables, maxblk, len, NH, KVH, BT, window,
         SL, ns, 1.0f / sqrtf((float)HS));
     CU_LAUNCHED();
@@ -448,19 +448,20 @@ static int paged_keys(void) {
     return keys_set;
 }
 
-static void fast_dispatch(float *out, float *work, const float *q, const void *kp, const void *vp,
+template <typename A>
+static void fast_dispatch(A *out, float *work, const A *q, const void *kp, const void *vp,
                           const int32_t *tables, int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT,
                           int window, int SL, int ns) {
     int G = NH / KVH, keys = paged_keys();
 #define PQ_FAST_CASE(GM)                                                                                              \
     if (G <= GM) {                                                                                                    \
         if (HS == 128 && keys == 8)                                                                                   \
-            fast_launch<128, GM, 8>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);       \
+            fast_launch<128, GM, 8, A>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);       \
         else if (HS == 128)                                                                                           \
-            fast_launch<128, GM, 4>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);       \
+            fast_launch<128, GM, 4, A>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);       \
         else if (keys == 8)                                                                                           \
-            fast_launch<64, GM, 8>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);        \
-        else fast_launch<64, GM, 4>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);      \
+            fast_launch<64, GM, 8, A>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);        \
+        else fast_launch<64, GM, 4, A>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, BT, window, SL, ns);      \
         return;                                                                                                       \
     }
     PQ_FAST_CASE(1)
@@ -474,17 +475,27 @@ static void fast_dispatch(float *out, float *work, const float *q, const void *k
 static float *own_work;
 static size_t own_work_n;
 
+// The splits' kernels and their combine, q and out of the activations' type A
+template <typename A>
+static void paged_attention(A *out, const A *q, const void *kp, const void *vp, PqDtype dt, const int32_t *tables,
+                            int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT, int window,
+                            float *work, int SL, int ns) {
+    if (dt == PQ_BF16 && (HS == 128 || HS == 64) && fast_on())
+        fast_dispatch(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
+    else if (dt == PQ_BF16)
+        attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
+    else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
+    if (ns > 1) {
+        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 2 * ns * sizeof(float), pq_cuda_stream>>>(out, work,
+                                                                                                      HS, ns);
+        CU_LAUNCHED();
+    }
+}
+
 extern "C" void pq_paged_attention_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
                                            const int32_t *tables, int maxblk, const int32_t *len, int N, int NH,
                                            int KVH, int HS, int BT, int window, int max_len, float *work) {
     if (N <= 0) return;
-    if (pq_cuda_act_bf16()) { // q widened, out rounded once: a decoding step's few rows (the kernels read f32 q)
-        size_t n = (size_t)N * NH * HS;
-        PqActFallback fb;
-        pq_paged_attention_forward(fb.out(out, n), fb.in(q, n), kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT,
-                                   window, max_len, work);
-        return;
-    }
     if (HS > 2 * ATT_THREADS || NH % KVH || NH / KVH > 16 || (dt != PQ_F32 && dt != PQ_BF16))
         pq_cuda_fail("pq_paged_attention_forward", "head size > 256, query group > 16 or a dtype not f32/bf16",
                      __FILE__, __LINE__);
@@ -498,16 +509,10 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
         }
         work = own_work;
     }
-    if (dt == PQ_BF16 && (HS == 128 || HS == 64) && fast_on())
-        fast_dispatch(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
-    else if (dt == PQ_BF16)
-        attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
-    else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
-    if (ns > 1) {
-        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 2 * ns * sizeof(float), pq_cuda_stream>>>(out, work,
-                                                                                                      HS, ns);
-        CU_LAUNCHED();
-    }
+    if (pq_cuda_act_bf16())
+        paged_attention((pq_bf16 *)out, (const pq_bf16 *)q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT,
+                        window, work, SL, ns);
+    else paged_attention(out, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, work, SL, ns);
 }
 
 // ---- prefill with context: cuDNN's fused attention over the paged cache ----
