@@ -1140,7 +1140,7 @@ static int lora_on(const PqGen *g, int l, int j) {
     return lo && lo->ab[l * PQ_NLIN + j].A;
 }
 
-// x += layer l's product j of inp (o_proj, down_proj): one fused product where it has no LoRA pair
+// x += layer l's product j of inp (down_proj beside a LoRA MLP): one fused product where it has no LoRA pair
 static void residual_lin(PqGen *g, int l, int j, const float *inp, int N) {
     const PqConfig *c = &g->m->cfg;
     int in, oc;
@@ -1321,15 +1321,11 @@ static void forward_kernels(void *arg) {
                                     g->T, pq_layer_window(c, l));
         }
         if (a->prof) prof_mark(g, PQ_GP_ATTN);
-        if (pq_ops_act_dtype() == PQ_BF16) { // pq-logp's rounding points (model.c): the norm of the unrounded sum x + o_proj
-            lin(g, l, PQ_O, g->tmp, g->att, N);
-            if (a->prof) prof_mark(g, PQ_GP_O);
-            pq_residual_rmsnorm_forward(g->ln, NULL, g->x, g->tmp, w->ln2, N, c->C, c->eps);
-        } else {
-            residual_lin(g, l, PQ_O, g->att, N);
-            if (a->prof) prof_mark(g, PQ_GP_O);
-            pq_rmsnorm_forward(g->ln, NULL, g->x, w->ln2, N, c->C, c->eps);
-        }
+        // o_proj, then the residual add and the norm after it in one op, as model.c: with bf16 activations the
+        // norm reads the unrounded sum (pq-logp's rounding points); one launch fewer than an add and a norm
+        lin(g, l, PQ_O, g->tmp, g->att, N);
+        if (a->prof) prof_mark(g, PQ_GP_O);
+        pq_residual_rmsnorm_forward(g->ln, NULL, g->x, g->tmp, w->ln2, N, c->C, c->eps);
         if (!lora_on(g, l, PQ_GATE) && !lora_on(g, l, PQ_UP) && !lora_on(g, l, PQ_DOWN)) {
             pq_mlp_forward(g->x, g->tmp, g->gate, g->up, g->mlp, g->ln, &w->w[PQ_GATE], &w->w[PQ_UP],
                            &w->w[PQ_DOWN], w->b[PQ_GATE], w->b[PQ_UP], w->b[PQ_DOWN], N, c->C, c->H);

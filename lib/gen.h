@@ -93,8 +93,8 @@ void pq_gen_stats(const PqGen *g, PqGenStats *st);
 // blocks, the step's rows), upload (ids, positions, tables and the paged
 // cache's copies on write), embed, then summed over the layers: qkv (the
 // norm, the q/k/v products, q/k norms), attn (rope, KV append, attention),
-// o (o product, residual), mlp (the norm, gate/up products, swiglu, down
-// product, residual); head (the last rows' final norm and lm_head), graph
+// o (o product), mlp (the residual add with the norm after it, gate/up
+// products, swiglu, down product, residual); head (the last rows' final norm and lm_head), graph
 // (PQ_CUDA_GRAPH=1: a decode step's forward, embed to head, as one phase,
 // whether its graph is replayed, captured, or run eagerly on its bucket's
 // first sight; never marked inside: run without PQ_CUDA_GRAPH for the
