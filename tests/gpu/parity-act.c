@@ -117,33 +117,26 @@ static void rows_oracle(float *out, const float *inp, const PqWeight *w, const f
 // (one element in): never the GEMV. Besides the tolerance, 99% of the elements must round alike (same_share).
 static void test_gen_fused(int C, int KV, int H, int N, int off, int bias) {
     PqDtype dt = PQ_BF16;
-    int oc[3] = {C, KV, KV};
-    PqWeight hw[3], dw[3], hg = hweight(H, C, dt, 0.1f, NULL), hu = hweight(H, C, dt, 0.1f, NULL);
-    PqWeight dg = pq_dev_weight(hg), du = pq_dev_weight(hu), ho = hweight(C, C, dt, 0.1f, NULL);
-    PqWeight dwo = pq_dev_weight(ho), hd = hweight(C, H, dt, 0.05f, NULL), dd = pq_dev_weight(hd);
+    LayerW lw = layer_w(dt, C, KV, H, bias);
+    const int *oc = lw.oc;
     PqWeight hl = hweight(1000, C, dt, 0.1f, NULL), dl = pq_dev_weight(hl);
-    float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3];
-    for (int t = 0; t < 3; t++) {
-        hw[t] = hweight(oc[t], C, dt, 0.1f, NULL), dw[t] = pq_dev_weight(hw[t]);
-        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
-        out[t] = hnan((size_t)N * oc[t]);
-    }
+    float *out[3];
+    for (int t = 0; t < 3; t++) out[t] = hnan((size_t)N * oc[t]);
     size_t nx = (size_t)N * C, nh = (size_t)N * H;
     float *xh = brand(nx + off, 1), *x = xh + off, *res = brand(nx, 2), *gXb = bdev(xh, nx + off);
     const float *gX = pq_act_at_c(gXb, off);
-    const float *bgu = H == C ? b[0] : NULL, *dbgu = H == C ? db[0] : NULL; // (gate's and up's, where H = C)
     float *gate = hnan(nh), *up = hnan(nh), *mlp = hnan(nh), *tmp = hnan(nx), *xr = pq_xmalloc(nx * 4);
     float *down = hnan(nx), *xm = pq_xmalloc(nx * 4), *logits = hnan((size_t)N * 1000);
-    for (int t = 0; t < 3; t++) rows_oracle(out[t], x, &hw[t], b[t], N, C, oc[t]);
-    rows_oracle(gate, x, &hg, bgu, N, C, H);
-    rows_oracle(up, x, &hu, bgu, N, C, H);
+    for (int t = 0; t < 3; t++) rows_oracle(out[t], x, &lw.hw[t], lw.b[t], N, C, oc[t]);
+    rows_oracle(gate, x, &lw.hg, lw.bgu, N, C, H);
+    rows_oracle(up, x, &lw.hu, lw.bgu, N, C, H);
     pq_cpu_swiglu_forward(mlp, gate, up, N, H);
     round_act(mlp, nh);
-    rows_oracle(tmp, x, &ho, b[0], N, C, C);
+    rows_oracle(tmp, x, &lw.ho, lw.b[0], N, C, C);
     memcpy(xr, res, nx * 4);
     pq_cpu_residual_forward(xr, tmp, nx);
     round_act(xr, nx);
-    rows_oracle(down, mlp, &hd, NULL, N, H, C);
+    rows_oracle(down, mlp, &lw.hd, NULL, N, H, C);
     memcpy(xm, res, nx * 4);
     pq_cpu_residual_forward(xm, down, nx);
     round_act(xm, nx);
@@ -154,11 +147,11 @@ static void test_gen_fused(int C, int KV, int H, int N, int off, int bias) {
         float *gout[3], *gmlp = bnan(nh), *ggate = bnan(nh), *gup = bnan(nh), *gtmp = bnan(nx);
         float *gres = bdev(res, nx), *gxm = bdev(res, nx), *glog = dnan((size_t)N * 1000);
         for (int t = 0; t < 3; t++) gout[t] = bnan((size_t)N * oc[t]);
-        pq_linear_rows_group_forward(gout, gX, dw, (const float *const *)db, 3, N, C);
-        pq_gate_up_forward(gmlp, ggate, gup, gX, &dg, &du, dbgu, dbgu, N, C, H);
-        pq_linear_rows_add_forward(gres, gtmp, gX, &dwo, db[0], N, C, C);
+        pq_linear_rows_group_forward(gout, gX, lw.dw, (const float *const *)lw.db, 3, N, C);
+        pq_gate_up_forward(gmlp, ggate, gup, gX, &lw.dg, &lw.du, lw.dbgu, lw.dbgu, N, C, H);
+        pq_linear_rows_add_forward(gres, gtmp, gX, &lw.dwo, lw.db[0], N, C, C);
         float *gmlp2 = bnan(nh);
-        pq_mlp_forward(gxm, gtmp, ggate, gup, gmlp2, gX, &dg, &du, &dd, dbgu, dbgu, NULL, N, C, H);
+        pq_mlp_forward(gxm, gtmp, ggate, gup, gmlp2, gX, &lw.dg, &lw.du, &lw.dd, lw.dbgu, lw.dbgu, NULL, N, C, H);
         pq_logits_forward(glog, gX, &dl, N, C, 1000);
         char name[112], what[64];
         snprintf(what, sizeof what, "bf16 act C=%d N=%d%s%s%s", C, N, bias ? " bias" : "", off ? " unaligned" : "",
@@ -180,13 +173,9 @@ static void test_gen_fused(int C, int KV, int H, int N, int off, int bias) {
     }
     pq_cuda_set_decode_fuse(-1);
     pq_cuda_set_pdl(-1);
-    for (int t = 0; t < 3; t++) {
-        pq_dev_weight_free(&dw[t]);
-        free((void *)hw[t].data), free(b[t]), free(out[t]);
-        pq_dev_free(db[t]);
-    }
-    PqWeight *dws[] = {&dg, &du, &dwo, &dd, &dl}, *hws[] = {&hg, &hu, &ho, &hd, &hl};
-    for (int i = 0; i < 5; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
+    for (int t = 0; t < 3; t++) free(out[t]);
+    layer_w_free(&lw);
+    pq_dev_weight_free(&dl), free((void *)hl.data);
     free(xh), free(res), free(gate), free(up), free(mlp), free(tmp), free(xr), free(down), free(xm), free(logits);
     pq_dev_free(gXb);
 }

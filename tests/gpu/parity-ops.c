@@ -99,22 +99,18 @@ static void test_linear_rows(PqDtype dt, int N) {
 // shapes scaled down: C 1024, k and v 256 wide, H 2816 (OC past a multiple of GEMV_WARPS's rows), and a C past
 // 256's multiples. The products run back to back, so with PDL each one's start overlaps the one before.
 static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, int bias) {
-    int oc[3] = {C, KV, KV};
-    PqWeight hw[3], dw[3], hg = hweight(H, C, dt, 0.1f, NULL), hu = hweight(H, C, dt, 0.1f, NULL);
-    PqWeight dg = pq_dev_weight(hg), du = pq_dev_weight(hu), ho = hweight(C, C, dt, 0.1f, NULL);
-    PqWeight dwo = pq_dev_weight(ho), hd = hweight(C, H, dt, 0.05f, NULL), dd = pq_dev_weight(hd);
-    float *b[3] = {NULL, NULL, NULL}, *db[3] = {NULL, NULL, NULL}, *out[3];
-    for (int t = 0; t < 3; t++) {
-        hw[t] = hweight(oc[t], C, dt, 0.1f, NULL), dw[t] = pq_dev_weight(hw[t]);
-        if (bias) b[t] = hrand(oc[t], 1), db[t] = dev(b[t], oc[t] * 4);
-        out[t] = hnan((size_t)N * oc[t]);
-    }
+    LayerW lw = layer_w(dt, C, KV, H, bias);
+    const int *oc = lw.oc;
+    PqWeight *hw = lw.hw, *dw = lw.dw, hg = lw.hg, hu = lw.hu, ho = lw.ho, hd = lw.hd;
+    PqWeight dg = lw.dg, du = lw.du, dwo = lw.dwo, dd = lw.dd;
+    float **b = lw.b, **db = lw.db, *out[3];
+    for (int t = 0; t < 3; t++) out[t] = hnan((size_t)N * oc[t]);
     size_t nx = (size_t)N * C, nh = (size_t)N * H;
     float *x = hrand(nx + 4, 1), *res = hrand(nx, 2), *gX = dev(x, (nx + 4) * 4);
     float *mlp = hnan(nh), *gate = hnan(nh), *up = hnan(nh), *tmp = hnan(nx), *xr = pq_xmalloc(nx * 4);
     memcpy(xr, res, nx * 4);
     pq_cpu_linear_rows_group_forward(out, x + off, hw, (const float *const *)b, 3, N, C);
-    const float *bgu = H == C ? b[0] : NULL, *dbgu = H == C ? db[0] : NULL; // (gate's and up's, where H = C)
+    const float *bgu = lw.bgu, *dbgu = lw.dbgu;
     pq_cpu_gate_up_forward(mlp, gate, up, x + off, &hg, &hu, bgu, bgu, N, C, H);
     pq_cpu_linear_rows_add_forward(xr, tmp, x + off, &ho, b[0], N, C, C);
     // the whole MLP into the residual stream (its biases: none, or gate's and up's where H = C)
@@ -165,13 +161,8 @@ static void test_decode_fused(PqDtype dt, int C, int KV, int H, int N, int off, 
     }
     pq_cuda_set_decode_fuse(-1);
     pq_cuda_set_pdl(-1);
-    for (int t = 0; t < 3; t++) {
-        pq_dev_weight_free(&dw[t]);
-        free((void *)hw[t].data), free(b[t]), free(out[t]);
-        pq_dev_free(db[t]);
-    }
-    PqWeight *dws[] = {&dg, &du, &dwo, &dd}, *hws[] = {&hg, &hu, &ho, &hd};
-    for (int i = 0; i < 4; i++) pq_dev_weight_free(dws[i]), free((void *)hws[i]->data);
+    for (int t = 0; t < 3; t++) free(out[t]);
+    layer_w_free(&lw);
     free(x), free(res), free(mlp), free(gate), free(up), free(tmp), free(xr), free(nw), free(ln), free(xm), free(mlp2);
     for (int t = 0; t < 3; t++) free(nout[t]);
     pq_dev_free(gX), pq_dev_free(gnw);

@@ -154,6 +154,37 @@ static void freev(void **p, size_t n) {
         freev(p_, sizeof p_ / sizeof *p_);                                                                           \
     } while (0)
 
+// A decoding layer's weights for the fusions' tests (ops_gen.h), host h and device d: q, k, v (C, KV, KV rows
+// of C), gate and up (H rows of C), o (C of C), down (C of H); q, k and v biased (host b, device db) when bias,
+// else NULL, and gate and up sharing q's where H = C (bgu, dbgu; else NULL)
+typedef struct LayerW {
+    int oc[3];
+    PqWeight hw[3], dw[3], hg, hu, ho, hd, dg, du, dwo, dd;
+    float *b[3], *db[3];
+    const float *bgu, *dbgu;
+} LayerW;
+static LayerW layer_w(PqDtype dt, int C, int KV, int H, int bias) {
+    LayerW w = {.oc = {C, KV, KV}};
+    for (int t = 0; t < 3; t++) {
+        w.hw[t] = hweight(w.oc[t], C, dt, 0.1f, NULL), w.dw[t] = pq_dev_weight(w.hw[t]);
+        w.b[t] = bias ? hrand(w.oc[t], 1) : NULL, w.db[t] = bias ? dev(w.b[t], w.oc[t] * 4) : NULL;
+    }
+    w.hg = hweight(H, C, dt, 0.1f, NULL), w.hu = hweight(H, C, dt, 0.1f, NULL), w.ho = hweight(C, C, dt, 0.1f, NULL);
+    w.hd = hweight(C, H, dt, 0.05f, NULL);
+    w.dg = pq_dev_weight(w.hg), w.du = pq_dev_weight(w.hu), w.dwo = pq_dev_weight(w.ho), w.dd = pq_dev_weight(w.hd);
+    w.bgu = H == C ? w.b[0] : NULL, w.dbgu = H == C ? w.db[0] : NULL;
+    return w;
+}
+static void layer_w_free(LayerW *w) {
+    for (int t = 0; t < 3; t++) {
+        pq_dev_weight_free(&w->dw[t]);
+        free((void *)w->hw[t].data), free(w->b[t]);
+        pq_dev_free(w->db[t]);
+    }
+    PqWeight *d[] = {&w->dg, &w->du, &w->dwo, &w->dd}, *h[] = {&w->hg, &w->hu, &w->ho, &w->hd};
+    for (int i = 0; i < 4; i++) pq_dev_weight_free(d[i]), free((void *)h[i]->data);
+}
+
 // ---- the ops ----
 
 static void test_embedding(PqDtype dt) {
