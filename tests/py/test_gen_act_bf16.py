@@ -24,8 +24,8 @@ import tempfile
 import torch
 
 from gendrv import drive
-from test_logp import BIN, SAN, make
-from test_logp_act_bf16 import Ref, lora_adapter
+from test_logp import BIN, SAN
+from test_logp_act_bf16 import Ref, model_case
 
 BUILD = os.environ.get("PQ_BUILD", os.path.join(os.path.dirname(BIN)))
 DRIVER = os.path.join(BUILD, "tests", "test-gen")
@@ -76,14 +76,8 @@ def main():
         cases = cases[1:2] + cases[3:]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (arch, args, targets) in enumerate(cases):
-            d = os.path.join(tmp, "m%d" % k)
-            make(d, arch, "--seed", str(k + 40), "--layers", "1", *args)
+            d, ad, extra = model_case(tmp, k, arch, args, targets, k + 40)
             name = arch + " " + " ".join(args) + (" + LoRA on every projection" if targets else "")
-            ad, extra = None, []
-            if targets:
-                ad = os.path.join(tmp, "a%d" % k)
-                lora_adapter(d, ad, targets, k)
-                extra = ["--adapter", ad]
             ref = Ref(d, ad)
             V = ref.c["vocab_size"]
             prompts = [[(37 * i + 11 * j + k) % (V - 3) + 3 for j in range(n)] for i, n in enumerate((7, 19, 12))]

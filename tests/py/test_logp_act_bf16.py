@@ -178,6 +178,18 @@ def lora_adapter(d, ad, targets, seed):
               open(os.path.join(ad, "adapter_config.json"), "w"))
 
 
+def model_case(tmp, k, arch, args, targets, seed):
+    """One decoder layer of arch (make_tiny_model.py's args) in tmp/m<k>, with a LoRA adapter on targets in
+    tmp/a<k> when there are any: (the model's folder, the adapter's or None, pq's arguments for it)."""
+    d = os.path.join(tmp, "m%d" % k)
+    make(d, arch, "--seed", str(seed), "--layers", "1", *args)
+    if not targets:
+        return d, None, []
+    ad = os.path.join(tmp, "a%d" % k)
+    lora_adapter(d, ad, targets, k)
+    return d, ad, ["--adapter", ad]
+
+
 def main():
     if not os.access(os.path.join(BIN, "pq-logp"), os.X_OK):
         print("FAIL: no pq-logp in", BIN)
@@ -195,14 +207,8 @@ def main():
         cases = cases[3:5] + cases[-1:]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (arch, args, targets) in enumerate(cases):
-            d = os.path.join(tmp, "m%d" % k)
-            make(d, arch, "--seed", str(k + 20), "--layers", "1", *args)
+            d, ad, extra = model_case(tmp, k, arch, args, targets, k + 20)
             name = arch + " " + " ".join(args) + (" + LoRA " + ",".join(t[:-5] for t in targets) if targets else "")
-            ad, extra = None, []
-            if targets:
-                ad = os.path.join(tmp, "a%d" % k)
-                lora_adapter(d, ad, targets, k)
-                extra = ["--adapter", ad]
             ref = Ref(d, ad)
             recs = records(ref.c["vocab_size"], k, 4 if SAN else 10, 2, 40 if SAN else 70)
             with torch.no_grad():
