@@ -821,14 +821,6 @@ extern "C" void pq_lora_forward(float *out, float *xa, const float *inp, const f
     pq_lora_up_forward(out, xa, B, scale, N, OC, r);
 }
 
-// the pair (d, d + half) of one head v rotated by angle a (HF's rotate_half); dir +1 forward, -1 backward
-template <typename T> __device__ void rope_pair(T *v, int d, int half, float a, int dir) {
-    float c = cosf(a), s = dir > 0 ? sinf(a) : -sinf(a);
-    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
-    pq_st(v, d, x0 * c - x1 * s);
-    pq_st(v, d + half, x1 * c + x0 * s);
-}
-
 // one thread per (token, head, d < HS/2); dir +1 forward, -1 backward
 template <typename T>
 __global__ void rope_kernel(T *x, const int32_t *pos, const float *inv_freq, int N, int NH, int HS, int dir) {

@@ -118,6 +118,15 @@ typedef __nv_bfloat16 pq_bf16;
 __device__ __forceinline__ void pq_st(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void pq_st(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
 
+// RoPE: the pair (d, d + half) of one head v rotated by angle a (HF's rotate_half); dir +1 forward, -1 backward
+// (backend.cu's rope kernels, paged.cu's rope and append)
+template <typename T> __device__ void rope_pair(T *v, int d, int half, float a, int dir) {
+    float c = cosf(a), s = dir > 0 ? sinf(a) : -sinf(a);
+    float x0 = pq_ld(v, d), x1 = pq_ld(v, d + half);
+    pq_st(v, d, x0 * c - x1 * s);
+    pq_st(v, d + half, x1 * c + x0 * s);
+}
+
 // Whether this op's activation arguments are bf16: the process's storage
 // (pq_ops_act_dtype), but f32 inside a PqActFallback (the f32 code it runs).
 bool pq_cuda_act_bf16(void);
