@@ -12,6 +12,12 @@ void pq_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const float
     size_t n = (size_t)N * KVH * HS;
     pq_cpu_paged_append(kp, vp, dt, pq_act_widen(0, k, n), pq_act_widen(1, v, n), slot, N, KVH, HS);
 }
+// (the wrapped ops: each rounds its outputs with bf16 activations)
+void pq_paged_rope_append(float *q, float *k, const float *v, const int32_t *pos, const float *inv_freq, void *kp,
+                          void *vp, PqDtype dt, const int32_t *slot, int N, int NH, int KVH, int HS) {
+    pq_rope_qk_forward(q, k, pos, inv_freq, N, NH, KVH, HS);
+    pq_paged_append(kp, vp, dt, k, v, slot, N, KVH, HS);
+}
 void pq_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvCopy *copies, int ncopy, int L, int NB, int BT,
                           int KVH, int HS) {
     pq_cpu_paged_copy_blocks(kp, vp, dt, copies, ncopy, L, NB, BT, KVH, HS);

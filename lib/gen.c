@@ -1283,10 +1283,10 @@ static void forward_kernels(void *arg) {
             pq_linear_rows_group_forward(out, g->ln, &w->w[PQ_Q], b, 3, N, c->C);
         }
         if (a->prof) prof_mark(g, PQ_GP_QKV);
-        pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
         if (g->paged) {
             void *kl = (char *)g->kpool + l * layer, *vl = (char *)g->vpool + l * layer;
-            pq_paged_append(kl, vl, g->kdt, g->k, g->v, g->d_slot, N, c->KVH, c->HS);
+            pq_paged_rope_append(g->q, g->k, g->v, g->d_pos, m->inv_freq, kl, vl, g->kdt, g->d_slot, N, c->NH,
+                                 c->KVH, c->HS);
             // whole prompts: their keys are all in this step's rows, so the training path's fused attention
             // (cuDNN on the GPU) serves them, one prompt a call (its records start where positions restart);
             // the decode rows read the cache
@@ -1312,10 +1312,12 @@ static void forward_kernels(void *arg) {
                                            N - g->np, c->NH, c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l),
                                            g->max_len, g->pwork);
         } else if (g->shared) {
+            pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
             pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
             pq_attention_kv_shared_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, g->d_base,
                                            g->d_blen, N, c->NH, c->KVH, c->HS, g->T, pq_layer_window(c, l));
         } else {
+            pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
             pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
             pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS,
                                     g->T, pq_layer_window(c, l));

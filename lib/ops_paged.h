@@ -69,6 +69,12 @@ size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len);
     /* k, v (N,KVH,HS) -> kp, vp (rows,KVH,HS) of dtype dt (f32 or bf16, rounded to nearest) at row slot[i] */  \
     void P##paged_append(void *kp, void *vp, PqDtype dt, const float *k, const float *v, const int32_t *slot,     \
                          int N, int KVH, int HS);                                                                  \
+    /* a decoding layer's rope and append in one: q (N,NH,HS), k (N,KVH,HS) rotated in place by pos (N) as     \
+       pq_rope_qk_forward does, then k (as stored) and v appended as paged_append (CUDA: one launch for both)   \
+       */                                                                                                        \
+    void P##paged_rope_append(float *q, float *k, const float *v, const int32_t *pos, const float *inv_freq,      \
+                              void *kp, void *vp, PqDtype dt, const int32_t *slot, int N, int NH, int KVH,       \
+                              int HS);                                                                           \
     /* copies (ncopy) in backend memory: block dst's first n positions = block src's, in each of L layers of   \
        NB blocks of BT positions, K and V (carried out before the appends of the step that asked for them) */  \
     void P##paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvCopy *copies, int ncopy, int L, int NB,   \

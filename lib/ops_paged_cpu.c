@@ -85,6 +85,12 @@ void pq_cpu_paged_append(void *kp, void *vp, PqDtype dt, const float *k, const f
     }
 }
 
+void pq_cpu_paged_rope_append(float *q, float *k, const float *v, const int32_t *pos, const float *inv_freq, void *kp,
+                              void *vp, PqDtype dt, const int32_t *slot, int N, int NH, int KVH, int HS) {
+    pq_cpu_rope_qk_forward(q, k, pos, inv_freq, N, NH, KVH, HS);
+    pq_cpu_paged_append(kp, vp, dt, k, v, slot, N, KVH, HS);
+}
+
 void pq_cpu_paged_copy_blocks(void *kp, void *vp, PqDtype dt, const PqKvCopy *copies, int ncopy, int L, int NB,
                               int BT, int KVH, int HS) {
     size_t es = pq_dtype_size(dt), row = (size_t)KVH * HS * es, layer = (size_t)NB * BT * row;

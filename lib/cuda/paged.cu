@@ -50,6 +50,64 @@ extern "C" void pq_paged_append(void *kp, void *vp, PqDtype dt, const float *k, 
     else paged_append(kp, vp, dt, k, v, slot, N, KVH * HS);
 }
 
+// rope and append in one launch: a thread per (row, head of q, k then v, d < HS/2): q's and k's pair (d, d + HS/2)
+// rotated in place (common.cuh's rope_pair, as pq_rope_qk_forward), then k's pair as stored, and v's, into the
+// pools at row slot[i] (none where it is negative)
+template <typename T, typename A>
+__global__ void paged_rope_append_kernel(A *q, A *k, const A *v, const int32_t *pos, const float *inv_freq, T *kp,
+                                         T *vp, const int32_t *slot, int N, int NH, int KVH, int HS) {
+    int half = HS / 2, H = NH + 2 * KVH;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * H * half) return;
+    int d = (int)(idx % half);
+    size_t ih = idx / half; // row * H + head
+    size_t i = ih / H;
+    int h = (int)(ih % H);
+    if (h < NH + KVH) {
+        A *x = h < NH ? q + (i * NH + h) * HS : k + (i * KVH + (h - NH)) * HS;
+        rope_pair(x, d, half, (float)pos[i] * inv_freq[d], 1);
+        if (h < NH || slot[i] < 0) return;
+        size_t at = ((size_t)slot[i] * KVH + (h - NH)) * HS;
+        pq_st(kp, at + d, pq_ld(x, d)); // (the values this thread stored)
+        pq_st(kp, at + d + half, pq_ld(x, d + half));
+    } else if (slot[i] >= 0) {
+        int kh = h - NH - KVH;
+        const A *x = v + (i * KVH + kh) * HS;
+        size_t at = ((size_t)slot[i] * KVH + kh) * HS;
+        pq_st(vp, at + d, pq_ld(x, d));
+        pq_st(vp, at + d + half, pq_ld(x, d + half));
+    }
+}
+
+template <typename A>
+static void paged_rope_append(A *q, A *k, const A *v, const int32_t *pos, const float *inv_freq, void *kp, void *vp,
+                              PqDtype dt, const int32_t *slot, int N, int NH, int KVH, int HS) {
+    size_t n = (size_t)N * (NH + 2 * KVH) * (HS / 2);
+    unsigned g = pq_blocks(n, PQ_EW_THREADS);
+    if (dt == PQ_BF16)
+        paged_rope_append_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(
+            q, k, v, pos, inv_freq, (pq_bf16 *)kp, (pq_bf16 *)vp, slot, N, NH, KVH, HS);
+    else
+        paged_rope_append_kernel<<<g, PQ_EW_THREADS, 0, pq_cuda_stream>>>(q, k, v, pos, inv_freq, (float *)kp,
+                                                                          (float *)vp, slot, N, NH, KVH, HS);
+    CU_LAUNCHED();
+}
+
+extern "C" void pq_paged_rope_append(float *q, float *k, const float *v, const int32_t *pos, const float *inv_freq,
+                                     void *kp, void *vp, PqDtype dt, const int32_t *slot, int N, int NH, int KVH,
+                                     int HS) {
+    if (N <= 0) return;
+    if (HS % 2) { // (rope's pairs need an even head size; as pq_rope_qk_forward's callers)
+        pq_rope_qk_forward(q, k, pos, inv_freq, N, NH, KVH, HS);
+        pq_paged_append(kp, vp, dt, k, v, slot, N, KVH, HS);
+        return;
+    }
+    if (pq_cuda_act_bf16())
+        paged_rope_append((pq_bf16 *)q, (pq_bf16 *)k, (const pq_bf16 *)v, pos, inv_freq, kp, vp, dt, slot, N, NH, KVH,
+                          HS);
+    else paged_rope_append(q, k, v, pos, inv_freq, kp, vp, dt, slot, N, NH, KVH, HS);
+}
+
 // grid (ncopy, L, 2: K or V); u16 units of a row (2 per f32 element)
 __global__ void copy_blocks_kernel(uint16_t *kp, uint16_t *vp, const PqKvCopy *copies, size_t layer, int BT,
                                    size_t row) {

@@ -76,6 +76,57 @@ static float *adown(const float *d, float *want, size_t n) { // (the oracle's wa
 // outputs within one bf16 step of the oracle's rounded value (|out| <= 1: 2^-8) and the tolerance
 static double act_tol(double tol) { return act16 && tol < 8e-3 ? 8e-3 : tol; }
 
+// the n elements of a pool of dtype dt as f32 (host)
+static float *pool_f32(const void *p, PqDtype dt, size_t n) {
+    float *f = pq_xmalloc(n * sizeof *f);
+    for (size_t x = 0; x < n; x++) f[x] = dt == PQ_BF16 ? pq_bf16_to_f32(((const uint16_t *)p)[x]) : ((const float *)p)[x];
+    return f;
+}
+
+// pq_paged_rope_append (a decoding layer's rope and append in one launch) against the CPU's rope then append:
+// q and k rotated (and rounded as stored), k as stored and v in the pool; rows of slot -1 (a CUDA graph's padding)
+// rotated but written nowhere
+static void rope_append_case(PqDtype dt) {
+    int NB = 9, BT = 16, NH = 8, KVH = 2, HS = 64, N = 20;
+    size_t qn = (size_t)N * NH * HS, kn = (size_t)N * KVH * HS, pn = (size_t)NB * BT * KVH * HS;
+    size_t bytes = pn * pq_dtype_size(dt);
+    float *q = hrand(qn, 2), *k = hrand(kn, 2), *v = hrand(kn, 2), inv[32];
+    for (int j = 0; j < HS / 2; j++) inv[j] = (float)pow(10000.0, -2.0 * j / HS);
+    int32_t slot[20], pos[20];
+    for (int i = 0; i < N; i++) slot[i] = i == 5 ? -1 : (int32_t)(i * 7 % (NB * BT)), pos[i] = (i * 37) % 900;
+    float *dq = adev(q, qn), *dk = adev(k, kn), *dv = adev(v, kn), *dinv = dev(inv, sizeof inv);
+    int32_t *ds = dev(slot, sizeof slot), *dp = dev(pos, sizeof pos);
+    void *hk = pq_xcalloc(1, bytes), *hv = pq_xcalloc(1, bytes), *gk = pq_dev_alloc(bytes), *gv = pq_dev_alloc(bytes);
+    pq_cpu_rope_qk_forward(q, k, pos, inv, N, NH, KVH, HS);
+    if (act16) // (rounded as stored before the append reads them: the CPU backend's wrappers)
+        for (size_t x = 0; x < qn || x < kn; x++) {
+            if (x < qn) q[x] = rb(q[x]);
+            if (x < kn) k[x] = rb(k[x]);
+        }
+    pq_cpu_paged_append(hk, hv, dt, k, v, slot, N, KVH, HS);
+    pq_paged_rope_append(dq, dk, dv, dp, dinv, gk, gv, dt, ds, N, NH, KVH, HS);
+    char name[96];
+    snprintf(name, sizeof name, "rope_append %s pool%s: q", pq_dtype_name(dt), act16 ? ", bf16 q, k, v" : "");
+    float *got = adown(dq, q, qn);
+    cmp(name, q, got, qn, act_tol(1e-5));
+    free(got);
+    name[strlen(name) - 1] = 'k';
+    got = adown(dk, k, kn);
+    cmp(name, k, got, kn, act_tol(1e-5));
+    free(got);
+    void *pk = pq_xmalloc(bytes), *pv = pq_xmalloc(bytes);
+    pq_dev_download(pk, gk, bytes);
+    pq_dev_download(pv, gv, bytes);
+    float *wk = pool_f32(hk, dt, pn), *wv = pool_f32(hv, dt, pn), *ok = pool_f32(pk, dt, pn), *ov = pool_f32(pv, dt, pn);
+    snprintf(name, sizeof name, "rope_append %s pool%s: K pool", pq_dtype_name(dt), act16 ? ", bf16 q, k, v" : "");
+    cmp(name, wk, ok, pn, dt == PQ_BF16 || act16 ? 8e-3 : 1e-5);
+    snprintf(name, sizeof name, "rope_append %s pool%s: V pool", pq_dtype_name(dt), act16 ? ", bf16 q, k, v" : "");
+    cmp(name, wv, ov, pn, 0);
+    free(q), free(k), free(v), free(hk), free(hv), free(pk), free(pv), free(wk), free(wv), free(ok), free(ov);
+    pq_dev_free(dq), pq_dev_free(dk), pq_dev_free(dv), pq_dev_free(dinv), pq_dev_free(ds), pq_dev_free(dp);
+    pq_dev_free(gk), pq_dev_free(gv);
+}
+
 static void test_append(void) {
     int L = 2, NB = 9, BT = 16, KVH = 4, HS = 64, N = 20;
     size_t kd = (size_t)KVH * HS, per = (size_t)NB * BT * kd;
@@ -106,6 +157,7 @@ static void test_append(void) {
         free(hk), free(hv), free(gk), free(gv), free(k), free(v);
         pq_dev_free(dk), pq_dev_free(dv), pq_dev_free(dkk), pq_dev_free(dvv), pq_dev_free(ds), pq_dev_free(dcp);
     }
+    for (int di = 0; di < 2; di++) rope_append_case(di ? PQ_BF16 : PQ_F32);
 }
 
 // A batch: N rows of contexts len over a pool of random blocks, rows 2k+1
