@@ -612,6 +612,15 @@ __global__ void sd_merge_kernel(T *out, float *lse, const __nv_bfloat16 *o1, con
     if (lse && d == 0) lse[ih] = l;
 }
 
+// The rows' log-sum-exps alone, where cuDNN wrote out itself (sd_forward: one call, bf16 activations):
+// sd_merge_kernel's lse without its copy of o1. One thread per (row, head); n = N NH
+__global__ void sd_lse_kernel(float *lse, const float *st1, SdRows r, size_t n, int NH) {
+    size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    int h = (int)(x % NH), i = (int)(x / NH);
+    lse[x] = st1[((size_t)r.cb[i] * NH + h) * r.smax1 + r.cs[i]];
+}
+
 // twin: pq_attn_plan_spread. One thread per (row, head); n = N NH
 __global__ void sd_spread_kernel(float *st1, float *st2, const float *lse, SdRows r, size_t n, int NH) {
     size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -841,7 +850,10 @@ static bool sd_forward(bool bf, float *out, float *lse, const float *q, const fl
     if (!sd_plan(&sp, pos, a0, a1, b0, N, NH, KVH, HS, window)) return false;
     size_t nq = (size_t)N * NH * HS, nk = (size_t)N * KVH * HS;
     const void *Q = sd_in(bf, SD_Q, q, nq), *K = sd_in(bf, SD_K, k, nk), *V = sd_in(bf, SD_V, v, nk);
-    void *O1 = sd_scratch(SD_O1, nq * 2), *O2 = NULL;
+    // one call (no cross segments) in bf16 activations: cuDNN writes out itself (its segments are the rows in
+    // place, as the merge reads o1), and only the log-sum-exps are gathered; else o1 in scratch, then the merge
+    bool direct = bf && !sp.c2.B && !((uintptr_t)out & 15);
+    void *O1 = direct ? (void *)out : sd_scratch(SD_O1, nq * 2), *O2 = NULL;
     float *st1 = (float *)sd_scratch(SD_ST1, (size_t)sp.c1.B * NH * sp.c1.smax_q * 4), *st2 = NULL;
     char err[320];
     bool ok = pq_sdpa_forward(&sp.c1, O1, st1, Q, K, V, err, sizeof err) == 0;
@@ -850,7 +862,14 @@ static bool sd_forward(bool bf, float *out, float *lse, const float *q, const fl
         st2 = (float *)sd_scratch(SD_ST2, (size_t)sp.c2.B * NH * sp.c2.smax_q * 4);
         ok = pq_sdpa_forward(&sp.c2, O2, st2, Q, K, V, err, sizeof err) == 0;
     }
-    if (ok) {
+    if (ok && direct) {
+        sd_calls++;
+        if (lse) {
+            size_t nl = (size_t)N * NH;
+            sd_lse_kernel<<<pq_blocks(nl, PQ_EW_THREADS), PQ_EW_THREADS, 0, pq_cuda_stream>>>(lse, st1, sp.r, nl, NH);
+            CU_LAUNCHED();
+        }
+    } else if (ok) {
         sd_calls += 1 + (sp.c2.B > 0);
         unsigned g = pq_blocks(nq, PQ_EW_THREADS);
         typedef const __nv_bfloat16 *bp;
