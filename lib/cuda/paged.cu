@@ -650,26 +650,32 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
         CU(cudaMalloc(&pf_buf, pf_cap));
     }
     char *p = (char *)pf_buf;
-    pq_bf16 *q16 = (pq_bf16 *)p, *o16 = (pq_bf16 *)(p + a16);
+    // bf16 activations and no padding segment: cuDNN reads q and writes out where they are; else their copies
+    bool direct = pq_cuda_act_bf16() && rows == (size_t)N && !(((uintptr_t)q | (uintptr_t)out) & 15);
+    const pq_bf16 *q16 = direct ? (const pq_bf16 *)q : (const pq_bf16 *)p;
+    pq_bf16 *o16 = direct ? (pq_bf16 *)out : (pq_bf16 *)(p + a16);
     int64_t *off = (int64_t *)(p + o_off);
     int32_t *seq_q = (int32_t *)(p + o_sq), *seq_k = (int32_t *)(p + o_sk), *ptab = (int32_t *)(p + o_pt);
     paged_seg_kernel<<<B, 128, 0, pq_cuda_stream>>>(seq_q, seq_k, off, ptab, seg, len, tables, maxblk, mb, nseg, B, N,
                                                    (int64_t)rowel);
     CU_LAUNCHED();
-    if (pq_cuda_act_bf16()) // (bf16 activations: q as it is, into the buffer that has the padding rows)
-        CU(cudaMemcpyAsync(q16, q, (size_t)N * rowel * sizeof *q16, cudaMemcpyDeviceToDevice, pq_cuda_stream));
-    else pq_cuda_act_narrow(q16, q, (size_t)N * rowel);
-    if (rows > (size_t)N) // the padding segments' rows: read by cuDNN, never used; zeros, not uninitialised memory
-        CU(cudaMemsetAsync(q16 + (size_t)N * rowel, 0, (rows - N) * rowel * sizeof *q16, pq_cuda_stream));
+    if (!direct) { // q's copy (bf16 activations: as it is), in the buffer that has the padding rows
+        pq_bf16 *qc = (pq_bf16 *)p;
+        if (pq_cuda_act_bf16())
+            CU(cudaMemcpyAsync(qc, q, (size_t)N * rowel * sizeof *qc, cudaMemcpyDeviceToDevice, pq_cuda_stream));
+        else pq_cuda_act_narrow(qc, q, (size_t)N * rowel);
+        if (rows > (size_t)N) // the padding segments' rows: read by cuDNN, never used; zeros, not uninitialised
+            CU(cudaMemsetAsync(qc + (size_t)N * rowel, 0, (rows - N) * rowel * sizeof *qc, pq_cuda_stream));
+    }
     // the window as a band only where it can cut: no key is further back than the tables reach (mb * BT
     // positions), so a window at least that long is no band (as attn_plan.c's left_bound; fewer plans, and a
     // windowed model's usual contexts leave cuDNN the plain bottom-right causal graph)
     int band = window > 0 && window + 1 < mb * BT ? window + 1 : 0;
     PqSdpaPagedCall c = {B, sq, mb, BT, NB, NH, KVH, HS, band, 1.0f / sqrtf((float)HS), seq_q, seq_k, ptab, off};
     if (pq_sdpa_paged_forward(&c, o16, q16, kp, vp, cudnn_err, sizeof cudnn_err)) return -1;
-    if (pq_cuda_act_bf16())
+    if (!direct && pq_cuda_act_bf16())
         CU(cudaMemcpyAsync(out, o16, (size_t)N * rowel * sizeof *o16, cudaMemcpyDeviceToDevice, pq_cuda_stream));
-    else pq_cuda_act_widen(out, o16, (size_t)N * rowel);
+    else if (!direct) pq_cuda_act_widen(out, o16, (size_t)N * rowel);
     cudnn_calls++;
     return 0;
 }

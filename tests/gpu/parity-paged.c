@@ -652,6 +652,10 @@ static void test_act(void) {
     prefill_case(PQ_BF16, 8, 2, 64, 20, c5, r5, 5, 0, 0);
     prefill_case(PQ_BF16, 32, 8, 128, 0, c7, r7, 7, 0, 0);
     prefill_case(PQ_F32, 8, 2, 64, 0, c5, r5, 5, 0, 0);
+    // segments a power of two (no padding segment): cuDNN reads q and writes out in place
+    static const int c1[] = {37}, r1[] = {29}, c4[] = {37, 0, 100, 200}, r4[] = {29, 45, 1, 64};
+    prefill_case(PQ_BF16, 8, 2, 128, 0, c1, r1, 1, 0, 0);
+    prefill_case(PQ_BF16, 32, 8, 128, 0, c4, r4, 4, 0, 0);
     act16 = 0;
     pq_ops_set_act_dtype(PQ_F32);
 }
