@@ -196,10 +196,10 @@ void pq_cuda_gemm_w(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
                     PqDtype adt, int lda, const float *B, int ldb, int bcols, float beta, float *C, int ldc,
                     int bslot);
 
-// out (N,OC) f32 = inp (N,C) f32 x W (OC,C)^T (+ bias) for few rows (gemv.cu): fits says whether the kernel
-// serves the product (f32 activations, N <= PQ_GEMV_MAX_N, bf16/f16 weights, C a multiple of 8, inp and W
-// 16-byte aligned, and not turned off by PQ_GEMV=0 or pq_cuda_set_gemv); pq_linear_forward and the group use it
-// then.
+// out (N,OC) = inp (N,C) x W (OC,C)^T (+ bias) for few rows (gemv.cu), inp and out in the activations' storage:
+// fits says whether the kernel serves the product (N <= PQ_GEMV_MAX_N, bf16/f16 weights, C a multiple of 8, inp
+// and W 16-byte aligned, and not turned off by PQ_GEMV=0 or pq_cuda_set_gemv); pq_linear_forward and the group
+// use it then.
 // The kernel handles up to 8 rows, but on an H200 cuBLASLt read the weights faster at 8 (3.2-3.7 TB/s against
 // 1.6-2.3) and as fast at 1 for the large products; at 1 the kernel wins on the small ones (q_proj: 2.5 TB/s
 // against 2.1) and saves the input's conversion, a launch a product: one row only.

@@ -21,8 +21,8 @@ void pq_cuda_set_lora_gemm(int kind);
 // off or on, -1: PQ_GEMV's choice again.
 void pq_cuda_set_gemv(int on);
 
-// A decoding step's fusions (ops_gen.h: q, k, v in one product; gate, up and SwiGLU in one; o_proj and down_proj
-// added to the residual stream) in one GEMV launch each where it serves the rows, more rows through
+// A decoding step's fusions (ops_gen.h: q, k, v in one product; gate, up and SwiGLU in one; a product added to the
+// residual stream, gen.c's down_proj) in one GEMV launch each where it serves the rows, more rows through
 // pq_linear_group_forward (the input converted once): PQ_DECODE_FUSE=1, read once; off (the products one by one,
 // as before) until gpu-check's decide row shows it faster. pq_cuda_set_decode_fuse(0 or 1) overrides, -1: the
 // variable's choice again.
