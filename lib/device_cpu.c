@@ -14,6 +14,11 @@ int pq_ops_set_device(int n) {
     (void)n;
     return -1;
 }
+int pq_dev_info(PqDevInfo *d) {
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "cpu");
+    return -1;
+}
 void pq_ops_set_attention_dtype(PqDtype t) { (void)t; } // always f32
 void pq_dev_zero(void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);

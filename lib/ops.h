@@ -163,6 +163,27 @@ size_t pq_dev_peak_bytes(void);
 // Memory free for more buffers now: the device's free memory (CUDA), the
 // system's MemAvailable (CPU), in bytes (0 when unknown).
 size_t pq_dev_free_bytes(void);
+// The device, as benchmarks report it and measure against: its name and the
+// attributes its peaks follow from. pq_dev_info fills d: 0, or -1 where the
+// backend has no device (the CPU: name "cpu", the rest 0).
+typedef struct {
+    char name[256];
+    int cc_major, cc_minor;  // compute capability
+    int sms;                 // multiprocessors
+    int clock_khz;           // the SMs' peak clock
+    int mem_clock_khz;       // the memory's peak clock (two transfers a cycle)
+    int bus_bits;            // the memory bus's width
+    size_t mem_bytes;        // total memory
+} PqDevInfo;
+int pq_dev_info(PqDevInfo *d);
+// The peaks an MFU and a bandwidth use are fractions of (lib/devpeak.c): the
+// dense bf16 tensor-core TFLOP/s with f32 accumulation and the memory's GB/s.
+// The datasheet's where d's name is a part it lists (H200, H100 SXM/PCIe/NVL,
+// A100, B200, L40S...: the figures everyone quotes, an H200's 989 and
+// 4,800); otherwise from the attributes (SMs x clock x the tensor cores'
+// rate for the compute capability; 2 x memory clock x bus width). A peak
+// that cannot be known is 0. Returns what the peaks come from, in words.
+const char *pq_dev_peaks(const PqDevInfo *d, double *tflops, double *gbs);
 // Timing marks on the backend's timeline (PQ_GEN_PROFILE, gen.h): pq_dev_mark(k)
 // records mark k (0 <= k < PQ_DEV_MARKS; others are ignored) after the work
 // issued so far: CUDA records an event (created on first use) on the

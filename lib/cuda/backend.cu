@@ -54,6 +54,22 @@ extern "C" int pq_ops_set_device(int n) {
     return 0;
 }
 
+extern "C" int pq_dev_info(PqDevInfo *d) {
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "cpu");
+    ensure_device();
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, dev_id) != cudaSuccess) return -1;
+    snprintf(d->name, sizeof d->name, "%s", p.name);
+    d->cc_major = p.major, d->cc_minor = p.minor, d->sms = p.multiProcessorCount, d->mem_bytes = p.totalGlobalMem;
+    d->bus_bits = p.memoryBusWidth;
+    // (the clocks are attributes only since CUDA 13 dropped them from cudaDeviceProp)
+    if (cudaDeviceGetAttribute(&d->clock_khz, cudaDevAttrClockRate, dev_id) != cudaSuccess) d->clock_khz = 0;
+    if (cudaDeviceGetAttribute(&d->mem_clock_khz, cudaDevAttrMemoryClockRate, dev_id) != cudaSuccess)
+        d->mem_clock_khz = 0;
+    return 0;
+}
+
 extern "C" size_t pq_dev_free_bytes(void) {
     ensure_device();
     size_t fr, tot;

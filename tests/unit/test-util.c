@@ -151,6 +151,43 @@ static void test_jobs(void) {
     rmdir(dir);
 }
 
+// The benchmarks' peaks (devpeak.c): the datasheets' figures for parts by name, whatever their clocks say; the
+// attributes' arithmetic for others (an H100 SXM's as an unnamed part: 132 SMs x 1.98 GHz x 4,096 FLOPs a cycle,
+// and 2 x 2,619 MHz x 640 bytes); nothing from nothing; and the backend's own device.
+static void test_dev_peaks(void) {
+    PqDevInfo h100 = {"NVIDIA H100 80GB HBM3", 9, 0, 132, 1980000, 2619000, 5120, 85520809984};
+    PqDevInfo d = h100;
+    double tf, gbs;
+    pq_dev_peaks(&d, &tf, &gbs);
+    CHECK(tf == 989 && gbs == 3350);
+    snprintf(d.name, sizeof d.name, "NVIDIA H100 PCIe");
+    pq_dev_peaks(&d, &tf, &gbs);
+    CHECK(tf == 756 && gbs == 2000);
+    snprintf(d.name, sizeof d.name, "NVIDIA H200");
+    d.mem_clock_khz = 3201000, d.bus_bits = 6144;
+    pq_dev_peaks(&d, &tf, &gbs);
+    CHECK(tf == 989 && gbs == 4800);
+    snprintf(d.name, sizeof d.name, "NVIDIA GH200 480GB"); // (not an H200: its memory from the attributes)
+    d.mem_clock_khz = 2619000;
+    pq_dev_peaks(&d, &tf, &gbs);
+    CHECK(tf == 989 && fabs(gbs - 2 * 2.619e9 * 768 / 1e9) < 1e-6);
+    d = h100;
+    snprintf(d.name, sizeof d.name, "Some Future GPU");
+    const char *how = pq_dev_peaks(&d, &tf, &gbs);
+    CHECK(fabs(tf - 132 * 1.98e9 * 4096 / 1e12) < 1e-6 && fabs(gbs - 3352.32) < 1e-6);
+    CHECK(strstr(how, "clocks") != NULL);
+    d.cc_major = 8, d.cc_minor = 0; // A100's rate a cycle, half Hopper's
+    pq_dev_peaks(&d, &tf, &gbs);
+    CHECK(fabs(tf - 132 * 1.98e9 * 2048 / 1e12) < 1e-6);
+    PqDevInfo none = {"cpu", 0, 0, 0, 0, 0, 0, 0};
+    how = pq_dev_peaks(&none, &tf, &gbs);
+    CHECK(tf == 0 && gbs == 0 && !strcmp(how, "nothing known"));
+    PqDevInfo mine;
+    int rc = pq_dev_info(&mine);
+    CHECK(!strcmp(pq_ops_backend(), "cpu") ? rc == -1 && !strcmp(mine.name, "cpu") && mine.sms == 0
+                                            : rc == 0 && mine.sms > 0 && mine.mem_bytes > 0);
+}
+
 int main(void) {
     test_jobs();
     test_rng();
@@ -158,6 +195,7 @@ int main(void) {
     test_buf();
     test_reorder();
     test_json();
+    test_dev_peaks();
     if (fails) fprintf(stderr, "test-util: %d checks failed\n", fails);
     return fails != 0;
 }
