@@ -1,22 +1,24 @@
 // bench-7b.c: pq's forward log-probs and LoRA DPO step on a model of a given
 // config.json's shape (Mistral-7B for scripts/gpu-check) with RANDOM bf16
 // weights made on the device (no weight files are read: this measures speed
-// only). Prints tokens/s, MFU against a given peak and peak device memory,
-// and one "RESULT key value" line per figure for scripts/gpu-check.
+// only). Prints tokens/s, MFU and peak device memory, and one "RESULT key
+// value" line per figure for scripts/gpu-check. MFU and bandwidth use are
+// fractions of the device's peaks (ops.h's pq_dev_peaks: the datasheet's
+// for the parts it names), or of --peak-tflops and --peak-gbs.
 // --what ops times each operation of one layer at the same batch instead
 // (the breakdown that says where a forward's or a step's time goes).
 // --what gen generates through lib/gen.h (continuous batching, the paged
 // cache, sampling on the device): prefill and decode tokens/s, the
-// prefill's MFU, the decode's bandwidth use against --peak-gbs, the KV
+// prefill's MFU, the decode's bandwidth use, the KV
 // cache's size, for the cases of --gen-case (b1, b64, n10, n10j8: n10 in
 // 8 slots, b256; all: b1, b64, n10), their slots, prompt and new tokens
 // overridden by --gen-slots, --gen-prompt, --gen-new, greedy everywhere
 // with --gen-greedy. With PQ_GEN_PROFILE=1 (gen.h) each case also says
 // where its steps' time went, phase by phase.
 //   bench-7b CONFIG.json [--seq 2048] [--seqs 2] [--iters 3] [--rank 16]
-//            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops 989] [--device N]
+//            [--no-checkpoint | --checkpoint auto|on|off] [--peak-tflops P] [--device N]
 //            [--what logp|dpo|both|ops|gen] [--gen-case all|b1,b64,n10,n10j8,b256]
-//            [--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] [--peak-gbs 4800]
+//            [--gen-slots S] [--gen-prompt P] [--gen-new G] [--gen-greedy] [--peak-gbs G]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -788,7 +790,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     int T = 2048, S = 2, iters = 3, r = 16, ckpt = 1, dev = 0;
-    double peak = 989, peak_gbs = 4800;
+    double peak = 0, peak_gbs = 0; // (0: the device's, pq_dev_peaks)
     const char *what = "both", *gen_which = "all";
     int gen_slots = 0, gen_prompt = 0, gen_new = 0, gen_greedy = 0;
     for (int i = 2; i < argc; i++) {
@@ -815,6 +817,20 @@ int main(int argc, char **argv) {
         }
     }
     if (pq_ops_set_device(dev)) fprintf(stderr, "bench-7b: no device %d on backend %s\n", dev, pq_ops_backend());
+    // what MFU and bandwidth use are fractions of: this device's peaks unless given (an H200's where unknown)
+    PqDevInfo di;
+    pq_dev_info(&di);
+    double dev_tf, dev_gbs;
+    const char *how = pq_dev_peaks(&di, &dev_tf, &dev_gbs);
+    printf("device: %s (%d SMs, %.1f GB): peaks %.0f TFLOP/s dense bf16, %.0f GB/s, from %s%s\n", di.name, di.sms,
+           di.mem_bytes / 1e9, peak > 0 ? peak : dev_tf > 0 ? dev_tf : 989,
+           peak_gbs > 0 ? peak_gbs : dev_gbs > 0 ? dev_gbs : 4800,
+           peak > 0 && peak_gbs > 0 ? "the command line" : how,
+           dev_tf > 0 && dev_gbs > 0 ? "" : " (an H200's where not known)");
+    if (peak <= 0) peak = dev_tf > 0 ? dev_tf : 989;
+    if (peak_gbs <= 0) peak_gbs = dev_gbs > 0 ? dev_gbs : 4800;
+    printf("RESULT dev_peak_tflops %.0f\nRESULT dev_peak_gbs %.0f\nRESULT dev_mem_gb %.1f\n", peak, peak_gbs,
+           di.mem_bytes / 1e9);
     PqErr e;
     double t0 = now_s();
     PqModel *m = random_model(argv[1], &e);
@@ -866,6 +882,20 @@ int main(int argc, char **argv) {
                S, T, act, dt, N / dt, flops / dt / 1e12, 100 * flops / dt / (peak * 1e12), peak, sum / M);
         printf("RESULT logp_tokens_per_s %.0f\nRESULT logp_mfu %.3f\nRESULT logp_peak_gb %.1f\n", N / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
+    }
+    int Nd0 = 2 * (S / 2 > 0 ? S / 2 : 1) * T;
+    size_t need = 0, fr = pq_dev_free_bytes();
+    if ((!strcmp(what, "dpo") || !strcmp(what, "both")) && ckpt == PQ_CKPT_OFF) {
+        // every layer's activations kept, as asked: a device too small for them says so instead of running out
+        PqLora *probe = pq_lora_build(c, r, 2.0f * r, (1u << PQ_NLIN) - 1);
+        need = pq_trainer_bytes(c, probe, Nd0, 0);
+        pq_lora_free(probe);
+        if (need + need / 20 > fr) {
+            printf("dpo: skipped: %d tokens without checkpointing need %.1f GB of buffers, %.1f GB are free here\n",
+                   Nd0, need / 1e9, fr / 1e9);
+            printf("RESULT dpo_skipped_need_gb %.1f\nRESULT dpo_skipped_free_gb %.1f\n", need / 1e9, fr / 1e9);
+            what = "";
+        }
     }
     if (!strcmp(what, "dpo") || !strcmp(what, "both")) {
         // one DPO step: S/2 pairs (chosen, rejected of T tokens each) in one micro-batch,
