@@ -140,6 +140,7 @@ struct PqGen {
     int chunking;                // paged: prompts longer than a step's budget left go in chunks (PQ_CHUNKED_PREFILL)
     int paged_prompts;           // paged: whole prompts are segments too, not rows [0, np) (PQ_PAGED_PROMPTS)
     long long n_prefix_hit;      // prompt positions shared so, not prefilled
+    int blocks_peak;             // paged: most blocks held by sequences at once
     // PQ_GEN_PROFILE=1 (gen.h): this step's marks 0 .. pk-1, the phase each ends and the host's clock at each
     int prof, pk;
     unsigned char pph[PQ_DEV_MARKS];
@@ -541,6 +542,11 @@ void pq_gen_stats(const PqGen *g, PqGenStats *st) {
     st->chunks = g->n_chunks;
     st->mixed = g->n_mixed;
     st->prefix_hit = g->n_prefix_hit;
+    const PqConfig *c = &g->m->cfg;
+    size_t layer = g->paged ? (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem
+                            : (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
+    st->kv_bytes = 2 * (size_t)c->L * layer;
+    if (g->paged) st->kv_blocks = g->NB, st->kv_block_tokens = BLOCK_T, st->kv_blocks_peak = g->blocks_peak;
 }
 
 // ---- the profile (PQ_GEN_PROFILE) ----
@@ -1366,7 +1372,11 @@ int pq_gen_step(PqGen *g) {
     long long gen0 = g->n_generated;
     prof_begin(g);
     int budget = admit(g, &d);
-    if (g->paged) paged_reserve(g, &d);
+    if (g->paged) {
+        paged_reserve(g, &d);
+        int held = g->NB - pq_kvpage_free_blocks(g->kp);
+        if (held > g->blocks_peak) g->blocks_peak = held;
+    }
     int N = budget, M = 0;
     g->maxblk = 1;
     int ndec = 0, partial = 0;

@@ -71,6 +71,9 @@ typedef struct PqGenStats {
     long long chunks; // paged: chunks short of a whole prompt (or preempted sequence) longer than the budget
     long long mixed;  // paged: steps that computed such a chunk beside decoding rows
     long long prefix_hit; // paged: prompt positions shared from earlier prompts' blocks (not in prefilled)
+    size_t kv_bytes;      // the KV cache's memory now (K and V of every layer: the pools, or the flat caches)
+    int kv_blocks, kv_block_tokens; // paged: blocks in the pool and positions a block (else 0)
+    int kv_blocks_peak;   // paged: most blocks that sequences held at once
 } PqGenStats;
 void pq_gen_stats(const PqGen *g, PqGenStats *st);
 
