@@ -47,6 +47,7 @@ struct PqLlmLocal {
     long long tok_prompt, tok_completion;
     long acc_requests;
     long long acc_prompt, acc_completion;
+    double gen_s; // in pq_gen_step
 };
 
 int pq_llm_local_is_dir(const char *model) {
@@ -300,9 +301,11 @@ int pq_llm_local_pending(const PqLlmLocal *l) { return l->pending; }
 void pq_llm_local_run(PqLlmLocal *l, int below) {
     if (below < 1) below = 1;
     deliver_failed(l, 0);
+    double t0 = pq_now();
     // one step even below the limit, so that queued requests start
     if (pq_gen_pending(l->gen) > 0 && !pq_interrupted) pq_gen_step(l->gen);
     while (l->pending >= below && pq_gen_pending(l->gen) > 0 && !pq_interrupted) pq_gen_step(l->gen);
+    l->gen_s += pq_now() - t0;
 }
 
 void pq_llm_local_account(PqLlmLocal *l, PqTool *t) {
@@ -312,4 +315,17 @@ void pq_llm_local_account(PqLlmLocal *l, PqTool *t) {
     l->acc_requests = l->n_requests;
     l->acc_prompt = l->tok_prompt;
     l->acc_completion = l->tok_completion;
+    // the engine's figures, for the summary line: its pace, its KV cache and the peak memory
+    PqGenStats st;
+    pq_gen_stats(l->gen, &st);
+    char kv[96] = "", hit[48] = "";
+    if (st.prefix_hit) snprintf(hit, sizeof hit, " (%lld more shared by the prefix cache)", st.prefix_hit);
+    if (st.kv_blocks)
+        snprintf(kv, sizeof kv, " (paged, at most %d of %d blocks of %d positions held)", st.kv_blocks_peak,
+                 st.kv_blocks, st.kv_block_tokens);
+    snprintf(t->summary_llm, sizeof t->summary_llm,
+             "local model on %s: %lld tokens generated, %lld prefilled%s, in %.2fs of steps (%.0f tok/s); "
+             "KV cache %.3f GB%s; peak %s memory %.3f GB",
+             pq_ops_backend(), st.generated, st.prefilled, hit, l->gen_s, l->gen_s > 0 ? st.generated / l->gen_s : 0.0,
+             st.kv_bytes / 1e9, kv, strcmp(pq_ops_backend(), "cpu") ? "device" : "resident", pq_dev_peak_bytes() / 1e9);
 }

@@ -687,6 +687,7 @@ int pq_tool_finish(PqTool *t) {
         fprintf(stderr, ", %ld requests (%.1f/s, %ld retries), tokens %lld prompt + %lld completion", t->n_requests,
                 dt > 0 ? t->n_requests / dt : 0.0, t->n_retries, t->tokens_prompt, t->tokens_completion);
     if (t->summary_extra[0]) fprintf(stderr, ", %s", t->summary_extra);
+    if (t->summary_llm[0]) fprintf(stderr, "; %s", t->summary_llm);
     if (pq_interrupted) fprintf(stderr, "; interrupted: rerun with --resume to continue");
     fputc('\n', stderr);
 close:

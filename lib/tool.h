@@ -107,6 +107,7 @@ typedef struct PqTool {
     int n_reasons;
     int fatal;
     char summary_extra[256]; // tool-specific text appended to the summary line
+    char summary_llm[320];   // what the LLM client adds after it (a local model: its engine's figures)
 } PqTool;
 
 extern volatile sig_atomic_t pq_interrupted;

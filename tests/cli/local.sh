@@ -8,7 +8,8 @@
 # masks applied where the logits are; greedy quizzes as the flat cache's),
 # fatal errors for broken model and adapter directories, per-line errors for prompts over the context; a
 # Qwen3 model (q/k norms, head_dim != hidden / heads, a window) on the same
-# path, reproducible and independent of -j.
+# path, reproducible and independent of -j; the summary line's figures of the
+# engine (tokens, the KV cache's size and most blocks held).
 set -eu
 # Threads wait passively: on a loaded machine spinning OpenMP threads cost 10x.
 export OMP_WAIT_POLICY=passive
@@ -106,6 +107,28 @@ for x in a:
     w = x["summary"].split(" ")
     assert x["summary"].isascii() and len(w) >= 5 and all(0 < len(t) <= 16 for t in w), x["summary"]
 PY
+# the summary line's engine figures: one article, one slot, a pool of 60 blocks of 16 positions: the tokens
+# generated as the tool counted them, the most blocks held those of the one sequence's positions (its prompt and
+# tokens, the last one's KV perhaps not yet written), the cache's GB those of the pool's f32 K and V
+head -n 1 "$f/articles.jsonl" | PQ_KV=paged PQ_KV_BLOCKS=60 "$b/pq-summarize" --model "$d/m" -j 1 --max-tokens 12 \
+  --no-progress >/dev/null 2>"$d/sum.err"
+"$PQ_PY" - "$d" <<'PY'
+import json, math, re, sys
+d = sys.argv[1]
+line = open(d + "/sum.err").read().strip().splitlines()[-1]
+m = re.search(r"tokens (\d+) prompt \+ (\d+) completion; local model on cpu: (\d+) tokens generated, (\d+) prefilled, "
+              r"in [0-9.]+s of steps \(\d+ tok/s\); KV cache ([0-9.]+) GB \(paged, at most (\d+) of 60 blocks of 16 "
+              r"positions held\); peak resident memory ([0-9.]+) GB$", line)
+assert m, line
+P, G, gen, pre, gb, held, peak = (float(x) for x in m.groups())
+assert gen == G and pre == P, line
+assert held in (math.ceil((P + G - 1) / 16), math.ceil((P + G) / 16)), (held, P, G)
+c = json.load(open(d + "/m/config.json"))
+hs = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+want = 2 * c["num_hidden_layers"] * 60 * 16 * c["num_key_value_heads"] * hs * 4 / 1e9
+assert abs(gb - want) < 1e-3 and peak > 0, (gb, want, peak)
+PY
+
 # a budget the grammar cannot finish in: each line rejected with the reason
 rc=0; "$b/pq-quiz" --model "$d/m" --grammar answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \
   >"$d/z2.jsonl" 2>"$d/err" || rc=$?
