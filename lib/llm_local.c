@@ -325,7 +325,7 @@ void pq_llm_local_account(PqLlmLocal *l, PqTool *t) {
                  st.kv_blocks, st.kv_block_tokens);
     snprintf(t->summary_llm, sizeof t->summary_llm,
              "local model on %s: %lld tokens generated, %lld prefilled%s, in %.2fs of steps (%.0f tok/s); "
-             "KV cache %.3f GB%s; peak %s memory %.3f GB",
+             "KV cache %.4g GB%s; peak %s memory %.4g GB",
              pq_ops_backend(), st.generated, st.prefilled, hit, l->gen_s, l->gen_s > 0 ? st.generated / l->gen_s : 0.0,
              st.kv_bytes / 1e9, kv, strcmp(pq_ops_backend(), "cpu") ? "device" : "resident", pq_dev_peak_bytes() / 1e9);
 }
