@@ -9,6 +9,7 @@
 #include "gen.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -321,10 +322,26 @@ static int kv_paged(void) {
     return mode;
 }
 
+// PQ_KV_MEMORY: the paged cache's memory, a share of the free memory (0 < x <= 1) or a size (a number with K,
+// M or G, powers of 1000, as pq reports GB); 0 when unset (the default share) or said and ignored when malformed
+static double kv_memory(size_t avail, double share) {
+    const char *s = getenv("PQ_KV_MEMORY");
+    if (!s || !*s) return 0;
+    char *end;
+    double x = strtod(s, &end);
+    int u = toupper((unsigned char)*end);
+    double unit = u == 'K' ? 1e3 : u == 'M' ? 1e6 : u == 'G' ? 1e9 : 0;
+    if (unit > 0 && (!end[1] || (toupper((unsigned char)end[1]) == 'B' && !end[2])) && x > 0) return x * unit;
+    if (!*end && x > 0 && x <= 1) return x * (double)avail;
+    fprintf(stderr, "pq: PQ_KV_MEMORY=%s is neither a share of the free memory (0 < x <= 1) nor a size (8G, 512M); "
+                    "using %.0f%% of the free memory\n", s, 100 * share);
+    return 0;
+}
+
 // The paged cache: blocks for every slot at full context, at most what a
-// share of the free memory holds, at most PQ_KV_BLOCKS. bf16 on the GPU,
-// except for an f32 model's: f32 there as on the CPU, so that an f32
-// model's greedy ids are the CPU build's.
+// share of the free memory holds (PQ_KV_MEMORY), at most PQ_KV_BLOCKS. bf16
+// on the GPU, except for an f32 model's: f32 there as on the CPU, so that
+// an f32 model's greedy ids are the CPU build's.
 static void paged_new(PqGen *g) {
     const PqConfig *c = &g->m->cfg;
     int cuda = !strcmp(pq_ops_backend(), "cuda");
@@ -334,9 +351,14 @@ static void paged_new(PqGen *g) {
     g->kelem = g->kdt == PQ_BF16 ? 2 : 4;
     long want = (long)g->S * ((g->Tmax + BLOCK_T - 1) / BLOCK_T) + 1;
     size_t avail = pq_dev_free_bytes();
-    long nb = avail ? pq_kvpage_blocks_for_bytes((size_t)((double)avail * (cuda ? 0.8 : 0.5)), c->L, c->KVH, c->HS,
-                                                 BLOCK_T, g->kelem)
-                    : want;
+    double share = cuda ? 0.8 : 0.5, mem = kv_memory(avail, share);
+    if (avail && mem > (double)avail) {
+        fprintf(stderr, "pq: PQ_KV_MEMORY: %.2f GB asked, %.2f GB free; taking %.0f%% of it\n", mem / 1e9, avail / 1e9,
+                100 * share);
+        mem = 0;
+    }
+    if (mem <= 0) mem = (double)avail * share; // (0 when the free memory is unknown: every slot's full context)
+    long nb = mem > 0 ? pq_kvpage_blocks_for_bytes((size_t)mem, c->L, c->KVH, c->HS, BLOCK_T, g->kelem) : want;
     if (nb > want) nb = want;
     const char *cap = getenv("PQ_KV_BLOCKS");
     if (cap && atol(cap) > 0 && atol(cap) < nb) nb = atol(cap);

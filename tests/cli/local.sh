@@ -9,7 +9,7 @@
 # fatal errors for broken model and adapter directories, per-line errors for prompts over the context; a
 # Qwen3 model (q/k norms, head_dim != hidden / heads, a window) on the same
 # path, reproducible and independent of -j; the summary line's figures of the
-# engine (tokens, the KV cache's size and most blocks held).
+# engine (tokens, the KV cache's size and most blocks held); PQ_KV_MEMORY.
 set -eu
 # Threads wait passively: on a loaded machine spinning OpenMP threads cost 10x.
 export OMP_WAIT_POLICY=passive
@@ -128,6 +128,37 @@ hs = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
 want = 2 * c["num_hidden_layers"] * 60 * 16 * c["num_key_value_heads"] * hs * 4 / 1e9
 assert abs(gb - want) < 1e-3 * want and peak > 0, (gb, want, peak)
 PY
+# PQ_KV_MEMORY: the pool from a size (as many whole blocks as 3 MB hold), the same samples as a pool of blocks;
+# a share of the free memory; a malformed value said, the default serving
+head -n 2 "$f/articles.jsonl" | PQ_KV=paged PQ_KV_MEMORY=3M "$b/pq-summarize" --model "$d/m" -n 2 --max-tokens 8 \
+  --seed 3 --no-progress >"$d/km.jsonl" 2>"$d/km.err"
+head -n 2 "$f/articles.jsonl" | PQ_KV=paged PQ_KV_BLOCKS=60 "$b/pq-summarize" --model "$d/m" -n 2 --max-tokens 8 \
+  --seed 3 --no-progress >"$d/kb.jsonl"
+cmp "$d/km.jsonl" "$d/kb.jsonl"
+head -n 1 "$f/articles.jsonl" | PQ_KV=paged PQ_KV_MEMORY=0.001 "$b/pq-summarize" --model "$d/m" --max-tokens 4 \
+  --no-progress >/dev/null 2>"$d/kf.err"
+head -n 1 "$f/articles.jsonl" | PQ_KV=paged PQ_KV_MEMORY=lots "$b/pq-summarize" --model "$d/m" --max-tokens 4 \
+  --no-progress >/dev/null 2>"$d/kx.err"
+grep -q "PQ_KV_MEMORY=lots is neither" "$d/kx.err"
+"$PQ_PY" - "$d" <<'PY'
+import json, re, sys
+d = sys.argv[1]
+c = json.load(open(d + "/m/config.json"))
+hs = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+block = 2 * c["num_hidden_layers"] * 16 * c["num_key_value_heads"] * hs * 4
+def pool(name):
+    m = re.search(r"KV cache ([0-9.e+-]+) GB \(paged, at most (\d+) of (\d+) blocks", open(d + name).read())
+    assert m, open(d + name).read()
+    return float(m.group(1)), int(m.group(2)), int(m.group(3))
+gb, held, n = pool("/km.err")
+assert n == 3000000 // block and abs(gb - n * block / 1e9) < 1e-3 * gb and 0 < held <= n, (gb, held, n, block)
+mem = [int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemAvailable:")][0]
+_, _, n = pool("/kf.err")  # (a thousandth of what was free then: within a factor of 2 of what is free now)
+assert mem * 0.001 / 2 < n * block < mem * 0.001 * 2, (n * block, mem)
+_, _, n = pool("/kx.err")
+assert n * block > 3000000, n
+PY
+
 # a budget the grammar cannot finish in: each line rejected with the reason
 rc=0; "$b/pq-quiz" --model "$d/m" --grammar answers --max-tokens 20 --no-progress <"$d/quizin.jsonl" \
   >"$d/z2.jsonl" 2>"$d/err" || rc=$?
