@@ -62,10 +62,13 @@ typedef struct PqLlm PqLlm;
 
 void pq_llm_config_init(PqLlmConfig *c);
 // After the options: an unset -j becomes its default, 8 requests in flight,
-// or for a local model on the GPU 128 sequences decoded together (the GPU
-// reads the weights once a step for all of them).
+// or for a local model on the GPU 256 sequences decoded together (the GPU
+// reads the weights once a step for all of them; -n 10 of the 15 bundled
+// articles all at once; the CUDA graphs' largest bucket). A slot holds no
+// KV memory of its own: the paged cache's blocks go to the sequences that
+// run, and a prompt waits for them.
 #define PQ_LLM_JOBS 8
-#define PQ_LLM_LOCAL_GPU_JOBS 128
+#define PQ_LLM_LOCAL_GPU_JOBS 256
 void pq_llm_config_resolve(PqLlmConfig *c);
 // Long options of the client; tools add them to their option table.
 enum { PQ_OPT_LLM_BASE = 1050 };

@@ -28,6 +28,7 @@
 #include "cuda/tuning.h"
 #include "dpo.h"
 #include "gen.h"
+#include "llm.h"
 #include "ops_grad.h"
 #include "model.h"
 #include "ops_gen.h"
@@ -519,9 +520,9 @@ typedef struct GenCase {
 static const GenCase gen_cases[] = {
     {"b1", 1, 1, 512, 512, 64, 1, 1, 1},
     {"b64", 64, 1, 512, 512, 128, 64, 0, 1},
-    // pq-summarize -n 10 --max-tokens 128 on the 15 bundled articles, every sample in a slot (-j 150)
-    {"n10", 15, 10, 500, 900, 128, 150, 0, 1},
-    // the same through pq-summarize's default -j 8: 8 slots
+    // pq-summarize -n 10 --max-tokens 128 on the 15 bundled articles in its default slots on a GPU (llm.h)
+    {"n10", 15, 10, 500, 900, 128, PQ_LLM_LOCAL_GPU_JOBS, 0, 1},
+    // the same in 8 slots (-j 8, the CPU's default)
     {"n10j8", 15, 10, 500, 900, 128, 8, 0, 0},
     // 256 sequences of 2,048 tokens in the cache at once: one prompt is prefilled a step (the
     // prefill budget), so 256 new tokens keep the first sequence until the last has started
