@@ -55,8 +55,7 @@ extern "C" int pq_ops_set_device(int n) {
 }
 
 extern "C" int pq_dev_info(PqDevInfo *d) {
-    memset(d, 0, sizeof *d);
-    snprintf(d->name, sizeof d->name, "cpu");
+    memset(d, 0, sizeof *d); // (nothing known, where the device does not answer)
     ensure_device();
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, dev_id) != cudaSuccess) return -1;
