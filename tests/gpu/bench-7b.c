@@ -823,11 +823,13 @@ int main(int argc, char **argv) {
     pq_dev_info(&di);
     double dev_tf, dev_gbs;
     const char *how = pq_dev_peaks(&di, &dev_tf, &dev_gbs);
-    printf("device: %s (%d SMs, %.1f GB): peaks %.0f TFLOP/s dense bf16, %.0f GB/s, from %s%s\n", di.name, di.sms,
+    const char *src = peak > 0 && peak_gbs > 0           ? "from the command line"
+                      : dev_tf > 0 && dev_gbs > 0          ? how
+                      : !strcmp(how, "nothing known")      ? "an H200's, assumed: nothing is known of this device"
+                                                           : "an H200's where not known";
+    printf("device: %s (%d SMs, %.1f GB): peaks %.0f TFLOP/s dense bf16, %.0f GB/s (%s)\n", di.name, di.sms,
            di.mem_bytes / 1e9, peak > 0 ? peak : dev_tf > 0 ? dev_tf : 989,
-           peak_gbs > 0 ? peak_gbs : dev_gbs > 0 ? dev_gbs : 4800,
-           peak > 0 && peak_gbs > 0 ? "the command line" : how,
-           dev_tf > 0 && dev_gbs > 0 ? "" : " (an H200's where not known)");
+           peak_gbs > 0 ? peak_gbs : dev_gbs > 0 ? dev_gbs : 4800, src);
     if (peak <= 0) peak = dev_tf > 0 ? dev_tf : 989;
     if (peak_gbs <= 0) peak_gbs = dev_gbs > 0 ? dev_gbs : 4800;
     printf("RESULT dev_peak_tflops %.0f\nRESULT dev_peak_gbs %.0f\nRESULT dev_mem_gb %.1f\n", peak, peak_gbs,
