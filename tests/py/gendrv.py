@@ -19,5 +19,7 @@ def drive(driver, d, reqs, args, unset=(), env_set=None, base_env=None, timeout=
     p = subprocess.run([driver, d, *args], input=inp, capture_output=True, text=True, env=env, timeout=timeout)
     if p.returncode:
         sys.exit("test-gen %s failed (%d): %s" % (d, p.returncode, p.stderr))
-    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    # (lines end at "\n" alone: a random model's text may hold U+2028 or U+0085, which JSON leaves as they are and
+    # str.splitlines would split at)
+    lines = [json.loads(x) for x in p.stdout.split("\n") if x]
     return lines[:-1], lines[-1], p.stderr
