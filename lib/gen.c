@@ -338,10 +338,21 @@ static double kv_memory(size_t avail, double share) {
     return 0;
 }
 
+// A step's buffers a row of its batch: ensure_bufs's x, ln, q, k, v, att, tmp, gate, up and mlp in the
+// activations' storage, lse, LoRA's xa (r wide) and the index arrays
+static size_t step_row_bytes(const PqConfig *c, int r) {
+    size_t qd = (size_t)c->NH * c->HS, kd = (size_t)c->KVH * c->HS, big = (size_t)c->C > qd ? (size_t)c->C : qd;
+    return pq_act_bytes(2 * (size_t)c->C + 2 * qd + 2 * kd + big + 3 * (size_t)c->H) + 4 * ((size_t)c->NH + r + 8);
+}
+
 // The paged cache: blocks for every slot at full context, at most what a
-// share of the free memory holds (PQ_KV_MEMORY), at most PQ_KV_BLOCKS. bf16
-// on the GPU, except for an f32 model's: f32 there as on the CPU, so that
-// an f32 model's greedy ids are the CPU build's.
+// share of the free memory holds (PQ_KV_MEMORY), at most PQ_KV_BLOCKS. The
+// free memory less what the largest step will take beside the pool: twice
+// its buffers (the backend converts the same rows beside them) and, on a
+// GPU, 1 GB for the libraries' workspaces (an 80 GB GPU's 20% left over was
+// about what a 7B's prefill steps took on an H200). bf16 on the GPU, except
+// for an f32 model's: f32 there as on the CPU, so that an f32 model's
+// greedy ids are the CPU build's.
 static void paged_new(PqGen *g) {
     const PqConfig *c = &g->m->cfg;
     int cuda = !strcmp(pq_ops_backend(), "cuda");
@@ -351,14 +362,21 @@ static void paged_new(PqGen *g) {
     g->kelem = g->kdt == PQ_BF16 ? 2 : 4;
     long want = (long)g->S * ((g->Tmax + BLOCK_T - 1) / BLOCK_T) + 1;
     size_t avail = pq_dev_free_bytes();
-    double share = cuda ? 0.8 : 0.5, mem = kv_memory(avail, share);
-    if (avail && mem > (double)avail) {
-        fprintf(stderr, "pq: PQ_KV_MEMORY: %.2f GB asked, %.2f GB free; taking %.0f%% of it\n", mem / 1e9, avail / 1e9,
-                100 * share);
+    size_t steps = 2 * step_row_bytes(c, g->m->lora ? g->m->lora->r : 1) * (size_t)(g->prefill_budget + g->S) +
+                   (cuda ? (size_t)1 << 30 : 0);
+    size_t room = avail > steps ? avail - steps : 0;
+    double share = cuda ? 0.8 : 0.5, mem = kv_memory(room, share);
+    if (avail && mem > (double)room) {
+        fprintf(stderr, "pq: PQ_KV_MEMORY: %.2f GB asked, %.2f GB free beside the steps' buffers; taking %.0f%% of it\n",
+                mem / 1e9, room / 1e9, 100 * share);
         mem = 0;
     }
-    if (mem <= 0) mem = (double)avail * share; // (0 when the free memory is unknown: every slot's full context)
-    long nb = mem > 0 ? pq_kvpage_blocks_for_bytes((size_t)mem, c->L, c->KVH, c->HS, BLOCK_T, g->kelem) : want;
+    if (mem <= 0) mem = (double)room * share;
+    if (avail && mem <= 0)
+        fprintf(stderr, "pq: the KV cache: %.2f GB free, about what a step's buffers take: one block\n", avail / 1e9);
+    // (the free memory unknown: every slot's full context)
+    long nb = mem > 0 ? pq_kvpage_blocks_for_bytes((size_t)mem, c->L, c->KVH, c->HS, BLOCK_T, g->kelem)
+                      : avail ? 0 : want;
     if (nb > want) nb = want;
     const char *cap = getenv("PQ_KV_BLOCKS");
     if (cap && atol(cap) > 0 && atol(cap) < nb) nb = atol(cap);
@@ -1098,6 +1116,7 @@ static int admit(PqGen *g, Done *d) {
 
 // ---- the forward ----
 
+// (step_row_bytes counts these a row, for the paged pool's room)
 static void ensure_bufs(PqGen *g, int N, int M) {
     const PqConfig *c = &g->m->cfg;
     if (N > g->cap) {
