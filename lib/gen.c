@@ -188,8 +188,11 @@ static float kth_largest(const float *x, int n, int k, float *tmp) {
 
 void pq_gen_probs(const float *logits, int V, float temperature, int top_k, float top_p, float min_p, float *probs) {
     float mx = -INFINITY;
+    // (the passes over the vocabulary in SIMD lanes: a row's sampling took as long as a tiny model's forward)
+#pragma omp simd reduction(max : mx)
     for (int v = 0; v < V; v++) {
-        probs[v] = logits[v] == -INFINITY ? -INFINITY : logits[v] / temperature;
+        float z = logits[v] / temperature;
+        probs[v] = logits[v] == -INFINITY ? -INFINITY : z;
         mx = probs[v] > mx ? probs[v] : mx;
     }
     if (top_k > 0 && top_k < V) {
@@ -199,12 +202,19 @@ void pq_gen_probs(const float *logits, int V, float temperature, int top_k, floa
         for (int v = 0; v < V; v++)
             if (probs[v] < thr) probs[v] = -INFINITY;
     }
-    // one vectorized pass of exp (the whole vocabulary for every sequence every step)
+    // one vectorized pass of exp (the whole vocabulary for every sequence every step), summed in f32 lanes a
+    // chunk of 1024 at a time and the chunks in double, as pq_cpu_row_lse (a double sum kept it scalar)
     double sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int v = 0; v < V; v++) {
-        probs[v] = probs[v] == -INFINITY ? 0.0f : pq_exp_fast(probs[v] - mx);
-        sum += probs[v];
+    for (int v0 = 0; v0 < V; v0 += 1024) {
+        int v1 = v0 + 1024 < V ? v0 + 1024 : V;
+        float part = 0;
+#pragma omp simd reduction(+ : part)
+        for (int v = v0; v < v1; v++) {
+            float e = probs[v] == -INFINITY ? 0.0f : pq_exp_fast(probs[v] - mx);
+            probs[v] = e;
+            part += e;
+        }
+        sum += part;
     }
     float inv = (float)(1.0 / sum);
 #pragma omp simd

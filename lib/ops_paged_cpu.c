@@ -267,6 +267,7 @@ void pq_cpu_row_lse(float *lse, const float *logits, int N, int V) {
     for (int i = 0; i < N; i++) {
         const float *x = logits + (size_t)i * V;
         float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
         for (int v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
         if (mx == -INFINITY) {
             lse[i] = -INFINITY;
