@@ -218,8 +218,10 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, const Sam
         zmax = z[v] > zmax ? z[v] : zmax;
     }
     if (n == 0) return -1;
-    // every finite token, most likely first: the cuts below keep a prefix
-    pq_sort_desc(idx, n, z, w->key, w->ktmp, w->tmp);
+    // every finite token, most likely first, where a cut below keeps a prefix; with none, the race below finds
+    // the same winner in id order (equal keys go to the lowest id either way), and the sort was a fifth of a
+    // sampled run's time
+    if ((r->top_k > 0 && r->top_k < n) || r->top_p < 1 || r->min_p > 0) pq_sort_desc(idx, n, z, w->key, w->ktmp, w->tmp);
     int keep = n;
     if (r->top_k > 0 && r->top_k < n) {
         float thr = z[idx[r->top_k - 1]];
