@@ -355,6 +355,13 @@ static size_t step_row_bytes(const PqConfig *c, int r) {
     return pq_act_bytes(2 * (size_t)c->C + 2 * qd + 2 * kd + big + 3 * (size_t)c->H) + 4 * ((size_t)c->NH + r + 8);
 }
 
+// Bytes of one layer's K (or V) pool, paged; one layer's K (or V) flat caches of every slot otherwise
+static size_t kv_layer_bytes(const PqGen *g) {
+    const PqConfig *c = &g->m->cfg;
+    return g->paged ? (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem
+                    : (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
+}
+
 // The paged cache: blocks for every slot at full context, at most what a
 // share of the free memory holds (PQ_KV_MEMORY), at most PQ_KV_BLOCKS. The
 // free memory less what the largest step will take beside the pool: twice
@@ -394,7 +401,7 @@ static void paged_new(PqGen *g) {
     if (nb > 1L << 30) nb = 1L << 30;
     g->NB = (int)nb;
     g->kp = pq_kvpage_new(g->NB, BLOCK_T);
-    size_t bytes = (size_t)c->L * g->NB * BLOCK_T * c->KVH * c->HS * g->kelem;
+    size_t bytes = (size_t)c->L * kv_layer_bytes(g);
     g->kpool = pq_dev_alloc(bytes);
     g->vpool = pq_dev_alloc(bytes);
 }
@@ -426,10 +433,9 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->chunking = g->paged && env_flag("PQ_CHUNKED_PREFILL", cpu);
     g->prefix_cache = g->paged && env_flag("PQ_PREFIX_CACHE", cpu);
     g->paged_prompts = g->paged && env_flag("PQ_PAGED_PROMPTS", 0);
-    size_t per = (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
     if (g->paged) paged_new(g);
     else
-        for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(per), g->vc[l] = pq_dev_alloc(per);
+        for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(kv_layer_bytes(g)), g->vc[l] = pq_dev_alloc(kv_layer_bytes(g));
     g->slots = pq_xcalloc((size_t)g->S, sizeof *g->slots);
     for (int s = 0; s < g->S; s++) g->slots[s].work = pq_xmalloc((size_t)c->V * sizeof(float)), g->slots[s].base = s;
     g->eos = pq_xmalloc((size_t)(n_eos + 1) * sizeof *g->eos);
@@ -592,10 +598,7 @@ void pq_gen_stats(const PqGen *g, PqGenStats *st) {
     st->chunks = g->n_chunks;
     st->mixed = g->n_mixed;
     st->prefix_hit = g->n_prefix_hit;
-    const PqConfig *c = &g->m->cfg;
-    size_t layer = g->paged ? (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem
-                            : (size_t)g->S * g->T * c->KVH * c->HS * sizeof(float);
-    st->kv_bytes = 2 * (size_t)c->L * layer;
+    st->kv_bytes = 2 * (size_t)g->m->cfg.L * kv_layer_bytes(g);
     if (g->paged) st->kv_blocks = g->NB, st->kv_block_tokens = BLOCK_T, st->kv_blocks_peak = g->blocks_peak;
 }
 
@@ -1318,7 +1321,7 @@ static void forward_kernels(void *arg) {
     const int *rows = a->rows;
     const PqModel *m = g->m;
     const PqConfig *c = &m->cfg;
-    size_t layer = (size_t)g->NB * BLOCK_T * c->KVH * c->HS * g->kelem; // bytes of a layer's pool (paged)
+    size_t layer = g->paged ? kv_layer_bytes(g) : 0; // bytes of a layer's pool (paged)
     pq_embedding_forward(g->x, g->d_ids, &m->wte, N, c->C);
     if (a->prof) prof_mark(g, PQ_GP_EMBED);
     for (int l = 0; l < c->L; l++) {
@@ -1368,16 +1371,15 @@ static void forward_kernels(void *arg) {
                                            g->d_tab + (size_t)g->np * g->maxblk, g->maxblk, g->d_plen + g->np,
                                            N - g->np, c->NH, c->KVH, c->HS, BLOCK_T, pq_layer_window(c, l),
                                            g->max_len, g->pwork);
-        } else if (g->shared) {
+        } else { // the flat cache: rope, the append, then attention over each slot's keys (shared prompts' too)
             pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
             pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
-            pq_attention_kv_shared_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, g->d_base,
-                                           g->d_blen, N, c->NH, c->KVH, c->HS, g->T, pq_layer_window(c, l));
-        } else {
-            pq_rope_qk_forward(g->q, g->k, g->d_pos, m->inv_freq, N, c->NH, c->KVH, c->HS);
-            pq_kv_append(g->kc[l], g->vc[l], g->k, g->v, g->d_slot, g->d_pos, N, c->KVH, c->HS, g->T);
-            pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH, c->HS,
-                                    g->T, pq_layer_window(c, l));
+            if (g->shared)
+                pq_attention_kv_shared_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, g->d_base,
+                                               g->d_blen, N, c->NH, c->KVH, c->HS, g->T, pq_layer_window(c, l));
+            else
+                pq_attention_kv_forward(g->att, g->q, g->kc[l], g->vc[l], g->d_slot, g->d_pos, N, c->NH, c->KVH,
+                                        c->HS, g->T, pq_layer_window(c, l));
         }
         if (a->prof) prof_mark(g, PQ_GP_ATTN);
         // o_proj, then the residual add and the norm after it in one op, as model.c: with bf16 activations the
