@@ -886,13 +886,13 @@ int main(int argc, char **argv) {
         printf("RESULT logp_tokens_per_s %.0f\nRESULT logp_mfu %.3f\nRESULT logp_peak_gb %.1f\n", N / dt,
                flops / dt / (peak * 1e12), pq_dev_peak_bytes() / 1e9);
     }
-    int Nd0 = 2 * (S / 2 > 0 ? S / 2 : 1) * T;
-    size_t need = 0, fr = pq_dev_free_bytes();
     if ((!strcmp(what, "dpo") || !strcmp(what, "both")) && ckpt == PQ_CKPT_OFF) {
         // every layer's activations kept, as asked: a device too small for them says so instead of running out
-        PqLora *probe = pq_lora_build(c, r, 2.0f * r, (1u << PQ_NLIN) - 1);
-        need = pq_trainer_bytes(c, probe, Nd0, 0);
-        pq_lora_free(probe);
+        // (the step's LoRA, made to be counted: pq_trainer_bytes reads its rank and targets)
+        int Nd0 = 2 * (S / 2 > 0 ? S / 2 : 1) * T;
+        PqLora *counted = pq_lora_build(c, r, 2.0f * r, (1u << PQ_NLIN) - 1);
+        size_t need = pq_trainer_bytes(c, counted, Nd0, 0), fr = pq_dev_free_bytes();
+        pq_lora_free(counted);
         if (need + need / 20 > fr) {
             printf("dpo: skipped: %d tokens without checkpointing need %.1f GB of buffers, %.1f GB are free here\n",
                    Nd0, need / 1e9, fr / 1e9);
