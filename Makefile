@@ -174,7 +174,8 @@ clean:
 # backend's activation storage, so every check must pass: it checks the
 # programs' own logic (the storage helpers, oracles and groups of
 # tests/gpu/parity_ops.h; parity-paged's inputs, whose segments the CPU twin
-# verifies) where no GPU is, never a kernel. parity-paged takes one group a
+# verifies) where no GPU is, never a kernel; but the paged attention there is
+# the CPU backend's own (backend_paged_cpu.c), held to the oracle as a kernel is. parity-paged takes one group a
 # run, with PQ_PAGED_ATTN=kernel (no cuDNN here; its timings left out).
 # Part of make check (about 15 s).
 ifneq ($(CUDA),1)

@@ -119,4 +119,9 @@ size_t pq_paged_attention_work(int N, int NH, int KVH, int HS, int max_len);
 PQ_OPS_PAGED_DECLARE(pq_)
 PQ_OPS_PAGED_DECLARE(pq_cpu_)
 
+// paged_prefill_forward's promises about its segments (host arrays), checked: a broken one is the caller's error,
+// said on stderr ("pq_paged_prefill_forward: segment S, row R: why") and the process aborted.
+void pq_cpu_paged_check_segments(const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg, int nseg,
+                                 int max_q, int N, int BT, int NB, int max_len);
+
 #endif

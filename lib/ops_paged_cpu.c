@@ -171,10 +171,8 @@ static void bad_segments(int s, int r, const char *why) {
     abort();
 }
 
-void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
-                                  const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg,
-                                  int nseg, int max_q, int N, int NH, int KVH, int HS, int BT, int NB, int window,
-                                  int max_len, float *work) {
+void pq_cpu_paged_check_segments(const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg, int nseg,
+                                 int max_q, int N, int BT, int NB, int max_len) {
     if (nseg < 0 || seg[0] != 0 || seg[nseg] != N) bad_segments(nseg, N, "the segments do not cover rows [0, N)");
     for (int s = 0; s < nseg; s++) {
         int a = seg[s], b = seg[s + 1];
@@ -188,6 +186,13 @@ void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, co
                 if (t[k] != t0[k] || t[k] < 0 || t[k] >= NB) bad_segments(s, r, "another table, or a block out of the pool");
         }
     }
+}
+
+void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, const void *vp, PqDtype dt,
+                                  const int32_t *tables, int maxblk, const int32_t *len, const int32_t *seg,
+                                  int nseg, int max_q, int N, int NH, int KVH, int HS, int BT, int NB, int window,
+                                  int max_len, float *work) {
+    pq_cpu_paged_check_segments(tables, maxblk, len, seg, nseg, max_q, N, BT, NB, max_len);
     pq_cpu_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
 }
 

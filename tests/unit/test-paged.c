@@ -37,9 +37,20 @@
 
 static PqRng rng;
 static float urand(float a) { return a * (float)(pq_rng_uniform(&rng) * 2 - 1); }
+// max |got - want| over n, infinite where either is NaN
+static double max_err(const float *got, const float *want, size_t n) {
+    double err = 0;
+    for (size_t x = 0; x < n; x++) {
+        double d = fabs((double)got[x] - want[x]);
+        err = isnan(d) ? INFINITY : d > err ? d : err;
+    }
+    return err;
+}
 
-// N rows, contexts len (N), random blocks; rows 2k+1 share the first half
-// of row 2k's blocks (a fork) when share.
+// N rows, contexts len (N), random blocks; share 1: rows 2k+1 share the first half of row 2k's blocks (a fork);
+// share 2: families of up to 5 rows (the samples of a prompt) share their first row's whole blocks below the
+// family's shortest context. The oracle (pq_cpu_paged_attention_forward) and the CPU backend's own attention
+// (pq_paged_attention_forward, which groups the rows that share blocks) against the flat cache's attention.
 static void test_attention(int N, int NH, int KVH, int HS, int BT, int window, PqDtype dt, const int *len, int share) {
     int max_len = 0;
     for (int i = 0; i < N; i++) max_len = len[i] > max_len ? len[i] : max_len;
@@ -60,10 +71,16 @@ static void test_attention(int N, int NH, int KVH, int HS, int BT, int window, P
     for (int i = 0; i < N; i++) {
         lens[i] = len[i];
         int nb = (len[i] + BT - 1) / BT, from = 0;
-        if (share && i % 2 == 1) { // the first half of row i-1's blocks, where it has them
+        if (share == 1 && i % 2 == 1) { // the first half of row i-1's blocks, where it has them
             int prev = (len[i - 1] + BT - 1) / BT;
             from = nb / 2 < prev ? nb / 2 : prev;
             for (int b = 0; b < from; b++) tables[(size_t)i * maxblk + b] = tables[(size_t)(i - 1) * maxblk + b];
+        }
+        if (share == 2 && i % 5 != 0) { // the family's first row's whole blocks below the family's shortest context
+            int f = i - i % 5, shortest = len[f];
+            for (int r = f; r < f + 5 && r < N; r++) shortest = len[r] < shortest ? len[r] : shortest;
+            from = shortest / BT;
+            for (int b = 0; b < from; b++) tables[(size_t)i * maxblk + b] = tables[(size_t)f * maxblk + b];
         }
         for (int b = from; b < nb; b++) tables[(size_t)i * maxblk + b] = perm[used++];
         for (int b = nb; b < maxblk; b++) tables[(size_t)i * maxblk + b] = -1;
@@ -88,14 +105,15 @@ static void test_attention(int N, int NH, int KVH, int HS, int BT, int window, P
     size_t nw = pq_paged_attention_work(N, NH, KVH, HS, max_len);
     float *work = nw ? pq_xmalloc(nw * sizeof *work) : NULL;
     pq_cpu_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, lens, N, NH, KVH, HS, BT, window, max_len, work);
-    double err = 0;
-    for (size_t x = 0; x < qn; x++) {
-        double d = fabs((double)out[x] - want[x]);
-        err = d > err || isnan(d) ? (isnan(d) ? INFINITY : d) : err;
-    }
+    double err = max_err(out, want, qn);
     int SL, ns = pq_paged_splits(N, KVH, max_len, &SL);
-    CHECK(err < 2e-5, "paged attention N %d NH %d KVH %d HS %d BT %d window %d %s splits %d: max err %.3g", N, NH,
-          KVH, HS, BT, window, pq_dtype_name(dt), ns, err);
+    CHECK(err < 2e-5, "paged attention N %d NH %d KVH %d HS %d BT %d window %d %s splits %d share %d: max err %.3g",
+          N, NH, KVH, HS, BT, window, pq_dtype_name(dt), ns, share, err);
+    for (size_t x = 0; x < qn; x++) out[x] = NAN;
+    pq_paged_attention_forward(out, q, kp, vp, dt, tables, maxblk, lens, N, NH, KVH, HS, BT, window, max_len, work);
+    err = max_err(out, want, qn);
+    CHECK(err < 2e-5, "the CPU backend's paged attention N %d NH %d KVH %d HS %d BT %d window %d %s share %d: max err "
+          "%.3g", N, NH, KVH, HS, BT, window, pq_dtype_name(dt), share, err);
     free(kp), free(vp), free(perm), free(tables), free(lens), free(kc), free(vc), free(q), free(out), free(want);
     free(slot), free(pos), free(work);
 }
@@ -116,6 +134,11 @@ static void test_attention_all(void) {
             n = 64;
             for (int i = 0; i < n; i++) len[i] = 1 + (int)pq_rng_below(&rng, 70);
             test_attention(n, 8 * G[gi], 8, 16, 16, window, gi % 2 ? PQ_BF16 : PQ_F32, len, 1);
+            // families of samples sharing their prompt's blocks, contexts past several blocks
+            n = 23;
+            for (int i = 0; i < n; i++) len[i] = 40 + (int)pq_rng_below(&rng, 200);
+            test_attention(n, NH, KVH, 32, 16, window, gi % 2 ? PQ_F32 : PQ_BF16, len, 2);
+            test_attention(n, NH, KVH, 16, 7, window, PQ_F32, len, 2);
         }
     CHECK(pq_paged_splits(1, 8, 2048, NULL) > 1 && pq_paged_splits(256, 8, 2048, NULL) == 1, "split choice");
     int SL, ns = pq_paged_splits(2, 4, 1000, &SL);
@@ -447,14 +470,19 @@ static void test_prefill(PqDtype dt, int window) {
     prefill_call(&c);
     pq_cpu_paged_attention_forward(dec, q, kp, vp, dt, tables, maxblk, len, N, NH, KVH, HS, BT, window, max_len, work);
     pq_cpu_attention_kv_forward(want, q, kc, vc, slot, pos, N, NH, KVH, HS, max_len, window);
-    double err = 0;
-    for (size_t x = 0; x < qn; x++) {
-        double d = fabs((double)out[x] - want[x]);
-        err = d > err || isnan(d) ? (isnan(d) ? INFINITY : d) : err;
-    }
+    double err = max_err(out, want, qn);
     CHECK(memcmp(out, dec, qn * sizeof *out) == 0, "prefill %s window %d: not decode attention's bits",
           pq_dtype_name(dt), window);
     CHECK(err < 2e-5, "prefill %s window %d: max err %.3g against contiguous attention", pq_dtype_name(dt), window, err);
+    // the CPU backend's own (blocks of the segments' rows through BLAS)
+    float *fast = pq_xmalloc(qn * sizeof *fast);
+    for (size_t x = 0; x < qn; x++) fast[x] = NAN;
+    pq_paged_prefill_forward(fast, q, kp, vp, dt, tables, maxblk, len, seg, S, max_q, N, NH, KVH, HS, BT, NB, window,
+                             max_len, work);
+    err = max_err(fast, want, qn);
+    CHECK(err < 2e-5, "the CPU backend's prefill %s window %d: max err %.3g against contiguous attention",
+          pq_dtype_name(dt), window, err);
+    free(fast);
 
     // the valid call in a child returns (the harness itself can tell)
     char buf[1024];
