@@ -171,6 +171,27 @@ static int pdl_state = -1;
 
 extern "C" void pq_cuda_set_pdl(int on) { pdl_state = on < 0 ? -1 : on != 0; }
 
+// Launched as a dependent only on compute capability 9.x, which runs the sm_90 code: any other GPU runs the
+// compute_80 PTX (the Makefile's CUDA_ARCHS), where pq_pdl_wait() is compiled out, and the GEMV could read its input
+// before the kernel before it had written it. There the switch is said once to do nothing, and launches are plain.
+static bool pdl_on(void) {
+    if (!pq_env_switch(&pdl_state, "PQ_PDL", false)) return false;
+    static int major = -1; // the device's compute capability major, read once (0 where it does not say)
+    if (major < 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            major = 0;
+    }
+    if (major == 9) return true;
+    static bool said;
+    if (!said)
+        fprintf(stderr, "pq: PQ_PDL=1 does nothing on compute capability %d.x (9.x only): plain launches (said once)\n",
+                major);
+    said = true;
+    return false;
+}
+
 // job's warps: R output rows each, product after product
 template <typename T, typename A, int N, int EPI> static void gemv_launch(GemvJob job, const A *inp, int C) {
     int warps = 0;
@@ -178,7 +199,7 @@ template <typename T, typename A, int N, int EPI> static void gemv_launch(GemvJo
         job.wend[t] = warps += t < job.n ? (job.rows[t] + GemvShape<N>::R - 1) / GemvShape<N>::R : 0;
     if (!warps) return;
     unsigned blocks = pq_blocks((size_t)warps, GEMV_WARPS);
-    if (pq_env_switch(&pdl_state, "PQ_PDL", false)) {
+    if (pdl_on()) {
         cudaLaunchAttribute at[1];
         at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         at[0].val.programmaticStreamSerializationAllowed = 1;

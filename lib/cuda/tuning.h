@@ -36,6 +36,7 @@ void pq_cuda_set_paged_keys(int keys);
 // PQ_PDL=1 (read once): the GEMV kernel (gemv.cu) launched as a programmatic dependent of the kernel before it
 // (Hopper's PDL), its first weight reads overlapping that kernel's end; rmsnorm and the paged decode attention
 // let it start early. Off until gpu-check measures it. pq_cuda_set_pdl(0 or 1) overrides, -1: the variable's.
+// Either way only on compute capability 9.x: other GPUs run the compute_80 PTX, without PDL's waits (said once).
 void pq_cuda_set_pdl(int on);
 
 #ifdef __cplusplus
