@@ -700,9 +700,10 @@ extern "C" void pq_paged_prefill_forward(float *out, const float *q, const void 
 #define SMP_THREADS 1024
 #define SMP_WARPS (SMP_THREADS / 32)
 
-// order-preserving key of a float: a > b <=> key(a) > key(b)
+// order-preserving key of a float: a > b <=> key(a) > key(b); -0 and +0 get one key, as they tie in the CPU's
+// sort (pq_sort_desc), so a logit of exactly 0 is cut or kept by top-k / top-p as there
 __device__ __forceinline__ uint32_t okey(float z) {
-    uint32_t u = __float_as_uint(z);
+    uint32_t u = __float_as_uint(z == 0.0f ? 0.0f : z);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
