@@ -431,7 +431,16 @@ static bool lt_gemm(cublasOperation_t ta, cublasOperation_t tb, int M, int N, in
         return false;
     cublasStatus_t st = cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, &p->algo, lt_ws,
                                        LT_WORKSPACE, pq_cuda_stream);
-    if (st != CUBLAS_STATUS_SUCCESS) { // not expected: said once; this shape goes to cublasGemmEx from now on
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        // inside a CUDA graph's capture (graph.cu) a failure is the capture's, not the shape's (a synchronous call
+        // beside it, as f16_scale's copy, invalidates the capture): nothing said or marked; the capture fails and
+        // the step runs eagerly, where cuBLASLt serves this shape again
+        if (pq_cuda_stream) {
+            cudaStreamCaptureStatus cs;
+            if (cudaStreamIsCapturing(pq_cuda_stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone)
+                return false;
+        }
+        // not expected: said once; this shape goes to cublasGemmEx from now on
         static bool said;
         if (!said)
             fprintf(stderr, "pq: cuBLASLt product %dx%dx%d failed (%s): cublasGemmEx for it (said once)\n", M, N, K,
