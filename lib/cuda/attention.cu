@@ -650,9 +650,10 @@ static size_t sd_cap[SD_N];
 static void *sd_scratch(int slot, size_t bytes) {
     if (bytes > sd_cap[slot]) { // (cudaFree, not pq_dev_free: that would drop the cached plans)
         if (sd_slot[slot]) CU(cudaFree(sd_slot[slot]));
+        sd_slot[slot] = NULL, sd_cap[slot] = 0; // (none until the new one is had, as pq_cuda_scratch's)
         size_t cap = bytes + bytes / 4;
-        CU(cudaMalloc(&sd_slot[slot], cap));
-        sd_cap[slot] = cap;
+        void *p = NULL;
+        if (CU_OK(cudaMalloc(&p, cap))) sd_slot[slot] = p, sd_cap[slot] = cap;
     }
     return sd_slot[slot];
 }

@@ -125,9 +125,12 @@ void *pq_cuda_scratch(int slot, size_t bytes) {
     if (bytes > scr_cap[slot]) {
         ensure_device();
         if (scr[slot]) CU(cudaFree(scr[slot]));
+        // none until the new one is had: while a graph is captured a failed cudaFree or cudaMalloc does not abort
+        // (pq_cuda_fail), and the next call tries again instead of taking the old buffer, or none, for the new size
+        scr[slot] = NULL, scr_cap[slot] = 0;
         size_t cap = bytes + bytes / 4; // some headroom for the next, larger request
-        CU(cudaMalloc(&scr[slot], cap));
-        scr_cap[slot] = cap;
+        void *p = NULL;
+        if (CU_OK(cudaMalloc(&p, cap))) scr[slot] = p, scr_cap[slot] = cap;
         scr_gen++;
         note_usage();
     }
@@ -149,9 +152,10 @@ float *pq_act_pool(int k, size_t n) {
     if (bytes > act_pool_cap[k]) { // (cudaFree waits for the kernels that may still read the old buffer)
         ensure_device();
         if (act_pool[k]) CU(cudaFree(act_pool[k]));
+        act_pool[k] = NULL, act_pool_cap[k] = 0; // (none until the new one is had, as pq_cuda_scratch's)
         size_t cap = bytes + bytes / 4;
-        CU(cudaMalloc(&act_pool[k], cap));
-        act_pool_cap[k] = cap;
+        void *p = NULL;
+        if (CU_OK(cudaMalloc(&p, cap))) act_pool[k] = p, act_pool_cap[k] = cap;
         scr_gen++;
         note_usage();
     }

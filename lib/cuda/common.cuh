@@ -35,6 +35,13 @@ void pq_cuda_fail(const char *what, const char *err, const char *file, int line)
 bool pq_cuda_graph_absorb(const char *what, const char *err, const char *file, int line);
 // After a kernel launch: launch errors now, execution errors at the next sync.
 #define CU_LAUNCHED() CU(cudaGetLastError())
+// CU as a condition, for what is kept only where the call succeeded: false where pq_cuda_fail returned (an error
+// while a graph is captured), and a buffer that was not had is then not recorded as if it were
+#define CU_OK(call) pq_cuda_ok((call), #call, __FILE__, __LINE__)
+static inline bool pq_cuda_ok(cudaError_t err, const char *what, const char *file, int line) {
+    if (err != cudaSuccess) pq_cuda_fail(what, cudaGetErrorString(err), file, line);
+    return err == cudaSuccess;
+}
 
 // A switch read once from the environment: *state is -1 until then, after it 0 where the variable name is "0", 1
 // where it is "1", dflt where it is unset or anything else; a setter stores 0 or 1, or -1 to read it again.

@@ -562,8 +562,9 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
         size_t need = pq_paged_attention_work(N, NH, KVH, HS, max_len);
         if (need > own_work_n) {
             if (own_work) CU(cudaFree(own_work));
-            CU(cudaMalloc(&own_work, need * sizeof(float)));
-            own_work_n = need;
+            own_work = NULL, own_work_n = 0; // (none until the new one is had, as pq_cuda_scratch's)
+            float *p = NULL;
+            if (CU_OK(cudaMalloc(&p, need * sizeof(float)))) own_work = p, own_work_n = need;
         }
         work = own_work;
     }
@@ -646,8 +647,10 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     size_t need = o_pt + pf_align((size_t)B * mb * 4);
     if (need > pf_cap) {
         if (pf_buf) CU(cudaFree(pf_buf));
-        pf_cap = need + need / 4;
-        CU(cudaMalloc(&pf_buf, pf_cap));
+        pf_buf = NULL, pf_cap = 0; // (none until the new one is had, as pq_cuda_scratch's)
+        size_t cap = need + need / 4;
+        void *nb = NULL;
+        if (CU_OK(cudaMalloc(&nb, cap))) pf_buf = nb, pf_cap = cap;
     }
     char *p = (char *)pf_buf;
     // bf16 activations and no padding segment: cuDNN reads q and writes out where they are; else their copies
