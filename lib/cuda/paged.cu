@@ -445,6 +445,19 @@ template <typename A> __global__ void paged_combine_kernel(A *out, const float *
     }
 }
 
+// Dynamic shared memory above the default 48 KB is an opt-in, a kernel at a time: asked for only where a launch
+// needs more than *have, what kernel was let take so far (a host call, once made at every launch). *have is
+// recorded only where the call succeeded: one that failed while a graph was captured (pq_cuda_fail returned) is
+// made again.
+template <typename K> static void smem_opt_in(K *kernel, size_t smem, size_t *have) {
+    if (smem <= 48 * 1024 || smem <= *have) return;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess)
+        pq_cuda_fail("cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)",
+                     cudaGetErrorString(err), __FILE__, __LINE__);
+    else *have = smem;
+}
+
 template <typename T, int GM, typename A>
 static void attn_launch(A *out, float *work, const A *q, const void *kp, const void *vp, const int32_t *tables,
                         int maxblk, const int32_t *len, int N, int NH, int KVH, int HS, int BT, int window, int SL,
@@ -481,14 +494,18 @@ static int fast_on(void) {
     return pq_env_switch(&on, "PQ_PAGED_FAST", true);
 }
 
+// the fast kernel's shared memory for a query group of G
+template <int HS> static size_t fast_smem(int G) {
+    return ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G + (size_t)ATT_WARPS * G * HS) * sizeof(float);
+}
+
 template <int HS, int GM, int KEYS, typename A>
 static void fast_launch(A *out, float *work, const A *q, const void *kp, const void *vp, const int32_t *tables,
                         int maxblk, const int32_t *len, int N, int NH, int KVH, int BT, int window, int SL, int ns) {
     int G = NH / KVH;
-    size_t smem = ((size_t)G * HS + (size_t)G * ATT_CH + 3 * (size_t)G + (size_t)ATT_WARPS * G * HS) * sizeof(float);
-    if (smem > 48 * 1024)
-        CU(cudaFuncSetAttribute(paged_attn_fast_kernel<HS, GM, KEYS, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)smem));
+    size_t smem = fast_smem<HS>(G);
+    static size_t have; // (asked once for the instantiation's largest group, GM: over 48 KB at GM 16, HS 128)
+    smem_opt_in(paged_attn_fast_kernel<HS, GM, KEYS, A>, fast_smem<HS>(GM), &have);
     paged_attn_fast_kernel<HS, GM, KEYS, A><<<dim3(ns, KVH, N), ATT_THREADS, smem, pq_cuda_stream>>>(
         out, work, q, (const __nv_bfloat16 *)kp, (const __nv_bfloat16 *)vp, tables, maxblk, len, NH, KVH, BT, window,
         SL, ns, 1.0f / sqrtf((float)HS));
@@ -544,8 +561,12 @@ static void paged_attention(A *out, const A *q, const void *kp, const void *vp, 
         attn_dispatch<__nv_bfloat16>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     else attn_dispatch<float>(out, work, q, kp, vp, tables, maxblk, len, N, NH, KVH, HS, BT, window, SL, ns);
     if (ns > 1) {
-        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, 2 * ns * sizeof(float), pq_cuda_stream>>>(out, work,
-                                                                                                      HS, ns);
+        // (m, l) of each split: over 48 KB past 6,144 splits, which PQ_PAGED_SPLITS can ask for where contexts
+        // pass 393,216 positions (a split has 64 at least); past the opt-in limit (227 KB on Hopper) the call fails
+        size_t smem = 2 * (size_t)ns * sizeof(float);
+        static size_t have;
+        smem_opt_in(paged_combine_kernel<A>, smem, &have);
+        paged_combine_kernel<<<N * NH, HS < 128 ? 64 : 128, smem, pq_cuda_stream>>>(out, work, HS, ns);
         CU_LAUNCHED();
     }
 }
