@@ -165,7 +165,8 @@ size_t pq_dev_peak_bytes(void);
 size_t pq_dev_free_bytes(void);
 // The device, as benchmarks report it and measure against: its name and the
 // attributes its peaks follow from. pq_dev_info fills d: 0, or -1 where the
-// backend has no device (the CPU: name "cpu", the rest 0).
+// backend has no device (the CPU: name "cpu", the rest 0) or its device does
+// not answer (CUDA: all 0).
 typedef struct {
     char name[256];
     int cc_major, cc_minor;  // compute capability

@@ -56,7 +56,10 @@ extern "C" int pq_ops_set_device(int n) {
 
 extern "C" int pq_dev_info(PqDevInfo *d) {
     memset(d, 0, sizeof *d); // (nothing known, where the device does not answer)
-    ensure_device();
+    // ensure_device's choice without its abort (CU): a device that does not answer is -1 here, as ops.h says
+    int dev = dev_id >= 0 ? dev_id : 0;
+    if (cudaSetDevice(dev) != cudaSuccess) return -1;
+    dev_id = dev;
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, dev_id) != cudaSuccess) return -1;
     snprintf(d->name, sizeof d->name, "%s", p.name);
