@@ -317,17 +317,16 @@ static int env_flag(const char *name, int def) {
     return def;
 }
 
-// PQ_KV: "paged" or "flat" (read once); paged by default on CUDA.
+// PQ_KV: "paged" or "flat" (read once); paged by default. On the CPU too: with its attention at the flat cache's
+// speed (backend_paged_cpu.c) it holds a prompt's blocks once for its samples and shares the prefix cache's, and the
+// GPU's host path is then what every CPU run and test drives; flat keeps a slot's whole context.
 static int kv_paged(void) {
     static int mode = -1;
     if (mode < 0) {
         const char *s = getenv("PQ_KV");
-        if (s && !strcmp(s, "paged")) mode = 1;
-        else if (s && !strcmp(s, "flat")) mode = 0;
-        else {
-            if (s && *s) fprintf(stderr, "pq: PQ_KV=%s is neither paged nor flat; using the default\n", s);
-            mode = !strcmp(pq_ops_backend(), "cuda");
-        }
+        mode = !(s && !strcmp(s, "flat"));
+        if (mode && s && *s && strcmp(s, "paged"))
+            fprintf(stderr, "pq: PQ_KV=%s is neither paged nor flat; using the default (paged)\n", s);
     }
     return mode;
 }

@@ -21,7 +21,9 @@ open(sys.argv[2], "w").write("".join(json.dumps(dict(a, article=a["article"][:10
 EOF
 
 rc=0
-"$PQ_TOP/scripts/pq-pipeline" -w "$d/w" -n 3 --seed 1 --eval-frac 0.25 --valid-frac 0.25 -t 1 --max-length 384 \
+# (a random model's pairs are chance: its summaries' quiz scores must differ; seed 4 gives pairs on both sides of
+# the split with the paged cache's draws)
+"$PQ_TOP/scripts/pq-pipeline" -w "$d/w" -n 3 --seed 4 --eval-frac 0.25 --valid-frac 0.25 -t 1 --max-length 384 \
   --judge-opt --max-tokens --judge-opt 256 --dpo-opt --lr --dpo-opt 1e-3 \
   "$d/in.jsonl" >"$d/out" 2>"$d/err" || rc=$?
 [ $rc -le 1 ] || { echo "exit $rc"; cat "$d/err"; exit 1; }
