@@ -1,5 +1,6 @@
 // exp_fast.h: a vectorizable exp for the CPU engine's softmaxes and SiLU
-// (ops_cpu.c, ops_gen_cpu.c).
+// (ops_cpu.c, ops_gen_cpu.c), and a vectorizable double log for the
+// sampler's race (ops_paged_cpu.c).
 #ifndef PQ_EXP_FAST_H
 #define PQ_EXP_FAST_H
 
@@ -29,6 +30,36 @@ static inline float pq_exp_fast(float x) {
     float sc;
     memcpy(&sc, &bits, 4);
     return p * sc;
+}
+
+// log(x) for a normal, finite x > 0, within a few ulp (tests/unit/test-paged.c measures it against libm's),
+// branch-free so loops over it vectorize (libm's log does not): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m =
+// 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, by its series to s^23 (the next term is below 2^-60 of it),
+// plus e ln 2 in two parts. Not for 0, subnormals, infinities or NaN.
+static inline double pq_log_fast(double x) {
+    uint64_t b;
+    memcpy(&b, &x, 8);
+    int64_t e = (int64_t)(b >> 52) - 1023;
+    uint64_t mb = (b & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL; // m in [1, 2)
+    double m;
+    memcpy(&m, &mb, 8);
+    int up = m > 1.4142135623730951; // then m / 2 and e + 1
+    m = up ? m * 0.5 : m;
+    double ed = (double)(e + up);
+    double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    double p = 1.0 / 23;
+    p = p * s2 + 1.0 / 21;
+    p = p * s2 + 1.0 / 19;
+    p = p * s2 + 1.0 / 17;
+    p = p * s2 + 1.0 / 15;
+    p = p * s2 + 1.0 / 13;
+    p = p * s2 + 1.0 / 11;
+    p = p * s2 + 1.0 / 9;
+    p = p * s2 + 1.0 / 7;
+    p = p * s2 + 1.0 / 5;
+    p = p * s2 + 1.0 / 3;
+    // ln 2 = 0.693147180369123816490 (hi, exact in 32 bits) + 1.90821492927058770002e-10 (lo)
+    return ed * 6.93147180369123816490e-01 + (2.0 * s + 2.0 * s * s2 * p + ed * 1.90821492927058770002e-10);
 }
 
 #endif

@@ -198,6 +198,10 @@ void pq_cpu_paged_prefill_forward(float *out, const float *q, const void *kp, co
 
 // ---- sampling ----
 
+// How far pq_log_fast's race keys may be from the exact ones, absolute and relative to the key: far more than
+// its few ulp (test-paged measures them) and far less than the keys' spread, so the exact race stays a token or two.
+#define RACE_SLACK 1e-9
+
 // Scratch of one thread's rows: V entries each.
 typedef struct {
     float *z;
@@ -216,13 +220,20 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, const Sam
     float *z = w->z;
     int *idx = w->idx;
     int n = 0;
-    float zmax = -INFINITY;
-    for (int v = 0; v < V; v++) {
-        z[v] = x[v] == -INFINITY ? -INFINITY : x[v] / r->temperature;
-        if (z[v] != -INFINITY) idx[n++] = v;
+    float zmax = -INFINITY, T = r->temperature;
+#pragma omp simd reduction(max : zmax) reduction(+ : n)
+    for (int v = 0; v < V; v++) { // (in lanes: a sampled row's every token passes here)
+        z[v] = x[v] / T;          // (-INFINITY stays so)
+        n += z[v] != -INFINITY;
         zmax = z[v] > zmax ? z[v] : zmax;
     }
     if (n == 0) return -1;
+    if (n == V)
+#pragma omp simd
+        for (int v = 0; v < V; v++) idx[v] = v;
+    else
+        for (int v = 0, i = 0; v < V; v++)
+            if (z[v] != -INFINITY) idx[i++] = v;
     // every finite token, most likely first, where a cut below keeps a prefix; with none, the race below finds
     // the same winner in id order (equal keys go to the lowest id either way), and the sort was a fifth of a
     // sampled run's time
@@ -247,10 +258,22 @@ static int32_t sample_row(const float *x, const PqSampleRow *r, int V, const Sam
         while (i < keep && exp((double)z[idx[i]] - zmax) >= mp) i++;
         keep = i;
     }
+    // the race: the winner of the exact keys z_v - log(-log u_v) (libm's log, as the GPU's; ties to the lowest
+    // id). Its two logs a token were most of a sampled step's time, so every key is first taken in lanes by
+    // pq_log_fast, within RACE_SLACK of the exact one; only the tokens within twice that of the best of those can
+    // win, and only theirs are taken exactly.
     uint64_t key = pq_sample_key(r->seed, r->seq, r->step);
+    double *a = w->e, amax = -INFINITY;
+#pragma omp simd reduction(max : amax)
+    for (int i = 0; i < keep; i++) {
+        a[i] = (double)z[idx[i]] - pq_log_fast(-pq_log_fast(pq_sample_uniform(key, idx[i])));
+        amax = a[i] > amax ? a[i] : amax;
+    }
+    double thr = amax - 2 * (RACE_SLACK + RACE_SLACK * fabs(amax));
     int best = -1;
     double bk = -INFINITY;
     for (int i = 0; i < keep; i++) {
+        if (!(a[i] >= thr)) continue;
         int v = idx[i];
         double k = (double)z[v] - log(-log(pq_sample_uniform(key, v)));
         if (best < 0 || k > bk || (k == bk && v < best)) best = v, bk = k;
