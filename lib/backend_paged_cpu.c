@@ -35,23 +35,6 @@ static void gather(float *K, float *V, const void *kp, const void *vp, PqDtype d
     }
 }
 
-// x (n) = the softmax of its entries [c0, c1] (inclusive), 0 elsewhere.
-static void softmax_span(float *x, int c0, int c1, int n) {
-    float m = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : m)
-    for (int c = c0; c <= c1; c++) m = x[c] > m ? x[c] : m;
-#pragma omp simd reduction(+ : sum)
-    for (int c = c0; c <= c1; c++) {
-        x[c] = pq_exp_fast(x[c] - m);
-        sum += x[c];
-    }
-    float inv = 1.0f / sum;
-#pragma omp simd
-    for (int c = c0; c <= c1; c++) x[c] *= inv;
-    if (c0 > 0) memset(x, 0, (size_t)c0 * sizeof *x);
-    if (c1 + 1 < n) memset(x + c1 + 1, 0, (size_t)(n - c1 - 1) * sizeof *x);
-}
-
 // A job of paged_attn: a block of up to QBLK consecutive rows of one segment (nq > 0: rows i0 ..), or a group of
 // single rows whose sequences share their first sh positions' blocks (nq = -R: the R rows at members[i0 ..]).
 typedef struct {
@@ -154,7 +137,7 @@ static void paged_attn(float *out, const float *q, const void *kp, const void *v
                                 S, nk);
                     for (int a = 0; a < rows; a++) {
                         int p = len[i0 + (one ? 0 : a)] - 1, lo = window > 0 && p > window ? p - window : 0;
-                        softmax_span(S + (size_t)a * nk, lo - j0, p - j0, nk);
+                        pq_softmax_span(S + (size_t)a * nk, lo - j0, p - j0, nk);
                     }
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, nk, 1.0f, S, nk, V, HS, 0.0f,
                                 out + at, ld);
@@ -178,7 +161,7 @@ static void paged_attn(float *out, const float *q, const void *kp, const void *v
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G, n, HS, scale, Q + (size_t)r * GH, HS, K2,
                                 HS, 0.0f, Sr + sh, ld);
                 }
-                for (int g = 0; g < G; g++) softmax_span(Sr + (size_t)g * ld, 0, sh + n - 1, ld);
+                for (int g = 0; g < G; g++) pq_softmax_span(Sr + (size_t)g * ld, 0, sh + n - 1, ld);
                 if (n > 0)
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G, HS, n, 1.0f, Sr + sh, ld, V2, HS, 0.0f,
                                 Or, HS);

@@ -1,9 +1,11 @@
 // exp_fast.h: a vectorizable exp for the CPU engine's softmaxes and SiLU
-// (ops_cpu.c, ops_gen_cpu.c), and a vectorizable double log for the
-// sampler's race (ops_paged_cpu.c).
+// (ops_cpu.c, ops_gen_cpu.c), a softmax over a row's span with it, and a
+// vectorizable double log for the sampler's race (ops_paged_cpu.c).
 #ifndef PQ_EXP_FAST_H
 #define PQ_EXP_FAST_H
 
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -30,6 +32,24 @@ static inline float pq_exp_fast(float x) {
     float sc;
     memcpy(&sc, &bits, 4);
     return p * sc;
+}
+
+// x (n) = the softmax of its entries [c0, c1] (inclusive, c0 <= c1), 0 elsewhere: an attention row's visible
+// keys (ops_gen_cpu.c, backend_paged_cpu.c).
+static inline void pq_softmax_span(float *x, int c0, int c1, int n) {
+    float m = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : m)
+    for (int c = c0; c <= c1; c++) m = x[c] > m ? x[c] : m;
+#pragma omp simd reduction(+ : sum)
+    for (int c = c0; c <= c1; c++) {
+        x[c] = pq_exp_fast(x[c] - m);
+        sum += x[c];
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int c = c0; c <= c1; c++) x[c] *= inv;
+    if (c0 > 0) memset(x, 0, (size_t)c0 * sizeof *x);
+    if (c1 + 1 < n) memset(x + c1 + 1, 0, (size_t)(n - c1 - 1) * sizeof *x);
 }
 
 // log(x) for a normal, finite x > 0, within a few ulp (tests/unit/test-paged.c measures it against libm's),

@@ -68,22 +68,7 @@ void pq_cpu_attention_kv_forward(float *out, const float *q, const float *kc, co
                 int p = pos[i0 + a];
                 int lo = 0;
                 if (window > 0 && p - window > lo) lo = p - window;
-                float *s = S + (size_t)a * nk;
-                int c0 = lo - j0, c1 = p - j0; // inclusive
-                float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-                for (int c = c0; c <= c1; c++) m = s[c] > m ? s[c] : m;
-                float sum = 0;
-#pragma omp simd reduction(+ : sum)
-                for (int c = c0; c <= c1; c++) {
-                    s[c] = pq_exp_fast(s[c] - m);
-                    sum += s[c];
-                }
-                float inv = 1.0f / sum;
-#pragma omp simd
-                for (int c = c0; c <= c1; c++) s[c] *= inv;
-                if (c0 > 0) memset(s, 0, (size_t)c0 * sizeof *s);
-                if (c1 + 1 < nk) memset(s + c1 + 1, 0, (size_t)(nk - c1 - 1) * sizeof *s);
+                pq_softmax_span(S + (size_t)a * nk, lo - j0, p - j0, nk);
             }
             // O (nq,HS) = P (nq,nk) V (nk,HS)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, HS, nk, 1.0f, S, nk, V, (int)ks, 0.0f,
