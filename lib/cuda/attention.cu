@@ -648,13 +648,8 @@ enum { SD_Q, SD_K, SD_V, SD_O1, SD_O2, SD_DO, SD_DQ1, SD_DK1, SD_DV1, SD_DQ2, SD
 static void *sd_slot[SD_N];
 static size_t sd_cap[SD_N];
 static void *sd_scratch(int slot, size_t bytes) {
-    if (bytes > sd_cap[slot]) { // (cudaFree, not pq_dev_free: that would drop the cached plans)
-        if (sd_slot[slot]) CU(cudaFree(sd_slot[slot]));
-        sd_slot[slot] = NULL, sd_cap[slot] = 0; // (none until the new one is had, as pq_cuda_scratch's)
-        size_t cap = bytes + bytes / 4;
-        void *p = NULL;
-        if (CU_OK(cudaMalloc(&p, cap))) sd_slot[slot] = p, sd_cap[slot] = cap;
-    }
+    // (cudaFree, not pq_dev_free: that would drop the cached plans)
+    if (bytes > sd_cap[slot]) pq_cuda_regrow(&sd_slot[slot], &sd_cap[slot], bytes + bytes / 4);
     return sd_slot[slot];
 }
 

@@ -127,13 +127,7 @@ unsigned pq_cuda_scratch_gen(void) { return scr_gen; }
 void *pq_cuda_scratch(int slot, size_t bytes) {
     if (bytes > scr_cap[slot]) {
         ensure_device();
-        if (scr[slot]) CU(cudaFree(scr[slot]));
-        // none until the new one is had: while a graph is captured a failed cudaFree or cudaMalloc does not abort
-        // (pq_cuda_fail), and the next call tries again instead of taking the old buffer, or none, for the new size
-        scr[slot] = NULL, scr_cap[slot] = 0;
-        size_t cap = bytes + bytes / 4; // some headroom for the next, larger request
-        void *p = NULL;
-        if (CU_OK(cudaMalloc(&p, cap))) scr[slot] = p, scr_cap[slot] = cap;
+        pq_cuda_regrow(&scr[slot], &scr_cap[slot], bytes + bytes / 4); // (headroom for the next, larger request)
         scr_gen++;
         note_usage();
     }
@@ -154,11 +148,7 @@ float *pq_act_pool(int k, size_t n) {
     size_t bytes = (n ? n : 1) * sizeof(float);
     if (bytes > act_pool_cap[k]) { // (cudaFree waits for the kernels that may still read the old buffer)
         ensure_device();
-        if (act_pool[k]) CU(cudaFree(act_pool[k]));
-        act_pool[k] = NULL, act_pool_cap[k] = 0; // (none until the new one is had, as pq_cuda_scratch's)
-        size_t cap = bytes + bytes / 4;
-        void *p = NULL;
-        if (CU_OK(cudaMalloc(&p, cap))) act_pool[k] = p, act_pool_cap[k] = cap;
+        pq_cuda_regrow(&act_pool[k], &act_pool_cap[k], bytes + bytes / 4);
         scr_gen++;
         note_usage();
     }

@@ -35,12 +35,17 @@ void pq_cuda_fail(const char *what, const char *err, const char *file, int line)
 bool pq_cuda_graph_absorb(const char *what, const char *err, const char *file, int line);
 // After a kernel launch: launch errors now, execution errors at the next sync.
 #define CU_LAUNCHED() CU(cudaGetLastError())
-// CU as a condition, for what is kept only where the call succeeded: false where pq_cuda_fail returned (an error
-// while a graph is captured), and a buffer that was not had is then not recorded as if it were
-#define CU_OK(call) pq_cuda_ok((call), #call, __FILE__, __LINE__)
-static inline bool pq_cuda_ok(cudaError_t err, const char *what, const char *file, int line) {
-    if (err != cudaSuccess) pq_cuda_fail(what, cudaGetErrorString(err), file, line);
-    return err == cudaSuccess;
+// A growable device buffer made larger: *buf freed (cudaFree waits for the kernels that may still read it) and
+// cap bytes allocated, *have = cap. Both stay NULL and 0 until the new one is had: while a graph is captured a
+// failed call does not abort (pq_cuda_fail returns), and the next call tries again instead of taking the old
+// buffer, or none, for the new size.
+template <typename T> static inline void pq_cuda_regrow(T **buf, size_t *have, size_t cap) {
+    if (*buf) CU(cudaFree(*buf));
+    *buf = NULL, *have = 0;
+    T *p = NULL;
+    cudaError_t err = cudaMalloc((void **)&p, cap);
+    if (err != cudaSuccess) pq_cuda_fail("cudaMalloc(&p, cap)", cudaGetErrorString(err), __FILE__, __LINE__);
+    else *buf = p, *have = cap;
 }
 
 // A switch read once from the environment: *state is -1 until then, after it 0 where the variable name is "0", 1

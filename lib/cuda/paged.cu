@@ -548,7 +548,7 @@ static void fast_dispatch(A *out, float *work, const A *q, const void *kp, const
 }
 
 static float *own_work;
-static size_t own_work_n;
+static size_t own_work_bytes;
 
 // The splits' kernels and their combine, q and out of the activations' type A
 template <typename A>
@@ -581,12 +581,7 @@ extern "C" void pq_paged_attention_forward(float *out, const float *q, const voi
     int SL, ns = pq_paged_splits(N, KVH, max_len, &SL);
     if (ns > 1 && !work) { // the caller's work is better (CUDA graphs); else ours, grown
         size_t need = pq_paged_attention_work(N, NH, KVH, HS, max_len);
-        if (need > own_work_n) {
-            if (own_work) CU(cudaFree(own_work));
-            own_work = NULL, own_work_n = 0; // (none until the new one is had, as pq_cuda_scratch's)
-            float *p = NULL;
-            if (CU_OK(cudaMalloc(&p, need * sizeof(float)))) own_work = p, own_work_n = need;
-        }
+        if (need * sizeof(float) > own_work_bytes) pq_cuda_regrow(&own_work, &own_work_bytes, need * sizeof(float));
         work = own_work;
     }
     if (pq_cuda_act_bf16())
@@ -666,13 +661,7 @@ static int prefill_cudnn(float *out, const float *q, const void *kp, const void 
     size_t a16 = pf_align((size_t)rows * rowel * 2), o_off = 2 * a16, o_sq = o_off + pf_align((size_t)(B + 1) * 8);
     size_t o_sk = o_sq + pf_align((size_t)B * 4), o_pt = o_sk + pf_align((size_t)B * 4);
     size_t need = o_pt + pf_align((size_t)B * mb * 4);
-    if (need > pf_cap) {
-        if (pf_buf) CU(cudaFree(pf_buf));
-        pf_buf = NULL, pf_cap = 0; // (none until the new one is had, as pq_cuda_scratch's)
-        size_t cap = need + need / 4;
-        void *nb = NULL;
-        if (CU_OK(cudaMalloc(&nb, cap))) pf_buf = nb, pf_cap = cap;
-    }
+    if (need > pf_cap) pq_cuda_regrow(&pf_buf, &pf_cap, need + need / 4);
     char *p = (char *)pf_buf;
     // bf16 activations and no padding segment: cuDNN reads q and writes out where they are; else their copies
     bool direct = pq_cuda_act_bf16() && rows == (size_t)N && !(((uintptr_t)q | (uintptr_t)out) & 15);
