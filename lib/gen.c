@@ -433,8 +433,10 @@ PqGen *pq_gen_new(const PqModel *m, const PqTokenizer *tok, int slots, const int
     g->prefix_cache = g->paged && env_flag("PQ_PREFIX_CACHE", cpu);
     g->paged_prompts = g->paged && env_flag("PQ_PAGED_PROMPTS", 0);
     if (g->paged) paged_new(g);
-    else
-        for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(kv_layer_bytes(g)), g->vc[l] = pq_dev_alloc(kv_layer_bytes(g));
+    else {
+        size_t per = kv_layer_bytes(g);
+        for (int l = 0; l < c->L; l++) g->kc[l] = pq_dev_alloc(per), g->vc[l] = pq_dev_alloc(per);
+    }
     g->slots = pq_xcalloc((size_t)g->S, sizeof *g->slots);
     for (int s = 0; s < g->S; s++) g->slots[s].work = pq_xmalloc((size_t)c->V * sizeof(float)), g->slots[s].base = s;
     g->eos = pq_xmalloc((size_t)(n_eos + 1) * sizeof *g->eos);
